@@ -1,0 +1,415 @@
+"""CLIP in OpenAI's parameter naming, with the hooks TagCLIP and CLIP-ES need.
+
+The modules mirror OpenAI's ``clip/model.py`` parameter for parameter, so an
+OpenAI checkpoint (or any checkpoint converted to its naming by
+:mod:`tagclip_mmseg.models.clip.checkpoint`) loads with ``load_state_dict`` and
+no key juggling. What differs is the forward of the vision tower, which can:
+
+* take any input whose sides are multiples of the patch size (the positional
+  embedding grid is resampled bilinearly, the [CLS] row kept);
+* apply an additive attention mask per layer (self-only attention in the last
+  layer for TagCLIP's patch classification, a [CLS]-row mask in every layer
+  for class-wise reidentification);
+* report the head-averaged attention probabilities of each layer, either as a
+  list or streamed to a callback so that callers can reduce them layer by layer
+  without keeping every ``N x N`` map alive;
+* stop before a block and hand back that block's ``ln_1`` output so Grad-CAM
+  can differentiate through the last block only.
+
+When nothing is requested, attention runs through
+:func:`torch.nn.functional.scaled_dot_product_attention`, i.e. as fast as a
+plain ViT.
+"""
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmseg.registry import MODELS
+
+__all__ = [
+    'LayerNorm', 'QuickGELU', 'CLIPAttention', 'ResidualAttentionBlock', 'Transformer',
+    'VisionTransformer', 'CLIP', 'ViTOutput', 'AttnCallback', 'LayerMasks',
+    'resample_pos_embed'
+]
+
+#: ``callback(layer_index, head_averaged_probs)``; ``probs`` has shape (B, L, L).
+AttnCallback = Callable[[int, Tensor], None]
+#: Additive attention masks, per layer index: each broadcastable to (B, heads, L, L).
+LayerMasks = Mapping[int, Tensor]
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that computes in fp32 and casts back, as OpenAI's CLIP does."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        orig_type = x.dtype
+        ret = F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float() if self.weight is not None else None,
+            self.bias.float() if self.bias is not None else None, self.eps)
+        return ret.to(orig_type)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the activation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
+
+    Keeping ``in_proj_weight``/``in_proj_bias``/``out_proj`` lets OpenAI
+    checkpoints load unchanged, while the forward can return the head-averaged
+    probabilities, which ``nn.MultiheadAttention`` only gives on its slow path
+    and never before masking.
+
+    Args:
+        embed_dim (int): Token width.
+        num_heads (int): Number of attention heads.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self,
+                x: Tensor,
+                attn_mask: Optional[Tensor] = None,
+                need_weights: bool = False,
+                weights_before_mask: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+        """Attend.
+
+        Args:
+            x (Tensor): Tokens, shape (B, L, D) (batch first).
+            attn_mask (Tensor, optional): Additive float mask broadcastable to
+                (B, heads, L, L).
+            need_weights (bool): Also return head-averaged probabilities.
+            weights_before_mask (bool): Return the probabilities of the
+                *unmasked* logits, which is what TagCLIP's DMAR vote uses for
+                the self-only last layer (spec section 2.5). The output always
+                uses the masked probabilities.
+
+        Returns:
+            tuple: Output (B, L, D) and the (B, L, L) map or ``None``.
+        """
+        B, L, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, L, d)
+        if attn_mask is not None and attn_mask.dtype != q.dtype:
+            attn_mask = attn_mask.to(q.dtype)
+        if not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            weights = None
+        else:
+            logits = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-2, -1))
+            if attn_mask is None:
+                probs = logits.softmax(dim=-1)
+                weights = probs.mean(dim=1)
+            else:
+                if weights_before_mask:
+                    weights = logits.softmax(dim=-1).mean(dim=1)
+                    probs = (logits + attn_mask).softmax(dim=-1)
+                else:
+                    probs = (logits + attn_mask).softmax(dim=-1)
+                    weights = probs.mean(dim=1)
+            del logits
+            out = torch.matmul(probs, v)
+            del probs
+        out = out.transpose(1, 2).reshape(B, L, D)
+        return self.out_proj(out), weights
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block in OpenAI's naming (``ln_1``, ``attn``,
+    ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``)."""
+
+    def __init__(self, d_model: int, n_head: int) -> None:
+        super().__init__()
+        self.attn = CLIPAttention(d_model, n_head)
+        self.ln_1 = LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            OrderedDict([('c_fc', nn.Linear(d_model, d_model * 4)), ('gelu', QuickGELU()),
+                         ('c_proj', nn.Linear(d_model * 4, d_model))]))
+        self.ln_2 = LayerNorm(d_model)
+
+    def forward(self,
+                x: Tensor,
+                attn_mask: Optional[Tensor] = None,
+                need_weights: bool = False,
+                weights_before_mask: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+        return self.forward_from_normed(x, self.ln_1(x), attn_mask, need_weights,
+                                        weights_before_mask)
+
+    def forward_from_normed(self,
+                            x: Tensor,
+                            normed: Tensor,
+                            attn_mask: Optional[Tensor] = None,
+                            need_weights: bool = False,
+                            weights_before_mask: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+        """Run the block given ``normed = ln_1(x)``.
+
+        Grad-CAM differentiates with respect to ``ln_1``'s output; splitting
+        the block here lets a caller make that tensor a leaf without copying
+        the block's logic.
+        """
+        a, w = self.attn(normed, attn_mask, need_weights, weights_before_mask)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, w
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`ResidualAttentionBlock` (``resblocks.i``)."""
+
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        for blk in self.resblocks:
+            x, _ = blk(x, attn_mask)
+        return x
+
+
+def resample_pos_embed(pos_embed: Tensor,
+                       grid_hw: Tuple[int, int],
+                       round_to_fp16: bool = False) -> Tensor:
+    """Resample a (1 + g*g, D) positional embedding to ``grid_hw``.
+
+    The [CLS] row is kept; the square patch grid is resampled bilinearly with
+    ``align_corners=False``. When the grid is unchanged the original is
+    returned untouched (bilinear resampling to the same size is the identity,
+    and returning the original avoids even rounding differences).
+
+    Args:
+        pos_embed (Tensor): (1 + g*g, D) embedding.
+        grid_hw (tuple[int, int]): Target token grid (rows, cols).
+        round_to_fp16 (bool): Round the *resampled* embedding to fp16 and back,
+            a quirk of the reference implementations (spec section 2.2).
+
+    Returns:
+        Tensor: (1 + h*w, D) embedding in ``pos_embed``'s dtype.
+    """
+    n_old = pos_embed.shape[0] - 1
+    g = int(round(math.sqrt(n_old)))
+    if g * g != n_old:
+        raise ValueError(f'positional embedding has {n_old} patch rows, not a square grid')
+    h, w = grid_hw
+    if (h, w) == (g, g):
+        return pos_embed
+    cls_row, grid = pos_embed[:1], pos_embed[1:]
+    grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(h, w), mode='bilinear', align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(h * w, -1).to(pos_embed.dtype)
+    out = torch.cat([cls_row, grid], dim=0)
+    if round_to_fp16:
+        out = out.half().to(pos_embed.dtype)
+    return out
+
+
+@dataclass
+class ViTOutput:
+    """What :meth:`VisionTransformer.forward` returns.
+
+    Attributes:
+        tokens (Tensor): All tokens after ``ln_post`` and ``proj``, (B, L, E);
+            ``None`` when the forward stopped early.
+        attn_maps (list[Tensor]): Head-averaged attention probabilities of
+            each layer that ran, each (B, L, L), when requested.
+        hidden (Tensor): Residual stream entering ``stop_before`` when the
+            forward stopped early, (B, L, D).
+        grid_hw (tuple): Token grid (rows, cols).
+    """
+    tokens: Optional[Tensor] = None
+    attn_maps: List[Tensor] = field(default_factory=list)
+    hidden: Optional[Tensor] = None
+    grid_hw: Tuple[int, int] = (0, 0)
+
+
+class VisionTransformer(nn.Module):
+    """CLIP's image tower (``visual.*``)."""
+
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
+                 heads: int, output_dim: int) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.patch_size = patch_size
+        self.output_dim = output_dim
+        self.num_layers = layers
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(
+            scale * torch.randn((input_resolution // patch_size)**2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        #: Round resampled positional embeddings to fp16 (reference quirk).
+        self.pos_embed_fp16_round = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv1.weight.dtype
+
+    def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Patchify, prepend [CLS], add positional embedding, ``ln_pre``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p or H < p or W < p:
+            raise ValueError(f'input size {H}x{W} must be a positive multiple of the patch size '
+                             f'{p}; resize with tagclip_mmseg.datasets.ResizeToMultiple')
+        x = self.conv1(x.to(self.dtype))  # (B, D, h, w)
+        grid_hw = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = resample_pos_embed(self.positional_embedding, grid_hw, self.pos_embed_fp16_round)
+        x = x + pos.to(x.dtype)
+        return self.ln_pre(x), grid_hw
+
+    def head(self, x: Tensor) -> Tensor:
+        """``ln_post`` then ``proj`` on every token."""
+        return self.ln_post(x) @ self.proj
+
+    def forward(self,
+                x: Tensor,
+                attn_masks: Optional[LayerMasks] = None,
+                return_attn: bool = False,
+                attn_callback: Optional[AttnCallback] = None,
+                weights_before_mask: bool = True,
+                stop_before: Optional[int] = None) -> ViTOutput:
+        """Encode images into per-token embeddings.
+
+        Args:
+            x (Tensor): Normalised images (B, 3, H, W), sides multiples of the
+                patch size.
+            attn_masks (Mapping[int, Tensor], optional): Additive attention
+                masks by layer index (negative indices count from the end),
+                each broadcastable to (B, heads, L, L); use shape (B, 1, L, L)
+                for per-image masks.
+            return_attn (bool): Collect each layer's head-averaged attention
+                probabilities in ``ViTOutput.attn_maps``.
+            attn_callback (callable, optional): Called as ``cb(layer, probs)``
+                for every layer that runs; lets callers reduce maps on the fly.
+            weights_before_mask (bool): For masked layers, report the unmasked
+                probabilities (TagCLIP) rather than the masked ones.
+            stop_before (int, optional): Stop before this block and return the
+                residual stream in ``ViTOutput.hidden`` (no ``tokens``).
+
+        Returns:
+            ViTOutput: See the class.
+        """
+        x, grid_hw = self.embed(x)
+        n = self.num_layers
+        masks = {(k % n): v for k, v in (attn_masks or {}).items()}
+        need_weights = return_attn or attn_callback is not None
+        out = ViTOutput(grid_hw=grid_hw)
+        end = n if stop_before is None else stop_before % n if stop_before < 0 else stop_before
+        for i in range(end):
+            x, w = self.transformer.resblocks[i](x, masks.get(i), need_weights, weights_before_mask)
+            if w is not None:
+                if attn_callback is not None:
+                    attn_callback(i, w)
+                if return_attn:
+                    out.attn_maps.append(w)
+        if stop_before is not None:
+            out.hidden = x
+        else:
+            out.tokens = self.head(x)
+        return out
+
+
+@MODELS.register_module(name='OpenAICLIP')
+class CLIP(nn.Module):
+    """OpenAI's CLIP (vision transformer image tower only) in its own naming.
+
+    The constructor takes the same arguments as OpenAI's ``CLIP``; build one
+    from a checkpoint with :func:`tagclip_mmseg.models.clip.load_clip`, which
+    reads the architecture off the state dict.
+    """
+
+    def __init__(self,
+                 embed_dim: int = 512,
+                 image_resolution: int = 224,
+                 vision_layers: int = 12,
+                 vision_width: int = 768,
+                 vision_patch_size: int = 16,
+                 context_length: int = 77,
+                 vocab_size: int = 49408,
+                 transformer_width: int = 512,
+                 transformer_heads: int = 8,
+                 transformer_layers: int = 12,
+                 vision_heads: Optional[int] = None) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.visual = VisionTransformer(
+            input_resolution=image_resolution,
+            patch_size=vision_patch_size,
+            width=vision_width,
+            layers=vision_layers,
+            heads=vision_heads or max(vision_width // 64, 1),
+            output_dim=embed_dim)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
+        self.vocab_size = vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.register_buffer('causal_mask', self._causal_mask(context_length), persistent=False)
+        self._init_text()
+
+    @staticmethod
+    def _causal_mask(n: int) -> Tensor:
+        return torch.full((n, n), float('-inf')).triu_(1)
+
+    def _init_text(self) -> None:
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        """The [CLS] embedding after ``ln_post`` and ``proj``, (B, E)."""
+        return self.visual(image).tokens[:, 0]
+
+    def encode_text(self, text: Tensor) -> Tensor:
+        """Text embeddings at the end-of-text token (the largest id), (B, E)."""
+        L = text.shape[1]
+        x = self.token_embedding(text).to(self.dtype)
+        x = x + self.positional_embedding[:L].to(self.dtype)
+        x = self.transformer(x, self.causal_mask[:L, :L].to(self.dtype))
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+        return x @ self.text_projection
+
+    def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
+        """Image-text logits like OpenAI's ``CLIP.forward``."""
+        img = F.normalize(self.encode_image(image), dim=-1)
+        txt = F.normalize(self.encode_text(text), dim=-1)
+        logits = self.logit_scale.exp() * img @ txt.t()
+        return logits, logits.t()
