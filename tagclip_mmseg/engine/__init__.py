@@ -1,1 +1,3 @@
 
+from .checkpoint_compat import *  # noqa: F401,F403
+from .vocabulary_hook import *  # noqa: F401,F403

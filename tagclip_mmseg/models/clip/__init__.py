@@ -6,3 +6,15 @@ __all__ = [
     'CLIP', 'AttnCallback', 'CLIPAttention', 'LayerMasks', 'LayerNorm', 'QuickGELU',
     'ResidualAttentionBlock', 'Transformer', 'VisionTransformer', 'ViTOutput', 'resample_pos_embed'
 ]
+from .checkpoint import (DEFAULT_CLIP_CHECKPOINT, CheckpointError, build_clip,
+                         checkpoint_fingerprint, hf_to_openai_state_dict, infer_clip_arch,
+                         load_clip, load_clip_state_dict, resolve_dtype, save_clip_state_dict)
+from .tokenizer import (CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN, SimpleTokenizer, default_bpe_path,
+                        get_tokenizer, tokenize)
+
+__all__ += [
+    'DEFAULT_CLIP_CHECKPOINT', 'CheckpointError', 'build_clip', 'checkpoint_fingerprint',
+    'hf_to_openai_state_dict', 'infer_clip_arch', 'load_clip', 'load_clip_state_dict',
+    'resolve_dtype', 'save_clip_state_dict', 'CONTEXT_LENGTH', 'EOT_TOKEN', 'SOT_TOKEN',
+    'SimpleTokenizer', 'default_bpe_path', 'get_tokenizer', 'tokenize'
+]

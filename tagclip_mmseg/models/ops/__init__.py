@@ -1,1 +1,21 @@
+"""Pure tensor routines shared by the tagger and the pseudo-labeller.
 
+Everything here is batched, device-resident and free of OpenCV: box masks from
+score maps (:mod:`.box_masks`), the attention vote/average and the DMAR / CAA
+refinements (:mod:`.attention`), and the one min-max normalisation they all
+use (:mod:`.normalize`).
+"""
+from .attention import (AttentionVote, affinity_from_attention, caa_refine, dmar_class_boxes,
+                        dmar_refine)
+from .box_masks import (RegionBox, binarize_like_reference, boxes_from_scores,
+                        component_boxes_union, connected_components, quantize_like_reference,
+                        region_bbox)
+from .crops import crop_resize_bilinear, crop_resize_nearest
+from .normalize import compute_dtype, minmax_normalize
+
+__all__ = [
+    'AttentionVote', 'affinity_from_attention', 'caa_refine', 'dmar_class_boxes', 'dmar_refine',
+    'RegionBox', 'binarize_like_reference', 'boxes_from_scores', 'component_boxes_union',
+    'connected_components', 'quantize_like_reference', 'region_bbox', 'compute_dtype',
+    'minmax_normalize', 'crop_resize_bilinear', 'crop_resize_nearest'
+]

@@ -1,0 +1,29 @@
+# mmseg's DeepLabV3+ R101 VOC recipe (4 GPUs x batch 4, 20k iterations,
+# 512x512) with one change: it trains on pseudo masks of VOC 2012 train_aug
+# instead of the real SegmentationClass(Aug) masks. Validation stays on VOC
+# 2012 val with the real masks. A stronger, standard alternative to the
+# DeepLab-v2 protocol.
+#
+#   bash tools/dist_train.sh configs/deeplab/THIS.py 4
+# The backbone weights come from mmseg's `open-mmlab://resnet101_v1c`
+# (downloaded at the start of training; on an offline cluster pass
+# --cfg-options model.pretrained=/path/to/resnet101_v1c.pth).
+import os.path as osp
+
+# PNG pseudo masks, one per train_aug id (tools/generate_pseudo_labels.py --out).
+pseudo_label_dir = 'work_dirs/pseudo_labels/voc12_train_aug'
+
+_base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-512x512.py'
+custom_imports = dict(imports=['tagclip_mmseg'], allow_failed_imports=False)
+
+# mmseg trains on train + aug (a ConcatDataset of real masks); the pseudo
+# masks cover all of train_aug in one folder, so one dataset replaces both.
+train_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='PascalVOCDataset',
+        data_root=_base_.data_root,
+        data_prefix=dict(img_path='JPEGImages', seg_map_path=osp.abspath(pseudo_label_dir)),
+        ann_file='ImageSets/Segmentation/trainaug.txt',
+        reduce_zero_label=False,
+        pipeline=_base_.train_pipeline))

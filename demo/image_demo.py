@@ -1,0 +1,219 @@
+"""Tag images with TagCLIP, draw CLIP-ES CAMs and pseudo masks, and build a web page.
+
+Examples::
+
+    # the bundled photos, VOC's 20 classes (what `make demo` runs)
+    python demo/image_demo.py demo/images --out-dir demo/outputs
+
+    # your own vocabulary and weights, on a GPU
+    python demo/image_demo.py photos/ --classes cat dog "traffic light" \\
+        --checkpoint ~/weights/ViT-B-16.pt --device cuda --out-dir out
+
+For every image, ``OUT_DIR/<image>/`` receives ``tags.jpg`` (tags and scores
+drawn on the photo), ``cam_<k>_<class>.jpg`` (one heat map per tag) and
+``mask.jpg`` (the pseudo mask with a legend); ``OUT_DIR/index.html`` shows them
+side by side and ``OUT_DIR/results.json`` holds the tags and scores.
+
+Without CLIP weights (none at ``~/.cache/clip/ViT-B-16.pt`` and no
+``--checkpoint``), the demo runs a PIPELINE CHECK on a random-weight CLIP (see
+:mod:`tagclip_mmseg.apis.pipeline_check`): everything runs, nothing it shows
+means anything, and both the console and the page say so.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from tagclip_mmseg.apis import TagCLIPInferencer, expand_inputs, write_pipeline_check_checkpoint
+from tagclip_mmseg.apis.model_configs import load_model_config
+from tagclip_mmseg.datasets.categories import VOC_CLASSES
+from tagclip_mmseg.models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
+from tagclip_mmseg.models.prompts import VOC_BACKGROUND
+from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
+from tagclip_mmseg.visualization import ReportEntry, write_index_html
+
+PIPELINE_CHECK_TITLE = 'PIPELINE CHECK: random weights, results are meaningless'
+ClassName = Union[str, List[str]]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Tag images with TagCLIP and show CLIP-ES CAMs and pseudo masks on a web '
+        'page (OUT_DIR/index.html).')
+    parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
+    parser.add_argument('--out-dir', required=True, help='output folder (created if needed)')
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument('--classes', nargs='+', metavar='NAME',
+                       help='class names (quote names with spaces). Default: the config\'s '
+                       'classes, else the 20 PASCAL VOC classes')
+    vocab.add_argument('--classes-file', metavar='FILE',
+                       help='one class per line; "a,b,c" on a line is a synonym list; lines '
+                       'starting with # are ignored')
+    parser.add_argument('--background-words', nargs='*', metavar='WORD',
+                        help='softmax competitors such as sky, road, wall (give the flag alone '
+                        'for none). Default: VOC\'s 25 words minus any that is a class')
+    parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labels/ config '
+                        '(path or name) for the model settings')
+    parser.add_argument('--checkpoint',
+                        help='CLIP weights (default: the config\'s, else '
+                        f'{DEFAULT_CLIP_CHECKPOINT})')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--batch-size', type=int, default=1,
+                        help='images per forward; only equal-size images share a batch')
+    return parser.parse_args(argv)
+
+
+def read_classes_file(path: str) -> List[ClassName]:
+    """Classes from a text file: one per line, ``a,b`` = synonyms, ``#`` comments."""
+    classes: List[ClassName] = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith('#'):
+                continue
+            names = [n.strip() for n in line.split(',') if n.strip()]
+            classes.append(names[0] if len(names) == 1 else names)
+    if not classes:
+        raise ValueError(f'classes file {path!r} lists no class')
+    return classes
+
+
+def configured_checkpoint(args: argparse.Namespace) -> str:
+    """The CLIP weights this run would use: flag, then config, then OpenAI's path."""
+    if args.checkpoint:
+        return args.checkpoint
+    if args.config:
+        for d in iter_dicts(load_model_config(args.config).get('model', {})):
+            clip = d.get('clip')
+            if isinstance(clip, dict) and clip.get('checkpoint'):
+                return clip['checkpoint']
+    return DEFAULT_CLIP_CHECKPOINT
+
+
+def vocabulary(args: argparse.Namespace):
+    """(classes, background words) to pass to the inferencer (None: its default)."""
+    classes = args.classes or (read_classes_file(args.classes_file) if args.classes_file else None)
+    words = args.background_words
+    if classes is None and not args.config:
+        classes = list(VOC_CLASSES)
+        words = list(VOC_BACKGROUND) if words is None else words
+    return classes, words
+
+
+def pipeline_check_banner(missing: str) -> tuple:
+    return (PIPELINE_CHECK_TITLE, [
+        f'No CLIP checkpoint was found at {missing} and none was given with --checkpoint, so '
+        'this run used a CLIP with RANDOM weights (ViT-B/16 layout, narrow width so that it runs '
+        'in seconds on a CPU) only to check that loading, tagging, CAMs, masks and this page '
+        'work.',
+        'The tags, scores, heat maps and masks shown are meaningless. Do not read anything into '
+        'them.',
+        f'For real results, put OpenAI\'s ViT-B/16 weights (the file that clip.load("ViT-B/16") '
+        f'caches) at {DEFAULT_CLIP_CHECKPOINT}, or pass --checkpoint PATH (an OpenAI .pt, an '
+        'open_clip or Hugging Face CLIP checkpoint, or a .pth converted with '
+        'tools/convert_clip_checkpoint.py), and run the demo again.'
+    ])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.batch_size < 1:
+        print(f'error: --batch-size must be positive, got {args.batch_size}', file=sys.stderr)
+        return 2
+    try:
+        out_dir = ensure_writable_dir(args.out_dir)
+        items = expand_inputs(args.inputs)
+        classes, words = vocabulary(args)
+        checkpoint = configured_checkpoint(args)
+    except (OSError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    pipeline_check = not args.checkpoint and not osp.exists(osp.expanduser(checkpoint))
+    with tempfile.TemporaryDirectory(prefix='tagclip_demo_') as tmp:
+        banner = None
+        cache_dir = None
+        if pipeline_check:
+            banner = pipeline_check_banner(checkpoint)
+            rule = '!' * 78
+            print(f'{rule}\n{banner[0]}\n' + '\n'.join(banner[1]) + f'\n{rule}', flush=True)
+            # Random weights and their text embeddings stay in a temporary
+            # folder: nothing meaningless reaches the user's caches.
+            checkpoint = write_pipeline_check_checkpoint(osp.join(tmp, 'random_clip.pth'))
+            cache_dir = osp.join(tmp, 'text_cache')
+        start = time.perf_counter()
+        try:
+            inferencer = TagCLIPInferencer(
+                model=args.config, checkpoint=checkpoint, device=args.device,
+                batch_size=args.batch_size, classes=classes, background_words=words,
+                with_cams=True, text_cache_dir=cache_dir, on_error='skip')
+        except (OSError, ValueError) as e:  # missing/corrupt weights, bad config or vocabulary
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        print(f'model ready in {time.perf_counter() - start:.1f} s: '
+              f'{len(inferencer.classes)} classes, device {args.device}, weights '
+              f'{"RANDOM (pipeline check)" if pipeline_check else checkpoint}', flush=True)
+        results, elapsed = run(inferencer, items, out_dir,
+                               PIPELINE_CHECK_TITLE if pipeline_check else None)
+    write_outputs(out_dir, results, inferencer.classes, banner,
+                  notes=[f'Weights: {"random (pipeline check)" if pipeline_check else checkpoint}',
+                         f'Device: {args.device}; {len(inferencer.classes)} classes: '
+                         + ', '.join(inferencer.classes)])
+    failed = sum(r['error'] is not None for r in results)
+    print(f'Done: {len(results)} images ({failed} failed) in {elapsed:.1f} s, '
+          f'{len(results) / max(elapsed, 1e-9):.2f} images/s. Open '
+          f'{osp.join(out_dir, "index.html")}'
+          + ('  [PIPELINE CHECK: random weights]' if pipeline_check else ''), flush=True)
+    return 1 if failed == len(results) else 0
+
+
+def run(inferencer: TagCLIPInferencer, items: list, out_dir: str,
+        title: Optional[str]) -> Tuple[List[dict], float]:
+    """Run the inferencer, printing one progress line per image.
+
+    Returns:
+        tuple: Results in input order and the seconds they took.
+    """
+    total = len(items)
+    width = len(str(total))
+    results = {}
+    start = time.perf_counter()
+    for done, (index, result) in enumerate(
+            inferencer.iter_results(items, return_cams=True, return_mask=True, out_dir=out_dir,
+                                    title=title), 1):
+        now = time.perf_counter()
+        results[index] = result
+        name = result['img_path'] or f'array {index}'
+        if result['error']:
+            what = f'SKIPPED: {result["error"]}'
+        else:
+            what = 'tags: ' + ', '.join(f'{t} ({result["scores"][t]:.3f})' for t in result['tags'])
+        print(f'[{done:>{width}}/{total}] {osp.basename(name)}  {what}  '
+              f'| {done / (now - start):.2f} images/s', flush=True)
+    return [results[i] for i in sorted(results)], time.perf_counter() - start
+
+
+def write_outputs(out_dir: str, results: List[dict], classes: List[str], banner,
+                  notes: List[str]) -> None:
+    """``index.html`` over the pictures and ``results.json`` with tags and scores."""
+    entries = [
+        ReportEntry(
+            name=osp.basename(r['img_path']) if r['img_path'] else f'array {r["index"]}',
+            source=r['img_path'], tags=r['tags'], scores=r['scores'],
+            images=r.get('visualization') or [], error=r['error']) for r in results
+    ]
+    write_index_html(osp.join(out_dir, 'index.html'), entries, title='TagCLIP demo',
+                     banner=banner, notes=notes)
+    summary = dict(
+        pipeline_check=banner is not None, classes=classes,
+        images=[{k: r[k] for k in ('img_path', 'tags', 'scores', 'error')} for r in results])
+    atomic_write_text(osp.join(out_dir, 'results.json'), json.dumps(summary, indent=1) + '\n')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

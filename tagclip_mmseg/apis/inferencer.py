@@ -1,0 +1,502 @@
+"""Tag images (and get CAMs and pseudo masks) in a few lines of Python.
+
+.. code:: python
+
+    from tagclip_mmseg.apis import TagCLIPInferencer
+
+    inferencer = TagCLIPInferencer(classes=['cat', 'dog', 'person'])
+    inferencer('photo.jpg')
+    # [{'index': 0, 'img_path': 'photo.jpg', 'tags': ['cat'], 'tag_indices': [0],
+    #   'scores': {'cat': 0.41, 'dog': 0.12, 'person': 0.08}, 'error': None}]
+    inferencer('photos/', return_cams=True, return_mask=True)
+
+Call chain of one call (each step is a method, as in mmengine's
+``BaseInferencer``):
+
+.. code:: text
+
+    __call__ / iter_results
+      expand_inputs            paths, folders, arrays -> flat list
+      preprocess               read sizes, group equal token grids, load + resize
+      forward                  TagCLIP.test_step -> scores, tags
+                               [CLIPESPseudoLabeler.test_step -> CAMs, mask]
+      visualize                (out_dir) tag picture, CAM heat maps, mask overlay
+      postprocess              attach the pictures' paths
+
+Images are grouped by their token grid *before* loading, so equal-size images
+share a batch even when they are far apart in the input list, and results come
+back in input order.
+"""
+import contextlib
+import copy
+import logging
+import os.path as osp
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.infer import BaseInferencer
+from mmengine.logging import print_log
+from mmpretrain.structures import DataSample
+from torch import nn
+
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from ..datasets.image_io import ImageLoadError, read_image_size
+from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
+from ..models.prompts import ClassName
+from ..visualization import mask_label_names, save_result_images, unique_stems
+from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
+from .model_configs import (cam_class_names, class_key, config_vocabulary,
+                            default_background_words, default_tagger_cfg, labeler_cfg_for,
+                            labeler_config,
+                            load_model_config, set_text_cache_dir, split_models, to_plain_dict)
+
+__all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS']
+
+#: Default token budget per image (a 1024 x 1024 image at patch 16). TagCLIP
+#: keeps N x N attention maps, so a 12-megapixel photo at full size (~47k
+#: tokens) would need tens of GB; larger images are scaled down (with a
+#: warning) and results are still returned at the original size.
+DEFAULT_MAX_TOKENS = 4096
+
+InputsType = Union[InputItem, Sequence[InputItem]]
+
+
+class TagCLIPInferencer(BaseInferencer):
+    """Open-vocabulary tags, CAMs and pseudo masks for images.
+
+    Args:
+        model (str | Config | dict, optional): A tagging config
+            (``configs/tagclip/*.py``), a pseudo-label config with a tagger
+            (``configs/pseudo_labels/*.py``; its labeller is then used for
+            CAMs and masks), the bare name of either, or None for TagCLIP's
+            reference settings built from the keyword arguments below.
+        checkpoint (str, optional): CLIP weights. Replaces the config's
+            checkpoint; with ``model=None`` defaults to OpenAI's cache path
+            ``~/.cache/clip/ViT-B-16.pt``. Nothing is downloaded: a missing
+            file raises ``FileNotFoundError`` saying where to get one.
+        device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...;
+            None picks CUDA when available.
+        batch_size (int): Images per forward (equal-size images only).
+        classes (Sequence[str | Sequence[str]], optional): The vocabulary; a
+            list entry is a synonym list. Required unless the config names
+            its classes (in the model or its test dataset's metainfo).
+        background_words (Sequence[str], optional): Softmax competitors. None
+            takes the config's; without a config, TagCLIP's VOC background
+            words minus any word that is also a class. ``[]`` disables them.
+        with_cams (bool): Build the CLIP-ES labeller now rather than on the
+            first call that asks for CAMs or masks.
+        labeler (str | Config | dict, optional): A pseudo-label config whose
+            labeller settings replace the defaults (its vocabulary is
+            replaced by ``classes``' CAM-stage names).
+        text_cache_dir (str, optional): Folder of the text-embedding cache
+            (None: ``$TAGCLIP_MMSEG_CACHE`` or ``~/.cache/tagclip_mmseg``).
+        max_tokens (int, optional): Token budget per image; see
+            :data:`DEFAULT_MAX_TOKENS`. None disables it.
+        on_error (str): An unreadable image file ``'raise'`` s before any
+            computation, or is ``'skip'`` ped: its result has ``error`` set
+            and no tags.
+        show_progress (bool): Unused (kept for mmengine's signature); use
+            :meth:`iter_results` to follow progress.
+    """
+
+    preprocess_kwargs: set = {'channel_order'}
+    forward_kwargs: set = {'return_cams', 'return_mask'}
+    visualize_kwargs: set = {'out_dir', 'title'}
+    postprocess_kwargs: set = set()
+
+    def __init__(self,
+                 model: Union[str, Config, dict, None] = None,
+                 checkpoint: Optional[str] = None,
+                 device: Optional[str] = None,
+                 batch_size: int = 1,
+                 classes: Optional[Sequence[ClassName]] = None,
+                 background_words: Optional[Sequence[str]] = None,
+                 with_cams: bool = False,
+                 labeler: Union[str, Config, dict, None] = None,
+                 text_cache_dir: Optional[str] = None,
+                 max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
+                 on_error: str = 'raise',
+                 show_progress: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be positive, got {batch_size}')
+        if on_error not in ('raise', 'skip'):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.batch_size = batch_size
+        self.on_error = on_error
+        self.max_tokens = max_tokens
+        cfg = self._build_config(model, checkpoint, classes, background_words, labeler,
+                                 text_cache_dir)
+        self._labeler: Optional[nn.Module] = None
+        super().__init__(model=cfg, weights=None, device=device, scope='mmseg',
+                         show_progress=show_progress)
+        if with_cams:
+            self.labeler  # noqa: B018  (build now)
+
+    # ---------------------------------------------------------- construction
+    @staticmethod
+    def _build_config(model, checkpoint, classes, background_words, labeler,
+                      text_cache_dir) -> Config:
+        """Tagger and labeller configs with the vocabulary resolved.
+
+        Returns:
+            Config: ``model`` (TagCLIP), ``labeler`` (CLIP-ES or None) and the
+            source config's remaining entries.
+        """
+        if model is None:
+            cfg = Config(dict(model=default_tagger_cfg(checkpoint)))
+        else:
+            cfg = load_model_config(model, checkpoint)
+        tagger_cfg, labeler_cfg = split_models(to_plain_dict(cfg.model))
+        if labeler is not None:
+            labeler_cfg = labeler_config(labeler, checkpoint)
+        ds_classes, ds_words = config_vocabulary(cfg)
+        from_config = tagger_cfg.get('class_names') or ds_classes
+        if classes is None and not from_config:
+            raise ValueError('no classes to tag: pass classes=[...] (e.g. '
+                             "classes=['cat', 'dog', 'person']), or a config whose model has "
+                             'class_names or whose test dataset has metainfo classes')
+        user_classes, user_words = classes is not None, background_words is not None
+        classes = [c if isinstance(c, str) else list(c) for c in (classes or from_config)]
+        if not user_words:
+            background_words = tagger_cfg.get('background_words', ds_words)
+            if background_words is None:
+                background_words = default_background_words(classes) if model is None else ()
+        tagger_cfg.update(class_names=classes, background_words=list(background_words))
+        if labeler_cfg is None:
+            labeler_cfg = labeler_cfg_for(tagger_cfg)
+        elif 'clip' not in labeler_cfg:
+            labeler_cfg['clip'] = copy.deepcopy(tagger_cfg.get('clip') or {})
+        # A pseudo-label config's own CAM wording and background set win
+        # unless the caller replaced the vocabulary.
+        if user_classes or len(labeler_cfg.get('class_names') or ()) != len(classes):
+            labeler_cfg['class_names'] = cam_class_names(classes)
+        if user_words or 'background_words' not in labeler_cfg:
+            labeler_cfg['background_words'] = list(background_words)
+        if text_cache_dir is not None:
+            set_text_cache_dir(tagger_cfg, labeler_cfg, cache_dir=text_cache_dir)
+        cfg.model = tagger_cfg
+        cfg.labeler = labeler_cfg
+        return cfg
+
+    def _init_model(self, cfg: Config, weights: Optional[str], device: str = 'cpu') -> nn.Module:
+        """Build the tagger; its CLIP weights load in its constructor."""
+        return self._build(cfg.model, device)
+
+    @staticmethod
+    def _build(model_cfg: dict, device: str) -> nn.Module:
+        model_cfg = to_plain_dict(model_cfg)
+        if not str(device).startswith('cuda'):
+            # fp16 matmuls are slow or unsupported on CPUs; results in fp32
+            # differ from the fp16 reference only by rounding.
+            clip = model_cfg.get('clip') or {}
+            if str(clip.get('dtype', 'fp32')).lower() in ('fp16', 'float16', 'half'):
+                print_log(f'{model_cfg["type"]}: fp16 CLIP requested but running on {device}; '
+                          'using fp32', logger='current', level=logging.WARNING)
+                clip['dtype'] = 'fp32'
+        model = MODELS.build(model_cfg)
+        return model.to(device).eval()
+
+    @property
+    def labeler(self) -> nn.Module:
+        """The CLIP-ES labeller, built on first use; shares the tagger's CLIP
+        when both use the same checkpoint, dtype and mode."""
+        if self._labeler is None:
+            labeler = self._build(self.cfg.labeler, self._device)
+            tagger = self.model
+            if (labeler.clip_cfg == tagger.clip_cfg
+                    and getattr(labeler, 'mode', None) == getattr(tagger, 'mode', None)):
+                labeler.clip = tagger.clip
+            self._labeler = labeler
+        return self._labeler
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.clip.visual.conv1.weight.device
+
+    def _init_pipeline(self, cfg: Config) -> ResizeToPatchMultiple:
+        """The per-image transform after loading: resize to a patch multiple."""
+        return ResizeToPatchMultiple(patch_size=self.patch_size, max_tokens=self.max_tokens)
+
+    def _init_collate(self, cfg: Config) -> None:
+        """Batches are lists of per-image dicts; no collate function is used."""
+        return None
+
+    def _init_visualizer(self, cfg: Config) -> None:
+        """Pictures come from :mod:`tagclip_mmseg.visualization` (no mmengine visualizer)."""
+        return None
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.clip.visual.patch_size
+
+    # -------------------------------------------------------------- vocabulary
+    @property
+    def classes(self) -> List[str]:
+        """Display names of the current vocabulary (first synonym of each class)."""
+        return [class_key(c) for c in self.model.class_names]
+
+    @contextlib.contextmanager
+    def _vocabulary(self, classes: Optional[Sequence[ClassName]],
+                    background_words: Optional[Sequence[str]]) -> Iterator[None]:
+        """Use another vocabulary for the duration of one call."""
+        if classes is None and background_words is None:
+            yield
+            return
+        tagger, labeler = self.model, self._labeler
+        saved_tagger = (tagger.class_names, tagger.background_words)
+        saved_labeler = (labeler.class_names, labeler.background_words) if labeler else None
+        new_classes = classes is not None
+        classes = list(classes) if new_classes else list(tagger.class_names)
+        taken = {class_key(c) for c in classes}
+
+        def words(current: Sequence[str]) -> Tuple[str, ...]:
+            # Keep the configured background set, minus words that became classes.
+            if background_words is not None:
+                return tuple(background_words)
+            return tuple(w for w in current if w not in taken)
+
+        tagger.set_vocabulary(classes, words(saved_tagger[1]))
+        if labeler is not None:
+            if new_classes:
+                labeler.class_names = tuple(
+                    c if isinstance(c, str) else tuple(c) for c in cam_class_names(classes))
+            labeler.background_words = words(saved_labeler[1])
+        try:
+            yield
+        finally:
+            tagger.set_vocabulary(*saved_tagger)
+            if saved_labeler is not None:
+                labeler.class_names, labeler.background_words = saved_labeler
+
+    # ------------------------------------------------------------------ calls
+    def __call__(self,
+                 inputs: InputsType,
+                 classes: Optional[Sequence[ClassName]] = None,
+                 background_words: Optional[Sequence[str]] = None,
+                 batch_size: Optional[int] = None,
+                 return_cams: bool = False,
+                 return_mask: bool = False,
+                 channel_order: str = 'rgb',
+                 out_dir: Optional[str] = None,
+                 title: Optional[str] = None) -> List[dict]:
+        """Tag ``inputs`` and return one result per image, in input order.
+
+        Args:
+            inputs (str | np.ndarray | Sequence): An image path, a folder (its
+                image files, sorted), an array, or a list of paths and arrays.
+                Arrays are uint8 (H, W, 3), **RGB** unless ``channel_order``
+                says otherwise.
+            classes (Sequence, optional): A vocabulary for this call only.
+            background_words (Sequence[str], optional): Background words for
+                this call only (default with ``classes``: the VOC words minus
+                the classes).
+            batch_size (int, optional): Overrides the constructor's.
+            return_cams (bool): Add ``cams``: (K, H, W) float32 in [0, 1], one
+                CLIP-ES map per tag (rows in ``tags`` order), at the original
+                image size.
+            return_mask (bool): Add ``mask``: (H, W) pseudo mask at the
+                original size; 0 background, ``c + 1`` class ``c``, 255
+                ignore. uint8 for vocabularies below 255 classes, else int32.
+            channel_order (str): ``'rgb'`` or ``'bgr'`` (``mmcv.imread`` and
+                ``cv2.imread`` arrays) for array inputs; files are always
+                decoded to RGB.
+            out_dir (str, optional): Also write each image's pictures (tags,
+                CAM heat maps, mask overlay) to ``out_dir/<image name>/`` and
+                list them under ``visualization``.
+            title (str, optional): First line of the drawn tag panel.
+
+        Returns:
+            list[dict]: Per image: ``index`` (position in the input list),
+            ``img_path`` (None for arrays), ``tags`` (class names),
+            ``tag_indices``, ``scores`` (class name -> float, every class),
+            ``error`` (None, or why the image was skipped), plus ``cams``,
+            ``mask`` and ``visualization`` ((caption, path) pairs) when asked.
+        """
+        results = dict(
+            self.iter_results(inputs, classes, background_words, batch_size, return_cams,
+                              return_mask, channel_order, out_dir, title))
+        return [results[i] for i in sorted(results)]
+
+    def iter_results(self,
+                     inputs: InputsType,
+                     classes: Optional[Sequence[ClassName]] = None,
+                     background_words: Optional[Sequence[str]] = None,
+                     batch_size: Optional[int] = None,
+                     return_cams: bool = False,
+                     return_mask: bool = False,
+                     channel_order: str = 'rgb',
+                     out_dir: Optional[str] = None,
+                     title: Optional[str] = None) -> Iterator[Tuple[int, dict]]:
+        """Like :meth:`__call__`, but yield ``(index, result)`` as batches finish.
+
+        Batches follow image size, not input order; use this to report
+        progress or to write results without holding all of them.
+        """
+        items = expand_inputs(inputs)
+        if return_cams or return_mask:
+            self.labeler  # noqa: B018  (build before the vocabulary switch)
+        with self._vocabulary(classes, background_words):
+            chunks = self.preprocess(items, batch_size or self.batch_size,
+                                     channel_order=channel_order)
+            for chunk in chunks:
+                preds = self.forward(chunk, return_cams=return_cams, return_mask=return_mask)
+                visuals = self.visualize(chunk, preds, out_dir=out_dir, title=title)
+                for result in self.postprocess(preds, visuals):
+                    yield result['index'], result
+
+    # --------------------------------------------------------------- stages
+    def preprocess(self, inputs: List[InputItem], batch_size: int = 1,
+                   channel_order: str = 'rgb') -> Iterator[List[dict]]:
+        """Yield batches of loaded images that share one token grid.
+
+        Sizes come from file headers, so only one batch of pixels is held in
+        memory at a time. With ``on_error='raise'`` an unreadable file stops
+        the call here, before any model runs.
+        """
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        # Arrays are validated (and BGR flipped) up front, so a bad array fails
+        # before any model runs; an RGB uint8 array is used without a copy.
+        inputs = [array_to_rgb(x, channel_order) if isinstance(x, np.ndarray) else x
+                  for x in inputs]
+        names = [osp.splitext(osp.basename(x))[0] if isinstance(x, str) else f'array_{i}'
+                 for i, x in enumerate(inputs)]
+        stems = unique_stems(names)
+        loader = LoadImageRobust(on_error=self.on_error, keep_ori_img=True,
+                                 patch_size=self.patch_size)
+        groups: Dict[Optional[Tuple[int, int]], List[int]] = {}
+        for i, item in enumerate(inputs):
+            groups.setdefault(self._grid_of(item), []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                yield [
+                    self._load(i, inputs[i], stems[i], loader)
+                    for i in indices[start:start + batch_size]
+                ]
+
+    def _grid_of(self, item: InputItem) -> Optional[Tuple[int, int]]:
+        """Token grid of an input; None for a file that cannot be read (skipped)."""
+        if isinstance(item, np.ndarray):
+            h, w = item.shape[:2]
+        else:
+            try:
+                h, w = read_image_size(item)
+            except ImageLoadError:
+                if self.on_error == 'raise':
+                    raise
+                return None
+        return patch_grid(h, w, self.patch_size, self.max_tokens)
+
+    def _load(self, index: int, item: InputItem, stem: str, loader: LoadImageRobust) -> dict:
+        """Decode (files) and resize one input; ``load_error`` marks a skipped file."""
+        if isinstance(item, np.ndarray):
+            data = dict(img_path=None, img=item, ori_img=item, img_shape=item.shape[:2],
+                        ori_shape=item.shape[:2])
+        else:
+            data = loader(dict(img_path=item))
+        data.update(index=index, stem=stem)
+        if data.get('load_error') is None:
+            data = self.pipeline(data)
+        return data
+
+    @torch.no_grad()
+    def forward(self, inputs: List[dict], return_cams: bool = False,
+                return_mask: bool = False) -> List[dict]:
+        """Run the tagger (and the labeller) on one batch of equal-size images.
+
+        Returns:
+            list[dict]: Results without ``visualization``, in batch order.
+        """
+        ok = [d for d in inputs if not d.get('load_error')]
+        preds = {d['index']: self._error_result(d) for d in inputs if d.get('load_error')}
+        if ok:
+            tensors = [torch.from_numpy(np.ascontiguousarray(d['img'].transpose(2, 0, 1)))
+                       for d in ok]
+            meta = [dict(img_path=d['img_path'], ori_shape=d['ori_shape'],
+                         img_shape=d['img_shape']) for d in ok]
+            tagged = self.model.test_step(
+                dict(inputs=tensors, data_samples=[DataSample(metainfo=m) for m in meta]))
+            labelled = [None] * len(ok)
+            if return_cams or return_mask:
+                seg_samples = [
+                    SegDataSample(metainfo=dict(m, tags=s.pred_label.tolist()))
+                    for m, s in zip(meta, tagged)
+                ]
+                with self._labeler_returning_cams(return_cams):
+                    labelled = self.labeler.test_step(
+                        dict(inputs=tensors, data_samples=seg_samples))
+            for d, t, s in zip(ok, tagged, labelled):
+                preds[d['index']] = self._result(d, t, s, return_cams, return_mask)
+        return [preds[d['index']] for d in inputs]
+
+    @contextlib.contextmanager
+    def _labeler_returning_cams(self, flag: bool) -> Iterator[None]:
+        saved = self.labeler.return_cams
+        self.labeler.return_cams = flag
+        try:
+            yield
+        finally:
+            self.labeler.return_cams = saved
+
+    def _result(self, data: dict, tagged: DataSample, labelled: Optional[SegDataSample],
+                return_cams: bool, return_mask: bool) -> dict:
+        names = self.classes
+        tag_indices = [int(i) for i in tagged.pred_label.tolist()]
+        scores = tagged.pred_score.float().tolist()
+        result = dict(index=data['index'], img_path=data['img_path'],
+                      tags=[names[i] for i in tag_indices], tag_indices=tag_indices,
+                      scores=dict(zip(names, scores)), error=None, _image=data['ori_img'],
+                      _stem=data['stem'])
+        if return_cams:
+            order = [int(t) for t in labelled.metainfo['tags']]
+            if order != tag_indices:
+                raise RuntimeError(f'labeller tags {order} differ from tagger tags {tag_indices}')
+            result['cams'] = labelled.cams.float().cpu().numpy()
+        if return_mask:
+            mask = labelled.pred_sem_seg.data[0].cpu().numpy()
+            result['mask'] = mask.astype(np.uint8 if len(names) < 255 else np.int32)
+        return result
+
+    @staticmethod
+    def _error_result(data: dict) -> dict:
+        return dict(index=data['index'], img_path=data['img_path'], tags=[], tag_indices=[],
+                    scores={}, error=str(data['load_error']), _image=None, _stem=data['stem'])
+
+    def visualize(self, inputs: List[dict], preds: List[dict], out_dir: Optional[str] = None,
+                  title: Optional[str] = None) -> List[Optional[list]]:
+        """Write each image's pictures under ``out_dir`` (nothing without it).
+
+        Returns:
+            list: Per image, the (caption, relative path) pairs written, or
+            None.
+        """
+        if out_dir is None:
+            return [None] * len(preds)
+        visuals = []
+        for pred in preds:
+            if pred['error'] is not None:
+                visuals.append(None)
+                continue
+            label_names = (mask_label_names(self.classes, self._with_background())
+                           if 'mask' in pred else None)
+            visuals.append(
+                save_result_images(out_dir, pred['_stem'], pred['_image'], pred, label_names,
+                                   title=title))
+        return visuals
+
+    def _with_background(self) -> bool:
+        return bool(getattr(self.labeler, 'with_background', True))
+
+    def postprocess(self, preds: List[dict],
+                    visualization: List[Optional[list]]) -> List[dict]:
+        """Drop internal fields and attach the written pictures."""
+        out = []
+        for pred, vis in zip(preds, visualization):
+            result = {k: v for k, v in pred.items() if not k.startswith('_')}
+            if vis is not None:
+                result['visualization'] = vis
+            out.append(result)
+        return out

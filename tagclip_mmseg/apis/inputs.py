@@ -1,0 +1,102 @@
+"""What the inferencer accepts as images, turned into one uniform list.
+
+Inputs are file paths, folders (their image files, sorted, not recursive) or
+numpy arrays. Arrays are **RGB** by default, as PIL, matplotlib and
+``load_rgb_image`` produce; ``mmcv.imread`` and ``cv2.imread`` produce
+**BGR**, so pass ``channel_order='bgr'`` for those. Mixing the two up does not
+fail, it silently swaps red and blue, which changes CLIP's scores (a blue sky
+turns orange), hence the explicit argument.
+"""
+import os
+import os.path as osp
+from typing import List, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    'IMAGE_EXTENSIONS', 'CHANNEL_ORDERS', 'InputItem', 'list_image_files', 'expand_inputs',
+    'array_to_rgb'
+]
+
+#: File extensions treated as images when a folder is given (lower case).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm',
+                    '.pgm')
+
+#: One input: a file path or an image array.
+InputItem = Union[str, np.ndarray]
+#: Channel orders of array inputs: RGB (PIL, matplotlib) or BGR (OpenCV, mmcv).
+CHANNEL_ORDERS = ('rgb', 'bgr')
+
+
+def list_image_files(folder: str) -> List[str]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Raises:
+        FileNotFoundError: When the folder holds no image file.
+    """
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(IMAGE_EXTENSIONS) and osp.isfile(osp.join(folder, n)))
+    if not names:
+        raise FileNotFoundError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in folder '
+                                f'{folder!r}')
+    return [osp.join(folder, n) for n in names]
+
+
+def expand_inputs(inputs: Union[InputItem, Sequence[InputItem]]) -> List[InputItem]:
+    """A flat list of paths and arrays from a path, folder, array or sequence.
+
+    Raises:
+        FileNotFoundError: For a path that does not exist.
+        TypeError: For anything else than paths and arrays.
+    """
+    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+        inputs = [inputs]
+    items: List[InputItem] = []
+    for item in inputs:
+        if isinstance(item, np.ndarray):
+            items.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            if osp.isdir(path):
+                items.extend(list_image_files(path))
+            elif osp.exists(path):
+                items.append(path)
+            else:
+                raise FileNotFoundError(f'input {path!r} does not exist')
+        else:
+            raise TypeError('inputs must be image paths, folders or numpy arrays (H, W, 3), got '
+                            f'{type(item).__name__}')
+    if not items:
+        raise ValueError('no inputs given')
+    return items
+
+
+def array_to_rgb(array: np.ndarray, channel_order: str = 'rgb') -> np.ndarray:
+    """Validate an image array and return it as contiguous RGB uint8 (H, W, 3).
+
+    Grayscale (H, W) and (H, W, 1) arrays are replicated to three channels;
+    a fourth (alpha) channel is dropped, as :func:`load_rgb_image` does.
+
+    Args:
+        array (np.ndarray): uint8 image.
+        channel_order (str): ``'rgb'`` or ``'bgr'`` (``mmcv.imread``/OpenCV).
+
+    Raises:
+        ValueError: Wrong dtype, shape or channel order.
+    """
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    if array.dtype != np.uint8:
+        raise ValueError(f'image arrays must be uint8 (0-255), got {array.dtype}; convert floats '
+                         'in [0, 1] with (x * 255).round().astype(np.uint8)')
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+        raise ValueError(f'image arrays must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), '
+                         f'got shape {array.shape}')
+    if array.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+    array = array[..., :3]
+    if channel_order == 'bgr':
+        array = array[..., ::-1]
+    return np.ascontiguousarray(array)

@@ -1,0 +1,233 @@
+"""Turn what a user hands the inferencer into a tagger and a labeller config.
+
+A user may give a config file (``configs/tagclip/*.py`` for tagging,
+``configs/pseudo_labels/*.py`` for tags + masks), the bare name of one, or
+nothing at all (then only keyword arguments such as ``classes`` define the
+models). In every case the result is the same pair: a ``TagCLIP`` config and,
+for CAMs and masks, a ``CLIPESPseudoLabeler`` config that shares the CLIP
+checkpoint, vocabulary (with CLIP-ES's CAM-stage renames for the benchmark
+vocabularies, spec 3.2) and background words.
+"""
+import copy
+import glob
+import os
+import os.path as osp
+from typing import List, Optional, Sequence, Tuple
+
+from mmengine.config import Config, ConfigDict
+
+from mmseg.registry import DATASETS
+from ..datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
+from ..models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
+from ..models.prompts import (COCO_CAM_RENAMES, COCO_STUFF_CAM_RENAMES, VOC_BACKGROUND,
+                              VOC_CAM_RENAMES, ClassName, apply_renames)
+from ..utils.config import iter_dicts, set_clip_checkpoint
+
+__all__ = [
+    'config_roots', 'find_config', 'load_model_config', 'split_models', 'config_vocabulary',
+    'cam_class_names', 'default_background_words', 'class_key', 'default_tagger_cfg',
+    'labeler_cfg_for', 'labeler_config', 'set_text_cache_dir', 'to_plain_dict'
+]
+
+TAGGER_TYPE = 'TagCLIP'
+LABELER_TYPE = 'CLIPESPseudoLabeler'
+_CONFIG_GROUPS = ('tagclip', 'pseudo_labels')
+
+
+def class_key(name: ClassName) -> str:
+    """Display name of a class: the name, or the first of its synonyms."""
+    return name if isinstance(name, str) else name[0]
+
+
+def config_roots() -> List[str]:
+    """Folders searched for config names: the repository's ``configs/`` and
+    the copy an installed package keeps in ``tagclip_mmseg/.mim/configs``."""
+    package = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    roots = [osp.join(osp.dirname(package), 'configs'), osp.join(package, '.mim', 'configs')]
+    return [r for r in roots if osp.isdir(r)]
+
+
+def find_config(name: str) -> str:
+    """Path of a config given as a file path or a bare name.
+
+    ``'tagclip_vit-b16_voc12-val'`` finds ``configs/tagclip/<name>.py`` (or
+    ``configs/pseudo_labels/<name>.py``).
+
+    Raises:
+        FileNotFoundError: With the names that do exist.
+    """
+    if osp.isfile(name):
+        return name
+    stem = osp.splitext(osp.basename(name))[0]
+    available = []
+    for root in config_roots():
+        for group in _CONFIG_GROUPS:
+            hits = glob.glob(osp.join(root, group, f'{stem}.py'))
+            if hits:
+                return hits[0]
+            available += sorted(osp.splitext(osp.basename(p))[0]
+                                for p in glob.glob(osp.join(root, group, '*.py')))
+    raise FileNotFoundError(
+        f'config {name!r} is neither a file nor a known config name. Known names: '
+        f'{", ".join(available) or "(none found)"}. Pass a path to a config file, or model=None '
+        'with classes=[...] to build the default TagCLIP.')
+
+
+def load_model_config(model, checkpoint: Optional[str] = None) -> Config:
+    """Load ``model`` (path, name, Config or dict) and point its CLIPs at ``checkpoint``.
+
+    Args:
+        model (str | Config | dict): A config file, a config name, a loaded
+            Config, or a dict holding at least ``model=dict(type=...)``.
+        checkpoint (str, optional): CLIP weights replacing every
+            ``clip=dict(checkpoint=...)`` of the config; None keeps the
+            config's.
+
+    Returns:
+        Config: A copy; the caller's object is not modified.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        cfg = Config.fromfile(find_config(os.fspath(model)))
+    elif isinstance(model, Config):
+        cfg = copy.deepcopy(model)
+    elif isinstance(model, dict):
+        cfg = Config(copy.deepcopy(dict(model)))
+    else:
+        raise TypeError(f'model must be a config path, a config name, a Config or a dict, got '
+                        f'{type(model).__name__}')
+    if 'model' not in cfg:
+        raise ValueError('the config has no "model" entry; expected a configs/tagclip/ or '
+                         'configs/pseudo_labels/ config')
+    if checkpoint is not None:
+        set_clip_checkpoint(cfg, checkpoint)
+    return cfg
+
+
+def _type_name(cfg) -> str:
+    return str(cfg.get('type', '')).split('.')[-1]
+
+
+def split_models(model_cfg: dict) -> Tuple[dict, Optional[dict]]:
+    """(tagger config, labeller config or None) of a config's ``model``.
+
+    A pseudo-label config whose labeller embeds a tagger is split in two, so
+    that the inferencer can report the tagger's scores, which the labeller
+    alone does not keep.
+
+    Raises:
+        ValueError: For a model that is neither, or a labeller without tagger.
+    """
+    model_cfg = copy.deepcopy(dict(model_cfg))
+    kind = _type_name(model_cfg)
+    if kind == TAGGER_TYPE:
+        return model_cfg, None
+    if kind == LABELER_TYPE:
+        tagger = model_cfg.pop('tagger', None)
+        if tagger is None:
+            raise ValueError(f'this {LABELER_TYPE} config takes its tags from a file or the '
+                             'ground truth (no tagger=...); give the inferencer a '
+                             'configs/tagclip/ config, or add tagger=dict(type="TagCLIP", ...)')
+        return dict(tagger), model_cfg
+    raise ValueError(f'the inferencer runs {TAGGER_TYPE} (and {LABELER_TYPE}) models; the config '
+                     f'builds {model_cfg.get("type")!r}')
+
+
+def labeler_config(labeler, checkpoint: Optional[str] = None) -> dict:
+    """The CLIP-ES labeller settings of ``labeler`` (a config or a model dict).
+
+    Its tagger, if any, is dropped: the inferencer's tagger provides the tags.
+
+    Args:
+        labeler (str | Config | dict): A pseudo-label config (path, name or
+            loaded), or the labeller's model dict itself (with ``type``).
+        checkpoint (str, optional): CLIP weights replacing the config's.
+
+    Raises:
+        ValueError: When it does not describe a ``CLIPESPseudoLabeler``.
+    """
+    if isinstance(labeler, dict) and not isinstance(labeler, Config) and 'type' in labeler:
+        cfg = to_plain_dict(labeler)
+        if checkpoint is not None and isinstance(cfg.get('clip'), dict):
+            cfg['clip']['checkpoint'] = checkpoint
+    else:
+        cfg = to_plain_dict(load_model_config(labeler, checkpoint).model)
+    if _type_name(cfg) != LABELER_TYPE:
+        raise ValueError(f'labeler must configure a {LABELER_TYPE}, got {cfg.get("type")!r}')
+    cfg.pop('tagger', None)
+    return cfg
+
+
+def config_vocabulary(cfg: Config) -> Tuple[Optional[list], Optional[list]]:
+    """Classes and background words a config's test dataset defines.
+
+    Tagging configs may leave ``class_names`` out of the model and let the
+    ``VocabularyHook`` copy the dataset's metainfo; the inferencer has no
+    dataset, so it reads the same place: ``metainfo`` of the test dataset in
+    the config, else the dataset class's ``METAINFO``.
+    """
+    dataset = cfg.get('test_dataloader', {}).get('dataset') or {}
+    while dataset.get('dataset') is not None:  # wrappers (RepeatDataset, ...)
+        dataset = dataset['dataset']
+    meta = dict(dataset.get('metainfo') or {})
+    if not meta.get('classes') and dataset.get('type'):
+        try:
+            meta = {**dict(getattr(DATASETS.get(dataset['type']), 'METAINFO', {})), **meta}
+        except (KeyError, TypeError):  # unregistered type: nothing to read
+            pass
+    classes, words = meta.get('classes'), meta.get('background_words')
+    return (list(classes) if classes else None, list(words) if words is not None else None)
+
+
+def cam_class_names(classes: Sequence[ClassName]) -> List[ClassName]:
+    """Class names for the CAM stage: CLIP-ES's renames for benchmark vocabularies.
+
+    When every class belongs to VOC, COCO or COCO-Stuff, the renames of that
+    set apply (``person`` -> ``person with clothes,people,human``, ...), as in
+    the pseudo-label configs. Other vocabularies are used as given: the
+    renames were tuned for those benchmarks' wording.
+    """
+    keys = {class_key(c) for c in classes}
+    for vocab, renames in ((VOC_CLASSES, VOC_CAM_RENAMES), (COCO_CLASSES, COCO_CAM_RENAMES),
+                           (COCOSTUFF_171_CLASSES, COCO_STUFF_CAM_RENAMES)):
+        if keys <= set(vocab):
+            return apply_renames(classes, renames)
+    return list(classes)
+
+
+def default_background_words(classes: Sequence[ClassName]) -> Tuple[str, ...]:
+    """TagCLIP's VOC background words, minus any that is also a class.
+
+    Background words are softmax competitors that soak up scene content (sky,
+    road, wall...) so that it is not attributed to a foreground class; the
+    VOC list is generic enough for everyday photos. A word the user also
+    asks for as a class (``'sign'``, ``'keyboard'``...) is dropped.
+    """
+    taken = {class_key(c) for c in classes}
+    return tuple(w for w in VOC_BACKGROUND if w not in taken)
+
+
+def default_tagger_cfg(checkpoint: Optional[str]) -> dict:
+    """A TagCLIP config with the reference settings (spec 4) and no vocabulary."""
+    return dict(type=TAGGER_TYPE, clip=dict(checkpoint=checkpoint or DEFAULT_CLIP_CHECKPOINT))
+
+
+def labeler_cfg_for(tagger_cfg: dict) -> dict:
+    """A CLIP-ES labeller config matching a tagger (same CLIP, same mode)."""
+    cfg = dict(type=LABELER_TYPE, clip=copy.deepcopy(dict(tagger_cfg.get('clip') or {})))
+    for key in ('mode', 'text_cache_dir'):
+        if key in tagger_cfg:
+            cfg[key] = tagger_cfg[key]
+    return cfg
+
+
+def set_text_cache_dir(*model_cfgs: Optional[dict], cache_dir: str) -> None:
+    """Point every CLIP model config (nested taggers included) at ``cache_dir``."""
+    for model_cfg in model_cfgs:
+        for d in iter_dicts(model_cfg or {}):
+            if _type_name(d) in (TAGGER_TYPE, LABELER_TYPE):
+                d['text_cache_dir'] = cache_dir
+
+
+def to_plain_dict(cfg) -> dict:
+    """A ConfigDict (nested) as plain dicts, for editing before ``MODELS.build``."""
+    return cfg.to_dict() if isinstance(cfg, ConfigDict) else copy.deepcopy(dict(cfg))

@@ -1,0 +1,55 @@
+"""A random-weight CLIP for checking that the pipeline runs end to end.
+
+No CLIP weights can be downloaded by this project, and no package ships them.
+So that ``make demo`` still exercises loading, resizing, TagCLIP, CLIP-ES,
+drawing and the HTML page on a fresh machine, the demo can run on a CLIP with
+**random weights**. Its tags, scores, CAMs and masks are meaningless, and the
+demo says so wherever it shows them.
+
+The random model keeps the parts of ViT-B/16's *layout* that the methods
+depend on: patch size 16 (token grids), 12 vision layers (the default
+``avg_layers=(8, 9, 10)`` and ``caa_layers=range(4, 11)`` index into them) and
+a 224 input resolution (CWR crop size, positional-embedding grid). It is much
+*narrower* (width 128 instead of 768 for images, 128 x 2 layers instead of
+512 x 12 for text) because the demo must finish in seconds on two CPU cores:
+the 45-word VOC vocabulary alone is 3 825 prompts through the text tower,
+which takes minutes at ViT-B/16's real width.
+"""
+import torch
+
+from ..models.clip import CLIP
+from ..models.clip.checkpoint import save_clip_state_dict
+
+__all__ = ['PIPELINE_CHECK_ARCH', 'write_pipeline_check_checkpoint']
+
+#: Architecture of the random CLIP (arguments of :class:`CLIP`).
+PIPELINE_CHECK_ARCH = dict(
+    embed_dim=64,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=128,
+    vision_patch_size=16,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=128,
+    transformer_heads=2,
+    transformer_layers=2)
+
+
+def write_pipeline_check_checkpoint(path: str, seed: int = 0) -> str:
+    """Save a seeded random CLIP of :data:`PIPELINE_CHECK_ARCH` to ``path``.
+
+    The same seed gives the same weights, so two pipeline-check runs give the
+    same (meaningless) output.
+
+    Returns:
+        str: ``path``.
+    """
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = CLIP(**PIPELINE_CHECK_ARCH)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    save_clip_state_dict(model.state_dict(), path)
+    return path

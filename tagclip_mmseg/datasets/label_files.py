@@ -1,0 +1,159 @@
+"""Read and write image-level label files (``image_id idx idx ...``).
+
+TagCLIP ships its split lists in this format and writes its tags in it, and
+CLIP-ES reads the tags back, so one reader serves ground-truth lists, tag
+files and pseudo-label inputs alike:
+
+* one image per line: its id, then 0-based foreground class indices;
+* any whitespace separates fields (spaces or tabs); a line with only an id
+  means "no labels"; blank lines are skipped;
+* anything else is an error that names the file and line: commas, non-integer
+  or out-of-range indices, duplicate image ids.
+
+Duplicate indices on one line are merged (order of first appearance kept):
+they carry no extra meaning and some tools emit them.
+"""
+import os
+import os.path as osp
+import re
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from tagclip_mmseg.utils.io import atomic_write_text
+
+__all__ = ['LabelFileError', 'read_label_file', 'read_id_list', 'format_label_line',
+           'write_label_file']
+
+PathLike = Union[str, os.PathLike]
+_INT = re.compile(r'[+-]?\d+\Z')
+
+
+class LabelFileError(ValueError):
+    """A malformed label or id-list file; the message names ``file:line``."""
+
+
+def _lines(path: PathLike) -> Iterable[Tuple[int, List[str]]]:
+    """(line number, whitespace-split fields) for every non-blank line."""
+    path = os.fspath(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'label file {path!r} does not exist')
+    with open(path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, start=1):
+            fields = line.split()
+            if fields:
+                yield lineno, fields
+
+
+def read_label_file(path: PathLike,
+                    num_classes: Optional[int] = None,
+                    index_map: Optional[Sequence[int]] = None) -> Dict[str, List[int]]:
+    """Parse a label file into ``{image_id: [class indices]}`` in file order.
+
+    Args:
+        path (str | PathLike): The file.
+        num_classes (int, optional): Size of the vocabulary the indices refer
+            to (after ``index_map``); indices outside ``[0, num_classes)`` are
+            errors. None skips the range check.
+        index_map (Sequence[int], optional): Translate the file's indices,
+            ``index_map[i]`` being the dataset index of file index ``i`` and
+            -1 marking indices that must not occur (e.g. COCO-Stuff's
+            182-space ids -> 171 classes).
+
+    Returns:
+        dict[str, list[int]]: Labels per image id; ``[]`` for an id-only line.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        LabelFileError: With ``file:line`` for commas, non-integers, indices
+            out of range or unmapped, and duplicate image ids.
+    """
+    labels: Dict[str, List[int]] = {}
+    first_seen: Dict[str, int] = {}
+    for lineno, (img_id, *tokens) in _lines(path):
+        where = f'{os.fspath(path)}:{lineno}'
+        if ',' in img_id or any(',' in t for t in tokens):
+            raise LabelFileError(
+                f'{where}: commas are not separators in label files; expected '
+                f'"image_id idx idx ..." separated by spaces, got {" ".join([img_id, *tokens])!r}')
+        if img_id in first_seen:
+            raise LabelFileError(f'{where}: duplicate image id {img_id!r} '
+                                 f'(first at line {first_seen[img_id]})')
+        first_seen[img_id] = lineno
+        indices: List[int] = []
+        for token in tokens:
+            if not _INT.match(token):
+                raise LabelFileError(f'{where}: class index {token!r} of image {img_id!r} '
+                                     'is not an integer')
+            index = int(token)
+            if index_map is not None:
+                if not 0 <= index < len(index_map) or index_map[index] < 0:
+                    raise LabelFileError(
+                        f'{where}: class index {index} of image {img_id!r} has no entry in '
+                        f'the index map (valid file indices: those of the '
+                        f'{len(index_map)}-entry map that are not -1)')
+                index = index_map[index]
+            if num_classes is not None and not 0 <= index < num_classes:
+                raise LabelFileError(
+                    f'{where}: class index {index} of image {img_id!r} is outside the '
+                    f'{num_classes} classes of the vocabulary (valid: 0..{num_classes - 1}); '
+                    'is the file written for another dataset or class list?')
+            if index not in indices:
+                indices.append(index)
+        labels[img_id] = indices
+    return labels
+
+
+def read_id_list(path: PathLike) -> List[str]:
+    """Read image ids from a split list: the first field of each non-blank line.
+
+    Extra fields are allowed (a label file is also a valid id list).
+
+    Raises:
+        LabelFileError: With ``file:line`` for duplicate ids or commas in ids.
+    """
+    ids: List[str] = []
+    first_seen: Dict[str, int] = {}
+    for lineno, (img_id, *_) in _lines(path):
+        where = f'{os.fspath(path)}:{lineno}'
+        if ',' in img_id:
+            raise LabelFileError(f'{where}: commas are not separators; got id {img_id!r}')
+        if img_id in first_seen:
+            raise LabelFileError(f'{where}: duplicate image id {img_id!r} '
+                                 f'(first at line {first_seen[img_id]})')
+        first_seen[img_id] = lineno
+        ids.append(img_id)
+    return ids
+
+
+def format_label_line(img_id: str, indices: Iterable[int]) -> str:
+    """One line of a label file, without the newline.
+
+    Raises:
+        ValueError: For an empty id or one containing whitespace or commas,
+            which the reader could not split back.
+    """
+    if not img_id or any(c.isspace() or c == ',' for c in img_id):
+        raise ValueError(f'image id {img_id!r} cannot be written to a label file: '
+                         'ids must be non-empty and contain no whitespace or commas')
+    return ' '.join([img_id, *(str(int(i)) for i in indices)])
+
+
+def write_label_file(path: PathLike,
+                     labels: Union[Mapping[str, Iterable[int]], Iterable[Tuple[str, Iterable[int]]]]
+                     ) -> None:
+    """Write ``{image_id: indices}`` (or ``(id, indices)`` pairs) atomically.
+
+    A crash while writing leaves the previous file (or none), never a
+    truncated one; see :mod:`tagclip_mmseg.utils.io`.
+
+    Raises:
+        ValueError: For ids that cannot be written (see
+            :func:`format_label_line`) or written twice.
+    """
+    items = labels.items() if isinstance(labels, Mapping) else labels
+    lines, seen = [], set()
+    for img_id, indices in items:
+        if img_id in seen:
+            raise ValueError(f'image id {img_id!r} given twice for label file {os.fspath(path)!r}')
+        seen.add(img_id)
+        lines.append(format_label_line(img_id, indices) + '\n')
+    atomic_write_text(path, ''.join(lines))

@@ -1,0 +1,139 @@
+"""Helpers shared by the dataset classes: class lists, folder scans, skips."""
+import logging
+import os
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from mmengine.logging import print_log
+
+from .categories import COCOSTUFF_171_TO_27, COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171
+
+__all__ = [
+    'IMG_EXTENSIONS', 'LABEL_INDEX_MAPS', 'validate_classes', 'check_choice', 'resolve_index_map',
+    'scan_images', 'join_root', 'report_missing'
+]
+
+#: Extensions :func:`scan_images` picks up (case-insensitive).
+IMG_EXTENSIONS: Tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
+                                   '.webp', '.ppm', '.pgm', '.pbm')
+
+#: Named index maps that configs can pass as strings (a config cannot import
+#: Python constants): file index -> dataset index, -1 for "must not occur".
+LABEL_INDEX_MAPS: Dict[str, Tuple[int, ...]] = {
+    'cocostuff182_to_171': COCOSTUFF_182_TO_171,
+    'cocostuff182_to_27': COCOSTUFF_182_TO_27,
+    'cocostuff171_to_27': COCOSTUFF_171_TO_27,
+}
+
+
+def validate_classes(classes, owner: str) -> Tuple[str, ...]:
+    """Check a class list: a non-empty sequence of unique, non-empty strings.
+
+    Raises:
+        ValueError: Naming ``owner`` and what is wrong, with the fix.
+    """
+    if classes is None or isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise ValueError(f'{owner} needs metainfo=dict(classes=(...)): a list of class names '
+                         f'(or a file with one name per line), got {classes!r}')
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError(f'{owner}: metainfo classes is empty; list at least one class name')
+    bad = [c for c in classes if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise ValueError(f'{owner}: class names must be non-empty strings, got {bad[:5]!r}')
+    seen, dups = set(), []
+    for c in classes:
+        if c in seen:
+            dups.append(c)
+        seen.add(c)
+    if dups:
+        raise ValueError(f'{owner}: class names must be unique; repeated: {sorted(set(dups))!r}')
+    return classes
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Validate a string option against its allowed values."""
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {tuple(choices)!r}, got {value!r}')
+    return value
+
+
+def resolve_index_map(index_map: Union[None, str, Sequence[int]]) -> Optional[Tuple[int, ...]]:
+    """An index map given as a name from :data:`LABEL_INDEX_MAPS` or a sequence."""
+    if index_map is None or not isinstance(index_map, str):
+        return None if index_map is None else tuple(int(i) for i in index_map)
+    if index_map not in LABEL_INDEX_MAPS:
+        raise ValueError(f'unknown index map {index_map!r}; known: {sorted(LABEL_INDEX_MAPS)} '
+                         'or pass the list itself')
+    return LABEL_INDEX_MAPS[index_map]
+
+
+def join_root(data_root: Optional[str], path: str) -> str:
+    """``path`` joined to ``data_root`` unless it is absolute (mmengine's rule)."""
+    if path and data_root and not osp.isabs(path):
+        return osp.join(data_root, path)
+    return path
+
+
+def scan_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS) -> Dict[str, str]:
+    """Find images under ``folder`` (recursively), keyed by image id.
+
+    The id is the path relative to ``folder`` without its extension, with
+    ``/`` separators: the file stem for a flat folder. Hidden files and
+    folders are ignored, and symlinked sub-folders are not followed (a link
+    loop would never end); symlinked files are used. The result is sorted by
+    id.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory.
+        ValueError: Two files share an id (``a.jpg`` and ``a.png``).
+    """
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'image folder {folder!r} does not exist or is not a directory')
+    suffixes = tuple(s.lower() for s in suffixes)
+    found: Dict[str, str] = {}
+    clashes: List[Tuple[str, str]] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for name in sorted(files):
+            if name.startswith('.') or not name.lower().endswith(suffixes):
+                continue
+            path = osp.join(root, name)
+            rel = osp.relpath(path, folder).replace(os.sep, '/')
+            img_id = rel[:len(rel) - len(_matched_suffix(name, suffixes))]
+            if img_id in found:
+                clashes.append((found[img_id], path))
+            found[img_id] = path
+    if clashes:
+        raise ValueError(f'{len(clashes)} images in {folder!r} share an id (same name, different '
+                         f'extension), e.g. {clashes[0]}; rename or remove one of each pair')
+    return dict(sorted(found.items()))
+
+
+def _matched_suffix(name: str, suffixes: Sequence[str]) -> str:
+    lower = name.lower()
+    return max((s for s in suffixes if lower.endswith(s)), key=len)
+
+
+def report_missing(missing: Sequence[str], what: str, on_missing: str, owner: str) -> int:
+    """Skip (with a warning) or raise for entries whose files do not exist.
+
+    Args:
+        missing (Sequence[str]): The ids or paths that are missing.
+        what (str): What they are, e.g. ``'ids in the label file have no image'``.
+        on_missing (str): ``'skip'`` or ``'raise'``.
+        owner (str): The dataset's name, for the message.
+
+    Returns:
+        int: How many were skipped.
+
+    Raises:
+        FileNotFoundError: When ``on_missing='raise'`` and any are missing.
+    """
+    if not missing:
+        return 0
+    msg = f'{owner}: {len(missing)} {what}, e.g. {list(missing[:5])}'
+    if on_missing == 'raise':
+        raise FileNotFoundError(f"{msg}. Fix the paths, or pass on_missing='skip' to skip them")
+    print_log(f'{msg}; skipped', logger='current', level=logging.WARNING)
+    return len(missing)

@@ -1,0 +1,249 @@
+"""Writes pseudo masks (and optionally CAMs) as the test loop produces them.
+
+Why a metric and not a hook: mmengine calls ``BaseMetric.process`` on every
+rank with that rank's outputs, and ``compute_metrics`` once on rank 0 with the
+records gathered from all ranks. So each rank writes the PNGs of its own
+share, exactly once and as soon as they exist (nothing big is held or sent
+between ranks), and rank 0 gets the counts of the whole split to summarise.
+It also means ``dist_test.sh``/slurm parallelise generation with no extra
+code, and that ``CLSSegIoUMetric`` can sit next to it in ``test_evaluator``.
+
+Files in ``out_dir`` (all written atomically, all byte-deterministic):
+
+* ``<img_id>.png``: the mask at the original image size, class indices (0 =
+  background) and 255 = ignore, palette (``'P'``) PNG with the VOC colormap
+  by default, or plain ``'L'``. mmseg's ``LoadAnnotations`` reads both as
+  indices, so the folder can be a segmentation dataset's ``seg_map_path``.
+* ``<img_id>.npz`` (``save_cams=True``): ``attn_highres`` float16 ``(K, H, W)``
+  CAMs and ``keys`` int64 ``(K,)`` tag indices, CLIP-ES's names. An ``.npz``
+  rather than CLIP-ES's pickled-dict ``.npy`` so that it loads without
+  ``allow_pickle``.
+* ``summary.json`` and ``failed.txt``: counts, and each image that failed to
+  load with the reason (``img_id<TAB>img_path<TAB>reason``).
+"""
+import io
+import json
+import os.path as osp
+import time
+import zipfile
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.dist import is_main_process
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MMLogger
+from mmseg.registry import METRICS
+from PIL import Image
+
+from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from .resume import remove_stale_temp_files
+from .sample_fields import get_field, image_id, load_error, pixel_data
+from .summary import format_summary
+
+__all__ = ['voc_colormap', 'encode_label_png', 'encode_npz', 'PseudoLabelWriter']
+
+PaletteSpec = Union[str, Sequence[Sequence[int]], None]
+
+
+def voc_colormap(num: int = 256) -> np.ndarray:
+    """The standard PASCAL VOC colormap, ``(num, 3)`` uint8.
+
+    Colour of label i: the bits of i, taken three at a time, fill the
+    channels' bits from the most significant down (bit 0 -> red, 1 -> green,
+    2 -> blue). Label 0 is black, 255 (ignore) is (224, 224, 192).
+    """
+    labels = np.arange(num, dtype=np.int64)
+    cmap = np.zeros((num, 3), dtype=np.int64)
+    for shift in range(8):  # 8 bit planes, a fixed-size loop
+        for channel in range(3):
+            bit = (labels >> (3 * shift + channel)) & 1
+            cmap[:, channel] |= bit << (7 - shift)
+    return cmap.astype(np.uint8)
+
+
+def encode_label_png(mask: np.ndarray, palette: Optional[np.ndarray] = None) -> bytes:
+    """PNG bytes of a ``(H, W)`` uint8 label map.
+
+    Args:
+        mask: Label indices.
+        palette: ``(256, 3)`` uint8 colours for a ``'P'`` image; ``None`` for
+            ``'L'``.
+
+    Returns:
+        The encoded file. Pillow writes no time stamp or other varying
+        chunk, and the compression settings are fixed, so equal inputs give
+        equal bytes.
+    """
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f'label map must be (H, W) uint8, got {mask.dtype} {mask.shape}')
+    img = Image.fromarray(mask)
+    if palette is not None:
+        img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tobytes())
+    buf = io.BytesIO()
+    img.save(buf, format='PNG', optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An uncompressed ``.npz`` with fixed zip time stamps (deterministic bytes).
+
+    ``np.savez`` stamps entries with the current time, so two identical runs
+    would differ byte-wise; this writes the same format with a constant date.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w', compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(name + '.npy', date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, 'w', force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+@METRICS.register_module()
+class PseudoLabelWriter(BaseMetric):
+    """Write each image's ``pred_sem_seg`` as ``<out_dir>/<img_id>.png``.
+
+    Per image (one record each, gathered to rank 0):
+
+    * ``load_error`` in the metainfo -> ``failed`` (listed with its reason);
+    * ``precomputed=True`` (set by ``SkipExisting``) -> ``skipped``, the file on
+      disk is kept;
+    * otherwise the mask (and the CAMs) are written -> ``written``.
+
+    Args:
+        out_dir: Output folder; created if needed. A folder that cannot be
+            written raises ``PermissionError`` here, before any work is done.
+        palette: ``'voc'`` (default: the 256-entry VOC colormap), ``'dataset'``
+            (``dataset_meta['palette']`` for the classes, the VOC colormap for
+            the other entries, so 255 keeps its colour), an explicit list of
+            RGB triples, or ``None`` for plain ``'L'`` PNGs.
+        save_cams: Also write ``<img_id>.npz`` with the sample's ``cams``
+            (float16 ``(K, H, W)``) and its ``tags`` metainfo as ``keys``.
+        stale_temp_age_s: Temporaries older than this in ``out_dir`` are
+            removed at start-up (see ``remove_stale_temp_files``).
+        collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
+        prefix: Key prefix, default ``'pseudo_label'``.
+
+    Returned keys: ``written``, ``skipped``, ``failed``.
+    """
+    default_prefix: Optional[str] = 'pseudo_label'
+
+    def __init__(self,
+                 out_dir: str,
+                 palette: PaletteSpec = 'voc',
+                 save_cams: bool = False,
+                 stale_temp_age_s: float = 60.0,
+                 collect_device: str = 'cpu',
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        if isinstance(palette, str) and palette not in ('voc', 'dataset'):
+            raise ValueError(f"palette must be 'voc', 'dataset', a list of RGB triples or "
+                             f'None, got {palette!r}')
+        self.out_dir = ensure_writable_dir(out_dir)
+        self.palette_spec = palette
+        self.save_cams = save_cams
+        self._palette: Optional[np.ndarray] = None
+        self._start: Optional[float] = None
+        if is_main_process():
+            remove_stale_temp_files(self.out_dir, min_age_s=stale_temp_age_s)
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        """Write the masks of this batch now, on this rank; record the outcome."""
+        if self._start is None:
+            self._start = time.perf_counter()
+        for sample in data_samples:
+            img_id = image_id(sample)
+            record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
+                          status='written', reason=None)
+            error = load_error(sample)
+            if error is not None:
+                record.update(status='failed', reason=error)
+            elif get_field(sample, 'precomputed', False):
+                record['status'] = 'skipped'
+            else:
+                self._write_sample(sample, img_id)
+            self.results.append(record)
+
+    def _write_sample(self, sample, img_id: str) -> None:
+        mask = _label_map(sample, img_id)
+        atomic_write_bytes(osp.join(self.out_dir, img_id + '.png'),
+                           encode_label_png(mask, self._get_palette()))
+        if self.save_cams:
+            cams = get_field(sample, 'cams')
+            if cams is None:
+                raise KeyError(f'save_cams=True but image {img_id} has no "cams" field')
+            cams = torch.as_tensor(cams).detach().to('cpu', torch.float16).numpy()
+            keys = np.asarray(torch.as_tensor(get_field(sample, 'tags', ())).cpu(),
+                              dtype=np.int64).reshape(-1)
+            if cams.ndim != 3 or cams.shape[0] != keys.size or cams.shape[1:] != mask.shape:
+                raise ValueError(f'image {img_id}: cams {cams.shape} must be (K, H, W) with '
+                                 f'K = {keys.size} tags and (H, W) = mask {mask.shape}')
+            atomic_write_bytes(osp.join(self.out_dir, img_id + '.npz'),
+                               encode_npz(dict(keys=keys, attn_highres=cams)))
+
+    def _get_palette(self) -> Optional[np.ndarray]:
+        """The ``(256, 3)`` palette, resolved on first use (dataset meta is set late)."""
+        if self.palette_spec is None:
+            return None
+        if self._palette is None:
+            palette = voc_colormap(256)
+            spec = self.palette_spec
+            if spec == 'dataset':
+                spec = (self.dataset_meta or {}).get('palette')
+                if spec is None:
+                    raise ValueError("palette='dataset' but the dataset metainfo has no palette")
+            if not isinstance(spec, str):
+                colours = np.asarray(spec, dtype=np.int64).reshape(-1, 3)
+                if len(colours) > 256 or colours.min() < 0 or colours.max() > 255:
+                    raise ValueError('palette must be at most 256 RGB triples in [0, 255]')
+                palette[:len(colours)] = colours
+            self._palette = palette
+        return self._palette
+
+    def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
+        """Count outcomes over all ranks, write the summary files, log one line."""
+        elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
+        self._start = None
+        counts = {k: sum(r['status'] == k for r in results)
+                  for k in ('written', 'skipped', 'failed')}
+        failed = sorted((r for r in results if r['status'] == 'failed'),
+                        key=lambda r: r['img_id'])
+        atomic_write_text(osp.join(self.out_dir, 'failed.txt'), ''.join(
+            f'{r["img_id"]}\t{r["img_path"]}\t{_one_line(r["reason"])}\n' for r in failed))
+        summary = dict(counts, elapsed_s=round(elapsed, 3),
+                       failed_images=[{k: r[k] for k in ('img_id', 'img_path', 'reason')}
+                                      for r in failed])
+        atomic_write_text(osp.join(self.out_dir, 'summary.json'),
+                          json.dumps(summary, indent=1) + '\n')
+        logger = MMLogger.get_current_instance()
+        logger.info(f'pseudo labels in {self.out_dir}: ' + format_summary(counts, elapsed))
+        if failed:
+            logger.warning(f'{len(failed)} images failed to load; see '
+                           f'{osp.join(self.out_dir, "failed.txt")}')
+        return counts
+
+
+def _label_map(sample, img_id: str) -> np.ndarray:
+    """The sample's ``pred_sem_seg`` as ``(H, W)`` uint8, checked against ``ori_shape``."""
+    mask = pixel_data(get_field(sample, 'pred_sem_seg'))
+    if mask is None:
+        raise KeyError(f'image {img_id} has no pred_sem_seg to write')
+    if mask.dim() == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.dim() != 2:
+        raise ValueError(f'image {img_id}: pred_sem_seg must be (1, H, W) or (H, W), '
+                         f'got {tuple(mask.shape)}')
+    ori_shape = get_field(sample, 'ori_shape')
+    if ori_shape is not None and tuple(mask.shape) != tuple(ori_shape)[:2]:
+        raise ValueError(f'image {img_id}: pred_sem_seg is {tuple(mask.shape)} but the image '
+                         f'is {tuple(ori_shape)[:2]}; masks must be at the original size')
+    mask = mask.detach().cpu()
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 255):
+        raise ValueError(f'image {img_id}: labels must be in [0, 255] to fit a PNG, got '
+                         f'[{int(mask.min())}, {int(mask.max())}]')
+    return mask.to(torch.uint8).numpy()
+
+
+def _one_line(text: Optional[str]) -> str:
+    return ' '.join(str(text).split())

@@ -1,0 +1,183 @@
+"""Resuming a pseudo-label run: reuse finished masks, clean up after killed runs.
+
+A long CAM run (COCO: tens of thousands of images) is killed at arbitrary
+points. Every output is written atomically (``tagclip_mmseg.utils.io``), so a
+final ``<img_id>.png`` is complete, and a write in progress exists only under
+atomic_open's temporary name ``.<file name>.<8 random chars>.tmp``. On a rerun:
+
+* :class:`SkipExisting`, first in the test pipeline, marks images whose mask is
+  already on disk as ``precomputed``, reads the mask back (so mIoU still
+  counts the image) and skips loading and resizing the image;
+* the pseudo-label writer removes temporary files that such a kill left behind
+  (:func:`remove_stale_temp_files`).
+"""
+import os
+import os.path as osp
+import re
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmengine.logging import print_log
+from mmseg.registry import TRANSFORMS
+from PIL import Image
+
+from .sample_fields import image_id
+
+__all__ = ['read_label_png', 'read_cam_file', 'remove_stale_temp_files', 'SkipExisting']
+
+#: The last 12 bytes of every complete PNG: an empty IEND chunk and its CRC.
+PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+#: Characters and length of the random part of ``tempfile.mkstemp`` names.
+_MKSTEMP_RANDOM = r'[a-z0-9_]{8}'
+
+
+def read_label_png(path: str) -> Optional[np.ndarray]:
+    """Read an index PNG written by the pseudo-label writer, if it is complete.
+
+    Returns:
+        The ``(H, W)`` uint8 label array, or ``None`` when the file is missing,
+        truncated, undecodable or not a one-channel index image. A damaged
+        file is logged; the caller recomputes it and the writer replaces it.
+    """
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(osp.getsize(path) - len(PNG_TRAILER), 0))
+            if f.read() != PNG_TRAILER:  # also catches Pillow's LOAD_TRUNCATED_IMAGES
+                raise OSError('PNG has no IEND trailer (truncated)')
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ('P', 'L'):
+                raise OSError(f'mode {img.mode!r} is not an index image (P or L)')
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError) as e:
+        print_log(f'existing pseudo label {path} is unreadable ({e}); it will be recomputed',
+                  logger='current', level=30)
+        return None
+
+
+def read_cam_file(path: str) -> Optional[Dict[str, np.ndarray]]:
+    """Load a CAM ``.npz`` (``keys``, ``attn_highres``); ``None`` if missing or damaged."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, KeyError) as e:
+        print_log(f'existing CAM file {path} is unreadable ({e}); it will be recomputed',
+                  logger='current', level=30)
+        return None
+
+
+def remove_stale_temp_files(folder: str,
+                            extensions: Sequence[str] = ('.png', '.npz', '.json', '.txt'),
+                            names: Sequence[str] = (),
+                            min_age_s: float = 60.0) -> List[str]:
+    """Delete atomic-write temporaries that a killed run left in ``folder``.
+
+    Only atomic_open's names ``.<file name>.<8 mkstemp chars>.tmp`` are touched,
+    where the file name ends with one of ``extensions`` or is one of
+    ``names``, and only when older than ``min_age_s``: a temporary exists for
+    milliseconds while a file is written, so an old one belongs to a dead
+    process, while a young one may belong to another rank of the current run
+    and is left alone (a later run removes it).
+
+    Returns:
+        The removed paths.
+    """
+    targets = [rf'.+{re.escape(e)}' for e in extensions] + [re.escape(n) for n in names]
+    if not targets:
+        return []
+    pattern = re.compile(rf'^\.(?:{"|".join(targets)})\.{_MKSTEMP_RANDOM}\.tmp$')
+    removed = []
+    if not osp.isdir(folder):
+        return removed
+    cutoff = time.time() - min_age_s
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not (pattern.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+            except FileNotFoundError:  # another rank removed it first
+                pass
+    if removed:
+        print_log(f'removed {len(removed)} stale temporary files from {folder} '
+                  '(left by an interrupted run)', logger='current')
+    return removed
+
+
+@TRANSFORMS.register_module()
+class SkipExisting(BaseTransform):
+    """Skip images whose pseudo mask already exists; load and prepare the rest.
+
+    Put it first in the pseudo-label test pipeline and give it the transforms
+    that load and resize the image. For an image whose ``<out_dir>/<img_id>.png``
+    is complete (and, with ``require_cams``, whose ``<img_id>.npz`` loads), it
+    sets ``precomputed=True``, ``pred_seg_map`` (the mask read back),
+    ``ori_shape`` (the mask's size) and a ``placeholder_size`` square black
+    ``img``, and does not run ``transforms``. Every other image gets
+    ``precomputed=False`` and goes through ``transforms``.
+
+    Downstream, list ``'precomputed'`` and ``'pred_seg_map'`` in
+    ``PackSegInputs``'s ``meta_keys``: the model returns ``pred_seg_map`` as
+    its prediction without computing, the writer counts the image as skipped,
+    and ``CLSSegIoUMetric`` scores the mask read from disk. Ground truth for
+    mIoU is loaded by a ``LoadAnnotations`` after this transform either way.
+
+    Example::
+
+        test_pipeline = [
+            dict(type='SkipExisting', out_dir='work_dirs/pseudo',
+                 transforms=[dict(type='LoadImageFromFile'), ...resize...]),
+            dict(type='LoadAnnotations'),
+            dict(type='PackSegInputs', meta_keys=(..., 'precomputed', 'pred_seg_map')),
+        ]
+
+    Args:
+        out_dir: The pseudo-label writer's ``out_dir``.
+        transforms: Configs (or callables) run only for images to compute.
+        placeholder_size: Side of the placeholder image; one ViT patch by
+            default, so that it collates and costs nothing.
+        require_cams: Also require a loadable ``<img_id>.npz`` (set it when the
+            writer runs with ``save_cams=True``).
+    """
+
+    def __init__(self,
+                 out_dir: str,
+                 transforms: Sequence[Union[dict, Callable]] = (),
+                 placeholder_size: int = 16,
+                 require_cams: bool = False) -> None:
+        self.out_dir = out_dir
+        self.transforms = [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
+        self.placeholder_size = int(placeholder_size)
+        self.require_cams = require_cams
+
+    def transform(self, results: dict) -> Optional[dict]:
+        """Mark and short-cut a finished image, or run the wrapped transforms."""
+        img_id = image_id(results)
+        mask = read_label_png(osp.join(self.out_dir, img_id + '.png'))
+        if mask is not None and self.require_cams:
+            if read_cam_file(osp.join(self.out_dir, img_id + '.npz')) is None:
+                mask = None
+        if mask is not None:
+            side = self.placeholder_size
+            results.update(precomputed=True, pred_seg_map=mask, ori_shape=mask.shape,
+                           img=np.zeros((side, side, 3), np.uint8), img_shape=(side, side))
+            return results
+        results['precomputed'] = False
+        for t in self.transforms:
+            results = t(results)
+            if results is None:
+                return None
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(out_dir={self.out_dir!r}, '
+                f'transforms={self.transforms}, placeholder_size={self.placeholder_size}, '
+                f'require_cams={self.require_cams})')

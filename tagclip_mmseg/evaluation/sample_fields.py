@@ -1,0 +1,67 @@
+"""Uniform read access to the per-image outputs the metrics and writers receive.
+
+mmengine's ``Evaluator.process`` hands metrics ``data_sample.to_dict()``: plain
+dicts whose nested ``PixelData``/``LabelData`` became dicts too, while unit
+tests and tools may pass the data samples themselves. These helpers read both
+shapes so that every metric handles inputs the same way, and they define the
+one rule for naming an image's output files.
+"""
+import os.path as osp
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ['get_field', 'pixel_data', 'image_id', 'load_error']
+
+Sample = Union[Mapping[str, Any], Any]
+
+
+def get_field(sample: Sample, key: str, default: Any = None) -> Any:
+    """Return ``sample[key]`` for a dict or a data element, else ``default``."""
+    if isinstance(sample, Mapping) or hasattr(sample, 'get'):
+        return sample.get(key, default)
+    return getattr(sample, key, default)
+
+
+def pixel_data(field: Any) -> Optional[torch.Tensor]:
+    """The tensor inside a ``PixelData`` (or its ``to_dict()`` form).
+
+    Returns ``None`` for a missing field, and tensors or arrays unchanged, so
+    callers can pass whatever the model put there.
+    """
+    if field is None:
+        return None
+    if isinstance(field, Mapping):
+        field = field.get('data')
+    elif not isinstance(field, (torch.Tensor, np.ndarray)) and hasattr(field, 'data'):
+        field = field.data  # PixelData
+    if field is None:
+        return None
+    return torch.as_tensor(field)
+
+
+def image_id(sample: Sample) -> str:
+    """The id that names an image's output files (``<id>.png``, tags lines).
+
+    The dataset's ``img_id`` when present, otherwise the image file name
+    without its extension (what mmseg's own ``IoUMetric`` uses), so ids stay
+    stable between the tagger, the pseudo-labeller and resume checks.
+
+    Raises:
+        KeyError: When the sample has neither ``img_id`` nor ``img_path``.
+    """
+    img_id = get_field(sample, 'img_id')
+    if img_id is not None:
+        return str(img_id)
+    img_path = get_field(sample, 'img_path')
+    if img_path is None:
+        raise KeyError('data sample has neither "img_id" nor "img_path" in its metainfo; '
+                       'add one of them to the dataset info or to PackInputs meta_keys')
+    return osp.splitext(osp.basename(str(img_path)))[0]
+
+
+def load_error(sample: Sample) -> Optional[str]:
+    """The reason an image could not be loaded, or ``None`` when it loaded."""
+    error = get_field(sample, 'load_error')
+    return None if error is None or error == '' else str(error)

@@ -1,0 +1,130 @@
+"""Writes the tagger's output files at the end of a test run.
+
+A metric rather than a hook so that mmengine gathers the per-image records of
+all ranks to rank 0, which writes each file once (records are small: a score
+vector and a few indices per image).
+
+Files (all written atomically, sorted by image id, byte-deterministic):
+
+* ``out_file``: one line per image, ``"<img_id> idx idx ..."`` with the
+  0-based foreground indices in ascending order, the format of TagCLIP's
+  ``--save_file`` and of the split files (spec 4.6). An image without tags is
+  a line with only its id.
+* ``scores_file`` (optional): JSON lines ``{"img_id": ..., "scores": [...],
+  "tags": [...]}``, scores rounded to ``score_decimals``.
+* ``skipped_file``: ``img_id<TAB>img_path<TAB>reason`` for every image that
+  failed to load; such images are not in the other files.
+"""
+import json
+import os.path as osp
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MMLogger
+from mmseg.registry import METRICS
+
+from ..utils.io import atomic_write_text, ensure_writable_dir
+from .resume import remove_stale_temp_files
+from .sample_fields import get_field, image_id, load_error
+from .summary import format_summary
+
+__all__ = ['TagFileWriter']
+
+
+@METRICS.register_module()
+class TagFileWriter(BaseMetric):
+    """Write the tags file (and optional per-class scores) of a tagging run.
+
+    Reads ``pred_label`` (tags, fg indices) and ``pred_score`` of each image;
+    images whose metainfo has a ``load_error`` are listed in ``skipped_file``.
+
+    Args:
+        out_file: The tags file.
+        scores_file: Optional JSON-lines file of per-class scores.
+        skipped_file: List of images that failed to load; defaults to
+            ``<out_file without extension>.skipped.txt``.
+        score_decimals: Decimals kept in ``scores_file``.
+        collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
+        prefix: Key prefix, default ``'tags'``.
+
+    Returned keys: ``num_images`` (tagged) and ``num_skipped``.
+    """
+    default_prefix: Optional[str] = 'tags'
+
+    def __init__(self,
+                 out_file: str,
+                 scores_file: Optional[str] = None,
+                 skipped_file: Optional[str] = None,
+                 score_decimals: int = 6,
+                 collect_device: str = 'cpu',
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.out_file = osp.abspath(out_file)
+        self.scores_file = None if scores_file is None else osp.abspath(scores_file)
+        self.skipped_file = osp.abspath(skipped_file or
+                                        osp.splitext(out_file)[0] + '.skipped.txt')
+        self.score_decimals = int(score_decimals)
+        self._start: Optional[float] = None
+        folders = {osp.dirname(p) for p in self._paths()}
+        for folder in sorted(folders):  # fail now, not after hours of tagging
+            ensure_writable_dir(folder)
+            if is_main_process():
+                remove_stale_temp_files(folder, extensions=(), names=[
+                    osp.basename(p) for p in self._paths() if osp.dirname(p) == folder])
+
+    def _paths(self) -> List[str]:
+        return [p for p in (self.out_file, self.scores_file, self.skipped_file) if p]
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        """Keep each image's id, tags and rounded scores (one record per image)."""
+        if self._start is None:
+            self._start = time.perf_counter()
+        for sample in data_samples:
+            record = dict(img_id=image_id(sample), img_path=get_field(sample, 'img_path'),
+                          error=load_error(sample))
+            if record['error'] is None:
+                tags = get_field(sample, 'pred_label')
+                if tags is None:
+                    raise KeyError(f'image {record["img_id"]} has no pred_label (tags) to write')
+                record['tags'] = sorted(int(t) for t in torch.as_tensor(tags).flatten().tolist())
+                if self.scores_file is not None:
+                    scores = get_field(sample, 'pred_score')
+                    if scores is None:
+                        raise KeyError(f'image {record["img_id"]} has no pred_score for '
+                                       'scores_file')
+                    record['scores'] = [round(s, self.score_decimals) for s in
+                                        torch.as_tensor(scores).flatten().double().tolist()]
+            self.results.append(record)
+
+    def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
+        """Sort by image id, write the files (rank 0), log one summary line."""
+        logger = MMLogger.get_current_instance()
+        elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
+        self._start = None
+        by_id: Dict[str, dict] = {}
+        for record in results:
+            if record['img_id'] in by_id:
+                logger.warning(f'image id {record["img_id"]} occurs twice; keeping the first')
+                continue
+            by_id[record['img_id']] = record
+        records = [by_id[k] for k in sorted(by_id)]
+        tagged = [r for r in records if r['error'] is None]
+        skipped = [r for r in records if r['error'] is not None]
+
+        atomic_write_text(self.out_file, ''.join(
+            ' '.join([r['img_id'], *map(str, r['tags'])]) + '\n' for r in tagged))
+        if self.scores_file is not None:
+            atomic_write_text(self.scores_file, ''.join(
+                json.dumps(dict(img_id=r['img_id'], scores=r['scores'], tags=r['tags']),
+                           separators=(',', ':')) + '\n' for r in tagged))
+        atomic_write_text(self.skipped_file, ''.join(
+            f'{r["img_id"]}\t{r["img_path"]}\t{" ".join(str(r["error"]).split())}\n'
+            for r in skipped))
+        logger.info(f'tags written to {self.out_file}: ' + format_summary(
+            {'tagged': len(tagged), 'skipped': len(skipped)}, elapsed))
+        if skipped:
+            logger.warning(f'{len(skipped)} images failed to load; see {self.skipped_file}')
+        return dict(num_images=len(tagged), num_skipped=len(skipped))

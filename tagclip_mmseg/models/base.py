@@ -1,0 +1,166 @@
+"""What the training-free CLIP models share.
+
+Both the TagCLIP tagger and the CLIP-ES pseudo-labeller wrap a frozen CLIP,
+turn a vocabulary into text embeddings (cached on disk), take variable-size
+images as a list, run them in equal-size groups and must pass through
+mmengine's test loop untouched. That plumbing lives here once; subclasses only
+implement :meth:`FrozenCLIPModel.predict_batch`.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+from torch import Tensor
+
+from mmseg.registry import MODELS
+
+from .clip import load_clip
+from .data_preprocessor import group_by_shape
+from .text_classifier import build_text_classifier
+
+__all__ = ['FrozenCLIPModel', 'ClassName']
+
+#: A class is a name or a list of synonyms (joined with ',' inside a prompt).
+ClassName = Union[str, Sequence[str]]
+
+
+class FrozenCLIPModel(BaseModel):
+    """Base of the training-free models.
+
+    The CLIP weights are loaded in ``__init__`` (not ``init_weights``): the
+    test loop never calls ``init_weights`` (OpenMMLab trap 14), and a model
+    that silently ran on random weights would be worse than one that fails.
+
+    Args:
+        clip (dict): ``checkpoint`` (path; default OpenAI's cache location)
+            and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
+            :func:`~tagclip_mmseg.models.clip.load_clip`.
+        text_cache_dir (str, optional): Folder of the text-embedding cache;
+            ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
+            ``~/.cache/tagclip_mmseg``).
+        data_preprocessor (dict, optional): Defaults to
+            ``CLIPDataPreprocessor``.
+        init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
+    """
+
+    def __init__(self,
+                 clip: Optional[dict] = None,
+                 text_cache_dir: Optional[str] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        # Built through mmseg's registry so that direct construction (tests,
+        # the inferencer) works without a default scope being set.
+        if data_preprocessor is None or isinstance(data_preprocessor, dict):
+            data_preprocessor = MODELS.build(data_preprocessor or dict(type='CLIPDataPreprocessor'))
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        clip = dict(clip or {})
+        self.clip_cfg = clip
+        self.clip = load_clip(**clip)
+        self.clip.requires_grad_(False)
+        self.clip.eval()
+        self.text_cache_dir = text_cache_dir
+        self._text_embeddings: Dict[tuple, Tensor] = {}
+
+    # ------------------------------------------------------------------ text
+    def text_embeddings(self, class_names: Sequence[ClassName],
+                        templates: Sequence[str]) -> Tensor:
+        """L2-normalised (C, E) class embeddings on the model's device.
+
+        Computed once per (vocabulary, templates) and kept in memory; the
+        on-disk cache makes later launches and other ranks skip the text
+        encoder entirely.
+        """
+        key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), tuple(templates))
+        emb = self._text_embeddings.get(key)
+        device = self.clip.visual.conv1.weight.device
+        if emb is None or emb.device != device:
+            with torch.no_grad():
+                emb = build_text_classifier(
+                    self.clip,
+                    class_names,
+                    templates,
+                    cache_dir=self.text_cache_dir,
+                    checkpoint_id=self.clip_cfg.get('checkpoint'))
+            emb = emb.to(device=device, dtype=torch.float32)
+            self._text_embeddings[key] = emb
+        return emb
+
+    # ------------------------------------------------------------- plumbing
+    def train(self, mode: bool = True) -> 'FrozenCLIPModel':
+        """Keep CLIP in eval mode whatever the runner asks (it is frozen)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def forward(self,
+                inputs: Union[Tensor, List[Tensor]],
+                data_samples: Optional[list] = None,
+                mode: str = 'predict'):
+        if mode == 'loss':
+            raise RuntimeError(f'{type(self).__name__} is training-free: run it with '
+                               'tools/test.py (no checkpoint needed), not tools/train.py.')
+        if isinstance(inputs, Tensor):
+            inputs = list(inputs) if inputs.dim() == 4 else [inputs]
+        if data_samples is None:
+            data_samples = [BaseDataElement() for _ in inputs]
+        if len(data_samples) != len(inputs):
+            raise ValueError(f'got {len(inputs)} images but {len(data_samples)} data samples')
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self.predict(inputs, data_samples)
+        raise ValueError(f'unknown mode {mode!r}; expected "predict" or "tensor"')
+
+    def predict(self, inputs: List[Tensor], data_samples: list) -> list:
+        """Run :meth:`predict_batch` on equal-size groups; keep input order.
+
+        Samples whose loading failed upstream (``load_error`` in their
+        metainfo, from ``LoadImageRobust(on_error='skip')``) are not computed;
+        :meth:`empty_result` marks them so writers and metrics count them.
+        """
+        ok = [i for i, s in enumerate(data_samples) if not s.metainfo.get('load_error')]
+        for i in set(range(len(inputs))) - set(ok):
+            self.empty_result(data_samples[i])
+        for group in group_by_shape([inputs[i] for i in ok]):
+            idx = [ok[j] for j in group]
+            batch = torch.stack([inputs[i] for i in idx]).to(self.clip.dtype)
+            self.predict_batch(batch, [data_samples[i] for i in idx])
+        return data_samples
+
+    def predict_batch(self, images: Tensor, data_samples: list) -> None:
+        """Fill ``data_samples`` in place for a batch of equal-size images."""
+        raise NotImplementedError
+
+    def empty_result(self, data_sample) -> None:
+        """Mark a sample that could not be computed (its image failed to load)."""
+        raise NotImplementedError
+
+    def train_step(self, data, optim_wrapper):
+        raise RuntimeError(f'{type(self).__name__} is training-free and has nothing to train; '
+                           'use tools/test.py.')
+
+    @staticmethod
+    def relative_threshold(scores: Tensor, ratio: float) -> Tensor:
+        """Per-row threshold ``min + ratio * (max - min)`` (TagCLIP's rule)."""
+        lo = scores.amin(dim=-1, keepdim=True)
+        hi = scores.amax(dim=-1, keepdim=True)
+        return lo + ratio * (hi - lo)
+
+    @classmethod
+    def tags_from_scores(cls, scores: Tensor, ratio: float) -> Tensor:
+        """Boolean tags: scores above the relative threshold, else the argmax.
+
+        Args:
+            scores (Tensor): (B, C) scores.
+            ratio (float): Relative threshold ``r``.
+        """
+        tags = scores > cls.relative_threshold(scores, ratio)
+        empty = ~tags.any(dim=-1)
+        top = torch.zeros_like(tags).scatter_(-1, scores.argmax(dim=-1, keepdim=True), True)
+        return torch.where(empty[:, None], top, tags)
+
+
+def grid_of(image_hw: Tuple[int, int], patch: int) -> Tuple[int, int]:
+    """Token grid of an image whose sides are multiples of ``patch``."""
+    return image_hw[0] // patch, image_hw[1] // patch

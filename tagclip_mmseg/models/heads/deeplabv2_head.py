@@ -1,0 +1,122 @@
+"""DeepLab-v2 ASPP classifier (the CLIP-ES segmentation protocol, spec section 9).
+
+mmseg ships ASPP heads of DeepLab-v3 (parallel conv-BN-ReLU branches that are
+concatenated, then a bottleneck and a 1x1 classifier). DeepLab-v2's ASPP is
+simpler and different in kind: every branch is already a classifier, a 3x3
+convolution with its own dilation that maps the backbone features straight to
+class logits, and the branch outputs are summed. There is no normalisation,
+no activation and no shared 1x1 classifier.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch.nn as nn
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.registry import MODELS
+from torch import Tensor
+
+__all__ = ['DeepLabV2Head']
+
+
+@MODELS.register_module()
+class DeepLabV2Head(BaseDecodeHead):
+    """ASPP-v2: the sum of parallel dilated 3x3 classifiers.
+
+    ``logits = sum_d conv3x3_d(x)`` with one convolution per dilation ``d``
+    (6, 12, 18 and 24 by default), each mapping ``in_channels`` to
+    ``num_classes`` with a bias and ``padding = d`` so that the output keeps
+    the feature size.
+
+    How this fits :class:`BaseDecodeHead`: the base class always builds a 1x1
+    ``conv_seg`` classifier after ``channels`` hidden channels. Here the
+    branches *are* the classifier, so ``conv_seg`` is deleted (an unused layer
+    would also hold parameters without gradients, which breaks DDP unless
+    ``find_unused_parameters`` is set) and :meth:`cls_seg` is redefined as the
+    branch sum. ``channels`` is therefore not an argument: it equals the input
+    channels. ``dropout_ratio`` (on the input features, as in the base class)
+    defaults to 0 because DeepLab-v2's ASPP has no dropout. Everything else
+    (losses, ``ignore_index``, ``align_corners``, ``in_index``,
+    ``input_transform='resize_concat'``) behaves as in every mmseg head.
+
+    Initialisation follows deeplab-pytorch: weights ~ N(0, 0.01), biases 0,
+    applied by ``init_weights`` through ``init_cfg`` like mmseg's own heads.
+
+    The protocol trains the branches faster than the backbone: weights at
+    10x the base learning rate, biases at 20x without weight decay. That is an
+    optimiser setting, so it lives in the config (``paramwise_cfg``) and is
+    not hard-wired here; see ``configs/_base_/models/deeplabv2_r101-d8-msc.py``.
+
+    Args:
+        in_channels (int | Sequence[int]): Channels of the selected feature
+            map (2048 for a ResNet-101 stage 4); a sequence only together
+            with ``input_transform='resize_concat'``.
+        num_classes (int): Number of classes, background included.
+        dilations (Sequence[int]): Dilation (and padding) of each branch.
+            Defaults to (6, 12, 18, 24).
+        dropout_ratio (float): Dropout on the input features. Defaults to 0.
+        init_cfg (dict | list[dict], optional): Defaults to N(0, 0.01)
+            weights and zero biases on every convolution of the head.
+        **kwargs: Other :class:`BaseDecodeHead` arguments, except
+            ``channels``.
+
+    Raises:
+        ValueError: For an empty ``dilations``, a non-positive dilation,
+            ``channels`` passed explicitly, or
+            ``input_transform='multiple_select'`` (a classifier needs one
+            feature map).
+    """
+
+    def __init__(self,
+                 in_channels: Union[int, Sequence[int]] = 2048,
+                 *,
+                 num_classes: int,
+                 dilations: Sequence[int] = (6, 12, 18, 24),
+                 dropout_ratio: float = 0.,
+                 init_cfg: Optional[Union[dict, List[dict]]] = dict(
+                     type='Normal', std=0.01, bias=0., layer='Conv2d'),
+                 **kwargs) -> None:
+        if 'channels' in kwargs:
+            raise ValueError(
+                'DeepLabV2Head has no hidden layer, so `channels` is not an argument '
+                '(it always equals the input channels); remove it from the head config.')
+        if kwargs.get('input_transform') == 'multiple_select':
+            raise ValueError(
+                "DeepLabV2Head classifies one feature map; use input_transform=None or "
+                "'resize_concat', not 'multiple_select'.")
+        dilations = tuple(int(d) for d in dilations)
+        if not dilations or min(dilations) < 1:
+            raise ValueError(f'dilations must be a non-empty sequence of positive ints, '
+                             f'got {dilations!r}.')
+        channels = (sum(in_channels) if isinstance(in_channels, (list, tuple))
+                    else in_channels)
+        super().__init__(
+            in_channels,
+            channels,
+            num_classes=num_classes,
+            dropout_ratio=dropout_ratio,
+            init_cfg=init_cfg,
+            **kwargs)
+        del self.conv_seg  # the dilated branches below are the classifier
+        self.dilations = dilations
+        self.aspp = nn.ModuleList(
+            nn.Conv2d(self.channels, self.out_channels, kernel_size=3, padding=d, dilation=d)
+            for d in dilations)
+
+    def cls_seg(self, feat: Tensor) -> Tensor:
+        """Classify each pixel: the sum of the dilated branches."""
+        if self.dropout is not None:
+            feat = self.dropout(feat)
+        logits = self.aspp[0](feat)
+        for branch in self.aspp[1:]:
+            logits = logits + branch(feat)
+        return logits
+
+    def forward(self, inputs: Union[List[Tensor], Tuple[Tensor, ...]]) -> Tensor:
+        """Logits at the resolution of the selected feature map.
+
+        Args:
+            inputs (list[Tensor] | tuple[Tensor]): Backbone (or neck) outputs.
+
+        Returns:
+            Tensor: (N, num_classes, h, w) logits.
+        """
+        return self.cls_seg(self._transform_inputs(inputs))

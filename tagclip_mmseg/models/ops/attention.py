@@ -1,0 +1,286 @@
+"""Attention-based refinements: TagCLIP's DMAR and CLIP-ES's affinity (CAA).
+
+Both methods propagate per-patch scores with the ViT's own patch-to-patch
+attention, restricted to "source" patches inside a class-wise box mask:
+
+* DMAR (spec 4.2-4.3): ``W = vote(A^1..A^12) * mean_{l in Psi} A^l``, then
+  ``P_ref[:, c] = W @ (b_c * P_coarse[:, c])``.
+* CAA (spec 6.3): ``T = square(sym(sinkhorn(mean_l A^l)))``, then
+  ``R_k = T @ (b_k * cam_k)`` and a min-max normalisation.
+
+Because the box is a mask on the *keys* (columns), it folds into the right-hand
+side, and all classes or tags are refined by one batched matmul instead of a
+per-class loop. The attention vote is streamed layer by layer
+(:class:`AttentionVote`) so that only a uint8 count and one float sum are kept
+instead of twelve ``N x N`` maps.
+"""
+from typing import Iterable, Optional, Set, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .box_masks import boxes_from_scores
+from .normalize import compute_dtype, minmax_normalize
+
+__all__ = [
+    'AttentionVote', 'dmar_class_boxes', 'dmar_refine', 'affinity_from_attention', 'caa_refine'
+]
+
+
+class AttentionVote:
+    """Streaming DMAR attention vote and layer average (spec 4.2).
+
+    Feed it every layer's head-averaged attention, e.g. with
+    ``vit(x, attn_callback=vote.update)``; then :meth:`finalize` returns
+
+    ``W = (#{l : B^l > mean(B^l)} >= vote_min) * mean_{l in avg_layers} B^l``
+
+    where ``B^l`` is the patch block of layer ``l`` (the [CLS] row and column
+    dropped, rows not renormalised). Every streamed layer votes. Only a uint8
+    vote count and a float32 running sum are kept, about 5 bytes per patch
+    pair instead of 48 for twelve stored fp32 maps.
+
+    With ``vote_min=None`` no vote is taken and :meth:`finalize` returns the
+    plain layer average, which is what CLIP-ES's affinity needs (spec 6.3
+    step 1, e.g. ``avg_layers=range(4, 11)``).
+
+    Args:
+        avg_layers (Iterable[int]): 0-based layer indices averaged (Psi).
+            Default ``(8, 9, 10)``, i.e. blocks 9-11 (VOC/COCO).
+        vote_min (int, optional): Minimum number of layers above their mean
+            for a pair to be kept (the reference's ``>= 4``); ``None``
+            disables the vote.
+        has_cls_token (bool): Maps are (B, N+1, N+1) with the [CLS] token
+            first; ``False`` for maps that are already patch-only (B, N, N).
+    """
+
+    def __init__(self,
+                 avg_layers: Iterable[int] = (8, 9, 10),
+                 vote_min: Optional[int] = 4,
+                 has_cls_token: bool = True) -> None:
+        self.avg_layers = frozenset(int(i) for i in avg_layers)
+        if not self.avg_layers or min(self.avg_layers) < 0:
+            raise ValueError('avg_layers must be non-empty, 0-based layer indices, '
+                             f'got {sorted(self.avg_layers)}')
+        if vote_min is not None and not 1 <= vote_min <= 255:
+            raise ValueError(f'vote_min must be in [1, 255] or None, got {vote_min}')
+        self.vote_min = vote_min
+        self.has_cls_token = has_cls_token
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self._count: Optional[Tensor] = None
+        self._sum: Optional[Tensor] = None
+        self._seen: Set[int] = set()
+
+    @property
+    def count(self) -> Optional[Tensor]:
+        """uint8 (B, N, N): per pair, the number of layers above their mean
+        (``None`` before the first update or without a vote)."""
+        return self._count
+
+    @property
+    def layers_seen(self) -> Tuple[int, ...]:
+        """Layer indices streamed since the last reset, sorted."""
+        return tuple(sorted(self._seen))
+
+    def update(self, layer_idx: int, attn: Tensor) -> None:
+        """Add one layer's head-averaged attention.
+
+        Args:
+            layer_idx (int): 0-based layer index.
+            attn (Tensor): (B, L, L) attention probabilities, any floating
+                dtype; detached here, so it may come from a grad-enabled
+                block.
+        """
+        if attn.dim() != 3 or attn.shape[-1] != attn.shape[-2]:
+            raise ValueError(f'attention of layer {layer_idx} must have shape (B, L, L), '
+                             f'got {tuple(attn.shape)}')
+        if layer_idx in self._seen:
+            raise RuntimeError(f'layer {layer_idx} was streamed twice; call reset() between '
+                               'images')
+        block = attn.detach()
+        if self.has_cls_token:
+            block = block[:, 1:, 1:]
+        ref = self._sum if self._sum is not None else self._count
+        if ref is not None and ref.shape != block.shape:
+            raise ValueError(f'layer {layer_idx} patch block has shape {tuple(block.shape)}, '
+                             f'earlier layers had {tuple(ref.shape)}; call reset() between '
+                             'images')
+        self._seen.add(layer_idx)
+        if self.vote_min is not None:
+            tau = block.mean(dim=(-2, -1), keepdim=True, dtype=torch.float32)
+            above = block > tau
+            if self._count is None:
+                self._count = above.to(torch.uint8)
+            else:
+                self._count += above
+        if layer_idx in self.avg_layers:
+            if self._sum is None:
+                self._sum = block.to(compute_dtype(block), copy=True)
+            else:
+                self._sum += block
+
+    def finalize(self) -> Tensor:
+        """Return ``W`` (B, N, N), float32 (float64 for float64 maps), and
+        reset the accumulator (its buffers become the result)."""
+        missing = self.avg_layers - self._seen
+        if missing:
+            raise RuntimeError(f'averaged layers {sorted(missing)} were never streamed (seen '
+                               f'{self.layers_seen}); check avg_layers against the model depth')
+        out = self._sum.div_(len(self.avg_layers))
+        if self.vote_min is not None:
+            out.masked_fill_(self._count < self.vote_min, 0)
+        self.reset()
+        return out
+
+
+def _check_grid(n: int, grid_hw: Tuple[int, int], what: str) -> Tuple[int, int]:
+    hp, wp = int(grid_hw[0]), int(grid_hw[1])
+    if hp * wp != n:
+        raise ValueError(f'grid_hw {tuple(grid_hw)} does not match the {n} patches of {what}')
+    return hp, wp
+
+
+def dmar_class_boxes(p_hat: Tensor,
+                     grid_hw: Tuple[int, int],
+                     clamp_quirk: bool = True) -> Tensor:
+    """DMAR class-wise box masks from first-pass scores (spec 4.3 step 2).
+
+    Per class: min-max normalise the column over patches, binarise at the
+    map's mean with the uint8 rule, paint the union of the blobs' rectangles.
+    A class whose ``max(p_hat) <= 0`` gets an empty box, and so does a
+    constant column (normalised to zeros, nothing exceeds the threshold).
+
+    Args:
+        p_hat (Tensor): First-pass refined scores (B, N, C).
+        grid_hw (tuple[int, int]): Patch grid (Hp, Wp), ``Hp * Wp == N``.
+        clamp_quirk (bool): Reference clamping of the rectangles.
+
+    Returns:
+        Tensor: Bool (B, C, Hp, Wp).
+    """
+    if p_hat.dim() != 3:
+        raise ValueError(f'p_hat must have shape (B, N, C), got {tuple(p_hat.shape)}')
+    B, N, C = p_hat.shape
+    hp, wp = _check_grid(N, grid_hw, 'p_hat')
+    maps = p_hat.transpose(1, 2).to(compute_dtype(p_hat))  # (B, C, N)
+    norm = minmax_normalize(maps, dim=-1)
+    # A float32 mean times 255 in float32, as the reference's numpy float32.
+    thresh = norm.mean(dim=-1)
+    boxes = boxes_from_scores(norm.reshape(B, C, hp, wp), thresh, clamp_quirk=clamp_quirk)
+    return boxes & (maps.amax(dim=-1) > 0)[..., None, None]
+
+
+def dmar_refine(W: Tensor,
+                p_coarse: Tensor,
+                grid_hw: Tuple[int, int],
+                clamp_quirk: bool = True) -> Tensor:
+    """DMAR refinement of coarse patch probabilities (spec 4.3).
+
+    ``P_hat = W @ P_coarse``; ``b_c`` = :func:`dmar_class_boxes` of ``P_hat``;
+    ``P_ref[:, c] = (W * 1 b_c^T) @ P_coarse[:, c] = W @ (b_c * P_coarse[:, c])``
+    for all classes in one batched matmul. The source is the *coarse* score.
+    A class with an empty box gets a zero column.
+
+    Args:
+        W (Tensor): Masked averaged attention (B, N, N), rows = queries
+            (:meth:`AttentionVote.finalize`).
+        p_coarse (Tensor): Coarse patch probabilities (B, N, C).
+        grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
+        clamp_quirk (bool): Reference clamping of the box rectangles.
+
+    Returns:
+        Tensor: ``P_ref`` (B, N, C), float32 (float64 if an input is).
+    """
+    if W.dim() != 3 or p_coarse.dim() != 3 or W.shape[0] != p_coarse.shape[0] \
+            or W.shape[1] != W.shape[2] or W.shape[2] != p_coarse.shape[1]:
+        raise ValueError(f'expected W (B, N, N) and p_coarse (B, N, C), got {tuple(W.shape)} '
+                         f'and {tuple(p_coarse.shape)}')
+    dtype = compute_dtype(W, p_coarse)
+    w, p = W.to(dtype), p_coarse.to(dtype)
+    boxes = dmar_class_boxes(torch.bmm(w, p), grid_hw, clamp_quirk)  # (B, C, Hp, Wp)
+    return torch.bmm(w, p * boxes.flatten(2).transpose(1, 2))
+
+
+def affinity_from_attention(attn_avg: Tensor, rounds: int = 3) -> Tensor:
+    """CLIP-ES's class-aware attention affinity transform (spec 6.3 steps 2-4).
+
+    Alternately divide by column sums and by row sums ``rounds`` times
+    (Sinkhorn-style balancing), symmetrise ``(T + T^T) / 2`` and take one
+    random-walk step ``T @ T``. Computed once per image and shared by all
+    tags. Sums are floored at the smallest normal float, so an all-zero
+    row or column stays zero instead of turning into NaN (softmax attention
+    is strictly positive, so real inputs are unaffected).
+
+    Args:
+        attn_avg (Tensor): Averaged patch attention (..., N, N), e.g.
+            ``AttentionVote(avg_layers=range(4, 11), vote_min=None).finalize()``.
+        rounds (int): Column/row normalisation rounds (3 in the reference).
+
+    Returns:
+        Tensor: Affinity ``T`` (..., N, N), float32 (float64 for float64).
+    """
+    if attn_avg.dim() < 2 or attn_avg.shape[-1] != attn_avg.shape[-2]:
+        raise ValueError(f'attn_avg must have shape (..., N, N), got {tuple(attn_avg.shape)}')
+    if rounds < 1:
+        raise ValueError(f'rounds must be >= 1, got {rounds}')
+    t = attn_avg.to(compute_dtype(attn_avg), copy=True)
+    tiny = torch.finfo(t.dtype).tiny
+    for _ in range(rounds):
+        t.div_(t.sum(dim=-2, keepdim=True).clamp_min_(tiny))
+        t.div_(t.sum(dim=-1, keepdim=True).clamp_min_(tiny))
+    t = (t + t.transpose(-2, -1)).mul_(0.5)
+    return torch.matmul(t, t)
+
+
+def caa_refine(T: Tensor,
+               cams: Tensor,
+               grid_hw: Tuple[int, int],
+               box_thresh: Union[float, Tensor],
+               clamp_quirk: bool = True,
+               valid: Optional[Tensor] = None,
+               eps: float = 1e-7) -> Tensor:
+    """Refine Grad-CAMs with the affinity, all tags at once (spec 6.3 step 5).
+
+    Per tag ``k``: ``b_k`` = union of blob rectangles of the CAM thresholded
+    at ``box_thresh * max`` of the uint8-quantised CAM
+    (:func:`binarize_like_reference` with ``relative_to_max=True``);
+    ``R_k = (T * 1 b_k^T) @ cam_k = T @ (b_k * cam_k)``; then
+    ``(R_k - min) / (max(R_k - min) + eps)`` at patch resolution. Resizing
+    to the image size is the caller's job (it comes after normalisation).
+
+    Args:
+        T (Tensor): Affinity (B, N, N) from :func:`affinity_from_attention`.
+        cams (Tensor): Min-max normalised Grad-CAMs (B, K, N) in [0, 1],
+            flattened row-major over the (Hp, Wp) grid.
+        grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
+        box_thresh (float | Tensor): Ratio of the CAM max (0.4 VOC, 0.7
+            COCO); a tensor broadcastable to (B, K) gives one per tag.
+        clamp_quirk (bool): Reference clamping of the box rectangles.
+        valid (Tensor, optional): Bool (B, K); rows that are False (padding
+            when images have different tag counts) come out as zeros.
+        eps (float): Added to the normalisation divisor (reference: 1e-7).
+
+    Returns:
+        Tensor: Refined maps (B, K, N), float32 (float64 if an input is).
+    """
+    if T.dim() != 3 or cams.dim() != 3 or T.shape[0] != cams.shape[0] \
+            or T.shape[1] != T.shape[2] or T.shape[2] != cams.shape[2]:
+        raise ValueError(f'expected T (B, N, N) and cams (B, K, N), got {tuple(T.shape)} and '
+                         f'{tuple(cams.shape)}')
+    B, K, N = cams.shape
+    hp, wp = _check_grid(N, grid_hw, 'cams')
+    dtype = compute_dtype(T, cams)
+    c = cams.to(dtype)
+    boxes = boxes_from_scores(c.reshape(B, K, hp, wp), box_thresh, relative_to_max=True,
+                              clamp_quirk=clamp_quirk)
+    # R[b, k, i] = sum_j T[b, i, j] * box[b, k, j] * cam[b, k, j]
+    refined = torch.bmm(c * boxes.reshape(B, K, N), T.to(dtype).transpose(1, 2))
+    refined = minmax_normalize(refined, dim=-1, eps=eps)
+    if valid is not None:
+        if valid.shape != (B, K):
+            raise ValueError(f'valid must have shape {(B, K)}, got {tuple(valid.shape)}')
+        refined = refined * valid.to(device=refined.device, dtype=refined.dtype)[..., None]
+    return refined

@@ -1,0 +1,157 @@
+"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2 (spec section 9).
+
+DeepLab-v2 as trained by CLIP-ES runs the whole network on the image at
+several scales (1.0, 0.5 and 0.75), brings every scale's logits to the size of
+the 1.0-scale logits and fuses them by a pixel-wise max. It is supervised on
+all of them at once: the training loss is the sum of one loss per scale plus
+one on the fused map, each against the labels nearest-resized to that output's
+own size. Only the fused map is used at test time.
+
+mmseg's test-time augmentation (``SegTTAModel``) averages *probabilities* of
+independent forward passes at test time only; it can express neither the max
+fusion nor the joint training, hence this segmentor.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.structures import PixelData
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmseg.utils import OptSampleList, SampleList, add_prefix
+from torch import Tensor
+
+__all__ = ['MultiScaleEncoderDecoder']
+
+
+@MODELS.register_module()
+class MultiScaleEncoderDecoder(EncoderDecoder):
+    """Encoder-decoder over multi-scale inputs with max fusion (DeepLab MSC).
+
+    For an input batch ``x`` and each scale ``s``, the backbone and decode
+    head run on ``x`` resized by ``s`` (bilinear); the logits of every scale
+    are resized (bilinear) to the size of the ``s = 1.0`` logits and fused by
+    an element-wise max over scales.
+
+    * ``loss``: one decode loss per scale and one for the fused logits,
+      summed (mmengine adds every ``loss`` key). Each output is compared with
+      the ground truth *nearest-resized to that output's size* (the
+      DeepLab-v2 recipe; mmseg heads instead upsample the logits to the
+      label size). Resizing uses ``'nearest-exact'``, the pixel-centre rule
+      of PIL's ``NEAREST`` that deeplab-pytorch used. Keys are prefixed
+      ``decode_s<scale>.`` and ``decode_max.``, e.g. ``decode_s0.5.loss_ce``.
+      The loss functions, ``ignore_index``, optional pixel sampler and the
+      ``acc_seg`` metric all come from the decode head's own
+      :meth:`loss_by_feat`. An auxiliary head, if configured, is trained on
+      the 1.0-scale features only.
+    * ``predict`` / ``_forward``: the fused logits only. Whole and slide
+      inference, padding removal and resizing to the original image work as
+      in :class:`EncoderDecoder`, because only :meth:`encode_decode` is
+      redefined.
+
+    Args:
+        scales (Sequence[float]): Input scales; must contain 1.0 (the
+            reference size). Defaults to (1.0, 0.5, 0.75).
+        **kwargs: :class:`EncoderDecoder` arguments (``backbone``,
+            ``decode_head``, ``data_preprocessor``, ``train_cfg``,
+            ``test_cfg``, ...).
+
+    Raises:
+        ValueError: If ``scales`` lacks 1.0, has repeats or a scale <= 0.
+    """
+
+    def __init__(self, *args, scales: Sequence[float] = (1.0, 0.5, 0.75), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        scales = tuple(float(s) for s in scales)
+        if 1.0 not in scales or len(set(scales)) != len(scales) or min(scales) <= 0:
+            raise ValueError(
+                f'scales must be distinct positive factors that include 1.0 (the size the '
+                f'logits are fused at), got {scales!r}.')
+        self.scales = scales
+        self._ref_index = scales.index(1.0)
+
+    def _scale_features(self, inputs: Tensor) -> List[Tuple[Tensor, ...]]:
+        """Backbone (and neck) features of ``inputs`` at every scale."""
+        feats = []
+        for scale in self.scales:
+            x = inputs if scale == 1.0 else F.interpolate(
+                inputs, scale_factor=scale, mode='bilinear', align_corners=self.align_corners)
+            feats.append(self.extract_feat(x))
+        return feats
+
+    def fuse_logits(self, scale_logits: Sequence[Tensor]) -> Tensor:
+        """Resize every scale's logits to the 1.0-scale size; pixel-wise max.
+
+        Args:
+            scale_logits (Sequence[Tensor]): (N, C, h_s, w_s) logits, one per
+                entry of ``self.scales`` in that order.
+
+        Returns:
+            Tensor: (N, C, h, w) fused logits at the 1.0-scale size.
+        """
+        size = scale_logits[self._ref_index].shape[2:]
+        aligned = [
+            logits if logits.shape[2:] == size else F.interpolate(
+                logits, size=size, mode='bilinear', align_corners=self.align_corners)
+            for logits in scale_logits
+        ]
+        return torch.stack(aligned).amax(dim=0)
+
+    def multi_scale_logits(self, inputs: Tensor) -> List[Tensor]:
+        """Decode-head logits of every scale followed by the fused logits.
+
+        Args:
+            inputs (Tensor): (N, 3, H, W) normalised images.
+
+        Returns:
+            list[Tensor]: ``len(self.scales) + 1`` logit maps at feature
+            resolution: one per scale (in ``self.scales`` order), then the
+            max-fused map.
+        """
+        scale_logits = [self.decode_head.forward(f) for f in self._scale_features(inputs)]
+        return scale_logits + [self.fuse_logits(scale_logits)]
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """Fused logits resized to the input size (used by whole/slide inference)."""
+        fused = self.multi_scale_logits(inputs)[-1]
+        return self.decode_head.predict_by_feat(fused, batch_img_metas)
+
+    def _forward(self, inputs: Tensor, data_samples: OptSampleList = None) -> Tensor:
+        """Fused logits at feature resolution, without post-processing."""
+        return self.multi_scale_logits(inputs)[-1]
+
+    @staticmethod
+    def _labels_resized_to(seg_label: Tensor, size: torch.Size) -> SampleList:
+        """Data samples whose ``gt_sem_seg`` is ``seg_label`` nearest-resized.
+
+        At the output's size the head's own loss (which bilinearly resizes the
+        logits to the label size) becomes an identity resize, so the head's
+        loss code is reused unchanged.
+        """
+        labels = F.interpolate(seg_label.float(), size=size, mode='nearest-exact').long()
+        return [SegDataSample(gt_sem_seg=PixelData(data=label)) for label in labels]
+
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        """Sum of the decode losses of every scale and of the fused logits.
+
+        Args:
+            inputs (Tensor): (N, 3, H, W) normalised, equally padded images.
+            data_samples (list[SegDataSample]): With ``gt_sem_seg`` (H, W).
+
+        Returns:
+            dict[str, Tensor]: Losses and accuracies, prefixed per output.
+        """
+        feats = self._scale_features(inputs)
+        scale_logits = [self.decode_head.forward(f) for f in feats]
+        outputs = scale_logits + [self.fuse_logits(scale_logits)]
+        names = [f'decode_s{scale:g}' for scale in self.scales] + ['decode_max']
+        seg_label = self.decode_head._stack_batch_gt(data_samples)
+        losses = dict()
+        for name, logits in zip(names, outputs):
+            resized = self._labels_resized_to(seg_label, logits.shape[2:])
+            losses.update(add_prefix(self.decode_head.loss_by_feat(logits, resized), name))
+        if self.with_auxiliary_head:
+            losses.update(
+                self._auxiliary_head_forward_train(feats[self._ref_index], data_samples))
+        return losses

@@ -1,0 +1,3 @@
+from .tagclip import TagCLIP, TagCLIPOutput
+
+__all__ = ['TagCLIP', 'TagCLIPOutput']

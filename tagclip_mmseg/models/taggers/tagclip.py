@@ -1,0 +1,288 @@
+"""TagCLIP: local-to-global multi-label classification with a frozen CLIP.
+
+The pipeline of spec sections 4.1-4.6, for a batch of equal-size images:
+
+1. **Coarse patch classification.** One ViT pass with the last layer's
+   attention restricted to self, so each output token keeps its own spatial
+   content; every token is classified against foreground classes followed by
+   background words (softmax over all of them).
+2. **DMAR.** The same pass streams every layer's head-averaged attention into
+   an :class:`~tagclip_mmseg.models.ops.AttentionVote` (vote mask x averaged
+   attention ``W``); scores are propagated with ``W`` under a class-wise box
+   mask, then max-pooled over patches (local scores).
+3. **CWR.** Each confident class is cropped out (its refined-score region),
+   resized to the CLIP input size and re-classified by the [CLS] token, whose
+   attention is restricted to the region in every layer; the global score is
+   fused with the local one.
+4. **Tags.** Classes above TagCLIP's per-image relative threshold.
+
+All crops of a batch go through one forward, all box masks are computed on the
+device, and the attention maps are reduced layer by layer instead of kept.
+``mode='faithful'`` reproduces the reference implementation's quirks (spec
+section 12) so published numbers can be matched; ``mode='clean'`` fixes them.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmpretrain.structures import DataSample
+from torch import Tensor
+
+from mmseg.registry import MODELS
+from ..base import ClassName, FrozenCLIPModel
+from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
+                   minmax_normalize, region_bbox)
+from ..prompts import TAGCLIP_TEMPLATES
+
+__all__ = ['TagCLIP', 'TagCLIPOutput']
+
+MODES = ('faithful', 'clean')
+
+
+class TagCLIPOutput(dict):
+    """Intermediate tensors of one batch, for tests and analysis.
+
+    Keys: ``p_coarse`` (B, N, C_all), ``p_ref`` (B, N, C_all), ``p_local``
+    (B, C_fg), ``p_final`` (B, C_fg), ``tags`` (B, C_fg) bool, ``cwr_done``
+    (B, C_fg) bool, ``grid_hw``.
+    """
+
+
+@MODELS.register_module()
+class TagCLIP(FrozenCLIPModel):
+    """The TagCLIP tagger as an mmengine model.
+
+    Args:
+        class_names (Sequence[str | Sequence[str]], optional): Foreground
+            vocabulary; a list entry is a synonym list. ``None`` until
+            :meth:`set_vocabulary` is called (the ``VocabularyHook`` does it
+            from the test dataset's metainfo).
+        background_words (Sequence[str]): Softmax competitors appended after
+            the foreground classes; their scores are discarded.
+        templates (Sequence[str]): Prompt templates (85 by default).
+        vote_k (int): DMAR vote count: a patch pair is kept when at least
+            ``vote_k`` layers attend above their mean.
+        avg_layers (Sequence[int]): 0-based layers whose attention is
+            averaged for DMAR (``(8, 9, 10)`` for VOC/COCO, ``range(11)`` for
+            COCO-Stuff).
+        self_attn_mask_value (float): Off-diagonal additive mask of the last
+            layer in the coarse pass (-100).
+        cwr (bool): Run class-wise reidentification.
+        cwr_ratio (float): Candidate threshold ``r`` relative to the global
+            min/max of the refined scores.
+        cwr_region_thr (float): Region threshold on the min-max normalised
+            refined map of a candidate.
+        cwr_crop_size (int, optional): Crop side; defaults to the CLIP input
+            resolution (224 for ViT-B/16).
+        cwr_mask_value (float): Additive mask on [CLS]-to-outside keys (-1000).
+        fusion_lambda (float): Weight of the local score in the fusion.
+        tag_ratio (float): Per-image relative tag threshold ``r``.
+        mode (str): 'faithful' (reference quirks) or 'clean'.
+        cwr_batch_size (int): Crops per forward in CWR; bounds memory.
+        **kwargs: ``clip``, ``text_cache_dir``, ``data_preprocessor``,
+            ``init_cfg`` of :class:`FrozenCLIPModel`.
+    """
+
+    def __init__(self,
+                 class_names: Optional[Sequence[ClassName]] = None,
+                 background_words: Sequence[str] = (),
+                 templates: Sequence[str] = TAGCLIP_TEMPLATES,
+                 vote_k: int = 4,
+                 avg_layers: Sequence[int] = (8, 9, 10),
+                 self_attn_mask_value: float = -100.,
+                 cwr: bool = True,
+                 cwr_ratio: float = 0.5,
+                 cwr_region_thr: float = 0.5,
+                 cwr_crop_size: Optional[int] = None,
+                 cwr_mask_value: float = -1000.,
+                 fusion_lambda: float = 0.5,
+                 tag_ratio: float = 0.5,
+                 mode: str = 'faithful',
+                 cwr_batch_size: int = 32,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+        n_layers = self.clip.visual.num_layers
+        bad = [i for i in avg_layers if not -n_layers <= i < n_layers]
+        if bad or not avg_layers:
+            raise ValueError(f'avg_layers {tuple(avg_layers)} must be non-empty 0-based indices '
+                             f'of the {n_layers} vision layers')
+        if not 1 <= vote_k <= n_layers:
+            raise ValueError(f'vote_k must be in [1, {n_layers}], got {vote_k}')
+        self.background_words = tuple(background_words)
+        self.templates = tuple(templates)
+        self.vote_k = vote_k
+        self.avg_layers = tuple(i % n_layers for i in avg_layers)
+        self.self_attn_mask_value = self_attn_mask_value
+        self.cwr = cwr
+        self.cwr_ratio = cwr_ratio
+        self.cwr_region_thr = cwr_region_thr
+        self.cwr_crop_size = cwr_crop_size or self.clip.visual.input_resolution
+        self.cwr_mask_value = cwr_mask_value
+        self.fusion_lambda = fusion_lambda
+        self.tag_ratio = tag_ratio
+        self.mode = mode
+        self.cwr_batch_size = cwr_batch_size
+        # Quirk 6 (spec 2.2): the reference rounds resampled position
+        # embeddings to fp16 even in fp32.
+        self.clip.visual.pos_embed_fp16_round = mode == 'faithful'
+        self.class_names: Optional[Tuple[ClassName, ...]] = None
+        if class_names is not None:
+            self.set_vocabulary(class_names, self.background_words)
+
+    # ----------------------------------------------------------- vocabulary
+    @property
+    def faithful(self) -> bool:
+        return self.mode == 'faithful'
+
+    def set_vocabulary(self,
+                       class_names: Sequence[ClassName],
+                       background_words: Optional[Sequence[str]] = None) -> None:
+        """Set the foreground classes (and optionally background words).
+
+        Raises:
+            ValueError: For an empty or duplicated vocabulary.
+        """
+        names = tuple(n if isinstance(n, str) else tuple(n) for n in class_names)
+        if not names:
+            raise ValueError('the class vocabulary is empty: give class_names in the model '
+                             'config or metainfo=dict(classes=...) in the dataset')
+        keys = [n if isinstance(n, str) else n[0] for n in names]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f'duplicate class names in the vocabulary: {dup}')
+        if background_words is not None:
+            self.background_words = tuple(background_words)
+        clash = sorted(set(keys) & set(self.background_words))
+        if clash:
+            raise ValueError(f'background words {clash} are also foreground classes; '
+                             'remove them from background_words')
+        self.class_names = names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names or ())
+
+    def classifier(self) -> Tensor:
+        """(C_fg + C_bg, E) text embeddings: foreground first."""
+        if self.class_names is None:
+            raise RuntimeError('TagCLIP has no vocabulary: set class_names in the config, '
+                               'or add VocabularyHook to read it from the dataset metainfo')
+        return self.text_embeddings(self.class_names + self.background_words, self.templates)
+
+    # ------------------------------------------------------------ inference
+    def predict_batch(self, images: Tensor, data_samples: list) -> None:
+        out = self.tag(images)
+        for i, sample in enumerate(data_samples):
+            self._fill(sample, out['p_final'][i], out['tags'][i])
+
+    def empty_result(self, data_sample) -> None:
+        self._fill(data_sample, torch.zeros(self.num_classes), torch.zeros(self.num_classes,
+                                                                           dtype=torch.bool))
+
+    @staticmethod
+    def _fill(sample, scores: Tensor, tags: Tensor) -> None:
+        if not isinstance(sample, DataSample):
+            raise TypeError('TagCLIP expects mmpretrain DataSample inputs (pack with '
+                            f'mmpretrain.PackInputs); got {type(sample).__name__}')
+        sample.set_pred_score(scores.float().cpu())
+        sample.set_pred_label(tags.nonzero().flatten().cpu())
+
+    @torch.no_grad()
+    def tag(self, images: Tensor) -> TagCLIPOutput:
+        """Run TagCLIP on a batch of equal-size normalised images.
+
+        Args:
+            images (Tensor): (B, 3, H, W), sides multiples of the patch size.
+
+        Returns:
+            TagCLIPOutput: Scores, tags and intermediates.
+        """
+        text = self.classifier()
+        c_fg = self.num_classes
+        p_coarse, w, grid_hw = self.coarse_pass(images, text)
+        p_ref = dmar_refine(w, p_coarse, grid_hw, clamp_quirk=self.faithful)
+        p_local = p_ref[..., :c_fg].amax(dim=1)
+        p_final, done = p_local, torch.zeros_like(p_local, dtype=torch.bool)
+        if self.cwr:
+            p_final, done = self.reidentify(images, p_ref, p_local, grid_hw, text)
+        tags = self.tags_from_scores(p_final, self.tag_ratio)
+        return TagCLIPOutput(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final,
+                             tags=tags, cwr_done=done, grid_hw=grid_hw)
+
+    def coarse_pass(self, images: Tensor, text: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
+        """Self-only last layer -> per-patch probabilities, plus DMAR's ``W``.
+
+        Returns:
+            tuple: ``p_coarse`` (B, N, C_all), ``W`` (B, N, N) and the grid.
+        """
+        vit = self.clip.visual
+        p = vit.patch_size
+        L = (images.shape[-2] // p) * (images.shape[-1] // p) + 1
+        self_only = torch.full((L, L), self.self_attn_mask_value, device=images.device)
+        self_only.fill_diagonal_(0)
+        vote = AttentionVote(avg_layers=self.avg_layers, vote_min=self.vote_k)
+        out = vit(images, attn_masks={-1: self_only}, attn_callback=vote.update,
+                  weights_before_mask=True)
+        tokens = F.normalize(out.tokens[:, 1:].float(), dim=-1)
+        p_coarse = (100. * tokens @ text.t()).softmax(dim=-1)
+        return p_coarse, vote.finalize(), out.grid_hw
+
+    # ------------------------------------------------------------------ CWR
+    def reidentify(self, images: Tensor, p_ref: Tensor, p_local: Tensor, grid_hw: Tuple[int, int],
+                   text: Tensor) -> Tuple[Tensor, Tensor]:
+        """Class-wise reidentification for every candidate of the batch at once.
+
+        Returns:
+            tuple: Fused scores (B, C_fg) and which classes were reidentified.
+        """
+        B, N, _ = p_ref.shape
+        c_fg = p_local.shape[1]
+        hp, wp = grid_hw
+        flat = p_ref.flatten(1)
+        theta = flat.amin(1, keepdim=True) + self.cwr_ratio * (
+            flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True))
+        cand = p_local > theta  # (B, C_fg)
+        region = minmax_normalize(p_ref[..., :c_fg], dim=1) > self.cwr_region_thr  # (B, N, C_fg)
+        region = region.permute(0, 2, 1).reshape(B * c_fg, hp, wp)
+        x1, y1, x2, y2, valid = region_bbox(region, clamp_quirk=self.faithful)
+        valid = valid.view(B, c_fg)
+        if self.faithful:
+            # Quirk 1: a degenerate box for one candidate stops CWR for the
+            # remaining candidates of that image (classes in increasing order).
+            stopped = (cand & ~valid).long().cumsum(dim=1) > 0
+            done = cand & valid & ~stopped
+        else:
+            done = cand & valid
+        pairs = done.flatten().nonzero().flatten()
+        p_final = p_local.clone()
+        if pairs.numel() == 0:
+            return p_final, done
+        boxes = torch.stack([x1, y1, x2, y2], dim=1)[pairs]
+        img_idx = pairs // c_fg
+        cls_idx = pairs % c_fg
+        p_global = torch.cat([
+            self._crop_scores(images, region, img_idx[s], pairs[s], boxes[s], text)
+            for s in torch.arange(pairs.numel()).split(self.cwr_batch_size)
+        ])
+        fused = self.fusion_lambda * p_local[img_idx, cls_idx] + (
+            1 - self.fusion_lambda) * p_global[torch.arange(pairs.numel()), cls_idx]
+        p_final[img_idx, cls_idx] = fused
+        return p_final, done
+
+    def _crop_scores(self, images: Tensor, region: Tensor, img_idx: Tensor, map_idx: Tensor,
+                     boxes: Tensor, text: Tensor) -> Tensor:
+        """Softmax scores over all classes for a batch of masked-[CLS] crops."""
+        vit = self.clip.visual
+        p = vit.patch_size
+        s = self.cwr_crop_size
+        g = s // p
+        crops = crop_resize_bilinear(images, img_idx, boxes * p, (s, s))
+        keep = crop_resize_nearest(region, map_idx, boxes, (g, g)).flatten(1)  # (K, g*g)
+        K, L = keep.shape[0], g * g + 1
+        mask = torch.zeros(K, 1, L, L, device=images.device, dtype=torch.float32)
+        mask[:, 0, 0, 1:] = torch.where(keep, 0., self.cwr_mask_value)
+        masks = {i: mask for i in range(vit.num_layers)}
+        cls_tok = vit(crops, attn_masks=masks).tokens[:, 0]
+        return (100. * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)

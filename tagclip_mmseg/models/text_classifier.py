@@ -1,0 +1,221 @@
+"""Class-name x prompt-template text embeddings, with an on-disk cache.
+
+Both stages classify image tokens against one embedding per class: the mean
+of the L2-normalised CLIP text embeddings of every prompt ("a photo of a
+{}.", ...) filled with the class name, normalised again (spec 3.1). With
+TagCLIP's 85 templates, COCO-Stuff's 171 classes are 14 535 prompts: seconds
+on a GPU, minutes on a CPU, and the same result every run. The result is
+therefore cached on disk, keyed by everything it depends on (the checkpoint's
+identity, class names, templates, dtype), and written atomically so that
+several ranks starting together can share the cache.
+"""
+import hashlib
+import json
+import os
+import os.path as osp
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..utils.io import atomic_open
+from .clip.tokenizer import get_tokenizer
+from .prompts import ClassName
+
+__all__ = ['build_text_classifier', 'default_text_cache_dir', 'class_prompt_names', 'CACHE_ENV']
+
+#: Environment variable naming the root of tagclip_mmseg's caches; text
+#: embeddings go to its ``text_embeddings`` subfolder.
+CACHE_ENV = 'TAGCLIP_MMSEG_CACHE'
+_CACHE_FORMAT = 1
+
+
+def default_text_cache_dir() -> str:
+    """``$TAGCLIP_MMSEG_CACHE/text_embeddings``, else
+    ``~/.cache/tagclip_mmseg/text_embeddings``."""
+    root = os.environ.get(CACHE_ENV) or osp.join('~', '.cache', 'tagclip_mmseg')
+    return osp.join(osp.expanduser(root), 'text_embeddings')
+
+
+def class_prompt_names(class_names: Sequence[ClassName]) -> List[str]:
+    """Validate a vocabulary and return the string put in each template.
+
+    A class is a name or a list of synonyms; synonyms are joined with ','
+    inside one prompt, as CLIP-ES does ("a clean origami person with
+    clothes,people,human.").
+
+    Raises:
+        ValueError: Empty vocabulary, a non-string or empty name, or two
+            classes that CLIP would read as the same text.
+    """
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+        raise ValueError(f'class_names must be a list of names, got {type(class_names).__name__}')
+    if not class_names:
+        raise ValueError('class_names is empty; give at least one class name')
+    names = []
+    for i, name in enumerate(class_names):
+        synonyms = [name] if isinstance(name, str) else name
+        if (not isinstance(synonyms, Sequence) or not synonyms
+                or not all(isinstance(s, str) and s.strip() for s in synonyms)):
+            raise ValueError(f'class {i} ({name!r}) must be a non-empty string or a non-empty '
+                             'list of non-empty strings (synonyms)')
+        names.append(','.join(s.strip() for s in synonyms))
+    # The tokenizer lower-cases and collapses whitespace: compare what CLIP sees.
+    seen: Dict[str, int] = {}
+    duplicates = []
+    for i, name in enumerate(names):
+        key = ' '.join(name.lower().split())
+        if key in seen:
+            duplicates.append(f'{class_names[seen[key]]!r} (index {seen[key]}) and '
+                              f'{class_names[i]!r} (index {i})')
+        seen.setdefault(key, i)
+    if duplicates:
+        raise ValueError('duplicate class names would get identical embeddings: ' +
+                         '; '.join(duplicates) + '. Remove or rename them.')
+    return names
+
+
+def _check_templates(templates: Sequence[str]) -> List[str]:
+    if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
+        raise ValueError('templates must be a non-empty list of strings with one "{}" each')
+    bad = [t for t in templates if not isinstance(t, str) or t.count('{}') != 1]
+    if bad:
+        raise ValueError(f'each template needs exactly one "{{}}" for the class name; '
+                         f'bad: {bad[:5]}')
+    if len(set(templates)) != len(templates):
+        raise ValueError('templates contain duplicates, which would weight them twice in the mean')
+    return list(templates)
+
+
+def _cache_key(checkpoint_id: str, names: Sequence[ClassName], templates: Sequence[str],
+               dtype: torch.dtype, context_length: int, truncate: bool) -> Tuple[str, str]:
+    """Canonical JSON of what the embeddings depend on, and its SHA-256."""
+    spec = dict(
+        format=_CACHE_FORMAT,
+        checkpoint=checkpoint_id,
+        class_names=[n if isinstance(n, str) else list(n) for n in names],
+        templates=list(templates),
+        dtype=str(dtype),
+        context_length=context_length,
+        truncate=truncate)
+    text = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(',', ':'))
+    return text, hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def _read_cache(path: str, key_text: str, num_classes: int) -> Optional[Tensor]:
+    """The cached embeddings, or None when absent, unreadable or stale."""
+    if not osp.isfile(path):
+        return None
+    try:
+        entry = torch.load(path, map_location='cpu', weights_only=True)
+        emb = entry['embeddings']
+        ok = (entry.get('key') == key_text and isinstance(emb, Tensor) and emb.dim() == 2
+              and emb.shape[0] == num_classes and bool(torch.isfinite(emb).all()))
+    except Exception as e:  # noqa: BLE001  (any unreadable file is just a miss)
+        warnings.warn(f'ignoring unreadable text-embedding cache {path!r} ({e}); recomputing')
+        return None
+    if not ok:
+        warnings.warn(f'ignoring invalid text-embedding cache {path!r}; recomputing')
+        return None
+    return emb
+
+
+def _write_cache(path: str, key_text: str, embeddings: Tensor) -> None:
+    try:
+        with atomic_open(path, 'wb') as f:
+            torch.save({'key': key_text, 'embeddings': embeddings.detach().cpu()}, f)
+    except OSError as e:
+        warnings.warn(f'cannot write the text-embedding cache {path!r} ({e}); continuing '
+                      f'without it (set {CACHE_ENV} to a writable folder)')
+
+
+def _encode_prompts(clip: nn.Module, prompts: Sequence[str], class_of_prompt: Sequence[int],
+                    class_names: Sequence[ClassName], truncate: bool,
+                    batch_size: int) -> Tensor:
+    """L2-normalised text embeddings of all prompts, (P, E) in fp32."""
+    tokenizer = get_tokenizer()
+    context_length = int(getattr(clip, 'context_length', 77))
+    ids = [tokenizer.encode(p) for p in prompts]
+    too_long = [i for i, t in enumerate(ids) if len(t) + 2 > context_length]
+    if too_long:
+        classes = sorted({class_of_prompt[i] for i in too_long})
+        detail = ', '.join(repr(class_names[c]) for c in classes[:5])
+        if not truncate:
+            raise ValueError(
+                f'class name(s) {detail} make prompts longer than CLIP\'s {context_length}-token '
+                f'context (e.g. {prompts[too_long[0]]!r}); shorten them or pass truncate=True')
+        warnings.warn(f'truncating prompts of class(es) {detail} to {context_length} tokens')
+    tokens = tokenizer.pack(ids, context_length, truncate=True)
+    device = next(clip.parameters()).device
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start:start + batch_size].to(device)
+            chunks.append(F.normalize(clip.encode_text(batch).float(), dim=-1))
+    return torch.cat(chunks)
+
+
+def build_text_classifier(clip: nn.Module,
+                          class_names: Sequence[ClassName],
+                          templates: Sequence[str],
+                          cache_dir: Optional[str] = None,
+                          checkpoint_id: Optional[str] = None,
+                          batch_size: int = 256,
+                          truncate: bool = False,
+                          use_cache: bool = True) -> Tensor:
+    """One unit-norm text embedding per class (spec 3.1).
+
+    Per class, every template is filled with the class name, the prompts are
+    encoded and L2-normalised, averaged, and the mean L2-normalised. All
+    prompts of all classes go through the text encoder together in batches of
+    ``batch_size``.
+
+    Args:
+        clip (nn.Module): A CLIP with ``encode_text`` (and ``context_length``).
+        class_names (Sequence[str | Sequence[str]]): The vocabulary; a list of
+            synonyms is joined with ',' inside each prompt.
+        templates (Sequence[str]): Templates with one ``{}`` each, e.g.
+            :data:`~tagclip_mmseg.models.prompts.TAGCLIP_TEMPLATES`.
+        cache_dir (str, optional): Cache folder; defaults to
+            :func:`default_text_cache_dir`.
+        checkpoint_id (str, optional): Identity of the CLIP weights for the
+            cache key; defaults to the ``checkpoint_fingerprint`` that
+            :func:`~tagclip_mmseg.models.clip.load_clip` sets. Without either,
+            nothing is cached (the weights could be anything).
+        batch_size (int): Prompts per text-encoder forward.
+        truncate (bool): Truncate prompts longer than the context (with a
+            warning) instead of raising.
+        use_cache (bool): Read and write the on-disk cache.
+
+    Returns:
+        Tensor: (C, E) fp32 embeddings on the CLIP's device.
+
+    Raises:
+        ValueError: Invalid vocabulary or templates, or a class name too long
+            for the context (unless ``truncate``).
+    """
+    names = class_prompt_names(class_names)
+    templates = _check_templates(templates)
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be positive, got {batch_size}')
+    device = next(clip.parameters()).device
+    dtype = next(clip.parameters()).dtype
+    checkpoint_id = checkpoint_id or getattr(clip, 'checkpoint_fingerprint', None)
+    cache_path = key_text = None
+    if use_cache and checkpoint_id:
+        key_text, digest = _cache_key(checkpoint_id, class_names, templates, dtype,
+                                      int(getattr(clip, 'context_length', 77)), truncate)
+        cache_path = osp.join(cache_dir or default_text_cache_dir(), f'{digest}.pt')
+        cached = _read_cache(cache_path, key_text, len(names))
+        if cached is not None:
+            return cached.to(device)
+
+    prompts = [t.format(name) for name in names for t in templates]
+    class_of_prompt = [c for c in range(len(names)) for _ in templates]
+    per_prompt = _encode_prompts(clip, prompts, class_of_prompt, class_names, truncate, batch_size)
+    embeddings = F.normalize(per_prompt.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
+    if cache_path is not None:
+        _write_cache(cache_path, key_text, embeddings)
+    return embeddings

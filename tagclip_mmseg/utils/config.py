@@ -1,0 +1,54 @@
+"""Small edits of loaded configs shared by the command-line tools.
+
+The tools expose a few settings as flags (the CLIP checkpoint, the output
+folder of pseudo labels, the error policy) that live in several places of a
+config; these helpers find and set every occurrence so a flag can never update
+one place and miss another.
+"""
+from typing import Any, Callable, Iterator, List
+
+from mmengine.config import Config, ConfigDict
+
+__all__ = ['iter_dicts', 'set_clip_checkpoint', 'set_in_dicts_of_type']
+
+
+def iter_dicts(node: Any) -> Iterator[dict]:
+    """Every dict nested anywhere in ``node`` (dicts and lists), depth first."""
+    if isinstance(node, (dict, ConfigDict)):
+        yield node
+        for v in node.values():
+            yield from iter_dicts(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from iter_dicts(v)
+
+
+def set_clip_checkpoint(cfg: Config, path: str) -> int:
+    """Point every ``clip=dict(checkpoint=...)`` of the model config at ``path``.
+
+    Returns:
+        int: How many places were updated (0 means the config has no CLIP).
+    """
+    n = 0
+    for d in iter_dicts(cfg.get('model', {})):
+        clip = d.get('clip')
+        if isinstance(clip, (dict, ConfigDict)):
+            clip['checkpoint'] = path
+            n += 1
+    return n
+
+
+def set_in_dicts_of_type(cfg: Config, types: List[str], key: str, value: Any,
+                         where: Callable[[dict], bool] = lambda d: True) -> int:
+    """Set ``key=value`` in every dict of the config whose ``type`` is in ``types``.
+
+    Returns:
+        int: How many dicts were updated.
+    """
+    n = 0
+    for d in iter_dicts(cfg._cfg_dict if isinstance(cfg, Config) else cfg):
+        t = d.get('type')
+        if isinstance(t, str) and t.split('.')[-1] in types and where(d):
+            d[key] = value
+            n += 1
+    return n

@@ -1,0 +1,147 @@
+"""Shared fixtures: tiny random CLIPs that every test can afford on a CPU.
+
+No test downloads anything; checkpoints are built here with random weights.
+"""
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+REAL_IMAGES = osp.abspath(
+    osp.join(osp.dirname(__file__), '..', '..', 'shared', 'data', 'real_images'))
+if not osp.isdir(REAL_IMAGES):  # CI clones next to a copy of shared/
+    REAL_IMAGES = os.environ.get('TAGCLIP_REAL_IMAGES', REAL_IMAGES)
+
+#: Architecture of the tiny CLIP: widths are multiples of 64 so that OpenAI's
+#: ``heads = width // 64`` rule (used when reading a checkpoint) gives 2 heads.
+TINY_CLIP_ARCH = dict(
+    embed_dim=32,
+    image_resolution=64,
+    vision_layers=3,
+    vision_width=128,
+    vision_patch_size=16,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=128,
+    transformer_heads=2,
+    transformer_layers=2)
+
+
+def make_tiny_clip(seed: int = 0, **overrides):
+    """A tiny random CLIP in OpenAI naming (fp32, eval mode)."""
+    from tagclip_mmseg.models.clip import CLIP
+    torch.manual_seed(seed)
+    model = CLIP(**{**TINY_CLIP_ARCH, **overrides}).eval()
+    # Random init leaves some parameters at constants; perturb every tensor so
+    # that round-trip tests would notice a parameter that failed to load.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+@pytest.fixture
+def tiny_clip():
+    return make_tiny_clip()
+
+
+@pytest.fixture
+def tiny_clip_path(tmp_path, tiny_clip):
+    """A plain state_dict checkpoint of :func:`tiny_clip` on disk."""
+    path = tmp_path / 'tiny_clip.pth'
+    torch.save(tiny_clip.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope='session')
+def real_images_dir():
+    if not osp.isdir(REAL_IMAGES):
+        pytest.skip(f'real images not found at {REAL_IMAGES}')
+    return REAL_IMAGES
+
+
+#: (width, height) of the photos in :func:`tiny_pseudo_seg_data`; mixed sizes
+#: exercise padding and batching.
+TINY_SEG_SIZES = ((64, 48), (56, 64), (72, 40), (48, 48), (60, 52), (40, 56))
+
+
+def _blob_mask(rng, height: int, width: int, num_classes: int):
+    """Background, two random class rectangles and an ignored (255) band."""
+    import numpy as np
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(2):
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        y1, x1 = y0 + rng.integers(8, height // 2 + 8), x0 + rng.integers(8, width // 2 + 8)
+        mask[y0:y1, x0:x1] = rng.integers(1, num_classes)
+    band = rng.integers(0, height - 4)
+    mask[band:band + 4] = 255
+    return mask
+
+
+@pytest.fixture(scope='session')
+def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
+    """A few real photos in the VOC 2012 and COCO 2014 layouts, with fake masks.
+
+    The same six images (ids ``img0``..``img5``) serve as train and val.
+    Pseudo masks (random class blobs with a 255 band) sit in their own
+    folders, like the output of ``tools/generate_pseudo_labels.py``; the
+    "real" val masks are other random blobs.
+
+    Returns:
+        dict: ``voc_root`` (``.../VOC2012``), ``voc_pseudo``, ``coco_root``
+        (``.../coco2014``), ``coco_pseudo`` and ``ids``.
+    """
+    import glob
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp('pseudo_seg')
+    photos = sorted(glob.glob(osp.join(real_images_dir, 'images', '*.jpg')))[:len(TINY_SEG_SIZES)]
+    ids = [f'img{i}' for i in range(len(photos))]
+    rng = np.random.default_rng(0)
+    voc, coco = root / 'VOC2012', root / 'coco2014'
+    folders = dict(voc_img=voc / 'JPEGImages', voc_gt=voc / 'SegmentationClass',
+                   voc_pseudo=root / 'pseudo_voc', voc_sets=voc / 'ImageSets' / 'Segmentation',
+                   coco_train=coco / 'train2014', coco_val=coco / 'val2014',
+                   coco_gt=coco / 'SegmentationClass' / 'val2014', coco_pseudo=root / 'pseudo_coco')
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    for img_id, photo, (w, h) in zip(ids, photos, TINY_SEG_SIZES):
+        with Image.open(photo) as im:
+            im = im.convert('RGB').resize((w, h), Image.BILINEAR)
+            for key in ('voc_img', 'coco_train', 'coco_val'):
+                im.save(folders[key] / f'{img_id}.jpg', quality=90)
+        for key, classes in (('voc_gt', 21), ('voc_pseudo', 21), ('coco_gt', 81),
+                             ('coco_pseudo', 81)):
+            Image.fromarray(_blob_mask(rng, h, w, classes)).save(folders[key] / f'{img_id}.png')
+    for split in ('trainaug', 'val'):
+        (folders['voc_sets'] / f'{split}.txt').write_text(''.join(i + '\n' for i in ids))
+    return dict(voc_root=str(voc), voc_pseudo=str(folders['voc_pseudo']), coco_root=str(coco),
+                coco_pseudo=str(folders['coco_pseudo']), ids=ids)
+
+
+@pytest.fixture(scope='session')
+def deep_tiny_clip_path(tmp_path_factory):
+    """A tiny CLIP with ViT-B/16's 12 vision layers, saved as a state dict.
+
+    Default configs index layers 4-10 (``avg_layers``, ``caa_layers``); this
+    narrow but deep model lets tests run those defaults unchanged.
+    """
+    path = tmp_path_factory.mktemp('deep_tiny_clip') / 'deep_tiny_clip.pth'
+    torch.save(make_tiny_clip(vision_layers=12).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_clip_arch():
+    """A copy of :data:`TINY_CLIP_ARCH` (test modules cannot import conftest
+    under ``--import-mode=importlib``)."""
+    return dict(TINY_CLIP_ARCH)
+
+
+@pytest.fixture
+def tiny_clip_factory():
+    """:func:`make_tiny_clip`, for tests that need several different tiny CLIPs."""
+    return make_tiny_clip

@@ -1,0 +1,211 @@
+"""tools/train.py, tools/test.py and the resume fix, end to end on a tiny VOC tree.
+
+The DeepLab-v2 VOC config is inherited by a tiny derived config (ResNet-18 at
+1/8 width, 64x64 crops, a few iterations); everything else (MSC segmentor,
+ASPP-v2 head, frozen BN, gradient accumulation, pseudo-label dataset, IoU
+metric) is the real config.
+"""
+import importlib.util
+import math
+import os
+import os.path as osp
+import pickle
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import CheckpointLoader
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+V2_VOC = osp.join(REPO, 'configs', 'deeplab',
+                  'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
+
+TINY_CONFIG = """
+_base_ = [{base!r}]
+data_root = {data_root!r}
+crop_size = (64, 64)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(depth=18, stem_channels=8, base_channels=8, init_cfg=None),
+    decode_head=dict(in_channels=64))
+train_pipeline = [
+    dict(t, crop_size=crop_size) if t['type'] == 'RandomCrop' else t
+    for t in _base_.train_pipeline
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, data_prefix=dict(seg_map_path={pseudo!r}),
+                 pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=4, by_epoch=False)]
+train_cfg = dict(max_iters=4, val_interval=2)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=None))
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)
+"""
+
+
+def run_tool(script: str, *args: str) -> str:
+    """Run tools/<script> in a fresh interpreter, on the CPU; return its output."""
+    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
+    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', script), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{script} failed:\n{output[-6000:]}'
+    return output
+
+
+def import_tool(name: str):
+    """tools/<name>.py as a module (the tools folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(REPO, 'tools',
+                                                                             f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_pseudo_seg_data) -> str:
+    path = tmp_path / 'tiny_deeplabv2.py'
+    path.write_text(TINY_CONFIG.format(base=V2_VOC, data_root=tiny_pseudo_seg_data['voc_root'],
+                                       pseudo=tiny_pseudo_seg_data['voc_pseudo']))
+    return str(path)
+
+
+def train_losses(log: str) -> list:
+    return [float(v) for v in re.findall(r'\bloss: (\S+)', log)]
+
+
+@pytest.mark.slow
+def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
+    work_dir = str(tmp_path / 'work')
+
+    # 1. two iterations (one accumulated SGD update), checkpoint at iter 2
+    log = run_tool('train.py', tiny_config, '--work-dir', work_dir, '--cfg-options',
+                   'train_cfg.max_iters=2')
+    first = torch.load(osp.join(work_dir, 'iter_2.pth'), map_location='cpu',
+                       weights_only=False)
+    assert first['meta']['iter'] == 2
+    assert train_losses(log) and all(math.isfinite(v) for v in train_losses(log))
+    assert 'decode_s0.5.loss_ce' in log and 'decode_max.loss_ce' in log
+    assert 'mIoU' in log  # validation on the real-mask split ran
+
+    # 2. --resume continues at iteration 2 up to the config's 4. Under torch >= 2.6
+    # this needs tagclip_mmseg's trusted local loader (the environment above does
+    # not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
+    log = run_tool('train.py', tiny_config, '--work-dir', work_dir, '--resume')
+    assert 'resumed epoch: 0, iter: 2' in log
+    last = torch.load(osp.join(work_dir, 'iter_4.pth'), map_location='cpu', weights_only=False)
+    assert last['meta']['iter'] == 4
+    assert all(math.isfinite(v) for v in train_losses(log))
+    changed = [k for k, v in last['state_dict'].items()
+               if k.startswith('decode_head') and not torch.equal(v, first['state_dict'][k])]
+    assert changed, 'the resumed run did not update the head'
+
+    # 3. test with the checkpoint reports mIoU
+    log = run_tool('test.py', tiny_config, osp.join(work_dir, 'iter_4.pth'), '--work-dir',
+                   str(tmp_path / 'test'))
+    assert re.search(r'mIoU: \d', log)
+
+
+@pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split('.')[:2]) < (2, 6),
+                    reason='torch < 2.6 loads full pickles by default')
+def test_resume_checkpoints_need_the_trusted_local_loader(tmp_path):
+    """Trap 6: a training checkpoint is more than weights; torch refuses it by default."""
+    from mmengine.logging import HistoryBuffer
+    path = str(tmp_path / 'iter_2.pth')
+    checkpoint = dict(meta=dict(iter=2), state_dict={'w': torch.ones(2)},
+                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer([1.0])}))
+    torch.save(checkpoint, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location='cpu')  # what mmengine 0.10.7 calls
+    loaded = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    assert loaded['meta']['iter'] == 2
+    with pytest.raises(FileNotFoundError, match='can not be found'):
+        CheckpointLoader.load_checkpoint(str(tmp_path / 'missing.pth'))
+
+
+def test_test_tool_checkpoint_is_optional_and_out_needs_one_metric(tmp_path, monkeypatch,
+                                                                  tiny_config):
+    test_tool = import_tool('test')
+    monkeypatch.setattr(sys, 'argv', ['test.py', tiny_config])
+    args = test_tool.parse_args()
+    assert args.checkpoint is None
+    cfg = Config.fromfile(tiny_config)
+    test_tool.set_output_dir(cfg, str(tmp_path / 'preds'))
+    assert cfg.test_evaluator.output_dir == str(tmp_path / 'preds')
+    assert cfg.test_evaluator.keep_results is True
+    cfg.test_evaluator = [dict(type='IoUMetric'), dict(type='IoUMetric')]
+    with pytest.raises(ValueError, match='single test_evaluator'):
+        test_tool.set_output_dir(cfg, str(tmp_path / 'preds'))
+
+
+def test_train_tool_resume_forms(tmp_path, monkeypatch, tiny_config):
+    train_tool = import_tool('train')
+    cfg = Config.fromfile(tiny_config)
+    for argv, resume in ((['train.py', tiny_config, '--resume'], 'auto'),
+                         (['train.py', tiny_config], None)):
+        monkeypatch.setattr(sys, 'argv', argv)
+        assert train_tool.parse_args().resume == resume
+    train_tool.set_resume(cfg, 'auto')
+    assert cfg.resume is True and cfg.load_from is None
+    ckpt = tmp_path / 'iter_2.pth'
+    ckpt.write_bytes(b'')
+    train_tool.set_resume(cfg, str(ckpt))
+    assert cfg.resume is True and cfg.load_from == str(ckpt)
+    with pytest.raises(FileNotFoundError, match='--resume'):
+        train_tool.set_resume(cfg, str(tmp_path / 'missing.pth'))
+    train_tool.enable_amp(cfg)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.accumulative_counts == 2
+
+
+def test_run_pipeline_skips_finished_steps(tmp_path, capsys, tiny_config):
+    pipeline = import_tool('run_pipeline')
+    work = tmp_path / 'pipe'
+    pseudo = work / 'pseudo_labels'
+    argv = ['--work-dir', str(work), '--pseudo-config', 'PSEUDO.py', '--seg-config', tiny_config,
+            '--dry-run']
+
+    pipeline.main(argv)
+    out = capsys.readouterr().out
+    assert '[tags] output exists, skipped' in out  # no --tag-config: nothing to tag
+    assert 'generate_pseudo_labels.py PSEUDO.py --out ' + str(pseudo) in out
+    assert '--resume' in out and f'seg_map_path={pseudo}' in out
+    assert osp.join(str(work), 'segmenter', 'iter_4.pth') in out  # the config's max_iters
+
+    pseudo.mkdir()
+    (pseudo / 'summary.json').write_text('{}')
+    for img_id in ('b', 'a'):
+        (pseudo / f'{img_id}.png').write_bytes(b'')
+    assert pipeline.write_train_ids(str(pseudo), str(work / 'train_ids.txt')) == 2
+    assert (work / 'train_ids.txt').read_text() == 'a\nb\n'
+    seg = work / 'segmenter'
+    seg.mkdir()
+    (seg / 'iter_4.pth').write_bytes(b'')
+    (seg / 'last_checkpoint').write_text(str(seg / 'iter_4.pth'))
+    (work / 'metrics.json').write_text('{}')
+    pipeline.main(argv)
+    out = capsys.readouterr().out
+    for step in ('tags', 'pseudo', 'train', 'eval'):
+        assert f'[{step}] output exists, skipped' in out
+    assert '+ ' not in out
+
+    (work / 'metrics.json').unlink()
+    with pytest.raises(RuntimeError, match="'eval' is not done"):
+        pipeline.main(argv + ['--steps', 'tags'])
+
+
+def test_run_pipeline_reads_newest_test_metrics(tmp_path):
+    pipeline = import_tool('run_pipeline')
+    for stamp, miou in (('20240101_000000', 1.0), ('20240102_000000', 2.0)):
+        (tmp_path / stamp).mkdir()
+        (tmp_path / stamp / f'{stamp}.json').write_text(f'{{"mIoU": {miou}}}')
+    (tmp_path / '20240102_000000' / 'vis_data').mkdir()
+    assert pipeline.newest_test_metrics(str(tmp_path)) == {'mIoU': 2.0}

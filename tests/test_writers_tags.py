@@ -1,0 +1,97 @@
+"""TagFileWriter: file formats, ordering, skipped images, determinism."""
+import json
+
+import pytest
+import torch
+
+from tagclip_mmseg.evaluation import TagFileWriter
+
+
+def _sample(img_id, tags, scores, load_error=None):
+    from mmpretrain.structures import DataSample
+    meta = dict(img_id=img_id, img_path=f'/d/{img_id}.jpg', ori_shape=(4, 4))
+    if load_error is not None:
+        meta['load_error'] = load_error
+    sample = DataSample(metainfo=meta)
+    sample.set_pred_score(torch.tensor(scores, dtype=torch.float))
+    sample.set_pred_label(torch.tensor(tags, dtype=torch.long))
+    return sample.to_dict()
+
+
+SAMPLES = [
+    ('2007_000042', [18, 3], [0.1, 0.2, 0.3]),
+    ('2007_000033', [0], [0.9, 1 / 3, 0.05]),
+    ('2007_000061', [], [0.2, 0.2, 0.2]),
+]
+
+
+def _write(tmp_path, name, samples, **kwargs):
+    writer = TagFileWriter(out_file=str(tmp_path / f'{name}.txt'),
+                           scores_file=str(tmp_path / f'{name}.jsonl'), **kwargs)
+    writer.process({}, samples)
+    return writer.compute_metrics(writer.results)
+
+
+def test_tags_and_scores_files(tmp_path):
+    samples = [_sample(*s) for s in SAMPLES]
+    samples.append(_sample('2008_000001', [1], [0, 0, 0], load_error='truncated file'))
+    out = _write(tmp_path, 'tags', samples)
+    assert out == dict(num_images=3, num_skipped=1)
+    assert (tmp_path / 'tags.txt').read_text() == \
+        '2007_000033 0\n2007_000042 3 18\n2007_000061\n'
+    lines = [json.loads(line) for line in (tmp_path / 'tags.jsonl').read_text().splitlines()]
+    assert [r['img_id'] for r in lines] == ['2007_000033', '2007_000042', '2007_000061']
+    assert lines[0]['scores'] == [pytest.approx(0.9), 0.333333, 0.05]
+    assert lines[1]['tags'] == [3, 18]
+    assert (tmp_path / 'tags.skipped.txt').read_text() == \
+        '2008_000001\t/d/2008_000001.jpg\ttruncated file\n'
+
+
+def test_output_is_deterministic_under_reordering(tmp_path):
+    samples = [_sample(*s) for s in SAMPLES]
+    _write(tmp_path, 'a', samples)
+    _write(tmp_path, 'b', samples[::-1])
+    assert (tmp_path / 'a.txt').read_bytes() == (tmp_path / 'b.txt').read_bytes()
+    assert (tmp_path / 'a.jsonl').read_bytes() == (tmp_path / 'b.jsonl').read_bytes()
+
+
+def test_ranks_gathered_like_mmengine(tmp_path):
+    """Two 'ranks' each process their share; rank 0 writes all of it."""
+    rank0 = TagFileWriter(out_file=str(tmp_path / 't.txt'))
+    rank1 = TagFileWriter(out_file=str(tmp_path / 't.txt'))
+    rank0.process({}, [_sample(*SAMPLES[0])])
+    rank1.process({}, [_sample(*SAMPLES[1]), _sample(*SAMPLES[2])])
+    out = rank0.compute_metrics(rank0.results + rank1.results)
+    assert out['num_images'] == 3
+    assert (tmp_path / 't.txt').read_text().count('\n') == 3
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    with pytest.raises(PermissionError):
+        TagFileWriter(out_file=str(blocker / 'tags.txt'))
+
+
+def test_missing_tags_is_an_error(tmp_path):
+    sample = _sample(*SAMPLES[0])
+    del sample['pred_label']
+    writer = TagFileWriter(out_file=str(tmp_path / 't.txt'))
+    with pytest.raises(KeyError, match='pred_label'):
+        writer.process({}, [sample])
+
+
+def test_through_config_and_evaluator(tmp_path):
+    from mmengine.evaluator import Evaluator
+    from mmseg.registry import METRICS
+    writer = METRICS.build(dict(type='TagFileWriter', out_file=str(tmp_path / 'tags.txt')))
+    evaluator = Evaluator([writer, METRICS.build(dict(type='TaggingMetric'))])
+    from mmpretrain.structures import DataSample
+    samples = []
+    for img_id, tags, scores in SAMPLES:
+        s = DataSample(metainfo=dict(img_id=img_id)).set_pred_score(torch.tensor(scores))
+        samples.append(s.set_pred_label(torch.tensor(tags)).set_gt_label(torch.tensor([0])))
+    evaluator.process(samples)
+    out = evaluator.evaluate(len(samples))
+    assert out['tags/num_images'] == 3 and 'tagging/mAP' in out
+    assert (tmp_path / 'tags.txt').read_text().startswith('2007_000033 0\n')

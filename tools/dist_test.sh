@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Distributed testing with torchrun.
+#   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
+#   bash tools/dist_test.sh CONFIG none GPUS [...]   # training-free models
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR (and PORT) on every node.
+# PYTHON selects the interpreter (default: python).
+# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: see dist_train.sh.
+set -euo pipefail
+
+CONFIG=$1
+CHECKPOINT=$2
+GPUS=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+
+# 'none' (or '') stands for "no checkpoint" so that GPUS stays the third argument.
+CKPT_ARG=()
+if [[ -n "$CHECKPOINT" && "$CHECKPOINT" != "none" ]]; then
+    CKPT_ARG=("$CHECKPOINT")
+fi
+
+export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=${TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:-1}
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+"${PYTHON:-python}" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$(dirname "$0")/test.py" \
+    "$CONFIG" \
+    ${CKPT_ARG[@]+"${CKPT_ARG[@]}"} \
+    --launcher pytorch \
+    "${@:4}"

@@ -1,0 +1,105 @@
+"""Generate CLIP-ES pseudo masks for a dataset, resumably, on one or many GPUs.
+
+Examples::
+
+    # one process
+    python tools/generate_pseudo_labels.py \
+        configs/pseudo_labels/clip-es_vit-b16_voc12-val_tagclip-tags.py \
+        --out work_dirs/pseudo_labels/voc12_val
+
+    # eight GPUs (same flags after the config)
+    bash tools/dist_test.sh CONFIG 8 --out DIR   # or: torchrun ... --launcher pytorch
+
+A killed or preempted run started again with the same ``--out`` skips every
+image whose PNG is already complete (files are written atomically, so a PNG
+that exists is whole) and writes the rest.
+"""
+import argparse
+import os
+import os.path as osp
+import time
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import tagclip_mmseg  # noqa: F401  (registers everything)
+from tagclip_mmseg.evaluation.summary import format_summary
+from tagclip_mmseg.utils import (ensure_writable_dir, set_clip_checkpoint, set_in_dicts_of_type)
+
+WRITERS = ['PseudoLabelWriter']
+RESUME_TRANSFORMS = ['SkipExisting']
+LOADERS = ['LoadImageRobust']
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Write pseudo masks (PNG) for a dataset')
+    parser.add_argument('config', help='pseudo-label config (configs/pseudo_labels/...)')
+    parser.add_argument('--out', required=True, help='output folder of the PNG masks')
+    parser.add_argument('--clip-checkpoint', help='CLIP weights (default: the config, '
+                        'usually ~/.cache/clip/ViT-B-16.pt)')
+    parser.add_argument('--tags', help='tags file ("image_id idx idx ..."), for configs whose '
+                        "dataset has tag_source='file'")
+    parser.add_argument('--on-error', choices=['skip', 'raise'],
+                        help='per-image load errors: count and skip (default) or stop')
+    parser.add_argument('--no-resume', action='store_true',
+                        help='recompute images whose PNG already exists')
+    parser.add_argument('--save-cams', action='store_true', help='also save CAM arrays (.npy)')
+    parser.add_argument('--work-dir', help='folder for logs (default: OUT/logs)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.mode=clean')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def configure(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the command-line flags to every place of the config they touch."""
+    out = ensure_writable_dir(args.out)
+    if not set_in_dicts_of_type(cfg, WRITERS, 'out_dir', out):
+        raise ValueError(f'{args.config} has no PseudoLabelWriter in test_evaluator; '
+                         'use a config from configs/pseudo_labels/')
+    set_in_dicts_of_type(cfg, RESUME_TRANSFORMS, 'out_dir', out)
+    if args.no_resume:
+        cfg.test_dataloader.dataset.pipeline = [
+            t for t in cfg.test_dataloader.dataset.pipeline
+            if t.get('type', '').split('.')[-1] not in RESUME_TRANSFORMS
+        ]
+    if args.save_cams:
+        set_in_dicts_of_type(cfg, WRITERS, 'save_cams', True)
+        cfg.model.return_cams = True
+    if args.on_error:
+        set_in_dicts_of_type(cfg, LOADERS, 'on_error', args.on_error)
+    if args.tags:
+        if not osp.isfile(args.tags):
+            raise FileNotFoundError(f'tags file {args.tags!r} does not exist; write one with '
+                                    'tools/test.py on a configs/tagclip/ config')
+        cfg.test_dataloader.dataset.tags_file = args.tags
+        cfg.test_dataloader.dataset.tag_source = 'file'
+    if args.clip_checkpoint:
+        set_clip_checkpoint(cfg, args.clip_checkpoint)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or osp.join(out, 'logs')
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg = configure(cfg, args)
+    runner = Runner.from_cfg(cfg)
+    start = time.time()
+    metrics = runner.test()
+    if runner.rank == 0:
+        counts = {k.split('/')[-1]: v for k, v in (metrics or {}).items()
+                  if isinstance(v, (int, float))}
+        print(format_summary(counts, time.time() - start), flush=True)
+
+
+if __name__ == '__main__':
+    main()

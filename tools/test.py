@@ -1,0 +1,154 @@
+"""Test (and evaluate) a model: trained segmenters and training-free models.
+
+The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
+
+* ``checkpoint`` is optional. Training-free models (the TagCLIP tagger, the
+  CLIP-ES pseudo-labeller) load their frozen CLIP in ``__init__`` and have no
+  checkpoint of their own, so without the argument ``cfg.load_from`` is left
+  as the config sets it (usually None).
+* ``import tagclip_mmseg`` registers the plugin (every config also lists it
+  in ``custom_imports``) and installs the trusted-local-checkpoint loader.
+* Distributed runs default to ``model_wrapper_cfg =
+  MMSeparateDistributedDataParallel``. Plain DDP refuses a module without any
+  trainable parameter (OpenMMLab trap 13), which is exactly what a frozen
+  CLIP model is; the separate wrapper only wraps children that have
+  trainable parameters and forwards ``test_step`` to the model. Testing never
+  synchronises gradients, so this is as correct for a trained segmenter. A
+  ``model_wrapper_cfg`` in the config takes precedence.
+
+Examples::
+
+    python tools/test.py configs/deeplab/CONFIG.py work_dirs/CONFIG/iter_40000.pth
+    python tools/test.py configs/tagclip/CONFIG.py            # training-free
+    bash tools/dist_test.sh configs/deeplab/CONFIG.py CKPT 4 --out preds/
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.runner import Runner
+
+import tagclip_mmseg  # noqa: F401  (registers the plugin; trusted-checkpoint loader)
+
+#: Wrapper for distributed testing that accepts fully frozen models.
+FROZEN_SAFE_WRAPPER = dict(
+    type='MMSeparateDistributedDataParallel',
+    broadcast_buffers=False,
+    find_unused_parameters=False)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='MMSeg test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument(
+        'checkpoint', nargs='?', default=None,
+        help='checkpoint file; omit it for training-free models')
+    parser.add_argument(
+        '--work-dir',
+        help='if specified, the evaluation metric results will be dumped into the directory '
+        'as json')
+    parser.add_argument(
+        '--out', type=str,
+        help='the directory to save output predictions (index PNGs) for offline evaluation')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. If specified, it will be '
+        'automatically saved to the work_dir/timestamp/show_dir')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='Test time augmentation')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
+    """Turn on the visualization hook for ``--show`` / ``--show-dir``."""
+    default_hooks = cfg.get('default_hooks') or {}
+    if 'visualization' not in default_hooks:
+        raise RuntimeError(
+            '--show/--show-dir need a visualization hook in default_hooks, e.g. '
+            "default_hooks = dict(visualization=dict(type='SegVisualizationHook'))")
+    hook = default_hooks['visualization']
+    hook['draw'] = True
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        cfg.visualizer['save_dir'] = args.show_dir
+    return cfg
+
+
+def set_output_dir(cfg: Config, out: str) -> None:
+    """Make the (single) test metric keep and save its predictions in ``out``."""
+    evaluator = cfg.test_evaluator
+    if not isinstance(evaluator, (dict, ConfigDict)):
+        raise ValueError(
+            '--out needs a single test_evaluator (a dict such as IoUMetric); this config '
+            f'has {type(evaluator).__name__}. Set output_dir on the metric with --cfg-options '
+            'instead.')
+    evaluator['output_dir'] = out
+    evaluator['keep_results'] = True
+
+
+def main() -> None:
+    args = parse_args()
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir priority: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.checkpoint is not None:
+        if not osp.isfile(args.checkpoint):
+            raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist; omit the '
+                                    'argument for training-free models.')
+        cfg.load_from = args.checkpoint
+
+    if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(FROZEN_SAFE_WRAPPER)
+
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+
+    if args.tta:
+        if 'tta_pipeline' not in cfg or 'tta_model' not in cfg:
+            raise ValueError('--tta needs `tta_pipeline` and `tta_model` in the config.')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    if args.out is not None:
+        set_output_dir(cfg, args.out)
+
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

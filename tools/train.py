@@ -1,0 +1,122 @@
+"""Train a segmenter (e.g. on pseudo masks) with mmengine's Runner.
+
+The interface of mmsegmentation 1.2.2's ``tools/train.py``, plus:
+
+* ``import tagclip_mmseg`` registers the plugin's models and datasets (every
+  config also lists it in ``custom_imports``) and installs the checkpoint fix
+  that lets ``--resume`` work under torch >= 2.6 (OpenMMLab trap 6; see
+  ``tagclip_mmseg/engine/checkpoint_compat.py``);
+* ``--resume`` optionally takes a checkpoint path; bare ``--resume`` resumes
+  from the last checkpoint of the work dir, as in mmseg.
+
+Examples::
+
+    python tools/train.py configs/deeplab/CONFIG.py
+    python tools/train.py configs/deeplab/CONFIG.py --resume       # after preemption
+    bash tools/dist_train.sh configs/deeplab/CONFIG.py 4 --amp
+"""
+import argparse
+import logging
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+from mmseg.registry import RUNNERS
+
+import tagclip_mmseg  # noqa: F401  (registers the plugin; trusted-checkpoint resume fix)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint; without a path, from the latest checkpoint '
+        'in the work dir (starting afresh when there is none)')
+    parser.add_argument(
+        '--amp', action='store_true', default=False,
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def enable_amp(cfg: Config) -> None:
+    """Switch ``OptimWrapper`` to ``AmpOptimWrapper`` with a dynamic loss scale."""
+    optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if optim_wrapper == 'AmpOptimWrapper':
+        print_log('AMP training is already enabled in your config.',
+                  logger='current', level=logging.WARNING)
+        return
+    if optim_wrapper != 'OptimWrapper':
+        raise ValueError('--amp is only supported when the optimizer wrapper type is '
+                         f'`OptimWrapper`, but the config uses {optim_wrapper!r}.')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def set_resume(cfg: Config, resume: str) -> None:
+    """``auto``: latest checkpoint of the work dir; otherwise that checkpoint."""
+    if resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    else:
+        if not osp.isfile(resume):
+            raise FileNotFoundError(f'--resume {resume!r} is not a file; pass a checkpoint '
+                                    'path, or --resume alone to use the work dir\'s latest.')
+        cfg.resume = True
+        cfg.load_from = resume
+
+
+def main() -> None:
+    args = parse_args()
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir priority: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        enable_amp(cfg)
+    if args.resume is not None:
+        set_resume(cfg, args.resume)
+
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
