@@ -50,8 +50,8 @@ setup(
         'rich',
     ],
     extras_require={
-        'tests': ['pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers'],
-        'crf': [],
+        'tests': ['pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers', 'pydensecrf2'],
+        'crf': ['pydensecrf2'],
     },
     license='Apache License 2.0',
     classifiers=[

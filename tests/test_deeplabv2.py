@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
@@ -40,7 +41,7 @@ def tiny_msc_cfg(**overrides) -> dict:
 
 def build_tiny_msc(**overrides) -> MultiScaleEncoderDecoder:
     torch.manual_seed(0)
-    model = MODELS.build(tiny_msc_cfg(**overrides))
+    model = MODELS.build(ConfigDict(tiny_msc_cfg(**overrides)))
     model.init_weights()
     return model.eval()
 

@@ -77,7 +77,7 @@ def test_ap_matches_mmpretrain_average_precision():
 
 
 def test_relative_threshold_hand_computed():
-    scores = torch.tensor([[0.1, 0.5, 0.9, 0.3],  # t = 0.5 -> only 0.9 (0.5 is not > t)
+    scores = torch.tensor([[0.0, 0.5, 1.0, 0.25],  # t = 0.5 -> only 1.0 (0.5 is not > t)
                            [0.2, 0.2, 0.2, 0.2],  # constant -> arg-max fallback
                            [0.0, 0.6, 1.0, 0.55]])  # t = 0.5 -> 0.6, 1.0, 0.55
     expected = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1]]).bool()

@@ -42,9 +42,10 @@ train_dataloader = dict(
 val_dataloader = dict(num_workers=0, persistent_workers=False,
                       dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=4, by_epoch=False)]
+# Poly decay over 8 iterations: the rate stays > 0 for the updates at iterations 2 and 4.
+param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=8, by_epoch=False)]
 train_cfg = dict(max_iters=4, val_interval=2)
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=None))
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=-1))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
 """

@@ -7,13 +7,12 @@
 #
 #   python tools/train.py configs/deeplab/THIS.py
 #   python tools/test.py configs/deeplab/THIS.py work_dirs/THIS/iter_100000.pth
-import os.path as osp
-
 # ImageNet-pretrained ResNet-101, mmseg ResNet key format, Caffe stride
 # placement; see the VOC DeepLab-v2 config. Nothing is downloaded.
 backbone_checkpoint = 'data/pretrained/resnet101_caffe_imagenet.pth'
-# PNG pseudo masks of the train images (tools/generate_pseudo_labels.py --out).
-pseudo_label_dir = 'work_dirs/pseudo_labels/coco2014_train'
+# PNG pseudo masks of the train images (tools/generate_pseudo_labels.py --out);
+# absolute, or <repo>/work_dirs/... via {{fileDirname}} (this config's folder).
+pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/coco2014_train'
 
 _base_ = [
     '../_base_/models/deeplabv2_r101-d8-msc.py',
@@ -30,7 +29,7 @@ model = dict(
     decode_head=dict(num_classes=81))
 train_dataloader = dict(
     batch_size=10,
-    dataset=dict(data_prefix=dict(seg_map_path=osp.abspath(pseudo_label_dir))))
+    dataset=dict(data_prefix=dict(seg_map_path=pseudo_label_dir)))
 
 # Batch 10 without accumulation: one optimiser update per iteration.
 optim_wrapper = dict(accumulative_counts=1)

@@ -5,16 +5,15 @@
 #
 #   python tools/train.py configs/deeplab/THIS.py
 #   python tools/test.py configs/deeplab/THIS.py work_dirs/THIS/iter_40000.pth
-import os.path as osp
-
 # ImageNet-pretrained ResNet-101 (the protocol's initialisation; LR 2e-4) as a
 # state dict in mmseg's ResNet key format (conv1, bn1, layer1..layer4) with the
 # Caffe stride placement of deeplab-pytorch's weights (style='caffe' in the
 # model base). Nothing is downloaded: place the file here or pass
 # --cfg-options model.backbone.init_cfg.checkpoint=PATH.
 backbone_checkpoint = 'data/pretrained/resnet101_caffe_imagenet.pth'
-# PNG pseudo masks, one per train_aug id (tools/generate_pseudo_labels.py --out).
-pseudo_label_dir = 'work_dirs/pseudo_labels/voc12_train_aug'
+# PNG pseudo masks, one per train_aug id (tools/generate_pseudo_labels.py --out);
+# absolute, or <repo>/work_dirs/... via {{fileDirname}} (this config's folder).
+pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/voc12_train_aug'
 
 _base_ = [
     '../_base_/models/deeplabv2_r101-d8-msc.py',
@@ -30,4 +29,4 @@ model = dict(
     backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=backbone_checkpoint)),
     decode_head=dict(num_classes=21))
 train_dataloader = dict(
-    dataset=dict(data_prefix=dict(seg_map_path=osp.abspath(pseudo_label_dir))))
+    dataset=dict(data_prefix=dict(seg_map_path=pseudo_label_dir)))

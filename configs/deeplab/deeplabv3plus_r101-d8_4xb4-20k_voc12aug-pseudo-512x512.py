@@ -8,10 +8,9 @@
 # The backbone weights come from mmseg's `open-mmlab://resnet101_v1c`
 # (downloaded at the start of training; on an offline cluster pass
 # --cfg-options model.pretrained=/path/to/resnet101_v1c.pth).
-import os.path as osp
-
-# PNG pseudo masks, one per train_aug id (tools/generate_pseudo_labels.py --out).
-pseudo_label_dir = 'work_dirs/pseudo_labels/voc12_train_aug'
+# PNG pseudo masks, one per train_aug id (tools/generate_pseudo_labels.py --out);
+# absolute, or <repo>/work_dirs/... via {{fileDirname}} (this config's folder).
+pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/voc12_train_aug'
 
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-512x512.py'
 custom_imports = dict(imports=['tagclip_mmseg'], allow_failed_imports=False)
@@ -23,7 +22,7 @@ train_dataloader = dict(
         _delete_=True,
         type='PascalVOCDataset',
         data_root=_base_.data_root,
-        data_prefix=dict(img_path='JPEGImages', seg_map_path=osp.abspath(pseudo_label_dir)),
+        data_prefix=dict(img_path='JPEGImages', seg_map_path=pseudo_label_dir),
         ann_file='ImageSets/Segmentation/trainaug.txt',
         reduce_zero_label=False,
         pipeline=_base_.train_pipeline))

@@ -7,10 +7,9 @@
 # The backbone weights come from mmseg's `open-mmlab://resnet101_v1c`
 # (downloaded at the start of training; on an offline cluster pass
 # --cfg-options model.pretrained=/path/to/resnet101_v1c.pth).
-import os.path as osp
-
-# PNG pseudo masks of the train images (tools/generate_pseudo_labels.py --out).
-pseudo_label_dir = 'work_dirs/pseudo_labels/coco2014_train'
+# PNG pseudo masks of the train images (tools/generate_pseudo_labels.py --out);
+# absolute, or <repo>/work_dirs/... via {{fileDirname}} (this config's folder).
+pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/coco2014_train'
 
 _base_ = [
     'mmseg::_base_/models/deeplabv3plus_r50-d8.py',
@@ -47,7 +46,7 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     dataset=dict(
-        data_prefix=dict(seg_map_path=osp.abspath(pseudo_label_dir)),
+        data_prefix=dict(seg_map_path=pseudo_label_dir),
         pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

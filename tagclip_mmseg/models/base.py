@@ -6,7 +6,7 @@ images as a list, run them in equal-size groups and must pass through
 mmengine's test loop untouched. That plumbing lives here once; subclasses only
 implement :meth:`FrozenCLIPModel.predict_batch`.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -115,18 +115,31 @@ class FrozenCLIPModel(BaseModel):
     def predict(self, inputs: List[Tensor], data_samples: list) -> list:
         """Run :meth:`predict_batch` on equal-size groups; keep input order.
 
-        Samples whose loading failed upstream (``load_error`` in their
-        metainfo, from ``LoadImageRobust(on_error='skip')``) are not computed;
-        :meth:`empty_result` marks them so writers and metrics count them.
+        Two kinds of sample are not computed:
+
+        * those whose loading failed upstream (``load_error`` in their
+          metainfo, from ``LoadImageRobust(on_error='skip')``):
+          :meth:`empty_result` marks them so writers and metrics count them;
+        * those whose output already exists on disk (``precomputed`` in their
+          metainfo, from ``SkipExisting``): :meth:`reuse_result` returns it.
         """
-        ok = [i for i, s in enumerate(data_samples) if not s.metainfo.get('load_error')]
-        for i in set(range(len(inputs))) - set(ok):
-            self.empty_result(data_samples[i])
-        for group in group_by_shape([inputs[i] for i in ok]):
-            idx = [ok[j] for j in group]
+        todo = []
+        for i, s in enumerate(data_samples):
+            if s.metainfo.get('load_error'):
+                self.empty_result(s)
+            elif s.metainfo.get('precomputed'):
+                self.reuse_result(s)
+            else:
+                todo.append(i)
+        for group in group_by_shape([inputs[i] for i in todo]):
+            idx = [todo[j] for j in group]
             batch = torch.stack([inputs[i] for i in idx]).to(self.clip.dtype)
             self.predict_batch(batch, [data_samples[i] for i in idx])
         return data_samples
+
+    def reuse_result(self, data_sample) -> None:
+        """Return an output that a previous run already wrote (resume)."""
+        raise NotImplementedError(f'{type(self).__name__} cannot resume from written outputs')
 
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
         """Fill ``data_samples`` in place for a batch of equal-size images."""
@@ -159,8 +172,3 @@ class FrozenCLIPModel(BaseModel):
         empty = ~tags.any(dim=-1)
         top = torch.zeros_like(tags).scatter_(-1, scores.argmax(dim=-1, keepdim=True), True)
         return torch.where(empty[:, None], top, tags)
-
-
-def grid_of(image_hw: Tuple[int, int], patch: int) -> Tuple[int, int]:
-    """Token grid of an image whose sides are multiples of ``patch``."""
-    return image_hw[0] // patch, image_hw[1] // patch

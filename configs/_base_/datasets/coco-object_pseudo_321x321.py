@@ -13,15 +13,14 @@
 # The training list is every image of train2014 that has a pseudo mask (the
 # ~700 train images without objects have none and are skipped with a warning);
 # set ann_file to an id list to train on a subset. mmseg joins a *relative*
-# seg_map_path to data_root, so the pseudo-label folder (relative to the
-# working directory, like work_dirs) is made absolute here; pass an absolute
-# path to override it:
+# seg_map_path to data_root, so the default folder is absolute:
+# <repo>/work_dirs/pseudo_labels/coco2014_train, spelled with mmengine's
+# {{fileDirname}} (this file's folder; classic configs cannot import os.path
+# under Python >= 3.11, trap 10). Pass an absolute path to override it:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
-import os.path as osp
-
 dataset_type = 'COCOObjectTaggedSegDataset'
 data_root = 'data/coco2014'
-pseudo_label_dir = 'work_dirs/pseudo_labels/coco2014_train'
+pseudo_label_dir = '{{fileDirname}}/../../../work_dirs/pseudo_labels/coco2014_train'
 crop_size = (321, 321)
 
 train_pipeline = [
@@ -49,7 +48,7 @@ train_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        data_prefix=dict(img_path='train2014', seg_map_path=osp.abspath(pseudo_label_dir)),
+        data_prefix=dict(img_path='train2014', seg_map_path=pseudo_label_dir),
         ann_file='',
         tag_source='none',
         on_missing='skip',

@@ -11,15 +11,15 @@
 #   <pseudo_label_dir>/<id>.png   one palette or L-mode PNG per train_aug id,
 #       classes 0..20, 255 = ignore (low-confidence pixels), as written by
 #       tools/generate_pseudo_labels.py
-# mmseg joins a *relative* seg_map_path to data_root, so the pseudo-label
-# folder (relative to the working directory, like work_dirs) is made absolute
-# here. To use another folder, pass an absolute path:
+# mmseg joins a *relative* seg_map_path to data_root, so the default folder
+# is absolute: <repo>/work_dirs/pseudo_labels/voc12_train_aug, spelled with
+# mmengine's {{fileDirname}} (this file's folder) because classic configs
+# cannot import os.path under Python >= 3.11 (trap 10). To use another
+# folder, pass an absolute path:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
-import os.path as osp
-
 dataset_type = 'PascalVOCDataset'
 data_root = 'data/VOCdevkit/VOC2012'
-pseudo_label_dir = 'work_dirs/pseudo_labels/voc12_train_aug'
+pseudo_label_dir = '{{fileDirname}}/../../../work_dirs/pseudo_labels/voc12_train_aug'
 crop_size = (321, 321)
 
 train_pipeline = [
@@ -52,7 +52,7 @@ train_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        data_prefix=dict(img_path='JPEGImages', seg_map_path=osp.abspath(pseudo_label_dir)),
+        data_prefix=dict(img_path='JPEGImages', seg_map_path=pseudo_label_dir),
         ann_file='ImageSets/Segmentation/trainaug.txt',
         reduce_zero_label=False,
         pipeline=train_pipeline))

@@ -20,7 +20,7 @@ Grad-CAM runs inside mmengine's test loop, which wraps everything in
 ``torch.no_grad()``; the gradient part is therefore explicitly wrapped in
 ``torch.enable_grad()`` (OpenMMLab trap 14).
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..base import ClassName, FrozenCLIPModel
 from ..ops import AttentionVote, affinity_from_attention, caa_refine, minmax_normalize
-from ..prompts import CLIPES_TEMPLATES
+from ..presets import resolve_background, resolve_classes, resolve_templates
 
 __all__ = ['CLIPESPseudoLabeler']
 
@@ -45,12 +45,14 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
     given, from a TagCLIP model run on the same images in the same pass.
 
     Args:
-        class_names (Sequence[str | Sequence[str]]): Foreground vocabulary
-            for the CAM prompts (CLIP-ES's renamed classes, e.g. 'person with
-            clothes,people,human'); indices match the tag indices.
-        background_words (Sequence[str]): Softmax competitors.
-        templates (Sequence[str]): CAM prompt templates
-            (``'a clean origami {}.'``).
+        class_names (str | Sequence[str | Sequence[str]]): Foreground
+            vocabulary for the CAM prompts, e.g. the preset ``'voc-cam'``
+            (CLIP-ES's renamed classes such as 'person with
+            clothes,people,human') or a list; indices match the tag indices.
+        background_words (str | Sequence[str]): Softmax competitors (a preset
+            name or a list).
+        templates (str | Sequence[str]): CAM prompt templates: ``'clip-es'``
+            (``'a clean origami {}.'``) or a list.
         caa_layers (Sequence[int]): 0-based layers averaged for the affinity
             (``range(4, 11)`` for VOC in TagCLIP's setting, ``range(4, 12)``
             for COCO and COCO-Stuff).
@@ -72,9 +74,9 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
     """
 
     def __init__(self,
-                 class_names: Sequence[ClassName],
-                 background_words: Sequence[str] = (),
-                 templates: Sequence[str] = CLIPES_TEMPLATES,
+                 class_names: Union[str, Sequence[ClassName]],
+                 background_words: Union[str, Sequence[str]] = (),
+                 templates: Union[str, Sequence[str]] = 'clip-es',
                  caa_layers: Sequence[int] = tuple(range(4, 11)),
                  caa_box_thr: float = 0.4,
                  with_background: bool = True,
@@ -87,6 +89,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         super().__init__(**kwargs)
         if mode not in ('faithful', 'clean'):
             raise ValueError(f"mode must be 'faithful' or 'clean', got {mode!r}")
+        class_names = resolve_classes(class_names)
         if not class_names:
             raise ValueError('class_names is empty: give the foreground vocabulary')
         n_layers = self.clip.visual.num_layers
@@ -94,8 +97,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             raise ValueError(f'caa_layers {tuple(caa_layers)} must be non-empty 0-based indices '
                              f'of the {n_layers} vision layers')
         self.class_names = tuple(n if isinstance(n, str) else tuple(n) for n in class_names)
-        self.background_words = tuple(background_words)
-        self.templates = tuple(templates)
+        self.background_words = resolve_background(background_words)
+        self.templates = resolve_templates(templates)
         self.caa_layers = tuple(sorted({i % n_layers for i in caa_layers}))
         self.caa_box_thr = caa_box_thr
         self.with_background = with_background
@@ -270,3 +273,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         H, W = data_sample.metainfo.get('ori_shape', (1, 1))[:2]
         data_sample.set_data(
             dict(pred_sem_seg=PixelData(data=torch.full((1, H, W), 255, dtype=torch.long))))
+
+    def reuse_result(self, data_sample) -> None:
+        mask = torch.as_tensor(data_sample.metainfo['pred_seg_map']).long()
+        data_sample.set_data(dict(pred_sem_seg=PixelData(data=mask.view(1, *mask.shape[-2:]))))

@@ -21,7 +21,7 @@ device, and the attention maps are reduced layer by layer instead of kept.
 ``mode='faithful'`` reproduces the reference implementation's quirks (spec
 section 12) so published numbers can be matched; ``mode='clean'`` fixes them.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from mmseg.registry import MODELS
 from ..base import ClassName, FrozenCLIPModel
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox)
-from ..prompts import TAGCLIP_TEMPLATES
+from ..presets import resolve_background, resolve_classes, resolve_templates
 
 __all__ = ['TagCLIP', 'TagCLIPOutput']
 
@@ -53,13 +53,16 @@ class TagCLIP(FrozenCLIPModel):
     """The TagCLIP tagger as an mmengine model.
 
     Args:
-        class_names (Sequence[str | Sequence[str]], optional): Foreground
-            vocabulary; a list entry is a synonym list. ``None`` until
+        class_names (str | Sequence[str | Sequence[str]], optional):
+            Foreground vocabulary (a preset name such as ``'voc'``, or a list
+            whose entries may be synonym lists). ``None`` until
             :meth:`set_vocabulary` is called (the ``VocabularyHook`` does it
             from the test dataset's metainfo).
-        background_words (Sequence[str]): Softmax competitors appended after
-            the foreground classes; their scores are discarded.
-        templates (Sequence[str]): Prompt templates (85 by default).
+        background_words (str | Sequence[str]): Softmax competitors appended
+            after the foreground classes (their scores are discarded); a preset
+            name ('voc', 'coco', 'none') or a list.
+        templates (str | Sequence[str]): Prompt templates: ``'tagclip'`` (the
+            85 of the paper), ``'clip-es'`` or a list.
         vote_k (int): DMAR vote count: a patch pair is kept when at least
             ``vote_k`` layers attend above their mean.
         avg_layers (Sequence[int]): 0-based layers whose attention is
@@ -84,9 +87,9 @@ class TagCLIP(FrozenCLIPModel):
     """
 
     def __init__(self,
-                 class_names: Optional[Sequence[ClassName]] = None,
-                 background_words: Sequence[str] = (),
-                 templates: Sequence[str] = TAGCLIP_TEMPLATES,
+                 class_names: Union[None, str, Sequence[ClassName]] = None,
+                 background_words: Union[str, Sequence[str]] = (),
+                 templates: Union[str, Sequence[str]] = 'tagclip',
                  vote_k: int = 4,
                  avg_layers: Sequence[int] = (8, 9, 10),
                  self_attn_mask_value: float = -100.,
@@ -110,8 +113,8 @@ class TagCLIP(FrozenCLIPModel):
                              f'of the {n_layers} vision layers')
         if not 1 <= vote_k <= n_layers:
             raise ValueError(f'vote_k must be in [1, {n_layers}], got {vote_k}')
-        self.background_words = tuple(background_words)
-        self.templates = tuple(templates)
+        self.background_words = resolve_background(background_words)
+        self.templates = resolve_templates(templates)
         self.vote_k = vote_k
         self.avg_layers = tuple(i % n_layers for i in avg_layers)
         self.self_attn_mask_value = self_attn_mask_value
@@ -137,14 +140,14 @@ class TagCLIP(FrozenCLIPModel):
         return self.mode == 'faithful'
 
     def set_vocabulary(self,
-                       class_names: Sequence[ClassName],
-                       background_words: Optional[Sequence[str]] = None) -> None:
+                       class_names: Union[str, Sequence[ClassName]],
+                       background_words: Union[None, str, Sequence[str]] = None) -> None:
         """Set the foreground classes (and optionally background words).
 
         Raises:
             ValueError: For an empty or duplicated vocabulary.
         """
-        names = tuple(n if isinstance(n, str) else tuple(n) for n in class_names)
+        names = tuple(n if isinstance(n, str) else tuple(n) for n in resolve_classes(class_names))
         if not names:
             raise ValueError('the class vocabulary is empty: give class_names in the model '
                              'config or metainfo=dict(classes=...) in the dataset')
@@ -153,7 +156,7 @@ class TagCLIP(FrozenCLIPModel):
         if dup:
             raise ValueError(f'duplicate class names in the vocabulary: {dup}')
         if background_words is not None:
-            self.background_words = tuple(background_words)
+            self.background_words = resolve_background(background_words)
         clash = sorted(set(keys) & set(self.background_words))
         if clash:
             raise ValueError(f'background words {clash} are also foreground classes; '

@@ -1,0 +1,19 @@
+# Image pipeline of the tagging configs: robust PIL loading (any mode; a bad
+# file becomes a counted skip), bicubic resize to the patch multiple (spec 2.3),
+# mmpretrain packing. Benchmarks keep the stored pixel orientation
+# (exif_transpose=False) because their labels refer to it.
+tag_meta_keys = ('sample_idx', 'img_path', 'img_id', 'ori_shape', 'img_shape', 'load_error')
+tagging_pipeline = [
+    dict(type='LoadImageRobust', on_error='skip', exif_transpose=False),
+    dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=None),
+    dict(type='mmpretrain.PackInputs', meta_keys=tag_meta_keys),
+]
+# Batches hold images of one token grid (no padding, so no effect on results).
+# Dataset configs that inherit this file add the dataset type and paths.
+test_dataloader = dict(
+    batch_size=8,
+    num_workers=4,
+    persistent_workers=False,
+    sampler=dict(type='GridGroupedSampler'),
+    batch_sampler=dict(type='GridBatchSampler'),
+    dataset=dict(test_mode=True, pipeline=tagging_pipeline))

@@ -1,0 +1,27 @@
+# Runtime of the training-free stages (tagging, pseudo labels) run by
+# tools/test.py or tools/generate_pseudo_labels.py. No checkpoint is loaded:
+# the CLIP weights come from model.clip.checkpoint.
+default_scope = 'mmseg'
+custom_imports = dict(imports=['tagclip_mmseg'], allow_failed_imports=False)
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'))
+log_level = 'INFO'
+log_processor = dict(by_epoch=False)
+load_from = None
+resume = False
+randomness = dict(seed=0)
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50))
+# RunProgressHook: a progress line with images/s and ETA, and a final summary.
+# VocabularyHook: classes (and background words) from the dataset metainfo
+# when the model config leaves them out.
+custom_hooks = [dict(type='RunProgressHook'), dict(type='VocabularyHook')]
+# The CLIP is frozen: plain DDP would refuse a model without trainable
+# parameters (OpenMMLab trap 13).
+model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')
+test_cfg = dict(type='TestLoop')
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
