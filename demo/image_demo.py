@@ -38,6 +38,8 @@ from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dic
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
 PIPELINE_CHECK_TITLE = 'PIPELINE CHECK: random weights, results are meaningless'
+#: Drawn on every tag picture of a pipeline check (short enough for small photos).
+PIPELINE_CHECK_STAMP = 'PIPELINE CHECK: random weights'
 ClassName = Union[str, List[str]]
 
 
@@ -159,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'{len(inferencer.classes)} classes, device {args.device}, weights '
               f'{"RANDOM (pipeline check)" if pipeline_check else checkpoint}', flush=True)
         results, elapsed = run(inferencer, items, out_dir,
-                               PIPELINE_CHECK_TITLE if pipeline_check else None)
+                               PIPELINE_CHECK_STAMP if pipeline_check else None)
     write_outputs(out_dir, results, inferencer.classes, banner,
                   notes=[f'Weights: {"random (pipeline check)" if pipeline_check else checkpoint}',
                          f'Device: {args.device}; {len(inferencer.classes)} classes: '

@@ -145,3 +145,4 @@ def tiny_clip_arch():
 def tiny_clip_factory():
     """:func:`make_tiny_clip`, for tests that need several different tiny CLIPs."""
     return make_tiny_clip
+

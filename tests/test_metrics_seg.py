@@ -38,8 +38,9 @@ def _reference_miou(preds, gts, num_classes):
         hist += np.bincount(g * (num_classes + 1) + p,
                             minlength=num_classes * (num_classes + 1)).reshape(hist.shape)
     tp = np.diag(hist[:, :num_classes])
-    iou = tp / (hist.sum(1) + hist[:, :num_classes].sum(0) - tp)
-    return iou[hist.sum(1) > 0].mean() * 100
+    in_gt = hist.sum(1) > 0
+    union = hist.sum(1) + hist[:, :num_classes].sum(0) - tp
+    return (tp[in_gt] / union[in_gt]).mean() * 100
 
 
 def test_histograms_hand_computed():
@@ -68,6 +69,13 @@ def test_label_maps():
     assert apply_label_lut(torch.tensor([0, 2, 3, 7, 255]), lut).tolist() == [0, 1, 2, 255, 255]
     lut = build_label_lut({0: 0, 5: 1})
     assert apply_label_lut(torch.tensor([0, 5, 3]), lut).tolist() == [0, 1, 255]
+    lut = build_label_lut([0, -1, 1])  # -1: "must not occur" -> ignore
+    assert apply_label_lut(torch.tensor([0, 1, 2]), lut).tolist() == [0, 255, 1]
+    from tagclip_mmseg.datasets.categories import COCOSTUFF_171_TO_27
+    named = build_label_lut('cocostuff171_to_27')
+    assert named.numel() == len(COCOSTUFF_171_TO_27) and int(named.max()) == 26
+    with pytest.raises(ValueError, match='unknown index map'):
+        build_label_lut('voc_to_nothing')
     gt = np.array([[0, 2], [3, 3]])
     pred = np.array([[0, 1], [3, 2]])
     metric = CLSSegIoUMetric(num_classes=3, pred_label_map=[0, 1, 1, 2], gt_label_map=[0, 1, 1, 2])

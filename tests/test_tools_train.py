@@ -19,6 +19,9 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
 
+import tagclip_mmseg  # noqa: F401  (installs the trusted local checkpoint loader)
+from tagclip_mmseg.engine.checkpoint_compat import load_from_local
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 V2_VOC = osp.join(REPO, 'configs', 'deeplab',
                   'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
@@ -122,10 +125,12 @@ def test_resume_checkpoints_need_the_trusted_local_loader(tmp_path):
     from mmengine.logging import HistoryBuffer
     path = str(tmp_path / 'iter_2.pth')
     checkpoint = dict(meta=dict(iter=2), state_dict={'w': torch.ones(2)},
-                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer([1.0])}))
+                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer([1.0], [1])}))
     torch.save(checkpoint, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, map_location='cpu')  # what mmengine 0.10.7 calls
+    assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local
+    assert CheckpointLoader._get_checkpoint_loader('http://x/y.pth') is not load_from_local
     loaded = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     assert loaded['meta']['iter'] == 2
     with pytest.raises(FileNotFoundError, match='can not be found'):

@@ -1,7 +1,6 @@
 """PseudoLabelWriter, SkipExisting and the resume helpers."""
 import json
 import os
-import os.path as osp
 import time
 
 import numpy as np
@@ -9,8 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tagclip_mmseg.datasets.categories import voc_palette
 from tagclip_mmseg.evaluation import (PseudoLabelWriter, SkipExisting, format_summary,
-                                      read_label_png, remove_stale_temp_files, voc_colormap)
+                                      read_label_png, remove_stale_temp_files)
+
+
+def voc_colormap():
+    return np.asarray(voc_palette(256), np.uint8)
 
 
 def _sample(mask, img_id, cams=None, tags=(), **meta):
@@ -161,17 +165,17 @@ def test_skip_existing_marks_and_loads(tmp_path):
     calls = []
 
     def load(results):
-        calls.append(results['img_id'])
+        calls.append(results['img_path'])
         results['img'] = np.ones((5, 5, 3), np.uint8)
         return results
 
     skip = SkipExisting(out_dir=str(tmp_path), transforms=[load], placeholder_size=16)
-    done = skip(dict(img_id='a', img_path='/d/a.jpg'))
+    done = skip(dict(img_path='/d/a.jpg'))  # id from the file name
     assert done['precomputed'] is True and calls == []
     assert np.array_equal(done['pred_seg_map'], mask)
     assert done['ori_shape'] == mask.shape and done['img'].shape == (16, 16, 3)
-    todo = skip(dict(img_path='/d/b.jpg'))  # id from the file name
-    assert todo['precomputed'] is False and calls == ['b']
+    todo = skip(dict(img_id='b', img_path='/d/b.jpg'))
+    assert todo['precomputed'] is False and calls == ['/d/b.jpg']
     assert todo['img'].shape == (5, 5, 3)
 
 
@@ -236,3 +240,51 @@ def test_format_summary():
     assert line == '13 images: 10 written, 2 skipped, 1 failed in 4.0s (3.25 images/s)'
     assert '1h01m05s' in format_summary({'written': 1}, 3665)
     assert '(n/a images/s)' in format_summary({'written': 0}, 0)
+
+
+_DIST_SCRIPT = r'''
+import json, sys
+import numpy as np, torch, torch.distributed as dist
+from mmengine.evaluator import Evaluator
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+from tagclip_mmseg.evaluation import PseudoLabelWriter
+
+rank, world, store, out_dir = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3]
+dist.init_process_group('gloo', init_method='file://' + store, rank=rank, world_size=world)
+num = 5
+# DefaultSampler(round_up=True): rank r takes r, r+2, ...; the last rank pads with image 0
+indices = (list(range(num)) + [0])[rank::world]
+samples = []
+for i in indices:
+    s = SegDataSample(metainfo=dict(img_id=f'im{i}', img_path=f'/d/im{i}.jpg',
+                                    load_error='bad' if i == 3 else None))
+    s.pred_sem_seg = PixelData(data=torch.full((1, 3, 4), i, dtype=torch.long))
+    samples.append(s)
+evaluator = Evaluator([PseudoLabelWriter(out_dir=out_dir)])
+evaluator.process(samples)
+print(json.dumps(evaluator.evaluate(num)))
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_two_ranks_write_their_share_and_rank0_counts_all(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / 'worker.py'
+    script.write_text(_DIST_SCRIPT)
+    out_dir = tmp_path / 'pl'
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / 'store'),
+                               str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-2000:]
+    for out, _ in outputs:  # the counts are broadcast to every rank
+        counts = json.loads(out.strip().splitlines()[-1])
+        assert counts == {'pseudo_label/written': 4, 'pseudo_label/skipped': 0,
+                          'pseudo_label/failed': 1}
+    assert sorted(f for f in os.listdir(out_dir) if f.endswith('.png')) == \
+        ['im0.png', 'im1.png', 'im2.png', 'im4.png']
+    assert (out_dir / 'failed.txt').read_text() == 'im3\t/d/im3.jpg\tbad\n'

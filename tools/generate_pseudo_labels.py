@@ -8,7 +8,8 @@ Examples::
         --out work_dirs/pseudo_labels/voc12_val
 
     # eight GPUs (same flags after the config)
-    bash tools/dist_test.sh CONFIG 8 --out DIR   # or: torchrun ... --launcher pytorch
+    torchrun --nproc_per_node 8 tools/generate_pseudo_labels.py CONFIG --out DIR \
+        --launcher pytorch   # or srun ... --launcher slurm
 
 A killed or preempted run started again with the same ``--out`` skips every
 image whose PNG is already complete (files are written atomically, so a PNG
@@ -24,7 +25,8 @@ from mmengine.runner import Runner
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.evaluation.summary import format_summary
-from tagclip_mmseg.utils import (ensure_writable_dir, set_clip_checkpoint, set_in_dicts_of_type)
+from tagclip_mmseg.utils import (ensure_writable_dir, init_cpu_distributed, set_clip_checkpoint,
+                                 set_in_dicts_of_type)
 
 WRITERS = ['PseudoLabelWriter']
 RESUME_TRANSFORMS = ['SkipExisting']
@@ -81,7 +83,7 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.test_dataloader.dataset.tag_source = 'file'
     if args.clip_checkpoint:
         set_clip_checkpoint(cfg, args.clip_checkpoint)
-    cfg.launcher = args.launcher
+    cfg.launcher = init_cpu_distributed(args.launcher)
     cfg.work_dir = args.work_dir or osp.join(out, 'logs')
     return cfg
 
@@ -96,8 +98,8 @@ def main() -> None:
     start = time.time()
     metrics = runner.test()
     if runner.rank == 0:
-        counts = {k.split('/')[-1]: v for k, v in (metrics or {}).items()
-                  if isinstance(v, (int, float))}
+        counts = {k.split('/', 1)[1]: v for k, v in (metrics or {}).items()
+                  if k.startswith('pseudo_label/')}
         print(format_summary(counts, time.time() - start), flush=True)
 
 

@@ -50,8 +50,8 @@ from ..visualization import mask_label_names, save_result_images, unique_stems
 from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
 from .model_configs import (cam_class_names, class_key, config_vocabulary,
                             default_background_words, default_tagger_cfg, labeler_cfg_for,
-                            labeler_config,
-                            load_model_config, set_text_cache_dir, split_models, to_plain_dict)
+                            labeler_config, load_model_config, set_text_cache_dir, split_models,
+                            to_plain_dict)
 
 __all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS']
 
@@ -291,8 +291,8 @@ class TagCLIPInferencer(BaseInferencer):
                 says otherwise.
             classes (Sequence, optional): A vocabulary for this call only.
             background_words (Sequence[str], optional): Background words for
-                this call only (default with ``classes``: the VOC words minus
-                the classes).
+                this call only (default: the inferencer's, minus any word that
+                is one of ``classes``).
             batch_size (int, optional): Overrides the constructor's.
             return_cams (bool): Add ``cams``: (K, H, W) float32 in [0, 1], one
                 CLIP-ES map per tag (rows in ``tags`` order), at the original

@@ -1,7 +1,7 @@
 """Metrics and output writers; importing registers them in mmseg's registries."""
 from .multilabel_metrics import (TaggingMetric, average_precision, precision_recall_f1,
                                  relative_threshold_mask)
-from .pseudo_label_writer import PseudoLabelWriter, encode_label_png, encode_npz, voc_colormap
+from .pseudo_label_writer import PseudoLabelWriter, encode_label_png, encode_npz
 from .resume import SkipExisting, read_cam_file, read_label_png, remove_stale_temp_files
 from .seg_metrics import (CLSSegIoUMetric, apply_label_lut, build_label_lut, class_histograms,
                           iou_from_histograms)
@@ -10,7 +10,7 @@ from .tag_writer import TagFileWriter
 
 __all__ = [
     'TaggingMetric', 'average_precision', 'precision_recall_f1', 'relative_threshold_mask',
-    'PseudoLabelWriter', 'encode_label_png', 'encode_npz', 'voc_colormap', 'SkipExisting',
+    'PseudoLabelWriter', 'encode_label_png', 'encode_npz', 'SkipExisting',
     'read_cam_file', 'read_label_png', 'remove_stale_temp_files', 'CLSSegIoUMetric',
     'apply_label_lut', 'build_label_lut', 'class_histograms', 'iou_from_histograms',
     'format_duration', 'format_summary', 'TagFileWriter'

@@ -36,30 +36,15 @@ from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 from PIL import Image
 
+from ..datasets.categories import voc_palette
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error, pixel_data
 from .summary import format_summary
 
-__all__ = ['voc_colormap', 'encode_label_png', 'encode_npz', 'PseudoLabelWriter']
+__all__ = ['encode_label_png', 'encode_npz', 'PseudoLabelWriter']
 
 PaletteSpec = Union[str, Sequence[Sequence[int]], None]
-
-
-def voc_colormap(num: int = 256) -> np.ndarray:
-    """The standard PASCAL VOC colormap, ``(num, 3)`` uint8.
-
-    Colour of label i: the bits of i, taken three at a time, fill the
-    channels' bits from the most significant down (bit 0 -> red, 1 -> green,
-    2 -> blue). Label 0 is black, 255 (ignore) is (224, 224, 192).
-    """
-    labels = np.arange(num, dtype=np.int64)
-    cmap = np.zeros((num, 3), dtype=np.int64)
-    for shift in range(8):  # 8 bit planes, a fixed-size loop
-        for channel in range(3):
-            bit = (labels >> (3 * shift + channel)) & 1
-            cmap[:, channel] |= bit << (7 - shift)
-    return cmap.astype(np.uint8)
 
 
 def encode_label_png(mask: np.ndarray, palette: Optional[np.ndarray] = None) -> bytes:
@@ -187,7 +172,7 @@ class PseudoLabelWriter(BaseMetric):
         if self.palette_spec is None:
             return None
         if self._palette is None:
-            palette = voc_colormap(256)
+            palette = np.asarray(voc_palette(256), dtype=np.uint8)
             spec = self.palette_spec
             if spec == 'dataset':
                 spec = (self.dataset_meta or {}).get('palette')

@@ -30,40 +30,45 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
+from ..datasets.utils import resolve_index_map
 from .sample_fields import get_field, image_id, load_error, pixel_data
 
 __all__ = ['LabelMap', 'build_label_lut', 'apply_label_lut', 'class_histograms',
            'iou_from_histograms', 'CLSSegIoUMetric']
 
-LabelMap = Union[Sequence[int], Mapping[int, int], np.ndarray, torch.Tensor]
+LabelMap = Union[str, Sequence[int], Mapping[int, int], np.ndarray, torch.Tensor]
 
 
 def build_label_lut(label_map: LabelMap, ignore_index: int = 255) -> torch.Tensor:
     """A lookup table from a label map.
 
     Args:
-        label_map: Either a sequence/array whose i-th entry is the new label
-            of old label i (e.g. the COCO-Stuff 171 -> 27 table), or a dict
-            ``{old: new}``. Old labels the map does not cover become
-            ``ignore_index``.
+        label_map: A name from ``tagclip_mmseg.datasets.utils.LABEL_INDEX_MAPS``
+            (e.g. ``'cocostuff171_to_27'``; configs cannot import the tables),
+            a sequence/array whose i-th entry is the new label of old label i,
+            or a dict ``{old: new}``. Old labels the map does not cover, and
+            negative entries ("must not occur"), become ``ignore_index``.
         ignore_index: The label for uncovered values.
 
     Returns:
         A LongTensor ``lut`` with ``lut[old] = new``.
     """
+    if isinstance(label_map, str):
+        label_map = resolve_index_map(label_map)
     if isinstance(label_map, Mapping):
         size = max(int(k) for k in label_map) + 1 if label_map else 0
         lut = torch.full((size,), ignore_index, dtype=torch.long)
         for old, new in label_map.items():
             lut[int(old)] = int(new)
-        return lut
-    lut = torch.as_tensor(np.asarray(label_map), dtype=torch.long).flatten()
+    else:
+        lut = torch.as_tensor(np.asarray(label_map), dtype=torch.long).flatten()
     if lut.numel() == 0:
         raise ValueError('label_map is empty')
-    return lut
+    return torch.where(lut < 0, torch.full_like(lut, ignore_index), lut)
 
 
-def apply_label_lut(labels: torch.Tensor, lut: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def apply_label_lut(labels: torch.Tensor, lut: torch.Tensor,
+                    ignore_index: int = 255) -> torch.Tensor:
     """``lut[labels]``, with labels outside the table mapped to ``ignore_index``."""
     labels = labels.long()
     lut = lut.to(labels.device)
@@ -129,7 +134,7 @@ class CLSSegIoUMetric(BaseMetric):
         num_classes: Number of evaluated classes (after the label maps). Taken
             from ``dataset_meta['classes']`` when ``None``.
         pred_label_map: Optional map applied to predictions before scoring,
-            e.g. COCO-Stuff 171 -> 27 (see :func:`build_label_lut`).
+            e.g. ``'cocostuff171_to_27'`` (see :func:`build_label_lut`).
         gt_label_map: Optional map applied to the GT, e.g. COCO-Stuff's
             182-id maps -> 27.
         class_names: Names for the log table; default the dataset's classes
@@ -155,7 +160,8 @@ class CLSSegIoUMetric(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.pred_lut = None if pred_label_map is None else build_label_lut(pred_label_map, ignore_index)
+        self.pred_lut = (None if pred_label_map is None else
+                         build_label_lut(pred_label_map, ignore_index))
         self.gt_lut = None if gt_label_map is None else build_label_lut(gt_label_map, ignore_index)
         self.class_names = None if class_names is None else tuple(class_names)
 

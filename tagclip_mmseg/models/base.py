@@ -17,12 +17,10 @@ from mmseg.registry import MODELS
 
 from .clip import load_clip
 from .data_preprocessor import group_by_shape
+from .prompts import ClassName
 from .text_classifier import build_text_classifier
 
-__all__ = ['FrozenCLIPModel', 'ClassName']
-
-#: A class is a name or a list of synonyms (joined with ',' inside a prompt).
-ClassName = Union[str, Sequence[str]]
+__all__ = ['FrozenCLIPModel']
 
 
 class FrozenCLIPModel(BaseModel):
@@ -80,8 +78,7 @@ class FrozenCLIPModel(BaseModel):
                     self.clip,
                     class_names,
                     templates,
-                    cache_dir=self.text_cache_dir,
-                    checkpoint_id=self.clip_cfg.get('checkpoint'))
+                    cache_dir=self.text_cache_dir)
             emb = emb.to(device=device, dtype=torch.float32)
             self._text_embeddings[key] = emb
         return emb

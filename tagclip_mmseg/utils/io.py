@@ -17,6 +17,12 @@ __all__ = ['atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'ensure_wri
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def ensure_writable_dir(path: PathLike) -> str:
     """Create ``path`` if needed and check that files can be written in it.
 
@@ -49,6 +55,10 @@ def atomic_open(path: PathLike, mode: str = 'wb', **kwargs) -> Iterator[IO]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
+        # mkstemp creates 0600 files; give the result the permissions an
+        # ordinary open() would (0666 minus the umask) so other users of a
+        # shared cluster folder can read the outputs.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode.replace('x', 'w'), **kwargs) as f:
             yield f
             f.flush()

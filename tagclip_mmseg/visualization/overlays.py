@@ -45,8 +45,12 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _text_size(image_hw: Tuple[int, int]) -> int:
-    """Font size that scales with the image: about 1/28 of the shorter side."""
-    return int(np.clip(min(image_hw) / 28, 11, 40))
+    """Font size that scales with the image: 1/20 of the shorter side.
+
+    Pages show pictures scaled down to about 360 pixels, so smaller text
+    would be unreadable there.
+    """
+    return int(np.clip(min(image_hw) / 20, 11, 48))
 
 
 def _check_rgb(image: np.ndarray) -> np.ndarray:

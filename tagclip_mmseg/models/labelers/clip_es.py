@@ -29,9 +29,10 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from ..base import ClassName, FrozenCLIPModel
+from ..base import FrozenCLIPModel
 from ..ops import AttentionVote, affinity_from_attention, caa_refine, minmax_normalize
 from ..presets import resolve_background, resolve_classes, resolve_templates
+from ..prompts import ClassName
 
 __all__ = ['CLIPESPseudoLabeler']
 

