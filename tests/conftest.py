@@ -81,7 +81,7 @@ def _blob_mask(rng, height: int, width: int, num_classes: int):
 
 @pytest.fixture(scope='session')
 def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
-    """A few real photos in the VOC 2012 and COCO 2014 layouts, with fake masks.
+    """A few real photos in the VOC 2012 and COCO layouts, with fake masks.
 
     The same six images (ids ``img0``..``img5``) serve as train and val.
     Pseudo masks (random class blobs with a 255 band) sit in their own
@@ -90,7 +90,7 @@ def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
 
     Returns:
         dict: ``voc_root`` (``.../VOC2012``), ``voc_pseudo``, ``coco_root``
-        (``.../coco2014``), ``coco_pseudo`` and ``ids``.
+        (``.../coco``: train2014, val2017), ``coco_pseudo`` and ``ids``.
     """
     import glob
 
@@ -101,11 +101,11 @@ def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
     photos = sorted(glob.glob(osp.join(real_images_dir, 'images', '*.jpg')))[:len(TINY_SEG_SIZES)]
     ids = [f'img{i}' for i in range(len(photos))]
     rng = np.random.default_rng(0)
-    voc, coco = root / 'VOC2012', root / 'coco2014'
+    voc, coco = root / 'VOC2012', root / 'coco'
     folders = dict(voc_img=voc / 'JPEGImages', voc_gt=voc / 'SegmentationClass',
                    voc_pseudo=root / 'pseudo_voc', voc_sets=voc / 'ImageSets' / 'Segmentation',
-                   coco_train=coco / 'train2014', coco_val=coco / 'val2014',
-                   coco_gt=coco / 'SegmentationClass' / 'val2014', coco_pseudo=root / 'pseudo_coco')
+                   coco_train=coco / 'train2014', coco_val=coco / 'val2017',
+                   coco_gt=coco / 'SegmentationClass' / 'val2017', coco_pseudo=root / 'pseudo_coco')
     for folder in folders.values():
         folder.mkdir(parents=True)
     for img_id, photo, (w, h) in zip(ids, photos, TINY_SEG_SIZES):
@@ -116,8 +116,10 @@ def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
         for key, classes in (('voc_gt', 21), ('voc_pseudo', 21), ('coco_gt', 81),
                              ('coco_pseudo', 81)):
             Image.fromarray(_blob_mask(rng, h, w, classes)).save(folders[key] / f'{img_id}.png')
-    for split in ('trainaug', 'val'):
-        (folders['voc_sets'] / f'{split}.txt').write_text(''.join(i + '\n' for i in ids))
+    id_list = ''.join(i + '\n' for i in ids)
+    for path in (folders['voc_sets'] / 'trainaug.txt', folders['voc_sets'] / 'val.txt',
+                 coco / 'train2014_ids.txt', coco / 'val2017_ids.txt'):
+        path.write_text(id_list)
     return dict(voc_root=str(voc), voc_pseudo=str(folders['voc_pseudo']), coco_root=str(coco),
                 coco_pseudo=str(folders['coco_pseudo']), ids=ids)
 

@@ -31,8 +31,10 @@ Example::
     python tools/run_pipeline.py --work-dir work_dirs/pipeline/voc12 \\
         --tag-config configs/tagclip/TAG.py \\
         --pseudo-config configs/pseudo_labels/PSEUDO.py \\
-        --seg-config configs/deeplab/deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py \\
+        --seg-config configs/deeplab/DEEPLAB.py \\
         --gpus 4
+
+with e.g. ``DEEPLAB = deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321``.
 """
 import argparse
 import glob

@@ -1,9 +1,9 @@
 # DeepLab-v2 ResNet-101 MSC trained on pseudo masks of COCO 2014 train
-# (81 classes), validated on COCO 2014 val. CLIP-ES does not publish its COCO
+# (81 classes), validated on COCO 2017 val. CLIP-ES does not publish its COCO
 # schedule (its Appendix D); this is the common setting of the same ecosystem
 # (LPCAM, RIB; spec section 9 "COCO"): batch 10 on one GPU, 100k iterations,
 # LR 2e-4 from an ImageNet initialisation, 321x321 crops. Everything else as
-# the VOC config.
+# the VOC config. Validation: COCO 2017 val (see the dataset base).
 #
 #   python tools/train.py configs/deeplab/THIS.py
 #   python tools/test.py configs/deeplab/THIS.py work_dirs/THIS/iter_100000.pth
@@ -12,7 +12,7 @@
 backbone_checkpoint = 'data/pretrained/resnet101_caffe_imagenet.pth'
 # PNG pseudo masks of the train images (tools/generate_pseudo_labels.py --out);
 # absolute, or <repo>/work_dirs/... via {{fileDirname}} (this config's folder).
-pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/coco2014_train'
+pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/coco14_train'
 
 _base_ = [
     '../_base_/models/deeplabv2_r101-d8-msc.py',
@@ -36,6 +36,5 @@ optim_wrapper = dict(accumulative_counts=1)
 param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=100000, by_epoch=False)
 ]
-# COCO 2014 val has 40,137 images: validate once, at the end.
-train_cfg = dict(max_iters=100000, val_interval=100000)
+train_cfg = dict(max_iters=100000, val_interval=10000)
 default_hooks = dict(checkpoint=dict(interval=10000))

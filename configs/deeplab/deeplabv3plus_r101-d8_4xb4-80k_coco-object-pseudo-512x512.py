@@ -1,5 +1,5 @@
 # DeepLabV3+ R101 on pseudo masks of COCO 2014 train (81 classes), validated
-# on COCO 2014 val: mmseg's DeepLabV3+ recipe (4 GPUs x batch 4, 512x512,
+# on COCO 2017 val: mmseg's DeepLabV3+ recipe (4 GPUs x batch 4, 512x512,
 # mmseg's augmentation, 80k iterations as its COCO-Stuff-164k schedules) on
 # the COCO-object data of coco-object_pseudo_321x321.py.
 #
@@ -9,7 +9,7 @@
 # --cfg-options model.pretrained=/path/to/resnet101_v1c.pth).
 # PNG pseudo masks of the train images (tools/generate_pseudo_labels.py --out);
 # absolute, or <repo>/work_dirs/... via {{fileDirname}} (this config's folder).
-pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/coco2014_train'
+pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/coco14_train'
 
 _base_ = [
     'mmseg::_base_/models/deeplabv3plus_r50-d8.py',
@@ -50,5 +50,3 @@ train_dataloader = dict(
         pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# COCO 2014 val has 40,137 images: validate once, at the end.
-train_cfg = dict(val_interval=80000)

@@ -45,6 +45,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..datasets.image_io import ImageLoadError, read_image_size
 from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
+from ..models.presets import resolve_background, resolve_classes
 from ..models.prompts import ClassName
 from ..visualization import mask_label_names, save_result_images, unique_stems
 from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
@@ -80,12 +81,15 @@ class TagCLIPInferencer(BaseInferencer):
         device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...;
             None picks CUDA when available.
         batch_size (int): Images per forward (equal-size images only).
-        classes (Sequence[str | Sequence[str]], optional): The vocabulary; a
-            list entry is a synonym list. Required unless the config names
-            its classes (in the model or its test dataset's metainfo).
-        background_words (Sequence[str], optional): Softmax competitors. None
-            takes the config's; without a config, TagCLIP's VOC background
-            words minus any word that is also a class. ``[]`` disables them.
+        classes (str | Sequence[str | Sequence[str]], optional): The
+            vocabulary; a list entry is a synonym list, a string names a
+            preset (``'voc'``, ``'coco'``, ``'cocostuff'``). Required unless
+            the config names its classes (in the model or its test dataset's
+            metainfo).
+        background_words (str | Sequence[str], optional): Softmax
+            competitors, or a preset name (``'voc'``, ``'coco'``). None takes
+            the config's; without a config, TagCLIP's VOC background words
+            minus any word that is also a class. ``[]`` disables them.
         with_cams (bool): Build the CLIP-ES labeller now rather than on the
             first call that asks for CAMs or masks.
         labeler (str | Config | dict, optional): A pseudo-label config whose
@@ -154,16 +158,21 @@ class TagCLIPInferencer(BaseInferencer):
             labeler_cfg = labeler_config(labeler, checkpoint)
         ds_classes, ds_words = config_vocabulary(cfg)
         from_config = tagger_cfg.get('class_names') or ds_classes
+        from_config = resolve_classes(from_config) if from_config else None
         if classes is None and not from_config:
             raise ValueError('no classes to tag: pass classes=[...] (e.g. '
                              "classes=['cat', 'dog', 'person']), or a config whose model has "
                              'class_names or whose test dataset has metainfo classes')
         user_classes, user_words = classes is not None, background_words is not None
-        classes = [c if isinstance(c, str) else list(c) for c in (classes or from_config)]
+        classes = [
+            c if isinstance(c, str) else list(c)
+            for c in resolve_classes(classes if user_classes else from_config)
+        ]
         if not user_words:
             background_words = tagger_cfg.get('background_words', ds_words)
             if background_words is None:
                 background_words = default_background_words(classes) if model is None else ()
+        background_words = resolve_background(background_words)
         tagger_cfg.update(class_names=classes, background_words=list(background_words))
         if labeler_cfg is None:
             labeler_cfg = labeler_cfg_for(tagger_cfg)
@@ -171,7 +180,8 @@ class TagCLIPInferencer(BaseInferencer):
             labeler_cfg['clip'] = copy.deepcopy(tagger_cfg.get('clip') or {})
         # A pseudo-label config's own CAM wording and background set win
         # unless the caller replaced the vocabulary.
-        if user_classes or len(labeler_cfg.get('class_names') or ()) != len(classes):
+        if user_classes or len(resolve_classes(labeler_cfg.get('class_names') or ())) != len(
+                classes):
             labeler_cfg['class_names'] = cam_class_names(classes)
         if user_words or 'background_words' not in labeler_cfg:
             labeler_cfg['background_words'] = list(background_words)
@@ -249,7 +259,9 @@ class TagCLIPInferencer(BaseInferencer):
         saved_tagger = (tagger.class_names, tagger.background_words)
         saved_labeler = (labeler.class_names, labeler.background_words) if labeler else None
         new_classes = classes is not None
-        classes = list(classes) if new_classes else list(tagger.class_names)
+        classes = list(resolve_classes(classes if new_classes else tagger.class_names))
+        if background_words is not None:
+            background_words = resolve_background(background_words)
         taken = {class_key(c) for c in classes}
 
         def words(current: Sequence[str]) -> Tuple[str, ...]:

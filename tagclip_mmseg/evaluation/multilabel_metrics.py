@@ -42,6 +42,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
+from ..models.ops.thresholds import relative_threshold_mask
 from .sample_fields import get_field, image_id, load_error
 
 __all__ = [
@@ -50,37 +51,6 @@ __all__ = [
 
 EMPTY_CLASS_MODES = ('faithful', 'clean')
 MODES = ('relative', 'fixed', 'tags')
-
-
-def relative_threshold_mask(scores: torch.Tensor,
-                            ratio: float = 0.5,
-                            fallback_argmax: bool = True) -> torch.Tensor:
-    """Binarise scores with TagCLIP's per-image relative threshold (spec 4.6).
-
-    ``t_i = min_c s_ic + ratio * (max_c s_ic - min_c s_ic)``; class c is a tag of
-    image i when ``s_ic > t_i`` (strictly).
-
-    Args:
-        scores: ``(N, C)`` or ``(C,)`` scores.
-        ratio: ``r`` in the formula: 0.5 for VOC/COCO, 0.1 for COCO-Stuff.
-        fallback_argmax: Tag the arg-max class when nothing passes, which only
-            happens when all of an image's scores are equal. The tagger does
-            this; the reference's F1 evaluation does not (it only matters for
-            constant score vectors).
-
-    Returns:
-        A bool tensor shaped like ``scores``.
-    """
-    squeeze = scores.dim() == 1
-    scores = scores.unsqueeze(0) if squeeze else scores
-    low = scores.min(dim=1, keepdim=True).values
-    high = scores.max(dim=1, keepdim=True).values
-    mask = scores > low + ratio * (high - low)
-    if fallback_argmax:
-        empty = ~mask.any(dim=1)
-        top = torch.zeros_like(mask).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
-        mask = mask | (top & empty[:, None])
-    return mask[0] if squeeze else mask
 
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

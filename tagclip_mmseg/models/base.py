@@ -149,23 +149,3 @@ class FrozenCLIPModel(BaseModel):
     def train_step(self, data, optim_wrapper):
         raise RuntimeError(f'{type(self).__name__} is training-free and has nothing to train; '
                            'use tools/test.py.')
-
-    @staticmethod
-    def relative_threshold(scores: Tensor, ratio: float) -> Tensor:
-        """Per-row threshold ``min + ratio * (max - min)`` (TagCLIP's rule)."""
-        lo = scores.amin(dim=-1, keepdim=True)
-        hi = scores.amax(dim=-1, keepdim=True)
-        return lo + ratio * (hi - lo)
-
-    @classmethod
-    def tags_from_scores(cls, scores: Tensor, ratio: float) -> Tensor:
-        """Boolean tags: scores above the relative threshold, else the argmax.
-
-        Args:
-            scores (Tensor): (B, C) scores.
-            ratio (float): Relative threshold ``r``.
-        """
-        tags = scores > cls.relative_threshold(scores, ratio)
-        empty = ~tags.any(dim=-1)
-        top = torch.zeros_like(tags).scatter_(-1, scores.argmax(dim=-1, keepdim=True), True)
-        return torch.where(empty[:, None], top, tags)

@@ -1,26 +1,29 @@
 # COCO-object (background + 80 classes) with pseudo masks of COCO 2014 train
-# as labels, validated on COCO 2014 val with the 81-class masks: the COCO data
-# of the CLIP-ES DeepLab-v2 protocol (spec section 9, deeplab-pytorch style
+# as labels, validated on COCO 2017 val with the 81-class masks (the split
+# TagCLIP evaluates COCO-object on; spec section 7): the COCO data of the
+# CLIP-ES DeepLab-v2 protocol (spec section 9, deeplab-pytorch style
 # augmentation as in voc12aug_pseudo_321x321.py).
 #
-# Layout:
-#   data/coco2014/train2014/<id>.jpg, data/coco2014/val2014/<id>.jpg
-#   data/coco2014/SegmentationClass/val2014/<id>.png   real 81-class masks
+# Layout (shared with configs/pseudo_labels/ and configs/tagclip/):
+#   data/coco/train2014/<id>.jpg, data/coco/train2014_ids.txt
+#   data/coco/val2017/<id>.jpg,   data/coco/val2017_ids.txt
+#   data/coco/SegmentationClass/val2017/<id>.png   real 81-class masks
 #       (0 = background, 1..80 = COCO classes in category order, 255 ignore;
-#       the VOC-format masks distributed with CLIP-ES / TagCLIP)
+#       the VOC-format masks distributed with TagCLIP / CLIP-ES)
 #   <pseudo_label_dir>/<id>.png   pseudo masks of the train images
 #       (tools/generate_pseudo_labels.py --out), 255 = ignore
-# The training list is every image of train2014 that has a pseudo mask (the
-# ~700 train images without objects have none and are skipped with a warning);
-# set ann_file to an id list to train on a subset. mmseg joins a *relative*
-# seg_map_path to data_root, so the default folder is absolute:
-# <repo>/work_dirs/pseudo_labels/coco2014_train, spelled with mmengine's
-# {{fileDirname}} (this file's folder; classic configs cannot import os.path
-# under Python >= 3.11, trap 10). Pass an absolute path to override it:
+# Listed images without a pseudo mask are skipped with a warning. The usual
+# WSSS COCO benchmark is COCO 2014 val (40,137 images): point val_dataloader
+# at val2014 and SegmentationClass/val2014 for it.
+# mmseg joins a *relative* seg_map_path to data_root, so the default folder
+# is absolute: <repo>/work_dirs/pseudo_labels/coco14_train, spelled with
+# mmengine's {{fileDirname}} (this file's folder; classic configs cannot
+# import os.path under Python >= 3.11, trap 10). Pass an absolute path to
+# override it:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
 dataset_type = 'COCOObjectTaggedSegDataset'
-data_root = 'data/coco2014'
-pseudo_label_dir = '{{fileDirname}}/../../../work_dirs/pseudo_labels/coco2014_train'
+data_root = 'data/coco'
+pseudo_label_dir = '{{fileDirname}}/../../../work_dirs/pseudo_labels/coco14_train'
 crop_size = (321, 321)
 
 train_pipeline = [
@@ -49,7 +52,7 @@ train_dataloader = dict(
         type=dataset_type,
         data_root=data_root,
         data_prefix=dict(img_path='train2014', seg_map_path=pseudo_label_dir),
-        ann_file='',
+        ann_file='train2014_ids.txt',
         tag_source='none',
         on_missing='skip',
         reduce_zero_label=False,
@@ -62,8 +65,8 @@ val_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        data_prefix=dict(img_path='val2014', seg_map_path='SegmentationClass/val2014'),
-        ann_file='',
+        data_prefix=dict(img_path='val2017', seg_map_path='SegmentationClass/val2017'),
+        ann_file='val2017_ids.txt',
         tag_source='none',
         on_missing='skip',
         reduce_zero_label=False,

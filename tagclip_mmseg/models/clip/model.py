@@ -84,6 +84,9 @@ class CLIPAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
+        #: Budget for the transient logits of one head chunk (see
+        #: :meth:`_attend_with_weights`); a plain attribute, not a parameter.
+        self.max_chunk_bytes = 256 * 1024**2
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
@@ -117,22 +120,43 @@ class CLIPAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             weights = None
         else:
-            logits = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-2, -1))
-            if attn_mask is None:
-                probs = logits.softmax(dim=-1)
-                weights = probs.mean(dim=1)
-            else:
-                if weights_before_mask:
-                    weights = logits.softmax(dim=-1).mean(dim=1)
-                    probs = (logits + attn_mask).softmax(dim=-1)
-                else:
-                    probs = (logits + attn_mask).softmax(dim=-1)
-                    weights = probs.mean(dim=1)
-            del logits
-            out = torch.matmul(probs, v)
-            del probs
+            out, weights = self._attend_with_weights(q, k, v, attn_mask, weights_before_mask)
         out = out.transpose(1, 2).reshape(B, L, D)
         return self.out_proj(out), weights
+
+    def _attend_with_weights(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
+                             weights_before_mask: bool) -> Tuple[Tensor, Tensor]:
+        """Attention that also returns head-averaged probabilities.
+
+        Heads are processed in chunks so that the transient (B, h, L, L)
+        logits stay under :attr:`max_chunk_bytes`; at 4,846 tokens (a
+        1352x900 image) all twelve heads at once would take 1.1 GB per copy.
+        """
+        B, H, L, d = q.shape
+        per_head = B * L * L * max(q.element_size(), 4)
+        step = max(1, min(H, self.max_chunk_bytes // max(per_head, 1)))
+        q = q * (1.0 / math.sqrt(d))
+        outs = []
+        weights = None
+        for h0 in range(0, H, step):
+            h1 = min(H, h0 + step)
+            logits = torch.matmul(q[:, h0:h1], k[:, h0:h1].transpose(-2, -1))
+            if attn_mask is None:
+                probs = logits.softmax(dim=-1)
+                shown = probs
+            else:
+                mask = attn_mask
+                if mask.dim() == 4 and mask.shape[1] == H:
+                    mask = mask[:, h0:h1]
+                probs = (logits + mask).softmax(dim=-1)
+                shown = logits.softmax(dim=-1) if weights_before_mask else probs
+            part = shown.sum(dim=1, dtype=torch.float32)
+            weights = part if weights is None else weights + part
+            del logits, shown
+            outs.append(torch.matmul(probs, v[:, h0:h1]))
+            del probs
+        weights = (weights / H).to(q.dtype)
+        return torch.cat(outs, dim=1), weights
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -31,7 +31,7 @@ from torch import Tensor
 from mmseg.registry import MODELS
 from ..base import FrozenCLIPModel
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
-                   minmax_normalize, region_bbox)
+                   minmax_normalize, region_bbox, relative_threshold_mask)
 from ..presets import resolve_background, resolve_classes, resolve_templates
 from ..prompts import ClassName
 
@@ -211,7 +211,7 @@ class TagCLIP(FrozenCLIPModel):
         p_final, done = p_local, torch.zeros_like(p_local, dtype=torch.bool)
         if self.cwr:
             p_final, done = self.reidentify(images, p_ref, p_local, grid_hw, text)
-        tags = self.tags_from_scores(p_final, self.tag_ratio)
+        tags = relative_threshold_mask(p_final, self.tag_ratio)
         return TagCLIPOutput(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final,
                              tags=tags, cwr_done=done, grid_hw=grid_hw)
 

@@ -1,0 +1,40 @@
+"""TagCLIP's per-image relative threshold, shared by the tagger and the metric.
+
+The tagger turns fused scores into tags with it (spec 4.6) and the metric
+binarises scores with it for CP/CR/OF1 (spec 5), so both use this one
+definition.
+"""
+import torch
+
+__all__ = ['relative_threshold_mask']
+
+
+def relative_threshold_mask(scores: torch.Tensor,
+                            ratio: float = 0.5,
+                            fallback_argmax: bool = True) -> torch.Tensor:
+    """Binarise scores with TagCLIP's per-image relative threshold (spec 4.6).
+
+    ``t_i = min_c s_ic + ratio * (max_c s_ic - min_c s_ic)``; class c is a tag of
+    image i when ``s_ic > t_i`` (strictly).
+
+    Args:
+        scores: ``(N, C)`` or ``(C,)`` scores.
+        ratio: ``r`` in the formula: 0.5 for VOC/COCO, 0.1 for COCO-Stuff.
+        fallback_argmax: Tag the arg-max class when nothing passes, which only
+            happens when all of an image's scores are equal. The tagger does
+            this; the reference's F1 evaluation does not (it only matters for
+            constant score vectors).
+
+    Returns:
+        A bool tensor shaped like ``scores``.
+    """
+    squeeze = scores.dim() == 1
+    scores = scores.unsqueeze(0) if squeeze else scores
+    low = scores.min(dim=1, keepdim=True).values
+    high = scores.max(dim=1, keepdim=True).values
+    mask = scores > low + ratio * (high - low)
+    if fallback_argmax:
+        empty = ~mask.any(dim=1)
+        top = torch.zeros_like(mask).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+        mask = mask | (top & empty[:, None])
+    return mask[0] if squeeze else mask
