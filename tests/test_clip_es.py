@@ -1,85 +1,19 @@
 """CLIP-ES pseudo-labeller against a per-tag loop implementation of the spec.
 
-``reference_cams`` follows spec section 6 literally: one backward pass per tag,
+``reference_cams`` (tagclip_mmseg/models/reference.py) follows spec section 6
+literally: one backward pass per tag,
 OpenCV contours for the box of each tag, the affinity applied tag by tag, and
 ``F.interpolate`` to the original size.
 """
-import cv2
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from mmengine.structures import PixelData
 
 from mmseg.structures import SegDataSample
+from tagclip_mmseg.models.reference import reference_cams
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
-
-
-def box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
-    q = (cam * 255).astype(np.uint8)
-    fg = q > int(ratio * q.max())
-    h, w = cam.shape
-    box = np.zeros((h, w), np.float32)
-    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    for cnt in contours:
-        x, y, bw, bh = cv2.boundingRect(cnt)
-        x2, y2 = x + bw, y + bh
-        if clamp:
-            x2, y2 = min(x2, w - 1), min(y2, h - 1)
-        box[y:y2, x:x2] = 1
-    return box
-
-
-def reference_cams(model, image: torch.Tensor, tags, ori_hw, faithful: bool):
-    """Spec 6.1-6.4 for one image, one tag at a time."""
-    vit = model.clip.visual
-    last = vit.num_layers - 1
-    text = model.text_embeddings(model.class_names + model.background_words, model.templates)
-    sel = text[list(tags) + list(range(model.num_classes, text.shape[0]))]
-    with torch.no_grad():
-        out = vit(image[None], return_attn=True, stop_before=last)
-    maps = [a[0, 1:, 1:] for a in out.attn_maps]
-    hp, wp = out.grid_hw
-    blk = vit.transformer.resblocks[last]
-    cams, last_map = [], None
-    for k in range(len(tags)):
-        with torch.enable_grad():
-            g = blk.ln_1(out.hidden).detach().requires_grad_(True)
-            y, w = blk.forward_from_normed(out.hidden, g, need_weights=True)
-            f = vit.ln_post(y[:, 1:]).mean(dim=1) @ vit.proj
-            probs = (100 * F.normalize(f, dim=-1) @ sel.t()).softmax(dim=-1)
-            probs[0, k].backward()
-        last_map = w[0, 1:, 1:].detach()
-        act, grad = g.detach()[0, 1:], g.grad[0, 1:]
-        cam = F.relu(act @ grad.mean(dim=0))
-        cam = cam - cam.min()
-        cams.append(cam / (cam.max() + 1e-7))
-    all_maps = maps + [last_map]
-    avg = sum(all_maps[i] for i in model.caa_layers) / len(model.caa_layers)
-    t = avg.clone()
-    for _ in range(3):
-        t = t / t.sum(dim=0, keepdim=True)
-        t = t / t.sum(dim=1, keepdim=True)
-    t = (t + t.t()) / 2
-    t = t @ t
-    refined = []
-    for cam in cams:
-        box = torch.from_numpy(
-            box_reference(cam.view(hp, wp).numpy(), model.caa_box_thr, faithful)).flatten()
-        r = (t * box[None, :]) @ cam
-        r = r - r.min()
-        r = r / (r.max() + 1e-7)
-        up = F.interpolate(r.view(1, 1, hp, wp), size=ori_hw, mode='bilinear',
-                           align_corners=False)[0, 0]
-        refined.append(up.half().float() if faithful else up)
-    refined = torch.stack(refined)
-    bg = 1 - refined.max(dim=0, keepdim=True).values
-    idx = torch.cat([bg, refined]).argmax(dim=0)
-    label = torch.tensor([0] + [c + 1 for c in tags])[idx]
-    return refined, label
 
 
 def build_labeler(ckpt, mode, tmp_path, **kw):

@@ -1,113 +1,22 @@
 """TagCLIP against a direct, loop-by-loop implementation of the spec.
 
-``reference_tagclip`` below is written from spec sections 4.1-4.6 with plain
-Python loops over classes and OpenCV contours, one image at a time, the way the
-reference implementation works. The production model (vectorised, batched,
-device-resident) must agree with it in both modes.
+``reference_tagclip`` (tagclip_mmseg/models/reference.py) is written from spec
+sections 4.1-4.6 with plain Python loops over classes and OpenCV contours, one
+image at a time, the way the reference implementation works. The production
+model (vectorised, batched, device-resident) must agree with it in both modes.
 """
 import os.path as osp
 
-import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tagclip_mmseg.models.clip import CLIP
 from tagclip_mmseg.models.data_preprocessor import CLIPDataPreprocessor
+from tagclip_mmseg.models.reference import reference_tagclip
 
 VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow']
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']
-
-
-def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
-    """Union of bounding rectangles of external contours, as the reference."""
-    h, w = fg.shape
-    box = np.zeros((h, w), np.float32)
-    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    for cnt in contours:
-        x, y, bw, bh = cv2.boundingRect(cnt)
-        x2, y2 = x + bw, y + bh
-        if clamp:
-            x2, y2 = min(x2, w - 1), min(y2, h - 1)
-        box[y:y2, x:x2] = 1
-    return box
-
-
-def reference_tagclip(model, image: torch.Tensor, faithful: bool, cfg: dict) -> dict:
-    """Spec 4.1-4.6 for ONE normalised image (3, H, W), with loops."""
-    vit = model.clip.visual
-    text = model.classifier()
-    c_all, c_fg = text.shape[0], model.num_classes
-    p = vit.patch_size
-    hp, wp = image.shape[1] // p, image.shape[2] // p
-    n = hp * wp
-    # 4.1 coarse pass: self-only last layer
-    self_only = torch.full((n + 1, n + 1), -100.)
-    self_only.fill_diagonal_(0)
-    out = vit(image[None], attn_masks={vit.num_layers - 1: self_only}, return_attn=True)
-    z = F.normalize(out.tokens[0].float(), dim=-1)
-    p_coarse = (100 * z @ text.t())[1:].softmax(dim=-1)
-    # 4.2 vote and average
-    maps = [a[0, 1:, 1:] for a in out.attn_maps]
-    count = torch.zeros(n, n)
-    for b in maps:
-        count += (b > b.mean()).float()
-    vote = (count >= cfg['vote_k']).float()
-    avg = sum(maps[i] for i in cfg['avg_layers']) / len(cfg['avg_layers'])
-    w = vote * avg
-    # 4.3 first refinement, class boxes, second refinement
-    p_hat = w @ p_coarse
-    p_ref = torch.zeros(n, c_all)
-    for c in range(c_all):
-        col = p_hat[:, c]
-        if col.max() <= 0:
-            continue
-        v = col - col.min()
-        v = (v / v.max()).numpy().reshape(hp, wp)
-        q = np.floor(255 * v).astype(np.uint8)
-        fg = q > int(v.mean() * 255)
-        box = torch.from_numpy(boxes_union_reference(fg, clamp=faithful)).flatten()
-        p_ref[:, c] = (w * box[None, :]) @ p_coarse[:, c]
-    p_local = p_ref[:, :c_fg].max(dim=0).values
-    # 4.5 CWR
-    p_final = p_local.clone()
-    ma, mi = p_ref.max(), p_ref.min()
-    theta = mi + cfg['ratio'] * (ma - mi)
-    g = vit.input_resolution // p
-    for c in range(c_fg):
-        if not p_local[c] > theta:
-            continue
-        col = p_ref[:, c]
-        v = (col - col.min()) / (col.max() - col.min())
-        m = (v > 0.5).reshape(hp, wp)
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        x1, x2 = int(xs.min()), int(xs.max()) + 1
-        y1, y2 = int(ys.min()), int(ys.max()) + 1
-        if faithful:
-            x2, y2 = min(x2, wp - 1), min(y2, hp - 1)
-        if x1 == x2 or y1 == y2:
-            if faithful:
-                break
-            continue
-        crop = image[:, p * y1:p * y2, p * x1:p * x2][None]
-        crop = F.interpolate(crop, size=(vit.input_resolution, ) * 2, mode='bilinear',
-                             align_corners=False)
-        mc = m[y1:y2, x1:x2][None, None].float()
-        mc = F.interpolate(mc, size=(g, g), mode='nearest')[0, 0].flatten() > 0
-        mask = torch.zeros(g * g + 1, g * g + 1)
-        mask[0, 1:][~mc] = -1000.
-        cls_tok = vit(crop, attn_masks={i: mask for i in range(vit.num_layers)}).tokens[0, 0]
-        glob = (100 * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
-        p_final[c] = 0.5 * p_local[c] + 0.5 * glob[c]
-    # 4.6 tags
-    t = p_final.min() + cfg['ratio'] * (p_final.max() - p_final.min())
-    tags = p_final > t
-    if not tags.any():
-        tags[p_final.argmax()] = True
-    return dict(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final, tags=tags)
 
 
 def build_tagger(ckpt: str, mode: str, tmp_path, **kw):

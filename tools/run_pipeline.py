@@ -75,7 +75,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'WORK_DIR/pseudo_labels)')
     parser.add_argument('--clip-checkpoint', help='CLIP weights for tagging and pseudo labels')
     parser.add_argument('--gpus', type=int, default=1,
-                        help='processes per step (torchrun when > 1)')
+                        help='processes per step (torchrun when > 1). The segmenter config\'s '
+                        'batch size is per GPU: the DeepLab-v2 recipe is for one GPU, so adapt '
+                        'it with --train-options when training on several')
     parser.add_argument('--port', type=int, default=29500, help='torchrun master port')
     for step in ('tag', 'pseudo', 'train', 'test'):
         parser.add_argument(f'--{step}-options', nargs='+', default=[], metavar='KEY=VALUE',

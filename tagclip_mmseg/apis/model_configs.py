@@ -125,8 +125,10 @@ def split_models(model_cfg: dict) -> Tuple[dict, Optional[dict]]:
         tagger = model_cfg.pop('tagger', None)
         if tagger is None:
             raise ValueError(f'this {LABELER_TYPE} config takes its tags from a file or the '
-                             'ground truth (no tagger=...); give the inferencer a '
-                             'configs/tagclip/ config, or add tagger=dict(type="TagCLIP", ...)')
+                             'ground truth (it has no tagger=...). Give it as labeler=... next '
+                             'to a tagging config, e.g. TagCLIPInferencer("configs/tagclip/'
+                             'tagclip_vit-b16_voc12-val.py", labeler=THIS_CONFIG), or use a '
+                             '*_tagclip-chain.py config')
         return dict(tagger), model_cfg
     raise ValueError(f'the inferencer runs {TAGGER_TYPE} (and {LABELER_TYPE}) models; the config '
                      f'builds {model_cfg.get("type")!r}')

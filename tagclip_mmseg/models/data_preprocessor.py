@@ -6,7 +6,7 @@ attention). This preprocessor only moves and normalises: images of different
 sizes stay a list, and the models group equal sizes into batches themselves
 (:func:`group_by_shape`).
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 from mmengine.model import BaseDataPreprocessor

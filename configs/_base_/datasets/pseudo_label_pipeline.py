@@ -2,6 +2,8 @@
 # already exists in pseudo_label_dir is not loaded nor computed (resume), but
 # its mask still counts for the metric. tools/generate_pseudo_labels.py --out
 # sets out_dir here and in the writer.
+# Token cap, as in tagging_pipeline.py (masks are still written at full size).
+max_tokens = 16384
 pseudo_label_dir = 'work_dirs/pseudo_labels'
 seg_meta_keys = ('img_path', 'seg_map_path', 'img_id', 'ori_shape', 'img_shape', 'tags',
                  'load_error', 'precomputed', 'pred_seg_map')
@@ -9,7 +11,7 @@ pseudo_label_pipeline = [
     dict(type='SkipExisting', out_dir=pseudo_label_dir,
          transforms=[
              dict(type='LoadImageRobust', on_error='skip', exif_transpose=False),
-             dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=None),
+             dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=max_tokens),
          ]),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs', meta_keys=seg_meta_keys),
@@ -20,7 +22,7 @@ crf_pseudo_label_pipeline = [
          transforms=[
              dict(type='LoadImageRobust', on_error='skip', exif_transpose=False,
                   keep_ori_img=True),
-             dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=None),
+             dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=max_tokens),
          ]),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs', meta_keys=seg_meta_keys + ('ori_img', )),

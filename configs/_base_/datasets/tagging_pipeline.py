@@ -2,10 +2,14 @@
 # file becomes a counted skip), bicubic resize to the patch multiple (spec 2.3),
 # mmpretrain packing. Benchmarks keep the stored pixel orientation
 # (exif_transpose=False) because their labels refer to it.
+# Images above this many tokens (e.g. an 8000x6000 photo) are scaled down with a
+# logged warning so that one file cannot exhaust memory; VOC/COCO images (a few
+# hundred tokens) are far below it, so benchmark results are unaffected.
+max_tokens = 16384
 tag_meta_keys = ('sample_idx', 'img_path', 'img_id', 'ori_shape', 'img_shape', 'load_error')
 tagging_pipeline = [
     dict(type='LoadImageRobust', on_error='skip', exif_transpose=False),
-    dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=None),
+    dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=max_tokens),
     dict(type='mmpretrain.PackInputs', meta_keys=tag_meta_keys),
 ]
 # Batches hold images of one token grid (no padding, so no effect on results).

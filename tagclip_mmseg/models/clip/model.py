@@ -23,7 +23,7 @@ plain ViT.
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -43,7 +43,7 @@ class DeepLabV2Head(BaseDecodeHead):
     The protocol trains the branches faster than the backbone: weights at
     10x the base learning rate, biases at 20x without weight decay. That is an
     optimiser setting, so it lives in the config (``paramwise_cfg``) and is
-    not hard-wired here; see ``configs/_base_/models/deeplabv2_r101-d8-msc.py``.
+    not hard-wired here; see ``configs/_base_/schedules/schedule_deeplabv2_20k.py``.
 
     Args:
         in_channels (int | Sequence[int]): Channels of the selected feature

@@ -109,7 +109,11 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
             resolution: one per scale (in ``self.scales`` order), then the
             max-fused map.
         """
-        scale_logits = [self.decode_head.forward(f) for f in self._scale_features(inputs)]
+        return self._decode(self._scale_features(inputs))
+
+    def _decode(self, scale_feats: List[Tuple[Tensor, ...]]) -> List[Tensor]:
+        """Head logits of every scale's features, then their max fusion."""
+        scale_logits = [self.decode_head(f) for f in scale_feats]
         return scale_logits + [self.fuse_logits(scale_logits)]
 
     def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
@@ -143,8 +147,7 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
             dict[str, Tensor]: Losses and accuracies, prefixed per output.
         """
         feats = self._scale_features(inputs)
-        scale_logits = [self.decode_head.forward(f) for f in feats]
-        outputs = scale_logits + [self.fuse_logits(scale_logits)]
+        outputs = self._decode(feats)
         names = [f'decode_s{scale:g}' for scale in self.scales] + ['decode_max']
         seg_label = self.decode_head._stack_batch_gt(data_samples)
         losses = dict()

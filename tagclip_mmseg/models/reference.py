@@ -1,0 +1,183 @@
+"""Per-image reference implementations of TagCLIP and CLIP-ES, with loops.
+
+These follow the spec (sections 4 and 6) literally, the way the reference
+code works: one image at a time, all attention maps kept, one OpenCV contour
+search per class on the CPU, one forward per CWR crop and one backward per
+tag. They are the yardstick of the vectorised models: the tests check that
+``TagCLIP`` and ``CLIPESPseudoLabeler`` agree with them, and
+``tools/benchmark.py`` times them as the "faithful per-image path".
+They are deliberately slow; never use them for a dataset run.
+"""
+from typing import Dict, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['boxes_union_reference', 'reference_tagclip', 'cam_box_reference', 'reference_cams']
+
+
+def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
+    """Union of bounding rectangles of external contours (OpenCV), as the
+    reference; ``clamp`` applies the right/bottom clamping quirk."""
+    h, w = fg.shape
+    box = np.zeros((h, w), np.float32)
+    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    for cnt in contours:
+        x, y, bw, bh = cv2.boundingRect(cnt)
+        x2, y2 = x + bw, y + bh
+        if clamp:
+            x2, y2 = min(x2, w - 1), min(y2, h - 1)
+        box[y:y2, x:x2] = 1
+    return box
+
+
+def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[str, Tensor]:
+    """Spec 4.1-4.6 for ONE normalised image (3, H, W), with loops.
+
+    Args:
+        model: A :class:`~tagclip_mmseg.models.TagCLIP` (its CLIP and text
+            embeddings are used, not its vectorised code).
+        image (Tensor): Normalised (3, H, W) image, sides multiples of the
+            patch size.
+        faithful (bool): Reference quirks on (box clamping, CWR early exit).
+        cfg (dict): ``vote_k``, ``avg_layers`` and ``ratio``.
+
+    Returns:
+        dict: ``p_coarse``, ``p_ref``, ``p_local``, ``p_final``, ``tags``.
+    """
+    vit = model.clip.visual
+    text = model.classifier()
+    c_all, c_fg = text.shape[0], model.num_classes
+    p = vit.patch_size
+    hp, wp = image.shape[1] // p, image.shape[2] // p
+    n = hp * wp
+    # 4.1 coarse pass: self-only last layer
+    self_only = torch.full((n + 1, n + 1), -100.)
+    self_only.fill_diagonal_(0)
+    out = vit(image[None], attn_masks={vit.num_layers - 1: self_only}, return_attn=True)
+    z = F.normalize(out.tokens[0].float(), dim=-1)
+    p_coarse = (100 * z @ text.t())[1:].softmax(dim=-1)
+    # 4.2 vote and average
+    maps = [a[0, 1:, 1:] for a in out.attn_maps]
+    count = torch.zeros(n, n)
+    for b in maps:
+        count += (b > b.mean()).float()
+    vote = (count >= cfg['vote_k']).float()
+    avg = sum(maps[i] for i in cfg['avg_layers']) / len(cfg['avg_layers'])
+    w = vote * avg
+    # 4.3 first refinement, class boxes, second refinement
+    p_hat = w @ p_coarse
+    p_ref = torch.zeros(n, c_all)
+    for c in range(c_all):
+        col = p_hat[:, c]
+        if col.max() <= 0:
+            continue
+        v = col - col.min()
+        v = (v / v.max()).numpy().reshape(hp, wp)
+        q = np.floor(255 * v).astype(np.uint8)
+        fg = q > int(v.mean() * 255)
+        box = torch.from_numpy(boxes_union_reference(fg, clamp=faithful)).flatten()
+        p_ref[:, c] = (w * box[None, :]) @ p_coarse[:, c]
+    p_local = p_ref[:, :c_fg].max(dim=0).values
+    # 4.5 CWR
+    p_final = p_local.clone()
+    ma, mi = p_ref.max(), p_ref.min()
+    theta = mi + cfg['ratio'] * (ma - mi)
+    g = vit.input_resolution // p
+    for c in range(c_fg):
+        if not p_local[c] > theta:
+            continue
+        col = p_ref[:, c]
+        v = (col - col.min()) / (col.max() - col.min())
+        m = (v > 0.5).reshape(hp, wp)
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        x1, x2 = int(xs.min()), int(xs.max()) + 1
+        y1, y2 = int(ys.min()), int(ys.max()) + 1
+        if faithful:
+            x2, y2 = min(x2, wp - 1), min(y2, hp - 1)
+        if x1 == x2 or y1 == y2:
+            if faithful:
+                break
+            continue
+        crop = image[:, p * y1:p * y2, p * x1:p * x2][None]
+        crop = F.interpolate(crop, size=(vit.input_resolution, ) * 2, mode='bilinear',
+                             align_corners=False)
+        mc = m[y1:y2, x1:x2][None, None].float()
+        mc = F.interpolate(mc, size=(g, g), mode='nearest')[0, 0].flatten() > 0
+        mask = torch.zeros(g * g + 1, g * g + 1)
+        mask[0, 1:][~mc] = -1000.
+        cls_tok = vit(crop, attn_masks={i: mask for i in range(vit.num_layers)}).tokens[0, 0]
+        glob = (100 * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
+        p_final[c] = 0.5 * p_local[c] + 0.5 * glob[c]
+    # 4.6 tags
+    t = p_final.min() + cfg['ratio'] * (p_final.max() - p_final.min())
+    tags = p_final > t
+    if not tags.any():
+        tags[p_final.argmax()] = True
+    return dict(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final, tags=tags)
+
+
+def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
+    """CLIP-ES box of one CAM: uint8 map above ``ratio * max``, union of
+    contour rectangles."""
+    q = (cam * 255).astype(np.uint8)
+    fg = q > int(ratio * q.max())
+    return boxes_union_reference(fg, clamp)
+
+
+def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int, int],
+                   faithful: bool) -> Tuple[Tensor, Tensor]:
+    """Spec 6.1-6.4 for one image, one tag at a time.
+
+    Returns:
+        tuple: Refined CAMs (K, H, W) at the original size and the label map.
+    """
+    vit = model.clip.visual
+    last = vit.num_layers - 1
+    text = model.text_embeddings(model.class_names + model.background_words, model.templates)
+    sel = text[list(tags) + list(range(model.num_classes, text.shape[0]))]
+    with torch.no_grad():
+        out = vit(image[None], return_attn=True, stop_before=last)
+    maps = [a[0, 1:, 1:] for a in out.attn_maps]
+    hp, wp = out.grid_hw
+    blk = vit.transformer.resblocks[last]
+    cams, last_map = [], None
+    for k in range(len(tags)):
+        with torch.enable_grad():
+            g = blk.ln_1(out.hidden).detach().requires_grad_(True)
+            y, w = blk.forward_from_normed(out.hidden, g, need_weights=True)
+            f = vit.ln_post(y[:, 1:]).mean(dim=1) @ vit.proj
+            probs = (100 * F.normalize(f, dim=-1) @ sel.t()).softmax(dim=-1)
+            probs[0, k].backward()
+        last_map = w[0, 1:, 1:].detach()
+        act, grad = g.detach()[0, 1:], g.grad[0, 1:]
+        cam = F.relu(act @ grad.mean(dim=0))
+        cam = cam - cam.min()
+        cams.append(cam / (cam.max() + 1e-7))
+    all_maps = maps + [last_map]
+    avg = sum(all_maps[i] for i in model.caa_layers) / len(model.caa_layers)
+    t = avg.clone()
+    for _ in range(3):
+        t = t / t.sum(dim=0, keepdim=True)
+        t = t / t.sum(dim=1, keepdim=True)
+    t = (t + t.t()) / 2
+    t = t @ t
+    refined = []
+    for cam in cams:
+        box = torch.from_numpy(
+            cam_box_reference(cam.view(hp, wp).numpy(), model.caa_box_thr, faithful)).flatten()
+        r = (t * box[None, :]) @ cam
+        r = r - r.min()
+        r = r / (r.max() + 1e-7)
+        up = F.interpolate(r.view(1, 1, hp, wp), size=ori_hw, mode='bilinear',
+                           align_corners=False)[0, 0]
+        refined.append(up.half().float() if faithful else up)
+    refined = torch.stack(refined)
+    bg = 1 - refined.max(dim=0, keepdim=True).values
+    idx = torch.cat([bg, refined]).argmax(dim=0)
+    label = torch.tensor([0] + [c + 1 for c in tags])[idx]
+    return refined, label
