@@ -33,4 +33,5 @@ srun -p "${PARTITION}" \
     --cpus-per-task="${CPUS_PER_TASK}" \
     --kill-on-bad-exit=1 \
     ${SRUN_ARGS} \
-    "${PYTHON:-python}" -u tools/test.py "${CONFIG}" ${CKPT_ARG[@]+"${CKPT_ARG[@]}"} --launcher="slurm" "${PY_ARGS[@]}"
+    "${PYTHON:-python}" -u tools/test.py "${CONFIG}" ${CKPT_ARG[@]+"${CKPT_ARG[@]}"} \
+    --launcher="slurm" "${PY_ARGS[@]}"

@@ -30,6 +30,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.runner import Runner
 
 import tagclip_mmseg  # noqa: F401  (registers the plugin; trusted-checkpoint loader)
+from tagclip_mmseg.utils import init_cpu_distributed, set_clip_checkpoint
 
 #: Wrapper for distributed testing that accepts fully frozen models.
 FROZEN_SAFE_WRAPPER = dict(
@@ -73,6 +74,10 @@ def parse_args() -> argparse.Namespace:
         default='none',
         help='job launcher')
     parser.add_argument('--tta', action='store_true', help='Test time augmentation')
+    parser.add_argument(
+        '--clip-checkpoint',
+        help='CLIP weights for training-free configs (sets every model.*.clip.checkpoint; '
+        'default: the config, usually ~/.cache/clip/ViT-B-16.pt)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -129,6 +134,11 @@ def main() -> None:
             raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist; omit the '
                                     'argument for training-free models.')
         cfg.load_from = args.checkpoint
+
+    if args.clip_checkpoint is not None and not set_clip_checkpoint(cfg, args.clip_checkpoint):
+        raise ValueError(f'--clip-checkpoint was given but {args.config} has no CLIP model')
+    # CPU-only machines: torchrun + --launcher pytorch starts gloo here (trap 12).
+    cfg.launcher = init_cpu_distributed(cfg.launcher)
 
     if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(FROZEN_SAFE_WRAPPER)

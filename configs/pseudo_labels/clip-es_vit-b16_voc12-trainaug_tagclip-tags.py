@@ -9,6 +9,6 @@ _base_ = ['./clip-es_vit-b16_voc12-val_tagclip-tags_crf.py']
 model = dict(crf=dict(confidence_thr=0.95))
 test_dataloader = dict(
     dataset=dict(
-        ann_file='ImageSets/Segmentation/train_aug.txt',
+        ann_file='ImageSets/Segmentation/trainaug.txt',
         data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClassAug'),
         tags_file='work_dirs/tags/voc12_train_aug.txt'))

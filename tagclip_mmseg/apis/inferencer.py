@@ -311,7 +311,9 @@ class TagCLIPInferencer(BaseInferencer):
                 image size.
             return_mask (bool): Add ``mask``: (H, W) pseudo mask at the
                 original size; 0 background, ``c + 1`` class ``c``, 255
-                ignore. uint8 for vocabularies below 255 classes, else int32.
+                ignore (a labeller configured without background or with a
+                ``label_map`` writes its own label space). uint8 for
+                vocabularies below 255 classes, else int32.
             channel_order (str): ``'rgb'`` or ``'bgr'`` (``mmcv.imread`` and
                 ``cv2.imread`` arrays) for array inputs; files are always
                 decoded to RGB.
@@ -433,9 +435,12 @@ class TagCLIPInferencer(BaseInferencer):
                 dict(inputs=tensors, data_samples=[DataSample(metainfo=m) for m in meta]))
             labelled = [None] * len(ok)
             if return_cams or return_mask:
+                # A CRF refines masks against the original photo.
+                extra = [dict(ori_img=d['ori_img']) if self.labeler.crf is not None else {}
+                         for d in ok]
                 seg_samples = [
-                    SegDataSample(metainfo=dict(m, tags=s.pred_label.tolist()))
-                    for m, s in zip(meta, tagged)
+                    SegDataSample(metainfo=dict(m, tags=s.pred_label.tolist(), **e))
+                    for m, s, e in zip(meta, tagged, extra)
                 ]
                 with self._labeler_returning_cams(return_cams):
                     labelled = self.labeler.test_step(
@@ -492,15 +497,21 @@ class TagCLIPInferencer(BaseInferencer):
             if pred['error'] is not None:
                 visuals.append(None)
                 continue
-            label_names = (mask_label_names(self.classes, self._with_background())
-                           if 'mask' in pred else None)
+            label_names = self._mask_label_names() if 'mask' in pred else None
             visuals.append(
                 save_result_images(out_dir, pred['_stem'], pred['_image'], pred, label_names,
                                    title=title))
         return visuals
 
-    def _with_background(self) -> bool:
-        return bool(getattr(self.labeler, 'with_background', True))
+    def _mask_label_names(self) -> Dict[int, str]:
+        """Mask value -> name for legends.
+
+        A labeller with a ``label_map`` writes another label space (e.g.
+        COCO-Stuff-27) whose names it does not know; values are shown as is.
+        """
+        if getattr(self.labeler, 'label_map', None) is not None:
+            return {v: f'label {v}' for v in range(256)}
+        return mask_label_names(self.classes, bool(getattr(self.labeler, 'with_background', True)))
 
     def postprocess(self, preds: List[dict],
                     visualization: List[Optional[list]]) -> List[dict]:
