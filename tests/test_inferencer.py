@@ -193,3 +193,26 @@ def test_vocabulary_helpers():
     assert cam_class_names(['bird', 'spaceship']) == ['bird', 'spaceship']
     words = default_background_words(['sky', 'cat'])
     assert 'sky' not in words and len(words) == len(VOC_BACKGROUND) - 1
+
+
+@pytest.mark.slow
+def test_repository_configs_by_name(deep_tiny_clip_path, tmp_path):
+    """The shipped configs: presets ('voc', 'voc-cam'), a chained labeller, labeler=NAME.
+
+    Slow: the VOC vocabulary is 45 words x 85 templates through the text tower.
+    """
+    cache = str(tmp_path / 'cache')
+    image = random_images([(32, 48)])
+    chain = TagCLIPInferencer('clip-es_vit-b16_voc12-val_tagclip-chain',
+                              checkpoint=deep_tiny_clip_path, device='cpu', text_cache_dir=cache)
+    assert len(chain.classes) == 20 and len(chain.model.background_words) == 25
+    assert chain.labeler.class_names[2] == VOC_CAM_RENAMES['bird']
+    r = chain(image, return_mask=True)[0]
+    assert set(np.unique(r['mask']).tolist()) <= {0, 255} | {i + 1 for i in r['tag_indices']}
+    with pytest.raises(ValueError, match='labeler='):
+        TagCLIPInferencer('clip-es_vit-b16_voc12-val_tagclip-tags', checkpoint=deep_tiny_clip_path,
+                          device='cpu', text_cache_dir=cache)
+    paired = TagCLIPInferencer('tagclip_vit-b16_voc12-val', checkpoint=deep_tiny_clip_path,
+                               device='cpu', text_cache_dir=cache,
+                               labeler='clip-es_vit-b16_voc12-val_tagclip-tags')
+    assert paired(image, return_mask=True)[0]['tags'] == r['tags']

@@ -73,7 +73,8 @@ class TagCLIPInferencer(BaseInferencer):
             (``configs/tagclip/*.py``), a pseudo-label config with a tagger
             (``configs/pseudo_labels/*.py``; its labeller is then used for
             CAMs and masks), the bare name of either, or None for TagCLIP's
-            reference settings built from the keyword arguments below.
+            and CLIP-ES's reference settings for ViT-B/16 (their layer
+            indices assume 12 layers; other CLIPs need a config).
         checkpoint (str, optional): CLIP weights. Replaces the config's
             checkpoint; with ``model=None`` defaults to OpenAI's cache path
             ``~/.cache/clip/ViT-B-16.pt``. Nothing is downloaded: a missing
@@ -92,18 +93,17 @@ class TagCLIPInferencer(BaseInferencer):
             minus any word that is also a class. ``[]`` disables them.
         with_cams (bool): Build the CLIP-ES labeller now rather than on the
             first call that asks for CAMs or masks.
-        labeler (str | Config | dict, optional): A pseudo-label config whose
-            labeller settings replace the defaults (its vocabulary is
-            replaced by ``classes``' CAM-stage names).
+        labeler (str | Config | dict, optional): A pseudo-label config (or
+            the labeller's model dict) whose settings replace the default
+            labeller's; an explicit ``classes`` replaces its vocabulary by
+            the CAM-stage names of ``classes``.
         text_cache_dir (str, optional): Folder of the text-embedding cache
             (None: ``$TAGCLIP_MMSEG_CACHE`` or ``~/.cache/tagclip_mmseg``).
         max_tokens (int, optional): Token budget per image; see
             :data:`DEFAULT_MAX_TOKENS`. None disables it.
-        on_error (str): An unreadable image file ``'raise'`` s before any
-            computation, or is ``'skip'`` ped: its result has ``error`` set
-            and no tags.
-        show_progress (bool): Unused (kept for mmengine's signature); use
-            :meth:`iter_results` to follow progress.
+        on_error (str): What an unreadable image file does: ``'raise'``
+            (before any model runs) or ``'skip'`` (its result has ``error``
+            set and no tags).
     """
 
     preprocess_kwargs: set = {'channel_order'}
@@ -122,8 +122,7 @@ class TagCLIPInferencer(BaseInferencer):
                  labeler: Union[str, Config, dict, None] = None,
                  text_cache_dir: Optional[str] = None,
                  max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
-                 on_error: str = 'raise',
-                 show_progress: bool = False) -> None:
+                 on_error: str = 'raise') -> None:
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
         if on_error not in ('raise', 'skip'):
@@ -134,8 +133,9 @@ class TagCLIPInferencer(BaseInferencer):
         cfg = self._build_config(model, checkpoint, classes, background_words, labeler,
                                  text_cache_dir)
         self._labeler: Optional[nn.Module] = None
+        # Progress is the caller's to show (see iter_results), not a rich bar.
         super().__init__(model=cfg, weights=None, device=device, scope='mmseg',
-                         show_progress=show_progress)
+                         show_progress=False)
         if with_cams:
             self.labeler  # noqa: B018  (build now)
 
