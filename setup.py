@@ -48,6 +48,7 @@ setup(
         'scipy',
         'safetensors',
         'rich',
+        'pycocotools',
     ],
     extras_require={
         'tests': ['pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers', 'pydensecrf2'],

@@ -143,8 +143,119 @@ def tiny_clip_arch():
     return dict(TINY_CLIP_ARCH)
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def tiny_clip_factory():
     """:func:`make_tiny_clip`, for tests that need several different tiny CLIPs."""
     return make_tiny_clip
 
+
+
+# ------------------------------------------------------- tools, end to end
+#: Repository root: the tools resolve configs relative to it.
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+class ToolRunner:
+    """Run ``tools/*.py`` as a user would, in a fresh interpreter or in this one.
+
+    A fresh interpreter is the real thing (and the only way to kill a run or
+    measure its memory) but costs ~15 s of imports on a small CI machine; the
+    in-process form runs the same ``__main__`` code in a second or two and
+    lets the caller catch the exception a failing tool raises.
+    """
+
+    @staticmethod
+    def command(script, *args, peak_rss=False):
+        """The argv of a fresh-interpreter run.
+
+        With ``peak_rss``, the tool runs under a wrapper that prints
+        ``PEAK_RSS_KB <kb>`` (the process's own high-water mark) at exit.
+        """
+        import sys
+        if not peak_rss:
+            return [sys.executable, script, *args]
+        wrapper = ('import atexit, resource, runpy, sys; '
+                   'atexit.register(lambda: print("PEAK_RSS_KB", resource.getrusage('
+                   'resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); '
+                   'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
+        return [sys.executable, '-c', wrapper, script, *args]
+
+    @staticmethod
+    def env():
+        """CPU only, one thread per process, unbuffered output."""
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',
+                   PYTHONUNBUFFERED='1')
+        env.pop('LOCAL_RANK', None)
+        return env
+
+    def subprocess(self, script, *args, check=True, timeout=600, peak_rss=False):
+        """Run in a fresh interpreter; return the CompletedProcess (text output)."""
+        import subprocess
+        proc = subprocess.run(self.command(script, *args, peak_rss=peak_rss), cwd=REPO_ROOT,
+                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    def popen(self, script, *args, **kwargs):
+        """Start a fresh-interpreter run (e.g. to kill it); ``kwargs`` go to Popen."""
+        import subprocess
+        return subprocess.Popen(self.command(script, *args), cwd=REPO_ROOT, env=self.env(),
+                                **kwargs)
+
+    def inprocess(self, script, *args):
+        """Run the tool's ``__main__`` here; whatever it raises propagates."""
+        import runpy
+        import sys
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(REPO_ROOT)
+            mp.setattr(sys, 'argv', [script, *args])
+            mp.setenv('LOCAL_RANK', '0')
+            runpy.run_path(osp.join(REPO_ROOT, script), run_name='__main__')
+
+
+@pytest.fixture(scope='session')
+def tool_runner():
+    """A :class:`ToolRunner` (``subprocess``, ``popen``, ``inprocess``)."""
+    return ToolRunner()
+
+
+@pytest.fixture(scope='session')
+def tiny_tool_options(tmp_path_factory):
+    """``--cfg-options`` that shrink the real tagging and pseudo-label configs.
+
+    A session-wide tiny CLIP checkpoint and text cache; ``'tag'`` and ``'pl'``
+    add the layer indices that a 3-layer ViT has (see
+    ``test_e2e_training_free.py``).
+    """
+    root = tmp_path_factory.mktemp('tiny_tools')
+    checkpoint = root / 'tiny_clip.pth'
+    torch.save(make_tiny_clip().state_dict(), checkpoint)
+    common = [f'model.clip.checkpoint={checkpoint}', 'model.clip.dtype=fp32',
+              f'model.text_cache_dir={root / "text_cache"}', 'test_dataloader.num_workers=0',
+              "model.templates=['a photo of a {}.']"]
+    return dict(checkpoint=str(checkpoint),
+                tag=common + ['model.avg_layers=[0,1]', 'model.vote_k=2'],
+                pl=common + ['model.caa_layers=[0,1,2]'])
+
+
+@pytest.fixture(scope='session')
+def pl_list_config(tmp_path_factory):
+    """A pseudo-label config for a list of images without ground truth.
+
+    The real VOC config (``configs/pseudo_labels/clip-es_vit-b16_voc12-val_
+    tagclip-tags.py``) less ``LoadAnnotations`` and the mIoU metric: images
+    ``<data_root>/JPEGImages/<id>.jpg`` for the ids of ``ann_file`` (or every
+    ``.jpg`` there without one), tags from ``--tags``, masks from the writer.
+    """
+    path = tmp_path_factory.mktemp('pl_config') / 'clip-es_list_no-gt.py'
+    base = osp.join(REPO_ROOT, 'configs', 'pseudo_labels',
+                    'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+    path.write_text(
+        f'_base_ = [{base!r}]\n'
+        'test_dataloader = dict(dataset=dict(\n'
+        "    ann_file='', data_prefix=dict(_delete_=True, img_path='JPEGImages'),\n"
+        '    pipeline=[t for t in _base_.pseudo_label_pipeline\n'
+        "              if t['type'] != 'LoadAnnotations']))\n"
+        "test_evaluator = [dict(type='PseudoLabelWriter', out_dir=_base_.pseudo_label_dir)]\n")
+    return str(path)

@@ -66,10 +66,14 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
                          'use a config from configs/pseudo_labels/')
     set_in_dicts_of_type(cfg, RESUME_TRANSFORMS, 'out_dir', out)
     if args.no_resume:
-        cfg.test_dataloader.dataset.pipeline = [
-            t for t in cfg.test_dataloader.dataset.pipeline
-            if t.get('type', '').split('.')[-1] not in RESUME_TRANSFORMS
-        ]
+        # SkipExisting wraps the loading and resizing transforms: keep those.
+        pipeline = []
+        for t in cfg.test_dataloader.dataset.pipeline:
+            if t.get('type', '').split('.')[-1] in RESUME_TRANSFORMS:
+                pipeline.extend(t.get('transforms', []))
+            else:
+                pipeline.append(t)
+        cfg.test_dataloader.dataset.pipeline = pipeline
     if args.save_cams:
         set_in_dicts_of_type(cfg, WRITERS, 'save_cams', True)
         cfg.model.return_cams = True

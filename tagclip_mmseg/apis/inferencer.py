@@ -196,30 +196,39 @@ class TagCLIPInferencer(BaseInferencer):
         return self._build(cfg.model, device)
 
     @staticmethod
-    def _build(model_cfg: dict, device: str) -> nn.Module:
+    def _runtime_cfg(model_cfg: dict, device: str) -> dict:
+        """A plain copy of ``model_cfg`` adapted to ``device``.
+
+        fp16 matmuls are slow or unsupported on CPUs; results in fp32 differ
+        from the fp16 reference only by rounding.
+        """
         model_cfg = to_plain_dict(model_cfg)
-        if not str(device).startswith('cuda'):
-            # fp16 matmuls are slow or unsupported on CPUs; results in fp32
-            # differ from the fp16 reference only by rounding.
-            clip = model_cfg.get('clip') or {}
-            if str(clip.get('dtype', 'fp32')).lower() in ('fp16', 'float16', 'half'):
-                print_log(f'{model_cfg["type"]}: fp16 CLIP requested but running on {device}; '
-                          'using fp32', logger='current', level=logging.WARNING)
-                clip['dtype'] = 'fp32'
-        model = MODELS.build(model_cfg)
+        clip = model_cfg.get('clip')
+        if not str(device).startswith('cuda') and isinstance(clip, dict) and str(
+                clip.get('dtype', 'fp32')).lower() in ('fp16', 'float16', 'half'):
+            print_log(f'{model_cfg["type"]}: fp16 CLIP requested but running on {device}; '
+                      'using fp32', logger='current', level=logging.WARNING)
+            clip['dtype'] = 'fp32'
+        return model_cfg
+
+    @classmethod
+    def _build(cls, model_cfg: dict, device: str) -> nn.Module:
+        model = MODELS.build(cls._runtime_cfg(model_cfg, device))
         return model.to(device).eval()
 
     @property
     def labeler(self) -> nn.Module:
-        """The CLIP-ES labeller, built on first use; shares the tagger's CLIP
-        when both use the same checkpoint, dtype and mode."""
+        """The CLIP-ES labeller, built on first use; it reuses the tagger's
+        CLIP module (no second load) when both ask for the same checkpoint,
+        dtype and mode."""
         if self._labeler is None:
-            labeler = self._build(self.cfg.labeler, self._device)
-            tagger = self.model
-            if (labeler.clip_cfg == tagger.clip_cfg
-                    and getattr(labeler, 'mode', None) == getattr(tagger, 'mode', None)):
-                labeler.clip = tagger.clip
-            self._labeler = labeler
+            device = self._device
+            labeler_cfg = self._runtime_cfg(self.cfg.labeler, device)
+            tagger_cfg = self._runtime_cfg(self.cfg.model, device)
+            if (labeler_cfg.get('clip') == tagger_cfg.get('clip')
+                    and labeler_cfg.get('mode', 'faithful') == getattr(self.model, 'mode', None)):
+                labeler_cfg['clip'] = self.model.clip
+            self._labeler = MODELS.build(labeler_cfg).to(device).eval()
         return self._labeler
 
     @property
@@ -272,16 +281,14 @@ class TagCLIPInferencer(BaseInferencer):
 
         tagger.set_vocabulary(classes, words(saved_tagger[1]))
         if labeler is not None:
-            if new_classes:
-                labeler.class_names = tuple(
-                    c if isinstance(c, str) else tuple(c) for c in cam_class_names(classes))
-            labeler.background_words = words(saved_labeler[1])
+            labeler.set_vocabulary(cam_class_names(classes) if new_classes else labeler.class_names,
+                                   words(saved_labeler[1]))
         try:
             yield
         finally:
             tagger.set_vocabulary(*saved_tagger)
             if saved_labeler is not None:
-                labeler.class_names, labeler.background_words = saved_labeler
+                labeler.set_vocabulary(*saved_labeler)
 
     # ------------------------------------------------------------------ calls
     def __call__(self,

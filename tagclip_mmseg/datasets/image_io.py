@@ -86,8 +86,9 @@ class ImageLoadError(OSError):
 
 def _check_file(path: str) -> None:
     """Turn the common file-system problems into precise reasons early."""
-    if not osp.lexists(path):
-        raise ImageLoadError(path, 'file not found')
+    if not osp.exists(path):  # a dangling link exists (lexists) but has no file behind it
+        raise ImageLoadError(path, 'file not found (broken symbolic link)'
+                             if osp.islink(path) else 'file not found')
     if osp.isdir(path):
         raise ImageLoadError(path, 'is a directory, not an image file')
     if not os.access(path, os.R_OK):

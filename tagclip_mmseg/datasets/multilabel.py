@@ -29,8 +29,9 @@ from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 from .categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 from .label_files import read_id_list, read_label_file
-from .utils import (IMG_EXTENSIONS, check_choice, join_root, report_missing, resolve_index_map,
-                    scan_images, validate_classes)
+from .utils import (IMG_EXTENSIONS, MISSING_IMAGES_KEY, check_choice, join_root,
+                    missing_image_record, report_missing, resolve_index_map, scan_images,
+                    validate_classes)
 
 __all__ = [
     'MultiLabelImageFolder', 'MultiLabelListDataset', 'VOCMultiLabelDataset',
@@ -71,11 +72,18 @@ class _MultiLabelDataset(BaseDataset):
         return list(self.get_data_info(idx).get('gt_label', []))
 
     def _data_list(self, ids: Sequence[str], paths: Dict[str, str],
-                   labels: Optional[Dict[str, List[int]]]) -> List[dict]:
-        """Data infos for ``ids`` whose image exists in ``paths``."""
+                   labels: Optional[Dict[str, List[int]]],
+                   expected: Optional[Dict[str, str]] = None) -> List[dict]:
+        """Data infos for ``ids`` whose image exists in ``paths``.
+
+        The others are listed in ``metainfo['missing_images']``, with the path
+        they were expected at (``expected``) when it is known.
+        """
         missing = [i for i in ids if i not in paths]
         self.num_missing = report_missing(missing, 'listed images do not exist', self.on_missing,
                                           type(self).__name__)
+        self._metainfo[MISSING_IMAGES_KEY] = [
+            missing_image_record(i, (expected or {}).get(i)) for i in missing]
         data_list = []
         for img_id in ids:
             if img_id not in paths:
@@ -208,7 +216,7 @@ class MultiLabelListDataset(_MultiLabelDataset):
         img_dir = self.data_prefix['img_path']
         candidates = {i: osp.join(img_dir, i + self.img_suffix) for i in labels}
         paths = {i: p for i, p in candidates.items() if osp.isfile(p)}
-        return self._data_list(list(labels), paths, labels)
+        return self._data_list(list(labels), paths, labels, expected=candidates)
 
 
 @DATASETS.register_module()
@@ -306,14 +314,14 @@ class COCOMultiLabelDataset(_MultiLabelDataset):
 
         img_dir = self.data_prefix['img_path']
         images = sorted(coco['images'], key=lambda im: im['id'])
-        ids, paths, label_of = [], {}, {}
+        ids, paths, label_of, expected = [], {}, {}, {}
         for image in images:
             if image['id'] not in labels and not self.keep_empty:
                 continue
             img_id = osp.splitext(osp.basename(image['file_name']))[0]
             ids.append(img_id)
             label_of[img_id] = sorted(labels.get(image['id'], ()))
-            path = osp.join(img_dir, image['file_name'])
+            path = expected[img_id] = osp.join(img_dir, image['file_name'])
             if osp.isfile(path):
                 paths[img_id] = path
-        return self._data_list(ids, paths, label_of)
+        return self._data_list(ids, paths, label_of, expected)

@@ -39,7 +39,8 @@ from .categories import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASS
                          COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES, label_lut,
                          voc_palette)
 from .label_files import read_id_list, read_label_file
-from .utils import check_choice, report_missing, resolve_index_map, scan_images, validate_classes
+from .utils import (MISSING_IMAGES_KEY, check_choice, missing_image_record, report_missing,
+                    resolve_index_map, scan_images, validate_classes)
 
 __all__ = [
     'TaggedSegDataset', 'VOCTaggedSegDataset', 'COCOObjectTaggedSegDataset',
@@ -167,6 +168,7 @@ class TaggedSegDataset(BaseSegDataset):
             self.skipped['missing_images'] = report_missing(
                 missing, f'images of {self.ann_file!r} do not exist', self.on_missing,
                 type(self).__name__)
+            self._missing.extend(missing_image_record(i, paths[i]) for i in missing)
             for i in missing:
                 del paths[i]
             return paths
@@ -204,6 +206,7 @@ class TaggedSegDataset(BaseSegDataset):
     def load_data_list(self) -> List[dict]:
         """Build data infos with ``img_id``, optional ``seg_map_path`` and ``tags``."""
         self.skipped = {}
+        self._missing: List[dict] = []  # -> metainfo['missing_images'], for the run summaries
         ids = self._image_ids()
         seg_dir = self.data_prefix.get('seg_map_path')
         if seg_dir is not None:
@@ -212,6 +215,9 @@ class TaggedSegDataset(BaseSegDataset):
             self.skipped['missing_masks'] = report_missing(
                 missing, f'segmentation maps are missing in {seg_dir!r}', self.on_missing,
                 type(self).__name__)
+            self._missing.extend(
+                missing_image_record(i, ids[i], f'ground-truth mask not found: {seg_paths[i]}')
+                for i in missing)
             for i in missing:
                 del ids[i]
         if self.tag_source == 'gt' and not self.tags_file and seg_dir is None:
@@ -228,11 +234,14 @@ class TaggedSegDataset(BaseSegDataset):
                 info['seg_map_path'] = seg_paths[img_id]
             if tags is not None:
                 if img_id not in tags:  # on_untagged='skip'
+                    self._missing.append(missing_image_record(
+                        img_id, img_path, f'no line in the tags file {self.tags_file}'))
                     continue
                 info['tags'] = list(tags[img_id])
             elif lut is not None:
                 info['tags'] = self._tags_from_mask(info['seg_map_path'], lut)
             data_list.append(info)
+        self._metainfo[MISSING_IMAGES_KEY] = self._missing
         if self.tag_source != 'none':
             self.skipped['no_tags'] = sum(not info['tags'] for info in data_list)
             if self.skipped['no_tags']:

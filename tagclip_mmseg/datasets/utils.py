@@ -10,7 +10,7 @@ from .categories import COCOSTUFF_171_TO_27, COCOSTUFF_182_TO_27, COCOSTUFF_182_
 
 __all__ = [
     'IMG_EXTENSIONS', 'LABEL_INDEX_MAPS', 'validate_classes', 'check_choice', 'resolve_index_map',
-    'scan_images', 'join_root', 'report_missing'
+    'scan_images', 'join_root', 'report_missing', 'MISSING_IMAGES_KEY', 'missing_image_record'
 ]
 
 #: Extensions :func:`scan_images` picks up (case-insensitive).
@@ -24,6 +24,34 @@ LABEL_INDEX_MAPS: Dict[str, Tuple[int, ...]] = {
     'cocostuff182_to_27': COCOSTUFF_182_TO_27,
     'cocostuff171_to_27': COCOSTUFF_171_TO_27,
 }
+
+
+#: Metainfo key of the images a dataset lists but leaves out (file missing, a
+#: directory, no tags...): a list of :func:`missing_image_record` dicts. The
+#: test loop hands metainfo to the metrics, so the writers' run summaries
+#: (skipped/failed lists) name these images too, not only those that failed
+#: to decode.
+MISSING_IMAGES_KEY = 'missing_images'
+
+
+def missing_image_record(img_id: str, img_path: Optional[str] = None,
+                         reason: Optional[str] = None) -> dict:
+    """``dict(img_id, img_path, reason)`` for a listed image that is left out.
+
+    Without ``reason``, it is read from the file system: the same words
+    ``LoadImageRobust`` uses, so a summary reads alike whichever stage
+    noticed the problem.
+    """
+    if reason is None:
+        if img_path is None:
+            reason = 'no image file with this id in the image folder'
+        elif osp.isdir(img_path):
+            reason = 'is a directory, not an image file'
+        elif osp.islink(img_path):
+            reason = 'file not found (broken symbolic link)'
+        else:
+            reason = 'file not found'
+    return dict(img_id=img_id, img_path=img_path, reason=reason)
 
 
 def validate_classes(classes, owner: str) -> Tuple[str, ...]:

@@ -19,7 +19,10 @@ Files in ``out_dir`` (all written atomically, all byte-deterministic):
   rather than CLIP-ES's pickled-dict ``.npy`` so that it loads without
   ``allow_pickle``.
 * ``summary.json`` and ``failed.txt``: counts, and each image that failed to
-  load with the reason (``img_id<TAB>img_path<TAB>reason``).
+  load with the reason (``img_id<TAB>img_path<TAB>reason``), including the
+  images the dataset lists but left out (``metainfo['missing_images']``:
+  file missing, a directory, no tags...), so that ``written + skipped +
+  failed`` accounts for every listed image.
 """
 import io
 import json
@@ -37,6 +40,7 @@ from mmseg.registry import METRICS
 from PIL import Image
 
 from ..datasets.categories import voc_palette
+from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error, pixel_data
@@ -190,6 +194,8 @@ class PseudoLabelWriter(BaseMetric):
         """Count outcomes over all ranks, write the summary files, log one line."""
         elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
         self._start = None
+        left_out = (self.dataset_meta or {}).get(MISSING_IMAGES_KEY, ())
+        results = list(results) + [dict(m, status='failed') for m in left_out]
         counts = {k: sum(r['status'] == k for r in results)
                   for k in ('written', 'skipped', 'failed')}
         failed = sorted((r for r in results if r['status'] == 'failed'),

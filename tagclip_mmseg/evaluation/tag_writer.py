@@ -13,7 +13,9 @@ Files (all written atomically, sorted by image id, byte-deterministic):
 * ``scores_file`` (optional): JSON lines ``{"img_id": ..., "scores": [...],
   "tags": [...]}``, scores rounded to ``score_decimals``.
 * ``skipped_file``: ``img_id<TAB>img_path<TAB>reason`` for every image that
-  failed to load; such images are not in the other files.
+  failed to load, and every image the dataset lists but left out
+  (``metainfo['missing_images']``: file missing, a directory...); such
+  images are not in the other files.
 """
 import json
 import os.path as osp
@@ -26,6 +28,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 
+from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_text, ensure_writable_dir
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error
@@ -105,7 +108,9 @@ class TagFileWriter(BaseMetric):
         elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
         self._start = None
         by_id: Dict[str, dict] = {}
-        for record in results:
+        left_out = [dict(img_id=m['img_id'], img_path=m['img_path'], error=m['reason'])
+                    for m in (self.dataset_meta or {}).get(MISSING_IMAGES_KEY, ())]
+        for record in list(results) + left_out:
             if record['img_id'] in by_id:
                 logger.warning(f'image id {record["img_id"]} occurs twice; keeping the first')
                 continue

@@ -6,17 +6,18 @@ images as a list, run them in equal-size groups and must pass through
 mmengine's test loop untouched. That plumbing lives here once; subclasses only
 implement :meth:`FrozenCLIPModel.predict_batch`.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
-from .clip import load_clip
+from .clip import build_clip
 from .data_preprocessor import group_by_shape
+from .presets import resolve_background, resolve_classes
 from .prompts import ClassName
 from .text_classifier import build_text_classifier
 
@@ -31,9 +32,10 @@ class FrozenCLIPModel(BaseModel):
     that silently ran on random weights would be worse than one that fails.
 
     Args:
-        clip (dict): ``checkpoint`` (path; default OpenAI's cache location)
-            and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
-            :func:`~tagclip_mmseg.models.clip.load_clip`.
+        clip (dict | nn.Module): ``checkpoint`` (path; default OpenAI's
+            cache location) and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
+            :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
+            CLIP, which lets a tagger and a labeller share one.
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
@@ -43,7 +45,7 @@ class FrozenCLIPModel(BaseModel):
     """
 
     def __init__(self,
-                 clip: Optional[dict] = None,
+                 clip: Union[None, dict, nn.Module] = None,
                  text_cache_dir: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
@@ -52,13 +54,45 @@ class FrozenCLIPModel(BaseModel):
         if data_preprocessor is None or isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor or dict(type='CLIPDataPreprocessor'))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        clip = dict(clip or {})
-        self.clip_cfg = clip
-        self.clip = load_clip(**clip)
+        self.clip = build_clip(clip if clip is not None else {})
         self.clip.requires_grad_(False)
         self.clip.eval()
         self.text_cache_dir = text_cache_dir
+        #: Foreground vocabulary and softmax-only background words; set with
+        #: :meth:`set_vocabulary`.
+        self.class_names: Optional[Tuple[ClassName, ...]] = None
+        self.background_words: Tuple[str, ...] = ()
         self._text_embeddings: Dict[tuple, Tensor] = {}
+
+    # ------------------------------------------------------------ vocabulary
+    def set_vocabulary(self,
+                       class_names: Union[str, Sequence[ClassName]],
+                       background_words: Union[None, str, Sequence[str]] = None) -> None:
+        """Set the foreground classes (and optionally background words).
+
+        Raises:
+            ValueError: For an empty or duplicated vocabulary.
+        """
+        names = tuple(n if isinstance(n, str) else tuple(n) for n in resolve_classes(class_names))
+        if not names:
+            raise ValueError('the class vocabulary is empty: give class_names in the model '
+                             'config or metainfo=dict(classes=...) in the dataset')
+        keys = [n if isinstance(n, str) else n[0] for n in names]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f'duplicate class names in the vocabulary: {dup}')
+        if background_words is not None:
+            self.background_words = resolve_background(background_words)
+        clash = sorted(set(keys) & set(self.background_words))
+        if clash:
+            raise ValueError(f'background words {clash} are also foreground classes; '
+                             'remove them from background_words')
+        self.class_names = names
+
+    @property
+    def num_classes(self) -> int:
+        """Size of the foreground vocabulary (0 before one is set)."""
+        return len(self.class_names or ())
 
     # ------------------------------------------------------------------ text
     def text_embeddings(self, class_names: Sequence[ClassName],

@@ -31,7 +31,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..base import FrozenCLIPModel
 from ..ops import AttentionVote, affinity_from_attention, caa_refine, minmax_normalize
-from ..presets import resolve_background, resolve_classes, resolve_templates
+from ..presets import resolve_templates
 from ..prompts import ClassName
 
 __all__ = ['CLIPESPseudoLabeler']
@@ -90,15 +90,11 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         super().__init__(**kwargs)
         if mode not in ('faithful', 'clean'):
             raise ValueError(f"mode must be 'faithful' or 'clean', got {mode!r}")
-        class_names = resolve_classes(class_names)
-        if not class_names:
-            raise ValueError('class_names is empty: give the foreground vocabulary')
         n_layers = self.clip.visual.num_layers
         if not caa_layers or any(not -n_layers <= i < n_layers for i in caa_layers):
             raise ValueError(f'caa_layers {tuple(caa_layers)} must be non-empty 0-based indices '
                              f'of the {n_layers} vision layers')
-        self.class_names = tuple(n if isinstance(n, str) else tuple(n) for n in class_names)
-        self.background_words = resolve_background(background_words)
+        self.set_vocabulary(class_names, background_words)
         self.templates = resolve_templates(templates)
         self.caa_layers = tuple(sorted({i % n_layers for i in caa_layers}))
         self.caa_box_thr = caa_box_thr
@@ -119,10 +115,6 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
     @property
     def faithful(self) -> bool:
         return self.mode == 'faithful'
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list) -> None:

@@ -131,7 +131,6 @@ class TagCLIP(FrozenCLIPModel):
         # Quirk 6 (spec 2.2): the reference rounds resampled position
         # embeddings to fp16 even in fp32.
         self.clip.visual.pos_embed_fp16_round = mode == 'faithful'
-        self.class_names: Optional[Tuple[ClassName, ...]] = None
         if class_names is not None:
             self.set_vocabulary(class_names, self.background_words)
 
@@ -139,34 +138,6 @@ class TagCLIP(FrozenCLIPModel):
     @property
     def faithful(self) -> bool:
         return self.mode == 'faithful'
-
-    def set_vocabulary(self,
-                       class_names: Union[str, Sequence[ClassName]],
-                       background_words: Union[None, str, Sequence[str]] = None) -> None:
-        """Set the foreground classes (and optionally background words).
-
-        Raises:
-            ValueError: For an empty or duplicated vocabulary.
-        """
-        names = tuple(n if isinstance(n, str) else tuple(n) for n in resolve_classes(class_names))
-        if not names:
-            raise ValueError('the class vocabulary is empty: give class_names in the model '
-                             'config or metainfo=dict(classes=...) in the dataset')
-        keys = [n if isinstance(n, str) else n[0] for n in names]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
-            raise ValueError(f'duplicate class names in the vocabulary: {dup}')
-        if background_words is not None:
-            self.background_words = resolve_background(background_words)
-        clash = sorted(set(keys) & set(self.background_words))
-        if clash:
-            raise ValueError(f'background words {clash} are also foreground classes; '
-                             'remove them from background_words')
-        self.class_names = names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names or ())
 
     def classifier(self) -> Tensor:
         """(C_fg + C_bg, E) text embeddings: foreground first."""
