@@ -51,7 +51,11 @@ setup(
         'pycocotools',
     ],
     extras_require={
-        'tests': ['pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers', 'pydensecrf2'],
+        # transformers < 4.40: later releases break `import mmpretrain.models`.
+        'tests': [
+            'pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers<4.40',
+            'pydensecrf2'
+        ],
         'crf': ['pydensecrf2'],
     },
     license='Apache License 2.0',

@@ -149,7 +149,6 @@ def tiny_clip_factory():
     return make_tiny_clip
 
 
-
 # ------------------------------------------------------- tools, end to end
 #: Repository root: the tools resolve configs relative to it.
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -165,18 +164,33 @@ class ToolRunner:
     """
 
     @staticmethod
-    def command(script, *args, peak_rss=False):
+    def command(script, *args, peak_rss=False, nproc=1):
         """The argv of a fresh-interpreter run.
 
-        With ``peak_rss``, the tool runs under a wrapper that prints
-        ``PEAK_RSS_KB <kb>`` (the process's own high-water mark) at exit.
+        With ``peak_rss``, the tool runs under a wrapper that prints the
+        process's high-water mark after importing the stack the tools import
+        (``BASE_RSS_KB <kb>``, ~1 GB, most of it mmseg's model zoo) and at exit
+        (``PEAK_RSS_KB <kb>``); their difference is what the run itself used.
+        With ``nproc > 1``, torchrun starts that many CPU processes
+        (``--launcher pytorch``, gloo) on a free port.
         """
+        import socket
         import sys
+        if nproc > 1:
+            with socket.socket() as sock:
+                sock.bind(('127.0.0.1', 0))
+                port = sock.getsockname()[1]
+            return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+                    str(nproc), '--master_port', str(port), script, *args, '--launcher',
+                    'pytorch']
         if not peak_rss:
             return [sys.executable, script, *args]
         wrapper = ('import atexit, resource, runpy, sys; '
-                   'atexit.register(lambda: print("PEAK_RSS_KB", resource.getrusage('
-                   'resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); '
+                   'import mmengine.runner, mmseg.models, tagclip_mmseg; '
+                   'peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; '
+                   'print("BASE_RSS_KB", peak(), file=sys.stderr, flush=True); '
+                   'atexit.register(lambda: print("PEAK_RSS_KB", peak(), file=sys.stderr, '
+                   'flush=True)); '
                    'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
         return [sys.executable, '-c', wrapper, script, *args]
 
@@ -188,11 +202,12 @@ class ToolRunner:
         env.pop('LOCAL_RANK', None)
         return env
 
-    def subprocess(self, script, *args, check=True, timeout=600, peak_rss=False):
+    def subprocess(self, script, *args, check=True, timeout=600, peak_rss=False, nproc=1):
         """Run in a fresh interpreter; return the CompletedProcess (text output)."""
         import subprocess
-        proc = subprocess.run(self.command(script, *args, peak_rss=peak_rss), cwd=REPO_ROOT,
-                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(self.command(script, *args, peak_rss=peak_rss, nproc=nproc),
+                              cwd=REPO_ROOT, env=self.env(), capture_output=True, text=True,
+                              timeout=timeout)
         if check:
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
@@ -216,7 +231,11 @@ class ToolRunner:
 
 @pytest.fixture(scope='session')
 def tool_runner():
-    """A :class:`ToolRunner` (``subprocess``, ``popen``, ``inprocess``)."""
+    """A :class:`ToolRunner` (``subprocess``, ``popen``, ``inprocess``).
+
+    Test modules cannot import conftest (``--import-mode=importlib``), hence a
+    fixture.
+    """
     return ToolRunner()
 
 
@@ -235,7 +254,8 @@ def tiny_tool_options(tmp_path_factory):
               f'model.text_cache_dir={root / "text_cache"}', 'test_dataloader.num_workers=0',
               "model.templates=['a photo of a {}.']"]
     return dict(checkpoint=str(checkpoint),
-                tag=common + ['model.avg_layers=[0,1]', 'model.vote_k=2'],
+                tag=common + ['model.avg_layers=[0,1]', 'model.vote_k=2',
+                              'model.cwr_crop_size=64'],
                 pl=common + ['model.caa_layers=[0,1,2]'])
 
 

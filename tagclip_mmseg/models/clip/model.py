@@ -302,7 +302,9 @@ class VisionTransformer(nn.Module):
         p = self.patch_size
         if H % p or W % p or H < p or W < p:
             raise ValueError(f'input size {H}x{W} must be a positive multiple of the patch size '
-                             f'{p}; resize with tagclip_mmseg.datasets.ResizeToPatchMultiple')
+                             f'{p} of this CLIP; resize with tagclip_mmseg.datasets.'
+                             f'ResizeToPatchMultiple(patch_size={p}) (a config written for '
+                             'another CLIP needs its patch_size changed)')
         x = self.conv1(x.to(self.dtype))  # (B, D, h, w)
         grid_hw = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
