@@ -116,12 +116,14 @@ def minimal_cfgs(tmp, tiny_ckpt, deep_ckpt):
         ('TRANSFORMS', 'LoadImageRobust'): dict(),
         ('TRANSFORMS', 'ResizeToPatchMultiple'): dict(),
         ('TRANSFORMS', 'SkipExisting'): dict(out_dir=str(tmp / 'pl')),
+        ('TRANSFORMS', 'SkipTagged'): dict(transforms=[dict(type='LoadImageRobust')]),
         ('METRICS', 'TaggingMetric'): dict(),
         ('METRICS', 'PseudoLabelWriter'): dict(out_dir=str(tmp / 'pl')),
         ('METRICS', 'CLSSegIoUMetric'): dict(),
         ('METRICS', 'TagFileWriter'): dict(out_file=str(tmp / 'tags.txt')),
         ('HOOKS', 'VocabularyHook'): dict(),
         ('HOOKS', 'RunProgressHook'): dict(),
+        ('HOOKS', 'TagResumeHook'): dict(),
     }
 
 

@@ -201,7 +201,7 @@ def _tag_args(bad_input, out, tiny_tool_options, *extra):
         *tiny_tool_options['tag'], 'test_dataloader.dataset.type=MultiLabelListDataset',
         f'test_dataloader.dataset.data_root={root}', 'test_dataloader.dataset.ann_file=list.txt',
         'test_dataloader.dataset.data_prefix.img_path=JPEGImages',
-        f'test_dataloader.dataset.pipeline.1.max_tokens={MAX_TOKENS}',
+        f'test_dataloader.dataset.pipeline.0.transforms.1.max_tokens={MAX_TOKENS}',
         f'test_evaluator.0.out_file={out / "tags.txt"}',
         f'test_evaluator.0.scores_file={out / "scores.jsonl"}', *extra
     ]
@@ -277,7 +277,7 @@ def test_tagging_on_error_raise_stops_at_a_bad_file(bad_input, tmp_path, tiny_to
         tool_runner.inprocess(
             'tools/test.py',
             *_tag_args(bad_input, tmp_path, tiny_tool_options,
-                       'test_dataloader.dataset.pipeline.0.on_error=raise',
+                       'test_dataloader.dataset.pipeline.0.transforms.0.on_error=raise',
                        'test_dataloader.num_workers=2'))
     message = str(info.value)
     named = [i for i in bad_input['bad'] if f'{i}.jpg' in message]

@@ -3,9 +3,11 @@
 A pseudo-label run is SIGKILLed at a random point; while it runs, every
 visible PNG must be complete (atomic writes), and the restarted run must skip
 the finished images and end with a folder byte-identical to an uninterrupted
-run's. Tagging runs write their files once at the end: a killed one leaves
-the previous complete files (or none), and a rerun reproduces them. Outputs
-must not depend on the run or on the number of processes.
+run's. Tagging runs write their files once at the end but journal every
+image as they go: a killed one leaves the previous complete files (or none)
+untouched, and the restarted run resumes from the journal, recomputing only
+the images it lacks, to the same files. Outputs must not depend on the run or
+on the number of processes.
 
 The random kill point is printed on failure (``seed=...``) so that a failing
 case can be replayed with ``RELIABILITY_KILL_SEED``.
@@ -14,7 +16,6 @@ import glob
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import time
@@ -202,31 +203,38 @@ def tag_reference(images, tmp_path_factory, tiny_tool_options, tool_runner):
     return {name: (out / name).read_bytes() for name in TAG_FILES}
 
 
+def journaled_ids(out) -> list:
+    """Image ids in the tagging journals of ``out/tags.txt`` (complete lines only)."""
+    ids = []
+    for path in glob.glob(str(out / 'tags.txt.journal.rank*.jsonl')):
+        lines = open(path, 'rb').read().split(b'\n')[1:]  # after the header
+        ids += [json.loads(line)['img_id'] for line in lines if line.endswith(b'}')]
+    return ids
+
+
 @pytest.mark.slow
-def test_killed_tagging_run_leaves_complete_files_and_reruns_identically(
-        images, tag_reference, tmp_path, tiny_tool_options, tool_runner):
-    """Tagging writes its files at the end: a kill leaves the last complete ones.
+def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp_path,
+                                                      tiny_tool_options, tool_runner):
+    """A kill leaves the last complete files; the restart resumes from the journal.
 
     The folder holds the files of an earlier run of another vocabulary; the
-    new run is killed after a random number of batches and must leave them
-    untouched (not truncated, not half-replaced); a rerun gives the reference.
+    new run is killed after a random number of journaled images and must
+    leave them untouched (not truncated, not half-replaced); the restart
+    reuses exactly the journaled images and writes the reference files.
     """
     for name in TAG_FILES:
         (tmp_path / name).write_bytes(b'old complete file\n')
     seed = kill_seed()
     kill_after = random.Random(seed).randint(1, NUM_IMAGES - 8)
-    context = f'seed={seed}, kill after batch {kill_after}'
+    context = f'seed={seed}, kill after {kill_after} journaled images'
     proc = tool_runner.popen(
         'tools/test.py', *tag_args(images, tmp_path, tiny_tool_options,
-                                   'test_dataloader.batch_size=1',
-                                   'default_hooks.logger.interval=1'),
+                                   'test_dataloader.batch_size=1'),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            logs = glob.glob(str(tmp_path / 'work_dir' / '*' / '*.log'))
-            done = re.findall(r'Iter\(test\) \[ *(\d+)/', open(logs[0]).read() if logs else '')
-            if done and int(done[-1]) >= kill_after:
+            if len(journaled_ids(tmp_path)) >= kill_after:
                 proc.send_signal(signal.SIGKILL)
                 break
             for name in TAG_FILES:
@@ -239,9 +247,14 @@ def test_killed_tagging_run_leaves_complete_files_and_reruns_identically(
     assert proc.returncode == -signal.SIGKILL, f'{context}: rc={proc.returncode}'
     for name in TAG_FILES:
         assert (tmp_path / name).read_bytes() == b'old complete file\n', context
+    done = journaled_ids(tmp_path)
+    assert kill_after <= len(done) < NUM_IMAGES, context
     tool_runner.inprocess('tools/test.py', *tag_args(images, tmp_path, tiny_tool_options))
     for name in TAG_FILES:
         assert (tmp_path / name).read_bytes() == tag_reference[name], (context, name)
+    logs = ''.join(open(p).read() for p in glob.glob(str(tmp_path / 'work_dir' / '*' / '*.log')))
+    assert f'{NUM_IMAGES - len(done)} tagged, {len(done)} resumed, 0 skipped' in logs, context
+    assert not glob.glob(str(tmp_path / '*.journal.*'))
     assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
 
 
@@ -253,3 +266,4 @@ def test_tags_of_two_processes_equal_one(images, tag_reference, tmp_path, tiny_t
                            nproc=2)
     for name in TAG_FILES:
         assert (tmp_path / name).read_bytes() == tag_reference[name], name
+    assert not glob.glob(str(tmp_path / '*.journal.*'))  # both ranks' journals removed

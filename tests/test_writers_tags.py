@@ -36,7 +36,7 @@ def test_tags_and_scores_files(tmp_path):
     samples = [_sample(*s) for s in SAMPLES]
     samples.append(_sample('2008_000001', [1], [0, 0, 0], load_error='truncated file'))
     out = _write(tmp_path, 'tags', samples)
-    assert out == dict(num_images=3, num_skipped=1)
+    assert out == dict(num_images=3, num_resumed=0, num_skipped=1)
     assert (tmp_path / 'tags.txt').read_text() == \
         '2007_000033 0\n2007_000042 3 18\n2007_000061\n'
     lines = [json.loads(line) for line in (tmp_path / 'tags.jsonl').read_text().splitlines()]

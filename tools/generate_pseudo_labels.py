@@ -22,11 +22,12 @@ import time
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
+from mmseg.registry import DATASETS
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.evaluation.summary import format_summary
 from tagclip_mmseg.utils import (ensure_writable_dir, init_cpu_distributed, set_clip_checkpoint,
-                                 set_in_dicts_of_type)
+                                 set_in_dicts_of_type, type_accepts)
 
 WRITERS = ['PseudoLabelWriter']
 RESUME_TRANSFORMS = ['SkipExisting']
@@ -42,7 +43,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tags', help='tags file ("image_id idx idx ..."), for configs whose '
                         "dataset has tag_source='file'")
     parser.add_argument('--on-error', choices=['skip', 'raise'],
-                        help='per-image load errors: count and skip (default) or stop')
+                        help='unreadable or missing images: count and skip (default) or stop '
+                        "(sets the loader's on_error and the dataset's on_missing)")
     parser.add_argument('--no-resume', action='store_true',
                         help='recompute images whose PNG already exists')
     parser.add_argument('--save-cams', action='store_true', help='also save CAM arrays (.npy)')
@@ -79,6 +81,10 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.model.return_cams = True
     if args.on_error:
         set_in_dicts_of_type(cfg, LOADERS, 'on_error', args.on_error)
+        # Images the dataset lists but cannot find never reach the loader.
+        dataset = cfg.test_dataloader.dataset
+        if type_accepts(DATASETS, dataset.get('type'), 'on_missing'):
+            dataset.on_missing = args.on_error
     if args.tags:
         if not osp.isfile(args.tags):
             raise FileNotFoundError(f'tags file {args.tags!r} does not exist; write one with '

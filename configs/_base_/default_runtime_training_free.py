@@ -18,7 +18,11 @@ default_hooks = dict(
 # RunProgressHook: a progress line with images/s and ETA, and a final summary.
 # VocabularyHook: classes (and background words) from the dataset metainfo
 # when the model config leaves them out.
-custom_hooks = [dict(type='RunProgressHook'), dict(type='VocabularyHook')]
+# TagResumeHook: tagging runs resume from the TagFileWriter's journals (no-op
+# without a TagFileWriter).
+custom_hooks = [
+    dict(type='RunProgressHook'), dict(type='VocabularyHook'), dict(type='TagResumeHook')
+]
 # The CLIP is frozen: plain DDP would refuse a model without trainable
 # parameters (OpenMMLab trap 13).
 model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')

@@ -3,6 +3,8 @@
 #   python tools/test.py configs/tagclip/tagclip_vit-b16_folder.py \
 #       --cfg-options test_dataloader.dataset.data_root=my_photos \
 #       "test_dataloader.dataset.metainfo.classes=[cat,dog,espresso cup]"
+# A killed run started again with the same settings resumes from the journals
+# next to the tags file (see ../_base_/datasets/tagging_pipeline.py).
 _base_ = [
     '../_base_/models/tagclip_vit-b16.py', '../_base_/datasets/tagging_pipeline.py',
     '../_base_/default_runtime_training_free.py'
@@ -18,8 +20,11 @@ test_dataloader = dict(
                                'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')),
         test_mode=True,
         pipeline=[
-            dict(type='LoadImageRobust', on_error='skip', exif_transpose=True),
-            dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=4096),
+            dict(type='SkipTagged',
+                 transforms=[
+                     dict(type='LoadImageRobust', on_error='skip', exif_transpose=True),
+                     dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=4096),
+                 ]),
             dict(type='mmpretrain.PackInputs', meta_keys={{_base_.tag_meta_keys}}),
         ]))
 test_evaluator = [

@@ -43,9 +43,22 @@ Grid = Tuple[int, int]
 
 
 def _pipeline_transform(dataset, cls):
-    """The first ``cls`` instance in ``dataset.pipeline`` (or None)."""
-    transforms = getattr(getattr(dataset, 'pipeline', None), 'transforms', None) or []
-    return next((t for t in transforms if isinstance(t, cls)), None)
+    """The first ``cls`` instance in ``dataset.pipeline`` (or None).
+
+    Transforms that wrap others in a ``transforms`` list (``SkipExisting``,
+    ``SkipTagged``) are searched too, depth first.
+    """
+    def find(transforms):
+        for t in transforms or ():
+            if isinstance(t, cls):
+                return t
+            inner = getattr(t, 'transforms', None)
+            found = find(inner) if isinstance(inner, (list, tuple)) else None
+            if found is not None:
+                return found
+        return None
+
+    return find(getattr(getattr(dataset, 'pipeline', None), 'transforms', None))
 
 
 def _pick(name: str, given, from_pipeline, default):

@@ -1,16 +1,25 @@
-"""Resuming a pseudo-label run: reuse finished masks, clean up after killed runs.
+"""Resuming killed runs: reuse finished outputs, clean up after the kill.
 
-A long CAM run (COCO: tens of thousands of images) is killed at arbitrary
-points. Every output is written atomically (``tagclip_mmseg.utils.io``), so a
-final ``<img_id>.png`` is complete, and a write in progress exists only under
+A long run (COCO: tens of thousands of images) is killed at arbitrary points.
+Every output is written atomically (``tagclip_mmseg.utils.io``), so a final
+``<img_id>.png`` is complete, and a write in progress exists only under
 atomic_open's temporary name ``.<file name>.<8 random chars>.tmp``. On a rerun:
 
-* :class:`SkipExisting`, first in the test pipeline, marks images whose mask is
-  already on disk as ``precomputed``, reads the mask back (so mIoU still
-  counts the image) and skips loading and resizing the image;
-* the pseudo-label writer removes temporary files that such a kill left behind
+* :class:`SkipExisting`, first in a pseudo-label pipeline, marks images whose
+  mask is already on disk as ``precomputed``, reads the mask back (so mIoU
+  still counts the image) and skips loading and resizing the image;
+* :class:`SkipTagged` does the same in a tagging pipeline for images found in
+  the tag writer's journals (``tag_journal``), restoring their exact scores;
+* the writers remove temporary files that such a kill left behind
   (:func:`remove_stale_temp_files`).
+
+Both transforms put the same things in the results of a finished image:
+``precomputed=True``, a tiny black placeholder ``img`` (it collates and costs
+nothing; the model does not look at it) and the finished output; the model's
+``reuse_result`` returns that output instead of computing one.
 """
+import hashlib
+import json
 import os
 import os.path as osp
 import re
@@ -18,14 +27,18 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from mmcv.transforms import BaseTransform
 from mmengine.logging import print_log
 from mmseg.registry import TRANSFORMS
 from PIL import Image
 
 from .sample_fields import image_id
+from .tag_journal import decode_scores, read_journals
 
-__all__ = ['read_label_png', 'read_cam_file', 'remove_stale_temp_files', 'SkipExisting']
+__all__ = [
+    'read_label_png', 'read_cam_file', 'remove_stale_temp_files', 'SkipExisting', 'SkipTagged'
+]
 
 #: The last 12 bytes of every complete PNG: an empty IEND chunk and its CRC.
 PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
@@ -112,8 +125,45 @@ def remove_stale_temp_files(folder: str,
     return removed
 
 
+class _SkipFinished(BaseTransform):
+    """Short-cut images whose output exists; run ``transforms`` on the others.
+
+    Subclasses say what "finished" means in :meth:`finished`.
+
+    Args:
+        transforms: Configs (or callables) run only for images to compute.
+        placeholder_size: Side of the placeholder image; one ViT patch by
+            default, so that it collates and costs nothing.
+    """
+
+    def __init__(self,
+                 transforms: Sequence[Union[dict, Callable]] = (),
+                 placeholder_size: int = 16) -> None:
+        self.transforms = [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
+        self.placeholder_size = int(placeholder_size)
+
+    def finished(self, results: dict) -> Optional[dict]:
+        """The results to add for a finished image, or ``None`` to compute it."""
+        raise NotImplementedError
+
+    def transform(self, results: dict) -> Optional[dict]:
+        """Mark and short-cut a finished image, or run the wrapped transforms."""
+        done = self.finished(results)
+        if done is not None:
+            side = self.placeholder_size
+            results.update(done, precomputed=True, img=np.zeros((side, side, 3), np.uint8),
+                           img_shape=(side, side))
+            return results
+        results['precomputed'] = False
+        for t in self.transforms:
+            results = t(results)
+            if results is None:
+                return None
+        return results
+
+
 @TRANSFORMS.register_module()
-class SkipExisting(BaseTransform):
+class SkipExisting(_SkipFinished):
     """Skip images whose pseudo mask already exists; load and prepare the rest.
 
     Put it first in the pseudo-label test pipeline and give it the transforms
@@ -142,8 +192,7 @@ class SkipExisting(BaseTransform):
     Args:
         out_dir: The pseudo-label writer's ``out_dir``.
         transforms: Configs (or callables) run only for images to compute.
-        placeholder_size: Side of the placeholder image; one ViT patch by
-            default, so that it collates and costs nothing.
+        placeholder_size: Side of the placeholder image.
         require_cams: Also require a loadable ``<img_id>.npz`` (set it when the
             writer runs with ``save_cams=True``).
     """
@@ -153,31 +202,97 @@ class SkipExisting(BaseTransform):
                  transforms: Sequence[Union[dict, Callable]] = (),
                  placeholder_size: int = 16,
                  require_cams: bool = False) -> None:
+        super().__init__(transforms, placeholder_size)
         self.out_dir = out_dir
-        self.transforms = [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
-        self.placeholder_size = int(placeholder_size)
         self.require_cams = require_cams
 
-    def transform(self, results: dict) -> Optional[dict]:
-        """Mark and short-cut a finished image, or run the wrapped transforms."""
+    def finished(self, results: dict) -> Optional[dict]:
+        """The mask on disk (and its size), if it is complete."""
         img_id = image_id(results)
         mask = read_label_png(osp.join(self.out_dir, img_id + '.png'))
         if mask is not None and self.require_cams:
             if read_cam_file(osp.join(self.out_dir, img_id + '.npz')) is None:
-                mask = None
-        if mask is not None:
-            side = self.placeholder_size
-            results.update(precomputed=True, pred_seg_map=mask, ori_shape=mask.shape,
-                           img=np.zeros((side, side, 3), np.uint8), img_shape=(side, side))
-            return results
-        results['precomputed'] = False
-        for t in self.transforms:
-            results = t(results)
-            if results is None:
                 return None
-        return results
+        return None if mask is None else dict(pred_seg_map=mask, ori_shape=mask.shape)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(out_dir={self.out_dir!r}, '
                 f'transforms={self.transforms}, placeholder_size={self.placeholder_size}, '
                 f'require_cams={self.require_cams})')
+
+
+@TRANSFORMS.register_module()
+class SkipTagged(_SkipFinished):
+    """Skip images that a killed tagging run already tagged; load the rest.
+
+    Put it first in the tagging test pipeline and give it the transforms that
+    load and resize the image. It knows nothing until :meth:`set_journal`
+    points it at the tag writer's journals; ``TagResumeHook`` does that
+    before the test loop starts, with the writer's ``out_file`` (so the path
+    lives in one place of the config) and a fingerprint of the model and of
+    :attr:`pipeline_signature`. Journals of other settings are ignored.
+
+    An image found in a journal, with the same ``img_path``, gets
+    ``precomputed=True``, ``pred_record`` (``pred_score``: the exact score
+    tensor; ``pred_label``: the tag indices), its ``ori_shape`` and a
+    placeholder ``img``; the wrapped transforms do not run. Every other image
+    gets ``precomputed=False`` and goes through ``transforms``. List
+    ``'precomputed'`` and ``'pred_record'`` in ``PackInputs``'s ``meta_keys``:
+    the model's ``reuse_result`` restores the prediction, the writer counts
+    the image as resumed, and the metrics score it like a computed one.
+
+    Example::
+
+        test_pipeline = [
+            dict(type='SkipTagged', transforms=[
+                dict(type='LoadImageRobust'), dict(type='ResizeToPatchMultiple')]),
+            dict(type='mmpretrain.PackInputs',
+                 meta_keys=(..., 'precomputed', 'pred_record')),
+        ]
+
+    Args:
+        transforms: Configs (or callables) run only for images to compute.
+        placeholder_size: Side of the placeholder image.
+    """
+
+    def __init__(self,
+                 transforms: Sequence[Union[dict, Callable]] = (),
+                 placeholder_size: int = 16) -> None:
+        super().__init__(transforms, placeholder_size)
+        #: The wrapped transforms' settings: they decide the pixels the model
+        #: sees, so they are part of the fingerprint of a run's results.
+        self.pipeline_signature = hashlib.sha256(
+            json.dumps([t if isinstance(t, dict) else repr(t) for t in transforms],
+                       sort_keys=True, default=repr).encode()).hexdigest()
+        self.out_file: Optional[str] = None
+        self._records: Dict[str, dict] = {}
+
+    def set_journal(self, out_file: str, fingerprint: str) -> int:
+        """Read the journals of ``out_file`` written with ``fingerprint``.
+
+        Called once per process before the images are loaded (dataloader
+        workers inherit the records).
+
+        Returns:
+            How many images can be resumed.
+        """
+        self.out_file = out_file
+        self._records = read_journals(out_file, fingerprint)
+        return len(self._records)
+
+    def finished(self, results: dict) -> Optional[dict]:
+        """The journaled scores and tags of this image, if it has some."""
+        record = self._records.get(image_id(results))
+        if record is None or record.get('img_path') != results.get('img_path'):
+            return None
+        prediction = dict(pred_score=decode_scores(record['scores']),
+                          pred_label=torch.tensor(record['tags'], dtype=torch.long))
+        done = dict(pred_record=prediction)
+        if record.get('ori_shape') is not None:
+            done['ori_shape'] = tuple(record['ori_shape'])
+        return done
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(transforms={self.transforms}, '
+                f'placeholder_size={self.placeholder_size}, out_file={self.out_file!r}, '
+                f'resumable={len(self._records)})')

@@ -16,14 +16,23 @@ Files (all written atomically, sorted by image id, byte-deterministic):
   failed to load, and every image the dataset lists but left out
   (``metainfo['missing_images']``: file missing, a directory...); such
   images are not in the other files.
+
+While the run goes on, each rank also appends every image it tags to a
+journal (``tag_journal``: ``<out_file>.journal.rank<k>.jsonl``), so that a
+killed run restarted with the same settings resumes where it stopped
+(``SkipTagged``, armed by ``TagResumeHook``). Images that failed to load are
+not journaled: they are retried, which is cheap and picks up a repaired file.
+The journals are removed once the final files are written.
 """
+import contextlib
 import json
+import os
 import os.path as osp
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_rank, is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
@@ -33,6 +42,7 @@ from ..utils.io import atomic_write_text, ensure_writable_dir
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error
 from .summary import format_summary
+from .tag_journal import TagJournal, encode_scores, journal_path, journal_paths
 
 __all__ = ['TagFileWriter']
 
@@ -42,7 +52,9 @@ class TagFileWriter(BaseMetric):
     """Write the tags file (and optional per-class scores) of a tagging run.
 
     Reads ``pred_label`` (tags, fg indices) and ``pred_score`` of each image;
-    images whose metainfo has a ``load_error`` are listed in ``skipped_file``.
+    images whose metainfo has a ``load_error`` are listed in ``skipped_file``;
+    images with ``precomputed`` (restored from a journal by ``SkipTagged``)
+    are written like the others and counted as resumed.
 
     Args:
         out_file: The tags file.
@@ -50,10 +62,14 @@ class TagFileWriter(BaseMetric):
         skipped_file: List of images that failed to load; defaults to
             ``<out_file without extension>.skipped.txt``.
         score_decimals: Decimals kept in ``scores_file``.
+        fsync_interval_s: Longest time between two ``fsync`` calls of the
+            journal (lines are flushed to the OS, which survives a killed
+            process, at once; ``fsync`` guards against a power loss).
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'tags'``.
 
-    Returned keys: ``num_images`` (tagged) and ``num_skipped``.
+    Returned keys: ``num_images`` (tagged, resumed ones included),
+    ``num_resumed`` and ``num_skipped``.
     """
     default_prefix: Optional[str] = 'tags'
 
@@ -62,6 +78,7 @@ class TagFileWriter(BaseMetric):
                  scores_file: Optional[str] = None,
                  skipped_file: Optional[str] = None,
                  score_decimals: int = 6,
+                 fsync_interval_s: float = 10.0,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -70,6 +87,11 @@ class TagFileWriter(BaseMetric):
         self.skipped_file = osp.abspath(skipped_file or
                                         osp.splitext(out_file)[0] + '.skipped.txt')
         self.score_decimals = int(score_decimals)
+        self.fsync_interval_s = float(fsync_interval_s)
+        #: Identity of the run's settings for the journal header; set by
+        #: ``TagResumeHook`` (``None``: journals are written but never resumed).
+        self.fingerprint: Optional[str] = None
+        self._journal: Optional[TagJournal] = None
         self._start: Optional[float] = None
         folders = {osp.dirname(p) for p in self._paths()}
         for folder in sorted(folders):  # fail now, not after hours of tagging
@@ -81,26 +103,51 @@ class TagFileWriter(BaseMetric):
     def _paths(self) -> List[str]:
         return [p for p in (self.out_file, self.scores_file, self.skipped_file) if p]
 
+    def set_fingerprint(self, fingerprint: Optional[str]) -> None:
+        """Set the journal header's identity of the run (before the first image)."""
+        if self._journal is not None:
+            raise RuntimeError('set_fingerprint must be called before the first image')
+        self.fingerprint = fingerprint
+
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Keep each image's id, tags and rounded scores (one record per image)."""
+        """Keep each image's id, tags and rounded scores; journal the new ones."""
         if self._start is None:
             self._start = time.perf_counter()
         for sample in data_samples:
             record = dict(img_id=image_id(sample), img_path=get_field(sample, 'img_path'),
-                          error=load_error(sample))
+                          error=load_error(sample), resumed=bool(get_field(sample, 'precomputed')))
             if record['error'] is None:
                 tags = get_field(sample, 'pred_label')
                 if tags is None:
                     raise KeyError(f'image {record["img_id"]} has no pred_label (tags) to write')
                 record['tags'] = sorted(int(t) for t in torch.as_tensor(tags).flatten().tolist())
+                scores = get_field(sample, 'pred_score')
                 if self.scores_file is not None:
-                    scores = get_field(sample, 'pred_score')
                     if scores is None:
                         raise KeyError(f'image {record["img_id"]} has no pred_score for '
                                        'scores_file')
                     record['scores'] = [round(s, self.score_decimals) for s in
                                         torch.as_tensor(scores).flatten().double().tolist()]
+                if scores is not None and not record['resumed']:
+                    self._journal_record(record, sample, scores)
             self.results.append(record)
+
+    def _journal_record(self, record: dict, sample, scores) -> None:
+        """Append a freshly tagged image to this rank's journal."""
+        if self._journal is None:
+            self._journal = TagJournal(journal_path(self.out_file, get_rank()), self.fingerprint,
+                                       self.fsync_interval_s)
+        shape = get_field(sample, 'ori_shape')
+        self._journal.append(dict(img_id=record['img_id'], img_path=record['img_path'],
+                                  ori_shape=None if shape is None else [int(x) for x in shape],
+                                  tags=record['tags'], scores=encode_scores(scores)))
+
+    def evaluate(self, size: int) -> dict:
+        """Close this rank's journal, then gather and write as ``BaseMetric`` does."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        return super().evaluate(size)
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
         """Sort by image id, write the files (rank 0), log one summary line."""
@@ -128,8 +175,16 @@ class TagFileWriter(BaseMetric):
         atomic_write_text(self.skipped_file, ''.join(
             f'{r["img_id"]}\t{r["img_path"]}\t{" ".join(str(r["error"]).split())}\n'
             for r in skipped))
-        logger.info(f'tags written to {self.out_file}: ' + format_summary(
-            {'tagged': len(tagged), 'skipped': len(skipped)}, elapsed))
+        # Only now that the files hold every image are the journals obsolete;
+        # a kill before this line resumes everything and writes the same files.
+        for path in journal_paths(self.out_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        resumed = sum(r.get('resumed', False) for r in tagged)
+        counts = {'tagged': len(tagged) - resumed, 'resumed': resumed, 'skipped': len(skipped)}
+        if not resumed:
+            del counts['resumed']
+        logger.info(f'tags written to {self.out_file}: ' + format_summary(counts, elapsed))
         if skipped:
             logger.warning(f'{len(skipped)} images failed to load; see {self.skipped_file}')
-        return dict(num_images=len(tagged), num_skipped=len(skipped))
+        return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))

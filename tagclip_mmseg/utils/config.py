@@ -5,11 +5,13 @@ folder of pseudo labels, the error policy) that live in several places of a
 config; these helpers find and set every occurrence so a flag can never update
 one place and miss another.
 """
+import inspect
 from typing import Any, Callable, Iterator, List
 
 from mmengine.config import Config, ConfigDict
+from mmengine.registry import Registry
 
-__all__ = ['iter_dicts', 'set_clip_checkpoint', 'set_in_dicts_of_type']
+__all__ = ['iter_dicts', 'set_clip_checkpoint', 'set_in_dicts_of_type', 'type_accepts']
 
 
 def iter_dicts(node: Any) -> Iterator[dict]:
@@ -52,3 +54,24 @@ def set_in_dicts_of_type(cfg: Config, types: List[str], key: str, value: Any,
             d[key] = value
             n += 1
     return n
+
+
+def type_accepts(registry: Registry, type_name: Any, arg: str) -> bool:
+    """Whether the registered class ``type_name`` takes ``arg`` in ``__init__``.
+
+    Follows ``**kwargs`` up the class hierarchy (a subclass that passes them on
+    accepts what its base accepts), so a flag is applied only to the config
+    dicts whose class would not reject it. An unknown type accepts nothing.
+    """
+    cls = registry.get(type_name) if isinstance(type_name, str) else type_name
+    if not inspect.isclass(cls):
+        return False
+    for klass in inspect.getmro(cls):
+        if '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if arg in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False

@@ -2,14 +2,22 @@
 # file becomes a counted skip), bicubic resize to the patch multiple (spec 2.3),
 # mmpretrain packing. Benchmarks keep the stored pixel orientation
 # (exif_transpose=False) because their labels refer to it.
+# SkipTagged first (resume): an image that a killed run already tagged (found
+# in the TagFileWriter's journals, <out_file>.journal.rank*.jsonl) is neither
+# loaded nor computed; its exact scores are restored. TagResumeHook (in the
+# runtime config) gives it the writer's out_file and the run's fingerprint.
 # Images above this many tokens (e.g. an 8000x6000 photo) are scaled down with a
 # logged warning so that one file cannot exhaust memory; VOC/COCO images (a few
 # hundred tokens) are far below it, so benchmark results are unaffected.
 max_tokens = 16384
-tag_meta_keys = ('sample_idx', 'img_path', 'img_id', 'ori_shape', 'img_shape', 'load_error')
+tag_meta_keys = ('sample_idx', 'img_path', 'img_id', 'ori_shape', 'img_shape', 'load_error',
+                 'precomputed', 'pred_record')
 tagging_pipeline = [
-    dict(type='LoadImageRobust', on_error='skip', exif_transpose=False),
-    dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=max_tokens),
+    dict(type='SkipTagged',
+         transforms=[
+             dict(type='LoadImageRobust', on_error='skip', exif_transpose=False),
+             dict(type='ResizeToPatchMultiple', patch_size=16, max_tokens=max_tokens),
+         ]),
     dict(type='mmpretrain.PackInputs', meta_keys=tag_meta_keys),
 ]
 # Batches hold images of one token grid (no padding, so no effect on results).

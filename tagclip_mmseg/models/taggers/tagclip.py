@@ -21,6 +21,8 @@ device, and the attention maps are reduced layer by layer instead of kept.
 ``mode='faithful'`` reproduces the reference implementation's quirks (spec
 section 12) so published numbers can be matched; ``mode='clean'`` fixes them.
 """
+import hashlib
+import json
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -155,6 +157,55 @@ class TagCLIP(FrozenCLIPModel):
     def empty_result(self, data_sample) -> None:
         self._fill(data_sample, torch.zeros(self.num_classes), torch.zeros(self.num_classes,
                                                                            dtype=torch.bool))
+
+    def reuse_result(self, data_sample) -> None:
+        """Restore the scores and tags a killed run journaled (``SkipTagged``).
+
+        Raises:
+            KeyError: When the sample has no ``pred_record`` (not packed).
+            ValueError: When the record does not fit the vocabulary, which the
+                journal's fingerprint should have prevented.
+        """
+        record = data_sample.metainfo.get('pred_record')
+        if record is None:
+            raise KeyError('a precomputed sample has no pred_record: list "pred_record" (and '
+                           '"precomputed") in PackInputs meta_keys after SkipTagged')
+        scores = torch.as_tensor(record['pred_score'])
+        labels = torch.as_tensor(record['pred_label'], dtype=torch.long)
+        if scores.numel() != self.num_classes or bool((labels >= self.num_classes).any()):
+            raise ValueError(f'journaled result of {data_sample.metainfo.get("img_path")} has '
+                             f'{scores.numel()} scores for a {self.num_classes}-class vocabulary; '
+                             'delete the tagging journals (<out_file>.journal.rank*.jsonl)')
+        tags = torch.zeros(self.num_classes, dtype=torch.bool)
+        tags[labels] = True
+        self._fill(data_sample, scores, tags)
+
+    def resume_fingerprint(self) -> str:
+        """Identity of everything that decides this model's scores.
+
+        A resumed run reuses journaled results only when this (and the image
+        pipeline) is unchanged: the vocabulary, the prompts, every setting of
+        the method, the weights (``checkpoint_fingerprint`` of a CLIP loaded
+        from a file; a CLIP passed in as a module is identified by nothing
+        more than its architecture and dtype) and the pixel normalisation.
+        ``cwr_batch_size`` only bounds memory and is left out.
+        """
+        if self.class_names is None:
+            raise RuntimeError('TagCLIP has no vocabulary yet; call set_vocabulary first')
+        settings = dict(
+            model=type(self).__name__, class_names=self.class_names,
+            background_words=self.background_words, templates=self.templates,
+            vote_k=self.vote_k, avg_layers=self.avg_layers,
+            self_attn_mask_value=self.self_attn_mask_value, cwr=self.cwr,
+            cwr_ratio=self.cwr_ratio, cwr_region_thr=self.cwr_region_thr,
+            cwr_crop_size=self.cwr_crop_size, cwr_mask_value=self.cwr_mask_value,
+            fusion_lambda=self.fusion_lambda, tag_ratio=self.tag_ratio, mode=self.mode,
+            clip=getattr(self.clip, 'checkpoint_fingerprint', None),
+            clip_arch=[self.clip.visual.num_layers, self.clip.visual.patch_size,
+                       self.clip.visual.input_resolution, str(self.clip.dtype)],
+            normalisation=[getattr(self.data_preprocessor, name, torch.zeros(0)).flatten().tolist()
+                           for name in ('mean', 'std')])
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     @staticmethod
     def _fill(sample, scores: Tensor, tags: Tensor) -> None:

@@ -1,0 +1,86 @@
+"""Connect a tagging run's journal writer and its resume transform.
+
+``TagFileWriter`` (a metric) journals every tagged image; ``SkipTagged`` (a
+transform of the dataset pipeline) reuses journaled images on a restart. They
+must agree on two things that neither can know from its own config:
+
+* where the journals are: the writer's ``out_file``, which users override on
+  the command line (``test_evaluator.N.out_file=...``); the path is kept in
+  one place, the writer, and handed to the transform here;
+* which journals are valid: a fingerprint of the model (vocabulary, weights,
+  settings: only known once ``VocabularyHook`` has set the vocabulary) and
+  of the image pipeline, so that a journal left by a run with other settings
+  is ignored instead of leaking its results into this one.
+
+Both are set in ``before_test``, after ``VocabularyHook`` and before the
+dataloader starts its workers (they inherit the journal records read here).
+Configs without a ``TagFileWriter`` are left alone.
+"""
+import hashlib
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmseg.registry import HOOKS
+from ..evaluation.resume import SkipTagged
+from ..evaluation.tag_writer import TagFileWriter
+
+__all__ = ['TagResumeHook']
+
+#: Meta keys that carry a resumed image's result from SkipTagged to the model.
+RESUME_META_KEYS = ('precomputed', 'pred_record')
+
+
+@HOOKS.register_module()
+class TagResumeHook(Hook):
+    """Point ``SkipTagged`` at the ``TagFileWriter``'s journals of this run.
+
+    Resuming needs exactly one ``TagFileWriter`` in ``test_evaluator`` and at
+    most one ``SkipTagged`` in the test pipeline; the writer journals in any
+    case, the transform reuses only journals with this run's fingerprint.
+    """
+
+    priority = 'NORMAL'  # after VocabularyHook (VERY_HIGH): needs the vocabulary
+
+    def before_test(self, runner) -> None:
+        writers = [m for m in runner.test_evaluator.metrics if isinstance(m, TagFileWriter)]
+        pipeline = getattr(getattr(runner.test_dataloader.dataset, 'pipeline', None),
+                           'transforms', None) or []
+        skips = [i for i, t in enumerate(pipeline) if isinstance(t, SkipTagged)]
+        if not writers:
+            if skips:
+                runner.logger.warning('SkipTagged is in the pipeline but test_evaluator has no '
+                                      'TagFileWriter: nothing to resume from')
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if len(writers) > 1 or len(skips) > 1 or not hasattr(model, 'resume_fingerprint'):
+            runner.logger.warning(
+                'tagging resume is off: it needs one TagFileWriter, at most one SkipTagged and '
+                f'a model with resume_fingerprint(), got {len(writers)}, {len(skips)} and '
+                f'{type(model).__name__}')
+            return
+        skip = pipeline[skips[0]] if skips else None
+        if skip is not None:
+            self._check_packed(pipeline[skips[0] + 1:])
+        signature = skip.pipeline_signature if skip is not None else ''
+        fingerprint = hashlib.sha256(
+            f'{model.resume_fingerprint()}\n{signature}'.encode()).hexdigest()
+        writers[0].set_fingerprint(fingerprint)
+        if skip is not None:
+            found = skip.set_journal(writers[0].out_file, fingerprint)
+            if found:
+                runner.logger.info(f'resuming: {found} images are already tagged in the '
+                                   f'journals of {writers[0].out_file}')
+
+    @staticmethod
+    def _check_packed(after: list) -> None:
+        """Fail when a resumed image's result would not reach the model.
+
+        Without ``precomputed`` in the packed metainfo the model would tag the
+        black placeholder image instead of restoring the journaled result.
+        """
+        if not any(set(RESUME_META_KEYS) <= set(getattr(t, 'meta_keys', ()) or ())
+                   for t in after):
+            raise ValueError(f'SkipTagged needs {RESUME_META_KEYS} in the meta_keys of the '
+                             'PackInputs after it (see configs/_base_/datasets/'
+                             'tagging_pipeline.py)')
