@@ -21,7 +21,10 @@ from .presets import resolve_background, resolve_classes
 from .prompts import ClassName
 from .text_classifier import build_text_classifier
 
-__all__ = ['FrozenCLIPModel']
+__all__ = ['FrozenCLIPModel', 'MODES']
+
+#: Behaviour switches of every model (see docs/modes.md).
+MODES = ('faithful', 'clean')
 
 
 class FrozenCLIPModel(BaseModel):
@@ -36,6 +39,8 @@ class FrozenCLIPModel(BaseModel):
             cache location) and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
             :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
             CLIP, which lets a tagger and a labeller share one.
+        mode (str): 'faithful' reproduces the reference implementation's
+            quirks (spec section 12, see docs/modes.md); 'clean' fixes them.
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
@@ -46,6 +51,7 @@ class FrozenCLIPModel(BaseModel):
 
     def __init__(self,
                  clip: Union[None, dict, nn.Module] = None,
+                 mode: str = 'faithful',
                  text_cache_dir: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
@@ -54,7 +60,13 @@ class FrozenCLIPModel(BaseModel):
         if data_preprocessor is None or isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor or dict(type='CLIPDataPreprocessor'))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+        self.mode = mode
         self.clip = build_clip(clip if clip is not None else {})
+        # Quirk 6 (spec 2.2): the reference rounds resampled positional
+        # embeddings to fp16 even in fp32.
+        self.clip.visual.pos_embed_fp16_round = self.faithful
         self.clip.requires_grad_(False)
         self.clip.eval()
         self.text_cache_dir = text_cache_dir
@@ -63,6 +75,24 @@ class FrozenCLIPModel(BaseModel):
         self.class_names: Optional[Tuple[ClassName, ...]] = None
         self.background_words: Tuple[str, ...] = ()
         self._text_embeddings: Dict[tuple, Tensor] = {}
+
+    @property
+    def faithful(self) -> bool:
+        return self.mode == 'faithful'
+
+    def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
+        """Validate 0-based (or negative) vision-layer indices; return them
+        non-negative, sorted and unique.
+
+        Raises:
+            ValueError: Naming the argument and the CLIP's depth, e.g. for a
+                config written for ViT-B/16 run on a shallower checkpoint.
+        """
+        n = self.clip.visual.num_layers
+        if not layers or any(not -n <= int(i) < n for i in layers):
+            raise ValueError(f'{name} {tuple(layers)} must be non-empty 0-based indices of the '
+                             f'{n} vision layers of this CLIP checkpoint')
+        return tuple(sorted({int(i) % n for i in layers}))
 
     # ------------------------------------------------------------ vocabulary
     def set_vocabulary(self,

@@ -10,7 +10,7 @@ from .attention import (AttentionVote, affinity_from_attention, caa_refine, dmar
 from .box_masks import (RegionBox, binarize_like_reference, boxes_from_scores,
                         component_boxes_union, connected_components, quantize_like_reference,
                         region_bbox)
-from .crops import crop_resize_bilinear, crop_resize_nearest
+from .crops import bilinear_resize_matrices, crop_resize_bilinear, crop_resize_nearest
 from .normalize import compute_dtype, minmax_normalize
 from .thresholds import relative_threshold_mask
 
@@ -18,6 +18,6 @@ __all__ = [
     'AttentionVote', 'affinity_from_attention', 'caa_refine', 'dmar_class_boxes', 'dmar_refine',
     'RegionBox', 'binarize_like_reference', 'boxes_from_scores', 'component_boxes_union',
     'connected_components', 'quantize_like_reference', 'region_bbox', 'compute_dtype',
-    'minmax_normalize', 'crop_resize_bilinear', 'crop_resize_nearest',
+    'minmax_normalize', 'crop_resize_bilinear', 'crop_resize_nearest', 'bilinear_resize_matrices',
     'relative_threshold_mask'
 ]

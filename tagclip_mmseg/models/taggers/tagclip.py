@@ -34,12 +34,10 @@ from mmseg.registry import MODELS
 from ..base import FrozenCLIPModel
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox, relative_threshold_mask)
-from ..presets import resolve_background, resolve_classes, resolve_templates
+from ..presets import resolve_background, resolve_templates
 from ..prompts import ClassName
 
 __all__ = ['TagCLIP', 'TagCLIPOutput']
-
-MODES = ('faithful', 'clean')
 
 
 class TagCLIPOutput(dict):
@@ -106,20 +104,14 @@ class TagCLIP(FrozenCLIPModel):
                  mode: str = 'faithful',
                  cwr_batch_size: int = 32,
                  **kwargs) -> None:
-        super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+        super().__init__(mode=mode, **kwargs)
         n_layers = self.clip.visual.num_layers
-        bad = [i for i in avg_layers if not -n_layers <= i < n_layers]
-        if bad or not avg_layers:
-            raise ValueError(f'avg_layers {tuple(avg_layers)} must be non-empty 0-based indices '
-                             f'of the {n_layers} vision layers')
+        self.avg_layers = self.layer_indices('avg_layers', avg_layers)
         if not 1 <= vote_k <= n_layers:
             raise ValueError(f'vote_k must be in [1, {n_layers}], got {vote_k}')
         self.background_words = resolve_background(background_words)
         self.templates = resolve_templates(templates)
         self.vote_k = vote_k
-        self.avg_layers = tuple(i % n_layers for i in avg_layers)
         self.self_attn_mask_value = self_attn_mask_value
         self.cwr = cwr
         self.cwr_ratio = cwr_ratio
@@ -128,18 +120,9 @@ class TagCLIP(FrozenCLIPModel):
         self.cwr_mask_value = cwr_mask_value
         self.fusion_lambda = fusion_lambda
         self.tag_ratio = tag_ratio
-        self.mode = mode
         self.cwr_batch_size = cwr_batch_size
-        # Quirk 6 (spec 2.2): the reference rounds resampled position
-        # embeddings to fp16 even in fp32.
-        self.clip.visual.pos_embed_fp16_round = mode == 'faithful'
         if class_names is not None:
             self.set_vocabulary(class_names, self.background_words)
-
-    # ----------------------------------------------------------- vocabulary
-    @property
-    def faithful(self) -> bool:
-        return self.mode == 'faithful'
 
     def classifier(self) -> Tensor:
         """(C_fg + C_bg, E) text embeddings: foreground first."""
