@@ -4,22 +4,26 @@ Spec section 6, for a batch of equal-size images and their tag lists:
 
 1. Blocks 1..L-1 run without gradients; the head-averaged attention of the
    configured CAA layers is summed on the fly.
-2. The last block runs with gradients from its ``ln_1`` output ``G``. The
+2. The last block runs once per image from its ``ln_1`` output ``G``. The
    image embedding (mean of the patch tokens after ``ln_post``, then ``proj``)
    is classified against the image's tags plus background words; the target of
    tag ``k`` is its softmax probability.
 3. Grad-CAM: ``ReLU(sum_d mean_hw(dy_k/dG_d) * G_d)``, min-max normalised.
-   ``G`` is replicated once per tag so one backward pass yields every tag's
-   gradient (parameters are frozen, so no parameter gradients are computed).
+   The gradients of all of an image's tags are backpropagated together
+   through the last block by a hand-written backward that only forms what
+   Grad-CAM uses, the token mean (:class:`_LastBlockGrad`); an extra tag
+   costs a fraction of a block forward, not a forward plus a backward.
 4. Class-aware attention affinity (Sinkhorn-balanced, symmetrised, squared
    attention; computed once per image) refines each CAM inside its box mask.
 5. Maps are normalised at patch resolution, upsampled to the original size,
    a background channel ``1 - max`` is added, and the argmax gives the mask.
 
 Grad-CAM runs inside mmengine's test loop, which wraps everything in
-``torch.no_grad()``; the gradient part is therefore explicitly wrapped in
+``torch.no_grad()``; the two small autograd steps it keeps (the softmax head
+and the activation's derivative) are therefore explicitly wrapped in
 ``torch.enable_grad()`` (OpenMMLab trap 14).
 """
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,11 +34,193 @@ from torch import Tensor
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..base import FrozenCLIPModel
-from ..ops import AttentionVote, affinity_from_attention, caa_refine, minmax_normalize
+from ..clip import VisionTransformer
+from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
+                   minmax_normalize)
 from ..presets import resolve_templates
 from ..prompts import ClassName
 
 __all__ = ['CLIPESPseudoLabeler']
+
+
+def _layer_norm_parts(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    """``(x - mean) / std`` and ``1 / std`` over the last dim (a LayerNorm's
+    saved state, for its backward)."""
+    mean = x.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(x.var(dim=-1, unbiased=False, keepdim=True) + eps)
+    return (x - mean) * rstd, rstd
+
+
+def _layer_norm_backward(cot: Tensor, xhat: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
+    """Input cotangent of ``weight * xhat + bias`` given the output's ``cot``."""
+    e = cot * weight
+    return rstd * (e - e.mean(dim=-1, keepdim=True) - xhat * (xhat * e).mean(dim=-1, keepdim=True))
+
+
+class _LastBlockGrad:
+    """The last ViT block and the pooled head, with a tag-batched backward.
+
+    Forward, once per image, in float32 without an autograd graph::
+
+        g = ln_1(x);  q, k, v = split(g W_in^T + b_in);  O = softmax(q k^T s) v
+        x1 = x + O W_o^T + b_o;  h = ln_2(x1) W_fc^T + b_fc
+        y = x1 + act(h) W_cp^T + b_cp;  f = mean_n ln_post(y_n) @ proj
+
+    (``n`` runs over the patch tokens, ``s = 1 / sqrt(head_dim)``.) Given K
+    cotangents on ``f`` per image, :meth:`token_mean_grad` returns Grad-CAM's
+    ``alpha_k = mean_n dL_k / dg_n`` without ever forming ``dL_k / dg``:
+
+    * the cotangent entering ``ln_post`` is the same vector for every token,
+      so ``dy`` has the form ``rstd_n (e' - c_n yhat_n)``; its MLP product
+      splits into a per-tag vector times a per-image matrix (shared by all
+      tags) plus one per-tag ``(N, 4D) @ (4D, D)`` product;
+    * the mean over tokens commutes with the input projection, so only the
+      token sums of ``dq``, ``dk``, ``dv`` are needed; of the attention
+      backward that leaves one ``P^T dO`` product per tag, the rest is
+      ``O(N D)`` because the attention rows sum to one;
+    * the attention probabilities ``P`` are recomputed head chunk by head
+      chunk (like the maps of the forward), so memory stays bounded.
+
+    Parameters are frozen, so no parameter gradient is ever needed. The
+    activation's derivative comes from autograd on the block's own
+    activation module, so any elementwise activation works.
+
+    Args:
+        vit: The vision transformer (its last block, ``ln_post``, ``proj``).
+        hidden (Tensor): (B, L, D) residual stream entering the last block.
+    """
+
+    def __init__(self, vit: VisionTransformer, hidden: Tensor) -> None:
+        blk = vit.transformer.resblocks[vit.num_layers - 1]
+        attn = blk.attn
+        self.attn = attn
+        f32 = torch.float32
+        with torch.no_grad():
+            x = hidden.detach().to(f32)
+            B, L, D = x.shape
+            H, d = attn.num_heads, attn.head_dim
+            self.num_patches = L - 1
+            self.w_in = attn.in_proj_weight.to(f32)
+            self.w_out = attn.out_proj.weight.to(f32)
+            self.w_fc = blk.mlp.c_fc.weight.to(f32)
+            self.w_cp = blk.mlp.c_proj.weight.to(f32)
+            self.ln_2_weight = blk.ln_2.weight.to(f32)
+            self.ln_post_weight = vit.ln_post.weight.to(f32)
+            self.proj = vit.proj.to(f32)
+            g = blk.ln_1(x)
+            self.normed = g  # Grad-CAM's activations
+            qkv = F.linear(g, self.w_in, attn.in_proj_bias.to(f32))
+            self.q, self.k, self.v = qkv.view(B, L, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            self.out = F.scaled_dot_product_attention(self.q, self.k, self.v)  # (B, H, L, d)
+            x1 = x + F.linear(self.out.transpose(1, 2).reshape(B, L, D), self.w_out,
+                              attn.out_proj.bias.to(f32))
+            self.u2hat, self.rstd2 = (t[:, 1:] for t in _layer_norm_parts(x1, blk.ln_2.eps))
+            h = F.linear(blk.ln_2(x1), self.w_fc, blk.mlp.c_fc.bias.to(f32))
+        with torch.enable_grad():
+            h = h.requires_grad_(True)
+            m = blk.mlp.gelu(h)
+            (act_grad, ) = torch.autograd.grad(m, h, torch.ones_like(m))
+        with torch.no_grad():
+            y = x1 + F.linear(m.detach(), self.w_cp, blk.mlp.c_proj.bias.to(f32))
+            self.yhat, self.rstd_post = _layer_norm_parts(y[:, 1:], vit.ln_post.eps)
+            self.pooled = vit.ln_post(y[:, 1:]).mean(dim=1)
+            # act'(h) * rstd_post, and the tag-independent half of the MLP
+            # backward (see token_mean_grad).
+            self.gain = act_grad[:, 1:] * self.rstd_post
+            self.shared = (self.gain * (self.yhat @ self.w_cp)) @ self.w_fc  # (B, N, D)
+
+    def pooled_embedding(self) -> Tensor:
+        """(B, E) image embedding ``f``."""
+        return self.pooled @ self.proj
+
+    @torch.no_grad()
+    def token_mean_grad(self, cot: Tensor, need_attn: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """Mean over patch tokens of ``d<cot_k, f> / dg`` for K cotangents.
+
+        Args:
+            cot (Tensor): (B, K, E) cotangents on the pooled embedding; a zero
+                row gives a zero result.
+            need_attn (bool): Also return the head-averaged attention.
+
+        Returns:
+            tuple: ``alpha`` (B, K, D) and the (B, L, L) attention or ``None``.
+        """
+        B, K, _ = cot.shape
+        if B != self.yhat.shape[0]:
+            raise ValueError(f'cot has {B} images, the block ran on {self.yhat.shape[0]}; '
+                             'give (B, K, E) cotangents')
+        N = self.num_patches
+        D = self.yhat.shape[-1]
+        # Pooling and ln_post: every patch token's ln_post output gets the
+        # cotangent w = proj c / N, so dy_n = rstd_n * (e' - c_n * yhat_n) with
+        # e = gamma * w, e' = e - mean(e), c_n = <yhat_n, e> / D.
+        e = (cot.to(torch.float32) @ self.proj.t()) * (self.ln_post_weight / N)  # (B, K, D)
+        e = e - e.mean(dim=-1, keepdim=True)
+        c = torch.einsum('bnd,bkd->bkn', self.yhat, e) / D
+        dy = self.rstd_post[:, None] * (e[:, :, None] - c[..., None] * self.yhat[:, None])
+        # MLP: du = (act' * (dy W_cp)) W_fc; the c_n * yhat_n part of dy is
+        # shared by all tags (self.shared), the rest is a per-tag vector.
+        du = (self.gain[:, None] * (e @ self.w_cp)[:, :, None]) @ self.w_fc
+        du = du - c[..., None] * self.shared[:, None]
+        dx1 = dy + _layer_norm_backward(du, self.u2hat[:, None], self.rstd2[:, None],
+                                        self.ln_2_weight)
+        H, d = self.attn.num_heads, self.attn.head_dim
+        d_out = (dx1 @ self.w_out).view(B, K, N, H, d).permute(0, 3, 1, 2, 4)  # (B, H, K, N, d)
+        sums, attn_sum = [], None
+        for h0, h1 in self._head_chunks(B, N + 1):
+            part, probs = self._attention_sums(d_out[:, h0:h1], slice(h0, h1))
+            sums.append(part)
+            if need_attn:
+                p = probs.sum(dim=1)
+                attn_sum = p if attn_sum is None else attn_sum + p
+        # (B, 3, H, K, d) -> (B, K, 3D) in in_proj's (q, k, v) x head order.
+        sums = torch.cat(sums, dim=2).permute(0, 3, 1, 2, 4).reshape(B, K, 3 * D)
+        alpha = sums @ self.w_in / N
+        return alpha, (attn_sum / H if need_attn else None)
+
+    def _head_chunks(self, B: int, L: int) -> List[Tuple[int, int]]:
+        """Head ranges whose (B, h, L, L) probabilities fit the attention
+        module's chunk budget."""
+        H = self.attn.num_heads
+        step = max(1, min(H, self.attn.max_chunk_bytes // max(B * L * L * 4, 1)))
+        return [(h0, min(H, h0 + step)) for h0 in range(0, H, step)]
+
+    def _attention_sums(self, d_out: Tensor, heads: slice) -> Tuple[Tensor, Tensor]:
+        """Patch-token sums of dq, dk, dv for some heads.
+
+        With ``dO`` zero on the [CLS] row (the pooled embedding ignores it),
+        ``delta_m = <dO_m, O_m>`` and ``dS = P * (dO V^T - delta)``:
+
+        * ``sum_{n>0} dv_n = sum_m (1 - P[m, 0]) dO_m``;
+        * ``sum_{n>0} dS[m, n] = -dS[m, 0]`` (rows of dS sum to zero), so
+          ``sum_{n>0} dk_n = s sum_m P[m, 0] (delta_m - <dO_m, v_0>) q_m``;
+        * ``sum_m dq_m = s sum_n (<v_n, (P^T dO)_n> - (P^T delta)_n) k_n``.
+
+        Args:
+            d_out (Tensor): (B, h, K, N, d) cotangent of the patch rows of O.
+            heads (slice): The heads of ``d_out``.
+
+        Returns:
+            tuple: Sums (B, 3, h, K, d) for q, k, v and the probabilities
+            (B, h, L, L).
+        """
+        q, k, v, out = self.q[:, heads], self.k[:, heads], self.v[:, heads], self.out[:, heads]
+        B, h, K, N, d = d_out.shape
+        scale = 1.0 / math.sqrt(d)
+        probs = torch.matmul(q * scale, k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, L, L)
+        rows = probs[:, :, 1:]  # patch queries (B, h, N, L)
+        p0 = rows[..., 0]  # attention to [CLS], (B, h, N)
+        delta = (d_out * out[:, :, None, 1:]).sum(dim=-1)  # (B, h, K, N)
+        dv = torch.einsum('bhm,bhkmd->bhkd', 1 - p0, d_out)
+        to_cls = torch.einsum('bhkmd,bhd->bhkm', d_out, v[:, :, 0])
+        dk = scale * torch.einsum('bhkm,bhmd->bhkd', p0[:, :, None] * (delta - to_cls),
+                                  q[:, :, 1:])
+        rhs = torch.cat([d_out, delta[..., None]], dim=-1)  # (B, h, K, N, d + 1)
+        rhs = rhs.transpose(2, 3).reshape(B, h, N, K * (d + 1))
+        back = torch.matmul(rows.transpose(-2, -1), rhs).view(B, h, N + 1, K, d + 1)
+        col = (back[..., :d] * v[:, :, :, None]).sum(dim=-1) - back[..., d]  # (B, h, L, K)
+        dq = scale * torch.einsum('bhnk,bhnd->bhkd', col, k)
+        return torch.stack([dq, dk, dv], dim=1), probs
 
 
 @MODELS.register_module()
@@ -87,34 +273,22 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  return_cams: bool = False,
                  crf: Optional[dict] = None,
                  **kwargs) -> None:
-        super().__init__(**kwargs)
-        if mode not in ('faithful', 'clean'):
-            raise ValueError(f"mode must be 'faithful' or 'clean', got {mode!r}")
-        n_layers = self.clip.visual.num_layers
-        if not caa_layers or any(not -n_layers <= i < n_layers for i in caa_layers):
-            raise ValueError(f'caa_layers {tuple(caa_layers)} must be non-empty 0-based indices '
-                             f'of the {n_layers} vision layers')
+        super().__init__(mode=mode, **kwargs)
         self.set_vocabulary(class_names, background_words)
         self.templates = resolve_templates(templates)
-        self.caa_layers = tuple(sorted({i % n_layers for i in caa_layers}))
+        self.caa_layers = self.layer_indices('caa_layers', caa_layers)
         self.caa_box_thr = caa_box_thr
         self.with_background = with_background
         self.register_buffer(
             'label_map',
             torch.as_tensor(label_map, dtype=torch.long) if label_map is not None else None,
             persistent=False)
-        self.mode = mode
         self.return_cams = return_cams
-        self.clip.visual.pos_embed_fp16_round = mode == 'faithful'
         self.tagger = MODELS.build(tagger) if tagger is not None else None
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
             raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeller '
                              f'has {len(self.class_names)}; they must share class indices')
         self.crf = MODELS.build(dict(type='DenseCRF', **crf)) if crf is not None else None
-
-    @property
-    def faithful(self) -> bool:
-        return self.mode == 'faithful'
 
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
@@ -177,73 +351,107 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
     def grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
                  tag_lists: List[List[int]]) -> Tuple[Tensor, Optional[Tensor]]:
-        """Grad-CAM of every (image, tag) pair with one backward pass.
+        """Grad-CAM of every (image, tag) pair from one forward of the last block.
+
+        The last block runs once per image; the gradients of all of an image's
+        tag probabilities with respect to its ``ln_1`` output are then
+        backpropagated together by :class:`_LastBlockGrad`. Grad-CAM only
+        needs each gradient's mean over the patch tokens, which lets that
+        backward skip the input projection, most of the attention backward and
+        half of the MLP backward: an extra tag costs well under half a block
+        forward, instead of a block forward plus a backward per tag.
 
         Args:
             hidden (Tensor): (B, L, D) residual stream entering the last block.
             pair_img (Tensor): (P,) image of each pair.
             pair_cls (Tensor): (P,) tag class of each pair.
-            tag_lists (list[list[int]]): Tags per image (softmax support).
+            tag_lists (list[list[int]]): Tags per image (softmax support);
+                pair ``p`` is tag number ``k`` of its image, in list order.
 
         Returns:
             tuple: (P, N) min-max normalised CAMs and the last block's (B, L, L)
             attention (``None`` when it is not a CAA layer).
         """
         vit = self.clip.visual
-        blk = vit.transformer.resblocks[vit.num_layers - 1]
         text = self.text_embeddings(self.class_names + self.background_words, self.templates)
-        c_fg = self.num_classes
+        B, device = hidden.shape[0], hidden.device
+        k_max = max(len(t) for t in tag_lists)
+        pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=device)
         # Softmax support of each image: its tags plus every background word.
-        support = torch.zeros(hidden.shape[0], text.shape[0], dtype=torch.bool,
-                              device=hidden.device)
+        support = torch.zeros(B, text.shape[0], dtype=torch.bool, device=device)
         support[pair_img, pair_cls] = True
-        support[:, c_fg:] = True
+        support[:, self.num_classes:] = True
+        # Slot k of image b selects the probability of its k-th tag.
+        select = torch.zeros(k_max, B, text.shape[0], device=device)
+        select[pair_slot, pair_img, pair_cls] = 1.
         need_last = (vit.num_layers - 1) in self.caa_layers
+        block = _LastBlockGrad(vit, hidden)
+        feats = block.pooled_embedding()
         with torch.enable_grad():
-            x = hidden.detach()[pair_img]
-            g = blk.ln_1(x).detach().requires_grad_(True)
-            y, w = blk.forward_from_normed(x, g, need_weights=need_last)
-            feats = vit.ln_post(y[:, 1:]).mean(dim=1) @ vit.proj
-            logits = 100. * F.normalize(feats.float(), dim=-1) @ text.t()
-            logits = logits.masked_fill(~support[pair_img], float('-inf'))
-            probs = logits.softmax(dim=-1)
-            target = probs.gather(1, pair_cls[:, None]).sum()
-            (grad, ) = torch.autograd.grad(target, g)
-        act = g.detach()[:, 1:].float()  # (P, N, D)
-        alpha = grad[:, 1:].float().mean(dim=1, keepdim=True)  # (P, 1, D)
-        cam = F.relu((act * alpha).sum(dim=-1))  # (P, N)
-        cam = minmax_normalize(cam, dim=1, eps=1e-7)
-        last_attn = None
-        if need_last:
-            # Every replica of an image shares its last-block attention.
-            first = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
-            first.scatter_reduce_(0, pair_img, torch.arange(len(pair_img), device=hidden.device),
-                                  'amin', include_self=False)
-            last_attn = w.detach()[first].float()
-            # Images without tags have no replica; their last-layer map is
-            # never used (they get no CAM), so any row is fine there.
-        return cam, last_attn
+            f = feats.detach().requires_grad_(True)
+            logits = 100. * F.normalize(f, dim=-1) @ text.t()
+            probs = logits.masked_fill(~support, float('-inf')).softmax(dim=-1)
+            # d prob / d pooled embedding for every slot at once: (K, B, E).
+            (cot, ) = torch.autograd.grad(probs, f, grad_outputs=select, is_grads_batched=True)
+        alpha, last_attn = block.token_mean_grad(cot.transpose(0, 1), need_last)  # (B, K, D)
+        act = block.normed[:, 1:]  # (B, N, D)
+        cam = F.relu(torch.einsum('bnd,bkd->bkn', act, alpha))[pair_img, pair_slot]  # (P, N)
+        return minmax_normalize(cam, dim=1, eps=1e-7), last_attn
 
     def _fill(self, sample, cams: Tensor, tags: List[int], grid_hw: tuple) -> None:
         if not isinstance(sample, SegDataSample):
             raise TypeError('CLIPESPseudoLabeler expects mmseg SegDataSample inputs (pack with '
                             f'PackSegInputs); got {type(sample).__name__}')
-        H, W = sample.metainfo['ori_shape'][:2]
-        if cams.shape[0]:
-            up = F.interpolate(cams[None].float(), size=(H, W), mode='bilinear',
-                               align_corners=False)[0]
+        size = tuple(sample.metainfo['ori_shape'][:2])
+        if self.crf is not None or self.return_cams:
+            # The CRF and the saved CAMs need every class map at full size.
+            up = self.upsample(cams, size)
+            label = self.cams_to_label(up, tags, sample)
         else:
-            up = cams.new_zeros(0, H, W)
-        if self.faithful:
-            up = up.half().float()  # the reference stores CAMs as float16
-        label = self.cams_to_label(up, tags, sample)
+            label = self.banded_label(cams, tags, size)
         sample.set_data(dict(pred_sem_seg=PixelData(data=label[None].cpu())))
         sample.set_metainfo(dict(tags=list(tags)))
         if self.return_cams:
             sample.set_data(dict(cams=up.half().cpu()))
 
+    def upsample(self, cams: Tensor, size: Tuple[int, int],
+                 rows: Optional[slice] = None) -> Tensor:
+        """Bilinear upsampling of (K, hp, wp) maps to ``size`` (or to the
+        output rows ``rows`` of it).
+
+        ``align_corners=False``, like the OpenCV ``INTER_LINEAR`` resize of the
+        reference, written as two interpolation matrices so that a band of
+        output rows can be produced on its own (:meth:`banded_label`). In
+        faithful mode the result is rounded to fp16, as the reference stores
+        its CAMs.
+        """
+        K, hp, wp = cams.shape
+        zero = torch.zeros(1, dtype=torch.long, device=cams.device)
+        ry = bilinear_resize_matrices(zero, zero + hp, hp, size[0])[0]  # (H, hp)
+        rx = bilinear_resize_matrices(zero, zero + wp, wp, size[1])[0]  # (W, wp)
+        if rows is not None:
+            ry = ry[rows]
+        up = ry @ cams.float() @ rx.t()  # (K, rows, W)
+        return up.half().float() if self.faithful else up
+
+    def banded_label(self, cams: Tensor, tags: List[int], size: Tuple[int, int]) -> Tensor:
+        """Label map at ``size``, computed in bands of rows.
+
+        A full-size float stack of an 8000x6000 photo takes about 0.2 GB per
+        tag plus the background channel and the argmax's copies; bands of
+        about 16 MB keep the peak flat whatever the image size.
+        """
+        H, W = size
+        band = max(1, (1 << 22) // max(W * (cams.shape[0] + 1), 1))
+        label = torch.empty(H, W, dtype=torch.long, device=cams.device)
+        for r0 in range(0, H, band):
+            rows = slice(r0, min(H, r0 + band))
+            label[rows] = self.cams_to_label(self.upsample(cams, size, rows), tags, None)
+        return label
+
     def cams_to_label(self, cams: Tensor, tags: List[int], sample) -> Tensor:
-        """(K, H, W) CAMs -> (H, W) long label map (optionally CRF-refined)."""
+        """(K, h, w) full-size CAMs -> (h, w) long label map (CRF-refined when
+        configured; the CRF reads the original image from ``sample``)."""
         H, W = cams.shape[-2:]
         tag_t = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
         if self.with_background:

@@ -1,0 +1,146 @@
+"""The fast Grad-CAM backward against per-pair autograd, and the benchmark script.
+
+``CLIPESPseudoLabeler.grad_cam`` runs the last block once per image and
+backpropagates every tag of the image together by hand
+(``_LastBlockGrad``). Here each (image, tag) pair is recomputed the plain way:
+its own forward of the last block, its own ``backward`` of its probability.
+No test looks at wall time.
+"""
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagclip_mmseg.models.labelers.clip_es import _LastBlockGrad
+from tagclip_mmseg.models.ops import minmax_normalize
+
+FG = ['cat', 'dog', 'person', 'car', 'tree house']
+BG = ['ground', 'sky']
+BENCHMARK = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'tools', 'benchmark.py')
+
+
+def build_labeler(ckpt, tmp_path, caa_layers):
+    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
+                               caa_layers=caa_layers, mode='clean',
+                               text_cache_dir=str(tmp_path / 'cache')).eval()
+
+
+def per_pair_grad_cam(model, hidden, img, cls, tags):
+    """One forward and one backward of the last block for one (image, tag)."""
+    vit = model.clip.visual
+    blk = vit.transformer.resblocks[vit.num_layers - 1]
+    text = model.text_embeddings(model.class_names + model.background_words, model.templates)
+    sel = text[list(tags) + list(range(model.num_classes, text.shape[0]))]
+    with torch.enable_grad():
+        x = hidden[img:img + 1]
+        g = blk.ln_1(x).detach().requires_grad_(True)
+        y, attn = blk.forward_from_normed(x, g, need_weights=True)
+        feats = vit.ln_post(y[:, 1:]).mean(dim=1) @ vit.proj
+        probs = (100. * F.normalize(feats, dim=-1) @ sel.t()).softmax(dim=-1)
+        (grad, ) = torch.autograd.grad(probs[0, list(tags).index(cls)], g)
+    alpha = grad[0, 1:].mean(dim=0)
+    cam = F.relu(g.detach()[0, 1:] @ alpha)
+    return alpha, minmax_normalize(cam, dim=0, eps=1e-7), attn.detach()[0]
+
+
+def hidden_states(model, images):
+    vit = model.clip.visual
+    with torch.no_grad():
+        return vit(images, stop_before=vit.num_layers - 1).hidden
+
+
+@pytest.mark.parametrize('caa_layers', [(0, 1), (1, 2)])
+def test_batched_grad_cam_equals_per_pair(tiny_clip_path, tmp_path, caa_layers):
+    """Uneven tag counts (padded slots), with and without the last layer's map."""
+    model = build_labeler(tiny_clip_path, tmp_path, caa_layers)
+    torch.manual_seed(0)
+    hidden = hidden_states(model, torch.randn(3, 3, 48, 64))
+    tag_lists = [[0, 2, 4], [3], [1, 2, 3, 4]]
+    pair_img = torch.tensor([b for b, t in enumerate(tag_lists) for _ in t])
+    pair_cls = torch.tensor([c for t in tag_lists for c in t])
+    with torch.no_grad():  # as in mmengine's test loop
+        cams, last_attn = model.grad_cam(hidden, pair_img, pair_cls, tag_lists)
+    assert cams.shape == (len(pair_img), hidden.shape[1] - 1)
+    for p, (b, c) in enumerate(zip(pair_img.tolist(), pair_cls.tolist())):
+        _, ref_cam, ref_attn = per_pair_grad_cam(model, hidden, b, c, tag_lists[b])
+        torch.testing.assert_close(cams[p], ref_cam, atol=1e-5, rtol=0)
+        if 2 in caa_layers:
+            torch.testing.assert_close(last_attn[b], ref_attn, atol=1e-5, rtol=0)
+    if 2 not in caa_layers:
+        assert last_attn is None
+
+
+def test_token_mean_grad_matches_autograd(tiny_clip_path, tmp_path):
+    """Raw Grad-CAM weights, before any normalisation could hide a scale error."""
+    model = build_labeler(tiny_clip_path, tmp_path, (0, 1))
+    torch.manual_seed(1)
+    hidden = hidden_states(model, torch.randn(2, 3, 32, 80))
+    tag_lists = [[1, 4], [0, 2]]
+    block = _LastBlockGrad(model.clip.visual, hidden)
+    text = model.text_embeddings(model.class_names + model.background_words, model.templates)
+    cots = []
+    for b, tags in enumerate(tag_lists):
+        support = torch.zeros(text.shape[0], dtype=torch.bool)
+        support[tags] = True
+        support[model.num_classes:] = True
+        with torch.enable_grad():
+            f = block.pooled_embedding()[b].requires_grad_(True)
+            probs = (100. * F.normalize(f, dim=-1) @ text[support].t()).softmax(dim=-1)
+            cots.append(torch.stack([torch.autograd.grad(probs[k], f, retain_graph=True)[0]
+                                     for k in range(len(tags))]))
+    alpha, _ = block.token_mean_grad(torch.stack(cots), need_attn=False)  # (B, K, D)
+    for b, tags in enumerate(tag_lists):
+        for k, c in enumerate(tags):
+            ref, _, _ = per_pair_grad_cam(model, hidden, b, c, tags)
+            assert ref.abs().max() > 0
+            err = (alpha[b, k] - ref).abs().max() / ref.abs().max()
+            assert err < 1e-5, err
+
+
+def test_any_elementwise_activation(tiny_clip_path, tmp_path):
+    """The activation's derivative comes from the module, e.g. exact GELU."""
+    model = build_labeler(tiny_clip_path, tmp_path, (0, 1))
+    vit = model.clip.visual
+    vit.transformer.resblocks[vit.num_layers - 1].mlp.gelu = nn.GELU()
+    torch.manual_seed(2)
+    hidden = hidden_states(model, torch.randn(1, 3, 48, 48))
+    cams, _ = model.grad_cam(hidden, torch.tensor([0, 0]), torch.tensor([1, 3]), [[1, 3]])
+    for p, c in enumerate([1, 3]):
+        _, ref_cam, _ = per_pair_grad_cam(model, hidden, 0, c, [1, 3])
+        torch.testing.assert_close(cams[p], ref_cam, atol=1e-5, rtol=0)
+
+
+#: Every figure line of the benchmark, by its label.
+FIGURES = [
+    'backbone forward', 'tag fast (TagCLIP.tag)', 'tag fast / backbone',
+    'tag fast / (backbone + CWR crops)', 'tag faithful (reference, per image)',
+    'tag faithful / backbone', 'tag speed-up fast vs faithful', 'tag fast / backbone@large',
+    'tag fast / (backbone + CWR crops)@large', 'CAMs fast, 2 tags', 'CAMs fast, 6 tags',
+    'CAMs faithful, 2 tags', 'CAMs faithful, 6 tags', 'CAMs fast 2 tags / backbone',
+    'CAMs fast per extra tag / backbone', 'CAMs faithful per extra tag / backbone',
+    'CAMs speed-up fast vs faithful, 2 tags', 'CAMs speed-up fast vs faithful, 6 tags',
+    'memory added by one image, tag fast', 'memory added by one image, CAMs fast',
+    'text embeddings, first launch', 'text embeddings, second launch (cache hit)'
+]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_end_to_end(tmp_path):
+    """The tiny configuration prints every figure (three short processes)."""
+    proc = subprocess.run(
+        [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--work-dir',
+         str(tmp_path / 'bench')],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith('# torch')
+    for label in FIGURES:
+        assert any(line.startswith(label) for line in lines), (label, proc.stdout)
+    targets = [line for line in lines if 'target <=' in line]
+    assert len(targets) == 6
+    assert all(('  PASS' in line) != ('  MISS' in line) for line in targets)
