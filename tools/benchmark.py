@@ -18,8 +18,10 @@ themselves mean nothing. It prints one line per figure:
 * text-embedding time on a first launch and on a second one that hits the
   on-disk cache.
 
-Times are medians over ``--repeats`` runs after ``--warmup`` untimed ones.
-This is a script, not a test: it never fails on a MISS.
+Times are the median (or, with ``--statistic min``, the fastest) of
+``--repeats`` runs after ``--warmup`` untimed ones; the functions compared
+with each other are run round-robin. This is a script, not a test: it never
+fails on a MISS.
 
 Examples::
 
