@@ -131,32 +131,45 @@ class CLIPAttention(nn.Module):
         Heads are processed in chunks so that the transient (B, h, L, L)
         logits stay under :attr:`max_chunk_bytes`; at 4,846 tokens (a
         1352x900 image) all twelve heads at once would take 1.1 GB per copy.
+        At that size every pass over the maps costs about as much as the
+        matmuls, and every fresh chunk-sized allocation is page-faulted in
+        again, so the logits and probabilities live in two buffers reused by
+        all chunks, the softmax writes into its buffer and the head sum is
+        accumulated in place. When the maps are wanted before the mask, the
+        masked output goes through the fused kernel instead of a second
+        softmax.
         """
         B, H, L, d = q.shape
         per_head = B * L * L * max(q.element_size(), 4)
         step = max(1, min(H, self.max_chunk_bytes // max(per_head, 1)))
-        q = q * (1.0 / math.sqrt(d))
+        scale = 1.0 / math.sqrt(d)
+        # Autograd cannot record ``out=`` ops: a call that builds a graph (the
+        # per-tag reference Grad-CAM) gets fresh tensors instead of buffers.
+        record = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+        weights = torch.zeros(B, L, L, dtype=torch.float32, device=q.device)
         outs = []
-        weights = None
+        buf_logits = buf_probs = None
         for h0 in range(0, H, step):
             h1 = min(H, h0 + step)
-            logits = torch.matmul(q[:, h0:h1], k[:, h0:h1].transpose(-2, -1))
-            if attn_mask is None:
-                probs = logits.softmax(dim=-1)
-                shown = probs
+            qs, ks, vs = q[:, h0:h1], k[:, h0:h1], v[:, h0:h1]
+            if not record and (buf_logits is None or buf_logits.shape[1] != h1 - h0):
+                buf_logits = q.new_empty(B, h1 - h0, L, L)
+                buf_probs = torch.empty_like(buf_logits)
+            logits = torch.matmul(qs * scale, ks.transpose(-2, -1), out=buf_logits)
+            mask = attn_mask
+            if mask is not None and mask.dim() == 4 and mask.shape[1] == H:
+                mask = mask[:, h0:h1]
+            if mask is not None and not weights_before_mask:
+                logits += mask
+            probs = torch.softmax(logits, dim=-1, out=buf_probs)
+            for i in range(h1 - h0):
+                weights += probs[:, i]
+            if mask is not None and weights_before_mask:
+                # The maps are unmasked; the output uses the masked logits.
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
             else:
-                mask = attn_mask
-                if mask.dim() == 4 and mask.shape[1] == H:
-                    mask = mask[:, h0:h1]
-                probs = (logits + mask).softmax(dim=-1)
-                shown = logits.softmax(dim=-1) if weights_before_mask else probs
-            part = shown.sum(dim=1, dtype=torch.float32)
-            weights = part if weights is None else weights + part
-            del logits, shown
-            outs.append(torch.matmul(probs, v[:, h0:h1]))
-            del probs
-        weights = (weights / H).to(q.dtype)
-        return torch.cat(outs, dim=1), weights
+                outs.append(torch.matmul(probs, vs))
+        return torch.cat(outs, dim=1), (weights / H).to(q.dtype)
 
 
 class ResidualAttentionBlock(nn.Module):
