@@ -106,3 +106,22 @@ def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
     out = model.predict([torch.randn(3, 16, 16), torch.randn(3, 32, 32)], samples)
     assert (out[0].pred_sem_seg.data == 255).all()
     assert out[1].pred_sem_seg.data.shape == (1, 20, 20)
+
+
+def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
+    """Under ``autocast='bf16'`` the hand-written Grad-CAM backward and the
+    label maps still work; CAMs stay in [0, 1]."""
+    torch.manual_seed(0)
+    images = list(torch.randn(2, 3, 32, 48))
+    tag_lists = [[0, 2], [1]]
+    model = build_labeler(tiny_clip_path, 'faithful', tmp_path, autocast='bf16')
+    seen = []
+    model.clip.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
+        lambda mod, inp, out: seen.append(out.dtype))
+    for s, tags in zip(model.predict(images, make_samples(tag_lists, (32, 48))), tag_lists):
+        label = s.pred_sem_seg.data
+        assert label.shape == (1, 32, 48)
+        assert set(label.unique().tolist()) <= {0, 255} | {t + 1 for t in tags}
+        cams = s.cams.float()
+        assert torch.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1 + 1e-3
+    assert torch.bfloat16 in seen

@@ -146,3 +146,34 @@ def test_encode_text_pools_at_eot_and_is_causal(tiny_clip):
         short = tiny_clip.encode_text(tokens[:, :10])
     torch.testing.assert_close(full, short, atol=ATOL, rtol=0)
     assert full.shape == (2, 32)
+
+
+@pytest.mark.parametrize('mask_kind', ['none', 'shared', 'per_image_cls_row'])
+def test_cls_only_equals_full_forward(tiny_clip, images, mask_kind):
+    """The [CLS]-only last block gives the full forward's [CLS] token."""
+    visual = tiny_clip.visual
+    L = 17
+    if mask_kind == 'none':
+        masks = None
+    elif mask_kind == 'shared':
+        masks = {-1: self_only_mask(L, -100.0)}
+    else:  # TagCLIP's CWR mask: row 0 only, a different one per image, in every layer
+        mask = torch.zeros(2, 1, L, L)
+        mask[:, 0, 0, 1:] = torch.where(torch.rand(2, L - 1) > 0.5, 0.0, -1000.0)
+        masks = {i: mask for i in range(visual.num_layers)}
+    with torch.no_grad():
+        full = visual(images, attn_masks=masks).tokens
+        cls = visual(images, attn_masks=masks, cls_only=True).tokens
+    assert cls.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(cls, full[:, :1], atol=ATOL, rtol=0)
+
+
+def test_cls_only_refuses_maps_and_early_stop(tiny_clip, images):
+    visual = tiny_clip.visual
+    with pytest.raises(ValueError, match='cls_only'):
+        visual(images, cls_only=True, return_attn=True)
+    with pytest.raises(ValueError, match='cls_only'):
+        visual(images, cls_only=True, stop_before=1)
+    x = torch.randn(2, 17, visual.transformer.width)
+    with pytest.raises(ValueError, match='num_queries'):
+        visual.transformer.resblocks[0].attn(x, need_weights=True, num_queries=1)

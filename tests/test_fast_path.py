@@ -120,6 +120,7 @@ FIGURES = [
     'backbone forward', 'tag fast (TagCLIP.tag)', 'tag fast / backbone',
     'tag fast / (backbone + CWR crops)', 'tag faithful (reference, per image)',
     'tag faithful / backbone', 'tag speed-up fast vs faithful', 'tag fast / backbone@large',
+    'tag fast, each CWR crop / backbone',
     'tag fast / (backbone + CWR crops)@large', 'CAMs fast, 2 tags', 'CAMs fast, 6 tags',
     'CAMs faithful, 2 tags', 'CAMs faithful, 6 tags', 'CAMs fast 2 tags / backbone',
     'CAMs fast per extra tag / backbone', 'CAMs faithful per extra tag / backbone',
@@ -144,3 +145,19 @@ def test_benchmark_runs_end_to_end(tmp_path):
     targets = [line for line in lines if 'target <=' in line]
     assert len(targets) == 6
     assert all(('  PASS' in line) != ('  MISS' in line) for line in targets)
+
+
+@pytest.mark.slow
+def test_benchmark_autocast_without_references(tmp_path):
+    """``--autocast bf16 --no-faithful`` (the GPU command's shape) on the CPU."""
+    proc = subprocess.run(
+        [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--autocast',
+         'bf16', '--no-faithful', '--parts', 'backbone', 'tag', 'cam', '--work-dir',
+         str(tmp_path / 'bench')],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert 'fp32 + bf16 autocast' in lines[0]
+    assert any(line.startswith('tag fast / backbone') for line in lines)
+    assert any(line.startswith('CAMs fast 2 tags / backbone') for line in lines)
+    assert not any('faithful' in line for line in lines[1:]), proc.stdout

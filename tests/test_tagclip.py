@@ -121,3 +121,34 @@ def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path):
     out = tagger.tag(torch.randn(1, 3, 16, 16))
     assert torch.isfinite(out['p_final']).all()
     assert out['tags'].sum() >= 1
+
+
+def test_bf16_autocast_close_to_fp32(tiny_clip_path, tmp_path):
+    """``autocast='bf16'`` really lowers the backbone's precision (CPU autocast
+    runs the GPU's code path); outputs stay fp32, finite and close."""
+    torch.manual_seed(0)
+    images = list(torch.randn(2, 3, 48, 64))
+    ref = build_tagger(tiny_clip_path, 'faithful', tmp_path)
+    amp = build_tagger(tiny_clip_path, 'faithful', tmp_path, autocast='bf16')
+    seen = {id(m): [] for m in (ref, amp)}
+    for m in (ref, amp):
+        m.clip.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
+            lambda mod, inp, out, key=id(m): seen[key].append(out.dtype))
+    # forward() without data samples makes the tagger's own sample type
+    out_ref, out_amp = ref(images), amp(images)
+    assert set(seen[id(ref)]) == {torch.float32}
+    assert set(seen[id(amp)]) == {torch.bfloat16}
+    for r, a in zip(out_ref, out_amp):
+        assert a.pred_score.dtype == torch.float32 and torch.isfinite(a.pred_score).all()
+        # bf16 keeps about three significant digits of 100 x cosine logits
+        torch.testing.assert_close(a.pred_score, r.pred_score, atol=0.1, rtol=0)
+        assert len(a.pred_label) >= 1
+
+
+@pytest.mark.parametrize('value', ['fp32', 'int8', 'half-ish'])
+def test_bad_autocast_value_is_refused(tiny_clip_path, tmp_path, value):
+    with pytest.raises(ValueError, match="autocast must be None, 'bf16' or 'fp16'"):
+        build_tagger(tiny_clip_path, 'faithful', tmp_path, autocast=value)
+    model = build_tagger(tiny_clip_path, 'faithful', tmp_path, autocast=None)
+    with model.autocast_context(torch.device('cpu')):
+        assert not torch.is_autocast_enabled('cpu')

@@ -13,6 +13,8 @@ themselves mean nothing. It prints one line per figure:
 * ratios against the plain forward measured in the same run, with the
   issue's targets (PASS/MISS): fast tagging at the working size and at a
   large size, CAMs with two tags and the marginal cost of each extra tag;
+  on a GPU also the speed-ups over the faithful per-image path (which runs
+  there too, with the reference's host round trips for OpenCV);
 * the memory one large image adds above the loaded model (measured in a
   fresh process, so earlier figures cannot hide or inflate it);
 * text-embedding time on a first launch and on a second one that hits the
@@ -28,13 +30,15 @@ Examples::
     # the figures of docs/performance.md (CPU, fp32)
     python tools/benchmark.py --repeats 3
 
-    # a GPU, half precision, batches of 8, tagging only
-    python tools/benchmark.py --device cuda --dtype fp16 --batch-size 8 --parts backbone tag
+    # a GPU: batches of 32 under bf16 autocast, against the per-image references
+    python tools/benchmark.py --device cuda --autocast bf16 --batch-size 32 \
+        --parts backbone tag cam memory
 
     # seconds-long smoke run (tiny random CLIP, tiny images)
     python tools/benchmark.py --tiny
 """
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -63,6 +67,9 @@ TARGET_CAM_TWO_TAGS = 1.3
 TARGET_CAM_PER_TAG = 0.1
 TARGET_MEMORY_GIB = 2.8
 TARGET_CACHE_HIT_S = 1.0
+#: GPU targets: images/s of the fast path over the faithful per-image one.
+TARGET_GPU_TAG_SPEEDUP = 20.
+TARGET_GPU_CAM_SPEEDUP = 10.
 
 #: A narrow CLIP with ViT-B/16's depth, so the default layer indices
 #: (``avg_layers=(8, 9, 10)``, ``caa_layers=range(4, 11)``) stay valid.
@@ -93,7 +100,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         '(900x1352 -> 57x85 patches, 4,846 tokens)')
     parser.add_argument('--batch-size', type=int, default=1, help='images per batch')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'fp16', 'bf16'])
+    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'fp16', 'bf16'],
+                        help='dtype of the CLIP weights')
+    parser.add_argument('--autocast', choices=['fp16', 'bf16'],
+                        help='run every timed function under torch.autocast (the models\' '
+                        '"autocast" option); meant for GPUs')
+    parser.add_argument('--no-faithful', action='store_true',
+                        help='skip the faithful per-image references (and the speed-ups)')
     parser.add_argument('--mode', default='faithful', choices=['faithful', 'clean'],
                         help='model mode (the reference follows the same quirks)')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per figure')
@@ -217,6 +230,13 @@ class Bench:
         self.device = torch.device(args.device)
         self.meter = MemoryMeter(self.device)
 
+    def autocast(self):
+        """``torch.autocast`` when ``--autocast`` is given, else a no-op."""
+        if not self.args.autocast:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.args.autocast == 'bf16' else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
     def sync(self) -> None:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
@@ -233,14 +253,17 @@ class Bench:
         repeats = self.args.repeats if repeats is None else repeats
         for _ in range(self.args.warmup):
             for fn in fns.values():
-                fn()
+                with self.autocast():
+                    fn()
+        self.sync()
         times: Dict[str, List[float]] = {k: [] for k in fns}
         peaks = dict.fromkeys(fns, 0)
         for _ in range(repeats):
             for key, fn in fns.items():
                 self.meter.reset()
                 start = time.perf_counter()
-                fn()
+                with self.autocast():
+                    fn()
                 self.sync()
                 times[key].append(time.perf_counter() - start)
                 peaks[key] = max(peaks[key], self.meter.peak())
@@ -255,11 +278,14 @@ class Bench:
               f'{("; " + detail) if detail else ""}', flush=True)
 
     def ratio(self, label: str, value: float, target: Optional[float] = None,
-              detail: str = '', unit: str = 'x') -> None:
-        """Print a derived figure, with the issue's target if it has one."""
+              detail: str = '', unit: str = 'x', at_least: bool = False) -> None:
+        """Print a derived figure, with the issue's target if it has one
+        (an upper bound, or a lower one with ``at_least``)."""
         line = f'{label:<52} {value:8.3f} {unit:<3}'
         if target is not None:
-            line += f'  target <= {target:g} {unit}  {"PASS" if value <= target else "MISS"}'
+            ok = value >= target if at_least else value <= target
+            line += (f'  target {">=" if at_least else "<="} {target:g} {unit}  '
+                     f'{"PASS" if ok else "MISS"}')
         if detail:
             line += f'  ({detail})'
         print(line.rstrip(), flush=True)
@@ -298,7 +324,7 @@ def build_tagger(args: argparse.Namespace, ckpt: str, cache_dir: str, device: to
     # changes the (cached) text embeddings, not the image-side work.
     return TagCLIP(clip=dict(checkpoint=ckpt, dtype=args.dtype), class_names='voc',
                    background_words='voc', templates=('a photo of a {}.', ), mode=args.mode,
-                   text_cache_dir=cache_dir).to(device).eval()
+                   text_cache_dir=cache_dir, autocast=args.autocast).to(device).eval()
 
 
 def build_labeler(args: argparse.Namespace, ckpt: str, cache_dir: str, device: torch.device):
@@ -306,7 +332,8 @@ def build_labeler(args: argparse.Namespace, ckpt: str, cache_dir: str, device: t
     return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt, dtype=args.dtype),
                                class_names='voc-cam', background_words='voc',
                                templates='clip-es', caa_layers=range(4, 11), mode=args.mode,
-                               text_cache_dir=cache_dir).to(device).eval()
+                               text_cache_dir=cache_dir,
+                               autocast=args.autocast).to(device).eval()
 
 
 def random_images(args: argparse.Namespace, hw: Tuple[int, int], patch: int, batch: int,
@@ -379,10 +406,20 @@ def report_tagging(bench: Bench, res: dict, suffix: str, size: str, batch: int, 
                 detail="the method's floor: one forward plus the crop forwards")
     no_cwr = res[f'tag-no-cwr{suffix}'].seconds
     bench.ratio(f'tag fast without CWR / backbone{suffix}', no_cwr / base)
+    if crops:
+        # The crop count is set by the weights; this says how many crops the
+        # target leaves room for, from the (stable) plain crop-forward time.
+        per_crop = crop_time / crops / (base / batch)
+        room = ((TARGET_TAG_LARGE if large else TARGET_TAG) - no_cwr / base) / per_crop
+        bench.ratio(f'tag fast, each CWR crop / backbone{suffix}', per_crop,
+                    detail=f'plain crop forward; the target leaves room for '
+                    f'{max(room, 0.):.1f} crops/img')
     if faithful:
+        gpu = bench.device.type == 'cuda'
         bench.ratio(f'tag faithful / backbone{suffix}', faithful.seconds / base)
         bench.ratio(f'tag speed-up fast vs faithful{suffix}', faithful.seconds / fast,
-                    detail='images/s ratio, same run')
+                    TARGET_GPU_TAG_SPEEDUP if gpu else None, detail='images/s ratio, same run',
+                    at_least=True)
 
 
 def cam_fns(labeler, images: torch.Tensor, tag_counts: Sequence[int],
@@ -422,9 +459,11 @@ def report_cams(bench: Bench, res: dict, size: str, batch: int) -> None:
     bench.ratio(f'CAMs faithful {few} tags / backbone', ref[few] / base)
     bench.ratio('CAMs faithful per extra tag / backbone', ref_tag / base,
                 detail=f'{ref_tag / batch:.3f} s/img per tag')
+    gpu = bench.device.type == 'cuda'
     for k in (few, many):
         bench.ratio(f'CAMs speed-up fast vs faithful, {k} tags', ref[k] / fast[k],
-                    detail='images/s ratio, same run')
+                    TARGET_GPU_CAM_SPEEDUP if gpu else None, detail='images/s ratio, same run',
+                    at_least=True)
 
 
 def run_memory_probe(args: argparse.Namespace, what: str, ckpt: str, work_dir: str) -> dict:
@@ -435,6 +474,8 @@ def run_memory_probe(args: argparse.Namespace, what: str, ckpt: str, work_dir: s
            f'{args.size[0]}x{args.size[1]}', '--seed', str(args.seed)]
     if args.tiny:
         cmd.append('--tiny')
+    if args.autocast:
+        cmd += ['--autocast', args.autocast]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -461,6 +502,10 @@ def probe_main(args: argparse.Namespace) -> None:
     large = random_images(args, args.large_size, patch, 1, device, dtype)
 
     def run(images: torch.Tensor) -> None:
+        with model.autocast_context(device):
+            run_once(images)
+
+    def run_once(images: torch.Tensor) -> None:
         if args.probe == 'cam':
             model.predict(list(images), cam_samples(1, [0, 1], tuple(images.shape[-2:])))
         elif args.probe == 'tag':
@@ -484,7 +529,7 @@ def run_memory(bench: Bench, ckpt: str, work_dir: str, patch: int) -> None:
     args = bench.args
     size = size_label(rounded(args.large_size, patch), patch)
     probes = [('tag', 'tag fast', TARGET_MEMORY_GIB), ('cam', 'CAMs fast, 2 tags', None)]
-    if 'large-faithful' in args.parts and bench.device.type == 'cpu':
+    if 'large-faithful' in args.parts and not args.no_faithful:
         probes.append(('tag-faithful', 'tag faithful (reference)', None))
     for what, name, target in probes:
         res = run_memory_probe(args, what, ckpt, work_dir)
@@ -539,7 +584,8 @@ def machine_line(bench: Bench, args: argparse.Namespace) -> str:
     load = ''
     if hasattr(os, 'getloadavg'):
         load = ' | load avg %.1f %.1f %.1f' % os.getloadavg()
-    return (f'# torch {torch.__version__} | {args.device}: {where}{load} | {args.dtype} | '
+    precision = args.dtype + (f' + {args.autocast} autocast' if args.autocast else '')
+    return (f'# torch {torch.__version__} | {args.device}: {where}{load} | {precision} | '
             f'{arch} | mode={args.mode} | batch {args.batch_size} | {args.statistic} of '
             f'{args.repeats} round-robin runs')
 
@@ -574,9 +620,7 @@ def run_all(args: argparse.Namespace, work_dir: str) -> None:
     cache_dir = osp.join(work_dir, 'text_cache')
     print(machine_line(bench, args), flush=True)
     parts = set(args.parts)
-    cpu = device.type == 'cpu'
-    if not cpu and parts & {'tag', 'cam', 'large-faithful'}:
-        print('# the faithful per-image references run on the CPU only; skipped here')
+    faithful = not args.no_faithful
     tagger = build_tagger(args, ckpt, cache_dir, device)
     tagger.classifier()  # text embeddings are a one-off cost, timed under 'prompts'
     vit = tagger.clip.visual
@@ -588,14 +632,14 @@ def run_all(args: argparse.Namespace, work_dir: str) -> None:
         fns = {'backbone': torch.no_grad()(lambda: vit(images))}
         crops = 0
         if 'tag' in parts:
-            tag_fns, crops = tagging_fns(tagger, images, '', faithful=cpu)
+            tag_fns, crops = tagging_fns(tagger, images, '', faithful=faithful)
             fns.update(tag_fns)
         labeler = None
         if 'cam' in parts:
             labeler = build_labeler(args, ckpt, cache_dir, device)
             labeler.text_embeddings(labeler.class_names + labeler.background_words,
                                     labeler.templates)
-            fns.update(cam_fns(labeler, images, args.cam_tags, faithful=cpu))
+            fns.update(cam_fns(labeler, images, args.cam_tags, faithful=faithful))
         res = bench.measure(fns)
         bench.timing(f'backbone forward, {size}', res['backbone'], B, 'fused attention, no maps')
         if 'tag' in parts:
@@ -609,7 +653,7 @@ def run_all(args: argparse.Namespace, work_dir: str) -> None:
         size = size_label(tuple(large.shape[-2:]), patch)
         fns = {'backbone@large': torch.no_grad()(lambda: vit(large))}
         tag_fns, crops = tagging_fns(tagger, large, '@large',
-                                     faithful=cpu and 'large-faithful' in parts)
+                                     faithful=faithful and 'large-faithful' in parts)
         fns.update(tag_fns)
         res = bench.measure(fns)
         bench.timing(f'backbone forward, {size}', res['backbone@large'], B,

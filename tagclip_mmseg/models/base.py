@@ -6,7 +6,8 @@ images as a list, run them in equal-size groups and must pass through
 mmengine's test loop untouched. That plumbing lives here once; subclasses only
 implement :meth:`FrozenCLIPModel.predict_batch`.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from contextlib import nullcontext
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
-from .clip import build_clip
+from .clip import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import resolve_background, resolve_classes
 from .prompts import ClassName
@@ -44,6 +45,12 @@ class FrozenCLIPModel(BaseModel):
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
+        autocast (str, optional): ``'bf16'`` or ``'fp16'`` runs each batch
+            under :func:`torch.autocast` on the images' device: fp32 weights,
+            matrix products in half precision. Meant for GPUs (bf16 on
+            Ampere or newer); the results then differ from fp32 by rounding,
+            so tags near the threshold can change. ``None`` (default) computes
+            in the CLIP's own dtype, which is what the equality tests pin.
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor``.
         init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
@@ -53,6 +60,7 @@ class FrozenCLIPModel(BaseModel):
                  clip: Union[None, dict, nn.Module] = None,
                  mode: str = 'faithful',
                  text_cache_dir: Optional[str] = None,
+                 autocast: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         # Built through mmseg's registry so that direct construction (tests,
@@ -63,6 +71,7 @@ class FrozenCLIPModel(BaseModel):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
         self.mode = mode
+        self.autocast_dtype = self._resolve_autocast(autocast)
         self.clip = build_clip(clip if clip is not None else {})
         # Quirk 6 (spec 2.2): the reference rounds resampled positional
         # embeddings to fp16 even in fp32.
@@ -75,6 +84,29 @@ class FrozenCLIPModel(BaseModel):
         self.class_names: Optional[Tuple[ClassName, ...]] = None
         self.background_words: Tuple[str, ...] = ()
         self._text_embeddings: Dict[tuple, Tensor] = {}
+
+    @staticmethod
+    def _resolve_autocast(autocast: Optional[str]) -> Optional[torch.dtype]:
+        if autocast is None or autocast is False:
+            return None
+        try:
+            dtype = resolve_dtype(autocast)
+        except ValueError:
+            dtype = None
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}; "
+                             "for full fp16 weights set clip=dict(dtype='fp16') instead")
+        return dtype
+
+    def autocast_context(self, device: torch.device) -> ContextManager:
+        """``torch.autocast`` for ``device`` when enabled, else a no-op."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    #: The data-sample class :meth:`predict` fills; ``forward`` without data
+    #: samples makes empty ones of it.
+    sample_type: type = BaseDataElement
 
     @property
     def faithful(self) -> bool:
@@ -164,7 +196,7 @@ class FrozenCLIPModel(BaseModel):
         if isinstance(inputs, Tensor):
             inputs = list(inputs) if inputs.dim() == 4 else [inputs]
         if data_samples is None:
-            data_samples = [BaseDataElement() for _ in inputs]
+            data_samples = [self.sample_type() for _ in inputs]
         if len(data_samples) != len(inputs):
             raise ValueError(f'got {len(inputs)} images but {len(data_samples)} data samples')
         if mode == 'predict':
@@ -195,7 +227,8 @@ class FrozenCLIPModel(BaseModel):
         for group in group_by_shape([inputs[i] for i in todo]):
             idx = [todo[j] for j in group]
             batch = torch.stack([inputs[i] for i in idx]).to(self.clip.dtype)
-            self.predict_batch(batch, [data_samples[i] for i in idx])
+            with self.autocast_context(batch.device):
+                self.predict_batch(batch, [data_samples[i] for i in idx])
         return data_samples
 
     def reuse_result(self, data_sample) -> None:

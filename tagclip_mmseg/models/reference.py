@@ -6,7 +6,9 @@ search per class on the CPU, one forward per CWR crop and one backward per
 tag. They are the yardstick of the vectorised models: the tests check that
 ``TagCLIP`` and ``CLIPESPseudoLabeler`` agree with them, and
 ``tools/benchmark.py`` times them as the "faithful per-image path".
-They are deliberately slow; never use them for a dataset run.
+They run on whatever device the image is on, with the reference's round
+trips to the host for OpenCV. They are deliberately slow; never use them for
+a dataset run.
 """
 from typing import Dict, Sequence, Tuple
 
@@ -55,15 +57,16 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
     p = vit.patch_size
     hp, wp = image.shape[1] // p, image.shape[2] // p
     n = hp * wp
+    dev = image.device
     # 4.1 coarse pass: self-only last layer
-    self_only = torch.full((n + 1, n + 1), -100.)
+    self_only = torch.full((n + 1, n + 1), -100., device=dev)
     self_only.fill_diagonal_(0)
     out = vit(image[None], attn_masks={vit.num_layers - 1: self_only}, return_attn=True)
     z = F.normalize(out.tokens[0].float(), dim=-1)
     p_coarse = (100 * z @ text.t())[1:].softmax(dim=-1)
     # 4.2 vote and average
     maps = [a[0, 1:, 1:] for a in out.attn_maps]
-    count = torch.zeros(n, n)
+    count = torch.zeros(n, n, device=dev)
     for b in maps:
         count += (b > b.mean()).float()
     vote = (count >= cfg['vote_k']).float()
@@ -71,16 +74,16 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
     w = vote * avg
     # 4.3 first refinement, class boxes, second refinement
     p_hat = w @ p_coarse
-    p_ref = torch.zeros(n, c_all)
+    p_ref = torch.zeros(n, c_all, device=dev)
     for c in range(c_all):
         col = p_hat[:, c]
         if col.max() <= 0:
             continue
         v = col - col.min()
-        v = (v / v.max()).numpy().reshape(hp, wp)
+        v = (v / v.max()).float().cpu().numpy().reshape(hp, wp)
         q = np.floor(255 * v).astype(np.uint8)
         fg = q > int(v.mean() * 255)
-        box = torch.from_numpy(boxes_union_reference(fg, clamp=faithful)).flatten()
+        box = torch.from_numpy(boxes_union_reference(fg, clamp=faithful)).flatten().to(dev)
         p_ref[:, c] = (w * box[None, :]) @ p_coarse[:, c]
     p_local = p_ref[:, :c_fg].max(dim=0).values
     # 4.5 CWR
@@ -108,7 +111,7 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
                              align_corners=False)
         mc = m[y1:y2, x1:x2][None, None].float()
         mc = F.interpolate(mc, size=(g, g), mode='nearest')[0, 0].flatten() > 0
-        mask = torch.zeros(g * g + 1, g * g + 1)
+        mask = torch.zeros(g * g + 1, g * g + 1, device=dev)
         mask[0, 1:][~mc] = -1000.
         cls_tok = vit(crop, attn_masks={i: mask for i in range(vit.num_layers)}).tokens[0, 0]
         glob = (100 * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
@@ -169,7 +172,8 @@ def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int,
     refined = []
     for cam in cams:
         box = torch.from_numpy(
-            cam_box_reference(cam.view(hp, wp).numpy(), model.caa_box_thr, faithful)).flatten()
+            cam_box_reference(cam.view(hp, wp).float().cpu().numpy(), model.caa_box_thr,
+                              faithful)).flatten().to(image.device)
         r = (t * box[None, :]) @ cam
         r = r - r.min()
         r = r / (r.max() + 1e-7)
@@ -179,5 +183,5 @@ def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int,
     refined = torch.stack(refined)
     bg = 1 - refined.max(dim=0, keepdim=True).values
     idx = torch.cat([bg, refined]).argmax(dim=0)
-    label = torch.tensor([0] + [c + 1 for c in tags])[idx]
+    label = torch.tensor([0] + [c + 1 for c in tags], device=idx.device)[idx]
     return refined, label

@@ -5,6 +5,7 @@ model = dict(
     type='CLIPESPseudoLabeler',
     # CLIP-ES runs the CLIP in fp16 on the GPU; use dtype='fp32' on a CPU.
     clip=dict(checkpoint='~/.cache/clip/ViT-B-16.pt', dtype='fp16'),
+    autocast=None,                  # or 'bf16'/'fp16' with fp32 weights on a GPU
     data_preprocessor=dict(type='CLIPDataPreprocessor'),
     class_names='voc-cam',          # VOC names with CLIP-ES's renames
     background_words='voc',

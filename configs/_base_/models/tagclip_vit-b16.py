@@ -6,6 +6,10 @@ model = dict(
     # The weights OpenAI's clip.load('ViT-B/16') caches; never downloaded.
     # Override with --cfg-options model.clip.checkpoint=PATH.
     clip=dict(checkpoint='~/.cache/clip/ViT-B-16.pt', dtype='fp32'),
+    # Mixed precision on a GPU: --cfg-options model.autocast=bf16 (fp32
+    # weights, half-precision matrix products; tags near the threshold can
+    # change). None computes in the CLIP's dtype, as the paper's code does.
+    autocast=None,
     data_preprocessor=dict(type='CLIPDataPreprocessor'),
     class_names=None,
     background_words='voc',

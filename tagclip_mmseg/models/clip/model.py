@@ -94,7 +94,8 @@ class CLIPAttention(nn.Module):
                 x: Tensor,
                 attn_mask: Optional[Tensor] = None,
                 need_weights: bool = False,
-                weights_before_mask: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+                weights_before_mask: bool = True,
+                num_queries: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Attend.
 
         Args:
@@ -106,14 +107,31 @@ class CLIPAttention(nn.Module):
                 *unmasked* logits, which is what TagCLIP's DMAR vote uses for
                 the self-only last layer (spec section 2.5). The output always
                 uses the masked probabilities.
+            num_queries (int, optional): Only the first ``num_queries`` tokens
+                query (all tokens are still keys and values); the output then
+                has ``num_queries`` rows. The last block of a forward that only
+                wants the [CLS] token needs nothing else.
 
         Returns:
-            tuple: Output (B, L, D) and the (B, L, L) map or ``None``.
+            tuple: Output (B, L, D) (or (B, num_queries, D)) and the (B, L, L)
+            map or ``None``.
         """
         B, L, D = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, L, d)
+        H, d = self.num_heads, self.head_dim
+        if num_queries is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            qkv = qkv.view(B, L, 3, H, d).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, H, L, d)
+        else:
+            if need_weights:
+                raise ValueError('attention maps need every query; do not combine need_weights '
+                                 'with num_queries')
+            w_q, w_kv = self.in_proj_weight.split([D, 2 * D])
+            b_q, b_kv = self.in_proj_bias.split([D, 2 * D])
+            q = F.linear(x[:, :num_queries], w_q, b_q).view(B, num_queries, H, d).transpose(1, 2)
+            k, v = F.linear(x, w_kv, b_kv).view(B, L, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            if attn_mask is not None and attn_mask.dim() >= 2:
+                attn_mask = attn_mask[..., :num_queries, :]
         if attn_mask is not None and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)
         if not need_weights:
@@ -121,7 +139,7 @@ class CLIPAttention(nn.Module):
             weights = None
         else:
             out, weights = self._attend_with_weights(q, k, v, attn_mask, weights_before_mask)
-        out = out.transpose(1, 2).reshape(B, L, D)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.out_proj(out), weights
 
     def _attend_with_weights(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
@@ -189,23 +207,28 @@ class ResidualAttentionBlock(nn.Module):
                 x: Tensor,
                 attn_mask: Optional[Tensor] = None,
                 need_weights: bool = False,
-                weights_before_mask: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+                weights_before_mask: bool = True,
+                num_queries: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
         return self.forward_from_normed(x, self.ln_1(x), attn_mask, need_weights,
-                                        weights_before_mask)
+                                        weights_before_mask, num_queries)
 
     def forward_from_normed(self,
                             x: Tensor,
                             normed: Tensor,
                             attn_mask: Optional[Tensor] = None,
                             need_weights: bool = False,
-                            weights_before_mask: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+                            weights_before_mask: bool = True,
+                            num_queries: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Run the block given ``normed = ln_1(x)``.
 
         Grad-CAM differentiates with respect to ``ln_1``'s output; splitting
         the block here lets a caller make that tensor a leaf without copying
-        the block's logic.
+        the block's logic. With ``num_queries`` only the first tokens are
+        updated and returned (see :meth:`CLIPAttention.forward`).
         """
-        a, w = self.attn(normed, attn_mask, need_weights, weights_before_mask)
+        a, w = self.attn(normed, attn_mask, need_weights, weights_before_mask, num_queries)
+        if num_queries is not None:
+            x = x[:, :num_queries]
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, w
@@ -337,7 +360,8 @@ class VisionTransformer(nn.Module):
                 return_attn: bool = False,
                 attn_callback: Optional[AttnCallback] = None,
                 weights_before_mask: bool = True,
-                stop_before: Optional[int] = None) -> ViTOutput:
+                stop_before: Optional[int] = None,
+                cls_only: bool = False) -> ViTOutput:
         """Encode images into per-token embeddings.
 
         Args:
@@ -355,6 +379,10 @@ class VisionTransformer(nn.Module):
                 probabilities (TagCLIP) rather than the masked ones.
             stop_before (int, optional): Stop before this block and return the
                 residual stream in ``ViTOutput.hidden`` (no ``tokens``).
+            cls_only (bool): Return only the [CLS] token, ``tokens`` of shape
+                (B, 1, E). The last block then updates the [CLS] token alone
+                (one query instead of L), which saves most of that block:
+                TagCLIP's reidentification crops need nothing else.
 
         Returns:
             ViTOutput: See the class.
@@ -363,10 +391,15 @@ class VisionTransformer(nn.Module):
         n = self.num_layers
         masks = {(k % n): v for k, v in (attn_masks or {}).items()}
         need_weights = return_attn or attn_callback is not None
+        if cls_only and (need_weights or stop_before is not None):
+            raise ValueError('cls_only cannot be combined with attention maps or stop_before, '
+                             'which need every token of the last block')
         out = ViTOutput(grid_hw=grid_hw)
         end = n if stop_before is None else stop_before % n if stop_before < 0 else stop_before
         for i in range(end):
-            x, w = self.transformer.resblocks[i](x, masks.get(i), need_weights, weights_before_mask)
+            queries = 1 if cls_only and i == n - 1 else None
+            x, w = self.transformer.resblocks[i](x, masks.get(i), need_weights, weights_before_mask,
+                                                 queries)
             if w is not None:
                 if attn_callback is not None:
                     attn_callback(i, w)

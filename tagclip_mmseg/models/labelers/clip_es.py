@@ -260,6 +260,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             ``init_cfg`` of :class:`FrozenCLIPModel`.
     """
 
+    sample_type = SegDataSample
+
     def __init__(self,
                  class_names: Union[str, Sequence[ClassName]],
                  background_words: Union[str, Sequence[str]] = (),

@@ -87,6 +87,8 @@ class TagCLIP(FrozenCLIPModel):
             ``init_cfg`` of :class:`FrozenCLIPModel`.
     """
 
+    sample_type = DataSample
+
     def __init__(self,
                  class_names: Union[None, str, Sequence[ClassName]] = None,
                  background_words: Union[str, Sequence[str]] = (),
@@ -293,5 +295,5 @@ class TagCLIP(FrozenCLIPModel):
         mask = torch.zeros(K, 1, L, L, device=images.device, dtype=torch.float32)
         mask[:, 0, 0, 1:] = torch.where(keep, 0., self.cwr_mask_value)
         masks = {i: mask for i in range(vit.num_layers)}
-        cls_tok = vit(crops, attn_masks=masks).tokens[:, 0]
+        cls_tok = vit(crops, attn_masks=masks, cls_only=True).tokens[:, 0]
         return (100. * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
