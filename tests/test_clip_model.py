@@ -177,3 +177,17 @@ def test_cls_only_refuses_maps_and_early_stop(tiny_clip, images):
     x = torch.randn(2, 17, visual.transformer.width)
     with pytest.raises(ValueError, match='num_queries'):
         visual.transformer.resblocks[0].attn(x, need_weights=True, num_queries=1)
+
+
+def test_attn_layers_selects_the_reported_maps(tiny_clip, images):
+    visual = tiny_clip.visual
+    seen = []
+    with torch.no_grad():
+        full = visual(images, return_attn=True)
+        part = visual(images, return_attn=True, attn_layers=(0, -1),
+                      attn_callback=lambda i, w: seen.append(i))
+    assert seen == [0, visual.num_layers - 1]
+    assert len(part.attn_maps) == 2
+    torch.testing.assert_close(part.attn_maps[0], full.attn_maps[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(part.attn_maps[1], full.attn_maps[-1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(part.tokens, full.tokens, atol=ATOL, rtol=0)

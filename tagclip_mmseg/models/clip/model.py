@@ -23,7 +23,7 @@ plain ViT.
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -361,7 +361,8 @@ class VisionTransformer(nn.Module):
                 attn_callback: Optional[AttnCallback] = None,
                 weights_before_mask: bool = True,
                 stop_before: Optional[int] = None,
-                cls_only: bool = False) -> ViTOutput:
+                cls_only: bool = False,
+                attn_layers: Optional[Iterable[int]] = None) -> ViTOutput:
         """Encode images into per-token embeddings.
 
         Args:
@@ -383,6 +384,9 @@ class VisionTransformer(nn.Module):
                 (B, 1, E). The last block then updates the [CLS] token alone
                 (one query instead of L), which saves most of that block:
                 TagCLIP's reidentification crops need nothing else.
+            attn_layers (Iterable[int], optional): The layers whose maps are
+                reported (negative indices count from the end); the others run
+                the fused kernel. ``None`` reports every layer.
 
         Returns:
             ViTOutput: See the class.
@@ -391,6 +395,7 @@ class VisionTransformer(nn.Module):
         n = self.num_layers
         masks = {(k % n): v for k, v in (attn_masks or {}).items()}
         need_weights = return_attn or attn_callback is not None
+        map_layers = None if attn_layers is None else {int(i) % n for i in attn_layers}
         if cls_only and (need_weights or stop_before is not None):
             raise ValueError('cls_only cannot be combined with attention maps or stop_before, '
                              'which need every token of the last block')
@@ -398,7 +403,8 @@ class VisionTransformer(nn.Module):
         end = n if stop_before is None else stop_before % n if stop_before < 0 else stop_before
         for i in range(end):
             queries = 1 if cls_only and i == n - 1 else None
-            x, w = self.transformer.resblocks[i](x, masks.get(i), need_weights, weights_before_mask,
+            weights = need_weights and (map_layers is None or i in map_layers)
+            x, w = self.transformer.resblocks[i](x, masks.get(i), weights, weights_before_mask,
                                                  queries)
             if w is not None:
                 if attn_callback is not None:

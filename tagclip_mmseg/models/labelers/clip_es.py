@@ -330,7 +330,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         last = vit.num_layers - 1
         avg = AttentionVote(avg_layers=self.caa_layers, vote_min=None)
         with torch.no_grad():
-            out = vit(images, attn_callback=avg.update, stop_before=last)
+            out = vit(images, attn_callback=avg.update, stop_before=last,
+                      attn_layers=self.caa_layers)
         hp, wp = out.grid_hw
         B = images.shape[0]
         k_max = max((len(t) for t in tag_lists), default=0)
