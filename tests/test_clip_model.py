@@ -191,3 +191,5 @@ def test_attn_layers_selects_the_reported_maps(tiny_clip, images):
     torch.testing.assert_close(part.attn_maps[0], full.attn_maps[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(part.attn_maps[1], full.attn_maps[-1], atol=ATOL, rtol=0)
     torch.testing.assert_close(part.tokens, full.tokens, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match='attn_layers'):
+        visual(images, return_attn=True, attn_layers=(visual.num_layers, ))

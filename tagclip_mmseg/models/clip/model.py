@@ -395,7 +395,13 @@ class VisionTransformer(nn.Module):
         n = self.num_layers
         masks = {(k % n): v for k, v in (attn_masks or {}).items()}
         need_weights = return_attn or attn_callback is not None
-        map_layers = None if attn_layers is None else {int(i) % n for i in attn_layers}
+        map_layers = None
+        if attn_layers is not None:
+            map_layers = {int(i) for i in attn_layers}
+            if any(not -n <= i < n for i in map_layers):
+                raise ValueError(f'attn_layers {sorted(map_layers)} must index the {n} layers '
+                                 f'of this vision tower (-{n} to {n - 1})')
+            map_layers = {i % n for i in map_layers}
         if cls_only and (need_weights or stop_before is not None):
             raise ValueError('cls_only cannot be combined with attention maps or stop_before, '
                              'which need every token of the last block')
