@@ -232,10 +232,11 @@ class Bench:
 
     def autocast(self):
         """``torch.autocast`` when ``--autocast`` is given, else a no-op."""
+        from tagclip_mmseg.models.clip import resolve_dtype
         if not self.args.autocast:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.args.autocast == 'bf16' else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type,
+                              dtype=resolve_dtype(self.args.autocast))
 
     def sync(self) -> None:
         if self.device.type == 'cuda':

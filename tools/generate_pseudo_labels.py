@@ -16,17 +16,17 @@ image whose PNG is already complete (files are written atomically, so a PNG
 that exists is whole) and writes the rest.
 """
 import argparse
-import os
 import os.path as osp
 import time
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 from mmseg.registry import DATASETS
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.evaluation.summary import format_summary
-from tagclip_mmseg.utils import (ensure_writable_dir, init_cpu_distributed, set_clip_checkpoint,
+from tagclip_mmseg.utils import (add_runner_args, ensure_writable_dir, init_cpu_distributed,
+                                 load_config, parse_runner_args, set_clip_checkpoint,
                                  set_in_dicts_of_type, type_accepts)
 
 WRITERS = ['PseudoLabelWriter']
@@ -49,15 +49,8 @@ def parse_args() -> argparse.Namespace:
                         help='recompute images whose PNG already exists')
     parser.add_argument('--save-cams', action='store_true', help='also save CAM arrays (.npy)')
     parser.add_argument('--work-dir', help='folder for logs (default: OUT/logs)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.mode=clean')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser)
+    return parse_runner_args(parser)
 
 
 def configure(cfg: Config, args: argparse.Namespace) -> Config:
@@ -100,10 +93,7 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg = configure(cfg, args)
+    cfg = configure(load_config(args), args)
     runner = Runner.from_cfg(cfg)
     start = time.time()
     metrics = runner.test()

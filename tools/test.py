@@ -23,14 +23,14 @@ Examples::
     bash tools/dist_test.sh configs/deeplab/CONFIG.py CKPT 4 --out preds/
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 from mmengine.runner import Runner
 
 import tagclip_mmseg  # noqa: F401  (registers the plugin; trusted-checkpoint loader)
-from tagclip_mmseg.utils import init_cpu_distributed, set_clip_checkpoint
+from tagclip_mmseg.utils import (add_runner_args, default_work_dir, init_cpu_distributed,
+                                 load_config, parse_runner_args, set_clip_checkpoint)
 
 #: Wrapper for distributed testing that accepts fully frozen models.
 FROZEN_SAFE_WRAPPER = dict(
@@ -58,32 +58,13 @@ def parse_args() -> argparse.Namespace:
         help='directory where painted images will be saved. If specified, it will be '
         'automatically saved to the work_dir/timestamp/show_dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
+    add_runner_args(parser)
     parser.add_argument('--tta', action='store_true', help='Test time augmentation')
     parser.add_argument(
         '--clip-checkpoint',
         help='CLIP weights for training-free configs (sets every model.*.clip.checkpoint; '
         'default: the config, usually ~/.cache/clip/ViT-B-16.pt)')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_runner_args(parser)
 
 
 def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
@@ -118,16 +99,8 @@ def set_output_dir(cfg: Config, out: str) -> None:
 def main() -> None:
     args = parse_args()
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir priority: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
+    default_work_dir(cfg, args.work_dir, args.config)
 
     if args.checkpoint is not None:
         if not osp.isfile(args.checkpoint):
