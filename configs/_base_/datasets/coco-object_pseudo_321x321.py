@@ -2,7 +2,7 @@
 # as labels, validated on COCO 2017 val with the 81-class masks (the split
 # TagCLIP evaluates COCO-object on; spec section 7): the COCO data of the
 # CLIP-ES DeepLab-v2 protocol (spec section 9, deeplab-pytorch style
-# augmentation as in voc12aug_pseudo_321x321.py).
+# augmentation of pseudo_seg_321x321_pipeline.py).
 #
 # Layout (shared with configs/pseudo_labels/ and configs/tagclip/):
 #   data/coco/train2014/<id>.jpg, data/coco/train2014_ids.txt
@@ -21,57 +21,27 @@
 # import os.path under Python >= 3.11, trap 10). Pass an absolute path to
 # override it:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
+_base_ = ['./pseudo_seg_321x321_pipeline.py']
+
 dataset_type = 'COCOObjectTaggedSegDataset'
 data_root = 'data/coco'
 pseudo_label_dir = '{{fileDirname}}/../../../work_dirs/pseudo_labels/coco14_train'
-crop_size = (321, 321)
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(
-        type='RandomChoice',
-        transforms=[[dict(type='Resize', scale_factor=s, keep_ratio=True)]
-                    for s in (0.5, 0.75, 1.0, 1.25, 1.5)]),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=1.0),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
-]
 
 train_dataloader = dict(
     batch_size=10,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
         data_prefix=dict(img_path='train2014', seg_map_path=pseudo_label_dir),
         ann_file='train2014_ids.txt',
         tag_source='none',
-        on_missing='skip',
-        reduce_zero_label=False,
-        pipeline=train_pipeline))
+        on_missing='skip'))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
         data_prefix=dict(img_path='val2017', seg_map_path='SegmentationClass/val2017'),
         ann_file='val2017_ids.txt',
         tag_source='none',
-        on_missing='skip',
-        reduce_zero_label=False,
-        pipeline=test_pipeline))
+        on_missing='skip'))
 test_dataloader = val_dataloader
-
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'], ignore_index=255)
-test_evaluator = val_evaluator
