@@ -13,27 +13,15 @@ import torch
 
 from tagclip_mmseg.models.ops import (AttentionVote, affinity_from_attention, caa_refine,
                                       dmar_class_boxes, dmar_refine, minmax_normalize)
+from tagclip_mmseg.models.reference import binarize_reference as ref_binarize
+from tagclip_mmseg.models.reference import boxes_union_reference
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 # ----------------------------------------------------------------- references
-def ref_binarize(v: np.ndarray, thresh, relative: bool) -> np.ndarray:
-    q = (v.astype(np.float32) * 255).astype(np.uint8)
-    level = int(thresh * q.max()) if relative else int(thresh * 255)
-    return cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1] > 0
-
-
 def ref_box_union(mask: np.ndarray, clamp: bool) -> np.ndarray:
-    H, W = mask.shape
-    contours, _ = cv2.findContours(mask.astype(np.uint8) * 255, cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    box = np.zeros((H, W), dtype=bool)
-    for c in contours:
-        x, y, w, h = cv2.boundingRect(c)
-        x2, y2 = (min(x + w, W - 1), min(y + h, H - 1)) if clamp else (x + w, y + h)
-        box[y:y2, x:x2] = True
-    return box
+    return boxes_union_reference(mask, clamp).astype(bool)
 
 
 def ref_vote(maps, vote_min, avg_layers):

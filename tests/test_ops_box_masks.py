@@ -3,7 +3,9 @@
 The references below are the obvious per-map implementations of spec 4.3 /
 6.3 / 4.5 with numpy + OpenCV (quantise with ``astype(np.uint8)``,
 ``cv2.threshold``, ``findContours(RETR_EXTERNAL)``, ``boundingRect``), so the
-batched device routines must agree with them exactly.
+batched device routines must agree with them exactly. Thresholding and the box
+union are the ones the per-image references of
+:mod:`tagclip_mmseg.models.reference` use.
 """
 import glob
 import os.path as osp
@@ -16,6 +18,8 @@ import torch
 from tagclip_mmseg.models.ops import (RegionBox, binarize_like_reference, boxes_from_scores,
                                       component_boxes_union, connected_components,
                                       minmax_normalize, quantize_like_reference, region_bbox)
+from tagclip_mmseg.models.reference import binarize_reference as ref_binarize
+from tagclip_mmseg.models.reference import boxes_union_reference
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 SIZES = [(1, 1), (1, 9), (7, 1), (5, 5), (6, 11), (24, 32), (17, 13)]
@@ -26,27 +30,9 @@ def ref_quantize(v: np.ndarray) -> np.ndarray:
     return (v.astype(np.float32) * 255).astype(np.uint8)
 
 
-def ref_binarize(v: np.ndarray, thresh: float, relative: bool) -> np.ndarray:
-    """uint8 quantisation + cv2 THRESH_BINARY, as the reference does it."""
-    q = ref_quantize(v)
-    level = int(thresh * q.max()) if relative else int(thresh * 255)
-    _, out = cv2.threshold(q, level, 255, cv2.THRESH_BINARY)
-    return out > 0
-
-
 def ref_box_union(mask: np.ndarray, clamp: bool) -> np.ndarray:
     """Union of boundingRects of external contours, optionally clamped."""
-    H, W = mask.shape
-    contours, _ = cv2.findContours(mask.astype(np.uint8) * 255, cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    box = np.zeros((H, W), dtype=bool)
-    for c in contours:
-        x, y, w, h = cv2.boundingRect(c)
-        x2, y2 = x + w, y + h
-        if clamp:
-            x2, y2 = min(x2, W - 1), min(y2, H - 1)
-        box[y:y2, x:x2] = True
-    return box
+    return boxes_union_reference(mask, clamp).astype(bool)
 
 
 def ref_region_bbox(mask: np.ndarray, clamp: bool):

@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['boxes_union_reference', 'reference_tagclip', 'cam_box_reference', 'reference_cams']
+__all__ = ['binarize_reference', 'boxes_union_reference', 'reference_tagclip', 'cam_box_reference', 'reference_cams']
+
+
+def binarize_reference(v: np.ndarray, thresh: float, relative: bool) -> np.ndarray:
+    """The reference's foreground test: quantise to uint8, then
+    ``cv2.THRESH_BINARY`` at ``thresh * 255``, or at ``thresh * max`` of the
+    quantised map when ``relative``."""
+    q = (v.astype(np.float32) * 255).astype(np.uint8)
+    level = int(thresh * q.max()) if relative else int(thresh * 255)
+    return cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1] > 0
 
 
 def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
@@ -81,8 +90,7 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
             continue
         v = col - col.min()
         v = (v / v.max()).float().cpu().numpy().reshape(hp, wp)
-        q = np.floor(255 * v).astype(np.uint8)
-        fg = q > int(v.mean() * 255)
+        fg = binarize_reference(v, v.mean(), relative=False)
         box = torch.from_numpy(boxes_union_reference(fg, clamp=faithful)).flatten().to(dev)
         p_ref[:, c] = (w * box[None, :]) @ p_coarse[:, c]
     p_local = p_ref[:, :c_fg].max(dim=0).values
@@ -127,9 +135,7 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
 def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
     """CLIP-ES box of one CAM: uint8 map above ``ratio * max``, union of
     contour rectangles."""
-    q = (cam * 255).astype(np.uint8)
-    fg = q > int(ratio * q.max())
-    return boxes_union_reference(fg, clamp)
+    return boxes_union_reference(binarize_reference(cam, ratio, relative=True), clamp)
 
 
 def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int, int],
