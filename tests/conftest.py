@@ -218,6 +218,36 @@ class ToolRunner:
         return subprocess.Popen(self.command(script, *args), cwd=REPO_ROOT, env=self.env(),
                                 **kwargs)
 
+    @staticmethod
+    def kill_seed() -> int:
+        """Seed of a random kill point: ``$RELIABILITY_KILL_SEED`` reproduces one."""
+        import random
+        return int(os.environ.get('RELIABILITY_KILL_SEED')
+                   or random.SystemRandom().randrange(2**31))
+
+    @staticmethod
+    def kill_when(proc, ready, timeout: float = 300.) -> None:
+        """SIGKILL ``proc`` as soon as ``ready()`` returns True.
+
+        ``ready`` is polled every 5 ms while the run lives (at most
+        ``timeout`` s) and may assert on the run's intermediate state. The
+        process is reaped in every case; the caller checks ``returncode``
+        (``-SIGKILL`` when the kill landed before the run ended by itself).
+        """
+        import signal
+        import time
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if ready():
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
     def inprocess(self, script, *args):
         """Run the tool's ``__main__`` here; whatever it raises propagates."""
         import runpy
@@ -231,7 +261,8 @@ class ToolRunner:
 
 @pytest.fixture(scope='session')
 def tool_runner():
-    """A :class:`ToolRunner` (``subprocess``, ``popen``, ``inprocess``).
+    """A :class:`ToolRunner` (``subprocess``, ``popen``, ``inprocess``,
+    ``kill_when``, ``kill_seed``).
 
     Test modules cannot import conftest (``--import-mode=importlib``), hence a
     fixture.

@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -48,10 +47,6 @@ def images(tmp_path_factory):
     (root / 'list.txt').write_text(''.join(i + '\n' for i in ids))
     (root / 'tags.txt').write_text('\n'.join(lines) + '\n')
     return root
-
-
-def kill_seed() -> int:
-    return int(os.environ.get('RELIABILITY_KILL_SEED') or random.SystemRandom().randrange(2**31))
 
 
 def pl_args(images, out, tiny_tool_options, config, *extra):
@@ -116,7 +111,7 @@ def reference(images, tmp_path_factory, tiny_tool_options, tool_runner, pl_list_
 def test_killed_pseudo_label_run_resumes_to_the_same_folder(images, reference, tmp_path,
                                                             tiny_tool_options, tool_runner,
                                                             pl_list_config):
-    seed = kill_seed()
+    seed = tool_runner.kill_seed()
     kill_after = random.Random(seed).randint(2, NUM_IMAGES - 8)
     context = f'seed={seed}, kill after {kill_after} PNGs'
     out = tmp_path / 'out'
@@ -129,19 +124,17 @@ def test_killed_pseudo_label_run_resumes_to_the_same_folder(images, reference, t
                             'test_dataloader.batch_size=1'),
         stdout=log, stderr=subprocess.STDOUT)
     polls = 0
+
+    def enough_pngs() -> bool:
+        nonlocal polls
+        if not out.is_dir():
+            return False
+        polls += 1
+        return assert_pngs_complete(out) >= kill_after
+
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir():
-                polls += 1
-                if assert_pngs_complete(out) >= kill_after:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            time.sleep(0.005)
+        tool_runner.kill_when(proc, enough_pngs)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
         log.close()
     assert proc.returncode == -signal.SIGKILL, (
         f'{context}: the run ended by itself (rc={proc.returncode}) before the kill; '
@@ -224,26 +217,21 @@ def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp
     """
     for name in TAG_FILES:
         (tmp_path / name).write_bytes(b'old complete file\n')
-    seed = kill_seed()
+    seed = tool_runner.kill_seed()
     kill_after = random.Random(seed).randint(1, NUM_IMAGES - 8)
     context = f'seed={seed}, kill after {kill_after} journaled images'
     proc = tool_runner.popen(
         'tools/test.py', *tag_args(images, tmp_path, tiny_tool_options,
                                    'test_dataloader.batch_size=1'),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(journaled_ids(tmp_path)) >= kill_after:
-                proc.send_signal(signal.SIGKILL)
-                break
-            for name in TAG_FILES:
-                assert (tmp_path / name).read_bytes() == b'old complete file\n', context
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    def enough_journaled() -> bool:
+        if len(journaled_ids(tmp_path)) >= kill_after:
+            return True
+        for name in TAG_FILES:
+            assert (tmp_path / name).read_bytes() == b'old complete file\n', context
+        return False
+
+    tool_runner.kill_when(proc, enough_journaled)
     assert proc.returncode == -signal.SIGKILL, f'{context}: rc={proc.returncode}'
     for name in TAG_FILES:
         assert (tmp_path / name).read_bytes() == b'old complete file\n', context

@@ -13,7 +13,6 @@ import random
 import re
 import signal
 import subprocess
-import time
 from argparse import Namespace
 
 import numpy as np
@@ -306,7 +305,7 @@ def test_killed_tagging_run_resumes_to_the_same_files_and_metrics(voc07, tmp_pat
     out.mkdir()
     for name in TAG_FILES:  # complete files of an earlier run
         (out / name).write_bytes(b'old complete file\n')
-    seed = int(os.environ.get('RELIABILITY_KILL_SEED') or random.SystemRandom().randrange(2**31))
+    seed = tool_runner.kill_seed()
     kill_after = random.Random(seed).randint(2, NUM_IMAGES - 6)
     context = f'seed={seed}, kill after {kill_after} journaled images'
     journal = journal_path(str(out / 'tags.txt'), 0)
@@ -314,19 +313,12 @@ def test_killed_tagging_run_resumes_to_the_same_files_and_metrics(voc07, tmp_pat
         'tools/test.py', *_tag_args(voc07, out, tmp_path / 'wd_killed', tiny_tool_options,
                                     'test_dataloader.batch_size=1'),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            for name in TAG_FILES:
-                assert (out / name).read_bytes() == b'old complete file\n', (context, name)
-            if osp.isfile(journal) and open(journal, 'rb').read().count(b'\n') > kill_after:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    def enough_journaled() -> bool:
+        for name in TAG_FILES:
+            assert (out / name).read_bytes() == b'old complete file\n', (context, name)
+        return osp.isfile(journal) and open(journal, 'rb').read().count(b'\n') > kill_after
+
+    tool_runner.kill_when(proc, enough_journaled)
     assert proc.returncode == -signal.SIGKILL, f'{context}: ended by itself (rc={proc.returncode})'
     for name in TAG_FILES:
         assert (out / name).read_bytes() == b'old complete file\n', (context, name)
