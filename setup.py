@@ -1,8 +1,12 @@
 """Installation script for ``tagclip_mmseg``.
 
-``install_requires`` declares the *ranges* a GPU-cluster user can satisfy with
-the prebuilt mmcv wheels of their torch/CUDA pair; ``requirements/`` pins the
-exact stack that CI tests on (see ``Makefile``).
+``install_requires`` admits only the torch/torchvision minor versions the test
+suite runs on (``requirements/constraints.txt`` pins the exact stack, see
+``Makefile``): the code relies on APIs whose behaviour changed across torch
+releases (batched ``autograd.grad``, SDPA, ``weights_only`` loading, CPU
+autocast), so an untested torch is not admitted. mmcv 2.1.0 has no prebuilt
+wheels for these torch versions; it is built from source (README, "GPU
+clusters").
 """
 import os.path as osp
 
@@ -33,8 +37,8 @@ setup(
     include_package_data=True,
     python_requires='>=3.8',
     install_requires=[
-        'torch>=2.0',
-        'torchvision',
+        'torch>=2.9,<2.10',
+        'torchvision>=0.24,<0.25',
         'mmcv>=2.0.0,<2.2.0',
         'mmengine>=0.10,<1.0',
         'mmsegmentation>=1.2,<1.3',

@@ -310,3 +310,78 @@ def pl_list_config(tmp_path_factory):
         "              if t['type'] != 'LoadAnnotations']))\n"
         "test_evaluator = [dict(type='PseudoLabelWriter', out_dir=_base_.pseudo_label_dir)]\n")
     return str(path)
+
+
+def _scores_records(data: bytes) -> dict:
+    import json
+    records = {}
+    for line in data.decode('utf-8').splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[r['img_id']] = (r['scores'], r['tags'])
+    return records
+
+
+def assert_tag_files_agree(actual: dict, expected: dict, tag_ratio: float) -> None:
+    """Two tagging runs' files agree under the determinism contract.
+
+    ``actual``/``expected`` map file names (``tags.txt``, ``scores.jsonl``,
+    ``tags.skipped.txt``) to bytes. The skipped list is exact; scores and
+    tags follow :func:`tagclip_mmseg.evaluation.determinism.compare_tag_scores`
+    (docs/determinism.md); each run's ``tags.txt`` lists exactly the images
+    and tags of its own ``scores.jsonl``.
+    """
+    from tagclip_mmseg.evaluation.determinism import compare_tag_scores
+    assert actual['tags.skipped.txt'] == expected['tags.skipped.txt']
+    runs = []
+    for files in (actual, expected):
+        records = _scores_records(files['scores.jsonl'])
+        listed = [line.split() for line in files['tags.txt'].decode('utf-8').splitlines()]
+        assert [(r[0], sorted(map(int, r[1:]))) for r in listed] == [
+            (k, sorted(v[1])) for k, v in records.items()]
+        runs.append(records)
+    problems = compare_tag_scores(runs[0], runs[1], tag_ratio)
+    assert not problems, problems
+
+
+@pytest.fixture(scope='session')
+def tag_files_agree():
+    """:func:`assert_tag_files_agree` (conftest cannot be imported)."""
+    return assert_tag_files_agree
+
+
+def assert_masks_agree(actual: dict, expected: dict, max_share: float = 0.01) -> None:
+    """Pseudo masks of two runs agree under the determinism contract.
+
+    ``actual``/``expected`` map PNG names to bytes. The same files; a label may
+    differ only where two CAM channels tie, which is on a boundary between
+    labels (docs/determinism.md): every differing pixel must touch another
+    label in one of the two maps (8-neighbourhood), and at most ``max_share``
+    of an image's pixels may differ.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+    assert sorted(actual) == sorted(expected)
+    for name in sorted(expected):
+        if actual[name] == expected[name]:
+            continue
+        maps = [np.asarray(Image.open(io.BytesIO(data))) for data in (actual[name], expected[name])]
+        assert maps[0].shape == maps[1].shape, name
+        diff = maps[0] != maps[1]
+        assert diff.mean() <= max_share, (name, float(diff.mean()))
+        boundary = np.zeros_like(diff)
+        for m in maps:
+            p = np.pad(m.astype(np.int32), 1, mode='edge')
+            h, w = m.shape
+            for dy in (0, 1, 2):
+                for dx in (0, 1, 2):
+                    boundary |= p[dy:dy + h, dx:dx + w] != m
+        assert not (diff & ~boundary).any(), (name, int((diff & ~boundary).sum()))
+
+
+@pytest.fixture(scope='session')
+def masks_agree():
+    """:func:`assert_masks_agree` (conftest cannot be imported)."""
+    return assert_masks_agree

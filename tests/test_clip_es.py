@@ -125,3 +125,77 @@ def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
         cams = s.cams.float()
         assert torch.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1 + 1e-3
     assert torch.bfloat16 in seen
+
+
+def test_grad_cam_normalisation_hand_computed():
+    """``(x - min) / (max + 1e-7)`` once (clean) or twice (faithful), by hand.
+
+    A raw CAM spanning 3e-7: the first pass divides (0, 1e-7, 3e-7) by 4e-7,
+    giving (0, 0.25, 0.75); the second divides by 0.75 + 1e-7.
+    """
+    from tagclip_mmseg.models.ops import normalize_grad_cam
+    raw = torch.tensor([[2e-7, 3e-7, 5e-7]], dtype=torch.float64)
+    once = normalize_grad_cam(raw, twice=False)
+    twice = normalize_grad_cam(raw, twice=True)
+    torch.testing.assert_close(once, torch.tensor([[0., 0.25, 0.75]], dtype=torch.float64))
+    torch.testing.assert_close(
+        twice, torch.tensor([[0., 0.25 / (0.75 + 1e-7), 0.75 / (0.75 + 1e-7)]],
+                            dtype=torch.float64))
+    # A large range: both passes leave the maximum at 1 - O(1e-7).
+    big = normalize_grad_cam(torch.tensor([[0., 2., 4.]]), twice=True)
+    assert abs(big.max().item() - 1) < 1e-6
+
+
+class _ScaledRelu:
+    """``torch.nn.functional`` with ``relu`` scaled, to shrink raw CAMs."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __getattr__(self, name):
+        import torch.nn.functional as F
+        return getattr(F, name)
+
+    def relu(self, x):
+        import torch.nn.functional as F
+        return F.relu(x) * self.scale
+
+
+@pytest.mark.parametrize('mode', ['faithful', 'clean'])
+def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path, monkeypatch,
+                                                       mode):
+    """A raw CAM whose range is below 1e-6 (a weak tag).
+
+    The model and the per-tag reference both see raw CAMs scaled into a range
+    of a few 1e-7; faithful mode must rescale twice (maximum back at ~1),
+    clean mode once (maximum visibly below 1), and the refined CAMs must
+    match the reference's in both modes.
+    """
+    import tagclip_mmseg.models.labelers.clip_es as clip_es
+    import tagclip_mmseg.models.reference as reference
+    model = build_labeler(tiny_clip_path, mode, tmp_path, caa_layers=(0, 1, 2))
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 48, 64)
+    tag_lists = [[1, 3], [2]]
+    vit = model.clip.visual
+    with torch.no_grad():
+        hidden = vit(images, stop_before=vit.num_layers - 1).hidden
+    pair_img, pair_cls = torch.tensor([0, 0, 1]), torch.tensor([1, 3, 2])
+    # Scale the raw CAMs so that the widest one spans exactly 3e-7.
+    monkeypatch.setattr(clip_es, 'normalize_grad_cam', lambda cam, twice: cam)
+    raw, _ = model.grad_cam(hidden, pair_img, pair_cls, tag_lists)
+    monkeypatch.undo()
+    scale = 3e-7 / (raw.amax(dim=1) - raw.amin(dim=1)).max().item()
+    monkeypatch.setattr(clip_es, 'F', _ScaledRelu(scale))
+    monkeypatch.setattr(reference, 'F', _ScaledRelu(scale))
+    cams, _ = model.grad_cam(hidden, pair_img, pair_cls, tag_lists)
+    peak = cams.amax(dim=1)
+    if mode == 'faithful':  # 0.75 / (0.75 + 1e-7) for the widest; all near 1
+        assert (peak > 0.99).all(), peak
+    else:  # once: 3e-7 / 4e-7 for the widest, narrower ones lower still
+        assert abs(peak.max().item() - 0.75) < 1e-3 and (peak < 0.76).all(), peak
+    ori_hw = (40, 66)
+    samples = model.predict(list(images), make_samples(tag_lists, ori_hw))
+    for i, s in enumerate(samples):
+        ref_cams, _ = reference_cams(model, images[i], tag_lists[i], ori_hw, mode == 'faithful')
+        torch.testing.assert_close(s.cams.float(), ref_cams, atol=2e-3, rtol=0)

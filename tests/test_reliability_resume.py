@@ -108,9 +108,10 @@ def reference(images, tmp_path_factory, tiny_tool_options, tool_runner, pl_list_
     return out
 
 
+@pytest.mark.determinism
 def test_killed_pseudo_label_run_resumes_to_the_same_folder(images, reference, tmp_path,
                                                             tiny_tool_options, tool_runner,
-                                                            pl_list_config):
+                                                            pl_list_config, masks_agree):
     seed = tool_runner.kill_seed()
     kill_after = random.Random(seed).randint(2, NUM_IMAGES - 8)
     context = f'seed={seed}, kill after {kill_after} PNGs'
@@ -143,8 +144,7 @@ def test_killed_pseudo_label_run_resumes_to_the_same_folder(images, reference, t
     assert kill_after <= done < NUM_IMAGES, context
     assert not (out / 'summary.json').exists(), context
     finished = pngs(out)
-    assert all(reference_bytes == (reference / name).read_bytes()
-               for name, reference_bytes in finished.items()), context
+    masks_agree(finished, {name: (reference / name).read_bytes() for name in finished})
 
     # The restart (here, in this process) comes after the temporaries of the
     # killed run are "stale": with the default 60 s, a restart within a minute
@@ -155,10 +155,17 @@ def test_killed_pseudo_label_run_resumes_to_the_same_folder(images, reference, t
     summary = json.loads((out / 'summary.json').read_text())
     assert (summary['skipped'], summary['written'], summary['failed']) == (
         done, NUM_IMAGES - done, 0), context
-    # Byte for byte the same folder (summary.json holds timings and counts).
+    # The same folder (summary.json holds timings and counts): the same files,
+    # the kept masks byte for byte, and the masks under the determinism
+    # contract (the reference ran batches of 4 in the test's threads).
     expected = {k: v for k, v in visible_files(reference).items() if k != 'summary.json'}
     actual = {k: v for k, v in visible_files(out).items() if k != 'summary.json'}
-    assert actual == expected, context
+    assert sorted(actual) == sorted(expected), context
+    assert all(actual[name] == data for name, data in finished.items()), context
+    masks_agree({k: v for k, v in actual.items() if k.endswith('.png')},
+                {k: v for k, v in expected.items() if k.endswith('.png')})
+    assert {k: v for k, v in actual.items() if not k.endswith('.png')} == {
+        k: v for k, v in expected.items() if not k.endswith('.png')}, context
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')], context
     assert polls > 1
 
@@ -196,6 +203,13 @@ def tag_reference(images, tmp_path_factory, tiny_tool_options, tool_runner):
     return {name: (out / name).read_bytes() for name in TAG_FILES}
 
 
+@pytest.fixture(scope='module')
+def tag_ratio():
+    """The tag threshold ratio of the tagging config the runs use."""
+    from mmengine.config import Config
+    return Config.fromfile(TAG_CONFIG).model.tag_ratio
+
+
 def journaled_ids(out) -> list:
     """Image ids in the tagging journals of ``out/tags.txt`` (complete lines only)."""
     ids = []
@@ -205,15 +219,19 @@ def journaled_ids(out) -> list:
     return ids
 
 
+@pytest.mark.determinism
 @pytest.mark.slow
 def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp_path,
-                                                      tiny_tool_options, tool_runner):
+                                                      tiny_tool_options, tool_runner,
+                                                      tag_files_agree, tag_ratio):
     """A kill leaves the last complete files; the restart resumes from the journal.
 
     The folder holds the files of an earlier run of another vocabulary; the
     new run is killed after a random number of journaled images and must
     leave them untouched (not truncated, not half-replaced); the restart
-    reuses exactly the journaled images and writes the reference files.
+    reuses exactly the journaled images and writes the reference files (up to
+    the rounding the determinism contract allows: the killed run has batches
+    of 1 in one thread, the reference batches of 8 in the test's threads).
     """
     for name in TAG_FILES:
         (tmp_path / name).write_bytes(b'old complete file\n')
@@ -238,20 +256,22 @@ def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp
     done = journaled_ids(tmp_path)
     assert kill_after <= len(done) < NUM_IMAGES, context
     tool_runner.inprocess('tools/test.py', *tag_args(images, tmp_path, tiny_tool_options))
-    for name in TAG_FILES:
-        assert (tmp_path / name).read_bytes() == tag_reference[name], (context, name)
+    tag_files_agree({name: (tmp_path / name).read_bytes() for name in TAG_FILES}, tag_reference,
+                    tag_ratio)
     logs = ''.join(open(p).read() for p in glob.glob(str(tmp_path / 'work_dir' / '*' / '*.log')))
     assert f'{NUM_IMAGES - len(done)} tagged, {len(done)} resumed, 0 skipped' in logs, context
     assert not glob.glob(str(tmp_path / '*.journal.*'))
     assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
 
 
+@pytest.mark.determinism
 @pytest.mark.slow
 def test_tags_of_two_processes_equal_one(images, tag_reference, tmp_path, tiny_tool_options,
-                                         tool_runner):
-    """The tags files of a 2-process run (torchrun, gloo on CPU) are byte-identical."""
+                                         tool_runner, tag_files_agree, tag_ratio):
+    """The tags files of a 2-process run (torchrun, gloo on CPU) equal one
+    process's under the determinism contract."""
     tool_runner.subprocess('tools/test.py', *tag_args(images, tmp_path, tiny_tool_options),
                            nproc=2)
-    for name in TAG_FILES:
-        assert (tmp_path / name).read_bytes() == tag_reference[name], name
+    tag_files_agree({name: (tmp_path / name).read_bytes() for name in TAG_FILES}, tag_reference,
+                    tag_ratio)
     assert not glob.glob(str(tmp_path / '*.journal.*'))  # both ranks' journals removed

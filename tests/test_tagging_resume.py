@@ -18,6 +18,7 @@ from argparse import Namespace
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from mmpretrain.structures import DataSample
 from PIL import Image
 
@@ -232,7 +233,6 @@ def test_resume_fingerprint_follows_what_decides_the_scores(tiny_clip):
 
 # -------------------------------------------------- generate_pseudo_labels
 def test_pseudo_label_on_error_raise_also_raises_on_missing_images(tmp_path):
-    from mmengine.config import Config
     spec = importlib.util.spec_from_file_location(
         'tools_generate_pseudo_labels', osp.join(REPO, 'tools', 'generate_pseudo_labels.py'))
     tool = importlib.util.module_from_spec(spec)
@@ -291,9 +291,11 @@ def _metrics(work_dir) -> dict:
     return metrics
 
 
+@pytest.mark.determinism
 @pytest.mark.slow
 def test_killed_tagging_run_resumes_to_the_same_files_and_metrics(voc07, tmp_path,
-                                                                  tiny_tool_options, tool_runner):
+                                                                  tiny_tool_options, tool_runner,
+                                                                  tag_files_agree):
     ref = tmp_path / 'ref'
     tool_runner.inprocess('tools/test.py',
                           *_tag_args(voc07, ref, tmp_path / 'wd_ref', tiny_tool_options))
@@ -330,10 +332,16 @@ def test_killed_tagging_run_resumes_to_the_same_files_and_metrics(voc07, tmp_pat
     tool_runner.inprocess('tools/test.py',
                           *_tag_args(voc07, out, tmp_path / 'wd_resumed', tiny_tool_options,
                                      'test_dataloader.num_workers=2'))
-    assert {name: (out / name).read_bytes() for name in TAG_FILES} == reference, context
+    resumed = {name: (out / name).read_bytes() for name in TAG_FILES}
+    tag_files_agree(resumed, reference, Config.fromfile(TAG_CONFIG).model.tag_ratio)
     metrics = _metrics(tmp_path / 'wd_resumed')
     assert metrics.pop('tags/num_resumed') == str(len(journaled)), context
     assert ref_metrics.pop('tags/num_resumed') == '0'
-    assert metrics == ref_metrics, context  # mAP, F1s (exact), counts
+    if resumed == reference:
+        assert metrics == ref_metrics, context  # mAP, F1s (exact), counts
+    else:  # rounding may reorder images with scores within the contract's tolerance
+        assert metrics.keys() == ref_metrics.keys(), context
+        for key, value in ref_metrics.items():
+            assert abs(float(metrics[key]) - float(value)) < 0.02, (context, key)
     assert journal_paths(str(out / 'tags.txt')) == []
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]

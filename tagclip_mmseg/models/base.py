@@ -51,6 +51,13 @@ class FrozenCLIPModel(BaseModel):
             Ampere or newer); the results then differ from fp32 by rounding,
             so tags near the threshold can change. ``None`` (default) computes
             in the CLIP's own dtype, which is what the equality tests pin.
+        images_per_forward (int, optional): How many equal-size images of a
+            data batch go through the network together. ``None`` (default)
+            picks by device: one at a time on the CPU, where batched
+            attention maps overflow the caches and cost more per image than
+            single images (docs/performance.md), the whole group elsewhere.
+            Results do not depend on it beyond the rounding that the
+            determinism contract allows (docs/determinism.md).
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor``.
         init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
@@ -61,6 +68,7 @@ class FrozenCLIPModel(BaseModel):
                  mode: str = 'faithful',
                  text_cache_dir: Optional[str] = None,
                  autocast: Optional[str] = None,
+                 images_per_forward: Optional[int] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         # Built through mmseg's registry so that direct construction (tests,
@@ -72,6 +80,12 @@ class FrozenCLIPModel(BaseModel):
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
         self.mode = mode
         self.autocast_dtype = self._resolve_autocast(autocast)
+        if images_per_forward is not None and (not isinstance(images_per_forward, int)
+                                               or isinstance(images_per_forward, bool)
+                                               or images_per_forward < 1):
+            raise ValueError('images_per_forward must be a positive integer or None (by '
+                             f'device), got {images_per_forward!r}')
+        self.images_per_forward = images_per_forward
         self.clip = build_clip(clip if clip is not None else {})
         # Quirk 6 (spec 2.2): the reference rounds resampled positional
         # embeddings to fp16 even in fp32.
@@ -226,10 +240,20 @@ class FrozenCLIPModel(BaseModel):
                 todo.append(i)
         for group in group_by_shape([inputs[i] for i in todo]):
             idx = [todo[j] for j in group]
-            batch = torch.stack([inputs[i] for i in idx]).to(self.clip.dtype)
-            with self.autocast_context(batch.device):
-                self.predict_batch(batch, [data_samples[i] for i in idx])
+            step = self.forward_batch_size(inputs[idx[0]].device, len(idx))
+            for s in range(0, len(idx), step):
+                chunk = idx[s:s + step]
+                batch = torch.stack([inputs[i] for i in chunk]).to(self.clip.dtype)
+                with self.autocast_context(batch.device):
+                    self.predict_batch(batch, [data_samples[i] for i in chunk])
         return data_samples
+
+    def forward_batch_size(self, device: torch.device, group_size: int) -> int:
+        """Images per forward for a group of ``group_size`` equal-size images
+        (see ``images_per_forward``)."""
+        if self.images_per_forward is not None:
+            return int(self.images_per_forward)
+        return 1 if torch.device(device).type == 'cpu' else max(group_size, 1)
 
     def reuse_result(self, data_sample) -> None:
         """Return an output that a previous run already wrote (resume)."""

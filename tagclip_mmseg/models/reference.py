@@ -165,8 +165,12 @@ def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int,
         last_map = w[0, 1:, 1:].detach()
         act, grad = g.detach()[0, 1:], g.grad[0, 1:]
         cam = F.relu(act @ grad.mean(dim=0))
-        cam = cam - cam.min()
-        cams.append(cam / (cam.max() + 1e-7))
+        # Rescaled once per target layer, then again after the layer mean
+        # (one layer: the mean is the identity); faithful mode keeps both.
+        for _ in range(2 if faithful else 1):
+            cam = cam - cam.min()
+            cam = cam / (cam.max() + 1e-7)
+        cams.append(cam)
     all_maps = maps + [last_map]
     avg = sum(all_maps[i] for i in model.caa_layers) / len(model.caa_layers)
     t = avg.clone()

@@ -36,7 +36,7 @@ from mmseg.structures import SegDataSample
 from ..base import FrozenCLIPModel
 from ..clip import VisionTransformer
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
-                   minmax_normalize)
+                   normalize_grad_cam)
 from ..presets import resolve_templates
 from ..prompts import ClassName
 
@@ -372,7 +372,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                 pair ``p`` is tag number ``k`` of its image, in list order.
 
         Returns:
-            tuple: (P, N) min-max normalised CAMs and the last block's (B, L, L)
+            tuple: (P, N) min-max normalised CAMs (:func:`normalize_grad_cam`)
+            and the last block's (B, L, L)
             attention (``None`` when it is not a CAA layer).
         """
         vit = self.clip.visual
@@ -399,7 +400,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         alpha, last_attn = block.token_mean_grad(cot.transpose(0, 1), need_last)  # (B, K, D)
         act = block.normed[:, 1:]  # (B, N, D)
         cam = F.relu(torch.einsum('bnd,bkd->bkn', act, alpha))[pair_img, pair_slot]  # (P, N)
-        return minmax_normalize(cam, dim=1, eps=1e-7), last_attn
+        return normalize_grad_cam(cam, twice=self.faithful), last_attn
 
     def _fill(self, sample, cams: Tensor, tags: List[int], grid_hw: tuple) -> None:
         if not isinstance(sample, SegDataSample):

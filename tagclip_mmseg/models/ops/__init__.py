@@ -11,13 +11,13 @@ from .box_masks import (RegionBox, binarize_like_reference, boxes_from_scores,
                         component_boxes_union, connected_components, quantize_like_reference,
                         region_bbox)
 from .crops import bilinear_resize_matrices, crop_resize_bilinear, crop_resize_nearest
-from .normalize import compute_dtype, minmax_normalize
+from .normalize import GRAD_CAM_EPS, compute_dtype, minmax_normalize, normalize_grad_cam
 from .thresholds import relative_threshold_mask
 
 __all__ = [
     'AttentionVote', 'affinity_from_attention', 'caa_refine', 'dmar_class_boxes', 'dmar_refine',
     'RegionBox', 'binarize_like_reference', 'boxes_from_scores', 'component_boxes_union',
     'connected_components', 'quantize_like_reference', 'region_bbox', 'compute_dtype',
-    'minmax_normalize', 'crop_resize_bilinear', 'crop_resize_nearest', 'bilinear_resize_matrices',
+    'minmax_normalize', 'normalize_grad_cam', 'GRAD_CAM_EPS', 'crop_resize_bilinear', 'crop_resize_nearest', 'bilinear_resize_matrices',
     'relative_threshold_mask'
 ]

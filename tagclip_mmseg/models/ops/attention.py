@@ -176,7 +176,8 @@ def dmar_class_boxes(p_hat: Tensor,
 def dmar_refine(W: Tensor,
                 p_coarse: Tensor,
                 grid_hw: Tuple[int, int],
-                clamp_quirk: bool = True) -> Tensor:
+                clamp_quirk: bool = True,
+                return_first_pass: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """DMAR refinement of coarse patch probabilities (spec 4.3).
 
     ``P_hat = W @ P_coarse``; ``b_c`` = :func:`dmar_class_boxes` of ``P_hat``;
@@ -190,9 +191,12 @@ def dmar_refine(W: Tensor,
         p_coarse (Tensor): Coarse patch probabilities (B, N, C).
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
         clamp_quirk (bool): Reference clamping of the box rectangles.
+        return_first_pass (bool): Also return ``P_hat``, whose box
+            decisions the determinism checks inspect.
 
     Returns:
-        Tensor: ``P_ref`` (B, N, C), float32 (float64 if an input is).
+        Tensor | tuple: ``P_ref`` (B, N, C), float32 (float64 if an input
+        is); with ``return_first_pass``, ``(P_ref, P_hat)``.
     """
     if W.dim() != 3 or p_coarse.dim() != 3 or W.shape[0] != p_coarse.shape[0] \
             or W.shape[1] != W.shape[2] or W.shape[2] != p_coarse.shape[1]:
@@ -200,8 +204,10 @@ def dmar_refine(W: Tensor,
                          f'and {tuple(p_coarse.shape)}')
     dtype = compute_dtype(W, p_coarse)
     w, p = W.to(dtype), p_coarse.to(dtype)
-    boxes = dmar_class_boxes(torch.bmm(w, p), grid_hw, clamp_quirk)  # (B, C, Hp, Wp)
-    return torch.bmm(w, p * boxes.flatten(2).transpose(1, 2))
+    p_hat = torch.bmm(w, p)
+    boxes = dmar_class_boxes(p_hat, grid_hw, clamp_quirk)  # (B, C, Hp, Wp)
+    p_ref = torch.bmm(w, p * boxes.flatten(2).transpose(1, 2))
+    return (p_ref, p_hat) if return_first_pass else p_ref
 
 
 def affinity_from_attention(attn_avg: Tensor, rounds: int = 3) -> Tensor:

@@ -43,9 +43,11 @@ __all__ = ['TagCLIP', 'TagCLIPOutput']
 class TagCLIPOutput(dict):
     """Intermediate tensors of one batch, for tests and analysis.
 
-    Keys: ``p_coarse`` (B, N, C_all), ``p_ref`` (B, N, C_all), ``p_local``
-    (B, C_fg), ``p_final`` (B, C_fg), ``tags`` (B, C_fg) bool, ``cwr_done``
-    (B, C_fg) bool, ``grid_hw``.
+    Keys: ``p_coarse`` (B, N, C_all), ``p_hat`` (B, N, C_all; DMAR's first
+    pass), ``p_ref`` (B, N, C_all), ``p_local``
+    (B, C_fg), ``p_global`` (B, C_fg) (CWR's crop scores; 0 where a class was
+    not reidentified), ``p_final`` (B, C_fg), ``tags`` (B, C_fg) bool,
+    ``cwr_done`` (B, C_fg) bool, ``grid_hw``.
     """
 
 
@@ -213,14 +215,16 @@ class TagCLIP(FrozenCLIPModel):
         text = self.classifier()
         c_fg = self.num_classes
         p_coarse, w, grid_hw = self.coarse_pass(images, text)
-        p_ref = dmar_refine(w, p_coarse, grid_hw, clamp_quirk=self.faithful)
+        p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, clamp_quirk=self.faithful,
+                                   return_first_pass=True)
         p_local = p_ref[..., :c_fg].amax(dim=1)
+        p_global = torch.zeros_like(p_local)
         p_final, done = p_local, torch.zeros_like(p_local, dtype=torch.bool)
         if self.cwr:
-            p_final, done = self.reidentify(images, p_ref, p_local, grid_hw, text)
+            p_final, done, p_global = self.reidentify(images, p_ref, p_local, grid_hw, text)
         tags = relative_threshold_mask(p_final, self.tag_ratio)
-        return TagCLIPOutput(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final,
-                             tags=tags, cwr_done=done, grid_hw=grid_hw)
+        return TagCLIPOutput(p_coarse=p_coarse, p_hat=p_hat, p_ref=p_ref, p_local=p_local, p_global=p_global,
+                             p_final=p_final, tags=tags, cwr_done=done, grid_hw=grid_hw)
 
     def coarse_pass(self, images: Tensor, text: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
         """Self-only last layer -> per-patch probabilities, plus DMAR's ``W``.
@@ -242,11 +246,12 @@ class TagCLIP(FrozenCLIPModel):
 
     # ------------------------------------------------------------------ CWR
     def reidentify(self, images: Tensor, p_ref: Tensor, p_local: Tensor, grid_hw: Tuple[int, int],
-                   text: Tensor) -> Tuple[Tensor, Tensor]:
+                   text: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Class-wise reidentification for every candidate of the batch at once.
 
         Returns:
-            tuple: Fused scores (B, C_fg) and which classes were reidentified.
+            tuple: Fused scores (B, C_fg), which classes were reidentified
+            (B, C_fg) and their crop scores (B, C_fg; 0 where not done).
         """
         B, N, _ = p_ref.shape
         c_fg = p_local.shape[1]
@@ -268,19 +273,21 @@ class TagCLIP(FrozenCLIPModel):
             done = cand & valid
         pairs = done.flatten().nonzero().flatten()
         p_final = p_local.clone()
+        p_global = torch.zeros_like(p_local)
         if pairs.numel() == 0:
-            return p_final, done
+            return p_final, done, p_global
         boxes = torch.stack([x1, y1, x2, y2], dim=1)[pairs]
         img_idx = pairs // c_fg
         cls_idx = pairs % c_fg
-        p_global = torch.cat([
+        crop_probs = torch.cat([
             self._crop_scores(images, region, img_idx[s], pairs[s], boxes[s], text)
             for s in torch.arange(pairs.numel()).split(self.cwr_batch_size)
         ])
-        fused = self.fusion_lambda * p_local[img_idx, cls_idx] + (
-            1 - self.fusion_lambda) * p_global[torch.arange(pairs.numel()), cls_idx]
-        p_final[img_idx, cls_idx] = fused
-        return p_final, done
+        crop_score = crop_probs[torch.arange(pairs.numel()), cls_idx]
+        p_global[img_idx, cls_idx] = crop_score
+        p_final[img_idx, cls_idx] = self.fusion_lambda * p_local[img_idx, cls_idx] + (
+            1 - self.fusion_lambda) * crop_score
+        return p_final, done, p_global
 
     def _crop_scores(self, images: Tensor, region: Tensor, img_idx: Tensor, map_idx: Tensor,
                      boxes: Tensor, text: Tensor) -> Tensor:

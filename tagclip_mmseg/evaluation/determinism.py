@@ -1,0 +1,209 @@
+"""The determinism contract, as checks (see docs/determinism.md).
+
+BLAS, oneDNN and cuBLAS choose kernels by matrix shape, instruction set and
+thread count, so the same image can round differently when it shares a batch
+with other images, runs in another process, is resumed, or runs on another
+CPU or GPU. The project therefore promises equality *up to a stated
+tolerance*, not bit for bit:
+
+* **Scores** (``pred_score``, ``scores.jsonl``) agree within
+  :data:`SCORE_ATOL` (absolute; scores are probabilities in [0, 1]).
+* **Tags** are identical, except a class whose score lies within
+  :data:`SCORE_ATOL` of its image's relative threshold in either run.
+* **Discrete decisions inside TagCLIP** (DMAR box pixels, CWR candidates and
+  regions) can sit at a tie as well; an image with such a tie (relative
+  margin below :data:`DECISION_TIE`, see :func:`tag_decision_margin`) may
+  differ by more than the tolerance. Attention-vote ties are not tracked:
+  one flipped vote moves a single entry of the averaged attention.
+* **Mask pixels** differ only where the two best channels (the background
+  channel included) are within :data:`PIXEL_TIE` in either run, or on an
+  image whose CAM box decision is tied (:func:`cam_box_margin`).
+
+The functions here turn that into checks that return the violations, so
+tests, and users comparing two runs of their own, get the offending images.
+"""
+import json
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..models.ops import minmax_normalize
+
+__all__ = [
+    'SCORE_ATOL', 'DECISION_TIE', 'PIXEL_TIE', 'tag_decision_margin', 'cam_box_margin',
+    'compare_tag_scores', 'read_scores_file', 'unexplained_label_flips'
+]
+
+#: Largest score difference the contract allows (fp32; measured differences
+#: are below 1e-6 on CPUs, see docs/determinism.md).
+SCORE_ATOL = 1e-4
+#: A discrete decision whose value is within this relative margin of its
+#: threshold may flip between runs.
+DECISION_TIE = 1e-4
+#: Two mask channels closer than this may swap; faithful CAMs are stored in
+#: fp16, whose spacing just below 1 is 4.9e-4.
+PIXEL_TIE = 2e-3
+
+
+def _relative_gap(values: Tensor, thresh: Tensor, scale: Tensor) -> Tensor:
+    """``min |values - thresh| / scale`` over the last dim (inf when empty)."""
+    gap = (values - thresh).abs() / scale.clamp_min(torch.finfo(torch.float32).tiny)
+    return gap.amin(dim=-1) if gap.shape[-1] else torch.full(gap.shape[:-1], float('inf'))
+
+
+def tag_decision_margin(out: Mapping[str, Tensor], tag_ratio: float, cwr_ratio: float,
+                        cwr_region_thr: float) -> Tensor:
+    """Per image, the smallest relative margin of TagCLIP's discrete decisions.
+
+    Covers the tag threshold (relative to the image's score range), the CWR
+    candidate threshold (relative to the refined scores' range), the CWR
+    region threshold of each candidate and the DMAR box binarisation (the
+    uint8 level of each class map and its threshold, in units of the
+    normalised map). A margin below :data:`DECISION_TIE` means a rounding
+    difference can flip that decision.
+
+    Args:
+        out (Mapping[str, Tensor]): :meth:`TagCLIP.tag`'s output (``p_hat``,
+            ``p_ref``, ``p_local``, ``p_final``).
+        tag_ratio (float): The tagger's ``tag_ratio``.
+        cwr_ratio (float): The tagger's ``cwr_ratio``.
+        cwr_region_thr (float): The tagger's ``cwr_region_thr``.
+
+    Returns:
+        Tensor: (B,) float32 margins.
+    """
+    p_final = out['p_final'].float()
+    p_local = out['p_local'].float()
+    p_ref = out['p_ref'].float()
+    p_hat = out['p_hat'].float()
+    c_fg = p_final.shape[1]
+    # Tags: s > min + r * (max - min).
+    lo, hi = p_final.amin(1, keepdim=True), p_final.amax(1, keepdim=True)
+    tag = _relative_gap(p_final, lo + tag_ratio * (hi - lo), hi - lo)
+    # CWR candidates: p_local > mi + r * (ma - mi) over all of p_ref.
+    flat = p_ref.flatten(1)
+    mi, ma = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    theta = mi + cwr_ratio * (ma - mi)
+    cand_gap = _relative_gap(p_local, theta, ma - mi)
+    # CWR regions of the candidates: normalised map > region threshold.
+    cand = p_local > theta
+    region = (minmax_normalize(p_ref[..., :c_fg], dim=1) - cwr_region_thr).abs()  # (B, N, C)
+    region = region.masked_fill(~cand[:, None, :], float('inf')).flatten(1).amin(1)
+    # DMAR boxes: floor(255 v) > trunc(255 * mean(v)), v the normalised map;
+    # a constant map normalises to exact zeros whatever the rounding.
+    maps = p_hat.transpose(1, 2)  # (B, C, N)
+    flat_map = (maps.amax(-1) == maps.amin(-1))[..., None]
+    v = minmax_normalize(maps, dim=-1)
+    level = torch.trunc(v.mean(-1, keepdim=True) * 255)
+    pixel = ((v * 255 - (level + 1)).abs() / 255).masked_fill(flat_map, float('inf'))
+    pixel = pixel.flatten(1).amin(1)
+    mean255 = v.mean(-1) * 255
+    level_gap = ((mean255 - mean255.round()).abs() / 255).masked_fill(flat_map[..., 0],
+                                                                      float('inf')).amin(1)
+    return torch.stack([tag, cand_gap, region, pixel, level_gap]).amin(0)
+
+
+def cam_box_margin(cams: Tensor, ratio: float, valid: Optional[Tensor] = None) -> Tensor:
+    """Per image, the smallest margin of CLIP-ES's CAM box binarisation.
+
+    A CAM pixel is inside the box when ``floor(255 v) > trunc(ratio * max q)``;
+    the margin is the distance of ``255 v`` to the boundary of that level, in
+    units of the normalised map. The maximum itself is left out: the
+    ``max + 1e-7`` division pins it just below 1 by construction.
+
+    Args:
+        cams (Tensor): (B, K, N) normalised Grad-CAMs.
+        ratio (float): The labeller's ``caa_box_thr``.
+        valid (Tensor, optional): (B, K) bool, False for padding rows.
+
+    Returns:
+        Tensor: (B,) float32 margins (inf for an image without tags).
+    """
+    v = cams.float()
+    q_max = torch.floor(v.amax(-1, keepdim=True) * 255)
+    level = torch.trunc(ratio * q_max)
+    gap = (v * 255 - (level + 1)).abs() / 255
+    gap = gap.masked_fill(v >= v.amax(-1, keepdim=True), float('inf'))
+    if valid is not None:
+        gap = gap.masked_fill(~valid[..., None], float('inf'))
+    return gap.flatten(1).amin(1) if gap.shape[1] else torch.full((v.shape[0], ), float('inf'))
+
+
+def read_scores_file(path: str) -> Dict[str, Tuple[List[float], List[int]]]:
+    """``scores.jsonl`` of a tagging run -> ``{img_id: (scores, tags)}``."""
+    records = {}
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                records[r['img_id']] = (r['scores'], r['tags'])
+    return records
+
+
+def compare_tag_scores(a: Mapping[str, Tuple[Sequence[float], Sequence[int]]],
+                       b: Mapping[str, Tuple[Sequence[float], Sequence[int]]],
+                       tag_ratio: float,
+                       atol: float = SCORE_ATOL,
+                       tied_images: Sequence[str] = ()) -> List[str]:
+    """Check two tagging runs against the contract; return the violations.
+
+    Args:
+        a, b: ``{img_id: (scores, tags)}``, e.g. from :func:`read_scores_file`.
+        tag_ratio (float): The tagger's ``tag_ratio`` (to locate threshold
+            ties from the scores alone).
+        atol (float): Score tolerance.
+        tied_images (Sequence[str]): Images known to have an internal
+            decision tie (:func:`tag_decision_margin`); their scores and tags
+            may differ.
+
+    Returns:
+        list[str]: One message per violation; empty when the runs agree.
+    """
+    problems = []
+    if set(a) != set(b):
+        problems.append(f'different images: only in the first {sorted(set(a) - set(b))[:5]}, '
+                        f'only in the second {sorted(set(b) - set(a))[:5]}')
+    for img_id in sorted(set(a) & set(b)):
+        sa, sb = (torch.as_tensor(x[0], dtype=torch.float64) for x in (a[img_id], b[img_id]))
+        if sa.shape != sb.shape:
+            problems.append(f'{img_id}: {sa.numel()} scores against {sb.numel()}')
+            continue
+        delta = (sa - sb).abs().max().item() if sa.numel() else 0.
+        if delta > atol and img_id not in tied_images:
+            problems.append(f'{img_id}: scores differ by {delta:.3g} > {atol:g}')
+        tags_a, tags_b = set(a[img_id][1]), set(b[img_id][1])
+        near = set()
+        for s in (sa, sb):
+            if s.numel():
+                t = s.min() + tag_ratio * (s.max() - s.min())
+                near |= set(((s - t).abs() <= atol).nonzero().flatten().tolist())
+        if img_id in tied_images:
+            near = tags_a ^ tags_b
+        flipped = (tags_a ^ tags_b) - near
+        if flipped:
+            problems.append(f'{img_id}: tags {sorted(flipped)} differ and are not at a tie')
+    return problems
+
+
+def unexplained_label_flips(labels_a: Tensor, labels_b: Tensor, probs_a: Tensor, probs_b: Tensor,
+                            tie: float = PIXEL_TIE) -> Tensor:
+    """Mask pixels whose labels differ although no two channels tie there.
+
+    Args:
+        labels_a, labels_b (Tensor): (H, W) label maps of two runs.
+        probs_a, probs_b (Tensor): (C, H, W) the channels the labels are the
+            argmax of (background first), from the same runs.
+        tie (float): Channel gap under which a pixel may flip.
+
+    Returns:
+        Tensor: (H, W) bool, True where a flip is not explained by a tie.
+    """
+
+    def gap(p: Tensor) -> Tensor:
+        if p.shape[0] < 2:
+            return torch.full(p.shape[1:], float('inf'))
+        top2 = p.float().topk(2, dim=0).values
+        return top2[0] - top2[1]
+
+    return (labels_a != labels_b) & (gap(probs_a) > tie) & (gap(probs_b) > tie)

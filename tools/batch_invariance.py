@@ -1,0 +1,166 @@
+"""Measure how much one image's outputs depend on the rest of its batch.
+
+Runs the TagCLIP tagger and the CLIP-ES pseudo-labeller on the same images
+once one image at a time and once in batches of ``--batch-size``, and prints,
+per stage, the largest absolute difference between the two runs:
+
+* tagging: coarse patch scores, DMAR-refined scores, local (max-pooled)
+  scores, CWR's global scores, fused scores, and how many tags differ;
+* CAMs: normalised Grad-CAMs, affinity-refined CAMs at patch resolution and
+  the share of mask pixels whose label differs.
+
+This is how the determinism contract of ``docs/determinism.md`` was
+measured. Run it under other CPU code paths to see how kernels picked by
+matrix shape move the figures, e.g.::
+
+    python tools/batch_invariance.py
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 python tools/batch_invariance.py
+    MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 python tools/batch_invariance.py
+    python tools/batch_invariance.py --device cuda --batch-size 32
+
+By default it uses ViT-B/16-shaped random weights (the figures are then
+about rounding, not about meaningful tags); ``--checkpoint`` takes real ones.
+"""
+import argparse
+import glob
+import os.path as osp
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: The CLIP normalisation (the data preprocessor's defaults).
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--images', default=osp.join(osp.dirname(__file__), '..', 'demo',
+                                                     'images'),
+                        help='folder of photos (resized to --size); default: demo/images')
+    parser.add_argument('--num-images', type=int, default=8)
+    parser.add_argument('--size', default='240x320', help='HxW, multiples of 16')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--checkpoint', help='CLIP weights; default: random ViT-B/16 shape')
+    parser.add_argument('--tiny', action='store_true', help='narrow 12-layer random CLIP')
+    parser.add_argument('--mode', default='faithful', choices=('faithful', 'clean'))
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--autocast', default=None, choices=(None, 'bf16', 'fp16'))
+    parser.add_argument('--seed', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def load_images(folder: str, num: int, size: str) -> torch.Tensor:
+    """``num`` photos (cycled if the folder has fewer), resized and normalised."""
+    h, w = (int(v) for v in size.lower().split('x'))
+    paths = sorted(p for ext in ('jpg', 'jpeg', 'png') for p in glob.glob(osp.join(folder,
+                                                                                 f'*.{ext}')))
+    if not paths:
+        raise SystemExit(f'no .jpg/.jpeg/.png images in {folder}')
+    out = []
+    for i in range(num):
+        with Image.open(paths[i % len(paths)]) as im:
+            im = im.convert('RGB').resize((w, h), Image.BICUBIC)
+            if i >= len(paths):  # a cycled photo: flip it so it is a new image
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.).permute(2, 0, 1)
+        out.append((arr - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])
+    return torch.stack(out)
+
+
+def build_models(args: argparse.Namespace, work_dir: str):
+    from tagclip_mmseg.models.clip import CLIP, load_clip
+    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.taggers import TagCLIP
+
+    ckpt = args.checkpoint
+    if ckpt is None:
+        torch.manual_seed(args.seed)
+        arch = dict(embed_dim=64, vision_width=128, transformer_width=64, transformer_heads=1,
+                    transformer_layers=1) if args.tiny else {}
+        ckpt = osp.join(work_dir, 'clip.pth')
+        torch.save(CLIP(**arch).state_dict(), ckpt)
+    clip = load_clip(ckpt)
+    common = dict(clip=clip, mode=args.mode, text_cache_dir=osp.join(work_dir, 'cache'),
+                  autocast=args.autocast)
+    tagger = TagCLIP(class_names='voc', background_words='voc',
+                     templates=('a photo of a {}.', ), **common)
+    labeler = CLIPESPseudoLabeler(class_names='voc-cam', background_words='voc',
+                                  templates='clip-es', caa_layers=range(4, 11), **common)
+    return tagger.to(args.device).eval(), labeler.to(args.device).eval()
+
+
+def run_tagger(tagger, images: torch.Tensor, batch: int) -> Dict[str, torch.Tensor]:
+    keys = ('p_coarse', 'p_ref', 'p_local', 'p_global', 'p_final', 'tags')
+    parts: Dict[str, List[torch.Tensor]] = {k: [] for k in keys}
+    for s in range(0, len(images), batch):
+        chunk = images[s:s + batch]
+        with tagger.autocast_context(chunk.device):
+            out = tagger.tag(chunk)
+        for k in keys:
+            parts[k].append(out[k].float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def run_labeler(labeler, images: torch.Tensor, tags: List[List[int]],
+                batch: int) -> Dict[str, torch.Tensor]:
+    from mmseg.structures import SegDataSample
+    cams, refined, labels = [], [], []
+    hw = tuple(images.shape[-2:])
+    for s in range(0, len(images), batch):
+        chunk, chunk_tags = images[s:s + batch], tags[s:s + batch]
+        with labeler.autocast_context(chunk.device):
+            ref, grid = labeler.compute_cams(chunk, chunk_tags)
+            vit = labeler.clip.visual
+            with torch.no_grad():
+                hidden = vit(chunk, stop_before=vit.num_layers - 1).hidden
+            pair_img = torch.tensor([b for b, t in enumerate(chunk_tags) for _ in t])
+            pair_cls = torch.tensor([c for t in chunk_tags for c in t])
+            raw, _ = labeler.grad_cam(hidden, pair_img.to(chunk.device),
+                                      pair_cls.to(chunk.device), chunk_tags)
+        cams.append(raw.float().cpu())
+        k = max(len(t) for t in tags)
+        refined.append(torch.nn.functional.pad(ref.float().cpu(), (0, 0, 0, 0, 0,
+                                                                   k - ref.shape[1])))
+        samples = []
+        for t in chunk_tags:
+            sample = SegDataSample()
+            sample.set_metainfo(dict(tags=t, ori_shape=hw, img_path='x.jpg'))
+            samples.append(sample)
+        labeler.predict(list(chunk), samples)
+        labels += [s.pred_sem_seg.data.cpu() for s in samples]
+    return dict(cams=torch.cat(cams), refined=torch.cat(refined), labels=torch.stack(labels))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    images = load_images(args.images, args.num_images, args.size).to(args.device)
+    with tempfile.TemporaryDirectory() as work_dir:
+        tagger, labeler = build_models(args, work_dir)
+        one = run_tagger(tagger, images, 1)
+        many = run_tagger(tagger, images, args.batch_size)
+        print(f'images: {len(images)} x {tuple(images.shape[-2:])}, batch 1 vs '
+              f'{args.batch_size}, device {args.device}, mode {args.mode}, '
+              f'autocast {args.autocast}, threads {torch.get_num_threads()}')
+        for key in ('p_coarse', 'p_ref', 'p_local', 'p_global', 'p_final'):
+            print(f'  tag  {key:9s} max|delta| {(one[key] - many[key]).abs().max().item():.3e}')
+        print(f'  tag  tags      differing (image, class) pairs '
+              f'{int((one["tags"] != many["tags"]).sum())} of {one["tags"].numel()}')
+        # The same tags for both CAM runs, so the CAM figures isolate the CAM stage.
+        tags = [t.nonzero().flatten().tolist() or [0] for t in one['tags'].bool()]
+        cam_one = run_labeler(labeler, images, tags, 1)
+        cam_many = run_labeler(labeler, images, tags, args.batch_size)
+    for key in ('cams', 'refined'):
+        print(f'  cam  {key:9s} max|delta| {(cam_one[key] - cam_many[key]).abs().max().item():.3e}')
+    diff = (cam_one['labels'] != cam_many['labels'])
+    per_image = diff.flatten(1).float().mean(1)
+    print(f'  cam  labels    differing pixels {100 * diff.float().mean().item():.4f}% '
+          f'(worst image {100 * per_image.max().item():.4f}%)')
+
+
+if __name__ == '__main__':
+    main()
