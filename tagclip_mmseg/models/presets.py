@@ -8,8 +8,9 @@ without hiding anything: each preset is the tuple defined in
 from typing import Dict, Sequence, Tuple, Union
 
 from .prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES, COCO_CLASSES,
-                      COCO_STUFF_BACKGROUND, COCO_STUFF_CLASSES, TAGCLIP_TEMPLATES, VOC_BACKGROUND,
-                      VOC_CAM_RENAMES, VOC_CLASSES, ClassName, apply_renames)
+                      COCO_STUFF_BACKGROUND, COCO_STUFF_CAM_RENAMES, COCO_STUFF_CLASSES,
+                      TAGCLIP_TEMPLATES, VOC_BACKGROUND, VOC_CAM_RENAMES, VOC_CLASSES, ClassName,
+                      apply_renames)
 
 __all__ = ['TEMPLATE_PRESETS', 'CLASS_PRESETS', 'BACKGROUND_PRESETS', 'resolve_templates',
            'resolve_classes', 'resolve_background']
@@ -26,6 +27,7 @@ CLASS_PRESETS: Dict[str, Tuple[ClassName, ...]] = {
     'cocostuff': COCO_STUFF_CLASSES,
     'voc-cam': tuple(apply_renames(VOC_CLASSES, VOC_CAM_RENAMES)),
     'coco-cam': tuple(apply_renames(COCO_CLASSES, COCO_CAM_RENAMES)),
+    'cocostuff-cam': tuple(apply_renames(COCO_STUFF_CLASSES, COCO_STUFF_CAM_RENAMES)),
 }
 
 BACKGROUND_PRESETS: Dict[str, Tuple[str, ...]] = {
