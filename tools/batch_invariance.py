@@ -18,6 +18,10 @@ matrix shape move the figures, e.g.::
     MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 python tools/batch_invariance.py
     python tools/batch_invariance.py --device cuda --batch-size 32
 
+With ``--save FILE`` the batch-1 outputs are kept; ``--against FILE`` then
+also prints the differences to them, e.g. between two instruction sets,
+thread counts or machines (same images, weights and settings).
+
 By default it uses ViT-B/16-shaped random weights (the figures are then
 about rounding, not about meaningful tags); ``--checkpoint`` takes real ones.
 """
@@ -50,7 +54,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--autocast', default=None, choices=(None, 'bf16', 'fp16'))
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--save', help='write the batch-1 outputs to this file')
+    parser.add_argument('--against', help='also compare with outputs saved by --save')
     return parser.parse_args(argv)
+
+
+def report(title: str, a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    """Print max |delta| per stage, tag disagreements and mask pixel changes."""
+    print(title)
+    for key in ('p_coarse', 'p_ref', 'p_local', 'p_global', 'p_final', 'cams', 'refined'):
+        stage = 'cam ' if key in ('cams', 'refined') else 'tag '
+        print(f'  {stage} {key:9s} max|delta| {(a[key] - b[key]).abs().max().item():.3e}')
+    print(f'  tag  tags      differing (image, class) pairs '
+          f'{int((a["tags"] != b["tags"]).sum())} of {a["tags"].numel()}')
+    diff = (a['labels'] != b['labels'])
+    per_image = diff.flatten(1).float().mean(1)
+    print(f'  cam  labels    differing pixels {100 * diff.float().mean().item():.4f}% '
+          f'(worst image {100 * per_image.max().item():.4f}%)')
 
 
 def load_images(folder: str, num: int, size: str) -> torch.Tensor:
@@ -143,23 +163,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         tagger, labeler = build_models(args, work_dir)
         one = run_tagger(tagger, images, 1)
         many = run_tagger(tagger, images, args.batch_size)
-        print(f'images: {len(images)} x {tuple(images.shape[-2:])}, batch 1 vs '
-              f'{args.batch_size}, device {args.device}, mode {args.mode}, '
-              f'autocast {args.autocast}, threads {torch.get_num_threads()}')
-        for key in ('p_coarse', 'p_ref', 'p_local', 'p_global', 'p_final'):
-            print(f'  tag  {key:9s} max|delta| {(one[key] - many[key]).abs().max().item():.3e}')
-        print(f'  tag  tags      differing (image, class) pairs '
-              f'{int((one["tags"] != many["tags"]).sum())} of {one["tags"].numel()}')
         # The same tags for both CAM runs, so the CAM figures isolate the CAM stage.
         tags = [t.nonzero().flatten().tolist() or [0] for t in one['tags'].bool()]
-        cam_one = run_labeler(labeler, images, tags, 1)
-        cam_many = run_labeler(labeler, images, tags, args.batch_size)
-    for key in ('cams', 'refined'):
-        print(f'  cam  {key:9s} max|delta| {(cam_one[key] - cam_many[key]).abs().max().item():.3e}')
-    diff = (cam_one['labels'] != cam_many['labels'])
-    per_image = diff.flatten(1).float().mean(1)
-    print(f'  cam  labels    differing pixels {100 * diff.float().mean().item():.4f}% '
-          f'(worst image {100 * per_image.max().item():.4f}%)')
+        one.update(run_labeler(labeler, images, tags, 1))
+        many.update(run_labeler(labeler, images, tags, args.batch_size))
+    report(f'images: {len(images)} x {tuple(images.shape[-2:])}, device {args.device}, '
+           f'mode {args.mode}, autocast {args.autocast}, threads {torch.get_num_threads()}\n'
+           f'batch 1 against batch {args.batch_size}:', one, many)
+    if args.save:
+        torch.save(one, args.save)
+    if args.against:
+        report(f'batch 1 against the batch-1 outputs in {args.against}:', one,
+               torch.load(args.against, weights_only=True))
 
 
 if __name__ == '__main__':
