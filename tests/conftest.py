@@ -2,16 +2,40 @@
 
 No test downloads anything; checkpoints are built here with random weights.
 """
+import importlib.util
 import os
 import os.path as osp
 
 import pytest
 import torch
 
-REAL_IMAGES = osp.abspath(
-    osp.join(osp.dirname(__file__), '..', '..', 'shared', 'data', 'real_images'))
-if not osp.isdir(REAL_IMAGES):  # CI clones next to a copy of shared/
-    REAL_IMAGES = os.environ.get('TAGCLIP_REAL_IMAGES', REAL_IMAGES)
+
+def _load_skip_policy():
+    """``tests/skip_policy.py`` by path: ``tests/`` is not on ``sys.path``
+    (``--import-mode=importlib``)."""
+    path = osp.join(osp.dirname(osp.abspath(__file__)), 'skip_policy.py')
+    spec = importlib.util.spec_from_file_location('tagclip_tests_skip_policy', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ``--strict-skips``: fail the session on a skip other than "no CUDA" or "root".
+_skip_policy = _load_skip_policy()
+pytest_addoption = _skip_policy.pytest_addoption
+pytest_configure = _skip_policy.pytest_configure
+
+#: Real photos (and one VOC mask) that ship with the tests; see
+#: ``tests/data/SOURCES.md`` for their origin and licences.
+REAL_IMAGES = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'real_images')
+
+#: The first photos of :data:`REAL_IMAGES` in name order, 128x128 ImageNet
+#: samples: tests that need "a few real photos" take them from here by name, so
+#: that adding a file to the folder changes no test.
+FOOLBOX_PHOTOS = ('foolbox_imagenet_00_243.jpg', 'foolbox_imagenet_01_559.jpg',
+                  'foolbox_imagenet_02_438.jpg', 'foolbox_imagenet_03_990.jpg',
+                  'foolbox_imagenet_04_949.jpg', 'foolbox_imagenet_05_853.jpg',
+                  'foolbox_imagenet_06_609.jpg', 'foolbox_imagenet_07_609.jpg')
 
 #: Architecture of the tiny CLIP: widths are multiples of 64 so that OpenAI's
 #: ``heads = width // 64`` rule (used when reading a checkpoint) gives 2 heads.
@@ -56,9 +80,17 @@ def tiny_clip_path(tmp_path, tiny_clip):
 
 @pytest.fixture(scope='session')
 def real_images_dir():
-    if not osp.isdir(REAL_IMAGES):
-        pytest.skip(f'real images not found at {REAL_IMAGES}')
+    """``tests/data/real_images`` (``images/``, ``masks/``): part of the
+    repository, so a missing folder is an error, never a skip."""
+    assert osp.isdir(osp.join(REAL_IMAGES, 'images')), (
+        f'{REAL_IMAGES} is missing: it ships with the repository (tests/data/)')
     return REAL_IMAGES
+
+
+@pytest.fixture(scope='session')
+def real_photo_paths(real_images_dir):
+    """Paths of :data:`FOOLBOX_PHOTOS`, eight small real photos in a fixed order."""
+    return [osp.join(real_images_dir, 'images', name) for name in FOOLBOX_PHOTOS]
 
 
 #: (width, height) of the photos in :func:`tiny_pseudo_seg_data`; mixed sizes
@@ -80,7 +112,7 @@ def _blob_mask(rng, height: int, width: int, num_classes: int):
 
 
 @pytest.fixture(scope='session')
-def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
+def tiny_pseudo_seg_data(tmp_path_factory, real_photo_paths):
     """A few real photos in the VOC 2012 and COCO layouts, with fake masks.
 
     The same six images (ids ``img0``..``img5``) serve as train and val.
@@ -92,13 +124,11 @@ def tiny_pseudo_seg_data(tmp_path_factory, real_images_dir):
         dict: ``voc_root`` (``.../VOC2012``), ``voc_pseudo``, ``coco_root``
         (``.../coco``: train2014, val2017), ``coco_pseudo`` and ``ids``.
     """
-    import glob
-
     import numpy as np
     from PIL import Image
 
     root = tmp_path_factory.mktemp('pseudo_seg')
-    photos = sorted(glob.glob(osp.join(real_images_dir, 'images', '*.jpg')))[:len(TINY_SEG_SIZES)]
+    photos = real_photo_paths[:len(TINY_SEG_SIZES)]
     ids = [f'img{i}' for i in range(len(photos))]
     rng = np.random.default_rng(0)
     voc, coco = root / 'VOC2012', root / 'coco'
