@@ -93,10 +93,15 @@ def test_tagger_in_the_same_pass(tiny_clip_path, tmp_path):
                   templates=('a photo of a {}.', ), text_cache_dir=str(tmp_path / 'cache'))
     model = build_labeler(tiny_clip_path, 'clean', tmp_path, tagger=tagger)
     samples = [SegDataSample(metainfo=dict(ori_shape=(32, 48))) for _ in range(2)]
-    out = model.predict([torch.randn(3, 32, 48), torch.randn(3, 32, 48)], samples)
-    for s in out:
-        assert len(s.metainfo['tags']) >= 1
+    torch.manual_seed(5)
+    images = torch.randn(2, 3, 32, 48)
+    out = model.predict(list(images), samples)
+    expected = model.tagger.tag(images)['tags']  # the tagger on its own
+    for s, tags in zip(out, expected):
+        assert s.metainfo['tags'] == tags.nonzero().flatten().tolist()
         assert isinstance(s.pred_sem_seg, PixelData)
+        assert set(s.pred_sem_seg.data.unique().tolist()) <= {0} | {t + 1 for t in
+                                                                  s.metainfo['tags']}
 
 
 def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
