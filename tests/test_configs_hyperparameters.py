@@ -26,6 +26,8 @@ CONFIGS = sorted(
     osp.relpath(p, osp.join(ROOT, 'configs'))
     for d in ('tagclip', 'pseudo_labels') for p in glob.glob(osp.join(ROOT, 'configs', d, '*.py')))
 NA = '—'
+#: Input resolution of OpenAI's ViT-B/16, the CLIP of every published config.
+VIT_B16_RESOLUTION = 224
 
 
 def markdown_tables(path: str) -> List[List[List[str]]]:
@@ -100,6 +102,8 @@ def model_values(prefix: str, cfg: dict, cls) -> Dict[str, object]:
             out[key] = len(resolve_background(args['background_words']))
         elif name == 'templates':
             out[key] = resolve_templates(args['templates'])
+        elif name == 'cwr_crop_size' and args[name] is None:
+            out[key] = VIT_B16_RESOLUTION  # None: the CLIP's input resolution
         else:
             out[key] = args[name]
     return out

@@ -22,9 +22,11 @@ def test_reference_image_of_a_coloured_pixel_is_bgr_minus_mean():
     """R, G and B differ, so an RGB/BGR swap changes every channel."""
     rgb = np.array([[[10, 120, 250], [200, 100, 0]]], np.uint8)
     out = crf_reference_image(rgb)
-    # B - 104.008, G - 116.669, R - 122.675, truncated toward 0, modulo 256
-    assert out[0, 0].tolist() == [250 - 104, 120 - 116, (10 - 122) % 256]  # [146, 4, 144]
-    assert out[0, 1].tolist() == [(0 - 104) % 256, (100 - 116) % 256, 200 - 122]
+    # B - 104.008, G - 116.669, R - 122.675, truncated toward 0, modulo 256:
+    # 145.992 -> 145, 3.331 -> 3, -112.675 -> -112 -> 144
+    assert out[0, 0].tolist() == [145, 3, 144]
+    # -104.008 -> -104 -> 152, -16.669 -> -16 -> 240, 77.325 -> 77
+    assert out[0, 1].tolist() == [152, 240, 77]
 
 
 def colour_case():
