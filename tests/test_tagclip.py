@@ -185,11 +185,23 @@ def test_bf16_autocast_close_to_fp32(tiny_clip_path, tmp_path):
     out_ref, out_amp = ref(images), amp(images)
     assert set(seen[id(ref)]) == {torch.float32}
     assert set(seen[id(amp)]) == {torch.bfloat16}
+    # bf16 keeps 8 significant bits: a logit 100 x cos (|logit| <= 100) is
+    # known to about one rounding, 100 * 2**-9 ~ 0.2, and a softmax
+    # probability moves by at most e**(2 * 0.2) when every logit moves by
+    # 0.2. Fused and max-pooled scores are positive combinations of such
+    # probabilities, so every score stays within that factor of fp32's.
+    log_tol = 2 * 100 * 2.0**-9
     for r, a in zip(out_ref, out_amp):
         assert a.pred_score.dtype == torch.float32 and torch.isfinite(a.pred_score).all()
-        # bf16 keeps about three significant digits of 100 x cosine logits
-        torch.testing.assert_close(a.pred_score, r.pred_score, atol=0.1, rtol=0)
-        assert len(a.pred_label) >= 1
+        assert (a.pred_score / r.pred_score).log().abs().max() <= log_tol
+        # tags agree except for scores within that factor of the threshold
+        # (which itself moves by at most that factor)
+        s = r.pred_score
+        thr = s.min() + ref.tag_ratio * (s.max() - s.min())
+        clear = ((s / thr).log().abs() > 2 * log_tol).nonzero().flatten().tolist()
+        assert clear
+        for c in clear:
+            assert (c in r.pred_label.tolist()) == (c in a.pred_label.tolist()), c
 
 
 @pytest.mark.parametrize('value', ['fp32', 'int8', 'half-ish'])
