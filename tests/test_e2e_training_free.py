@@ -71,27 +71,7 @@ def tiny_overrides(root, **extra):
     return opts + [f'{k}={v}' for k, v in extra.items()]
 
 
-def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: float) -> dict:
-    """Spec 5, written out independently of the package: non-interpolated AP
-    per class (classes without positives count as 0 in the mean) and pooled
-    precision/recall/F1 of the per-image relative threshold, in percent.
-    Scores must be distinct within a class (no tie handling here)."""
-    num_images, num_classes = scores.shape
-    ap = np.zeros(num_classes)
-    for c in range(num_classes):
-        if labels[:, c].any():
-            hits = labels[np.argsort(-scores[:, c], kind='stable'), c]
-            ranks = np.flatnonzero(hits) + 1
-            ap[c] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
-    low, high = scores.min(1, keepdims=True), scores.max(1, keepdims=True)
-    pred = scores > low + np.float32(ratio) * (high - low)
-    tp = (pred & labels).sum()
-    op, orr = tp / pred.sum(), tp / labels.sum()
-    return {'tagging/mAP': 100 * ap.mean(), 'tagging/OP': 100 * op, 'tagging/OR': 100 * orr,
-            'tagging/OF1': 100 * 2 * op * orr / (op + orr)}
-
-
-def test_tagging_through_tools_test(tiny_data):
+def test_tagging_through_tools_test(tiny_data, tagging_metrics_oracle):
     root = tiny_data
     work_dir = root / 'wd_tag'
     out = run_tool([
@@ -117,7 +97,7 @@ def test_tagging_through_tools_test(tiny_data):
     assert all(len(set(col)) == len(col) for col in scores.T)  # no ties
     [dump] = glob.glob(str(work_dir / '*' / '*.json'))
     reported = json.loads(open(dump).read().splitlines()[-1])
-    for key, value in reference_tagging_metrics(scores, labels, 0.3).items():
+    for key, value in tagging_metrics_oracle(scores, labels, 0.3).items():
         assert reported[key] == pytest.approx(value, abs=1e-9), key
     # tags: the same relative threshold, with the argmax fallback (spec 4.6)
     for line in lines:
