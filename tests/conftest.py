@@ -6,6 +6,7 @@ import importlib.util
 import os
 import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 
@@ -415,3 +416,29 @@ def assert_masks_agree(actual: dict, expected: dict, max_share: float = 0.01) ->
 def masks_agree():
     """:func:`assert_masks_agree` (conftest cannot be imported)."""
     return assert_masks_agree
+
+
+def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: float) -> dict:
+    """Spec 5, written out independently of the package: non-interpolated AP
+    per class (classes without positives count as 0 in the mean) and pooled
+    precision/recall/F1 of the per-image relative threshold, in percent.
+    Scores must be distinct within a class (no tie handling here)."""
+    num_classes = scores.shape[1]
+    ap = np.zeros(num_classes)
+    for c in range(num_classes):
+        if labels[:, c].any():
+            hits = labels[np.argsort(-scores[:, c], kind='stable'), c]
+            ranks = np.flatnonzero(hits) + 1
+            ap[c] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
+    low, high = scores.min(1, keepdims=True), scores.max(1, keepdims=True)
+    pred = scores > low + np.float32(ratio) * (high - low)
+    tp = (pred & labels).sum()
+    op, orr = tp / pred.sum(), tp / labels.sum()
+    return {'tagging/mAP': 100 * ap.mean(), 'tagging/OP': 100 * op, 'tagging/OR': 100 * orr,
+            'tagging/OF1': 100 * 2 * op * orr / (op + orr)}
+
+
+@pytest.fixture(scope='session')
+def tagging_metrics_oracle():
+    """:func:`reference_tagging_metrics`, for tests that check a tool's metrics."""
+    return reference_tagging_metrics

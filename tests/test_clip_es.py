@@ -41,7 +41,10 @@ def make_samples(tag_lists, ori_hw):
 @pytest.mark.parametrize('mode', ['faithful', 'clean'])
 @pytest.mark.parametrize('caa_layers', [(0, 1, 2), (1, )])
 def test_labeler_matches_reference(tiny_clip_path, tmp_path, mode, caa_layers):
-    model = build_labeler(tiny_clip_path, mode, tmp_path, caa_layers=caa_layers)
+    # a box threshold that is neither VOC's 0.4 nor COCO's 0.7: the reference
+    # reads it from the model
+    model = build_labeler(tiny_clip_path, mode, tmp_path, caa_layers=caa_layers,
+                          caa_box_thr=0.55)
     torch.manual_seed(0)
     images = torch.randn(3, 3, 48, 64)
     tag_lists = [[0, 2], [4], [1, 3, 4]]
@@ -93,10 +96,15 @@ def test_tagger_in_the_same_pass(tiny_clip_path, tmp_path):
                   templates=('a photo of a {}.', ), text_cache_dir=str(tmp_path / 'cache'))
     model = build_labeler(tiny_clip_path, 'clean', tmp_path, tagger=tagger)
     samples = [SegDataSample(metainfo=dict(ori_shape=(32, 48))) for _ in range(2)]
-    out = model.predict([torch.randn(3, 32, 48), torch.randn(3, 32, 48)], samples)
-    for s in out:
-        assert len(s.metainfo['tags']) >= 1
+    torch.manual_seed(5)
+    images = torch.randn(2, 3, 32, 48)
+    out = model.predict(list(images), samples)
+    expected = model.tagger.tag(images)['tags']  # the tagger on its own
+    for s, tags in zip(out, expected):
+        assert s.metainfo['tags'] == tags.nonzero().flatten().tolist()
         assert isinstance(s.pred_sem_seg, PixelData)
+        assert set(s.pred_sem_seg.data.unique().tolist()) <= {0} | {t + 1 for t in
+                                                                  s.metainfo['tags']}
 
 
 def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):

@@ -6,6 +6,7 @@ the CLIP dtype (fp32 on a CPU). Datasets are built with ``lazy_init`` so
 their arguments are checked without the real data on disk.
 """
 import glob
+import inspect
 import os.path as osp
 
 import pytest
@@ -47,7 +48,7 @@ def test_config_builds(path, deep_tiny_clip_path, tmp_path):
     model = R.MODELS.build(cfg.model)
     assert not any(p.requires_grad for p in model.parameters())
     dataset = dict(cfg.test_dataloader.dataset, lazy_init=True)
-    assert R.DATASETS.build(dataset) is not None
+    assert isinstance(R.DATASETS.build(dataset), R.DATASETS.get(dataset['type']))
     for t in cfg.test_dataloader.dataset.pipeline:
         R.TRANSFORMS.build(t)
     evaluators = cfg.test_evaluator
@@ -136,8 +137,13 @@ def test_every_registered_type_builds_from_a_config(tmp_path, tiny_clip_path,
     for (reg_name, type_name), args in cfgs.items():
         if type_name == 'DenseCRF':
             pytest.importorskip('pydensecrf')
-        obj = getattr(R, reg_name).build(dict(type=type_name, **args))
-        assert obj is not None, type_name
+        registry = getattr(R, reg_name)
+        obj = registry.build(dict(type=type_name, **args))
+        built = registry.get(type_name)
+        # a registered class builds an instance of itself; PretrainedCLIP is
+        # the function load_clip, which returns a CLIP
+        expected = built if isinstance(built, type) else inspect.signature(built).return_annotation
+        assert isinstance(obj, expected), type_name
     # Samplers need a dataset instance.
     ds = R.DATASETS.build(cfgs[('DATASETS', 'MultiLabelImageFolder')] | dict(
         type='MultiLabelImageFolder', pipeline=[dict(type='ResizeToPatchMultiple')]))

@@ -18,6 +18,72 @@ def test_reference_image_wraps_like_uint8_cast():
     assert out[0, 1].tolist() == [150, 138, 132]
 
 
+def test_reference_image_of_a_coloured_pixel_is_bgr_minus_mean():
+    """R, G and B differ, so an RGB/BGR swap changes every channel."""
+    rgb = np.array([[[10, 120, 250], [200, 100, 0]]], np.uint8)
+    out = crf_reference_image(rgb)
+    # B - 104.008, G - 116.669, R - 122.675, truncated toward 0, modulo 256:
+    # 145.992 -> 145, 3.331 -> 3, -112.675 -> -112 -> 144
+    assert out[0, 0].tolist() == [145, 3, 144]
+    # -104.008 -> -104 -> 152, -16.669 -> -16 -> 240, 77.325 -> 77
+    assert out[0, 1].tolist() == [152, 240, 77]
+
+
+def colour_case():
+    """Four colour regions (R, G and B differ within each pixel), noise on the
+    image and noisy probabilities for three classes."""
+    h, w = 20, 28
+    rng = np.random.default_rng(3)
+    rgb = np.zeros((h, w, 3), np.int64)
+    rgb[:10, :14] = (220, 40, 90)
+    rgb[:10, 14:] = (30, 200, 120)
+    rgb[10:, :14] = (60, 90, 230)
+    rgb[10:, 14:] = (250, 210, 20)
+    rgb = np.clip(rgb + rng.integers(-12, 13, rgb.shape), 0, 255).astype(np.uint8)
+    probs = rng.uniform(0.05, 0.6, (3, h, w)).astype(np.float32)
+    probs[0, :10] += 0.25
+    probs[1, 10:, :14] += 0.25
+    probs[2, 10:, 14:] += 0.25
+    return probs, rgb
+
+
+def direct_crf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """pydensecrf called as CLIP-ES does, with the paper's parameters (spec
+    6.5): 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3
+    compat 4, unary -log(clip(p, 1e-5, 1))."""
+    import pydensecrf.densecrf as dcrf
+    c, h, w = probs.shape
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-5, 1.0)).reshape(c, -1)))
+    d.addPairwiseGaussian(sxy=1, compat=3)
+    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=np.ascontiguousarray(image), compat=4)
+    return np.asarray(d.inference(10), np.float32).reshape(c, h, w)
+
+
+@pytest.mark.parametrize('image_mode', ['faithful', 'clean'])
+def test_crf_equals_a_direct_pydensecrf_call_on_a_colour_image(image_mode):
+    probs, rgb = colour_case()
+    if image_mode == 'faithful':
+        # the reference's image: BGR minus the Caffe mean, wrapped into uint8
+        bgr = rgb[..., ::-1].astype(np.float64) - np.array([104.008, 116.669, 122.675])
+        image = np.trunc(bgr).astype(np.int64) % 256
+    else:
+        image = rgb
+    expected = direct_crf(probs, image.astype(np.uint8))
+    crf = DenseCRF(image_mode=image_mode)  # the defaults are the paper's parameters
+    got = crf.marginals(probs, rgb)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    idx = crf(torch.from_numpy(probs), SegDataSample(metainfo=dict(ori_img=rgb)))
+    assert torch.equal(idx, torch.from_numpy(expected.argmax(0)))
+    if image_mode == 'faithful':
+        # the case tells the channel orders apart: RGB minus the same mean
+        # (wrapping elsewhere) gives other marginals. (In clean mode a channel
+        # swap only permutes the bilateral features, which no result shows.)
+        rgb_wrapped = np.trunc(rgb - np.array([104.008, 116.669, 122.675])).astype(np.int64) % 256
+        swapped = direct_crf(probs, rgb_wrapped.astype(np.uint8))
+        assert np.abs(swapped - expected).max() > 1e-2
+
+
 def two_region_case():
     """Left half red, right half blue; probabilities slightly favour the truth
     but are noisy."""

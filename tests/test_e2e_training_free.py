@@ -4,6 +4,8 @@ A tiny VOC-layout dataset is built from real photographs (one of them with its
 real VOC mask) and a tiny random CLIP; the tools run in subprocesses exactly as
 a user would run them.
 """
+import glob
+import json
 import os
 import os.path as osp
 import subprocess
@@ -69,18 +71,40 @@ def tiny_overrides(root, **extra):
     return opts + [f'{k}={v}' for k, v in extra.items()]
 
 
-def test_tagging_through_tools_test(tiny_data):
+def test_tagging_through_tools_test(tiny_data, tagging_metrics_oracle):
     root = tiny_data
+    work_dir = root / 'wd_tag'
     out = run_tool([
-        'tools/test.py', TAG_CONFIG, '--work-dir', str(root / 'wd_tag'), '--cfg-options',
+        'tools/test.py', TAG_CONFIG, '--work-dir', str(work_dir), '--cfg-options',
         *tiny_overrides(root), f'test_dataloader.dataset.data_root={root}/VOC2007',
-        'model.avg_layers=[0,1]', 'model.vote_k=2', f'test_evaluator.1.out_file={root}/tags.txt',
-        f'test_evaluator.1.scores_file={root}/scores.jsonl'
+        'model.avg_layers=[0,1]', 'model.vote_k=2', 'model.tag_ratio=0.3',
+        'test_evaluator.0.ratio=0.3', f'test_evaluator.1.out_file={root}/tags.txt',
+        f'test_evaluator.1.scores_file={root}/scores.jsonl', 'test_evaluator.1.score_decimals=30'
     ])
     assert 'tagging/mAP' in out and 'tagging/OF1' in out
     lines = (root / 'tags.txt').read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == sorted(IMAGES)
-    assert all(len(line.split()) >= 2 for line in lines)  # every image gets a tag
+    # the metrics the tool reports equal spec 5 computed here from the scores
+    # it wrote (float32 values, written in full) and the label file
+    records = {r['img_id']: r for r in map(json.loads,
+                                           (root / 'scores.jsonl').read_text().splitlines())}
+    truth = dict((line.split()[0], [int(c) for c in line.split()[1:]])
+                 for line in (root / 'VOC2007' / 'test_cls.txt').read_text().splitlines())
+    scores = np.array([records[n]['scores'] for n in IMAGES], np.float32)
+    labels = np.zeros(scores.shape, bool)
+    for i, name in enumerate(IMAGES):
+        labels[i, truth[name]] = True
+    assert all(len(set(col)) == len(col) for col in scores.T)  # no ties
+    [dump] = glob.glob(str(work_dir / '*' / '*.json'))
+    reported = json.loads(open(dump).read().splitlines()[-1])
+    for key, value in tagging_metrics_oracle(scores, labels, 0.3).items():
+        assert reported[key] == pytest.approx(value, abs=1e-9), key
+    # tags: the same relative threshold, with the argmax fallback (spec 4.6)
+    for line in lines:
+        name, tags = line.split()[0], [int(c) for c in line.split()[1:]]
+        s = np.array(records[name]['scores'], np.float32)
+        expected = np.flatnonzero(s > s.min() + np.float32(0.3) * (s.max() - s.min()))
+        assert tags == (expected.tolist() or [int(s.argmax())]), line
 
 
 def generate(root, out_dir, extra_args=(), launcher=None):
@@ -109,12 +133,41 @@ def read_outputs(out_dir):
             if f.endswith('.png')}
 
 
+def reference_miou(preds, gts, num_classes: int) -> dict:
+    """Spec 7 from a plain confusion matrix: GT pixels outside the classes
+    (255) are ignored, a prediction outside them is a miss of the GT class;
+    ``mIoU`` averages the classes present in the GT, ``mIoU_mmseg`` every
+    class with a non-empty union (percent)."""
+    conf = np.zeros((num_classes, num_classes), np.int64)  # rows GT, columns prediction
+    gt_count = np.zeros(num_classes, np.int64)
+    for pred, gt in zip(preds, gts):
+        assert pred.shape == gt.shape
+        g, p = gt[gt < num_classes].astype(np.int64), pred[gt < num_classes].astype(np.int64)
+        gt_count += np.bincount(g, minlength=num_classes)
+        np.add.at(conf, (g[p < num_classes], p[p < num_classes]), 1)
+    tp = np.diag(conf).astype(np.float64)
+    union = gt_count + conf.sum(0) - tp
+    with np.errstate(invalid='ignore'):
+        iou = tp / union
+    return {'mIoU': 100 * iou[gt_count > 0].mean(), 'mIoU_mmseg': 100 * iou[union > 0].mean()}
+
+
 def test_pseudo_labels_write_resume_and_evaluate(tiny_data, tags_file):
     out_dir = tiny_data / 'pl_single'
     log = generate(tiny_data, out_dir)
     assert 'mIoU' in log and 'mIoU_mmseg' in log
     assert f'{len(IMAGES)} written' in log
     first = read_outputs(out_dir)
+    # the reported mIoUs equal spec 7 computed here from the written masks
+    [dump] = glob.glob(str(out_dir / 'logs' / '*' / '*.json'))
+    reported = json.loads(open(dump).read().splitlines()[-1])
+    expected = reference_miou(
+        [np.asarray(Image.open(out_dir / f'{n}.png')) for n in IMAGES],
+        [np.asarray(Image.open(tiny_data / 'VOC2012' / 'SegmentationClass' / f'{n}.png'))
+         for n in IMAGES], num_classes=21)
+    for key, value in expected.items():
+        [got] = [v for k, v in reported.items() if k.split('/')[-1] == key]
+        assert got == pytest.approx(value, abs=1e-9), key
     assert sorted(first) == sorted(f'{n}.png' for n in IMAGES)
     for name in IMAGES:
         png = Image.open(out_dir / f'{name}.png')

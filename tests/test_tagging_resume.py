@@ -135,10 +135,16 @@ def _evaluate(out_dir, samples, fingerprint='fp'):
     return files, metrics
 
 
-def test_resumed_run_writes_the_same_bytes_and_metrics(tmp_path):
+def test_resumed_run_writes_the_same_bytes_and_metrics(tmp_path, tagging_metrics_oracle):
     ids = [f'img{i}' for i in range(8)]
     reference, ref_metrics = _evaluate(tmp_path / 'ref',
                                        [_sample(i, s) for s, i in enumerate(ids)])
+    # the metrics themselves: spec 5 computed independently from the samples
+    scores = np.stack([_sample(i, s).pred_score.numpy() for s, i in enumerate(ids)])
+    labels = np.zeros(scores.shape, bool)
+    labels[np.arange(len(ids)), np.arange(len(ids)) % NUM_CLASSES] = True
+    for key, value in tagging_metrics_oracle(scores, labels, 0.5).items():
+        assert ref_metrics[key] == pytest.approx(value, abs=1e-9), key
     assert sorted(reference) == ['scores.jsonl', 'tags.skipped.txt', 'tags.txt']  # no journal
 
     # A run killed after journaling the first five images.

@@ -344,10 +344,6 @@ def random_images(args: argparse.Namespace, hw: Tuple[int, int], patch: int, bat
     return torch.randn(batch, 3, h, w, generator=gen).to(device=device, dtype=dtype)
 
 
-def reference_cfg(tagger) -> dict:
-    return dict(vote_k=tagger.vote_k, avg_layers=tagger.avg_layers, ratio=tagger.cwr_ratio)
-
-
 def cam_samples(batch: int, tags: List[int], hw: Tuple[int, int]) -> list:
     from mmseg.structures import SegDataSample
     samples = []
@@ -378,10 +374,7 @@ def tagging_fns(tagger, images: torch.Tensor, suffix: str,
     if crops:
         fns[f'crops{suffix}'] = lambda: tagger.clip.visual(crop_batch)
     if faithful:
-        cfg = reference_cfg(tagger)
-        fns[f'tag-faithful{suffix}'] = lambda: [
-            reference_tagclip(tagger, img, tagger.faithful, cfg) for img in images
-        ]
+        fns[f'tag-faithful{suffix}'] = lambda: [reference_tagclip(tagger, img) for img in images]
     return fns, crops
 
 
@@ -514,7 +507,7 @@ def probe_main(args: argparse.Namespace) -> None:
         else:
             from tagclip_mmseg.models.reference import reference_tagclip
             with torch.no_grad():
-                reference_tagclip(model, images[0], model.faithful, reference_cfg(model))
+                reference_tagclip(model, images[0])
 
     run(small)
     meter.reset()

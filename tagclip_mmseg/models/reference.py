@@ -46,20 +46,27 @@ def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
     return box
 
 
-def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[str, Tensor]:
+def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
     """Spec 4.1-4.6 for ONE normalised image (3, H, W), with loops.
 
+    Every hyperparameter is read from ``model`` (the settings of the model
+    under test, so the two cannot drift apart); only the CLIP weights and the
+    text embeddings are shared, never the model's vectorised code.
+
     Args:
-        model: A :class:`~tagclip_mmseg.models.TagCLIP` (its CLIP and text
-            embeddings are used, not its vectorised code).
+        model: A :class:`~tagclip_mmseg.models.TagCLIP`. Read from it:
+            ``faithful`` (box clamping and CWR early exit), ``vote_k``,
+            ``avg_layers``, ``self_attn_mask_value``, ``cwr``, ``cwr_ratio``,
+            ``cwr_region_thr``, ``cwr_crop_size``, ``cwr_mask_value``,
+            ``fusion_lambda`` and ``tag_ratio``.
         image (Tensor): Normalised (3, H, W) image, sides multiples of the
             patch size.
-        faithful (bool): Reference quirks on (box clamping, CWR early exit).
-        cfg (dict): ``vote_k``, ``avg_layers`` and ``ratio``.
 
     Returns:
-        dict: ``p_coarse``, ``p_ref``, ``p_local``, ``p_final``, ``tags``.
+        dict: ``p_coarse``, ``p_ref``, ``p_local``, ``p_final``, ``tags`` and
+        ``cwr_done`` (bool per foreground class: reidentified).
     """
+    faithful = bool(model.faithful)
     vit = model.clip.visual
     text = model.classifier()
     c_all, c_fg = text.shape[0], model.num_classes
@@ -68,7 +75,7 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
     n = hp * wp
     dev = image.device
     # 4.1 coarse pass: self-only last layer
-    self_only = torch.full((n + 1, n + 1), -100., device=dev)
+    self_only = torch.full((n + 1, n + 1), float(model.self_attn_mask_value), device=dev)
     self_only.fill_diagonal_(0)
     out = vit(image[None], attn_masks={vit.num_layers - 1: self_only}, return_attn=True)
     z = F.normalize(out.tokens[0].float(), dim=-1)
@@ -78,8 +85,8 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
     count = torch.zeros(n, n, device=dev)
     for b in maps:
         count += (b > b.mean()).float()
-    vote = (count >= cfg['vote_k']).float()
-    avg = sum(maps[i] for i in cfg['avg_layers']) / len(cfg['avg_layers'])
+    vote = (count >= model.vote_k).float()
+    avg = sum(maps[i] for i in model.avg_layers) / len(model.avg_layers)
     w = vote * avg
     # 4.3 first refinement, class boxes, second refinement
     p_hat = w @ p_coarse
@@ -96,40 +103,47 @@ def reference_tagclip(model, image: Tensor, faithful: bool, cfg: Dict) -> Dict[s
     p_local = p_ref[:, :c_fg].max(dim=0).values
     # 4.5 CWR
     p_final = p_local.clone()
+    done = torch.zeros(c_fg, dtype=torch.bool, device=dev)
     ma, mi = p_ref.max(), p_ref.min()
-    theta = mi + cfg['ratio'] * (ma - mi)
-    g = vit.input_resolution // p
-    for c in range(c_fg):
+    theta = mi + model.cwr_ratio * (ma - mi)
+    lam = model.fusion_lambda
+    s = model.cwr_crop_size
+    g = s // p
+    for c in range(c_fg if model.cwr else 0):
         if not p_local[c] > theta:
             continue
         col = p_ref[:, c]
         v = (col - col.min()) / (col.max() - col.min())
-        m = (v > 0.5).reshape(hp, wp)
+        m = (v > model.cwr_region_thr).reshape(hp, wp)
         ys, xs = torch.nonzero(m, as_tuple=True)
-        x1, x2 = int(xs.min()), int(xs.max()) + 1
-        y1, y2 = int(ys.min()), int(ys.max()) + 1
+        if len(xs) == 0:  # constant map (0/0): no region, a degenerate box
+            x1 = x2 = y1 = y2 = 0
+        else:
+            x1, x2 = int(xs.min()), int(xs.max()) + 1
+            y1, y2 = int(ys.min()), int(ys.max()) + 1
         if faithful:
             x2, y2 = min(x2, wp - 1), min(y2, hp - 1)
-        if x1 == x2 or y1 == y2:
+        if x1 >= x2 or y1 >= y2:
             if faithful:
                 break
             continue
         crop = image[:, p * y1:p * y2, p * x1:p * x2][None]
-        crop = F.interpolate(crop, size=(vit.input_resolution, ) * 2, mode='bilinear',
-                             align_corners=False)
+        crop = F.interpolate(crop, size=(s, s), mode='bilinear', align_corners=False)
         mc = m[y1:y2, x1:x2][None, None].float()
         mc = F.interpolate(mc, size=(g, g), mode='nearest')[0, 0].flatten() > 0
         mask = torch.zeros(g * g + 1, g * g + 1, device=dev)
-        mask[0, 1:][~mc] = -1000.
+        mask[0, 1:][~mc] = float(model.cwr_mask_value)
         cls_tok = vit(crop, attn_masks={i: mask for i in range(vit.num_layers)}).tokens[0, 0]
         glob = (100 * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
-        p_final[c] = 0.5 * p_local[c] + 0.5 * glob[c]
+        p_final[c] = lam * p_local[c] + (1 - lam) * glob[c]
+        done[c] = True
     # 4.6 tags
-    t = p_final.min() + cfg['ratio'] * (p_final.max() - p_final.min())
+    t = p_final.min() + model.tag_ratio * (p_final.max() - p_final.min())
     tags = p_final > t
     if not tags.any():
         tags[p_final.argmax()] = True
-    return dict(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final, tags=tags)
+    return dict(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final, tags=tags,
+                cwr_done=done)
 
 
 def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
