@@ -102,15 +102,19 @@ def test_cwr_early_exit_candidates_boxes_and_fusion(tiny_clip_path, tmp_path, mo
 
     monkeypatch.setattr(tagger, '_crop_scores', crop_scores)
     images = torch.zeros(2, 3, 16 * H, 16 * W)
-    p_final, done = tagger.reidentify(images, p_ref, p_local, (H, W), tagger.classifier())
+    p_final, done, p_global = tagger.reidentify(images, p_ref, p_local, (H, W),
+                                                tagger.classifier())
 
     pairs, boxes = EXPECTED[mode]
     assert [(b, c) for b, c, _ in seen] == pairs
     assert [box for _, _, box in seen] == boxes
     expected_done = torch.zeros(2, 4, dtype=torch.bool)
     expected = P_LOCAL.clone()
+    expected_global = torch.zeros(2, 4)
     for b, c in pairs:
         expected_done[b, c] = True
         expected[b, c] = fused(b, c)
+        expected_global[b, c] = P_GLOBAL[b, c]
     assert torch.equal(done, expected_done)
     torch.testing.assert_close(p_final, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(p_global, expected_global, atol=0, rtol=0)
