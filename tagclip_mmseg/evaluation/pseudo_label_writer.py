@@ -42,6 +42,7 @@ from PIL import Image
 from ..datasets.categories import voc_palette
 from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from ..utils.run_lock import RunLock
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error, pixel_data
 from .summary import format_summary
@@ -134,7 +135,10 @@ class PseudoLabelWriter(BaseMetric):
         self.save_cams = save_cams
         self._palette: Optional[np.ndarray] = None
         self._start: Optional[float] = None
-        if is_main_process():
+        # One live run per output: refuse before touching files another run writes.
+        self._lock = RunLock(self.out_dir) if is_main_process() else None
+        if self._lock is not None:
+            self._lock.acquire()
             remove_stale_temp_files(self.out_dir, min_age_s=stale_temp_age_s)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
@@ -212,6 +216,8 @@ class PseudoLabelWriter(BaseMetric):
         if failed:
             logger.warning(f'{len(failed)} images failed to load; see '
                            f'{osp.join(self.out_dir, "failed.txt")}')
+        if self._lock is not None:
+            self._lock.release()
         return counts
 
 

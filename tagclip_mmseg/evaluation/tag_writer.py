@@ -37,8 +37,9 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 
-from ..datasets.utils import MISSING_IMAGES_KEY
+from ..datasets.utils import MISSING_IMAGES_KEY, skipped_list_path
 from ..utils.io import atomic_write_text, ensure_writable_dir
+from ..utils.run_lock import RunLock
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error
 from .summary import format_summary
@@ -84,8 +85,7 @@ class TagFileWriter(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.out_file = osp.abspath(out_file)
         self.scores_file = None if scores_file is None else osp.abspath(scores_file)
-        self.skipped_file = osp.abspath(skipped_file or
-                                        osp.splitext(out_file)[0] + '.skipped.txt')
+        self.skipped_file = osp.abspath(skipped_file or skipped_list_path(out_file))
         self.score_decimals = int(score_decimals)
         self.fsync_interval_s = float(fsync_interval_s)
         #: Identity of the run's settings for the journal header; set by
@@ -96,7 +96,11 @@ class TagFileWriter(BaseMetric):
         folders = {osp.dirname(p) for p in self._paths()}
         for folder in sorted(folders):  # fail now, not after hours of tagging
             ensure_writable_dir(folder)
-            if is_main_process():
+        # One live run per output: refuse before touching files another run writes.
+        self._lock = RunLock(self.out_file) if is_main_process() else None
+        if self._lock is not None:
+            self._lock.acquire()
+            for folder in sorted(folders):
                 remove_stale_temp_files(folder, extensions=(), names=[
                     osp.basename(p) for p in self._paths() if osp.dirname(p) == folder])
 
@@ -187,4 +191,6 @@ class TagFileWriter(BaseMetric):
         logger.info(f'tags written to {self.out_file}: ' + format_summary(counts, elapsed))
         if skipped:
             logger.warning(f'{len(skipped)} images failed to load; see {self.skipped_file}')
+        if self._lock is not None:
+            self._lock.release()
         return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))
