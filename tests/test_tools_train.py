@@ -19,8 +19,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
 
-import tagclip_mmseg  # noqa: F401  (installs the trusted local checkpoint loader)
-from tagclip_mmseg.engine.checkpoint_compat import load_from_local
+from tagclip_mmseg.engine.checkpoint_compat import load_local_weights_only, safe_checkpoint_loading
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 V2_VOC = osp.join(REPO, 'configs', 'deeplab',
@@ -101,8 +100,8 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     assert 'mIoU' in log  # validation on the real-mask split ran
 
     # 2. --resume continues at iteration 2 up to the config's 4. Under torch >= 2.6
-    # this needs tagclip_mmseg's trusted local loader (the environment above does
-    # not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
+    # this needs the allowlist of mmengine's checkpoint types (the environment
+    # above does not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
     log = run_tool('train.py', tiny_config, '--work-dir', work_dir, '--resume')
     assert 'resumed epoch: 0, iter: 2' in log
     last = torch.load(osp.join(work_dir, 'iter_4.pth'), map_location='cpu', weights_only=False)
@@ -120,21 +119,89 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
 
 @pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split('.')[:2]) < (2, 6),
                     reason='torch < 2.6 loads full pickles by default')
-def test_resume_checkpoints_need_the_trusted_local_loader(tmp_path):
-    """Trap 6: a training checkpoint is more than weights; torch refuses it by default."""
+def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_path):
+    """Trap 6: a training checkpoint is more than weights; torch refuses it by
+    default, and the tools load it with weights_only=True plus an allowlist."""
+    import numpy as np
     from mmengine.logging import HistoryBuffer
     path = str(tmp_path / 'iter_2.pth')
-    checkpoint = dict(meta=dict(iter=2), state_dict={'w': torch.ones(2)},
-                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer([1.0], [1])}))
+    checkpoint = dict(meta=dict(iter=2, seed=np.int64(3)), state_dict={'w': torch.ones(2)},
+                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer(
+                          np.array([1.5, 0.25]), np.array([1, 1]))},
+                          runtime_info={'lr': np.float64(0.01)}))
     torch.save(checkpoint, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, map_location='cpu')  # what mmengine 0.10.7 calls
-    assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local
-    assert CheckpointLoader._get_checkpoint_loader('http://x/y.pth') is not load_from_local
-    loaded = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    assert loaded['meta']['iter'] == 2
-    with pytest.raises(FileNotFoundError, match='can not be found'):
-        CheckpointLoader.load_checkpoint(str(tmp_path / 'missing.pth'))
+    default_loader = CheckpointLoader._get_checkpoint_loader(path)
+    assert default_loader is not load_local_weights_only  # import changed nothing
+    with safe_checkpoint_loading():
+        assert CheckpointLoader._get_checkpoint_loader(path) is load_local_weights_only
+        assert CheckpointLoader._get_checkpoint_loader('http://x/y.pth') is not \
+            load_local_weights_only
+        loaded = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        with pytest.raises(FileNotFoundError, match='can not be found'):
+            CheckpointLoader.load_checkpoint(str(tmp_path / 'missing.pth'))
+    assert loaded['meta']['iter'] == 2 and loaded['meta']['seed'] == 3
+    buffer = loaded['message_hub']['log_scalars']['train/loss']
+    assert isinstance(buffer, HistoryBuffer) and buffer.mean() == pytest.approx(0.875)
+    # Restored on exit: nothing outlives the block.
+    assert CheckpointLoader._get_checkpoint_loader(path) is default_loader
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location='cpu')
+
+
+def test_importing_the_package_changes_no_checkpoint_loader():
+    code = ('import torch\n'
+            'from mmengine.runner import CheckpointLoader\n'
+            'before = dict(CheckpointLoader._schemes)\n'
+            'safe = list(torch.serialization.get_safe_globals())\n'
+            'import tagclip_mmseg, tagclip_mmseg.apis\n'
+            'assert dict(CheckpointLoader._schemes) == before, "loader registry changed"\n'
+            'assert list(torch.serialization.get_safe_globals()) == safe, "allowlist changed"\n'
+            'print("UNCHANGED")\n')
+    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
+    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and 'UNCHANGED' in proc.stdout, proc.stdout + proc.stderr
+
+
+class OpenMarker:
+    """Unpickling this calls ``open(marker, 'w')``: code run from a file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def write_malicious_checkpoint(path, marker, state_dict=None) -> str:
+    """An mmengine-looking checkpoint whose pickle creates ``marker`` when loaded."""
+    torch.save(dict(meta=dict(iter=2), state_dict=state_dict or {'w': torch.ones(1)},
+                    message_hub=OpenMarker(str(marker))), path)
+    return str(path)
+
+
+def test_malicious_checkpoint_never_runs_in_train_and_test(tmp_path, tiny_config, tool_runner):
+    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from."""
+    from tagclip_mmseg.engine import UnsafeCheckpointError
+    marker = tmp_path / 'code_ran'
+    evil = write_malicious_checkpoint(tmp_path / 'evil.pth', marker)
+    runs = {
+        'test.py CHECKPOINT': ('tools/test.py', tiny_config, evil),
+        'train.py --resume': ('tools/train.py', tiny_config, '--resume', evil),
+        'train.py load_from': ('tools/train.py', tiny_config, '--cfg-options',
+                               f'load_from={evil}'),
+    }
+    for name, (script, *args) in runs.items():
+        with pytest.raises(UnsafeCheckpointError) as info:
+            tool_runner.inprocess(script, *args, '--work-dir', str(tmp_path / 'work'))
+        message = str(info.value)
+        assert not marker.exists(), f'{name} ran code from the checkpoint'
+        for fragment in (evil, 'could run code', 'Unsupported global', 'open',
+                         'Nothing from it was executed'):
+            assert fragment in message, (name, fragment, message)
 
 
 def test_test_tool_checkpoint_is_optional_and_out_needs_one_metric(tmp_path, monkeypatch,

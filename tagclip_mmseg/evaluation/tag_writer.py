@@ -23,6 +23,10 @@ killed run restarted with the same settings resumes where it stopped
 (``SkipTagged``, armed by ``TagResumeHook``). Images that failed to load are
 not journaled: they are retried, which is cheap and picks up a repaired file.
 The journals are removed once the final files are written.
+
+From construction to the final files, rank 0 holds ``<out_file>.lock``
+(``utils.run_lock``): a second run into the same tags file stops before it
+touches the journals, and a lock left by a killed run is taken over.
 """
 import contextlib
 import json

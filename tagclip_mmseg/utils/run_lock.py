@@ -35,13 +35,18 @@ def lock_path_for(output: str) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):  # no /proc (macOS...): trust kill()
         return True
-    return True
 
 
 class RunLock:
