@@ -282,3 +282,35 @@ def test_run_pipeline_reads_newest_test_metrics(tmp_path):
         (tmp_path / stamp / f'{stamp}.json').write_text(f'{{"mIoU": {miou}}}')
     (tmp_path / '20240102_000000' / 'vis_data').mkdir()
     assert pipeline.newest_test_metrics(str(tmp_path)) == {'mIoU': 2.0}
+
+
+@pytest.mark.slow
+def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_data,
+                                                      tiny_tool_options, pl_list_config):
+    """tags -> pseudo masks -> training -> mIoU on a folder with one corrupt photo:
+    stage 1 lists it as skipped, stage 2 skips it too, training never sees it."""
+    import json
+    import shutil
+    voc = tmp_path / 'VOC2012'
+    shutil.copytree(tiny_pseudo_seg_data['voc_root'], voc)
+    (voc / 'JPEGImages' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated')
+    config = tmp_path / 'tiny_deeplabv2.py'
+    config.write_text(TINY_CONFIG.format(base=V2_VOC, data_root=str(voc),
+                                         pseudo=tiny_pseudo_seg_data['voc_pseudo']))
+    work = tmp_path / 'pipeline'
+    log = run_tool(
+        'run_pipeline.py', '--work-dir', str(work),
+        '--tag-config', osp.join(REPO, 'configs', 'tagclip', 'tagclip_vit-b16_folder.py'),
+        '--pseudo-config', pl_list_config, '--seg-config', str(config),
+        '--tag-options', *tiny_tool_options['tag'],
+        f'test_dataloader.dataset.data_root={voc / "JPEGImages"}',
+        f'test_evaluator.0.scores_file={work / "scores.jsonl"}',
+        '--pseudo-options', *tiny_tool_options['pl'], f'test_dataloader.dataset.data_root={voc}')
+    ids = tiny_pseudo_seg_data['ids']
+    assert (work / 'tags.skipped.txt').read_text().startswith('corrupt\t')
+    assert sorted(p.stem for p in (work / 'pseudo_labels').glob('*.png')) == sorted(ids)
+    summary = json.loads((work / 'pseudo_labels' / 'summary.json').read_text())
+    assert summary['failed'] == 1 and summary['failed_images'][0]['img_id'] == 'corrupt'
+    assert (work / 'train_ids.txt').read_text().split() == sorted(ids)
+    assert 'mIoU' in json.loads((work / 'metrics.json').read_text())
+    assert 'skipped by the tagger' in log
