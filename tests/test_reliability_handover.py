@@ -247,18 +247,21 @@ def test_data_root_flag_takes_spaces_and_unicode(tmp_path, tiny_tool_options, to
                               str(tmp_path / 'no such folder'))
 
 
-def test_set_data_root_reaches_every_dataset():
+def test_set_data_root_reaches_every_dataset(tmp_path):
     from mmengine.config import Config
 
     from tagclip_mmseg.utils import load_config
-    config = osp.join(REPO, 'configs', 'pseudo_labels',
-                      'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+    config = osp.join(REPO, 'configs', 'deeplab',
+                      'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
+    root = tmp_path / 'my photos' / 'VOC, 2012 ü'
+    root.mkdir(parents=True)
     args = argparse.Namespace(config=config, launcher='none', cfg_options=None,
-                              data_root='/data/my photos/VOC, 2012')
+                              data_root=str(root))
     cfg = load_config(args)
-    assert cfg.data_root == '/data/my photos/VOC, 2012'
-    assert cfg.test_dataloader.dataset.data_root == '/data/my photos/VOC, 2012'
-    assert Config.fromfile(config).test_dataloader.dataset.data_root != cfg.data_root
+    assert cfg.data_root == str(root)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == str(root), loader
+        assert Config.fromfile(config)[loader].dataset.data_root != str(root)
 
 
 # ------------------------------------------- 7: stage 2 reads stage 1's skips

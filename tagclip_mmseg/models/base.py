@@ -165,6 +165,11 @@ class FrozenCLIPModel(BaseModel):
         names = tuple(n if isinstance(n, str) else tuple(n) for n in names)
         words = self.background_words if background_words is None else \
             resolve_background(background_words)
+        keys = {' '.join((n if isinstance(n, str) else n[0]).lower().split()) for n in names}
+        clash = sorted(w for w in words if ' '.join(w.lower().split()) in keys)
+        if clash:
+            raise ValueError(f'background words {clash} are also foreground classes; '
+                             'remove them from background_words')
         try:
             class_prompt_names(names + words)
         except ValueError as e:
