@@ -35,7 +35,7 @@ from mmengine.runner import CheckpointLoader
 from ..utils.unpickling import refused_global
 
 __all__ = [
-    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_local_weights_only',
+    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_from_local_weights_only',
     'safe_checkpoint_loading'
 ]
 
@@ -53,20 +53,39 @@ def _numpy_globals() -> List[Any]:
     return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
+def _history_buffer_getattr(owner: Any, name: str) -> Any:
+    """``getattr`` as a pickle may call it, limited to a history buffer's
+    statistics methods.
+
+    A pickled :class:`HistoryBuffer` refers to its statistics functions
+    (``HistoryBuffer.mean``...) as ``getattr(HistoryBuffer, 'mean')``;
+    allowing the real ``getattr`` would let a file reach any attribute of
+    any allowed object.
+    """
+    if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f'Unsupported global: getattr({owner!r}, {name!r}) is not a history buffer statistic.')
+
+
 #: Non-container types in mmengine 0.10.7 training checkpoints: the message
-#: hub's history buffers and the numpy values they and the log history hold.
-MMENGINE_CHECKPOINT_GLOBALS: List[Any] = [HistoryBuffer, *_numpy_globals()]
+#: hub's history buffers (with the ``getattr`` their statistics methods are
+#: pickled with, restricted) and the numpy values they and the log history
+#: hold.
+MMENGINE_CHECKPOINT_GLOBALS: List[Any] = [
+    HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *_numpy_globals()
+]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds Python objects that loading would have to execute."""
 
 
-def load_local_weights_only(filename: str, map_location: MapLocation = None) -> Any:
+def load_from_local_weights_only(filename: str, map_location: MapLocation = None) -> Any:
     """mmengine's local-file loader with an explicit ``weights_only=True``.
 
-    The name's ``local`` keeps mmengine's log line ("Loads checkpoint by local
-    backend").
+    mmengine logs the name after ``load_from_``: "Loads checkpoint by
+    local_weights_only backend".
 
     Raises:
         FileNotFoundError: If ``filename`` is not a file.
@@ -106,7 +125,7 @@ def safe_checkpoint_loading() -> Iterator[None]:
         print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, but this run still loads '
                   'checkpoints with weights_only=True (mmengine training checkpoints need no '
                   'unsafe loading).', logger='current', level=logging.WARNING)
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local_weights_only, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
     try:
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
             yield
