@@ -115,7 +115,7 @@ class PseudoLabelWriter(BaseMetric):
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'pseudo_label'``.
 
-    From construction to the summary, rank 0 holds ``<out_dir>.lock``
+    From construction to the summary, rank 0 holds ``<out_dir>/.lock``
     (``utils.run_lock``): a second run into the same folder stops at once, and
     a lock left by a killed run is taken over with a log line.
 

@@ -3,8 +3,8 @@
 A restarted run that writes into the output of a run still going (ranks left
 behind by a killed launcher, a second terminal) would interleave journals and
 masks with it, and the old run's clean-up would remove files the new one
-relies on. So the run that writes an output first creates ``<output>.lock``
-holding its pid, host and start time, and a second run refuses to start while
+relies on. So the run that writes an output first creates a lock file
+(:func:`lock_path_for`) holding its pid, host and start time, and a second run refuses to start while
 that owner is alive.
 
 A lock whose owner is gone (a run killed with SIGKILL never removes it) is
@@ -30,8 +30,12 @@ class OutputInUseError(RuntimeError):
 
 
 def lock_path_for(output: str) -> str:
-    """``<output>.lock`` next to a file or folder output (trailing ``/`` ignored)."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(output))) + '.lock'
+    """``<folder>/.lock`` inside a folder output (its parent may be read-only),
+    ``<file>.lock`` next to a file output."""
+    output = os.path.normpath(os.path.abspath(os.path.expanduser(output)))
+    if os.path.isdir(output):
+        return os.path.join(output, '.lock')
+    return output + '.lock'
 
 
 def _pid_alive(pid: int) -> bool:
