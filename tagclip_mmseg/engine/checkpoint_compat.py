@@ -21,6 +21,7 @@ loader pass ``weights_only=True`` explicitly (so neither an older torch nor
 mmengine's loader on exit.
 """
 import contextlib
+import inspect
 import logging
 import os
 import os.path as osp
@@ -62,10 +63,13 @@ def _history_buffer_getattr(owner: Any, name: str) -> Any:
     allowing the real ``getattr`` would let a file reach any attribute of
     any allowed object.
     """
-    if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    # Its public methods (the statistics are registered per process, on the
+    # first instance, so the registry may still be empty while loading).
+    if owner is HistoryBuffer and not name.startswith('_') and \
+            inspect.isfunction(vars(HistoryBuffer).get(name)):
         return getattr(owner, name)
     raise pickle.UnpicklingError(
-        f'Unsupported global: getattr({owner!r}, {name!r}) is not a history buffer statistic.')
+        f'Unsupported global: getattr({owner!r}, {name!r}) is not a history buffer method.')
 
 
 #: Non-container types in mmengine 0.10.7 training checkpoints: the message
