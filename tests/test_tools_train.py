@@ -19,7 +19,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
 
-from tagclip_mmseg.engine.checkpoint_compat import load_from_local_weights_only, safe_checkpoint_loading
+from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only,
+                                                    safe_checkpoint_loading)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 V2_VOC = osp.join(REPO, 'configs', 'deeplab',

@@ -4,8 +4,8 @@ A restarted run that writes into the output of a run still going (ranks left
 behind by a killed launcher, a second terminal) would interleave journals and
 masks with it, and the old run's clean-up would remove files the new one
 relies on. So the run that writes an output first creates a lock file
-(:func:`lock_path_for`) holding its pid, host and start time, and a second run refuses to start while
-that owner is alive.
+(:func:`lock_path_for`) holding its pid, host and start time, and a second
+run refuses to start while that owner is alive.
 
 A lock whose owner is gone (a run killed with SIGKILL never removes it) is
 *stale*: on the same host a dead pid is detected and the lock taken over with
