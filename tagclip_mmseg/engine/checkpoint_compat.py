@@ -11,8 +11,15 @@ in the log history. ``weights_only=True`` refuses those, so mmengine 0.10.7's
 under torch >= 2.6 (open-mmlab/mmengine#1655). Rather than loading those files
 unsafely, :func:`safe_checkpoint_loading` allowlists exactly the data types
 they contain (:data:`MMENGINE_CHECKPOINT_GLOBALS`, found with
-``torch.serialization.get_unsafe_globals_in_checkpoint`` on a real resumed
-run); none of them runs code when unpickled.
+``torch.serialization.get_unsafe_globals_in_checkpoint`` on a real training
+checkpoint); none of them runs code when unpickled. The one callable such a
+file needs, ``getattr`` (a history buffer's statistics methods are pickled as
+``getattr(HistoryBuffer, 'mean')``), is replaced by a version that only
+returns ``HistoryBuffer``'s own public methods.
+
+Remote ``init_cfg`` / ``load_from`` URLs (``http://``, ``open-mmlab://``...)
+go through ``torch.hub``, which mmengine calls with its own defaults; this
+module covers local files.
 
 Nothing happens on ``import tagclip_mmseg``: the tools enter
 :func:`safe_checkpoint_loading` around the runner, which also makes the local

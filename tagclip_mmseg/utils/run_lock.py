@@ -115,7 +115,7 @@ class RunLock:
                     f'{self.output} is in use by another run (pid {record["pid"]} on '
                     f'{record["host"]}, started {record.get("started", "?")}; lock '
                     f'{self.path}). Wait for it to finish or stop it first (kill {record["pid"]}'
-                    '; a distributed run: kill its launcher, see docs/modes.md "Stopping a '
+                    '; a distributed run: kill its launcher, see the README, "Stopping a '
                     'run"), or write to another output.')
             reason = f'a stale lock of pid {record["pid"]}, which is no longer running'
         else:
