@@ -21,7 +21,6 @@ means anything, and both the console and the page say so.
 """
 import argparse
 import json
-import pickle
 import os.path as osp
 import sys
 import tempfile
@@ -159,9 +158,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 batch_size=args.batch_size, classes=classes, background_words=words,
                 with_cams=True, text_cache_dir=cache_dir, on_error='skip',
                 truncate_prompts=args.truncate_prompts)
-        # Missing, corrupt, unsafe or wrong-shaped weights (CheckpointError is a
-        # ValueError), a bad config or vocabulary: one line, no traceback.
-        except (OSError, ValueError, pickle.UnpicklingError) as e:
+        # Missing, corrupt, unsafe (pickled code) or wrong-shaped weights
+        # (CheckpointError is a ValueError), a bad config or vocabulary: one
+        # line, no traceback.
+        except (OSError, ValueError) as e:
             print(f'error: {e}', file=sys.stderr)
             return 2
         print(f'model ready in {time.perf_counter() - start:.1f} s: '
