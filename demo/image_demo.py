@@ -66,6 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         f'{DEFAULT_CLIP_CHECKPOINT})')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--truncate-prompts', action='store_true',
+                        help='cut prompts of class names longer than CLIP\'s 77-token context '
+                        '(with a warning) instead of stopping')
     parser.add_argument('--batch-size', type=int, default=1,
                         help='images per forward; only equal-size images share a batch')
     return parser.parse_args(argv)
@@ -153,8 +156,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             inferencer = TagCLIPInferencer(
                 model=args.config, checkpoint=checkpoint, device=args.device,
                 batch_size=args.batch_size, classes=classes, background_words=words,
-                with_cams=True, text_cache_dir=cache_dir, on_error='skip')
-        except (OSError, ValueError) as e:  # missing/corrupt weights, bad config or vocabulary
+                with_cams=True, text_cache_dir=cache_dir, on_error='skip',
+                truncate_prompts=args.truncate_prompts)
+        # Missing, corrupt, unsafe (pickled code) or wrong-shaped weights
+        # (CheckpointError is a ValueError), a bad config or vocabulary: one
+        # line, no traceback.
+        except (OSError, ValueError) as e:
             print(f'error: {e}', file=sys.stderr)
             return 2
         print(f'model ready in {time.perf_counter() - start:.1f} s: '

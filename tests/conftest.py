@@ -326,7 +326,8 @@ def pl_list_config(tmp_path_factory):
     """A pseudo-label config for a list of images without ground truth.
 
     The real VOC config (``configs/pseudo_labels/clip-es_vit-b16_voc12-val_
-    tagclip-tags.py``) less ``LoadAnnotations`` and the mIoU metric: images
+    tagclip-tags.py``) without GT masks (no ``seg_map_path``; the pipeline's
+    ``LoadOptionalAnnotations`` then loads nothing) and the mIoU metric: images
     ``<data_root>/JPEGImages/<id>.jpg`` for the ids of ``ann_file`` (or every
     ``.jpg`` there without one), tags from ``--tags``, masks from the writer.
     """
@@ -336,9 +337,7 @@ def pl_list_config(tmp_path_factory):
     path.write_text(
         f'_base_ = [{base!r}]\n'
         'test_dataloader = dict(dataset=dict(\n'
-        "    ann_file='', data_prefix=dict(_delete_=True, img_path='JPEGImages'),\n"
-        '    pipeline=[t for t in _base_.pseudo_label_pipeline\n'
-        "              if t['type'] != 'LoadAnnotations']))\n"
+        "    ann_file='', data_prefix=dict(_delete_=True, img_path='JPEGImages')))\n"
         "test_evaluator = [dict(type='PseudoLabelWriter', out_dir=_base_.pseudo_label_dir)]\n")
     return str(path)
 

@@ -116,6 +116,7 @@ def minimal_cfgs(tmp, tiny_ckpt, deep_ckpt):
         ('DATASETS', 'COCOStuff27TaggedSegDataset'): dict(**lazy),
         ('TRANSFORMS', 'LoadImageRobust'): dict(),
         ('TRANSFORMS', 'ResizeToPatchMultiple'): dict(),
+        ('TRANSFORMS', 'LoadOptionalAnnotations'): dict(),
         ('TRANSFORMS', 'SkipExisting'): dict(out_dir=str(tmp / 'pl')),
         ('TRANSFORMS', 'SkipTagged'): dict(transforms=[dict(type='LoadImageRobust')]),
         ('METRICS', 'TaggingMetric'): dict(),

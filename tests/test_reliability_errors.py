@@ -102,7 +102,8 @@ def test_non_ascii_class_names_work(data, tmp_path, tiny_tool_options, tool_runn
 
 @pytest.mark.parametrize('class_names, fragment', [
     ('[]', 'vocabulary is empty'),
-    ('[cat,cat,dog]', "duplicate class names in the vocabulary: ['cat']"),
+    ('[cat,cat,dog]', "class_names: duplicate class names would get identical embeddings: "
+                      "'cat' (index 0) and 'cat' (index 1)"),
 ], ids=['empty', 'duplicates'])
 def test_pseudo_label_vocabulary_errors(class_names, fragment, data, tmp_path, tiny_tool_options,
                                         tool_runner, pl_list_config):

@@ -19,8 +19,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
 
-import tagclip_mmseg  # noqa: F401  (installs the trusted local checkpoint loader)
-from tagclip_mmseg.engine.checkpoint_compat import load_from_local
+from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only,
+                                                    safe_checkpoint_loading)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 V2_VOC = osp.join(REPO, 'configs', 'deeplab',
@@ -101,8 +101,8 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     assert 'mIoU' in log  # validation on the real-mask split ran
 
     # 2. --resume continues at iteration 2 up to the config's 4. Under torch >= 2.6
-    # this needs tagclip_mmseg's trusted local loader (the environment above does
-    # not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
+    # this needs the allowlist of mmengine's checkpoint types (the environment
+    # above does not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
     log = run_tool('train.py', tiny_config, '--work-dir', work_dir, '--resume')
     assert 'resumed epoch: 0, iter: 2' in log
     last = torch.load(osp.join(work_dir, 'iter_4.pth'), map_location='cpu', weights_only=False)
@@ -118,23 +118,95 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     assert re.search(r'mIoU: \d', log)
 
 
-def test_resume_checkpoints_need_the_trusted_local_loader(tmp_path):
-    """Trap 6: a training checkpoint is more than weights; torch >= 2.6 refuses
-    it by default (older torch loads full pickles), the trusted loader never."""
+def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_path):
+    """Trap 6: a training checkpoint is more than weights; torch (>= 2.6, the
+    only torch setup.py admits) refuses it by default, and the tools load it
+    with weights_only=True plus an allowlist."""
+    import numpy as np
     from mmengine.logging import HistoryBuffer
     path = str(tmp_path / 'iter_2.pth')
-    checkpoint = dict(meta=dict(iter=2), state_dict={'w': torch.ones(2)},
-                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer([1.0], [1])}))
+    checkpoint = dict(meta=dict(iter=2, seed=np.int64(3)), state_dict={'w': torch.ones(2)},
+                      message_hub=dict(log_scalars={'train/loss': HistoryBuffer(
+                          np.array([1.5, 0.25]), np.array([1, 1]))},
+                          runtime_info={'lr': np.float64(0.01)}))
     torch.save(checkpoint, path)
-    if tuple(int(x) for x in torch.__version__.split('.')[:2]) >= (2, 6):
-        with pytest.raises(pickle.UnpicklingError):
-            torch.load(path, map_location='cpu')  # what mmengine 0.10.7 calls
-    assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local
-    assert CheckpointLoader._get_checkpoint_loader('http://x/y.pth') is not load_from_local
-    loaded = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    assert loaded['meta']['iter'] == 2
-    with pytest.raises(FileNotFoundError, match='can not be found'):
-        CheckpointLoader.load_checkpoint(str(tmp_path / 'missing.pth'))
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location='cpu')  # what mmengine 0.10.7 calls
+    default_loader = CheckpointLoader._get_checkpoint_loader(path)
+    assert default_loader is not load_from_local_weights_only  # import changed nothing
+    with safe_checkpoint_loading():
+        assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local_weights_only
+        assert CheckpointLoader._get_checkpoint_loader('http://x/y.pth') is not \
+            load_from_local_weights_only
+        loaded = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        with pytest.raises(FileNotFoundError, match='can not be found'):
+            CheckpointLoader.load_checkpoint(str(tmp_path / 'missing.pth'))
+    assert loaded['meta']['iter'] == 2 and loaded['meta']['seed'] == 3
+    buffer = loaded['message_hub']['log_scalars']['train/loss']
+    assert isinstance(buffer, HistoryBuffer) and buffer.mean() == pytest.approx(0.875)
+    # Restored on exit: nothing outlives the block.
+    assert CheckpointLoader._get_checkpoint_loader(path) is default_loader
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location='cpu')
+
+
+def test_importing_the_package_changes_no_checkpoint_loader():
+    # torch adds its own types to the allowlist on lazy imports, so the check
+    # is that nothing a checkpoint of this project needs got allowlisted.
+    code = ('import numpy, torch\n'
+            'from mmengine.logging import HistoryBuffer\n'
+            'from mmengine.runner import CheckpointLoader\n'
+            'before = dict(CheckpointLoader._schemes)\n'
+            'import tagclip_mmseg, tagclip_mmseg.apis\n'
+            'assert dict(CheckpointLoader._schemes) == before, "loader registry changed"\n'
+            'names = {getattr(g[0] if isinstance(g, tuple) else g, "__module__", "")\n'
+            '         for g in torch.serialization.get_safe_globals()}\n'
+            'assert not [n for n in names if n.startswith(("tagclip", "mmengine", "numpy",\n'
+            '                                              "builtins"))], names\n'
+            'print("UNCHANGED")\n')
+    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
+    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and 'UNCHANGED' in proc.stdout, proc.stdout + proc.stderr
+
+
+class OpenMarker:
+    """Unpickling this calls ``open(marker, 'w')``: code run from a file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def write_malicious_checkpoint(path, marker, state_dict=None) -> str:
+    """An mmengine-looking checkpoint whose pickle creates ``marker`` when loaded."""
+    torch.save(dict(meta=dict(iter=2), state_dict=state_dict or {'w': torch.ones(1)},
+                    message_hub=OpenMarker(str(marker))), path)
+    return str(path)
+
+
+def test_malicious_checkpoint_never_runs_in_train_and_test(tmp_path, tiny_config, tool_runner):
+    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from."""
+    from tagclip_mmseg.engine import UnsafeCheckpointError
+    marker = tmp_path / 'code_ran'
+    evil = write_malicious_checkpoint(tmp_path / 'evil.pth', marker)
+    runs = {
+        'test.py CHECKPOINT': ('tools/test.py', tiny_config, evil),
+        'train.py --resume': ('tools/train.py', tiny_config, '--resume', evil),
+        'train.py load_from': ('tools/train.py', tiny_config, '--cfg-options',
+                               f'load_from={evil}'),
+    }
+    for name, (script, *args) in runs.items():
+        with pytest.raises(UnsafeCheckpointError) as info:
+            tool_runner.inprocess(script, *args, '--work-dir', str(tmp_path / 'work'))
+        message = str(info.value)
+        assert not marker.exists(), f'{name} ran code from the checkpoint'
+        for fragment in (evil, 'could run code', 'Unsupported global', 'open',
+                         'Nothing from it was executed'):
+            assert fragment in message, (name, fragment, message)
 
 
 def test_test_tool_checkpoint_is_optional_and_out_needs_one_metric(tmp_path, monkeypatch,
@@ -215,3 +287,35 @@ def test_run_pipeline_reads_newest_test_metrics(tmp_path):
         (tmp_path / stamp / f'{stamp}.json').write_text(f'{{"mIoU": {miou}}}')
     (tmp_path / '20240102_000000' / 'vis_data').mkdir()
     assert pipeline.newest_test_metrics(str(tmp_path)) == {'mIoU': 2.0}
+
+
+@pytest.mark.slow
+def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_data,
+                                                      tiny_tool_options, pl_list_config):
+    """tags -> pseudo masks -> training -> mIoU on a folder with one corrupt photo:
+    stage 1 lists it as skipped, stage 2 skips it too, training never sees it."""
+    import json
+    import shutil
+    voc = tmp_path / 'VOC2012'
+    shutil.copytree(tiny_pseudo_seg_data['voc_root'], voc)
+    (voc / 'JPEGImages' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated')
+    config = tmp_path / 'tiny_deeplabv2.py'
+    config.write_text(TINY_CONFIG.format(base=V2_VOC, data_root=str(voc),
+                                         pseudo=tiny_pseudo_seg_data['voc_pseudo']))
+    work = tmp_path / 'pipeline'
+    log = run_tool(
+        'run_pipeline.py', '--work-dir', str(work),
+        '--tag-config', osp.join(REPO, 'configs', 'tagclip', 'tagclip_vit-b16_folder.py'),
+        '--pseudo-config', pl_list_config, '--seg-config', str(config),
+        '--tag-options', *tiny_tool_options['tag'],
+        f'test_dataloader.dataset.data_root={voc / "JPEGImages"}',
+        f'test_evaluator.0.scores_file={work / "scores.jsonl"}',
+        '--pseudo-options', *tiny_tool_options['pl'], f'test_dataloader.dataset.data_root={voc}')
+    ids = tiny_pseudo_seg_data['ids']
+    assert (work / 'tags.skipped.txt').read_text().startswith('corrupt\t')
+    assert sorted(p.stem for p in (work / 'pseudo_labels').glob('*.png')) == sorted(ids)
+    summary = json.loads((work / 'pseudo_labels' / 'summary.json').read_text())
+    assert summary['failed'] == 1 and summary['failed_images'][0]['img_id'] == 'corrupt'
+    assert (work / 'train_ids.txt').read_text().split() == sorted(ids)
+    assert 'mIoU' in json.loads((work / 'metrics.json').read_text())
+    assert 'skipped by the tagger' in log

@@ -4,7 +4,6 @@
 #   bash tools/dist_test.sh CONFIG none GPUS [...]   # training-free models
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR (and PORT) on every node.
 # PYTHON selects the interpreter (default: python).
-# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: see dist_train.sh.
 set -euo pipefail
 
 CONFIG=$1
@@ -21,9 +20,8 @@ if [[ -n "$CHECKPOINT" && "$CHECKPOINT" != "none" ]]; then
     CKPT_ARG=("$CHECKPOINT")
 fi
 
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=${TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:-1}
 PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
-"${PYTHON:-python}" -m torch.distributed.run \
+exec "${PYTHON:-python}" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -24,6 +24,7 @@ from mmengine.runner import Runner
 from mmseg.registry import DATASETS
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
+from tagclip_mmseg.engine import safe_checkpoint_loading
 from tagclip_mmseg.evaluation.summary import format_summary
 from tagclip_mmseg.utils import (add_runner_args, ensure_writable_dir, init_cpu_distributed,
                                  load_config, parse_runner_args, set_clip_checkpoint,
@@ -94,9 +95,10 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     cfg = configure(load_config(args), args)
-    runner = Runner.from_cfg(cfg)
-    start = time.time()
-    metrics = runner.test()
+    with safe_checkpoint_loading():  # weights_only=True; see checkpoint_compat
+        runner = Runner.from_cfg(cfg)
+        start = time.time()
+        metrics = runner.test()
     if runner.rank == 0:
         counts = {k.split('/', 1)[1]: v for k, v in (metrics or {}).items()
                   if k.startswith('pseudo_label/')}

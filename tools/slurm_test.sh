@@ -4,7 +4,6 @@
 #   bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args...]
 # CHECKPOINT 'none' runs a training-free model without a checkpoint.
 # PYTHON selects the interpreter (default: python).
-# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: see dist_train.sh.
 set -x
 
 PARTITION=$1
@@ -22,7 +21,6 @@ if [[ -n "$CHECKPOINT" && "$CHECKPOINT" != "none" ]]; then
     CKPT_ARG=("$CHECKPOINT")
 fi
 
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=${TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:-1}
 # shellcheck disable=SC2086
 PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
 srun -p "${PARTITION}" \

@@ -4,7 +4,6 @@
 #   bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [train.py args...]
 # Add --resume to continue after preemption (the last checkpoint of the work
 # dir). PYTHON selects the interpreter (default: python).
-# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: see dist_train.sh.
 set -x
 
 PARTITION=$1
@@ -16,7 +15,6 @@ CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=("${@:4}")
 
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=${TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:-1}
 # SRUN_ARGS is split on purpose: it holds several srun options.
 # shellcheck disable=SC2086
 PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \

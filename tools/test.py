@@ -7,7 +7,9 @@ The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
   checkpoint of their own, so without the argument ``cfg.load_from`` is left
   as the config sets it (usually None).
 * ``import tagclip_mmseg`` registers the plugin (every config also lists it
-  in ``custom_imports``) and installs the trusted-local-checkpoint loader.
+  in ``custom_imports``); ``CHECKPOINT`` is loaded with ``weights_only=True``
+  (see ``tagclip_mmseg/engine/checkpoint_compat.py``), so a file that would run
+  code when unpickled is refused.
 * Distributed runs default to ``model_wrapper_cfg =
   MMSeparateDistributedDataParallel``. Plain DDP refuses a module without any
   trainable parameter (OpenMMLab trap 13), which is exactly what a frozen
@@ -28,7 +30,8 @@ import os.path as osp
 from mmengine.config import Config, ConfigDict
 from mmengine.runner import Runner
 
-import tagclip_mmseg  # noqa: F401  (registers the plugin; trusted-checkpoint loader)
+import tagclip_mmseg  # noqa: F401  (registers the plugin)
+from tagclip_mmseg.engine import safe_checkpoint_loading
 from tagclip_mmseg.utils import (add_runner_args, default_work_dir, init_cpu_distributed,
                                  load_config, parse_runner_args, set_clip_checkpoint)
 
@@ -129,8 +132,9 @@ def main() -> None:
     if args.out is not None:
         set_output_dir(cfg, args.out)
 
-    runner = Runner.from_cfg(cfg)
-    runner.test()
+    with safe_checkpoint_loading():  # weights_only=True; see checkpoint_compat
+        runner = Runner.from_cfg(cfg)
+        runner.test()
 
 
 if __name__ == '__main__':

@@ -3,9 +3,12 @@
 The interface of mmsegmentation 1.2.2's ``tools/train.py``, plus:
 
 * ``import tagclip_mmseg`` registers the plugin's models and datasets (every
-  config also lists it in ``custom_imports``) and installs the checkpoint fix
-  that lets ``--resume`` work under torch >= 2.6 (OpenMMLab trap 6; see
-  ``tagclip_mmseg/engine/checkpoint_compat.py``);
+  config also lists it in ``custom_imports``);
+* every checkpoint (``--resume``, ``load_from``, ``init_cfg`` Pretrained) is
+  loaded with ``weights_only=True``; mmengine's own training checkpoints still
+  resume because exactly their data types are allowlisted (OpenMMLab trap 6;
+  see ``tagclip_mmseg/engine/checkpoint_compat.py``). A file that would run
+  code when unpickled is refused;
 * ``--resume`` optionally takes a checkpoint path; bare ``--resume`` resumes
   from the last checkpoint of the work dir, as in mmseg.
 
@@ -24,7 +27,8 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-import tagclip_mmseg  # noqa: F401  (registers the plugin; trusted-checkpoint resume fix)
+import tagclip_mmseg  # noqa: F401  (registers the plugin)
+from tagclip_mmseg.engine import safe_checkpoint_loading
 from tagclip_mmseg.utils import add_runner_args, default_work_dir, load_config, parse_runner_args
 
 
@@ -84,11 +88,14 @@ def main() -> None:
     if args.resume is not None:
         set_resume(cfg, args.resume)
 
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    runner.train()
+    # weights_only=True for --resume, load_from and init_cfg Pretrained alike;
+    # mmengine's own training checkpoints are allowlisted, nothing else is.
+    with safe_checkpoint_loading():
+        if 'runner_type' not in cfg:
+            runner = Runner.from_cfg(cfg)
+        else:
+            runner = RUNNERS.build(cfg)
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@
 #   python tools/test.py configs/tagclip/tagclip_vit-b16_voc12-trainaug.py
 #   python tools/generate_pseudo_labels.py THIS_CONFIG --out work_dirs/pseudo_labels/voc12_train_aug
 # The SBD-augmented GT (SegmentationClassAug) only serves to report the masks'
-# mIoU; without it, drop LoadAnnotations from the pipeline and the metric.
+# mIoU; without it, drop seg_map_path from data_prefix and the IoU metric
+# (LoadOptionalAnnotations then loads nothing).
 _base_ = ['./clip-es_vit-b16_voc12-val_tagclip-tags_crf.py']
 model = dict(crf=dict(confidence_thr=0.95))
 test_dataloader = dict(

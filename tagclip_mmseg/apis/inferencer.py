@@ -47,6 +47,7 @@ from ..datasets.image_io import ImageLoadError, read_image_size
 from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
 from ..models.presets import resolve_background, resolve_classes
 from ..models.prompts import ClassName
+from ..models.text_classifier import class_prompt_names
 from ..visualization import mask_label_names, save_result_images, unique_stems
 from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
 from .model_configs import (cam_class_names, class_key, config_vocabulary,
@@ -54,7 +55,7 @@ from .model_configs import (cam_class_names, class_key, config_vocabulary,
                             labeler_config, load_model_config, set_text_cache_dir, split_models,
                             to_plain_dict)
 
-__all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS']
+__all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS', 'check_vocabulary_argument']
 
 #: Default token budget per image (a 1024 x 1024 image at patch 16). TagCLIP
 #: keeps N x N attention maps, so a 12-megapixel photo at full size (~47k
@@ -63,6 +64,19 @@ __all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS']
 DEFAULT_MAX_TOKENS = 4096
 
 InputsType = Union[InputItem, Sequence[InputItem]]
+
+
+def check_vocabulary_argument(name: str, value) -> None:
+    """Fail with the argument's name for a vocabulary that is not a preset
+    name or a list of names (``None`` means "the default" and passes)."""
+    if value is None:
+        return
+    try:
+        names = resolve_classes(value) if name == 'classes' else resolve_background(value)
+        if names or name == 'classes':  # no background words is allowed
+            class_prompt_names(names)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{name}: {e}') from None
 
 
 class TagCLIPInferencer(BaseInferencer):
@@ -104,6 +118,12 @@ class TagCLIPInferencer(BaseInferencer):
         on_error (str): What an unreadable image file does: ``'raise'``
             (before any model runs) or ``'skip'`` (its result has ``error``
             set and no tags).
+        truncate_prompts (bool): Cut prompts of class names too long for
+            CLIP's 77-token context (with a warning) instead of refusing them.
+
+    Every vocabulary error (a name that is not a string, duplicates, a name
+    too long for the context) is raised here, while the models are built,
+    not at the first image.
     """
 
     preprocess_kwargs: set = {'channel_order'}
@@ -122,7 +142,8 @@ class TagCLIPInferencer(BaseInferencer):
                  labeler: Union[str, Config, dict, None] = None,
                  text_cache_dir: Optional[str] = None,
                  max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
-                 on_error: str = 'raise') -> None:
+                 on_error: str = 'raise',
+                 truncate_prompts: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
         if on_error not in ('raise', 'skip'):
@@ -130,8 +151,13 @@ class TagCLIPInferencer(BaseInferencer):
         self.batch_size = batch_size
         self.on_error = on_error
         self.max_tokens = max_tokens
+        check_vocabulary_argument('classes', classes)
+        check_vocabulary_argument('background_words', background_words)
         cfg = self._build_config(model, checkpoint, classes, background_words, labeler,
                                  text_cache_dir)
+        if truncate_prompts:
+            cfg.model['truncate_prompts'] = True
+            cfg.labeler['truncate_prompts'] = True
         self._labeler: Optional[nn.Module] = None
         # Progress is the caller's to show (see iter_results), not a rich bar.
         super().__init__(model=cfg, weights=None, device=device, scope='mmseg',
@@ -267,6 +293,8 @@ class TagCLIPInferencer(BaseInferencer):
         tagger, labeler = self.model, self._labeler
         saved_tagger = (tagger.class_names, tagger.background_words)
         saved_labeler = (labeler.class_names, labeler.background_words) if labeler else None
+        check_vocabulary_argument('classes', classes)
+        check_vocabulary_argument('background_words', background_words)
         new_classes = classes is not None
         classes = list(resolve_classes(classes if new_classes else tagger.class_names))
         if background_words is not None:

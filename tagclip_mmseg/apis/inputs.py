@@ -51,8 +51,11 @@ def expand_inputs(inputs: Union[InputItem, Sequence[InputItem]]) -> List[InputIt
     """
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
+    elif not isinstance(inputs, Sequence):
+        raise TypeError('inputs must be an image path, a folder, a numpy array (H, W, 3) or a '
+                        f'list of them, got {type(inputs).__name__}')
     items: List[InputItem] = []
-    for item in inputs:
+    for position, item in enumerate(inputs):
         if isinstance(item, np.ndarray):
             items.append(item)
         elif isinstance(item, (str, os.PathLike)):
@@ -65,7 +68,7 @@ def expand_inputs(inputs: Union[InputItem, Sequence[InputItem]]) -> List[InputIt
                 raise FileNotFoundError(f'input {path!r} does not exist')
         else:
             raise TypeError('inputs must be image paths, folders or numpy arrays (H, W, 3), got '
-                            f'{type(item).__name__}')
+                            f'{type(item).__name__} at inputs[{position}]')
     if not items:
         raise ValueError('no inputs given')
     return items

@@ -39,8 +39,9 @@ from .categories import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASS
                          COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES, label_lut,
                          voc_palette)
 from .label_files import read_id_list, read_label_file
-from .utils import (MISSING_IMAGES_KEY, check_choice, missing_image_record, report_missing,
-                    resolve_index_map, scan_images, validate_classes)
+from .utils import (MISSING_IMAGES_KEY, check_choice, missing_image_record, read_skipped_list,
+                    report_missing, resolve_index_map, scan_images, skipped_list_path,
+                    validate_classes)
 
 __all__ = [
     'TaggedSegDataset', 'VOCTaggedSegDataset', 'COCOObjectTaggedSegDataset',
@@ -74,7 +75,10 @@ class TaggedSegDataset(BaseSegDataset):
             ``'raise'``. Defaults to ``'skip'``.
         on_untagged (str): Images with no line in the tags file: ``'raise'``
             (the tagger probably did not finish), ``'skip'`` them, or treat
-            them as ``'empty'`` (no tags). Defaults to ``'raise'``.
+            them as ``'empty'`` (no tags). Defaults to ``'raise'``. Images
+            the tagger itself skipped (listed in the skipped file next to
+            the tags file, ``<tags file stem>.skipped.txt``) are always
+            skipped and counted, with the tagger's reason.
         **kwargs: :class:`mmseg.datasets.BaseSegDataset` arguments
             (``img_suffix``, ``seg_map_suffix``, ``metainfo``, ``data_root``,
             ``pipeline``, ``test_mode``, ``ignore_index``...).
@@ -189,6 +193,17 @@ class TaggedSegDataset(BaseSegDataset):
                 extra, f'ids of {self.tags_file!r} have no image', self.on_missing,
                 type(self).__name__)
         untagged = [i for i in ids if i not in tags]
+        # Images the tagger could not read are listed in its skipped file:
+        # left out here too, with the tagger's reason, not an error.
+        skipped_by_tagger = read_skipped_list(skipped_list_path(self.tags_file))
+        known = [i for i in untagged if i in skipped_by_tagger]
+        if known:
+            self.skipped['skipped_by_tagger'] = len(known)
+            print_log(f'{type(self).__name__}: {len(known)} images were skipped by the tagger '
+                      f'(listed in {skipped_list_path(self.tags_file)!r}), e.g. {known[:5]}; '
+                      'skipped here too', logger='current', level=logging.WARNING)
+            self._tagger_skipped.update({i: skipped_by_tagger[i] for i in known})
+            untagged = [i for i in untagged if i not in skipped_by_tagger]
         if untagged:
             self.skipped['untagged'] = len(untagged)
             msg = (f'{type(self).__name__}: {len(untagged)} images have no line in '
@@ -207,6 +222,7 @@ class TaggedSegDataset(BaseSegDataset):
         """Build data infos with ``img_id``, optional ``seg_map_path`` and ``tags``."""
         self.skipped = {}
         self._missing: List[dict] = []  # -> metainfo['missing_images'], for the run summaries
+        self._tagger_skipped: Dict[str, str] = {}  # img_id -> the tagger's reason
         ids = self._image_ids()
         seg_dir = self.data_prefix.get('seg_map_path')
         if seg_dir is not None:
@@ -233,9 +249,11 @@ class TaggedSegDataset(BaseSegDataset):
             if seg_dir is not None:
                 info['seg_map_path'] = seg_paths[img_id]
             if tags is not None:
-                if img_id not in tags:  # on_untagged='skip'
+                if img_id not in tags:  # skipped by the tagger, or on_untagged='skip'
+                    reason = self._tagger_skipped.get(img_id)
                     self._missing.append(missing_image_record(
-                        img_id, img_path, f'no line in the tags file {self.tags_file}'))
+                        img_id, img_path, f'no line in the tags file {self.tags_file}'
+                        if reason is None else f'skipped by the tagger: {reason}'))
                     continue
                 info['tags'] = list(tags[img_id])
             elif lut is not None:

@@ -10,7 +10,8 @@ from .categories import COCOSTUFF_171_TO_27, COCOSTUFF_182_TO_27, COCOSTUFF_182_
 
 __all__ = [
     'IMG_EXTENSIONS', 'LABEL_INDEX_MAPS', 'validate_classes', 'check_choice', 'resolve_index_map',
-    'scan_images', 'join_root', 'report_missing', 'MISSING_IMAGES_KEY', 'missing_image_record'
+    'scan_images', 'join_root', 'report_missing', 'MISSING_IMAGES_KEY', 'missing_image_record',
+    'skipped_list_path', 'read_skipped_list'
 ]
 
 #: Extensions :func:`scan_images` picks up (case-insensitive).
@@ -32,6 +33,26 @@ LABEL_INDEX_MAPS: Dict[str, Tuple[int, ...]] = {
 #: (skipped/failed lists) name these images too, not only those that failed
 #: to decode.
 MISSING_IMAGES_KEY = 'missing_images'
+
+
+def skipped_list_path(tags_file: str) -> str:
+    """Where the tagger lists the images it skipped: ``<tags file without
+    extension>.skipped.txt`` (``TagFileWriter``'s default, read by stage 2)."""
+    return osp.splitext(tags_file)[0] + '.skipped.txt'
+
+
+def read_skipped_list(path: str) -> Dict[str, str]:
+    """``{img_id: reason}`` from a skipped list (``img_id<TAB>img_path<TAB>reason``
+    lines); ``{}`` when the file does not exist."""
+    if not osp.isfile(path):
+        return {}
+    skipped: Dict[str, str] = {}
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            fields = line.rstrip('\n').split('\t', 2)
+            if fields[0]:
+                skipped[fields[0]] = fields[2] if len(fields) == 3 else 'skipped by the tagger'
+    return skipped
 
 
 def missing_image_record(img_id: str, img_path: Optional[str] = None,
@@ -113,7 +134,9 @@ def scan_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS) -> Dict[s
     id.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a directory.
+        FileNotFoundError: ``folder`` is not a directory, or holds no file
+            with one of ``suffixes`` (a dataset without images would fail
+            later, inside mmengine, without naming the folder).
         ValueError: Two files share an id (``a.jpg`` and ``a.png``).
     """
     if not osp.isdir(folder):
@@ -132,6 +155,10 @@ def scan_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS) -> Dict[s
             if img_id in found:
                 clashes.append((found[img_id], path))
             found[img_id] = path
+    if not found:
+        raise FileNotFoundError(f'no image files ({", ".join(suffixes)}) in folder {folder!r} '
+                                '(hidden files are ignored); check data_root and data_prefix, '
+                                'or the extensions/img_suffix of the dataset')
     if clashes:
         raise ValueError(f'{len(clashes)} images in {folder!r} share an id (same name, different '
                          f'extension), e.g. {clashes[0]}; rename or remove one of each pair')

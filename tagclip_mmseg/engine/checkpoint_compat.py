@@ -1,69 +1,145 @@
-"""Let mmengine 0.10.7 resume training under torch >= 2.6 (OpenMMLab trap 6).
+"""Load mmengine checkpoints without running code from the file (OpenMMLab trap 6).
 
-torch 2.6 changed the default of ``torch.load`` to ``weights_only=True``,
-which only unpickles tensors and plain containers. mmengine 0.10.7 calls
-``torch.load`` without the flag, and a *training* checkpoint holds more than
-weights: the message hub's ``HistoryBuffer`` objects and numpy scalars in the
-log history. So ``tools/train.py --resume`` fails with
-``UnpicklingError: Weights only load failed`` (open-mmlab/mmengine#1655; fixed
-only after 0.10.7). Plain state dicts (``load_from``, ``init_cfg`` Pretrained)
-still load, which is why the bug shows up only on resume.
+``torch.load(weights_only=False)`` unpickles arbitrary Python objects, so a
+checkpoint whose pickle calls ``os.system`` runs that call. Every checkpoint
+this project reads is therefore loaded with ``weights_only=True``.
 
-The fix: re-register the loader of mmengine's ``CheckpointLoader`` for local
-paths (the ``''`` scheme, which every path without a URL prefix falls back
-to) with one that passes ``weights_only=False``. It is applied on
-``import tagclip_mmseg``, so every tool and config that imports the plugin
-gets it. Remote schemes (``http://``, ``open-mmlab://``, ...) keep the safe
-default.
+An mmengine *training* checkpoint holds more than tensors: the message hub's
+:class:`~mmengine.logging.HistoryBuffer` objects and numpy scalars and arrays
+in the log history. ``weights_only=True`` refuses those, so mmengine 0.10.7's
+``--resume`` (and ``load_from`` / ``tools/test.py`` with such a file) fails
+under torch >= 2.6 (open-mmlab/mmengine#1655). Rather than loading those files
+unsafely, :func:`safe_checkpoint_loading` allowlists exactly the data types
+they contain (:data:`MMENGINE_CHECKPOINT_GLOBALS`, found with
+``torch.serialization.get_unsafe_globals_in_checkpoint`` on a real training
+checkpoint); none of them runs code when unpickled. The one callable such a
+file needs, ``getattr`` (a history buffer's statistics methods are pickled as
+``getattr(HistoryBuffer, 'mean')``), is replaced by a version that only
+returns ``HistoryBuffer``'s own public methods.
 
-Security note: ``weights_only=False`` runs arbitrary pickled code from the
-file. That is acceptable for checkpoints this project or the user wrote to
-local disk (the usual ``--resume`` / ``load_from`` / pretrained files), and is
-exactly what mmengine did before torch 2.6; do not point a config at a local
-checkpoint from an untrusted source. The shell launchers additionally export
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, torch's own switch for the same
-behaviour, so that scripts which do not import the plugin also resume.
+Remote ``init_cfg`` / ``load_from`` URLs (``http://``, ``open-mmlab://``...)
+go through ``torch.hub``, which mmengine calls with its own defaults; this
+module covers local files.
+
+Nothing happens on ``import tagclip_mmseg``: the tools enter
+:func:`safe_checkpoint_loading` around the runner, which also makes the local
+loader pass ``weights_only=True`` explicitly (so neither an older torch nor
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` turns the protection off) and restores
+mmengine's loader on exit.
 """
+import contextlib
+import inspect
+import logging
+import os
 import os.path as osp
-from typing import Any, Callable, Optional, Union
+import pickle
+from typing import Any, Callable, Iterator, List, Optional, Union
 
+import numpy as np
 import torch
+from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import CheckpointLoader
 
-__all__ = ['load_from_local', 'register_trusted_local_loader']
+from ..utils.unpickling import refused_global
+
+__all__ = [
+    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_from_local_weights_only',
+    'safe_checkpoint_loading'
+]
 
 MapLocation = Optional[Union[str, torch.device, Callable]]
 
 
-def load_from_local(filename: str, map_location: MapLocation = None) -> Any:
-    """Load a trusted local checkpoint with full unpickling.
+def _numpy_globals() -> List[Any]:
+    """numpy's pickling helpers and dtypes, under numpy 1 and numpy 2 names."""
+    try:  # numpy >= 2 moved the core module to numpy._core
+        from numpy._core import multiarray
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core import multiarray
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64,
+                                           np.int32, np.uint8, np.bool_)]
+    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
-    The name matches mmengine's loader so that its log line still reads
-    "Loads checkpoint by local backend".
 
-    Args:
-        filename (str): Path of the checkpoint (``~`` is expanded).
-        map_location: As in :func:`torch.load`.
+def _history_buffer_getattr(owner: Any, name: str) -> Any:
+    """``getattr`` as a pickle may call it, limited to a history buffer's
+    statistics methods.
 
-    Returns:
-        The unpickled checkpoint (usually a dict).
+    A pickled :class:`HistoryBuffer` refers to its statistics functions
+    (``HistoryBuffer.mean``...) as ``getattr(HistoryBuffer, 'mean')``;
+    allowing the real ``getattr`` would let a file reach any attribute of
+    any allowed object.
+    """
+    # Its public methods (the statistics are registered per process, on the
+    # first instance, so the registry may still be empty while loading).
+    if owner is HistoryBuffer and not name.startswith('_') and \
+            inspect.isfunction(vars(HistoryBuffer).get(name)):
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f'Unsupported global: getattr({owner!r}, {name!r}) is not a history buffer method.')
+
+
+#: Non-container types in mmengine 0.10.7 training checkpoints: the message
+#: hub's history buffers (with the ``getattr`` their statistics methods are
+#: pickled with, restricted) and the numpy values they and the log history
+#: hold.
+MMENGINE_CHECKPOINT_GLOBALS: List[Any] = [
+    HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *_numpy_globals()
+]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds Python objects that loading would have to execute."""
+
+
+def load_from_local_weights_only(filename: str, map_location: MapLocation = None) -> Any:
+    """mmengine's local-file loader with an explicit ``weights_only=True``.
+
+    mmengine logs the name after ``load_from_``: "Loads checkpoint by
+    local_weights_only backend".
 
     Raises:
         FileNotFoundError: If ``filename`` is not a file.
+        UnsafeCheckpointError: If the file stores objects other than tensors,
+            containers and :data:`MMENGINE_CHECKPOINT_GLOBALS` (e.g. a pickle
+            that calls a function); nothing from the file was run.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename!r} can not be found; check the path '
                                 '(--resume looks for the last_checkpoint of --work-dir).')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = refused_global(e)
+        if refused is None:  # not a pickle problem we can explain: torch's own error
+            raise
+        raise UnsafeCheckpointError(
+            f'refusing to load checkpoint {filename!r}: it stores Python objects that are not '
+            'weights, and unpickling them could run code from the file (torch: '
+            f'{refused}). Nothing from it was executed. Checkpoints written by '
+            'mmengine/mmseg training load as they are; re-save a file you trust as a plain '
+            'state dict (torch.save(model.state_dict(), path)).') from e
 
 
-def register_trusted_local_loader() -> None:
-    """Make :func:`load_from_local` mmengine's loader for local paths.
+@contextlib.contextmanager
+def safe_checkpoint_loading() -> Iterator[None]:
+    """Within the block, mmengine loads local checkpoints with
+    ``weights_only=True`` and accepts mmengine's own training checkpoints.
 
-    Idempotent; called once on ``import tagclip_mmseg``.
+    Restores the previous local loader and allowlist on exit, so nothing
+    outlives the block (the tools wrap ``runner.train()`` / ``runner.test()``).
     """
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+    previous = CheckpointLoader._get_checkpoint_loader('')
+    if os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes',
+                                                                           'true'):
+        print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, but this run still loads '
+                  'checkpoints with weights_only=True (mmengine training checkpoints need no '
+                  'unsafe loading).', logger='current', level=logging.WARNING)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
+    try:
+        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+            yield
+    finally:
+        CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)
 
-
-register_trusted_local_loader()

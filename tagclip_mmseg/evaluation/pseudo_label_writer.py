@@ -42,6 +42,7 @@ from PIL import Image
 from ..datasets.categories import voc_palette
 from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from ..utils.run_lock import RunLock
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error, pixel_data
 from .summary import format_summary
@@ -114,6 +115,10 @@ class PseudoLabelWriter(BaseMetric):
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'pseudo_label'``.
 
+    From construction to the summary, rank 0 holds ``<out_dir>/.lock``
+    (``utils.run_lock``): a second run into the same folder stops at once, and
+    a lock left by a killed run is taken over with a log line.
+
     Returned keys: ``written``, ``skipped``, ``failed``.
     """
     default_prefix: Optional[str] = 'pseudo_label'
@@ -134,7 +139,10 @@ class PseudoLabelWriter(BaseMetric):
         self.save_cams = save_cams
         self._palette: Optional[np.ndarray] = None
         self._start: Optional[float] = None
-        if is_main_process():
+        # One live run per output: refuse before touching files another run writes.
+        self._lock = RunLock(self.out_dir) if is_main_process() else None
+        if self._lock is not None:
+            self._lock.acquire()
             remove_stale_temp_files(self.out_dir, min_age_s=stale_temp_age_s)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
@@ -212,6 +220,8 @@ class PseudoLabelWriter(BaseMetric):
         if failed:
             logger.warning(f'{len(failed)} images failed to load; see '
                            f'{osp.join(self.out_dir, "failed.txt")}')
+        if self._lock is not None:
+            self._lock.release()
         return counts
 
 

@@ -23,6 +23,10 @@ killed run restarted with the same settings resumes where it stopped
 (``SkipTagged``, armed by ``TagResumeHook``). Images that failed to load are
 not journaled: they are retried, which is cheap and picks up a repaired file.
 The journals are removed once the final files are written.
+
+From construction to the final files, rank 0 holds ``<out_file>.lock``
+(``utils.run_lock``): a second run into the same tags file stops before it
+touches the journals, and a lock left by a killed run is taken over.
 """
 import contextlib
 import json
@@ -37,8 +41,9 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 
-from ..datasets.utils import MISSING_IMAGES_KEY
+from ..datasets.utils import MISSING_IMAGES_KEY, skipped_list_path
 from ..utils.io import atomic_write_text, ensure_writable_dir
+from ..utils.run_lock import RunLock
 from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error
 from .summary import format_summary
@@ -84,8 +89,7 @@ class TagFileWriter(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.out_file = osp.abspath(out_file)
         self.scores_file = None if scores_file is None else osp.abspath(scores_file)
-        self.skipped_file = osp.abspath(skipped_file or
-                                        osp.splitext(out_file)[0] + '.skipped.txt')
+        self.skipped_file = osp.abspath(skipped_file or skipped_list_path(out_file))
         self.score_decimals = int(score_decimals)
         self.fsync_interval_s = float(fsync_interval_s)
         #: Identity of the run's settings for the journal header; set by
@@ -96,7 +100,11 @@ class TagFileWriter(BaseMetric):
         folders = {osp.dirname(p) for p in self._paths()}
         for folder in sorted(folders):  # fail now, not after hours of tagging
             ensure_writable_dir(folder)
-            if is_main_process():
+        # One live run per output: refuse before touching files another run writes.
+        self._lock = RunLock(self.out_file) if is_main_process() else None
+        if self._lock is not None:
+            self._lock.acquire()
+            for folder in sorted(folders):
                 remove_stale_temp_files(folder, extensions=(), names=[
                     osp.basename(p) for p in self._paths() if osp.dirname(p) == folder])
 
@@ -187,4 +195,6 @@ class TagFileWriter(BaseMetric):
         logger.info(f'tags written to {self.out_file}: ' + format_summary(counts, elapsed))
         if skipped:
             logger.warning(f'{len(skipped)} images failed to load; see {self.skipped_file}')
+        if self._lock is not None:
+            self._lock.release()
         return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))

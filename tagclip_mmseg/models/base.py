@@ -18,9 +18,9 @@ from mmseg.registry import MODELS
 
 from .clip import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
-from .presets import resolve_background, resolve_classes
+from .presets import CLASS_PRESETS, resolve_background, resolve_classes
 from .prompts import ClassName
-from .text_classifier import build_text_classifier
+from .text_classifier import build_text_classifier, class_prompt_names, tokenize_prompts
 
 __all__ = ['FrozenCLIPModel', 'MODES']
 
@@ -58,10 +58,16 @@ class FrozenCLIPModel(BaseModel):
             single images (docs/performance.md), the whole group elsewhere.
             Results do not depend on it beyond the rounding that the
             determinism contract allows (docs/determinism.md).
+        truncate_prompts (bool): Cut prompts longer than CLIP's context (77
+            tokens) with a warning instead of refusing the vocabulary.
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor``.
         init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
     """
+
+    #: Prompt templates; subclasses set them before :meth:`set_vocabulary`,
+    #: which checks that every prompt fits CLIP's context.
+    templates: Tuple[str, ...] = ()
 
     def __init__(self,
                  clip: Union[None, dict, nn.Module] = None,
@@ -69,6 +75,7 @@ class FrozenCLIPModel(BaseModel):
                  text_cache_dir: Optional[str] = None,
                  autocast: Optional[str] = None,
                  images_per_forward: Optional[int] = None,
+                 truncate_prompts: bool = False,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         # Built through mmseg's registry so that direct construction (tests,
@@ -93,6 +100,7 @@ class FrozenCLIPModel(BaseModel):
         self.clip.requires_grad_(False)
         self.clip.eval()
         self.text_cache_dir = text_cache_dir
+        self.truncate_prompts = bool(truncate_prompts)
         #: Foreground vocabulary and softmax-only background words; set with
         #: :meth:`set_vocabulary`.
         self.class_names: Optional[Tuple[ClassName, ...]] = None
@@ -146,23 +154,46 @@ class FrozenCLIPModel(BaseModel):
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
         """Set the foreground classes (and optionally background words).
 
+        Every check that the text encoder would otherwise fail at the first
+        image runs here, while the model is built: names that are not
+        strings, duplicates (also those differing only in case or spacing, which
+        CLIP reads as one text) and prompts too long for CLIP's context.
+
         Raises:
-            ValueError: For an empty or duplicated vocabulary.
+            ValueError: For an empty, invalid or duplicated vocabulary, or a
+                class name too long for the context (unless
+                ``truncate_prompts``); the message names ``class_names`` or
+                ``background_words``.
         """
-        names = tuple(n if isinstance(n, str) else tuple(n) for n in resolve_classes(class_names))
+        if class_names is None:
+            raise ValueError('class_names is None: give a list of class names (or a preset '
+                             f'name such as {sorted(CLASS_PRESETS)})')
+        names = resolve_classes(class_names)
         if not names:
             raise ValueError('the class vocabulary is empty: give class_names in the model '
                              'config or metainfo=dict(classes=...) in the dataset')
-        keys = [n if isinstance(n, str) else n[0] for n in names]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
-            raise ValueError(f'duplicate class names in the vocabulary: {dup}')
-        if background_words is not None:
-            self.background_words = resolve_background(background_words)
-        clash = sorted(set(keys) & set(self.background_words))
+        try:
+            class_prompt_names(names)
+        except ValueError as e:
+            raise ValueError(f'class_names: {e}') from None
+        names = tuple(n if isinstance(n, str) else tuple(n) for n in names)
+        words = self.background_words if background_words is None else \
+            resolve_background(background_words)
+        keys = {' '.join((n if isinstance(n, str) else n[0]).lower().split()) for n in names}
+        clash = sorted(w for w in words if ' '.join(w.lower().split()) in keys)
         if clash:
             raise ValueError(f'background words {clash} are also foreground classes; '
                              'remove them from background_words')
+        try:
+            class_prompt_names(names + words)
+        except ValueError as e:
+            raise ValueError(f'background_words clash with class_names or each other: {e}') \
+                from None
+        if self.templates:
+            tokenize_prompts(names + words, self.templates,
+                             int(getattr(self.clip, 'context_length', 77)),
+                             self.truncate_prompts)
+        self.background_words = words
         self.class_names = names
 
     @property
@@ -188,7 +219,8 @@ class FrozenCLIPModel(BaseModel):
                     self.clip,
                     class_names,
                     templates,
-                    cache_dir=self.text_cache_dir)
+                    cache_dir=self.text_cache_dir,
+                    truncate=self.truncate_prompts)
             emb = emb.to(device=device, dtype=torch.float32)
             self._text_embeddings[key] = emb
         return emb

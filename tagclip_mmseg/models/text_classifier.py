@@ -24,7 +24,10 @@ from ..utils.io import atomic_open
 from .clip.tokenizer import get_tokenizer
 from .prompts import ClassName
 
-__all__ = ['build_text_classifier', 'default_text_cache_dir', 'class_prompt_names', 'CACHE_ENV']
+__all__ = [
+    'build_text_classifier', 'default_text_cache_dir', 'class_prompt_names', 'tokenize_prompts',
+    'CACHE_ENV'
+]
 
 #: Environment variable naming the root of tagclip_mmseg's caches; text
 #: embeddings go to its ``text_embeddings`` subfolder.
@@ -131,23 +134,39 @@ def _write_cache(path: str, key_text: str, embeddings: Tensor) -> None:
                       f'without it (set {CACHE_ENV} to a writable folder)')
 
 
-def _encode_prompts(clip: nn.Module, prompts: Sequence[str], class_of_prompt: Sequence[int],
-                    class_names: Sequence[ClassName], truncate: bool,
-                    batch_size: int) -> Tensor:
-    """L2-normalised text embeddings of all prompts, (P, E) in fp32."""
+def tokenize_prompts(class_names: Sequence[ClassName], templates: Sequence[str],
+                     context_length: int = 77, truncate: bool = False) -> Tensor:
+    """Token rows of every prompt, class-major (class ``c``'s prompts are rows
+    ``c * len(templates)`` to ``(c + 1) * len(templates) - 1``).
+
+    Cheap (no text encoder), so models run it when the vocabulary is set:
+    a bad vocabulary fails while the model is built, not at the first image.
+
+    Raises:
+        ValueError: Invalid vocabulary or templates, or a prompt longer than
+            ``context_length`` tokens while ``truncate`` is False.
+    """
+    names = class_prompt_names(class_names)
+    templates = _check_templates(templates)
+    prompts = [t.format(name) for name in names for t in templates]
     tokenizer = get_tokenizer()
-    context_length = int(getattr(clip, 'context_length', 77))
     ids = [tokenizer.encode(p) for p in prompts]
     too_long = [i for i, t in enumerate(ids) if len(t) + 2 > context_length]
     if too_long:
-        classes = sorted({class_of_prompt[i] for i in too_long})
+        classes = sorted({i // len(templates) for i in too_long})
         detail = ', '.join(repr(class_names[c]) for c in classes[:5])
         if not truncate:
             raise ValueError(
                 f'class name(s) {detail} make prompts longer than CLIP\'s {context_length}-token '
-                f'context (e.g. {prompts[too_long[0]]!r}); shorten them or pass truncate=True')
+                f'context (e.g. {prompts[too_long[0]]!r}); shorten them, or cut the prompts with '
+                'truncate_prompts=True (model config, TagCLIPInferencer(truncate_prompts=True) '
+                'or the demo\'s --truncate-prompts)')
         warnings.warn(f'truncating prompts of class(es) {detail} to {context_length} tokens')
-    tokens = tokenizer.pack(ids, context_length, truncate=True)
+    return tokenizer.pack(ids, context_length, truncate=True)
+
+
+def _encode_prompts(clip: nn.Module, tokens: Tensor, batch_size: int) -> Tensor:
+    """L2-normalised text embeddings of token rows, (P, E) in fp32."""
     device = next(clip.parameters()).device
     chunks = []
     with torch.no_grad():
@@ -212,9 +231,9 @@ def build_text_classifier(clip: nn.Module,
         if cached is not None:
             return cached.to(device)
 
-    prompts = [t.format(name) for name in names for t in templates]
-    class_of_prompt = [c for c in range(len(names)) for _ in templates]
-    per_prompt = _encode_prompts(clip, prompts, class_of_prompt, class_names, truncate, batch_size)
+    tokens = tokenize_prompts(class_names, templates, int(getattr(clip, 'context_length', 77)),
+                              truncate)
+    per_prompt = _encode_prompts(clip, tokens, batch_size)
     embeddings = F.normalize(per_prompt.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
     if cache_path is not None:
         _write_cache(cache_path, key_text, embeddings)

@@ -13,6 +13,9 @@ from typing import Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
+from .config import set_data_root
+from .dist import stop_with_launcher
+
 __all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir']
 
 CFG_OPTIONS_HELP = (
@@ -20,12 +23,17 @@ CFG_OPTIONS_HELP = (
     'merged into config file. If the value to be overwritten is a list, it should be like '
     'key="[a,b]" or key=a,b It also allows nested list/tuple values, e.g. '
     'key="[(a,b),(c,d)]" Note that the quotation marks are necessary and that no white space '
-    'is allowed.')
+    'is allowed. Values with spaces need inner quotes, e.g. key="\'my photos\'"; for the '
+    'dataset folder use --data-root instead.')
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--cfg-options``, ``--launcher`` and ``--local-rank``."""
+    """Add ``--cfg-options``, ``--data-root``, ``--launcher`` and ``--local-rank``."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=CFG_OPTIONS_HELP)
+    parser.add_argument(
+        '--data-root', metavar='PATH',
+        help='dataset root of every dataset in the config, taken verbatim (spaces, commas and '
+        'non-ASCII characters need only shell quoting: --data-root "my photos")')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
@@ -35,19 +43,30 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
 def parse_runner_args(parser: argparse.ArgumentParser,
                       argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse, and export the local rank as ``LOCAL_RANK`` unless a launcher
-    already did (mmengine reads it from the environment)."""
+    already did (mmengine reads it from the environment). Under torchrun, a
+    rank stops when its launcher dies (:func:`stop_with_launcher`)."""
     args = parser.parse_args(argv)
+    if args.launcher == 'pytorch':
+        stop_with_launcher()
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """``args.config`` with ``--cfg-options`` merged in and ``--launcher`` set."""
+    """``args.config`` with ``--cfg-options`` merged in, then ``--data-root``
+    and ``--launcher`` set."""
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    data_root = getattr(args, 'data_root', None)
+    if data_root is not None:
+        if not osp.isdir(osp.expanduser(data_root)):
+            raise FileNotFoundError(f'--data-root {data_root!r} is not a folder')
+        if not set_data_root(cfg, osp.expanduser(data_root)):
+            raise ValueError(f'--data-root was given but {args.config} has no dataset with a '
+                             'data_root')
     return cfg
 
 

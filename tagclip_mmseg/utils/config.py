@@ -11,7 +11,9 @@ from typing import Any, Callable, Iterator, List
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import Registry
 
-__all__ = ['iter_dicts', 'set_clip_checkpoint', 'set_in_dicts_of_type', 'type_accepts']
+__all__ = [
+    'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type', 'type_accepts'
+]
 
 
 def iter_dicts(node: Any) -> Iterator[dict]:
@@ -37,6 +39,28 @@ def set_clip_checkpoint(cfg: Config, path: str) -> int:
         if isinstance(clip, (dict, ConfigDict)):
             clip['checkpoint'] = path
             n += 1
+    return n
+
+
+def set_data_root(cfg: Config, path: str) -> int:
+    """Set ``data_root`` at the top level and in every dict that has one.
+
+    A config's ``data_root`` variable is copied into its dataset dicts when
+    the file is read, so setting the top-level key alone (what
+    ``--cfg-options data_root=...`` does) would not move the datasets; and
+    ``--cfg-options`` splits values on spaces and commas. ``--data-root``
+    takes the path verbatim.
+
+    Returns:
+        int: How many dataset-level dicts were updated.
+    """
+    top = cfg._cfg_dict if isinstance(cfg, Config) else cfg
+    n = 0
+    for d in iter_dicts(list(top.values())):
+        if 'data_root' in d:
+            d['data_root'] = path
+            n += 1
+    cfg['data_root'] = path
     return n
 
 

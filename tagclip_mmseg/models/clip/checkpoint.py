@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mmseg.registry import MODELS
 
 from ...utils.io import atomic_open, atomic_write_bytes
+from ...utils.unpickling import error_sentence, refused_global
 from .model import CLIP
 
 __all__ = [
@@ -154,19 +155,17 @@ def _read_file(path: str, weights_only: bool) -> Any:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001  (every reader has its own error types)
-        hint = ''
-        if weights_only and 'weights_only' in str(e):
-            hint = (' It stores Python objects besides tensors; if you trust the file, '
-                    'load it with weights_only=False or re-save it with '
-                    'tools/convert_clip_checkpoint.py --unsafe-load.')
+        refused = refused_global(e) if weights_only else None
+        if refused is not None:
+            raise CheckpointError(
+                f'refusing to read CLIP checkpoint {path!r}: it stores Python objects besides '
+                f'tensors, and unpickling them could run code from the file (torch: {refused}) '
+                'Nothing from it was executed. If you trust the file, load it with '
+                'weights_only=False or re-save it as plain weights with '
+                'tools/convert_clip_checkpoint.py --unsafe-load.') from e
         raise CheckpointError(f'cannot read CLIP checkpoint {path!r}: the file is truncated, '
                               f'corrupt or not a PyTorch/safetensors checkpoint '
-                              f'({type(e).__name__}: {_first_line(e)}).{hint}') from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ''
+                              f'({type(e).__name__}: {error_sentence(e)})') from e
 
 
 def _unwrap(obj: Any, path: str) -> Dict[str, Tensor]:
@@ -478,6 +477,7 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
     state_dict = load_clip_state_dict(checkpoint, weights_only=weights_only)
     path = osp.abspath(osp.expanduser(checkpoint))
     model = CLIP(**infer_clip_arch(state_dict, path))
+    _check_shapes(model.state_dict(), state_dict, path)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(f'{path!r} does not match the CLIP ViT layout inferred from it: '
@@ -485,6 +485,18 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
     model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
     model.checkpoint_fingerprint = checkpoint_fingerprint(path)
     return model
+
+
+def _check_shapes(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor],
+                  path: str) -> None:
+    """Name every tensor whose shape disagrees with the inferred layout
+    (``load_state_dict`` would raise a bare ``size mismatch`` RuntimeError)."""
+    wrong = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}'
+             for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointError(f'{path!r} does not match the CLIP ViT layout inferred from it; '
+                              f'wrong-shaped tensors: {"; ".join(wrong[:8])}'
+                              + (f' (and {len(wrong) - 8} more)' if len(wrong) > 8 else ''))
 
 
 MODELS.register_module(name='PretrainedCLIP', module=load_clip)

@@ -276,8 +276,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  crf: Optional[dict] = None,
                  **kwargs) -> None:
         super().__init__(mode=mode, **kwargs)
+        self.templates = resolve_templates(templates)  # before the vocabulary: it checks prompts
         self.set_vocabulary(class_names, background_words)
-        self.templates = resolve_templates(templates)
         self.caa_layers = self.layer_indices('caa_layers', caa_layers)
         self.caa_box_thr = caa_box_thr
         self.with_background = with_background
