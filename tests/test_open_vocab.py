@@ -26,6 +26,7 @@ from PIL import Image
 
 import tagclip_mmseg  # noqa: F401
 from mmseg import registry as R
+from mmseg.structures import SegDataSample
 from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
@@ -72,7 +73,12 @@ def test_config_builds(path, deep_tiny_clip_path, tmp_path):
     assert model.test_cfg['crop_size'] == (224, 224) and model.test_cfg['stride'] == (112, 112)
     # Built on mmseg's dataset bases: the dataset, pipeline and IoUMetric.
     ds_cfg = cfg.test_dataloader.dataset
-    dataset = R.DATASETS.build(dict(ds_cfg, lazy_init=True))
+    # Some mmseg datasets check that their image folder and split exist even lazily.
+    os.makedirs(osp.join(str(tmp_path), ds_cfg.data_prefix['img_path']))
+    if ds_cfg.get('ann_file'):
+        os.makedirs(osp.dirname(osp.join(str(tmp_path), ds_cfg.ann_file)), exist_ok=True)
+        open(osp.join(str(tmp_path), ds_cfg.ann_file), 'w').close()
+    dataset = R.DATASETS.build(dict(ds_cfg, lazy_init=True, data_root=str(tmp_path)))
     classes = dataset.metainfo['classes']
     # A background channel exactly when the dataset's class 0 is background,
     # never with reduce_zero_label.
@@ -312,9 +318,10 @@ def _normalised(h: int, w: int, seed: int = 0) -> torch.Tensor:
 def test_seg_logits_background_and_untagged_channels(tiny_model_cfg, monkeypatch):
     _forced(monkeypatch, [2], {2: (0.2, 0.9, 0.6, 0.1)})
     model = tiny_model_cfg()
-    out = model.predict([_normalised(32, 64)])[0]
+    sample = SegDataSample(metainfo=dict(ori_shape=(64, 128)))  # input at half size
+    out = model.predict([_normalised(32, 64)], [sample])[0]
     logits, pred = out.seg_logits.data, out.pred_sem_seg.data[0]
-    assert logits.shape == (4, 32, 64) and pred.shape == (32, 64)
+    assert logits.shape == (4, 64, 128) and pred.shape == (64, 128)
     cam = logits[3]
     assert torch.equal(logits[1], torch.zeros_like(cam))  # untagged: zeros
     assert torch.equal(logits[2], torch.zeros_like(cam))
@@ -322,6 +329,21 @@ def test_seg_logits_background_and_untagged_channels(tiny_model_cfg, monkeypatch
     assert set(pred.unique().tolist()) == {0, 3}
     assert torch.equal(pred == 3, cam > 0.5)
     assert out.tags == [2]
+
+
+def test_an_image_without_tags(tiny_model_cfg, monkeypatch):
+    """All background with a background class; 255 (no prediction) without."""
+    _forced(monkeypatch, [], {})
+    for with_background, label in ((True, 0), (False, 255)):
+        model = tiny_model_cfg(with_background=with_background)
+        sample = SegDataSample(metainfo=dict(ori_shape=(40, 50)))
+        out = model.predict([_normalised(32, 32)], [sample])[0]
+        assert out.tags == []
+        assert out.pred_sem_seg.data.shape == (1, 40, 50)
+        assert (out.pred_sem_seg.data == label).all()
+        expected = torch.zeros(model.num_classes, 40, 50)
+        expected[0] = float(with_background)
+        assert torch.equal(out.seg_logits.data, expected)
 
 
 def test_without_background_argmax_over_tag_maps(tiny_model_cfg, monkeypatch):

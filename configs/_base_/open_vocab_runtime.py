@@ -1,9 +1,10 @@
 # Runtime of the open-vocabulary benchmarks: the training-free runtime plus
-# mmseg's visualiser, so tools/test.py --show-dir paints predictions. The
+# mmseg's visualiser, so tools/test.py --show-dir paints every prediction
+# (interval 1; the hook draws nothing without --show/--show-dir). The
 # protocol's test pipeline: shorter side resized to 336 (the image, not the
 # mask: IoUMetric compares at the original size), batch size 1.
 _base_ = ['./default_runtime_training_free.py']
-default_hooks = dict(visualization=dict(type='SegVisualizationHook'))
+default_hooks = dict(visualization=dict(type='SegVisualizationHook', interval=1))
 visualizer = dict(
     type='SegLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')], name='visualizer')
 open_vocab_short_side = 336

@@ -4,6 +4,7 @@ _base_ = ['./tagclip_vit-b16_voc21.py']
 model = dict(
     data_preprocessor=dict(bgr_to_rgb=False),   # LoadImageRobust yields RGB
     crf=dict(
+        _delete_=True,             # the base has crf=None
         iterations=10,
         gaussian_sxy=1,
         gaussian_compat=3,

@@ -134,6 +134,7 @@ class TagCLIPSegmentor(BaseSegmentor):
             protocol), ``cam_batch_pairs`` (windows x tags per Grad-CAM call:
             bounds memory) and ``tag_max_tokens`` (token budget of the tagging
             pass; None: the whole input image).
+        train_cfg (dict, optional): Unused: there is nothing to train.
         init_cfg (dict, optional): Unused.
     """
 
@@ -358,9 +359,10 @@ class TagCLIPSegmentor(BaseSegmentor):
         ``num_classes`` map with zeros for untagged classes.
         """
         size = tuple(sample.metainfo.get('ori_shape', cams.shape[-2:])[:2])
-        if tuple(cams.shape[-2:]) != size and cams.shape[0]:
+        if tuple(cams.shape[-2:]) != size:
             cams = F.interpolate(cams[None], size=size, mode='bilinear',
-                                 align_corners=self.align_corners)[0]
+                                 align_corners=self.align_corners)[0] if cams.shape[0] else \
+                cams.new_zeros(0, *size)
         label = self.labeler.cams_to_label(cams, tags, sample)
         logits = cams.new_zeros(self.num_classes, *size)
         offset = int(self.with_background)
