@@ -41,6 +41,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor, nn
 
+from ...datasets.transforms import patch_grid
 from ..clip import build_clip
 from ..ops import relative_threshold_mask
 from ..presets import resolve_background, resolve_classes
@@ -273,7 +274,6 @@ class TagCLIPSegmentor(BaseSegmentor):
 
     def _to_patch_grid(self, images: Tensor, max_tokens: Optional[int] = None) -> Tensor:
         """Resize (B, 3, h, w) images to the token grid of ``patch_grid``."""
-        from tagclip_mmseg.datasets import patch_grid
         p = self.clip.visual.patch_size
         gh, gw = patch_grid(images.shape[-2], images.shape[-1], p, max_tokens)
         if (gh * p, gw * p) == tuple(images.shape[-2:]):
