@@ -8,6 +8,7 @@ from .label_files import (LabelFileError, format_label_line, read_id_list, read_
                           write_label_file)
 from .multilabel import (COCOMultiLabelDataset, COCOStuffMultiLabelDataset, MultiLabelImageFolder,
                          MultiLabelListDataset, VOCMultiLabelDataset)
+from .open_vocab import COCOObjectDataset, PascalVOC20Dataset
 from .optional_annotations import LoadOptionalAnnotations
 from .samplers import GridBatchSampler, GridGroupedSampler, ImageGrids
 from .segmentation import (COCOObjectTaggedSegDataset, COCOStuff27TaggedSegDataset,
@@ -25,5 +26,5 @@ __all__ = [
     'COCOStuffMultiLabelDataset', 'COCOMultiLabelDataset', 'TaggedSegDataset',
     'VOCTaggedSegDataset', 'COCOObjectTaggedSegDataset', 'COCOStuff27TaggedSegDataset',
     'LoadImageRobust', 'ResizeToPatchMultiple', 'patch_grid', 'ImageGrids', 'GridGroupedSampler',
-    'GridBatchSampler', 'LoadOptionalAnnotations'
+    'GridBatchSampler', 'LoadOptionalAnnotations', 'PascalVOC20Dataset', 'COCOObjectDataset'
 ]

@@ -1,0 +1,12 @@
+# ADE20K-150 val (2000 images, mmseg's ADE20KDataset, reduce_zero_label),
+# class names from the dataset, stuff setting.
+_base_ = [
+    'mmseg::_base_/datasets/ade20k.py',
+    '../_base_/models/tagclip-seg_vit-b16_stuff.py',
+    '../_base_/open_vocab_runtime.py'
+]
+test_dataloader = dict(batch_size=1, dataset=dict(pipeline=_base_.open_vocab_test_pipeline))
+# Test only: mmseg's dataset bases also define training/validation loaders.
+train_dataloader = None
+val_dataloader = None
+val_evaluator = None
