@@ -210,7 +210,8 @@ def test_benchmark_configs_read_stored_pixels_in_every_stage():
 
     def loaders(pipeline):
         for t in pipeline:
-            yield from loaders(t.get('transforms', ())) if t['type'] == 'SkipExisting' else [t]
+            resume = t['type'] in ('SkipTagged', 'SkipExisting')
+            yield from loaders(t['transforms']) if resume else [t]
 
     def stored(cfg_pipeline) -> bool:
         found = [t for t in loaders(cfg_pipeline) if t['type'] in ('LoadImageRobust',

@@ -77,21 +77,24 @@ def pseudo_label_settings(model, dataset, pipeline: List[Any]) -> Dict[str, Any]
         tags=_tags_digest(dataset)), sort_keys=True, default=repr))
 
 
-def settings_changes(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """One line per setting that differs (``model`` is compared key by key)."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if key == 'state' or old.get(key) == new.get(key):
-            continue
-        if key == 'model' and isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
-            changes += [f'model.{k}: {_short(old[key].get(k))} -> {_short(new[key].get(k))}'
-                        for k in sorted(set(old[key]) | set(new[key]))
-                        if old[key].get(k) != new[key].get(k)]
-        elif key == 'tags':
-            changes.append('tags: the images\' tags differ (another tags file or tag source?)')
-        else:
-            changes.append(f'{key}: {_short(old.get(key))} -> {_short(new.get(key))}')
-    return changes
+def settings_changes(old: Any, new: Any, name: str = '') -> List[str]:
+    """One line per setting that differs, named by its path (``model.caa_layers``).
+
+    Dicts are compared key by key and equal-length lists item by item, so a
+    line names the innermost setting that changed; ``state`` is not a setting.
+    """
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new)) if key != 'state'
+                for line in settings_changes(old.get(key), new.get(key),
+                                             f'{name}.{key}' if name else key)]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new))
+                for line in settings_changes(a, b, f'{name}[{i}]')]
+    if name == 'tags':
+        return ["tags: the images' tags differ (another tags file or tag source?)"]
+    return [f'{name}: {_short(old)} -> {_short(new)}']
 
 
 def _short(value: Any, limit: int = 120) -> str:
