@@ -170,8 +170,9 @@ class SkipExisting(_SkipFinished):
     Put it first in the pseudo-label test pipeline and give it the transforms
     that load and resize the image. For an image whose ``<out_dir>/<img_id>.png``
     is complete and has the size of the image (read from its header, turned
-    as the wrapped loader turns it; a mask of another size is recomputed)
-    (and, with ``require_cams``, whose ``<img_id>.npz`` loads), it
+    as the wrapped loader turns it; a mask of another size is recomputed, one
+    of an unreadable image kept) and, with ``require_cams``, whose
+    ``<img_id>.npz`` loads, it
     sets ``precomputed=True``, ``pred_seg_map`` (the mask read back),
     ``ori_shape`` (the mask's size) and a ``placeholder_size`` square black
     ``img``, and does not run ``transforms``. Every other image gets
@@ -218,33 +219,35 @@ class SkipExisting(_SkipFinished):
         img_id = image_id(results)
         path = osp.join(self.out_dir, img_id + '.png')
         mask = read_label_png(path)
-        if mask is not None:
-            size = self._image_size(results)
-            if mask.shape != size:
-                if size is not None:
-                    print_log(f'existing pseudo label {path} is {mask.shape[1]}x{mask.shape[0]} '
-                              f'but the image is {size[1]}x{size[0]}; it will be recomputed',
-                              logger='current', level=30)
-                return None
+        size = self._image_size(results) if mask is not None else None
+        if size is not None and mask.shape != size:
+            print_log(f'existing pseudo label {path} is {mask.shape[1]}x{mask.shape[0]} but '
+                      f'the image is {size[1]}x{size[0]}; it will be recomputed',
+                      logger='current', level=30)
+            return None
         if mask is not None and self.require_cams:
             if read_cam_file(osp.join(self.out_dir, img_id + '.npz')) is None:
                 return None
         return None if mask is None else dict(pred_seg_map=mask, ori_shape=mask.shape)
 
     def _image_size(self, results: dict) -> Optional[tuple]:
-        """(H, W) of the image as the wrapped loader decodes it (None: unreadable).
+        """(H, W) of the image as the wrapped loader decodes it.
 
         The loader's ``exif_transpose`` decides the orientation (so a mask
         written under the other rule is recomputed); a loader without the
-        switch (mmcv's) turns photos upright.
+        switch (mmcv's) turns photos upright. ``None`` when the image cannot
+        be read: the mask is then kept unchecked, as the image would not give
+        a new one.
         """
+        if not results.get('img_path'):
+            return None
         loader = next((t for t in self.transforms if hasattr(t, 'exif_transpose')), None)
         try:
             return read_image_size(results['img_path'],
                                    getattr(loader, 'exif_transpose', True),
                                    getattr(loader, 'max_pixels', DEFAULT_MAX_PIXELS))
         except ImageLoadError:
-            return None  # the loader reports it
+            return None
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(out_dir={self.out_dir!r}, '
