@@ -120,7 +120,9 @@ def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path):
     tagger = build_tagger(tiny_clip_path, 'faithful', tmp_path)
     out = tagger.tag(torch.randn(1, 3, 16, 16))
     assert torch.isfinite(out['p_final']).all()
-    assert out['tags'].sum() >= 1
+    # One patch gives every class the same score: nothing supports a tag, so
+    # none is given (the reference's arg-max would tag class 0).
+    assert out['tags'].sum() == 0
 
 
 def test_bf16_autocast_close_to_fp32(tiny_clip_path, tmp_path):
