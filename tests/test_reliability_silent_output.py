@@ -25,6 +25,7 @@ VOC_PSEUDO_CONFIG = osp.join(REPO, 'configs', 'pseudo_labels',
                              'clip-es_vit-b16_voc12-val_tagclip-tags.py')
 #: Ids that a space-separated line cannot hold as they are.
 ODD_IDS = ('IMG 0001', 'tab\there', 'кот и пёс', 'nbsp\u00a0ideographic\u3000space', '50% off,2')
+V2_VOC = 'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py'
 #: Stored (W, H) of the EXIF-rotated photo; orientation 6 shows it as H x W.
 STORED_WH = (56, 32)
 
@@ -177,7 +178,8 @@ def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
     tags = read_label_file(tmp_path / 'tags.txt', num_classes=20)
     assert sorted(tags) == ids
     assert tags['one pixel'] == []  # nothing supports any class
-    scored = [json.loads(line)['img_id'] for line in open(tmp_path / 'scores.jsonl')]
+    scores_text = (tmp_path / 'scores.jsonl').read_text(encoding='utf-8')
+    scored = [json.loads(line)['img_id'] for line in scores_text.splitlines()]
     assert scored == ids
     # 2. masks, from that tags file
     out = tmp_path / 'masks'
@@ -193,8 +195,7 @@ def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
     with Image.open(out / 'one pixel.png') as mask:
         assert np.asarray(mask).tolist() == [[0]]  # no tag: background
     # 3. a training data pipeline (docs/add_dataset.md: upright_train_pipeline)
-    seg_cfg = Config.fromfile(osp.join(
-        REPO, 'configs', 'deeplab', 'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py'))
+    seg_cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplab', V2_VOC))
     load = Compose([t for t in seg_cfg.upright_train_pipeline
                     if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')])
     loaded = load(dict(img_path=str(photos / 'rotated photo.jpg'),
@@ -226,8 +227,7 @@ def test_benchmark_configs_read_stored_pixels_in_every_stage():
     for name in ('clip-es_vit-b16_voc12-trainaug_tagclip-tags.py',
                  'clip-es_vit-b16_coco14-train_tagclip-tags.py'):
         assert stored(cfg('pseudo_labels', name).test_dataloader.dataset.pipeline), name
-    for name in ('deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py',
-                 'deeplabv2_r101-d8-msc_1xb10-100k_coco-object-pseudo-321x321.py',
+    for name in (V2_VOC, 'deeplabv2_r101-d8-msc_1xb10-100k_coco-object-pseudo-321x321.py',
                  'deeplabv3plus_r101-d8_4xb4-80k_coco-object-pseudo-512x512.py'):
         seg = cfg('deeplab', name)
         assert stored(seg.train_dataloader.dataset.pipeline), name
@@ -235,7 +235,7 @@ def test_benchmark_configs_read_stored_pixels_in_every_stage():
     # ... and the user-photo trio turns photos upright in every stage.
     folder = cfg('tagclip', 'tagclip_vit-b16_folder.py')
     assert not stored(folder.test_dataloader.dataset.pipeline)
-    seg = cfg('deeplab', 'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
+    seg = cfg('deeplab', V2_VOC)
     assert not stored(seg.upright_train_pipeline)
     assert not stored(cfg('pseudo_labels', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
                       .upright_pseudo_label_pipeline)
