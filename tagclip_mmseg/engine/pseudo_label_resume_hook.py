@@ -25,7 +25,7 @@ import json
 import os.path as osp
 from typing import Any, Dict, List, Optional
 
-from mmengine.dist import is_main_process
+from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -147,13 +147,24 @@ class PseudoLabelResumeHook(Hook):
         pipeline = getattr(getattr(dataset, 'pipeline', None), 'transforms', None) or []
         resuming = any(isinstance(t, SkipExisting) for t in pipeline)
         settings = pseudo_label_settings(model, dataset, pipeline)
-        for out_dir in sorted({w.out_dir for w in writers}):
-            path = osp.join(out_dir, SETTINGS_FILE)
-            if resuming:
-                self._check(out_dir, path, settings)
-            if is_main_process():
-                _write(path, settings, 'resumable' if resuming else 'overwriting')
-            self._records.append((path, settings))
+        # Rank 0 checks and records before any rank writes a mask (another
+        # rank's first masks would otherwise look like a folder without a
+        # record), and every rank stops with its verdict.
+        problem = [None]
+        if is_main_process():
+            try:
+                for out_dir in sorted({w.out_dir for w in writers}):
+                    path = osp.join(out_dir, SETTINGS_FILE)
+                    if resuming:
+                        self._check(out_dir, path, settings)
+                    _write(path, settings, 'resumable' if resuming else 'overwriting')
+            except RuntimeError as e:
+                problem[0] = str(e)
+        broadcast_object_list(problem)
+        if problem[0] is not None:
+            raise RuntimeError(problem[0])
+        self._records = [(osp.join(out_dir, SETTINGS_FILE), settings)
+                         for out_dir in sorted({w.out_dir for w in writers})]
 
     @staticmethod
     def _check(out_dir: str, path: str, settings: Dict[str, Any]) -> None:
