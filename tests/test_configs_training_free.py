@@ -133,6 +133,7 @@ def minimal_cfgs(tmp, tiny_ckpt, deep_ckpt):
         ('HOOKS', 'VocabularyHook'): dict(),
         ('HOOKS', 'RunProgressHook'): dict(),
         ('HOOKS', 'TagResumeHook'): dict(),
+        ('HOOKS', 'PseudoLabelResumeHook'): dict(),
     }
 
 

@@ -72,16 +72,24 @@ def test_write_round_trip(tmp_path):
     assert read_label_file(path) == {'z': [1]}
 
 
-@pytest.mark.parametrize('bad_id', ['', 'a b', 'a,b', 'tab\tid'])
-def test_write_rejects_unsplittable_ids(tmp_path, bad_id):
+def test_write_rejects_empty_and_repeated_ids(tmp_path):
     with pytest.raises(ValueError, match='cannot be written'):
-        format_label_line(bad_id, [1])
+        format_label_line('', [1])
     path = tmp_path / 'tags.txt'
     with pytest.raises(ValueError):
-        write_label_file(path, {bad_id: [1]})
+        write_label_file(path, {'': [1]})
     assert not path.exists()
     with pytest.raises(ValueError, match='twice'):
         write_label_file(path, [('a', [1]), ('a', [2])])
+
+
+@pytest.mark.parametrize('odd_id', ['a b', 'a,b', 'tab\tid', '100%', 'ü\u2003x'])
+def test_ids_the_reader_could_not_split_are_escaped_and_read_back(tmp_path, odd_id):
+    line = format_label_line(odd_id, [1])
+    assert len(line.split()) == 2 and ',' not in line
+    write_label_file(tmp_path / 'tags.txt', {odd_id: [1], 'plain': []})
+    assert read_label_file(tmp_path / 'tags.txt') == {odd_id: [1], 'plain': []}
+    assert read_id_list(tmp_path / 'tags.txt') == [odd_id, 'plain']
 
 
 def test_category_tables():

@@ -78,12 +78,15 @@ def test_ap_matches_mmpretrain_average_precision():
 
 def test_relative_threshold_hand_computed():
     scores = torch.tensor([[0.0, 0.5, 1.0, 0.25],  # t = 0.5 -> only 1.0 (0.5 is not > t)
-                           [0.2, 0.2, 0.2, 0.2],  # constant -> arg-max fallback
+                           [0.2, 0.2, 0.2, 0.2],  # constant -> no evidence, no tag
                            [0.0, 0.6, 1.0, 0.55]])  # t = 0.5 -> 0.6, 1.0, 0.55
-    expected = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1]]).bool()
+    expected = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]]).bool()
     assert torch.equal(relative_threshold_mask(scores, 0.5), expected)
     no_fallback = relative_threshold_mask(scores, 0.5, fallback_argmax=False)
     assert not no_fallback[1].any()
+    # The arg-max fallback applies when nothing passes although one class
+    # stands out (only possible with r >= 1).
+    assert relative_threshold_mask(scores[0], 1.0).tolist() == [False, False, True, False]
     # r = 0.1 (COCO-Stuff) tags more; 1-D input works too
     assert relative_threshold_mask(scores[0], 0.1).tolist() == [False, True, True, True]
 

@@ -175,7 +175,8 @@ def test_pseudo_label_rerun_after_completion_recomputes_nothing(images, referenc
                                                                 pl_list_config):
     out = tmp_path / 'out'
     out.mkdir()
-    for name, data in pngs(reference).items():
+    # The masks and the record of their settings (settings.json).
+    for name, data in visible_files(reference).items():
         (out / name).write_bytes(data)
     tool_runner.inprocess(PL_SCRIPT, *pl_args(images, out, tiny_tool_options, pl_list_config))
     summary = json.loads((out / 'summary.json').read_text())

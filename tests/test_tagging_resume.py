@@ -246,7 +246,7 @@ def test_pseudo_label_on_error_raise_also_raises_on_missing_images(tmp_path):
     config = osp.join(REPO, 'configs', 'pseudo_labels', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
     for on_error in ('raise', 'skip'):
         args = Namespace(config=config, out=str(tmp_path / 'out'), on_error=on_error,
-                         no_resume=False, save_cams=False, tags=None, clip_checkpoint=None,
+                         overwrite=False, save_cams=False, tags=None, clip_checkpoint=None,
                          launcher='none', work_dir=None)
         cfg = tool.configure(Config.fromfile(config), args)
         assert cfg.test_dataloader.dataset.on_missing == on_error

@@ -13,7 +13,11 @@ Examples::
 
 A killed or preempted run started again with the same ``--out`` skips every
 image whose PNG is already complete (files are written atomically, so a PNG
-that exists is whole) and writes the rest.
+that exists is whole) and has the image's size, and writes the rest. The
+folder records the settings of its masks (``OUT/settings.json``); a run with
+other settings (tags file, vocabulary, layers, CRF, weights, ...) stops
+before computing anything and says what changed: pass ``--overwrite`` to
+recompute every mask, or choose a new ``--out``.
 """
 import argparse
 import os.path as osp
@@ -46,8 +50,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--on-error', choices=['skip', 'raise'],
                         help='unreadable or missing images: count and skip (default) or stop '
                         "(sets the loader's on_error and the dataset's on_missing)")
-    parser.add_argument('--no-resume', action='store_true',
-                        help='recompute images whose PNG already exists')
+    parser.add_argument('--overwrite', '--no-resume', dest='overwrite', action='store_true',
+                        help='recompute every mask, also those already in --out (needed to '
+                        'reuse a folder with other settings: tags, vocabulary, layers, CRF, '
+                        'weights...)')
     parser.add_argument('--save-cams', action='store_true', help='also save CAM arrays (.npy)')
     parser.add_argument('--work-dir', help='folder for logs (default: OUT/logs)')
     add_runner_args(parser)
@@ -61,7 +67,7 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
         raise ValueError(f'{args.config} has no PseudoLabelWriter in test_evaluator; '
                          'use a config from configs/pseudo_labels/')
     set_in_dicts_of_type(cfg, RESUME_TRANSFORMS, 'out_dir', out)
-    if args.no_resume:
+    if args.overwrite:
         # SkipExisting wraps the loading and resizing transforms: keep those.
         pipeline = []
         for t in cfg.test_dataloader.dataset.pipeline:

@@ -20,8 +20,12 @@ default_hooks = dict(
 # when the model config leaves them out.
 # TagResumeHook: tagging runs resume from the TagFileWriter's journals (no-op
 # without a TagFileWriter).
+# PseudoLabelResumeHook: a pseudo-label folder records the settings of its
+# masks (settings.json) and is resumed only with the same ones (no-op without
+# a PseudoLabelWriter).
 custom_hooks = [
-    dict(type='RunProgressHook'), dict(type='VocabularyHook'), dict(type='TagResumeHook')
+    dict(type='RunProgressHook'), dict(type='VocabularyHook'), dict(type='TagResumeHook'),
+    dict(type='PseudoLabelResumeHook')
 ]
 # The CLIP is frozen: plain DDP would refuse a model without trainable
 # parameters (OpenMMLab trap 13).

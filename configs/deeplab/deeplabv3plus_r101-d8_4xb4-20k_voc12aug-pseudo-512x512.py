@@ -15,6 +15,17 @@ pseudo_label_dir = '{{fileDirname}}/../../work_dirs/pseudo_labels/voc12_train_au
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-512x512.py'
 custom_imports = dict(imports=['tagclip_mmseg'], allow_failed_imports=False)
 
+# VOC masks (real and pseudo) refer to the pixels as stored: read images as
+# stored too, as the VOC tagging and pseudo-label configs do (README.md,
+# "Image orientation"); mmseg's loader would apply the EXIF orientation.
+train_pipeline = [
+    dict(t, color_type='color_ignore_orientation') if t['type'] == 'LoadImageFromFile' else t
+    for t in _base_.train_pipeline
+]
+test_pipeline = [
+    dict(t, color_type='color_ignore_orientation') if t['type'] == 'LoadImageFromFile' else t
+    for t in _base_.test_pipeline
+]
 # mmseg trains on train + aug (a ConcatDataset of real masks); the pseudo
 # masks cover all of train_aug in one folder, so one dataset replaces both.
 train_dataloader = dict(
@@ -25,4 +36,6 @@ train_dataloader = dict(
         data_prefix=dict(img_path='JPEGImages', seg_map_path=pseudo_label_dir),
         ann_file='ImageSets/Segmentation/trainaug.txt',
         reduce_zero_label=False,
-        pipeline=_base_.train_pipeline))
+        pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

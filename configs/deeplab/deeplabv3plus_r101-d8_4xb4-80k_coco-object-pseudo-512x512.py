@@ -29,7 +29,8 @@ model = dict(
 
 # mmseg's 512x512 augmentation (as in its VOC / COCO-Stuff dataset configs).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    # COCO masks refer to the stored pixels (README.md, "Image orientation")
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='LoadAnnotations'),
     dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -38,7 +39,8 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    # COCO masks refer to the stored pixels (README.md, "Image orientation")
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='Resize', scale=(2048, 512), keep_ratio=True),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs')

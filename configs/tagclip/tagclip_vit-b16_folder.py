@@ -3,6 +3,8 @@
 #   python tools/test.py configs/tagclip/tagclip_vit-b16_folder.py \
 #       --cfg-options test_dataloader.dataset.data_root=my_photos \
 #       "test_dataloader.dataset.metainfo.classes=[cat,dog,espresso cup]"
+# Photos are turned upright (EXIF orientation), as in the upright_* pseudo-label
+# and training pipelines (README.md, "Image orientation").
 # A killed run started again with the same settings resumes from the journals
 # next to the tags file (see ../_base_/datasets/tagging_pipeline.py).
 _base_ = [

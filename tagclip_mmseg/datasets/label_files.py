@@ -7,6 +7,11 @@ files and pseudo-label inputs alike:
 * one image per line: its id, then 0-based foreground class indices;
 * any whitespace separates fields (spaces or tabs); a line with only an id
   means "no labels"; blank lines are skipped;
+* ids are percent-escaped (:func:`encode_image_id`): every whitespace
+  character (Unicode ones included), ``%`` and ``,`` is written as the
+  ``%XX`` of its UTF-8 bytes, so any file name round-trips (``IMG 0001.jpg``
+  is the line ``IMG%200001 3 17``) and ids without those characters, all of
+  VOC's and COCO's, are written as they are;
 * anything else is an error that names the file and line: commas, non-integer
   or out-of-range indices, duplicate image ids.
 
@@ -20,15 +25,44 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 from tagclip_mmseg.utils.io import atomic_write_text
 
-__all__ = ['LabelFileError', 'read_label_file', 'read_id_list', 'format_label_line',
-           'write_label_file']
+__all__ = ['LabelFileError', 'encode_image_id', 'decode_image_id', 'read_label_file',
+           'read_id_list', 'format_label_line', 'write_label_file']
 
 PathLike = Union[str, os.PathLike]
 _INT = re.compile(r'[+-]?\d+\Z')
+#: One escaped byte, or a run of them (a multi-byte UTF-8 character).
+_ESCAPED = re.compile(r'(?:%[0-9A-Fa-f]{2})+')
 
 
 class LabelFileError(ValueError):
     """A malformed label or id-list file; the message names ``file:line``."""
+
+
+def _needs_escape(char: str) -> bool:
+    return char.isspace() or char in '%,' or not char.isprintable()
+
+
+def encode_image_id(img_id: str) -> str:
+    """An image id as one whitespace-free field of a label file.
+
+    Whitespace (spaces, tabs, Unicode spaces), ``%``, ``,`` and unprintable
+    characters become the ``%XX`` of their UTF-8 bytes; everything else,
+    non-ASCII letters included, is kept, so plain ids stay readable.
+
+    Raises:
+        ValueError: For an empty id, which no line could hold.
+    """
+    if not isinstance(img_id, str) or not img_id:
+        raise ValueError(f'image id {img_id!r} cannot be written to a label file: ids must be '
+                         'non-empty strings')
+    return ''.join(''.join(f'%{b:02X}' for b in c.encode('utf-8')) if _needs_escape(c) else c
+                   for c in img_id)
+
+
+def decode_image_id(field: str) -> str:
+    """Inverse of :func:`encode_image_id` (a ``%`` not followed by two hex digits is kept)."""
+    return _ESCAPED.sub(lambda m: bytes.fromhex(m.group(0).replace('%', '')).decode(
+        'utf-8', errors='surrogateescape'), field)
 
 
 def _lines(path: PathLike) -> Iterable[Tuple[int, List[str]]]:
@@ -68,12 +102,13 @@ def read_label_file(path: PathLike,
     """
     labels: Dict[str, List[int]] = {}
     first_seen: Dict[str, int] = {}
-    for lineno, (img_id, *tokens) in _lines(path):
+    for lineno, (field, *tokens) in _lines(path):
         where = f'{os.fspath(path)}:{lineno}'
-        if ',' in img_id or any(',' in t for t in tokens):
+        if ',' in field or any(',' in t for t in tokens):
             raise LabelFileError(
                 f'{where}: commas are not separators in label files; expected '
-                f'"image_id idx idx ..." separated by spaces, got {" ".join([img_id, *tokens])!r}')
+                f'"image_id idx idx ..." separated by spaces, got {" ".join([field, *tokens])!r}')
+        img_id = decode_image_id(field)
         if img_id in first_seen:
             raise LabelFileError(f'{where}: duplicate image id {img_id!r} '
                                  f'(first at line {first_seen[img_id]})')
@@ -112,10 +147,11 @@ def read_id_list(path: PathLike) -> List[str]:
     """
     ids: List[str] = []
     first_seen: Dict[str, int] = {}
-    for lineno, (img_id, *_) in _lines(path):
+    for lineno, (field, *_) in _lines(path):
         where = f'{os.fspath(path)}:{lineno}'
-        if ',' in img_id:
-            raise LabelFileError(f'{where}: commas are not separators; got id {img_id!r}')
+        if ',' in field:
+            raise LabelFileError(f'{where}: commas are not separators; got id {field!r}')
+        img_id = decode_image_id(field)
         if img_id in first_seen:
             raise LabelFileError(f'{where}: duplicate image id {img_id!r} '
                                  f'(first at line {first_seen[img_id]})')
@@ -125,16 +161,13 @@ def read_id_list(path: PathLike) -> List[str]:
 
 
 def format_label_line(img_id: str, indices: Iterable[int]) -> str:
-    """One line of a label file, without the newline.
+    """One line of a label file, without the newline; the id is escaped
+    (:func:`encode_image_id`) so that :func:`read_label_file` gets it back.
 
     Raises:
-        ValueError: For an empty id or one containing whitespace or commas,
-            which the reader could not split back.
+        ValueError: For an empty id.
     """
-    if not img_id or any(c.isspace() or c == ',' for c in img_id):
-        raise ValueError(f'image id {img_id!r} cannot be written to a label file: '
-                         'ids must be non-empty and contain no whitespace or commas')
-    return ' '.join([img_id, *(str(int(i)) for i in indices)])
+    return ' '.join([encode_image_id(img_id), *(str(int(i)) for i in indices)])
 
 
 def write_label_file(path: PathLike,

@@ -15,7 +15,8 @@ Files in ``out_dir`` (all written atomically, all byte-deterministic):
   by default, or plain ``'L'``. mmseg's ``LoadAnnotations`` reads both as
   indices, so the folder can be a segmentation dataset's ``seg_map_path``.
 * ``<img_id>.npz`` (``save_cams=True``): ``attn_highres`` float16 ``(K, H, W)``
-  CAMs and ``keys`` int64 ``(K,)`` tag indices, CLIP-ES's names. An ``.npz``
+  CAMs and ``keys`` int64 ``(K,)`` tag indices, CLIP-ES's names; CAMs with
+  NaN or inf are refused, never written. An ``.npz``
   rather than CLIP-ES's pickled-dict ``.npy`` so that it loads without
   ``allow_pickle``.
 * ``summary.json`` and ``failed.txt``: counts, and each image that failed to
@@ -176,6 +177,9 @@ class PseudoLabelWriter(BaseMetric):
             if cams.ndim != 3 or cams.shape[0] != keys.size or cams.shape[1:] != mask.shape:
                 raise ValueError(f'image {img_id}: cams {cams.shape} must be (K, H, W) with '
                                  f'K = {keys.size} tags and (H, W) = mask {mask.shape}')
+            if not np.isfinite(cams).all():
+                raise ValueError(f'image {img_id}: its CAMs hold NaN or inf; nothing is written. '
+                                 'Check the CLIP checkpoint, and try fp32 instead of fp16')
             atomic_write_bytes(osp.join(self.out_dir, img_id + '.npz'),
                                encode_npz(dict(keys=keys, attn_highres=cams)))
 

@@ -33,6 +33,7 @@ from mmengine.logging import print_log
 from mmseg.registry import TRANSFORMS
 from PIL import Image
 
+from ..datasets.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, read_image_size
 from .sample_fields import image_id
 from .tag_journal import decode_scores, read_journals
 
@@ -168,7 +169,10 @@ class SkipExisting(_SkipFinished):
 
     Put it first in the pseudo-label test pipeline and give it the transforms
     that load and resize the image. For an image whose ``<out_dir>/<img_id>.png``
-    is complete (and, with ``require_cams``, whose ``<img_id>.npz`` loads), it
+    is complete and has the size of the image (read from its header, turned
+    as the wrapped loader turns it; a mask of another size is recomputed, one
+    of an unreadable image kept) and, with ``require_cams``, whose
+    ``<img_id>.npz`` loads, it
     sets ``precomputed=True``, ``pred_seg_map`` (the mask read back),
     ``ori_shape`` (the mask's size) and a ``placeholder_size`` square black
     ``img``, and does not run ``transforms``. Every other image gets
@@ -179,6 +183,10 @@ class SkipExisting(_SkipFinished):
     its prediction without computing, the writer counts the image as skipped,
     and ``CLSSegIoUMetric`` scores the mask read from disk. Ground truth for
     mIoU is loaded by a ``LoadAnnotations`` after this transform either way.
+
+    A mask is kept only if it was made with this run's settings: that is
+    checked once per folder, before any image, by ``PseudoLabelResumeHook``
+    (``<out_dir>/settings.json``).
 
     Example::
 
@@ -209,11 +217,37 @@ class SkipExisting(_SkipFinished):
     def finished(self, results: dict) -> Optional[dict]:
         """The mask on disk (and its size), if it is complete."""
         img_id = image_id(results)
-        mask = read_label_png(osp.join(self.out_dir, img_id + '.png'))
+        path = osp.join(self.out_dir, img_id + '.png')
+        mask = read_label_png(path)
+        size = self._image_size(results) if mask is not None else None
+        if size is not None and mask.shape != size:
+            print_log(f'existing pseudo label {path} is {mask.shape[1]}x{mask.shape[0]} but '
+                      f'the image is {size[1]}x{size[0]}; it will be recomputed',
+                      logger='current', level=30)
+            return None
         if mask is not None and self.require_cams:
             if read_cam_file(osp.join(self.out_dir, img_id + '.npz')) is None:
                 return None
         return None if mask is None else dict(pred_seg_map=mask, ori_shape=mask.shape)
+
+    def _image_size(self, results: dict) -> Optional[tuple]:
+        """(H, W) of the image as the wrapped loader decodes it.
+
+        The loader's ``exif_transpose`` decides the orientation (so a mask
+        written under the other rule is recomputed); a loader without the
+        switch (mmcv's) turns photos upright. ``None`` when the image cannot
+        be read: the mask is then kept unchecked, as the image would not give
+        a new one.
+        """
+        if not results.get('img_path'):
+            return None
+        loader = next((t for t in self.transforms if hasattr(t, 'exif_transpose')), None)
+        try:
+            return read_image_size(results['img_path'],
+                                   getattr(loader, 'exif_transpose', True),
+                                   getattr(loader, 'max_pixels', DEFAULT_MAX_PIXELS))
+        except ImageLoadError:
+            return None
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(out_dir={self.out_dir!r}, '

@@ -9,9 +9,13 @@ Files (all written atomically, sorted by image id, byte-deterministic):
 * ``out_file``: one line per image, ``"<img_id> idx idx ..."`` with the
   0-based foreground indices in ascending order, the format of TagCLIP's
   ``--save_file`` and of the split files (spec 4.6). An image without tags is
-  a line with only its id.
+  a line with only its id. Ids are escaped as every label file's
+  (``datasets.label_files.format_label_line``: ``IMG 0001`` is written
+  ``IMG%200001``), so any file name reads back as it was.
 * ``scores_file`` (optional): JSON lines ``{"img_id": ..., "scores": [...],
-  "tags": [...]}``, scores rounded to ``score_decimals``.
+  "tags": [...]}``, scores rounded to ``score_decimals``. Non-finite scores
+  (NaN, inf: broken weights or an overflow) are refused when they arrive,
+  never written: they are not JSON, and their tags would mean nothing.
 * ``skipped_file``: ``img_id<TAB>img_path<TAB>reason`` for every image that
   failed to load, and every image the dataset lists but left out
   (``metainfo['missing_images']``: file missing, a directory...); such
@@ -41,6 +45,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 
+from ..datasets.label_files import format_label_line
 from ..datasets.utils import MISSING_IMAGES_KEY, skipped_list_path
 from ..utils.io import atomic_write_text, ensure_writable_dir
 from ..utils.run_lock import RunLock
@@ -130,6 +135,8 @@ class TagFileWriter(BaseMetric):
                     raise KeyError(f'image {record["img_id"]} has no pred_label (tags) to write')
                 record['tags'] = sorted(int(t) for t in torch.as_tensor(tags).flatten().tolist())
                 scores = get_field(sample, 'pred_score')
+                if scores is not None:
+                    _check_finite(record, scores)
                 if self.scores_file is not None:
                     if scores is None:
                         raise KeyError(f'image {record["img_id"]} has no pred_score for '
@@ -175,11 +182,11 @@ class TagFileWriter(BaseMetric):
         skipped = [r for r in records if r['error'] is not None]
 
         atomic_write_text(self.out_file, ''.join(
-            ' '.join([r['img_id'], *map(str, r['tags'])]) + '\n' for r in tagged))
+            format_label_line(r['img_id'], r['tags']) + '\n' for r in tagged))
         if self.scores_file is not None:
             atomic_write_text(self.scores_file, ''.join(
                 json.dumps(dict(img_id=r['img_id'], scores=r['scores'], tags=r['tags']),
-                           separators=(',', ':')) + '\n' for r in tagged))
+                           separators=(',', ':'), allow_nan=False) + '\n' for r in tagged))
         atomic_write_text(self.skipped_file, ''.join(
             f'{r["img_id"]}\t{r["img_path"]}\t{" ".join(str(r["error"]).split())}\n'
             for r in skipped))
@@ -198,3 +205,19 @@ class TagFileWriter(BaseMetric):
         if self._lock is not None:
             self._lock.release()
         return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))
+
+
+def _check_finite(record: dict, scores) -> None:
+    """Refuse an image whose scores hold NaN or inf (see the module docstring).
+
+    Raises:
+        ValueError: Naming the image and the classes, with the likely causes.
+    """
+    scores = torch.as_tensor(scores).detach().flatten()
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f'image {record["img_id"]} ({record["img_path"]}) has non-finite scores '
+            f'(NaN or inf) for classes {bad[:10]}{" ..." if len(bad) > 10 else ""}; nothing is '
+            'written. Check the CLIP checkpoint (load_clip refuses non-finite weights) and, '
+            "with clip=dict(dtype='fp16') or autocast, try fp32")

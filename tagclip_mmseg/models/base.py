@@ -6,8 +6,10 @@ images as a list, run them in equal-size groups and must pass through
 mmengine's test loop untouched. That plumbing lives here once; subclasses only
 implement :meth:`FrozenCLIPModel.predict_batch`.
 """
+import hashlib
+import json
 from contextlib import nullcontext
-from typing import ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -224,6 +226,41 @@ class FrozenCLIPModel(BaseModel):
             emb = emb.to(device=device, dtype=torch.float32)
             self._text_embeddings[key] = emb
         return emb
+
+    # ---------------------------------------------------------------- resume
+    def resume_settings(self) -> Dict[str, Any]:
+        """Everything that decides this model's outputs, as JSON values.
+
+        A resumed run reuses earlier outputs only when these are unchanged
+        (tagging journals, pseudo-label folders); the names say which setting
+        changed when they are not. Shared here: the model type, vocabulary,
+        prompts, behaviour mode, autocast, the weights
+        (``checkpoint_fingerprint`` of a CLIP loaded from a file; a CLIP passed
+        in as a module is identified by nothing more than its architecture and
+        dtype) and the pixel normalisation. Subclasses add their method's
+        settings; settings that only bound memory are left out.
+
+        Raises:
+            RuntimeError: When no vocabulary is set yet.
+        """
+        if self.class_names is None:
+            raise RuntimeError(f'{type(self).__name__} has no vocabulary yet; call '
+                               'set_vocabulary first')
+        return dict(
+            model=type(self).__name__, class_names=self.class_names,
+            background_words=self.background_words,
+            templates=getattr(self, 'templates', None), mode=self.mode,
+            autocast=None if self.autocast_dtype is None else str(self.autocast_dtype),
+            clip=getattr(self.clip, 'checkpoint_fingerprint', None),
+            clip_arch=[self.clip.visual.num_layers, self.clip.visual.patch_size,
+                       self.clip.visual.input_resolution, str(self.clip.dtype)],
+            normalisation=[getattr(self.data_preprocessor, name, torch.zeros(0)).flatten().tolist()
+                           for name in ('mean', 'std')])
+
+    def resume_fingerprint(self) -> str:
+        """A hex SHA-256 of :meth:`resume_settings`."""
+        return hashlib.sha256(
+            json.dumps(self.resume_settings(), sort_keys=True).encode()).hexdigest()
 
     # ------------------------------------------------------------- plumbing
     def train(self, mode: bool = True) -> 'FrozenCLIPModel':

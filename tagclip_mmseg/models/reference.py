@@ -140,7 +140,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
     # 4.6 tags
     t = p_final.min() + model.tag_ratio * (p_final.max() - p_final.min())
     tags = p_final > t
-    if not tags.any():
+    if not tags.any() and p_final.max() > p_final.min():  # equal scores: no evidence, no tag
         tags[p_final.argmax()] = True
     return dict(p_coarse=p_coarse, p_ref=p_ref, p_local=p_local, p_final=p_final, tags=tags,
                 cwr_done=done)

@@ -3,9 +3,17 @@
 # validate on full images with the real masks. Dataset configs that inherit
 # this file add the dataset type, paths, batch size and dataset options.
 crop_size = (321, 321)
+# Orientation (README.md, "Image orientation"): VOC / COCO masks, real and
+# pseudo, refer to the pixels as stored, so the benchmark pipelines read them
+# as stored ('color_ignore_orientation'), as the benchmark tagging and
+# pseudo-label configs do (exif_transpose=False). Masks of your own photos,
+# made upright (tagclip_vit-b16_folder.py, upright_pseudo_label_pipeline),
+# train with upright_train_pipeline: mmcv's default loader, EXIF applied.
+stored_pixels_image_loader = dict(type='LoadImageFromFile',
+                                  color_type='color_ignore_orientation')
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    stored_pixels_image_loader,
     dict(type='LoadAnnotations'),
     # One of five discrete scale factors of the original image, as
     # deeplab-pytorch (mmseg's RandomResize would draw a continuous ratio).
@@ -19,9 +27,10 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs')
 ]
+upright_train_pipeline = [dict(type='LoadImageFromFile')] + train_pipeline[1:]
 # Full image, no resize (the protocol's test setting).
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    stored_pixels_image_loader,
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs')
 ]

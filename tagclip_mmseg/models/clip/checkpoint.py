@@ -301,6 +301,22 @@ def _check_openai_keys(sd: Mapping[str, Tensor], path: str) -> None:
                               f'(its first keys are {sample})')
 
 
+def _check_finite(sd: Mapping[str, Tensor], path: str) -> None:
+    """Refuse weights holding NaN or inf, naming the tensors.
+
+    One such value makes every score NaN, and NaN compares false everywhere:
+    a run would "succeed" with class 0 tagged on every image. One pass over
+    the weights at load costs a fraction of a second.
+    """
+    bad = [k for k, v in sd.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f'{path!r} holds non-finite values (NaN or inf) in {len(bad)} tensors: '
+            f'{bad[:10]}{" ..." if len(bad) > 10 else ""}. The file is damaged or was saved '
+            'from a diverged model; download or convert the weights again')
+
+
 def load_clip_state_dict(path: str, weights_only: bool = True) -> Dict[str, Tensor]:
     """Read a CLIP ViT checkpoint of any supported format, in OpenAI naming.
 
@@ -322,7 +338,8 @@ def load_clip_state_dict(path: str, weights_only: bool = True) -> Dict[str, Tens
     Raises:
         FileNotFoundError: The path does not exist (message says how to get
             weights).
-        CheckpointError: Unreadable, truncated, not a CLIP, or a ResNet CLIP.
+        CheckpointError: Unreadable, truncated, not a CLIP, a ResNet CLIP,
+            or weights with NaN or inf (the message names the tensors).
     """
     resolved, files = _resolve_files(path)
     sd: Dict[str, Tensor] = {}
@@ -335,6 +352,7 @@ def load_clip_state_dict(path: str, weights_only: bool = True) -> Dict[str, Tens
         sd = {k: v for k, v in sd.items() if k not in _NON_PARAMETER_KEYS}
         sd = _open_clip_to_openai(sd, resolved)
     _check_openai_keys(sd, resolved)
+    _check_finite(sd, resolved)
     return sd
 
 

@@ -20,10 +20,13 @@ def relative_threshold_mask(scores: torch.Tensor,
     Args:
         scores: ``(N, C)`` or ``(C,)`` scores.
         ratio: ``r`` in the formula: 0.5 for VOC/COCO, 0.1 for COCO-Stuff.
-        fallback_argmax: Tag the arg-max class when nothing passes, which only
-            happens when all of an image's scores are equal. The tagger does
-            this; the reference's F1 evaluation does not (it only matters for
-            constant score vectors).
+        fallback_argmax: Tag the arg-max class when nothing passes but that
+            class still scores above the image's lowest score (possible only
+            with ``ratio >= 1``). An image whose scores are all equal (e.g.
+            an image too small to score, or NaN scores) gets no tag: with
+            nothing to single a class out, the reference's arg-max would tag
+            class 0 on no evidence. The tagger uses the fallback; the
+            reference's F1 evaluation does not.
 
     Returns:
         A bool tensor shaped like ``scores``.
@@ -34,7 +37,7 @@ def relative_threshold_mask(scores: torch.Tensor,
     high = scores.max(dim=1, keepdim=True).values
     mask = scores > low + ratio * (high - low)
     if fallback_argmax:
-        empty = ~mask.any(dim=1)
+        empty = ~mask.any(dim=1) & (high > low).squeeze(1)
         top = torch.zeros_like(mask).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
         mask = mask | (top & empty[:, None])
     return mask[0] if squeeze else mask

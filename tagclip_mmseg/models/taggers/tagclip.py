@@ -21,8 +21,6 @@ device, and the attention maps are reduced layer by layer instead of kept.
 ``mode='faithful'`` reproduces the reference implementation's quirks (spec
 section 12) so published numbers can be matched; ``mode='clean'`` fixes them.
 """
-import hashlib
-import json
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -167,32 +165,15 @@ class TagCLIP(FrozenCLIPModel):
         tags[labels] = True
         self._fill(data_sample, scores, tags)
 
-    def resume_fingerprint(self) -> str:
-        """Identity of everything that decides this model's scores.
-
-        A resumed run reuses journaled results only when this (and the image
-        pipeline) is unchanged: the vocabulary, the prompts, every setting of
-        the method, the weights (``checkpoint_fingerprint`` of a CLIP loaded
-        from a file; a CLIP passed in as a module is identified by nothing
-        more than its architecture and dtype) and the pixel normalisation.
-        ``cwr_batch_size`` only bounds memory and is left out.
-        """
-        if self.class_names is None:
-            raise RuntimeError('TagCLIP has no vocabulary yet; call set_vocabulary first')
-        settings = dict(
-            model=type(self).__name__, class_names=self.class_names,
-            background_words=self.background_words, templates=self.templates,
-            vote_k=self.vote_k, avg_layers=self.avg_layers,
+    def resume_settings(self) -> dict:
+        """The shared settings (see the base class) and every setting of the
+        method; ``cwr_batch_size`` only bounds memory and is left out."""
+        return dict(
+            super().resume_settings(), vote_k=self.vote_k, avg_layers=self.avg_layers,
             self_attn_mask_value=self.self_attn_mask_value, cwr=self.cwr,
             cwr_ratio=self.cwr_ratio, cwr_region_thr=self.cwr_region_thr,
             cwr_crop_size=self.cwr_crop_size, cwr_mask_value=self.cwr_mask_value,
-            fusion_lambda=self.fusion_lambda, tag_ratio=self.tag_ratio, mode=self.mode,
-            clip=getattr(self.clip, 'checkpoint_fingerprint', None),
-            clip_arch=[self.clip.visual.num_layers, self.clip.visual.patch_size,
-                       self.clip.visual.input_resolution, str(self.clip.dtype)],
-            normalisation=[getattr(self.data_preprocessor, name, torch.zeros(0)).flatten().tolist()
-                           for name in ('mean', 'std')])
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+            fusion_lambda=self.fusion_lambda, tag_ratio=self.tag_ratio)
 
     @staticmethod
     def _fill(sample, scores: Tensor, tags: Tensor) -> None:

@@ -1,0 +1,198 @@
+"""Keep a pseudo-label folder to one set of settings.
+
+``SkipExisting`` keeps every complete mask it finds in the writer's
+``out_dir``; that is right only when the masks were made with the settings of
+this run. So the folder records them: ``<out_dir>/settings.json`` holds the
+labeller's ``resume_settings()`` (vocabulary, prompts, layers, thresholds,
+CRF, weights, quirks), the settings of the transforms that prepare the pixels
+(orientation, resizing, token cap) and a digest of every image's tags. A run
+that would keep masks of other settings stops before computing anything and
+names what changed; ``tools/generate_pseudo_labels.py --overwrite`` (no
+``SkipExisting``: every mask is recomputed) or a new ``--out`` starts fresh.
+
+``state`` guards the one case where equal settings do not mean valid masks:
+an ``--overwrite`` run records the new settings as ``'overwriting'`` before
+its first image and as ``'resumable'`` once every image is written, so a
+killed overwrite, whose folder mixes old and new masks, is not resumed.
+
+Folders that hold masks but no record (written by hand or an older version)
+are refused too: nothing says what made them. Configs without a
+``PseudoLabelWriter`` are left alone.
+"""
+import glob
+import hashlib
+import json
+import os.path as osp
+from typing import Any, Dict, List, Optional
+
+from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmseg.registry import HOOKS
+from ..evaluation.pseudo_label_writer import PseudoLabelWriter
+from ..evaluation.resume import SkipExisting
+from ..utils.io import atomic_write_text
+
+__all__ = ['SETTINGS_FILE', 'PseudoLabelResumeHook', 'pseudo_label_settings', 'settings_changes']
+
+#: The record of a pseudo-label folder's settings, in the writer's ``out_dir``.
+SETTINGS_FILE = 'settings.json'
+_FORMAT = 'tagclip_mmseg/pseudo-label-settings/1'
+#: Transforms that do not change the pixels a mask is computed from.
+_NOT_PIXELS = ('PackSegInputs', 'LoadAnnotations', 'PackInputs')
+#: Transform attributes that do not change the pixels (error handling).
+_NOT_PIXEL_ATTRS = ('on_error', )
+
+
+def _pixel_transforms(pipeline: List[Any]) -> List[Dict[str, Any]]:
+    """The settings of the transforms that prepare an image's pixels.
+
+    ``SkipExisting`` is replaced by the transforms it wraps, so a run with it
+    (resuming) and one without (``--overwrite``) record the same thing.
+    """
+    flat = []
+    for t in pipeline:
+        flat.extend(t.transforms if isinstance(t, SkipExisting) else [t])
+    return [dict(type=type(t).__name__,
+                 **{k: v for k, v in sorted(vars(t).items())
+                    if k not in _NOT_PIXEL_ATTRS and not k.startswith('_')})
+            for t in flat if type(t).__name__ not in _NOT_PIXELS]
+
+
+def _tags_digest(dataset) -> Optional[str]:
+    """SHA-256 of every image's ``(img_id, tags)``, or None when the dataset gives no tags."""
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    if not any('tags' in info for info in infos):
+        return None
+    pairs = sorted((str(info.get('img_id')), sorted(int(t) for t in info.get('tags') or ()))
+                   for info in infos)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
+def pseudo_label_settings(model, dataset, pipeline: List[Any]) -> Dict[str, Any]:
+    """What decides the masks of a run (see the module docstring), as JSON values."""
+    return json.loads(json.dumps(dict(
+        format=_FORMAT, model=model.resume_settings(), pixels=_pixel_transforms(pipeline),
+        tags=_tags_digest(dataset)), sort_keys=True, default=repr))
+
+
+def settings_changes(old: Any, new: Any, name: str = '') -> List[str]:
+    """One line per setting that differs, named by its path (``model.caa_layers``).
+
+    Dicts are compared key by key and equal-length lists item by item, so a
+    line names the innermost setting that changed; ``state`` is not a setting.
+    """
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new)) if key != 'state'
+                for line in settings_changes(old.get(key), new.get(key),
+                                             f'{name}.{key}' if name else key)]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new))
+                for line in settings_changes(a, b, f'{name}[{i}]')]
+    if name == 'tags':
+        return ["tags: the images' tags differ (another tags file or tag source?)"]
+    return [f'{name}: {_short(old)} -> {_short(new)}']
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _read(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write(path: str, settings: Dict[str, Any], state: str) -> None:
+    atomic_write_text(path, json.dumps(dict(settings, state=state), indent=1, sort_keys=True)
+                      + '\n')
+
+
+_FRESH = ('recompute every mask with tools/generate_pseudo_labels.py --overwrite (in a config: '
+          'drop SkipExisting), or write to a new --out')
+
+
+@HOOKS.register_module()
+class PseudoLabelResumeHook(Hook):
+    """Check (resuming) or record (every run) a pseudo-label folder's settings.
+
+    Raises in ``before_test`` a ``RuntimeError`` naming the folder, the
+    settings that changed and how to start fresh.
+    """
+
+    priority = 'NORMAL'  # after VocabularyHook (VERY_HIGH): needs the vocabulary
+
+    def __init__(self) -> None:
+        self._records: List[tuple] = []
+
+    def before_test(self, runner) -> None:
+        self._records = []
+        writers = [m for m in runner.test_evaluator.metrics if isinstance(m, PseudoLabelWriter)]
+        if not writers:
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if not hasattr(model, 'resume_settings'):
+            runner.logger.warning('pseudo-label settings are not recorded: '
+                                  f'{type(model).__name__} has no resume_settings()')
+            return
+        dataset = runner.test_dataloader.dataset
+        pipeline = getattr(getattr(dataset, 'pipeline', None), 'transforms', None) or []
+        resuming = any(isinstance(t, SkipExisting) for t in pipeline)
+        settings = pseudo_label_settings(model, dataset, pipeline)
+        # Rank 0 checks and records before any rank writes a mask (another
+        # rank's first masks would otherwise look like a folder without a
+        # record), and every rank stops with its verdict.
+        problem = [None]
+        if is_main_process():
+            try:
+                for out_dir in sorted({w.out_dir for w in writers}):
+                    path = osp.join(out_dir, SETTINGS_FILE)
+                    if resuming:
+                        self._check(out_dir, path, settings)
+                    _write(path, settings, 'resumable' if resuming else 'overwriting')
+            except RuntimeError as e:
+                problem[0] = str(e)
+        broadcast_object_list(problem)
+        if problem[0] is not None:
+            raise RuntimeError(problem[0])
+        self._records = [(osp.join(out_dir, SETTINGS_FILE), settings)
+                         for out_dir in sorted({w.out_dir for w in writers})]
+
+    @staticmethod
+    def _check(out_dir: str, path: str, settings: Dict[str, Any]) -> None:
+        """Refuse to keep masks of other or unknown settings."""
+        old = _read(path)
+        if old is None:
+            masks = glob.glob(osp.join(glob.escape(out_dir), '*.png'))
+            if masks:
+                raise RuntimeError(
+                    f'{out_dir} holds {len(masks)} masks but no {SETTINGS_FILE} saying which '
+                    'settings made them (written by hand or by an older version), so they '
+                    f'cannot be kept safely; {_FRESH}')
+            return
+        changes = settings_changes(old, settings)
+        if changes:
+            raise RuntimeError(
+                f'{out_dir} holds masks made with other settings; keeping them would mix two '
+                'runs. Changed:\n  ' + '\n  '.join(changes) + f'\nTo start fresh, {_FRESH}')
+        if old.get('state') == 'overwriting':
+            raise RuntimeError(
+                f'an --overwrite run into {out_dir} was interrupted: the folder mixes masks of '
+                'the old and the new settings. Run with --overwrite again (or write to a new '
+                '--out)')
+
+    def after_test(self, runner) -> None:
+        """Every image is written: the folder can be resumed from now on."""
+        if is_main_process():
+            for path, settings in self._records:
+                _write(path, settings, 'resumable')
+        self._records = []
+
