@@ -90,7 +90,8 @@ def _photo_samples(count, seed=0):
         samples.append(SegDataSample(metainfo=dict(
             tags=[0, 1] if i % 2 else [1], ori_shape=(30, 40), ori_img=rgb, img_id=f'im{i}',
             img_path=f'/d/im{i}.jpg')))
-        images.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 50 - 2.5)
+        img = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 50 - 2.5
+        images.append(torch.nn.functional.interpolate(img, size=(32, 48), mode='bilinear')[0])
     return images, samples
 
 
@@ -102,8 +103,8 @@ def _write_through(out_dir, samples):
 
 
 def _worker_pids():
-    """Pids of this process's CRF workers (spawned ``spawn_main`` children),
-    and of any zombie child (Linux /proc)."""
+    """Pids of this process's children (the CRF workers), zombies included,
+    less multiprocessing's resource tracker (Linux /proc)."""
     import os
     me, pids = os.getpid(), []
     for entry in os.listdir('/proc'):
@@ -116,7 +117,7 @@ def _worker_pids():
                 cmdline = f.read()
         except OSError:
             continue
-        if int(fields[1]) == me and (fields[0] == 'Z' or b'spawn_main' in cmdline):
+        if int(fields[1]) == me and b'resource_tracker' not in cmdline:
             pids.append(int(entry))
     return pids
 

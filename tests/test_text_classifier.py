@@ -86,7 +86,8 @@ def test_prompts_run_only_to_their_batch_longest_token(tiny_clip):
     context = tiny_clip.context_length
     # 'cat' x 75 encodes to 75 tokens: with SOT and EOT it fills the context.
     full = ' '.join(['cat'] * (context - 2))
-    names = ['a dog', full, 'cat', 'a large red double-decker bus on a rainy street', 'tree']
+    names = ['a dog', full, 'cat', 'a large red double-decker bus on a rainy street',
+             'a tall green tree']
     lengths = [len(tok.encode(n)) + 2 for n in names]
     assert lengths[1] == context and len(set(lengths)) == len(lengths)
     recorder = ShapeRecordingCLIP(tiny_clip)

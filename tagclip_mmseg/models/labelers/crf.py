@@ -232,9 +232,13 @@ def crf_label_map(params: Dict[str, Any], probs: np.ndarray, rgb: np.ndarray,
 class _CRFPool:
     """A lazily started process pool that restarts after a worker dies.
 
-    ``spawn`` workers: the parent holds torch's thread pools (and maybe a
-    CUDA context), which a forked child must not inherit. Every live pool is
-    known to :func:`shutdown_crf_pools`, and to interpreter exit.
+    Workers are forked where the platform can: a spawned worker would import
+    torch, mmseg and this package again (tens of seconds on a busy machine)
+    to run a function of numpy arrays. A forked child must not use torch
+    (its thread pools and any CUDA context do not survive a fork), and
+    :func:`crf_label_map` never does; Python 3.11's pool forks all workers
+    at the first submit, before its own manager thread starts. Every live
+    pool is known to :func:`shutdown_crf_pools`, and to interpreter exit.
     """
 
     def __init__(self, workers: int) -> None:
@@ -252,8 +256,9 @@ class _CRFPool:
     def submit(self, fn, *args) -> Future:
         for attempt in range(2):
             if self._executor is None:
+                method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
                 self._executor = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context('spawn'))
+                    self.workers, mp_context=multiprocessing.get_context(method))
             try:
                 return self._executor.submit(fn, *args)
             except BrokenProcessPool:
