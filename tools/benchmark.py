@@ -746,7 +746,7 @@ def photo_batch(folder: str, patch: int, device: torch.device,
     for name in sorted(os.listdir(folder)):
         with Image.open(osp.join(folder, name)) as img:
             h, w = rounded((img.height, img.width), patch)
-            rows.append(torch.from_numpy(np.asarray(img.convert('RGB').resize(
+            rows.append(torch.from_numpy(np.array(img.convert('RGB').resize(
                 (w, h), Image.BICUBIC))).permute(2, 0, 1).float())
     x = torch.stack(rows)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -770,7 +770,11 @@ def run_e2e(bench: Bench, tagger, ckpt: str, work_dir: str, patch: int,
     folders = {n: osp.join(root, f'photos{n}') for n in (small, big)}
     for n, folder in folders.items():
         write_photos(folder, n, args.e2e_size)
-    env = dict(os.environ)
+    # The tool must import the package this script imported.
+    import tagclip_mmseg
+    package_root = osp.dirname(osp.dirname(osp.abspath(tagclip_mmseg.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
     if args.threads:
         env['OMP_NUM_THREADS'] = str(args.threads)
     templates = "model.templates=['a photo of a {}.']"  # as build_tagger
