@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mmseg.structures import SegDataSample
 
@@ -133,3 +134,140 @@ def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
     assert out.shape == (1, 30, 40)
     assert set(out.unique().tolist()) <= {0, 1, 2, 255}
     assert (out == 255).all()  # nothing reaches a marginal of 1.01: all ignored
+
+
+# ------------------------------------------------- CRF in worker processes
+def _labeler(tiny_clip_path, tmp_path, workers):
+    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    # Non-default CRF parameters, so that a worker using the defaults would differ.
+    crf = dict(iterations=4, bilateral_sxy=30., bilateral_srgb=7., confidence_thr=0.6,
+               workers=workers)
+    return CLIPESPseudoLabeler(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
+                               background_words=['sky'], caa_layers=(0, 1, 2),
+                               text_cache_dir=str(tmp_path / 'cache'), crf=crf)
+
+
+def _photo_samples(count, seed=0):
+    """Blocky colour images (so the bilateral term matters) and their samples."""
+    rng = np.random.default_rng(seed)
+    samples, images = [], []
+    for i in range(count):
+        rgb = np.kron(rng.integers(0, 255, (5, 5, 3)), np.ones((6, 8, 1))).astype(np.uint8)
+        samples.append(SegDataSample(metainfo=dict(
+            tags=[0, 1] if i % 2 else [1], ori_shape=(30, 40), ori_img=rgb, img_id=f'im{i}',
+            img_path=f'/d/im{i}.jpg')))
+        img = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 50 - 2.5
+        images.append(torch.nn.functional.interpolate(img, size=(32, 48), mode='bilinear')[0])
+    return images, samples
+
+
+def _write_through(out_dir, samples):
+    from tagclip_mmseg.evaluation import PseudoLabelWriter
+    writer = PseudoLabelWriter(out_dir=str(out_dir))
+    writer.process({}, [s.to_dict() for s in samples])
+    return writer.evaluate(len(samples))
+
+
+def _worker_pids():
+    """Pids of this process's children (the CRF workers), zombies included,
+    less multiprocessing's resource tracker (Linux /proc)."""
+    import os
+    me, pids = os.getpid(), []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            with open(f'/proc/{entry}/cmdline', 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if int(fields[1]) == me and b'resource_tracker' not in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def test_crf_workers_write_the_same_pngs_as_serial(tiny_clip_path, tmp_path):
+    from tagclip_mmseg.models.labelers.crf import PENDING_LABEL_KEY, PendingLabel
+    images, _ = _photo_samples(4)
+    outputs = {}
+    for workers in (0, 2):
+        model = _labeler(tiny_clip_path, tmp_path, workers)
+        _, samples = _photo_samples(4)
+        model.predict(images, samples)
+        pending = [s.get(PENDING_LABEL_KEY) for s in samples]
+        if workers:
+            # Deferred: the forward left a placeholder, the workers the result.
+            assert all(isinstance(p, PendingLabel) for p in pending)
+            assert all((s.pred_sem_seg.data == 255).all() for s in samples)
+        else:
+            assert pending == [None] * 4
+        counts = _write_through(tmp_path / f'w{workers}', samples)
+        assert counts == {'pseudo_label/written': 4, 'pseudo_label/skipped': 0,
+                          'pseudo_label/failed': 0}
+        outputs[workers] = {i: (tmp_path / f'w{workers}' / f'im{i}.png').read_bytes()
+                            for i in range(4)}
+    assert outputs[2] == outputs[0]  # byte-identical PNGs
+    masks = [np.asarray(Image.open(tmp_path / 'w0' / f'im{i}.png')) for i in range(4)]
+    # The CRF really ran: confident pixels got class labels, others 255.
+    assert any(((m > 0) & (m < 255)).any() for m in masks)
+    assert _worker_pids() == []  # evaluate() stopped the pool; no zombies
+
+
+def test_killed_crf_worker_fails_its_images_and_the_pool_recovers(tiny_clip_path, tmp_path):
+    import os
+    import signal
+    import time
+    model = _labeler(tiny_clip_path, tmp_path, workers=1)
+    images, samples = _photo_samples(3)
+    pool = model.crf._pool
+    # Keep the one worker busy, queue the three images behind it, kill it.
+    blocker = pool.submit(time.sleep, 60)
+    model.predict(images, samples)
+    deadline = time.time() + 60
+    while not (workers := _worker_pids()) and time.time() < deadline:
+        time.sleep(0.1)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Exception):
+        blocker.result(timeout=60)
+    counts = _write_through(tmp_path / 'killed', samples)
+    assert counts['pseudo_label/failed'] == 3 and counts['pseudo_label/written'] == 0
+    failed = (tmp_path / 'killed' / 'failed.txt').read_text().splitlines()
+    assert [ln.split('\t')[0] for ln in failed] == ['im0', 'im1', 'im2']
+    assert all('worker process died' in ln for ln in failed)
+    assert _worker_pids() == []
+    # The next images get a fresh pool and are written.
+    images, samples = _photo_samples(2, seed=1)
+    model.predict(images, samples)
+    counts = _write_through(tmp_path / 'after', samples)
+    assert counts['pseudo_label/written'] == 2 and counts['pseudo_label/failed'] == 0
+    assert _worker_pids() == []
+
+
+def test_iou_metric_scores_deferred_crf_masks(tiny_clip_path, tmp_path):
+    """CLSSegIoUMetric sees the workers' masks, not the placeholders."""
+    from mmengine.structures import PixelData
+
+    from tagclip_mmseg.evaluation import CLSSegIoUMetric
+    results = {}
+    for workers in (0, 1):
+        model = _labeler(tiny_clip_path, tmp_path, workers)
+        images, samples = _photo_samples(3)
+        model.predict(images, samples)
+        for i, s in enumerate(samples):
+            gt = torch.zeros(1, 30, 40, dtype=torch.long)
+            gt[:, :, 20:] = 1 + i % 2
+            s.gt_sem_seg = PixelData(data=gt)
+        metric = CLSSegIoUMetric(num_classes=3)
+        metric.process({}, [s.to_dict() for s in samples])
+        results[workers] = metric.evaluate(3)
+    assert results[1] == results[0]
+    assert results[0]['num_images'] == 3
+    assert _worker_pids() == []
+
+
+def test_workers_option_is_validated():
+    with pytest.raises(ValueError, match='workers'):
+        DenseCRF(workers=-1)

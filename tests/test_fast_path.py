@@ -7,6 +7,7 @@ its own forward of the last block, its own ``backward`` of its probability.
 No test looks at wall time.
 """
 import copy
+import os
 import os.path as osp
 import re
 import subprocess
@@ -23,6 +24,10 @@ from tagclip_mmseg.models.ops import minmax_normalize
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
 BENCHMARK = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'tools', 'benchmark.py')
+#: The script imports the package of this checkout, whatever is installed.
+BENCHMARK_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [osp.dirname(osp.dirname(osp.abspath(__file__)))] +
+    [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
 
 
 def build_labeler(ckpt, tmp_path, caa_layers):
@@ -193,8 +198,9 @@ def test_benchmark_runs_end_to_end(tmp_path):
     """The tiny configuration prints every figure (three short processes)."""
     proc = subprocess.run(
         [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--work-dir',
-         str(tmp_path / 'bench')],
-        capture_output=True, text=True, timeout=600)
+         str(tmp_path / 'bench'), '--parts', 'backbone', 'tag', 'cam', 'large', 'memory',
+         'prompts'],
+        capture_output=True, text=True, timeout=600, env=BENCHMARK_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith('# torch')
@@ -214,6 +220,40 @@ def test_benchmark_runs_end_to_end(tmp_path):
                                else 'MISS'), line
 
 
+#: Figures of the parts "batching", "e2e" and (with pydensecrf2) "crf".
+NEW_FIGURES = [
+    'tag fast, batch 1,', 'tag fast, batch 2,', 'tag fast, batch 2 / batch 1 (s per image)',
+    'CAMs fast, 2 tags, batch 1,', 'CAMs fast, 2 tags, batch 2,',
+    'CAMs fast, 2 tags, batch 2 / batch 1 (s per image)', 'tools/test.py tagging',
+    'tag fast, model only, same photos', 'tools/test.py / model only'
+]
+CRF_FIGURES = ['dense CRF in process', 'dense CRF, 1 worker', 'dense CRF, 2 worker',
+               'dense CRF images/s, 2 workers / 1']
+
+
+@pytest.mark.slow
+def test_benchmark_batching_crf_and_tools_parts(tmp_path):
+    """The tiny configuration of the batch-size, CRF-worker and tools/test.py
+    figures (two tiny tools/test.py runs in subprocesses)."""
+    proc = subprocess.run(
+        [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--work-dir',
+         str(tmp_path / 'bench'), '--parts', 'batching', 'crf', 'e2e'],
+        capture_output=True, text=True, timeout=900, env=BENCHMARK_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    try:
+        import pydensecrf  # noqa: F401
+        expected = NEW_FIGURES + CRF_FIGURES
+    except ImportError:
+        expected = NEW_FIGURES
+        assert any(line.startswith('# crf: skipped') for line in lines)
+    for label in expected:
+        assert any(line.startswith(label) for line in lines), (label, proc.stdout)
+    targets = [line for line in lines if ' target ' in line]
+    assert len(targets) == 2 + (len(expected) > len(NEW_FIGURES))
+    assert all(('  PASS' in line) != ('  MISS' in line) for line in targets)
+
+
 @pytest.mark.slow
 def test_benchmark_autocast_without_references(tmp_path):
     """``--autocast bf16 --no-faithful`` (the GPU command's shape) on the CPU."""
@@ -221,7 +261,7 @@ def test_benchmark_autocast_without_references(tmp_path):
         [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--autocast',
          'bf16', '--no-faithful', '--parts', 'backbone', 'tag', 'cam', '--work-dir',
          str(tmp_path / 'bench')],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env=BENCHMARK_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert 'fp32 + bf16 autocast' in lines[0]

@@ -66,6 +66,42 @@ def test_batched_over_all_prompts(tiny_clip):
     torch.testing.assert_close(one, small, atol=1e-6, rtol=0)
 
 
+class ShapeRecordingCLIP(CountingCLIP):
+    """Also records the token-batch shape of every text-encoder forward."""
+
+    def __init__(self, clip):
+        super().__init__(clip)
+        self.shapes = []
+
+    def __call__(self, tokens):
+        self.shapes.append(tuple(tokens.shape))
+        return super().__call__(tokens)
+
+
+def test_prompts_run_only_to_their_batch_longest_token(tiny_clip):
+    """Cutting each batch at its longest prompt is exact under the causal mask:
+    every prompt's embedding equals the one computed on the full 77-token
+    context, including a prompt that fills the whole context."""
+    tok = get_tokenizer()
+    context = tiny_clip.context_length
+    # 'cat' x 75 encodes to 75 tokens: with SOT and EOT it fills the context.
+    full = ' '.join(['cat'] * (context - 2))
+    names = ['a dog', full, 'cat', 'a large red double-decker bus on a rainy street',
+             'a tall green tree']
+    lengths = [len(tok.encode(n)) + 2 for n in names]
+    assert lengths[1] == context and len(set(lengths)) == len(lengths)
+    recorder = ShapeRecordingCLIP(tiny_clip)
+    # One '{}' template: each class embedding is its one prompt's embedding.
+    emb = build_text_classifier(tiny_clip, names, ['{}'], batch_size=2, use_cache=False)
+    tiny_clip.encode_text = recorder.inner
+    with torch.no_grad():
+        expected = F.normalize(tiny_clip.encode_text(tokenize(names)), dim=-1)
+    torch.testing.assert_close(emb, expected, atol=1e-6, rtol=0)  # original order kept
+    # Sorted by length, batches of 2: the two shortest, the next two, the full one.
+    ordered = sorted(lengths)
+    assert recorder.shapes == [(2, ordered[1]), (2, ordered[3]), (1, context)]
+
+
 def test_cache_hit_skips_the_text_encoder(tiny_clip, tmp_path):
     counter = CountingCLIP(tiny_clip)
     first = build_text_classifier(tiny_clip, NAMES, TEMPLATES, cache_dir=str(tmp_path),

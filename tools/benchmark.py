@@ -57,8 +57,9 @@ import torch
 
 #: Parts run by default; ``large-faithful`` (the per-image reference at the
 #: large size, about a minute per image on two CPU cores) is opt-in.
-PARTS = ('backbone', 'tag', 'cam', 'large', 'memory', 'prompts', 'large-faithful')
-DEFAULT_PARTS = ('backbone', 'tag', 'cam', 'large', 'memory', 'prompts')
+PARTS = ('backbone', 'tag', 'cam', 'large', 'memory', 'prompts', 'batching', 'crf', 'e2e',
+         'large-faithful')
+DEFAULT_PARTS = ('backbone', 'tag', 'cam', 'large', 'memory', 'prompts', 'batching', 'crf', 'e2e')
 
 #: Targets of the issue, as ratios to the plain forward of the same run.
 TARGET_TAG = 1.5
@@ -67,6 +68,11 @@ TARGET_CAM_TWO_TAGS = 1.3
 TARGET_CAM_PER_TAG = 0.1
 TARGET_MEMORY_GIB = 2.8
 TARGET_CACHE_HIT_S = 1.0
+#: Per-image time of a batch over per-image time at batch 1 ("batching never
+#: loses"; 5% for the noise of a shared machine).
+TARGET_BATCH_PER_IMAGE = 1.05
+#: CRF images/s with 2 worker processes over 1.
+TARGET_CRF_SCALING = 1.8
 #: GPU targets: images/s of the fast path over the faithful per-image one.
 TARGET_GPU_TAG_SPEEDUP = 20.
 TARGET_GPU_CAM_SPEEDUP = 10.
@@ -78,6 +84,9 @@ TINY_ARCH = dict(embed_dim=32, image_resolution=64, vision_layers=12, vision_wid
                  transformer_layers=2)
 
 GIB = 1024**3
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_PHOTOS = osp.join(ROOT, 'demo', 'images')
+FOLDER_CONFIG = osp.join(ROOT, 'configs', 'tagclip', 'tagclip_vit-b16_folder.py')
 
 
 # --------------------------------------------------------------- arguments
@@ -124,6 +133,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'classes x 85 templates = 3,825 prompts; minutes on a CPU) instead '
                         'of a small one')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=(1, 8),
+                        help='batch sizes compared by the "batching" part, per image, on the '
+                        'same max(batch sizes) images')
+    parser.add_argument('--crf-size', type=parse_size, default=(375, 500),
+                        help='image size of the "crf" part (VOC: 500x375 landscape)')
+    parser.add_argument('--crf-classes', type=int, default=4,
+                        help='CRF channels: background + tags (VOC images have 1-3 tags)')
+    parser.add_argument('--crf-images', type=int, default=8,
+                        help='images per timed CRF run (shared by the workers)')
+    parser.add_argument('--crf-workers', type=int, nargs='+', default=(1, 2),
+                        help='worker-process counts timed by the "crf" part')
+    parser.add_argument('--e2e-size', type=parse_size, default=(375, 500),
+                        help='photo size of the "e2e" part (VOC: 500x375)')
+    parser.add_argument('--e2e-images', type=int, default=16,
+                        help='photos in the larger of the two tools/test.py runs of the "e2e" '
+                        'part; the smaller run has half as many')
+    parser.add_argument('--e2e-batch-size', type=int, default=8,
+                        help='test_dataloader.batch_size of the "e2e" part (the configs\' '
+                        'default)')
+    parser.add_argument('--loader-workers', type=int, default=2,
+                        help='test_dataloader.num_workers of the "e2e" part')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--tiny', action='store_true',
                         help='smoke run: tiny random CLIP, 64x96 and 96x128 images, 1 repeat')
@@ -138,9 +168,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             args.size = (64, 96)
         if args.large_size == (900, 1352):
             args.large_size = (96, 128)
+        if tuple(args.batch_sizes) == (1, 8):
+            args.batch_sizes = (1, 2)
+        if args.crf_size == (375, 500):
+            args.crf_size = (48, 64)
+        if args.e2e_size == (375, 500):
+            args.e2e_size = (60, 80)
+        args.crf_images = min(args.crf_images, 4)
+        args.e2e_images = min(args.e2e_images, 4)
+        args.e2e_batch_size = min(args.e2e_batch_size, 2)
+        args.loader_workers = min(args.loader_workers, 1)
         args.repeats = 1
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error('--batch-size and --repeats must be >= 1 and --warmup >= 0')
+    if min(args.batch_sizes) < 1 or min(args.crf_workers) < 1 or args.crf_images < 1:
+        parser.error('--batch-sizes, --crf-workers and --crf-images must be >= 1')
+    if args.crf_classes < 2:
+        parser.error('--crf-classes must be >= 2 (background and at least one tag)')
+    if args.e2e_images < 2 or args.e2e_batch_size < 1 or args.loader_workers < 0:
+        parser.error('--e2e-images must be >= 2, --e2e-batch-size >= 1, --loader-workers >= 0')
     if not 1 <= args.cam_tags[0] < args.cam_tags[1] <= 20:
         parser.error('--cam-tags FEW MANY needs 1 <= FEW < MANY <= 20 (the VOC vocabulary)')
     return args
@@ -562,6 +608,209 @@ def run_prompts(bench: Bench, clip, work_dir: str) -> None:
                 unit='s', detail=f'{len(classes)} classes read from the on-disk cache')
 
 
+def run_batching(bench: Bench, tagger, labeler, patch: int, dtype: torch.dtype) -> None:
+    """Per-image time of tagging and of CAMs at each ``--batch-sizes`` entry.
+
+    Every batch size processes the same ``max(--batch-sizes)`` images (in
+    batches of that size), so the figures compare the same work.
+    """
+    args = bench.args
+    sizes = sorted(set(args.batch_sizes))
+    n = sizes[-1]
+    images = random_images(args, args.size, patch, n, bench.device, dtype)
+    hw = tuple(images.shape[-2:])
+    size = size_label(hw, patch)
+    tags = list(range(args.cam_tags[0]))
+    fns: Dict[str, Callable[[], object]] = {}
+    for b in sizes:
+        chunks = images.split(b)
+        fns[f'tag-b{b}'] = lambda chunks=chunks: [tagger.tag(c) for c in chunks]
+        fns[f'cam-b{b}'] = lambda chunks=chunks: [
+            labeler.predict(list(c), cam_samples(len(c), tags, hw)) for c in chunks
+        ]
+    res = bench.measure(fns)
+    for kind, name in (('tag', 'tag fast'), ('cam', f'CAMs fast, {len(tags)} tags')):
+        for b in sizes:
+            bench.timing(f'{name}, batch {b}, {size}', res[f'{kind}-b{b}'], n,
+                         f'{n // b} batch(es) of {b}')
+        one = res[f'{kind}-b{sizes[0]}'].seconds
+        for b in sizes[1:]:
+            bench.ratio(f'{name}, batch {b} / batch {sizes[0]} (s per image)',
+                        res[f'{kind}-b{b}'].seconds / one, TARGET_BATCH_PER_IMAGE,
+                        detail='batching never loses; 5% allowed for noise')
+
+
+def crf_inputs(args: argparse.Namespace, count: int) -> List[Tuple[torch.Tensor, object]]:
+    """``count`` (probabilities, sample) pairs at ``--crf-size``: smooth random
+    class maps over a demo photo, like upsampled CAMs."""
+    import numpy as np
+    import torch.nn.functional as F
+    from mmseg.structures import SegDataSample
+    from PIL import Image
+    h, w = args.crf_size
+    gen = torch.Generator().manual_seed(args.seed)
+    names = sorted(f for f in os.listdir(DEMO_PHOTOS) if f.endswith(('.jpg', '.png')))
+    out = []
+    for i in range(count):
+        with Image.open(osp.join(DEMO_PHOTOS, names[i % len(names)])) as img:
+            rgb = np.asarray(img.convert('RGB').resize((w, h), Image.BICUBIC))
+        low = torch.rand(1, args.crf_classes, 12, 16, generator=gen)
+        probs = F.interpolate(low, size=(h, w), mode='bilinear', align_corners=False)[0]
+        probs = probs / probs.sum(dim=0, keepdim=True)
+        out.append((probs, SegDataSample(metainfo=dict(ori_img=rgb))))
+    return out
+
+
+def run_crf(bench: Bench) -> None:
+    """Dense CRF with the paper's parameters at VOC size: in the process, and
+    in pools of ``--crf-workers`` worker processes (the ``workers`` option)."""
+    args = bench.args
+    from tagclip_mmseg.models.labelers.crf import (PENDING_LABEL_KEY, DenseCRF,
+                                                   shutdown_crf_pools)
+    try:
+        serial = DenseCRF()
+    except ImportError as e:
+        print(f'# crf: skipped ({str(e).splitlines()[0]})', flush=True)
+        return
+    inputs = crf_inputs(args, args.crf_images)
+    lut = torch.arange(args.crf_classes)
+    n = len(inputs)
+
+    def run_serial() -> None:
+        for probs, sample in inputs:
+            serial.label(probs, lut, sample)
+
+    def run_pool(crf: DenseCRF) -> None:
+        for probs, sample in inputs:
+            crf.label(probs, lut, sample)
+        for _, sample in inputs:
+            sample.get(PENDING_LABEL_KEY).result()
+
+    pools = {k: DenseCRF(workers=k) for k in sorted(set(args.crf_workers))}
+    try:
+        startup = {}
+        for k, crf in pools.items():  # start the workers: not part of the figures
+            start = time.perf_counter()
+            probs, sample = inputs[0]
+            crf.label(probs, lut, sample)
+            sample.get(PENDING_LABEL_KEY).result()
+            startup[k] = time.perf_counter() - start
+        fns = {'crf-serial': run_serial}
+        fns.update({f'crf-w{k}': (lambda crf=crf: run_pool(crf)) for k, crf in pools.items()})
+        res = bench.measure(fns)
+    finally:
+        shutdown_crf_pools()
+    h, w = args.crf_size
+    size = f'{w}x{h}, {args.crf_classes} classes, 10 iterations'
+    bench.timing(f'dense CRF in process, {size}', res['crf-serial'], n)
+    for k in pools:
+        bench.timing(f'dense CRF, {k} worker process(es)', res[f'crf-w{k}'], n,
+                     f'first image with worker start-up {startup[k]:.2f} s')
+    ks = sorted(pools)
+    base = res[f'crf-w{ks[0]}'].seconds
+    for k in ks[1:]:
+        bench.ratio(f'dense CRF images/s, {k} workers / {ks[0]}', base / res[f'crf-w{k}'].seconds,
+                    TARGET_CRF_SCALING if (k, ks[0]) == (2, 1) else None, at_least=True,
+                    detail=f'{os.cpu_count()} cores visible')
+
+
+def write_photos(folder: str, count: int, hw: Tuple[int, int]) -> None:
+    """``count`` JPEGs at ``hw`` from the demo photos (mirrored after the first
+    round, so that no two files are equal)."""
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    names = sorted(f for f in os.listdir(DEMO_PHOTOS) if f.endswith(('.jpg', '.png')))
+    for i in range(count):
+        with Image.open(osp.join(DEMO_PHOTOS, names[i % len(names)])) as img:
+            img = img.convert('RGB').resize((hw[1], hw[0]), Image.BICUBIC)
+        if (i // len(names)) % 2:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img.save(osp.join(folder, f'photo{i:04d}.jpg'), quality=90)
+
+
+def photo_batch(folder: str, patch: int, device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:
+    """The folder's photos as the tagging pipeline and data preprocessor give
+    them to the model: bicubic resize to the patch multiple, CLIP-normalised."""
+    import numpy as np
+    from PIL import Image
+    from tagclip_mmseg.models.data_preprocessor import CLIP_MEAN, CLIP_STD
+    rows = []
+    for name in sorted(os.listdir(folder)):
+        with Image.open(osp.join(folder, name)) as img:
+            h, w = rounded((img.height, img.width), patch)
+            rows.append(torch.from_numpy(np.array(img.convert('RGB').resize(
+                (w, h), Image.BICUBIC))).permute(2, 0, 1).float())
+    x = torch.stack(rows)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(device=device, dtype=dtype)
+
+
+def run_e2e(bench: Bench, tagger, ckpt: str, work_dir: str, patch: int,
+            dtype: torch.dtype) -> None:
+    """``tools/test.py`` tagging a folder of photos, data loading, writers and
+    hooks included, beside the model alone on the same photos.
+
+    Two runs on ``--e2e-images`` and half as many photos; the difference of
+    their wall times over the difference of their image counts is the
+    per-image cost with the start-up (imports, model load, cached text
+    embeddings) cancelled out.
+    """
+    args = bench.args
+    big, small = args.e2e_images, args.e2e_images // 2
+    root = osp.join(work_dir, 'e2e')
+    folders = {n: osp.join(root, f'photos{n}') for n in (small, big)}
+    for n, folder in folders.items():
+        write_photos(folder, n, args.e2e_size)
+    # The tool must import the package this script imported.
+    import tagclip_mmseg
+    package_root = osp.dirname(osp.dirname(osp.abspath(tagclip_mmseg.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    if args.threads:
+        env['OMP_NUM_THREADS'] = str(args.threads)
+    templates = "model.templates=['a photo of a {}.']"  # as build_tagger
+    run_index = iter(range(10**6))
+
+    def run(n: int) -> None:
+        i = next(run_index)
+        cmd = [
+            sys.executable, osp.join(ROOT, 'tools', 'test.py'), FOLDER_CONFIG, '--work-dir',
+            osp.join(root, f'work{i}'), '--cfg-options', f'model.clip.checkpoint={ckpt}',
+            f'model.clip.dtype={args.dtype}', f'model.mode={args.mode}', templates,
+            f'model.text_cache_dir={osp.join(work_dir, "text_cache")}',
+            f'test_dataloader.dataset.data_root={folders[n]}',
+            f'test_dataloader.batch_size={args.e2e_batch_size}',
+            f'test_dataloader.num_workers={args.loader_workers}',
+            f'test_evaluator.0.out_file={osp.join(root, f"tags{i}.txt")}',
+            f'test_evaluator.0.scores_file={osp.join(root, f"tags{i}.scores.jsonl")}'
+        ]
+        if args.autocast:
+            cmd.append(f'model.autocast={args.autocast}')
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if proc.returncode:
+            raise RuntimeError(f'tools/test.py failed (exit {proc.returncode}):\n'
+                               f'{(proc.stdout + proc.stderr)[-3000:]}')
+
+    res = bench.measure({'e2e-small': lambda: run(small), 'e2e-big': lambda: run(big)})
+    photos = photo_batch(folders[big], patch, bench.device, dtype)
+    B = args.e2e_batch_size
+    model = bench.measure({'model': lambda: [tagger.tag(c) for c in photos.split(B)]})['model']
+    extra = res['e2e-big'].seconds - res['e2e-small'].seconds
+    per_image = extra / (big - small)
+    h, w = args.e2e_size
+    size = size_label(rounded((h, w), patch), patch)
+    bench.ratio(f'tools/test.py tagging, {w}x{h} photos', 1 / per_image if extra > 0 else 0.,
+                unit='img/s', detail=f'{per_image:.3f} s/img from runs on {small} and {big} '
+                f'photos ({res["e2e-small"].seconds:.1f} s, {res["e2e-big"].seconds:.1f} s); '
+                f'batch {B}, {args.loader_workers} data-loader workers')
+    bench.timing(f'tag fast, model only, same photos, {size}', model, len(photos),
+                 f'batch {B}')
+    bench.ratio('tools/test.py / model only (s per image)', per_image / (model.seconds / big),
+                detail='data loading, writers and hooks included')
+
+
 def machine_line(bench: Bench, args: argparse.Namespace) -> str:
     if bench.device.type == 'cuda':
         where = torch.cuda.get_device_name(bench.device)
@@ -654,6 +903,15 @@ def run_all(args: argparse.Namespace, work_dir: str) -> None:
                      'fused attention, no maps')
         report_tagging(bench, res, '@large', size, B, crops, tagger.cwr_crop_size)
         del large, fns, res
+    if 'batching' in parts:
+        labeler = build_labeler(args, ckpt, cache_dir, device)
+        run_batching(bench, tagger, labeler, patch, dtype)
+        del labeler
+        gc.collect()
+    if 'e2e' in parts:
+        run_e2e(bench, tagger, ckpt, work_dir, patch, dtype)
+    if 'crf' in parts:
+        run_crf(bench)
     if 'prompts' in parts:
         run_prompts(bench, tagger.clip, work_dir)
     del tagger, vit

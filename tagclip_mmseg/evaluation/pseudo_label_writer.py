@@ -44,8 +44,9 @@ from ..datasets.categories import voc_palette
 from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from ..utils.run_lock import RunLock
+from .pending import CollectsPendingLabels
 from .resume import remove_stale_temp_files
-from .sample_fields import get_field, image_id, load_error, pixel_data
+from .sample_fields import get_field, image_id, load_error
 from .summary import format_summary
 
 __all__ = ['encode_label_png', 'encode_npz', 'PseudoLabelWriter']
@@ -92,7 +93,7 @@ def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 @METRICS.register_module()
-class PseudoLabelWriter(BaseMetric):
+class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
     """Write each image's ``pred_sem_seg`` as ``<out_dir>/<img_id>.png``.
 
     Per image (one record each, gathered to rank 0):
@@ -100,7 +101,13 @@ class PseudoLabelWriter(BaseMetric):
     * ``load_error`` in the metainfo -> ``failed`` (listed with its reason);
     * ``precomputed=True`` (set by ``SkipExisting``) -> ``skipped``, the file on
       disk is kept;
-    * otherwise the mask (and the CAMs) are written -> ``written``.
+    * otherwise the mask (and the CAMs) are written -> ``written``;
+    * a CRF deferred to worker processes (``crf=dict(workers=N)``) that
+      failed or whose worker died -> ``failed``, with the reason.
+
+    Deferred CRF masks are written as their workers finish, in order, while
+    the model computes the next batches; the last ones are waited for at the
+    end of the run (see :class:`~tagclip_mmseg.evaluation.pending.CollectsPendingLabels`).
 
     Args:
         out_dir: Output folder; created if needed. A folder that cannot be
@@ -140,6 +147,7 @@ class PseudoLabelWriter(BaseMetric):
         self.save_cams = save_cams
         self._palette: Optional[np.ndarray] = None
         self._start: Optional[float] = None
+        self.init_pending()
         # One live run per output: refuse before touching files another run writes.
         self._lock = RunLock(self.out_dir) if is_main_process() else None
         if self._lock is not None:
@@ -147,24 +155,28 @@ class PseudoLabelWriter(BaseMetric):
             remove_stale_temp_files(self.out_dir, min_age_s=stale_temp_age_s)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Write the masks of this batch now, on this rank; record the outcome."""
+        """Write the masks of this batch on this rank as they become final."""
         if self._start is None:
             self._start = time.perf_counter()
-        for sample in data_samples:
-            img_id = image_id(sample)
-            record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
-                          status='written', reason=None)
-            error = load_error(sample)
-            if error is not None:
-                record.update(status='failed', reason=error)
-            elif get_field(sample, 'precomputed', False):
-                record['status'] = 'skipped'
-            else:
-                self._write_sample(sample, img_id)
-            self.results.append(record)
+        super().process(data_batch, data_samples)
 
-    def _write_sample(self, sample, img_id: str) -> None:
-        mask = _label_map(sample, img_id)
+    def process_sample(self, sample, label: Optional[torch.Tensor],
+                       crf_error: Optional[str]) -> None:
+        """Write one image's files; record the outcome."""
+        img_id = image_id(sample)
+        record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
+                      status='written', reason=None)
+        error = load_error(sample) or crf_error
+        if error is not None:
+            record.update(status='failed', reason=error)
+        elif get_field(sample, 'precomputed', False):
+            record['status'] = 'skipped'
+        else:
+            self._write_sample(sample, img_id, label)
+        self.results.append(record)
+
+    def _write_sample(self, sample, img_id: str, label: Optional[torch.Tensor]) -> None:
+        mask = _label_map(label, sample, img_id)
         atomic_write_bytes(osp.join(self.out_dir, img_id + '.png'),
                            encode_label_png(mask, self._get_palette()))
         if self.save_cams:
@@ -222,16 +234,15 @@ class PseudoLabelWriter(BaseMetric):
         logger = MMLogger.get_current_instance()
         logger.info(f'pseudo labels in {self.out_dir}: ' + format_summary(counts, elapsed))
         if failed:
-            logger.warning(f'{len(failed)} images failed to load; see '
+            logger.warning(f'{len(failed)} images failed (load errors, CRF failures); see '
                            f'{osp.join(self.out_dir, "failed.txt")}')
         if self._lock is not None:
             self._lock.release()
         return counts
 
 
-def _label_map(sample, img_id: str) -> np.ndarray:
-    """The sample's ``pred_sem_seg`` as ``(H, W)`` uint8, checked against ``ori_shape``."""
-    mask = pixel_data(get_field(sample, 'pred_sem_seg'))
+def _label_map(mask: Optional[torch.Tensor], sample, img_id: str) -> np.ndarray:
+    """The sample's mask as ``(H, W)`` uint8, checked against ``ori_shape``."""
     if mask is None:
         raise KeyError(f'image {img_id} has no pred_sem_seg to write')
     if mask.dim() == 3 and mask.shape[0] == 1:

@@ -31,6 +31,7 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
 from ..datasets.utils import resolve_index_map
+from .pending import CollectsPendingLabels
 from .sample_fields import get_field, image_id, load_error, pixel_data
 
 __all__ = ['LabelMap', 'build_label_lut', 'apply_label_lut', 'class_histograms',
@@ -122,7 +123,7 @@ def iou_from_histograms(hist: torch.Tensor) -> Dict[str, np.ndarray]:
 
 
 @METRICS.register_module()
-class CLSSegIoUMetric(BaseMetric):
+class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
     """mIoU of predicted masks, the paper's way and mmseg's way (spec 7).
 
     Reads ``pred_sem_seg`` (or, for a resumed image whose mask was read back
@@ -164,6 +165,7 @@ class CLSSegIoUMetric(BaseMetric):
                          build_label_lut(pred_label_map, ignore_index))
         self.gt_lut = None if gt_label_map is None else build_label_lut(gt_label_map, ignore_index)
         self.class_names = None if class_names is None else tuple(class_names)
+        self.init_pending()
 
     def _num_classes(self) -> int:
         if self.num_classes is not None:
@@ -176,30 +178,31 @@ class CLSSegIoUMetric(BaseMetric):
                              'with metainfo classes)')
         return len(classes)
 
-    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Histogram each image against its GT (one record per image)."""
+    def process_sample(self, sample, pred: Optional[torch.Tensor],
+                       crf_error: Optional[str]) -> None:
+        """Histogram one image against its GT (one record per image); called
+        in order, once the image's mask is final (a CRF in worker processes
+        finishes later than the forward)."""
         num_classes = self._num_classes()
-        for sample in data_samples:
-            record = dict(img_id=image_id(sample), hist=None, skipped=load_error(sample))
-            gt = pixel_data(get_field(sample, 'gt_sem_seg'))
-            pred = pixel_data(get_field(sample, 'pred_sem_seg'))
-            if pred is None:
-                pred = pixel_data(get_field(sample, 'pred_seg_map'))
-            if record['skipped'] is None and gt is None:
-                record['skipped'] = 'no ground truth (gt_sem_seg)'
-            elif record['skipped'] is None and pred is None:
-                record['skipped'] = 'no prediction (pred_sem_seg)'
-            if record['skipped'] is None:
-                gt, pred = gt.squeeze(), pred.squeeze().to(gt.device)
-                if self.gt_lut is not None:
-                    gt = apply_label_lut(gt, self.gt_lut, self.ignore_index)
-                if self.pred_lut is not None:
-                    pred = apply_label_lut(pred, self.pred_lut, self.ignore_index)
-                try:
-                    record['hist'] = class_histograms(pred, gt, num_classes)
-                except ValueError as e:
-                    raise ValueError(f'image {record["img_id"]}: {e}') from e
-            self.results.append(record)
+        record = dict(img_id=image_id(sample), hist=None, skipped=load_error(sample) or crf_error)
+        gt = pixel_data(get_field(sample, 'gt_sem_seg'))
+        if pred is None:
+            pred = pixel_data(get_field(sample, 'pred_seg_map'))
+        if record['skipped'] is None and gt is None:
+            record['skipped'] = 'no ground truth (gt_sem_seg)'
+        elif record['skipped'] is None and pred is None:
+            record['skipped'] = 'no prediction (pred_sem_seg)'
+        if record['skipped'] is None:
+            gt, pred = gt.squeeze(), pred.squeeze().to(gt.device)
+            if self.gt_lut is not None:
+                gt = apply_label_lut(gt, self.gt_lut, self.ignore_index)
+            if self.pred_lut is not None:
+                pred = apply_label_lut(pred, self.pred_lut, self.ignore_index)
+            try:
+                record['hist'] = class_histograms(pred, gt, num_classes)
+            except ValueError as e:
+                raise ValueError(f'image {record["img_id"]}: {e}') from e
+        self.results.append(record)
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Sum the histograms, compute both mIoUs, log the per-class table."""

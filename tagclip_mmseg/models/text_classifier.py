@@ -166,14 +166,35 @@ def tokenize_prompts(class_names: Sequence[ClassName], templates: Sequence[str],
 
 
 def _encode_prompts(clip: nn.Module, tokens: Tensor, batch_size: int) -> Tensor:
-    """L2-normalised text embeddings of token rows, (P, E) in fp32."""
+    """L2-normalised text embeddings of token rows, (P, E) in fp32.
+
+    A row's length runs to its end-of-text token, the largest id (where
+    ``encode_text`` reads the feature), inclusive.
+    """
+    lengths = tokens.argmax(dim=-1) + 1
     device = next(clip.parameters()).device
-    chunks = []
+    out: Optional[Tensor] = None
     with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
-            batch = tokens[start:start + batch_size].to(device)
-            chunks.append(F.normalize(clip.encode_text(batch).float(), dim=-1))
-    return torch.cat(chunks)
+        for rows, length in _length_batches(lengths, batch_size):
+            emb = F.normalize(clip.encode_text(tokens[rows, :length].to(device)).float(), dim=-1)
+            if out is None:
+                out = emb.new_empty(len(tokens), emb.shape[-1])
+            out[rows.to(device)] = emb
+    return out
+
+
+def _length_batches(lengths: Tensor, batch_size: int) -> List[Tuple[Tensor, int]]:
+    """Batches of prompt indices of similar length, each with its longest length.
+
+    Under the text transformer's causal mask no token after a prompt's
+    end-of-text token reaches that token's features, so a batch only needs to
+    run up to its longest prompt: prompts are 8 to 20 tokens long against a
+    77-token context, which makes the first launch about 4 times cheaper.
+    Sorting by length (stable, so ties keep their order) keeps every batch
+    short; the caller scatters the results back to the original order.
+    """
+    order = torch.sort(lengths, stable=True).indices
+    return [(rows, int(lengths[rows].max())) for rows in order.split(batch_size)]
 
 
 def build_text_classifier(clip: nn.Module,
@@ -189,7 +210,8 @@ def build_text_classifier(clip: nn.Module,
     Per class, every template is filled with the class name, the prompts are
     encoded and L2-normalised, averaged, and the mean L2-normalised. All
     prompts of all classes go through the text encoder together in batches of
-    ``batch_size``.
+    ``batch_size`` prompts of similar token length, each batch cut to its
+    longest prompt (exact under the causal mask; see :func:`_length_batches`).
 
     Args:
         clip (nn.Module): A CLIP with ``encode_text`` (and ``context_length``).

@@ -1,4 +1,6 @@
 from .clip_es import CLIPESPseudoLabeler
-from .crf import DenseCRF, crf_reference_image
+from .crf import DenseCRF, PendingLabel, crf_reference_image, shutdown_crf_pools
 
-__all__ = ['CLIPESPseudoLabeler', 'DenseCRF', 'crf_reference_image']
+__all__ = [
+    'CLIPESPseudoLabeler', 'DenseCRF', 'PendingLabel', 'crf_reference_image', 'shutdown_crf_pools'
+]

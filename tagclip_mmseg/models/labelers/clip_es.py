@@ -481,13 +481,13 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             if not cams.shape[0]:
                 return torch.full((H, W), 255, dtype=torch.long, device=cams.device)
             probs, classes = cams, tag_t
-        # CRF may return -1 for pixels it is not confident about (ignore).
-        idx = self.crf(probs, sample) if self.crf is not None else probs.argmax(dim=0)
-        idx = idx.to(classes.device)
-        label = classes[idx.clamp(min=0)]
         if self.label_map is not None:
-            label = self.label_map.to(label.device)[label]
-        return label.masked_fill(idx < 0, 255)
+            classes = self.label_map.to(classes.device)[classes]
+        if self.crf is not None:
+            # 255 where the CRF is not confident; deferred to its worker pool
+            # (and a placeholder returned) when the CRF has workers.
+            return self.crf.label(probs, classes, sample)
+        return classes[probs.argmax(dim=0)]
 
     def empty_result(self, data_sample) -> None:
         H, W = data_sample.metainfo.get('ori_shape', (1, 1))[:2]
