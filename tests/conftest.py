@@ -418,7 +418,7 @@ def masks_agree():
 
 
 def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: float) -> dict:
-    """Spec 5, written out independently of the package: non-interpolated AP
+    """docs/method.md §5, written out independently of the package: non-interpolated AP
     per class (classes without positives count as 0 in the mean) and pooled
     precision/recall/F1 of the per-image relative threshold, in percent.
     Scores must be distinct within a class (no tie handling here)."""

@@ -64,7 +64,7 @@ def test_torchscript_archive(tmp_path, tiny_clip, images):
     _save_torchscript(tiny_clip, path)
     raw = torch.jit.load(path, map_location='cpu').state_dict()
     assert {'input_resolution', 'context_length', 'vocab_size', 'visual.proj'} <= set(raw)
-    with pytest.raises(Exception):  # what trap 7 is about
+    with pytest.raises(Exception):  # what docs/compatibility.md trap 7 is about
         torch.load(path, weights_only=True)
     sd = load_clip_state_dict(path)
     assert 'input_resolution' not in sd

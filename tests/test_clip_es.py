@@ -1,6 +1,6 @@
-"""CLIP-ES pseudo-labeller against a per-tag loop implementation of the spec.
+"""CLIP-ES pseudo-labeller against a per-tag loop implementation of docs/method.md.
 
-``reference_cams`` (tagclip_mmseg/models/reference.py) follows spec section 6
+``reference_cams`` (tagclip_mmseg/models/reference.py) follows docs/method.md §6
 literally: one backward pass per tag,
 OpenCV contours for the box of each tag, the affinity applied tag by tag, and
 ``F.interpolate`` to the original size.

@@ -35,7 +35,8 @@ def shrink_model(model_cfg: ConfigDict) -> ConfigDict:
     cfg.backbone.update(depth=18, stem_channels=8, base_channels=8, init_cfg=None,
                         pretrained=None)
     for d in iter_dicts(cfg):
-        if d.get('type') == 'SyncBN':  # trap 15: a bare MODELS.build keeps SyncBN
+        # docs/compatibility.md trap 15: a bare MODELS.build keeps SyncBN
+        if d.get('type') == 'SyncBN':
             d['type'] = 'BN'
         for key in ('in_channels', 'c1_in_channels'):
             if isinstance(d.get(key), int) and d is not cfg.backbone:
@@ -109,7 +110,7 @@ def test_config_builds_datasets(path, tiny_pseudo_seg_data):
 
 @pytest.mark.parametrize('path', [V2_VOC, V2_COCO], ids=osp.basename)
 def test_deeplabv2_configs_follow_the_protocol(path):
-    """Spec section 9's table (VOC) and 'common setting' (COCO)."""
+    """docs/method.md §9's table (VOC) and 'common setting' (COCO)."""
     cfg = load(path)
     model = cfg.model
     assert model.type == 'MultiScaleEncoderDecoder' and tuple(model.scales) == (1.0, 0.5, 0.75)

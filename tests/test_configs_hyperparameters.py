@@ -1,6 +1,6 @@
 """Every published config's hyperparameters equal the paper's table.
 
-The table is ``docs/hyperparameters.md`` (written from the method spec,
+The table is ``docs/hyperparameters.md`` (written from docs/method.md,
 sections 4, 6 and 8); this test parses it, loads each config under
 ``configs/tagclip`` and ``configs/pseudo_labels`` with mmengine's ``Config``
 and compares every value the config sets or leaves to the class's default.

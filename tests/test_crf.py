@@ -49,8 +49,8 @@ def colour_case():
 
 
 def direct_crf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """pydensecrf called as CLIP-ES does, with the paper's parameters (spec
-    6.5): 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3
+    """pydensecrf called as CLIP-ES does, with the paper's parameters
+    (docs/method.md §6.5): 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3
     compat 4, unary -log(clip(p, 1e-5, 1))."""
     import pydensecrf.densecrf as dcrf
     c, h, w = probs.shape

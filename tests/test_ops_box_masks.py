@@ -1,6 +1,6 @@
 """Box-mask ops against OpenCV: the reference pipeline, written as plain loops.
 
-The references below are the obvious per-map implementations of spec 4.3 /
+The references below are the obvious per-map implementations of docs/method.md §4.3 /
 6.3 / 4.5 with numpy + OpenCV (quantise with ``astype(np.uint8)``,
 ``cv2.threshold``, ``findContours(RETR_EXTERNAL)``, ``boundingRect``), so the
 batched device routines must agree with them exactly. Thresholding and the box

@@ -2,7 +2,7 @@
 computed without the ViT code.
 
 The reference stores the resampled embedding as a half-precision parameter
-(spec 2.2), which rounds it to fp16 even in an fp32 model; faithful mode
+(docs/method.md §2.2), which rounds it to fp16 even in an fp32 model; faithful mode
 reproduces that. Here the expected values come from numpy: bilinear weights
 with ``align_corners=False`` written out from the formula (by hand for a
 2 x 2 grid), rounded through ``numpy.float16``.

@@ -1,7 +1,7 @@
-"""TagCLIP against a direct, loop-by-loop implementation of the spec.
+"""TagCLIP against a direct, loop-by-loop implementation of docs/method.md.
 
-``reference_tagclip`` (tagclip_mmseg/models/reference.py) is written from spec
-sections 4.1-4.6 with plain Python loops over classes and OpenCV contours, one
+``reference_tagclip`` (tagclip_mmseg/models/reference.py) is written from docs/method.md
+§4.1-4.6 with plain Python loops over classes and OpenCV contours, one
 image at a time, the way the reference implementation works. The production
 model (vectorised, batched, device-resident) must agree with it in both modes.
 """
@@ -55,7 +55,7 @@ def real_batch(real_images_dir, names, size):
 
 
 def candidates(p_ref: torch.Tensor, p_local: torch.Tensor, r: float) -> torch.Tensor:
-    """CWR candidates of one image at ratio ``r`` (spec 4.5 step 1)."""
+    """CWR candidates of one image at ratio ``r`` (docs/method.md §4.5 step 1)."""
     lo, hi = p_ref.min(), p_ref.max()
     return p_local > lo + r * (hi - lo)
 
@@ -143,7 +143,7 @@ def test_open_vocabulary_and_synonyms(tiny_clip_path, tmp_path):
     scores = out['p_final'][0]
     assert scores.shape == (3, )
     assert len(set(scores.tolist())) == 3  # distinct: no argmax fallback, no ties
-    # spec 4.6: above min + r * (max - min), here with r = 0.3
+    # docs/method.md §4.6: above min + r * (max - min), here with r = 0.3
     expected = scores > scores.min() + 0.3 * (scores.max() - scores.min())
     assert torch.equal(out['tags'][0], expected)
     # a synonym list is one class whose text embedding is the mean over the

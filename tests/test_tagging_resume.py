@@ -139,7 +139,7 @@ def test_resumed_run_writes_the_same_bytes_and_metrics(tmp_path, tagging_metrics
     ids = [f'img{i}' for i in range(8)]
     reference, ref_metrics = _evaluate(tmp_path / 'ref',
                                        [_sample(i, s) for s, i in enumerate(ids)])
-    # the metrics themselves: spec 5 computed independently from the samples
+    # the metrics themselves: docs/method.md §5 computed independently from the samples
     scores = np.stack([_sample(i, s).pred_score.numpy() for s, i in enumerate(ids)])
     labels = np.zeros(scores.shape, bool)
     labels[np.arange(len(ids)), np.arange(len(ids)) % NUM_CLASSES] = True

@@ -119,7 +119,7 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
 
 
 def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_path):
-    """Trap 6: a training checkpoint is more than weights; torch (>= 2.6, the
+    """docs/compatibility.md trap 6: a training checkpoint is more than weights; torch (>= 2.6, the
     only torch setup.py admits) refuses it by default, and the tools load it
     with weights_only=True plus an allowlist."""
     import numpy as np

@@ -12,7 +12,7 @@ The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
   code when unpickled is refused.
 * Distributed runs default to ``model_wrapper_cfg =
   MMSeparateDistributedDataParallel``. Plain DDP refuses a module without any
-  trainable parameter (OpenMMLab trap 13), which is exactly what a frozen
+  trainable parameter (docs/compatibility.md trap 13), which is exactly what a frozen
   CLIP model is; the separate wrapper only wraps children that have
   trainable parameters and forwards ``test_step`` to the model. Testing never
   synchronises gradients, so this is as correct for a trained segmenter. A
@@ -113,7 +113,8 @@ def main() -> None:
 
     if args.clip_checkpoint is not None and not set_clip_checkpoint(cfg, args.clip_checkpoint):
         raise ValueError(f'--clip-checkpoint was given but {args.config} has no CLIP model')
-    # CPU-only machines: torchrun + --launcher pytorch starts gloo here (trap 12).
+    # CPU-only machines: torchrun + --launcher pytorch starts gloo here
+    # (docs/compatibility.md trap 12).
     cfg.launcher = init_cpu_distributed(cfg.launcher)
 
     if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:

@@ -6,7 +6,7 @@ The interface of mmsegmentation 1.2.2's ``tools/train.py``, plus:
   config also lists it in ``custom_imports``);
 * every checkpoint (``--resume``, ``load_from``, ``init_cfg`` Pretrained) is
   loaded with ``weights_only=True``; mmengine's own training checkpoints still
-  resume because exactly their data types are allowlisted (OpenMMLab trap 6;
+  resume because exactly their data types are allowlisted (docs/compatibility.md trap 6;
   see ``tagclip_mmseg/engine/checkpoint_compat.py``). A file that would run
   code when unpickled is refused;
 * ``--resume`` optionally takes a checkpoint path; bare ``--resume`` resumes

@@ -28,7 +28,7 @@ custom_hooks = [
     dict(type='PseudoLabelResumeHook')
 ]
 # The CLIP is frozen: plain DDP would refuse a model without trainable
-# parameters (OpenMMLab trap 13).
+# parameters (docs/compatibility.md trap 13).
 model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')
 test_cfg = dict(type='TestLoop')
 vis_backends = [dict(type='LocalVisBackend')]

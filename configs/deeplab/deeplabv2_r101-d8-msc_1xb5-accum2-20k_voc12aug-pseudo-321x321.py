@@ -1,5 +1,5 @@
 # DeepLab-v2 ResNet-101 MSC trained on pseudo masks of VOC 2012 train_aug,
-# validated on VOC 2012 val: the CLIP-ES segmentation protocol (spec section 9).
+# validated on VOC 2012 val: the CLIP-ES segmentation protocol (docs/method.md §9).
 # One GPU, batch 5 with 2-step gradient accumulation (effective batch 10),
 # 20k optimiser updates (40k loader iterations), 321x321 crops.
 #

@@ -6,7 +6,7 @@ nothing at all (then only keyword arguments such as ``classes`` define the
 models). In every case the result is the same pair: a ``TagCLIP`` config and,
 for CAMs and masks, a ``CLIPESPseudoLabeler`` config that shares the CLIP
 checkpoint, vocabulary (with CLIP-ES's CAM-stage renames for the benchmark
-vocabularies, spec 3.2) and background words.
+vocabularies, docs/method.md §3.2) and background words.
 """
 import copy
 import glob
@@ -209,7 +209,7 @@ def default_background_words(classes: Sequence[ClassName]) -> Tuple[str, ...]:
 
 
 def default_tagger_cfg(checkpoint: Optional[str]) -> dict:
-    """A TagCLIP config with the reference settings (spec 4) and no vocabulary."""
+    """A TagCLIP config with the reference settings (docs/method.md §4) and no vocabulary."""
     return dict(type=TAGGER_TYPE, clip=dict(checkpoint=checkpoint or DEFAULT_CLIP_CHECKPOINT))
 
 

@@ -1,6 +1,6 @@
 """Class lists, palettes and label-space maps of the benchmark datasets.
 
-Names follow TagCLIP's classifier vocabulary (spec 3.1): VOC names verbatim,
+Names follow TagCLIP's classifier vocabulary (docs/method.md §3.1): VOC names verbatim,
 COCO in the standard category order with VOC-style names for the shared
 classes, COCO-Stuff-171 with COCO thing names except ``pottedplant`` and
 ``diningtable``.

@@ -11,7 +11,7 @@ Which dataset for which benchmark:
 * VOC2007 test: :class:`VOCMultiLabelDataset` on TagCLIP's list file
   ``imageset/voc2007/test_cls.txt`` (4952 images). The list, not the XML
   annotations, is what TagCLIP's numbers use; mmpretrain's ``VOC`` reads the
-  XML and treats ``difficult`` objects differently (spec 14.5).
+  XML and treats ``difficult`` objects differently (docs/method.md §14.5).
 * COCO2014 val: :class:`COCOMultiLabelDataset` on ``instances_val2014.json``
   (40137 images with at least one annotation), or TagCLIP's list file with
   :class:`MultiLabelListDataset`.
@@ -255,7 +255,7 @@ class COCOMultiLabelDataset(_MultiLabelDataset):
 
     An image's labels are the categories of its annotations, mapped to
     contiguous indices in ascending category-id order (the standard COCO
-    order; names from :data:`COCO_CLASSES`, spec 3.1). Images without any
+    order; names from :data:`COCO_CLASSES`, docs/method.md §3.1). Images without any
     annotation are left out, as in TagCLIP's lists (val2014: 40137 of 40504).
 
     Args:

@@ -6,7 +6,7 @@ A pipeline for the tagger or the pseudo-labeller is::
 
 Images stay RGB uint8 (H, W, 3) all the way; the model's data preprocessor
 normalises them. No crop, flip or fixed-size resize takes place: TagCLIP sees
-each image at its own size rounded up to the patch size (spec 2.3).
+each image at its own size rounded up to the patch size (docs/method.md §2.3).
 """
 import logging
 import math
@@ -43,7 +43,7 @@ def patch_grid(height: int, width: int, patch_size: int = 16,
                max_tokens: Optional[int] = None) -> Tuple[int, int]:
     """Token grid (rows, cols) of an image of ``height`` x ``width`` pixels.
 
-    The grid is ``ceil(H / p) x ceil(W / p)`` (spec 2.3): the image is resized
+    The grid is ``ceil(H / p) x ceil(W / p)`` (docs/method.md §2.3): the image is resized
     *up* to the next multiple of the patch size, and anything smaller than one
     patch becomes one patch. When that grid has more than ``max_tokens``
     tokens, the image is scaled down with its aspect ratio kept: the grid

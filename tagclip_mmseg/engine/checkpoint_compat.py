@@ -1,4 +1,4 @@
-"""Load mmengine checkpoints without running code from the file (OpenMMLab trap 6).
+"""Load mmengine checkpoints without running code from the file (docs/compatibility.md trap 6).
 
 ``torch.load(weights_only=False)`` unpickles arbitrary Python objects, so a
 checkpoint whose pickle calls ``os.system`` runs that call. Every checkpoint

@@ -1,7 +1,7 @@
 """Multi-label tagging metrics with TagCLIP's per-image relative threshold.
 
 TagCLIP turns a score vector into tags with a threshold relative to each
-image's own score range (spec 4.6), which mmpretrain's ``MultiLabelMetric``
+image's own score range (docs/method.md §4.6), which mmpretrain's ``MultiLabelMetric``
 (one fixed threshold for all images) cannot express. Per-image min-max
 normalisation followed by a fixed threshold would give the same F1 but would
 change the cross-image ranking that mAP needs, so :class:`TaggingMetric`
@@ -19,7 +19,7 @@ Definitions (all in percent, like mmpretrain):
   scikit-learn call the macro F1-score; the two differ in general.
 * ``OP``/``OR``/``OF1`` pool TP/FP/FN over all images and classes (micro).
 * AP per class is non-interpolated: the mean, over the positives, of the
-  precision at each positive's rank (spec 5). This is also what mmpretrain's
+  precision at each positive's rank (docs/method.md §5). This is also what mmpretrain's
   ``AveragePrecision`` computes.
 
 Ties: when several images have exactly the same score for a class, their
@@ -30,7 +30,7 @@ equals scikit-learn's ``average_precision_score``. Without ties all three
 agree exactly.
 
 Classes with no positives (``empty_class_mode``): the reference keeps them as
-0 in the class means (``'faithful'``, spec 12 #5: an AP of 0, and P=R=0 for
+0 in the class means (``'faithful'``, docs/method.md §12 #5: an AP of 0, and P=R=0 for
 the per-class terms); ``'clean'`` leaves them out of every class mean. On
 VOC07 test and COCO14 val every class has positives and both agree.
 """
@@ -127,7 +127,7 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 @METRICS.register_module()
 class TaggingMetric(BaseMetric):
-    """mAP and CP/CR/CF1/OP/OR/OF1 of a multi-label tagger (spec 5).
+    """mAP and CP/CR/CF1/OP/OR/OF1 of a multi-label tagger (docs/method.md §5).
 
     Reads, per image, ``pred_score`` (``(C,)``), the ground truth ``gt_label``
     (fg indices) or ``gt_score`` (one-hot) and, for ``mode='tags'``,

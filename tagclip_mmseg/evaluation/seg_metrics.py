@@ -1,4 +1,4 @@
-"""mIoU of pseudo masks as TagCLIP reports it ("CLS-SEG", spec 7), beside mmseg's.
+"""mIoU of pseudo masks as TagCLIP reports it ("CLS-SEG", docs/method.md §7), beside mmseg's.
 
 Two means over the same per-class IoU:
 
@@ -124,7 +124,7 @@ def iou_from_histograms(hist: torch.Tensor) -> Dict[str, np.ndarray]:
 
 @METRICS.register_module()
 class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
-    """mIoU of predicted masks, the paper's way and mmseg's way (spec 7).
+    """mIoU of predicted masks, the paper's way and mmseg's way (docs/method.md §7).
 
     Reads ``pred_sem_seg`` (or, for a resumed image whose mask was read back
     from disk, the ``pred_seg_map`` metainfo set by ``SkipExisting``) and

@@ -8,7 +8,7 @@ Files (all written atomically, sorted by image id, byte-deterministic):
 
 * ``out_file``: one line per image, ``"<img_id> idx idx ..."`` with the
   0-based foreground indices in ascending order, the format of TagCLIP's
-  ``--save_file`` and of the split files (spec 4.6). An image without tags is
+  ``--save_file`` and of the split files (docs/method.md §4.6). An image without tags is
   a line with only its id. Ids are escaped as every label file's
   (``datasets.label_files.format_label_line``: ``IMG 0001`` is written
   ``IMG%200001``), so any file name reads back as it was.

@@ -34,7 +34,7 @@ class FrozenCLIPModel(BaseModel):
     """Base of the training-free models.
 
     The CLIP weights are loaded in ``__init__`` (not ``init_weights``): the
-    test loop never calls ``init_weights`` (OpenMMLab trap 14), and a model
+    test loop never calls ``init_weights`` (docs/compatibility.md trap 14), and a model
     that silently ran on random weights would be worse than one that fails.
 
     Args:
@@ -43,7 +43,7 @@ class FrozenCLIPModel(BaseModel):
             :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
             CLIP, which lets a tagger and a labeller share one.
         mode (str): 'faithful' reproduces the reference implementation's
-            quirks (spec section 12, see docs/modes.md); 'clean' fixes them.
+            quirks (docs/method.md §12, see docs/modes.md); 'clean' fixes them.
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
@@ -96,7 +96,7 @@ class FrozenCLIPModel(BaseModel):
                              f'device), got {images_per_forward!r}')
         self.images_per_forward = images_per_forward
         self.clip = build_clip(clip if clip is not None else {})
-        # Quirk 6 (spec 2.2): the reference rounds resampled positional
+        # Quirk 6 (docs/method.md §2.2): the reference rounds resampled positional
         # embeddings to fp16 even in fp32.
         self.clip.visual.pos_embed_fp16_round = self.faithful
         self.clip.requires_grad_(False)

@@ -115,7 +115,7 @@ IMAGENET_TEMPLATES: Tuple[str, ...] = (
     'a tattoo of the {}.',
 )
 
-#: TagCLIP's five scene templates (spec 3.1).
+#: TagCLIP's five scene templates (docs/method.md §3.1).
 TAGCLIP_SCENE_TEMPLATES: Tuple[str, ...] = (
     'there is a {} in the scene.',
     'there is the {} in the scene.',
@@ -127,11 +127,11 @@ TAGCLIP_SCENE_TEMPLATES: Tuple[str, ...] = (
 #: The 85 templates of TagCLIP's classifier.
 TAGCLIP_TEMPLATES: Tuple[str, ...] = IMAGENET_TEMPLATES + TAGCLIP_SCENE_TEMPLATES
 
-#: CLIP-ES's single CAM-stage template (spec 3.2).
+#: CLIP-ES's single CAM-stage template (docs/method.md §3.2).
 CLIPES_TEMPLATES: Tuple[str, ...] = ('a clean origami {}.', )
 
 # --------------------------------------------------------------------------
-# Vocabularies (spec 3.1)
+# Vocabularies (docs/method.md §3.1)
 # --------------------------------------------------------------------------
 
 #: TagCLIP's 171 COCO-Stuff classes (alias of the datasets' list).
@@ -146,11 +146,11 @@ VOC_BACKGROUND: Tuple[str, ...] = (
 #: COCO's background words: VOC's without 'keyboard' (a COCO class) and 'sign'.
 COCO_BACKGROUND: Tuple[str, ...] = tuple(w for w in VOC_BACKGROUND if w not in ('keyboard', 'sign'))
 
-#: COCO-Stuff's CAM-stage background (spec 3.2); its classifier has none.
+#: COCO-Stuff's CAM-stage background (docs/method.md §3.2); its classifier has none.
 COCO_STUFF_BACKGROUND: Tuple[str, ...] = ('background', )
 
 # --------------------------------------------------------------------------
-# CAM-stage renames (spec 3.2)
+# CAM-stage renames (docs/method.md §3.2)
 # --------------------------------------------------------------------------
 
 VOC_CAM_RENAMES: Dict[str, str] = {

@@ -1,6 +1,6 @@
 """Per-image reference implementations of TagCLIP and CLIP-ES, with loops.
 
-These follow the spec (sections 4 and 6) literally, the way the reference
+These follow docs/method.md (sections 4 and 6) literally, the way the reference
 code works: one image at a time, all attention maps kept, one OpenCV contour
 search per class on the CPU, one forward per CWR crop and one backward per
 tag. They are the yardstick of the vectorised models: the tests check that
@@ -47,7 +47,7 @@ def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
 
 
 def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
-    """Spec 4.1-4.6 for ONE normalised image (3, H, W), with loops.
+    """docs/method.md §4.1-4.6 for ONE normalised image (3, H, W), with loops.
 
     Every hyperparameter is read from ``model`` (the settings of the model
     under test, so the two cannot drift apart); only the CLIP weights and the
@@ -154,7 +154,7 @@ def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
 
 def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int, int],
                    faithful: bool) -> Tuple[Tensor, Tensor]:
-    """Spec 6.1-6.4 for one image, one tag at a time.
+    """docs/method.md §6.1-6.4 for one image, one tag at a time.
 
     Returns:
         tuple: Refined CAMs (K, H, W) at the original size and the label map.

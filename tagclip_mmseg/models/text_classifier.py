@@ -2,7 +2,7 @@
 
 Both stages classify image tokens against one embedding per class: the mean
 of the L2-normalised CLIP text embeddings of every prompt ("a photo of a
-{}.", ...) filled with the class name, normalised again (spec 3.1). With
+{}.", ...) filled with the class name, normalised again (docs/method.md §3.1). With
 TagCLIP's 85 templates, COCO-Stuff's 171 classes are 14 535 prompts: seconds
 on a GPU, minutes on a CPU, and the same result every run. The result is
 therefore cached on disk, keyed by everything it depends on (the checkpoint's
@@ -205,7 +205,7 @@ def build_text_classifier(clip: nn.Module,
                           batch_size: int = 256,
                           truncate: bool = False,
                           use_cache: bool = True) -> Tensor:
-    """One unit-norm text embedding per class (spec 3.1).
+    """One unit-norm text embedding per class (docs/method.md §3.1).
 
     Per class, every template is filled with the class name, the prompts are
     encoded and L2-normalised, averaged, and the mean L2-normalised. All

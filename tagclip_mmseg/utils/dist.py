@@ -2,7 +2,7 @@
 
 mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and uses
 NCCL, so ``torchrun ... --launcher pytorch`` fails on a CPU-only machine
-(OpenMMLab trap 12). For the training-free stages a CPU run over several
+(docs/compatibility.md trap 12). For the training-free stages a CPU run over several
 processes is still useful (CI, laptops, CPU clusters): this helper starts a
 gloo process group from torchrun's environment instead and tells the caller to
 hand mmengine ``launcher='none'``; mmengine's samplers and result collection

@@ -1,7 +1,7 @@
 # COCO-object (background + 80 classes) with pseudo masks of COCO 2014 train
 # as labels, validated on COCO 2017 val with the 81-class masks (the split
-# TagCLIP evaluates COCO-object on; spec section 7): the COCO data of the
-# CLIP-ES DeepLab-v2 protocol (spec section 9, deeplab-pytorch style
+# TagCLIP evaluates COCO-object on; docs/method.md §7): the COCO data of the
+# CLIP-ES DeepLab-v2 protocol (docs/method.md §9, deeplab-pytorch style
 # augmentation of pseudo_seg_321x321_pipeline.py).
 #
 # Layout (shared with configs/pseudo_labels/ and configs/tagclip/):
@@ -18,7 +18,7 @@
 # mmseg joins a *relative* seg_map_path to data_root, so the default folder
 # is absolute: <repo>/work_dirs/pseudo_labels/coco14_train, spelled with
 # mmengine's {{fileDirname}} (this file's folder; classic configs cannot
-# import os.path under Python >= 3.11, trap 10). Pass an absolute path to
+# import os.path under Python >= 3.11, docs/compatibility.md trap 10). Pass an absolute path to
 # override it:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
 _base_ = ['./pseudo_seg_321x321_pipeline.py']

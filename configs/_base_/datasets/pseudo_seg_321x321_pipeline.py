@@ -1,4 +1,4 @@
-# What the CLIP-ES DeepLab-v2 protocol (spec section 9, deeplab-pytorch) does
+# What the CLIP-ES DeepLab-v2 protocol (docs/method.md §9, deeplab-pytorch) does
 # to any dataset: train on pseudo masks with deeplab-pytorch's augmentation,
 # validate on full images with the real masks. Dataset configs that inherit
 # this file add the dataset type, paths, batch size and dataset options.

@@ -1,5 +1,5 @@
 # Image pipeline of the tagging configs: robust PIL loading (any mode; a bad
-# file becomes a counted skip), bicubic resize to the patch multiple (spec 2.3),
+# file becomes a counted skip), bicubic resize to the patch multiple (docs/method.md §2.3),
 # mmpretrain packing. Orientation (README.md, "Image orientation"): this is the
 # benchmarks' pipeline, which keeps the stored pixels (exif_transpose=False)
 # because VOC / COCO / COCO-Stuff labels and masks refer to them, in all three

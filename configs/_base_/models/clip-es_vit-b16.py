@@ -1,4 +1,4 @@
-# CLIP-ES pseudo-labeller on OpenAI's CLIP ViT-B/16 (spec section 6), VOC
+# CLIP-ES pseudo-labeller on OpenAI's CLIP ViT-B/16 (docs/method.md §6), VOC
 # setting of TagCLIP's copy. Tags come from the dataset (tag_source) unless a
 # tagger is given.
 model = dict(

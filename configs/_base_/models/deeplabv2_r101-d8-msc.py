@@ -1,5 +1,5 @@
 # DeepLab-v2 ResNet-101 with multi-scale inputs (deeplab-pytorch's
-# DeepLabV2_ResNet101_MSC), the segmenter of the CLIP-ES protocol (spec section 9).
+# DeepLabV2_ResNet101_MSC), the segmenter of the CLIP-ES protocol (docs/method.md §9).
 #
 # * Backbone: 7x7-stem ResNet-101 with the stride on the first 1x1 conv of a
 #   block ('caffe' style, like the Caffe-converted ImageNet weights of

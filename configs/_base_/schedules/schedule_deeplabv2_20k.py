@@ -1,4 +1,4 @@
-# DeepLab-v2 schedule of the CLIP-ES protocol on VOC (spec section 9):
+# DeepLab-v2 schedule of the CLIP-ES protocol on VOC (docs/method.md §9):
 # deeplab-pytorch voc12.yaml with CLIP-ES's learning rate.
 #
 # * Batch 5 with gradients accumulated over 2 batches (ITER_SIZE 2): an

@@ -149,7 +149,7 @@ def _read_file(path: str, weights_only: bool) -> Any:
             return load_file(path, device='cpu')
         if _is_torchscript(path):
             # OpenAI's archives are TorchScript; torch.load(weights_only=True)
-            # rejects them (spec trap 7).
+            # rejects them (docs/compatibility.md trap 7).
             return torch.jit.load(path, map_location='cpu').state_dict()
         return torch.load(path, map_location='cpu', weights_only=weights_only)
     except FileNotFoundError:

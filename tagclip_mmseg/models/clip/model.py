@@ -105,7 +105,7 @@ class CLIPAttention(nn.Module):
             need_weights (bool): Also return head-averaged probabilities.
             weights_before_mask (bool): Return the probabilities of the
                 *unmasked* logits, which is what TagCLIP's DMAR vote uses for
-                the self-only last layer (spec section 2.5). The output always
+                the self-only last layer (docs/method.md §2.5). The output always
                 uses the masked probabilities.
             num_queries (int, optional): Only the first ``num_queries`` tokens
                 query (all tokens are still keys and values); the output then
@@ -263,7 +263,7 @@ def resample_pos_embed(pos_embed: Tensor,
         pos_embed (Tensor): (1 + g*g, D) embedding.
         grid_hw (tuple[int, int]): Target token grid (rows, cols).
         round_to_fp16 (bool): Round the *resampled* embedding to fp16 and back,
-            a quirk of the reference implementations (spec section 2.2).
+            a quirk of the reference implementations (docs/method.md §2.2).
 
     Returns:
         Tensor: (1 + h*w, D) embedding in ``pos_embed``'s dtype.

@@ -1,4 +1,4 @@
-"""DeepLab-v2 ASPP classifier (the CLIP-ES segmentation protocol, spec section 9).
+"""DeepLab-v2 ASPP classifier (the CLIP-ES segmentation protocol, docs/method.md §9).
 
 mmseg ships ASPP heads of DeepLab-v3 (parallel conv-BN-ReLU branches that are
 concatenated, then a bottleneck and a 1x1 classifier). DeepLab-v2's ASPP is

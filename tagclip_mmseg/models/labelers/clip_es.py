@@ -1,6 +1,6 @@
 """CLIP-ES pseudo-labeller: image tags -> Grad-CAMs -> affinity-refined masks.
 
-Spec section 6, for a batch of equal-size images and their tag lists:
+docs/method.md §6, for a batch of equal-size images and their tag lists:
 
 1. Blocks 1..L-1 run without gradients; the head-averaged attention of the
    configured CAA layers is summed on the fly.
@@ -21,7 +21,7 @@ Spec section 6, for a batch of equal-size images and their tag lists:
 Grad-CAM runs inside mmengine's test loop, which wraps everything in
 ``torch.no_grad()``; the two small autograd steps it keeps (the softmax head
 and the activation's derivative) are therefore explicitly wrapped in
-``torch.enable_grad()`` (OpenMMLab trap 14).
+``torch.enable_grad()`` (docs/compatibility.md trap 14).
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union

@@ -1,4 +1,4 @@
-"""Dense CRF post-processing of CAM probabilities (spec section 6.5).
+"""Dense CRF post-processing of CAM probabilities (docs/method.md §6.5).
 
 Optional: needs the ``crf`` extra (``pip install -e .[crf]``, which installs
 ``pydensecrf2``, a maintained build of Krähenbühl's dense CRF bindings that

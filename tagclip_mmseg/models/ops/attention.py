@@ -3,9 +3,9 @@
 Both methods propagate per-patch scores with the ViT's own patch-to-patch
 attention, restricted to "source" patches inside a class-wise box mask:
 
-* DMAR (spec 4.2-4.3): ``W = vote(A^1..A^12) * mean_{l in Psi} A^l``, then
+* DMAR (docs/method.md §4.2-4.3): ``W = vote(A^1..A^12) * mean_{l in Psi} A^l``, then
   ``P_ref[:, c] = W @ (b_c * P_coarse[:, c])``.
-* CAA (spec 6.3): ``T = square(sym(sinkhorn(mean_l A^l)))``, then
+* CAA (docs/method.md §6.3): ``T = square(sym(sinkhorn(mean_l A^l)))``, then
   ``R_k = T @ (b_k * cam_k)`` and a min-max normalisation.
 
 Because the box is a mask on the *keys* (columns), it folds into the right-hand
@@ -28,7 +28,7 @@ __all__ = [
 
 
 class AttentionVote:
-    """Streaming DMAR attention vote and layer average (spec 4.2).
+    """Streaming DMAR attention vote and layer average (docs/method.md §4.2).
 
     Feed it every layer's head-averaged attention, e.g. with
     ``vit(x, attn_callback=vote.update)``; then :meth:`finalize` returns
@@ -41,7 +41,7 @@ class AttentionVote:
     pair instead of 48 for twelve stored fp32 maps.
 
     With ``vote_min=None`` no vote is taken and :meth:`finalize` returns the
-    plain layer average, which is what CLIP-ES's affinity needs (spec 6.3
+    plain layer average, which is what CLIP-ES's affinity needs (docs/method.md §6.3
     step 1, e.g. ``avg_layers=range(4, 11)``).
 
     Args:
@@ -146,7 +146,7 @@ def _check_grid(n: int, grid_hw: Tuple[int, int], what: str) -> Tuple[int, int]:
 def dmar_class_boxes(p_hat: Tensor,
                      grid_hw: Tuple[int, int],
                      clamp_quirk: bool = True) -> Tensor:
-    """DMAR class-wise box masks from first-pass scores (spec 4.3 step 2).
+    """DMAR class-wise box masks from first-pass scores (docs/method.md §4.3 step 2).
 
     Per class: min-max normalise the column over patches, binarise at the
     map's mean with the uint8 rule, paint the union of the blobs' rectangles.
@@ -178,7 +178,7 @@ def dmar_refine(W: Tensor,
                 grid_hw: Tuple[int, int],
                 clamp_quirk: bool = True,
                 return_first_pass: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """DMAR refinement of coarse patch probabilities (spec 4.3).
+    """DMAR refinement of coarse patch probabilities (docs/method.md §4.3).
 
     ``P_hat = W @ P_coarse``; ``b_c`` = :func:`dmar_class_boxes` of ``P_hat``;
     ``P_ref[:, c] = (W * 1 b_c^T) @ P_coarse[:, c] = W @ (b_c * P_coarse[:, c])``
@@ -211,7 +211,7 @@ def dmar_refine(W: Tensor,
 
 
 def affinity_from_attention(attn_avg: Tensor, rounds: int = 3) -> Tensor:
-    """CLIP-ES's class-aware attention affinity transform (spec 6.3 steps 2-4).
+    """CLIP-ES's class-aware attention affinity transform (docs/method.md §6.3 steps 2-4).
 
     Alternately divide by column sums and by row sums ``rounds`` times
     (Sinkhorn-style balancing), symmetrise ``(T + T^T) / 2`` and take one
@@ -248,7 +248,7 @@ def caa_refine(T: Tensor,
                clamp_quirk: bool = True,
                valid: Optional[Tensor] = None,
                eps: float = 1e-7) -> Tensor:
-    """Refine Grad-CAMs with the affinity, all tags at once (spec 6.3 step 5).
+    """Refine Grad-CAMs with the affinity, all tags at once (docs/method.md §6.3 step 5).
 
     Per tag ``k``: ``b_k`` = union of blob rectangles of the CAM thresholded
     at ``box_thresh * max`` of the uint8-quantised CAM

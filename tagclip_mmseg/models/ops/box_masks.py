@@ -1,6 +1,6 @@
 """Box masks from score maps, batched on the device.
 
-TagCLIP (DMAR, spec 4.3) and CLIP-ES (CAA, spec 6.3) both turn a score map into
+TagCLIP (DMAR, docs/method.md §4.3) and CLIP-ES (CAA, docs/method.md §6.3) both turn a score map into
 a "box mask": quantise the map to uint8, threshold it, find every connected
 blob (OpenCV ``findContours``) and paint the union of the blobs' bounding
 rectangles. The reference does this per class on the CPU with OpenCV, one
@@ -22,7 +22,7 @@ bounding rectangle, so it adds nothing to the union. ``findContours`` traces
 foreground 8-connected, which is why the labelling uses 8-connectivity.
 
 The reference clamps each rectangle's exclusive right/bottom limit to
-``size - 1`` (spec section 12, quirk 2); ``clamp_quirk=True`` reproduces it.
+``size - 1`` (docs/method.md §12, quirk 2); ``clamp_quirk=True`` reproduces it.
 """
 from typing import NamedTuple, Tuple, Union
 
@@ -89,10 +89,10 @@ def binarize_like_reference(maps: Tensor,
     With ``q = floor(255 * v)`` the uint8 map, a pixel is foreground when
     ``q > level`` (OpenCV ``THRESH_BINARY``), where
 
-    * ``relative_to_max=False`` (DMAR, spec 4.3 step 2):
+    * ``relative_to_max=False`` (DMAR, docs/method.md §4.3 step 2):
       ``level = int(thresh * 255)``; ``thresh`` is usually the per-map mean of
       the normalised map.
-    * ``relative_to_max=True`` (CAA, spec 6.3 step 5.1):
+    * ``relative_to_max=True`` (CAA, docs/method.md §6.3 step 5.1):
       ``level = int(thresh * max(q))``, the ratio (0.4 VOC, 0.7 COCO) applied
       to the maximum of the *quantised* map. CLIP-ES CAMs are divided by
       ``max + 1e-7``, so ``max(q)`` is usually 254, not 255.
@@ -285,7 +285,7 @@ def boxes_from_scores(maps: Tensor,
                       relative_to_max: bool = False,
                       clamp_quirk: bool = True) -> Tensor:
     """Box mask of normalised score maps: :func:`binarize_like_reference`
-    followed by :func:`component_boxes_union` (spec 4.3 steps 2-3, 6.3 step
+    followed by :func:`component_boxes_union` (docs/method.md §4.3 steps 2-3, 6.3 step
     5.1).
 
     Args:
@@ -302,7 +302,7 @@ def boxes_from_scores(maps: Tensor,
 
 
 def region_bbox(mask: Tensor, clamp_quirk: bool = True) -> RegionBox:
-    """Tight bounding box of all foreground pixels of each map (CWR, spec 4.5
+    """Tight bounding box of all foreground pixels of each map (CWR, docs/method.md §4.5
     step 2a-2b).
 
     ``x1``/``y1`` are the first active column/row, ``x2``/``y2`` the last

@@ -4,7 +4,7 @@ TagCLIP normalises DMAR score maps and CWR regions, CLIP-ES normalises
 Grad-CAMs and affinity-refined maps; all of them "subtract the min, then divide
 by the max of what is left", differing only in whether a small epsilon is added
 to the divisor. Keeping a single routine keeps those variants identical
-everywhere (spec sections 4.3, 4.5, 6.2 and 6.3).
+everywhere (docs/method.md §4.3, 4.5, 6.2 and 6.3).
 """
 from typing import Sequence, Union
 

@@ -1,7 +1,7 @@
 """TagCLIP's per-image relative threshold, shared by the tagger and the metric.
 
-The tagger turns fused scores into tags with it (spec 4.6) and the metric
-binarises scores with it for CP/CR/OF1 (spec 5), so both use this one
+The tagger turns fused scores into tags with it (docs/method.md §4.6) and the metric
+binarises scores with it for CP/CR/OF1 (docs/method.md §5), so both use this one
 definition.
 """
 import torch
@@ -12,7 +12,7 @@ __all__ = ['relative_threshold_mask']
 def relative_threshold_mask(scores: torch.Tensor,
                             ratio: float = 0.5,
                             fallback_argmax: bool = True) -> torch.Tensor:
-    """Binarise scores with TagCLIP's per-image relative threshold (spec 4.6).
+    """Binarise scores with TagCLIP's per-image relative threshold (docs/method.md §4.6).
 
     ``t_i = min_c s_ic + ratio * (max_c s_ic - min_c s_ic)``; class c is a tag of
     image i when ``s_ic > t_i`` (strictly).

@@ -1,4 +1,4 @@
-"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2 (spec section 9).
+"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2 (docs/method.md §9).
 
 DeepLab-v2 as trained by CLIP-ES runs the whole network on the image at
 several scales (1.0, 0.5 and 0.75), brings every scale's logits to the size of

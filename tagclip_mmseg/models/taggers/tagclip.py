@@ -1,6 +1,6 @@
 """TagCLIP: local-to-global multi-label classification with a frozen CLIP.
 
-The pipeline of spec sections 4.1-4.6, for a batch of equal-size images:
+The pipeline of docs/method.md §4.1-4.6, for a batch of equal-size images:
 
 1. **Coarse patch classification.** One ViT pass with the last layer's
    attention restricted to self, so each output token keeps its own spatial
@@ -18,8 +18,8 @@ The pipeline of spec sections 4.1-4.6, for a batch of equal-size images:
 
 All crops of a batch go through one forward, all box masks are computed on the
 device, and the attention maps are reduced layer by layer instead of kept.
-``mode='faithful'`` reproduces the reference implementation's quirks (spec
-section 12) so published numbers can be matched; ``mode='clean'`` fixes them.
+``mode='faithful'`` reproduces the reference implementation's quirks (docs/method.md
+§12) so published numbers can be matched; ``mode='clean'`` fixes them.
 """
 from typing import Optional, Sequence, Tuple, Union
 
