@@ -224,7 +224,8 @@ def test_benchmark_runs_end_to_end(tmp_path):
 NEW_FIGURES = [
     'tag fast, batch 1,', 'tag fast, batch 2,', 'tag fast, batch 2 / batch 1 (s per image)',
     'CAMs fast, 2 tags, batch 1,', 'CAMs fast, 2 tags, batch 2,',
-    'CAMs fast, 2 tags, batch 2 / batch 1 (s per image)', 'tools/test.py tagging',
+    'CAMs fast, 2 tags, batch 2 / batch 1 (s per image)', 'tag fast, batch 2 in one forward,',
+    'CAMs fast, 2 tags, batch 2 in one forward / batch 1', 'tools/test.py tagging',
     'tag fast, model only, same photos', 'tools/test.py / model only'
 ]
 CRF_FIGURES = ['dense CRF in process', 'dense CRF, 1 worker', 'dense CRF, 2 worker',
