@@ -319,3 +319,29 @@ def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_
     assert (work / 'train_ids.txt').read_text().split() == sorted(ids)
     assert 'mIoU' in json.loads((work / 'metrics.json').read_text())
     assert 'skipped by the tagger' in log
+
+
+def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
+    """Remote ``load_from`` / ``init_cfg`` URLs (http, open-mmlab://, ...) end in
+    mmengine's ``load_url``; inside the tools' block it refuses a pickle that
+    would run code, and still loads weights. ``file://`` stands in for a
+    server: ``torch.hub`` downloads it the same way."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+
+    from tagclip_mmseg.engine.checkpoint_compat import (UnsafeCheckpointError,
+                                                        safe_checkpoint_loading)
+    marker = tmp_path / 'code_ran'
+    evil = write_malicious_checkpoint(str(tmp_path / 'evil.pth'), marker)
+    good = str(tmp_path / 'good.pth')
+    torch.save({'w': torch.arange(3.)}, good)
+    with safe_checkpoint_loading():
+        with pytest.raises(UnsafeCheckpointError, match='Nothing from it was executed'):
+            mmengine_checkpoint.load_from_http('file://' + evil,
+                                               model_dir=str(tmp_path / 'hub'))
+        loaded = mmengine_checkpoint.load_from_http('file://' + good,
+                                                    model_dir=str(tmp_path / 'hub'))
+    assert not marker.exists()
+    assert torch.equal(loaded['w'], torch.arange(3.))
+    assert mmengine_checkpoint.load_url is not None
+    from mmengine.utils.dl_utils import load_url
+    assert mmengine_checkpoint.load_url is load_url  # restored on exit

@@ -17,9 +17,11 @@ file needs, ``getattr`` (a history buffer's statistics methods are pickled as
 ``getattr(HistoryBuffer, 'mean')``), is replaced by a version that only
 returns ``HistoryBuffer``'s own public methods.
 
-Remote ``init_cfg`` / ``load_from`` URLs (``http://``, ``open-mmlab://``...)
-go through ``torch.hub``, which mmengine calls with its own defaults; this
-module covers local files.
+Remote ``init_cfg`` / ``load_from`` URLs (``http://``, ``open-mmlab://``,
+``torchvision://``...) all end in mmengine's ``load_url``, which calls
+``torch.hub.load_state_dict_from_url`` with its default ``weights_only=False``:
+inside the block, :func:`load_url_weights_only` takes its place, so downloaded
+files are held to the same rule as local ones.
 
 Nothing happens on ``import tagclip_mmseg``: the tools enter
 :func:`safe_checkpoint_loading` around the runner, which also makes the local
@@ -44,7 +46,7 @@ from ..utils.unpickling import refused_global
 
 __all__ = [
     'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_from_local_weights_only',
-    'safe_checkpoint_loading'
+    'load_url_weights_only', 'safe_checkpoint_loading'
 ]
 
 MapLocation = Optional[Union[str, torch.device, Callable]]
@@ -122,6 +124,34 @@ def load_from_local_weights_only(filename: str, map_location: MapLocation = None
             'state dict (torch.save(model.state_dict(), path)).') from e
 
 
+def load_url_weights_only(url: str,
+                          model_dir: Optional[str] = None,
+                          map_location: MapLocation = None,
+                          progress: bool = True,
+                          check_hash: bool = False,
+                          file_name: Optional[str] = None) -> Any:
+    """mmengine's ``load_url`` (download once, cache, load) with
+    ``weights_only=True``.
+
+    Raises:
+        UnsafeCheckpointError: If the downloaded file stores objects other
+            than weights; nothing from it was run.
+    """
+    import torch.hub
+    try:
+        return torch.hub.load_state_dict_from_url(url, model_dir=model_dir,
+                                                  map_location=map_location, progress=progress,
+                                                  check_hash=check_hash, file_name=file_name,
+                                                  weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = refused_global(e)
+        if refused is None:
+            raise
+        raise UnsafeCheckpointError(
+            f'refusing to load the checkpoint downloaded from {url!r}: it stores Python objects '
+            f'that are not weights (torch: {refused}). Nothing from it was executed.') from e
+
+
 @contextlib.contextmanager
 def safe_checkpoint_loading() -> Iterator[None]:
     """Within the block, mmengine loads local checkpoints with
@@ -136,10 +166,14 @@ def safe_checkpoint_loading() -> Iterator[None]:
         print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, but this run still loads '
                   'checkpoints with weights_only=True (mmengine training checkpoints need no '
                   'unsafe loading).', logger='current', level=logging.WARNING)
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    previous_url_loader = mmengine_checkpoint.load_url
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
+    mmengine_checkpoint.load_url = load_url_weights_only
     try:
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
             yield
     finally:
         CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)
+        mmengine_checkpoint.load_url = previous_url_loader
 
