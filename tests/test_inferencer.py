@@ -216,3 +216,26 @@ def test_repository_configs_by_name(deep_tiny_clip_path, tmp_path):
                                device='cpu', text_cache_dir=cache,
                                labeler='clip-es_vit-b16_voc12-val_tagclip-tags')
     assert paired(image, return_mask=True)[0]['tags'] == r['tags']
+
+
+def test_crf_workers_return_the_final_masks(tiny_clip_path, tmp_path):
+    """With the CRF in worker processes the inferencer waits for each mask:
+    the same masks as the in-process CRF, never the 255 placeholder."""
+    pytest.importorskip('pydensecrf.densecrf')
+    cache = str(tmp_path / 'cache')
+    images = random_images([(32, 48), (32, 48)], seed=3)
+
+    def masks(workers):
+        tagger = dict(type='TagCLIP', clip=dict(checkpoint='unused.pt'), class_names=CLASSES,
+                      background_words=BG, avg_layers=(0, 1), vote_k=2, templates=TEMPLATES)
+        cfg = dict(model=dict(type='CLIPESPseudoLabeler', clip=dict(checkpoint='unused.pt'),
+                              class_names=CLASSES, background_words=BG, caa_layers=(0, 1, 2),
+                              templates=TEMPLATES, tagger=tagger, crf=dict(workers=workers)))
+        inf = TagCLIPInferencer(cfg, checkpoint=tiny_clip_path, device='cpu',
+                                text_cache_dir=cache)
+        return [r['mask'] for r in inf(images, return_mask=True)]
+
+    serial, pooled = masks(0), masks(1)
+    for a, b in zip(serial, pooled):
+        assert (b != 255).any()
+        np.testing.assert_array_equal(a, b)

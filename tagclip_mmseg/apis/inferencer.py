@@ -45,6 +45,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..datasets.image_io import ImageLoadError, read_image_size
 from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
+from ..models.labelers.crf import PENDING_LABEL_KEY
 from ..models.presets import resolve_background, resolve_classes
 from ..models.prompts import ClassName
 from ..models.text_classifier import class_prompt_names
@@ -508,7 +509,11 @@ class TagCLIPInferencer(BaseInferencer):
                 raise RuntimeError(f'labeller tags {order} differ from tagger tags {tag_indices}')
             result['cams'] = labelled.cams.float().cpu().numpy()
         if return_mask:
-            mask = labelled.pred_sem_seg.data[0].cpu().numpy()
+            # A CRF running in worker processes (crf=dict(workers=N)) leaves a
+            # pending label: wait for it here, where the mask is returned.
+            pending = labelled.get(PENDING_LABEL_KEY) if labelled is not None else None
+            mask = (pending.result() if pending is not None else
+                    labelled.pred_sem_seg.data[0]).cpu().numpy()
             result['mask'] = mask.astype(np.uint8 if len(names) < 255 else np.int32)
         return result
 
