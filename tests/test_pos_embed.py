@@ -81,17 +81,24 @@ def test_resample_matches_numpy_weights_and_rounds_to_fp16():
     assert not np.array_equal(rounded, out)  # the rounding did something
 
 
-def embedding_seen_by_ln_pre(vit, hw) -> np.ndarray:
-    """The positional embedding the ViT adds for an (h, w)-patch input: with a
-    zero image the bias-free patch convolution gives zeros, so the patch rows
-    entering ``ln_pre`` are the embedding itself."""
+def embedding_seen_by_ln_pre(model, hw) -> np.ndarray:
+    """The positional embedding a model's own forward adds for an (h, w)-patch
+    input: with a zero image the bias-free patch convolution gives zeros, so
+    the patch rows entering ``ln_pre`` are the embedding itself."""
+    from tagclip_mmseg.models.taggers import TagCLIP
+    vit = model.clip.visual
     seen = []
     handle = vit.ln_pre.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     p = vit.patch_size
-    with torch.no_grad():
-        vit(torch.zeros(1, 3, hw[0] * p, hw[1] * p))
-    handle.remove()
-    return seen[0][0, 1:].double().numpy()
+    images = torch.zeros(1, 3, hw[0] * p, hw[1] * p)
+    try:
+        if isinstance(model, TagCLIP):
+            model.coarse_pass(images, model.classifier())
+        else:
+            model.compute_cams(images, [[0]])
+    finally:
+        handle.remove()
+    return seen[0][0, 1:].double().detach().numpy()
 
 
 @pytest.mark.parametrize('model_type', ['TagCLIP', 'CLIPESPseudoLabeler'])
@@ -110,7 +117,7 @@ def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_pa
     hw = (3, 5)  # the tiny CLIP's grid is 4 x 4
     pos = vit.positional_embedding.detach().numpy()
     expected = numpy_resample(pos, hw)[1:]
-    got = embedding_seen_by_ln_pre(vit, hw)
+    got = embedding_seen_by_ln_pre(model, hw)
     if mode == 'faithful':
         np.testing.assert_array_equal(fp16(got), got)
         # nearest fp16 value: within half an fp16 step (plus fp32 noise)
@@ -119,3 +126,23 @@ def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_pa
     else:
         np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
         assert not np.array_equal(fp16(got), got)
+
+
+def test_one_clip_shared_by_a_faithful_and_a_clean_model(tiny_clip_path, tmp_path):
+    """Building a clean model on a faithful model's CLIP changes nothing for
+    the faithful one: the rounding is a per-call argument, not module state."""
+    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.taggers import TagCLIP
+    tagger = TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
+                     mode='faithful', vote_k=2, avg_layers=(0, 1),
+                     text_cache_dir=str(tmp_path)).eval()
+    hw = (3, 5)
+    before = embedding_seen_by_ln_pre(tagger, hw)
+    labeler = CLIPESPseudoLabeler(clip=tagger.clip, class_names=['cat', 'dog'], mode='clean',
+                                  caa_layers=(0, 1, 2), text_cache_dir=str(tmp_path)).eval()
+    assert labeler.clip is tagger.clip
+    after = embedding_seen_by_ln_pre(tagger, hw)
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(fp16(after), after)  # still rounded
+    clean = embedding_seen_by_ln_pre(labeler, hw)
+    assert not np.array_equal(fp16(clean), clean)  # the clean model's own calls are not

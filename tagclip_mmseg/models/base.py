@@ -96,9 +96,6 @@ class FrozenCLIPModel(BaseModel):
                              f'device), got {images_per_forward!r}')
         self.images_per_forward = images_per_forward
         self.clip = build_clip(clip if clip is not None else {})
-        # Quirk 6 (docs/method.md §2.2): the reference rounds resampled positional
-        # embeddings to fp16 even in fp32.
-        self.clip.visual.pos_embed_fp16_round = self.faithful
         self.clip.requires_grad_(False)
         self.clip.eval()
         self.text_cache_dir = text_cache_dir
@@ -135,6 +132,13 @@ class FrozenCLIPModel(BaseModel):
     @property
     def faithful(self) -> bool:
         return self.mode == 'faithful'
+
+    @property
+    def round_pos_embed_fp16(self) -> bool:
+        """Whether this model's ViT calls round a resampled positional
+        embedding to fp16 (reference quirk 6, docs/modes.md). Passed per call:
+        the CLIP may be shared with a model of the other mode."""
+        return self.faithful
 
     def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
         """Validate 0-based (or negative) vision-layer indices; return them

@@ -323,15 +323,20 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
-        #: Round resampled positional embeddings to fp16 (reference quirk).
-        self.pos_embed_fp16_round = False
 
     @property
     def dtype(self) -> torch.dtype:
         return self.conv1.weight.dtype
 
-    def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """Patchify, prepend [CLS], add positional embedding, ``ln_pre``."""
+    def embed(self, x: Tensor,
+              round_pos_embed_fp16: bool = False) -> Tuple[Tensor, Tuple[int, int]]:
+        """Patchify, prepend [CLS], add positional embedding, ``ln_pre``.
+
+        ``round_pos_embed_fp16`` rounds a resampled positional embedding to
+        fp16 (a reference quirk, see :func:`resample_pos_embed`). It is an
+        argument of each call, not a setting of the module, because one CLIP
+        can serve a faithful and a clean model at once.
+        """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
         H, W = x.shape[-2:]
@@ -346,7 +351,7 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        pos = resample_pos_embed(self.positional_embedding, grid_hw, self.pos_embed_fp16_round)
+        pos = resample_pos_embed(self.positional_embedding, grid_hw, round_pos_embed_fp16)
         x = x + pos.to(x.dtype)
         return self.ln_pre(x), grid_hw
 
@@ -362,7 +367,8 @@ class VisionTransformer(nn.Module):
                 weights_before_mask: bool = True,
                 stop_before: Optional[int] = None,
                 cls_only: bool = False,
-                attn_layers: Optional[Iterable[int]] = None) -> ViTOutput:
+                attn_layers: Optional[Iterable[int]] = None,
+                round_pos_embed_fp16: bool = False) -> ViTOutput:
         """Encode images into per-token embeddings.
 
         Args:
@@ -387,11 +393,13 @@ class VisionTransformer(nn.Module):
             attn_layers (Iterable[int], optional): The layers whose maps are
                 reported (negative indices count from the end); the others run
                 the fused kernel. ``None`` reports every layer.
+            round_pos_embed_fp16 (bool): Round a resampled positional
+                embedding to fp16 (reference quirk; see :meth:`embed`).
 
         Returns:
             ViTOutput: See the class.
         """
-        x, grid_hw = self.embed(x)
+        x, grid_hw = self.embed(x, round_pos_embed_fp16)
         n = self.num_layers
         masks = {(k % n): v for k, v in (attn_masks or {}).items()}
         need_weights = return_attn or attn_callback is not None

@@ -346,7 +346,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         avg = AttentionVote(avg_layers=self.caa_layers, vote_min=None)
         with torch.no_grad():
             out = vit(images, attn_callback=avg.update, stop_before=last,
-                      attn_layers=self.caa_layers)
+                      attn_layers=self.caa_layers, round_pos_embed_fp16=self.round_pos_embed_fp16)
         hp, wp = out.grid_hw
         B = images.shape[0]
         k_max = max((len(t) for t in tag_lists), default=0)

@@ -220,7 +220,7 @@ class TagCLIP(FrozenCLIPModel):
         self_only.fill_diagonal_(0)
         vote = AttentionVote(avg_layers=self.avg_layers, vote_min=self.vote_k)
         out = vit(images, attn_masks={-1: self_only}, attn_callback=vote.update,
-                  weights_before_mask=True)
+                  weights_before_mask=True, round_pos_embed_fp16=self.round_pos_embed_fp16)
         tokens = F.normalize(out.tokens[:, 1:].float(), dim=-1)
         p_coarse = (100. * tokens @ text.t()).softmax(dim=-1)
         return p_coarse, vote.finalize(), out.grid_hw
@@ -283,5 +283,6 @@ class TagCLIP(FrozenCLIPModel):
         mask = torch.zeros(K, 1, L, L, device=images.device, dtype=torch.float32)
         mask[:, 0, 0, 1:] = torch.where(keep, 0., self.cwr_mask_value)
         masks = {i: mask for i in range(vit.num_layers)}
-        cls_tok = vit(crops, attn_masks=masks, cls_only=True).tokens[:, 0]
+        cls_tok = vit(crops, attn_masks=masks, cls_only=True,
+                      round_pos_embed_fp16=self.round_pos_embed_fp16).tokens[:, 0]
         return (100. * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
