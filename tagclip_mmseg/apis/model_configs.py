@@ -20,7 +20,7 @@ from mmseg.registry import DATASETS
 from ..datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 from ..models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
 from ..models.prompts import (COCO_CAM_RENAMES, COCO_STUFF_CAM_RENAMES, VOC_BACKGROUND,
-                              VOC_CAM_RENAMES, ClassName, apply_renames)
+                              VOC_CAM_RENAMES, ClassName, apply_renames, class_key)
 from ..utils.config import iter_dicts, set_clip_checkpoint
 
 __all__ = [
@@ -32,11 +32,6 @@ __all__ = [
 TAGGER_TYPE = 'TagCLIP'
 LABELER_TYPE = 'CLIPESPseudoLabeler'
 _CONFIG_GROUPS = ('tagclip', 'pseudo_labels')
-
-
-def class_key(name: ClassName) -> str:
-    """Display name of a class: the name, or the first of its synonyms."""
-    return name if isinstance(name, str) else name[0]
 
 
 def config_roots() -> List[str]:

@@ -21,11 +21,22 @@ __all__ = [
     'IMAGENET_TEMPLATES', 'TAGCLIP_SCENE_TEMPLATES', 'TAGCLIP_TEMPLATES', 'CLIPES_TEMPLATES',
     'VOC_CLASSES', 'COCO_CLASSES', 'COCO_STUFF_CLASSES', 'VOC_BACKGROUND', 'COCO_BACKGROUND',
     'COCO_STUFF_BACKGROUND', 'VOC_CAM_RENAMES', 'COCO_CAM_RENAMES', 'COCO_STUFF_CAM_RENAMES',
-    'ClassName', 'apply_renames'
+    'ClassName', 'apply_renames', 'class_key', 'text_key'
 ]
 
 #: A class is one name, or several synonyms that CLIP-ES joins with ','.
 ClassName = Union[str, Sequence[str]]
+
+
+def class_key(name: ClassName) -> str:
+    """Display name of a class: the name, or the first of its synonyms."""
+    return name if isinstance(name, str) else name[0]
+
+
+def text_key(text: str) -> str:
+    """``text`` as CLIP's tokenizer reads it (lower case, collapsed spaces):
+    two names with the same key get the same embedding."""
+    return ' '.join(text.lower().split())
 
 # --------------------------------------------------------------------------
 # Templates

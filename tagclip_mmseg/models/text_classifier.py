@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..utils.io import atomic_open
 from .clip.tokenizer import get_tokenizer
-from .prompts import ClassName
+from .prompts import ClassName, text_key
 
 __all__ = [
     'build_text_classifier', 'default_text_cache_dir', 'class_prompt_names', 'tokenize_prompts',
@@ -69,7 +69,7 @@ def class_prompt_names(class_names: Sequence[ClassName]) -> List[str]:
     seen: Dict[str, int] = {}
     duplicates = []
     for i, name in enumerate(names):
-        key = ' '.join(name.lower().split())
+        key = text_key(name)
         if key in seen:
             duplicates.append(f'{class_names[seen[key]]!r} (index {seen[key]}) and '
                               f'{class_names[i]!r} (index {i})')

@@ -45,7 +45,7 @@ from ...datasets.transforms import patch_grid
 from ..clip import build_clip
 from ..ops import relative_threshold_mask
 from ..presets import resolve_background, resolve_classes
-from ..prompts import ClassName
+from ..prompts import ClassName, class_key, text_key
 
 __all__ = ['TagCLIPSegmentor', 'slide_windows']
 
@@ -93,8 +93,8 @@ def _without(words: Sequence[str], names: Sequence[ClassName]) -> Tuple[str, ...
     Cityscapes, whose classes include 'sky', 'road', 'building'...) would
     otherwise put the same word on both sides of the softmax.
     """
-    keys = {n if isinstance(n, str) else n[0] for n in names}
-    return tuple(w for w in words if w not in keys)
+    keys = {text_key(class_key(n)) for n in names}
+    return tuple(w for w in words if text_key(w) not in keys)
 
 
 @MODELS.register_module()
