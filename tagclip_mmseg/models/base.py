@@ -21,7 +21,7 @@ from mmseg.registry import MODELS
 from .clip import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
-from .prompts import ClassName, class_key, text_key
+from .prompts import ClassName
 from .text_classifier import build_text_classifier, class_prompt_names, tokenize_prompts
 
 __all__ = ['FrozenCLIPModel', 'MODES']
@@ -185,16 +185,11 @@ class FrozenCLIPModel(BaseModel):
         names = tuple(n if isinstance(n, str) else tuple(n) for n in names)
         words = self.background_words if background_words is None else \
             resolve_background(background_words)
-        keys = {text_key(class_key(n)) for n in names}
-        clash = sorted(w for w in words if text_key(w) in keys)
-        if clash:
-            raise ValueError(f'background words {clash} are also foreground classes; '
-                             'remove them from background_words')
-        try:
+        try:  # the same duplicate rule (as CLIP reads the text) over both lists
             class_prompt_names(names + words)
         except ValueError as e:
-            raise ValueError(f'background_words clash with class_names or each other: {e}') \
-                from None
+            raise ValueError('background_words must differ from class_names and from each '
+                             f'other; remove the repeats from background_words: {e}') from None
         if self.templates:
             tokenize_prompts(names + words, self.templates,
                              int(getattr(self.clip, 'context_length', 77)),
