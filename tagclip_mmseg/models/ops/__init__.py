@@ -18,6 +18,6 @@ __all__ = [
     'AttentionVote', 'affinity_from_attention', 'caa_refine', 'dmar_class_boxes', 'dmar_refine',
     'RegionBox', 'binarize_like_reference', 'boxes_from_scores', 'component_boxes_union',
     'connected_components', 'quantize_like_reference', 'region_bbox', 'compute_dtype',
-    'minmax_normalize', 'normalize_grad_cam', 'GRAD_CAM_EPS', 'crop_resize_bilinear', 'crop_resize_nearest', 'bilinear_resize_matrices',
-    'relative_threshold_mask'
+    'minmax_normalize', 'normalize_grad_cam', 'GRAD_CAM_EPS', 'crop_resize_bilinear',
+    'crop_resize_nearest', 'bilinear_resize_matrices', 'relative_threshold_mask'
 ]

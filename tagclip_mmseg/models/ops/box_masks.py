@@ -1,7 +1,7 @@
 """Box masks from score maps, batched on the device.
 
-TagCLIP (DMAR, docs/method.md §4.3) and CLIP-ES (CAA, docs/method.md §6.3) both turn a score map into
-a "box mask": quantise the map to uint8, threshold it, find every connected
+TagCLIP (DMAR, docs/method.md §4.3) and CLIP-ES (CAA, docs/method.md §6.3)
+both turn a score map into a "box mask": quantise the map to uint8, threshold it, find every connected
 blob (OpenCV ``findContours``) and paint the union of the blobs' bounding
 rectangles. The reference does this per class on the CPU with OpenCV, one
 GPU->CPU copy per class. Here the same result is computed for a whole

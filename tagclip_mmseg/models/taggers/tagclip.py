@@ -199,13 +199,15 @@ class TagCLIP(FrozenCLIPModel):
         p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, clamp_quirk=self.faithful,
                                    return_first_pass=True)
         p_local = p_ref[..., :c_fg].amax(dim=1)
-        p_global = torch.zeros_like(p_local)
-        p_final, done = p_local, torch.zeros_like(p_local, dtype=torch.bool)
         if self.cwr:
             p_final, done, p_global = self.reidentify(images, p_ref, p_local, grid_hw, text)
+        else:
+            p_final, p_global = p_local, torch.zeros_like(p_local)
+            done = torch.zeros_like(p_local, dtype=torch.bool)
         tags = relative_threshold_mask(p_final, self.tag_ratio)
-        return TagCLIPOutput(p_coarse=p_coarse, p_hat=p_hat, p_ref=p_ref, p_local=p_local, p_global=p_global,
-                             p_final=p_final, tags=tags, cwr_done=done, grid_hw=grid_hw)
+        return TagCLIPOutput(p_coarse=p_coarse, p_hat=p_hat, p_ref=p_ref, p_local=p_local,
+                             p_global=p_global, p_final=p_final, tags=tags, cwr_done=done,
+                             grid_hw=grid_hw)
 
     def coarse_pass(self, images: Tensor, text: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
         """Self-only last layer -> per-patch probabilities, plus DMAR's ``W``.
@@ -264,7 +266,7 @@ class TagCLIP(FrozenCLIPModel):
             self._crop_scores(images, region, img_idx[s], pairs[s], boxes[s], text)
             for s in torch.arange(pairs.numel()).split(self.cwr_batch_size)
         ])
-        crop_score = crop_probs[torch.arange(pairs.numel()), cls_idx]
+        crop_score = crop_probs[torch.arange(pairs.numel(), device=pairs.device), cls_idx]
         p_global[img_idx, cls_idx] = crop_score
         p_final[img_idx, cls_idx] = self.fusion_lambda * p_local[img_idx, cls_idx] + (
             1 - self.fusion_lambda) * crop_score
