@@ -33,7 +33,7 @@ from tagclip_mmseg.apis import TagCLIPInferencer, expand_inputs, write_pipeline_
 from tagclip_mmseg.apis.model_configs import load_model_config
 from tagclip_mmseg.datasets.categories import VOC_CLASSES
 from tagclip_mmseg.models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
-from tagclip_mmseg.models.prompts import VOC_BACKGROUND
+from tagclip_mmseg.models.clip.prompts import VOC_BACKGROUND
 from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
@@ -59,7 +59,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--background-words', nargs='*', metavar='WORD',
                         help='softmax competitors such as sky, road, wall (give the flag alone '
                         'for none). Default: VOC\'s 25 words minus any that is a class')
-    parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labels/ config '
+    parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labelers/ config '
                         '(path or name) for the model settings')
     parser.add_argument('--checkpoint',
                         help='CLIP weights (default: the config\'s, else '

@@ -325,14 +325,14 @@ def tiny_tool_options(tmp_path_factory):
 def pl_list_config(tmp_path_factory):
     """A pseudo-label config for a list of images without ground truth.
 
-    The real VOC config (``configs/pseudo_labels/clip-es_vit-b16_voc12-val_
+    The real VOC config (``configs/pseudo_labelers/clip-es_vit-b16_voc12-val_
     tagclip-tags.py``) without GT masks (no ``seg_map_path``; the pipeline's
     ``LoadOptionalAnnotations`` then loads nothing) and the mIoU metric: images
     ``<data_root>/JPEGImages/<id>.jpg`` for the ids of ``ann_file`` (or every
     ``.jpg`` there without one), tags from ``--tags``, masks from the writer.
     """
     path = tmp_path_factory.mktemp('pl_config') / 'clip-es_list_no-gt.py'
-    base = osp.join(REPO_ROOT, 'configs', 'pseudo_labels',
+    base = osp.join(REPO_ROOT, 'configs', 'pseudo_labelers',
                     'clip-es_vit-b16_voc12-val_tagclip-tags.py')
     path.write_text(
         f'_base_ = [{base!r}]\n'

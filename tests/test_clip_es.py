@@ -1,6 +1,6 @@
-"""CLIP-ES pseudo-labeller against a per-tag loop implementation of docs/method.md.
+"""CLIP-ES pseudo-labeler against a per-tag loop implementation of docs/method.md.
 
-``reference_cams`` (tagclip_mmseg/models/reference.py) follows docs/method.md §6
+``reference_cams`` (tagclip_mmseg/testing/reference.py) follows docs/method.md §6
 literally: one backward pass per tag,
 OpenCV contours for the box of each tag, the affinity applied tag by tag, and
 ``F.interpolate`` to the original size.
@@ -10,14 +10,14 @@ import torch
 from mmengine.structures import PixelData
 
 from mmseg.structures import SegDataSample
-from tagclip_mmseg.models.reference import reference_cams
+from tagclip_mmseg.testing.reference import reference_cams
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
 
 
 def build_labeler(ckpt, mode, tmp_path, **kw):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(
         clip=dict(checkpoint=ckpt),
         class_names=FG,
@@ -179,8 +179,8 @@ def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path,
     clean mode once (maximum visibly below 1), and the refined CAMs must
     match the reference's in both modes.
     """
-    import tagclip_mmseg.models.labelers.clip_es as clip_es
-    import tagclip_mmseg.models.reference as reference
+    import tagclip_mmseg.models.pseudo_labelers.clip_es as clip_es
+    import tagclip_mmseg.testing.reference as reference
     model = build_labeler(tiny_clip_path, mode, tmp_path, caa_layers=(0, 1, 2))
     torch.manual_seed(1)
     images = torch.randn(2, 3, 48, 64)

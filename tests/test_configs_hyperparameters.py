@@ -2,7 +2,7 @@
 
 The table is ``docs/hyperparameters.md`` (written from docs/method.md,
 sections 4, 6 and 8); this test parses it, loads each config under
-``configs/tagclip`` and ``configs/pseudo_labels`` with mmengine's ``Config``
+``configs/tagclip`` and ``configs/pseudo_labelers`` with mmengine's ``Config``
 and compares every value the config sets or leaves to the class's default.
 """
 import ast
@@ -16,15 +16,15 @@ from mmengine.config import Config
 
 from tagclip_mmseg.evaluation import TaggingMetric
 from tagclip_mmseg.models.clip.checkpoint import load_clip
-from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler, DenseCRF
-from tagclip_mmseg.models.presets import resolve_background, resolve_templates
+from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler, DenseCRF
+from tagclip_mmseg.models.clip.presets import resolve_background, resolve_templates
 from tagclip_mmseg.models.taggers import TagCLIP
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TABLE = osp.join(ROOT, 'docs', 'hyperparameters.md')
 CONFIGS = sorted(
     osp.relpath(p, osp.join(ROOT, 'configs'))
-    for d in ('tagclip', 'pseudo_labels') for p in glob.glob(osp.join(ROOT, 'configs', d, '*.py')))
+    for d in ('tagclip', 'pseudo_labelers') for p in glob.glob(osp.join(ROOT, 'configs', d, '*.py')))
 NA = '—'
 #: Input resolution of OpenAI's ViT-B/16, the CLIP of every published config.
 VIT_B16_RESOLUTION = 224

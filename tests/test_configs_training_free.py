@@ -20,7 +20,7 @@ from tagclip_mmseg.utils import iter_dicts, set_clip_checkpoint
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
     glob.glob(osp.join(ROOT, 'configs', 'tagclip', '*.py')) +
-    glob.glob(osp.join(ROOT, 'configs', 'pseudo_labels', '*.py')))
+    glob.glob(osp.join(ROOT, 'configs', 'pseudo_labelers', '*.py')))
 
 
 @pytest.fixture(autouse=True)
@@ -163,8 +163,8 @@ def test_every_registered_type_builds_from_a_config(tmp_path, tiny_clip_path,
 
 def test_cam_vocabularies_use_the_clip_es_wording():
     """Each CLS-SEG config names its thing classes as CLIP-ES's CAM stage does."""
-    from tagclip_mmseg.models.presets import resolve_classes
-    root = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'configs', 'pseudo_labels')
+    from tagclip_mmseg.models.clip.presets import resolve_classes
+    root = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'configs', 'pseudo_labelers')
     cfg = Config.fromfile(osp.join(root, 'clip-es_vit-b16_cocostuff27-val_tagclip-tags.py'))
     names = resolve_classes(cfg.model.class_names)
     assert len(names) == 171

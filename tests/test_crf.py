@@ -8,7 +8,7 @@ from mmseg.structures import SegDataSample
 
 pytest.importorskip('pydensecrf')
 
-from tagclip_mmseg.models.labelers import DenseCRF, crf_reference_image  # noqa: E402
+from tagclip_mmseg.models.pseudo_labelers import DenseCRF, crf_reference_image  # noqa: E402
 
 
 def test_reference_image_wraps_like_uint8_cast():
@@ -124,7 +124,7 @@ def test_confidence_ignore_and_errors():
 
 
 def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     model = CLIPESPseudoLabeler(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
                                 background_words=['sky'], caa_layers=(0, 1, 2),
                                 text_cache_dir=str(tmp_path), crf=dict(confidence_thr=1.01))
@@ -138,7 +138,7 @@ def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
 
 # ------------------------------------------------- CRF in worker processes
 def _labeler(tiny_clip_path, tmp_path, workers):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     # Non-default CRF parameters, so that a worker using the defaults would differ.
     crf = dict(iterations=4, bilateral_sxy=30., bilateral_srgb=7., confidence_thr=0.6,
                workers=workers)
@@ -189,7 +189,7 @@ def _worker_pids():
 
 
 def test_crf_workers_write_the_same_pngs_as_serial(tiny_clip_path, tmp_path):
-    from tagclip_mmseg.models.labelers.crf import PENDING_LABEL_KEY, PendingLabel
+    from tagclip_mmseg.models.pseudo_labelers.crf import PENDING_LABEL_KEY, PendingLabel
     images, _ = _photo_samples(4)
     outputs = {}
     for workers in (0, 2):

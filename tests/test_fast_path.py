@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagclip_mmseg.models.labelers.clip_es import _LastBlockGrad
+from tagclip_mmseg.models.pseudo_labelers.clip_es import _LastBlockGrad
 from tagclip_mmseg.models.ops import minmax_normalize
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
@@ -31,7 +31,7 @@ BENCHMARK_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
 
 
 def build_labeler(ckpt, tmp_path, caa_layers):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
                                caa_layers=caa_layers, mode='clean',
                                text_cache_dir=str(tmp_path / 'cache')).eval()

@@ -16,7 +16,7 @@ from PIL import Image
 from tagclip_mmseg.apis import TagCLIPInferencer, cam_class_names, default_background_words
 from tagclip_mmseg.apis.model_configs import find_config, split_models
 from tagclip_mmseg.datasets.image_io import ImageLoadError
-from tagclip_mmseg.models.prompts import VOC_BACKGROUND, VOC_CAM_RENAMES
+from tagclip_mmseg.models.clip.prompts import VOC_BACKGROUND, VOC_CAM_RENAMES
 
 CLASSES = ['cat', 'dog', 'person']
 BG = ['sky', 'wall']
@@ -197,7 +197,7 @@ def test_vocabulary_helpers():
 
 @pytest.mark.slow
 def test_repository_configs_by_name(deep_tiny_clip_path, tmp_path):
-    """The shipped configs: presets ('voc', 'voc-cam'), a chained labeller, labeler=NAME.
+    """The shipped configs: presets ('voc', 'voc-cam'), a chained labeler, labeler=NAME.
 
     Slow: the VOC vocabulary is 45 words x 85 templates through the text tower.
     """

@@ -27,7 +27,7 @@ from PIL import Image
 import tagclip_mmseg  # noqa: F401
 from mmseg import registry as R
 from mmseg.structures import SegDataSample
-from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
 from tagclip_mmseg.utils import set_clip_checkpoint

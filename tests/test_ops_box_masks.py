@@ -5,7 +5,7 @@ The references below are the obvious per-map implementations of docs/method.md Â
 ``cv2.threshold``, ``findContours(RETR_EXTERNAL)``, ``boundingRect``), so the
 batched device routines must agree with them exactly. Thresholding and the box
 union are the ones the per-image references of
-:mod:`tagclip_mmseg.models.reference` use.
+:mod:`tagclip_mmseg.testing.reference` use.
 """
 
 import cv2
@@ -16,8 +16,8 @@ import torch
 from tagclip_mmseg.models.ops import (RegionBox, binarize_like_reference, boxes_from_scores,
                                       component_boxes_union, connected_components,
                                       minmax_normalize, quantize_like_reference, region_bbox)
-from tagclip_mmseg.models.reference import binarize_reference as ref_binarize
-from tagclip_mmseg.models.reference import boxes_union_reference
+from tagclip_mmseg.testing.reference import binarize_reference as ref_binarize
+from tagclip_mmseg.testing.reference import boxes_union_reference
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 SIZES = [(1, 1), (1, 9), (7, 1), (5, 5), (6, 11), (24, 32), (17, 13)]

@@ -105,7 +105,7 @@ def embedding_seen_by_ln_pre(model, hw) -> np.ndarray:
 @pytest.mark.parametrize('mode', ['faithful', 'clean'])
 def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_path, model_type,
                                                           mode):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP
     layers = dict(vote_k=2, avg_layers=(0, 1)) if model_type == 'TagCLIP' else dict(
         caa_layers=(0, 1, 2))
@@ -131,7 +131,7 @@ def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_pa
 def test_one_clip_shared_by_a_faithful_and_a_clean_model(tiny_clip_path, tmp_path):
     """Building a clean model on a faithful model's CLIP changes nothing for
     the faithful one: the rounding is a per-call argument, not module state."""
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP
     tagger = TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
                      mode='faithful', vote_k=2, avg_layers=(0, 1),

@@ -347,6 +347,6 @@ def test_pseudo_labels_of_a_huge_image(bad_input, tmp_path, tiny_tool_options, t
     with Image.open(tmp_path / 'huge.png') as mask:
         assert mask.size == (8000, 6000)
     used = _run_rss_mb(log)
-    # The labeller upsamples and takes the argmax in bands of rows, so the
+    # The labeler upsamples and takes the argmax in bands of rows, so the
     # full-size (K, H, W) float stack never exists.
     assert used < PL_HUGE_RSS_LIMIT_MB, f'the 8000x6000 image used {used:.0f} MB'

@@ -21,7 +21,7 @@ from tagclip_mmseg.datasets.label_files import read_label_file
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_folder.py'
 PL_SCRIPT = 'tools/generate_pseudo_labels.py'
-VOC_PSEUDO_CONFIG = osp.join(REPO, 'configs', 'pseudo_labels',
+VOC_PSEUDO_CONFIG = osp.join(REPO, 'configs', 'pseudo_labelers',
                              'clip-es_vit-b16_voc12-val_tagclip-tags.py')
 #: Ids that a space-separated line cannot hold as they are.
 ODD_IDS = ('IMG 0001', 'tab\there', 'кот и пёс', 'nbsp\u00a0ideographic\u3000space', '50% off,2')
@@ -226,7 +226,7 @@ def test_benchmark_configs_read_stored_pixels_in_every_stage():
     assert stored(tag.test_dataloader.dataset.pipeline)
     for name in ('clip-es_vit-b16_voc12-trainaug_tagclip-tags.py',
                  'clip-es_vit-b16_coco14-train_tagclip-tags.py'):
-        assert stored(cfg('pseudo_labels', name).test_dataloader.dataset.pipeline), name
+        assert stored(cfg('pseudo_labelers', name).test_dataloader.dataset.pipeline), name
     for name in (V2_VOC, 'deeplabv2_r101-d8-msc_1xb10-100k_coco-object-pseudo-321x321.py',
                  'deeplabv3plus_r101-d8_4xb4-80k_coco-object-pseudo-512x512.py'):
         seg = cfg('deeplab', name)
@@ -237,7 +237,7 @@ def test_benchmark_configs_read_stored_pixels_in_every_stage():
     assert not stored(folder.test_dataloader.dataset.pipeline)
     seg = cfg('deeplab', V2_VOC)
     assert not stored(seg.upright_train_pipeline)
-    assert not stored(cfg('pseudo_labels', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+    assert not stored(cfg('pseudo_labelers', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
                       .upright_pseudo_label_pipeline)
 
 

@@ -1,6 +1,6 @@
 """TagCLIP against a direct, loop-by-loop implementation of docs/method.md.
 
-``reference_tagclip`` (tagclip_mmseg/models/reference.py) is written from docs/method.md
+``reference_tagclip`` (tagclip_mmseg/testing/reference.py) is written from docs/method.md
 §4.1-4.6 with plain Python loops over classes and OpenCV contours, one
 image at a time, the way the reference implementation works. The production
 model (vectorised, batched, device-resident) must agree with it in both modes.
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tagclip_mmseg.models.data_preprocessor import CLIPDataPreprocessor
-from tagclip_mmseg.models.reference import reference_tagclip
+from tagclip_mmseg.models.clip.data_preprocessor import CLIPDataPreprocessor
+from tagclip_mmseg.testing.reference import reference_tagclip
 
 VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow']
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']

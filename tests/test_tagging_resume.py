@@ -243,7 +243,7 @@ def test_pseudo_label_on_error_raise_also_raises_on_missing_images(tmp_path):
         'tools_generate_pseudo_labels', osp.join(REPO, 'tools', 'generate_pseudo_labels.py'))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    config = osp.join(REPO, 'configs', 'pseudo_labels', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+    config = osp.join(REPO, 'configs', 'pseudo_labelers', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
     for on_error in ('raise', 'skip'):
         args = Namespace(config=config, out=str(tmp_path / 'out'), on_error=on_error,
                          overwrite=False, save_cams=False, tags=None, clip_checkpoint=None,

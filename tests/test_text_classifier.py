@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from tagclip_mmseg.models.clip import get_tokenizer, load_clip, tokenize
-from tagclip_mmseg.models.prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES,
+from tagclip_mmseg.models.clip.prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES,
                                           COCO_CLASSES, COCO_STUFF_CAM_RENAMES,
                                           COCO_STUFF_CLASSES, IMAGENET_TEMPLATES,
                                           TAGCLIP_SCENE_TEMPLATES, TAGCLIP_TEMPLATES,
                                           VOC_BACKGROUND, VOC_CAM_RENAMES, VOC_CLASSES,
                                           apply_renames)
-from tagclip_mmseg.models.text_classifier import (CACHE_ENV, build_text_classifier,
+from tagclip_mmseg.models.clip.text_classifier import (CACHE_ENV, build_text_classifier,
                                                   default_text_cache_dir)
 
 NAMES = ['cat', 'dog', ['person with clothes', 'people', 'human']]

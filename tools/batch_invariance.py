@@ -1,6 +1,6 @@
 """Measure how much one image's outputs depend on the rest of its batch.
 
-Runs the TagCLIP tagger and the CLIP-ES pseudo-labeller on the same images
+Runs the TagCLIP tagger and the CLIP-ES pseudo-labeler on the same images
 once one image at a time and once in batches of ``--batch-size``, and prints,
 per stage, the largest absolute difference between the two runs:
 
@@ -93,7 +93,7 @@ def load_images(folder: str, num: int, size: str) -> torch.Tensor:
 
 def build_models(args: argparse.Namespace, work_dir: str):
     from tagclip_mmseg.models.clip import CLIP, load_clip
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP
 
     ckpt = args.checkpoint

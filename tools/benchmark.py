@@ -375,7 +375,7 @@ def build_tagger(args: argparse.Namespace, ckpt: str, cache_dir: str, device: to
 
 
 def build_labeler(args: argparse.Namespace, ckpt: str, cache_dir: str, device: torch.device):
-    from tagclip_mmseg.models.labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt, dtype=args.dtype),
                                class_names='voc-cam', background_words='voc',
                                templates='clip-es', caa_layers=range(4, 11), mode=args.mode,
@@ -404,7 +404,7 @@ def cam_samples(batch: int, tags: List[int], hw: Tuple[int, int]) -> list:
 def tagging_fns(tagger, images: torch.Tensor, suffix: str,
                 faithful: bool) -> Tuple[Dict[str, Callable[[], object]], int]:
     """Tagging functions to time, and the number of CWR crops per batch."""
-    from tagclip_mmseg.models.reference import reference_tagclip
+    from tagclip_mmseg.testing.reference import reference_tagclip
     crops = int(tagger.tag(images)['cwr_done'].sum())
     s = tagger.cwr_crop_size
     crop_batch = torch.zeros(max(crops, 1), 3, s, s, device=images.device, dtype=images.dtype)
@@ -464,7 +464,7 @@ def report_tagging(bench: Bench, res: dict, suffix: str, size: str, batch: int, 
 
 def cam_fns(labeler, images: torch.Tensor, tag_counts: Sequence[int],
             faithful: bool) -> Dict[str, Callable[[], object]]:
-    from tagclip_mmseg.models.reference import reference_cams
+    from tagclip_mmseg.testing.reference import reference_cams
     B, hw = images.shape[0], tuple(images.shape[-2:])
     fns = {}
     for k in tag_counts:
@@ -551,7 +551,7 @@ def probe_main(args: argparse.Namespace) -> None:
         elif args.probe == 'tag':
             model.tag(images)
         else:
-            from tagclip_mmseg.models.reference import reference_tagclip
+            from tagclip_mmseg.testing.reference import reference_tagclip
             with torch.no_grad():
                 reference_tagclip(model, images[0])
 
@@ -580,9 +580,9 @@ def run_memory(bench: Bench, ckpt: str, work_dir: str, patch: int) -> None:
 
 
 def run_prompts(bench: Bench, clip, work_dir: str) -> None:
-    from tagclip_mmseg.models.presets import (resolve_background, resolve_classes,
+    from tagclip_mmseg.models.clip.presets import (resolve_background, resolve_classes,
                                               resolve_templates)
-    from tagclip_mmseg.models.text_classifier import build_text_classifier
+    from tagclip_mmseg.models.clip.text_classifier import build_text_classifier
     classes = resolve_classes('voc') + resolve_background('voc')
     templates = resolve_templates('tagclip')
     full = len(classes) * len(templates)
@@ -691,7 +691,7 @@ def run_crf(bench: Bench) -> None:
     """Dense CRF with the paper's parameters at VOC size: in the process, and
     in pools of ``--crf-workers`` worker processes (the ``workers`` option)."""
     args = bench.args
-    from tagclip_mmseg.models.labelers.crf import (PENDING_LABEL_KEY, DenseCRF,
+    from tagclip_mmseg.models.pseudo_labelers.crf import (PENDING_LABEL_KEY, DenseCRF,
                                                    shutdown_crf_pools)
     try:
         serial = DenseCRF()
@@ -760,7 +760,7 @@ def photo_batch(folder: str, patch: int, device: torch.device,
     them to the model: bicubic resize to the patch multiple, CLIP-normalised."""
     import numpy as np
     from PIL import Image
-    from tagclip_mmseg.models.data_preprocessor import CLIP_MEAN, CLIP_STD
+    from tagclip_mmseg.models.clip.data_preprocessor import CLIP_MEAN, CLIP_STD
     rows = []
     for name in sorted(os.listdir(folder)):
         with Image.open(osp.join(folder, name)) as img:

@@ -4,7 +4,7 @@ Examples::
 
     # one process
     python tools/generate_pseudo_labels.py \
-        configs/pseudo_labels/clip-es_vit-b16_voc12-val_tagclip-tags.py \
+        configs/pseudo_labelers/clip-es_vit-b16_voc12-val_tagclip-tags.py \
         --out work_dirs/pseudo_labels/voc12_val
 
     # eight GPUs (same flags after the config)
@@ -41,7 +41,7 @@ LOADERS = ['LoadImageRobust']
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Write pseudo masks (PNG) for a dataset')
-    parser.add_argument('config', help='pseudo-label config (configs/pseudo_labels/...)')
+    parser.add_argument('config', help='pseudo-label config (configs/pseudo_labelers/...)')
     parser.add_argument('--out', required=True, help='output folder of the PNG masks')
     parser.add_argument('--clip-checkpoint', help='CLIP weights (default: the config, '
                         'usually ~/.cache/clip/ViT-B-16.pt)')
@@ -65,7 +65,7 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
     out = ensure_writable_dir(args.out)
     if not set_in_dicts_of_type(cfg, WRITERS, 'out_dir', out):
         raise ValueError(f'{args.config} has no PseudoLabelWriter in test_evaluator; '
-                         'use a config from configs/pseudo_labels/')
+                         'use a config from configs/pseudo_labelers/')
     set_in_dicts_of_type(cfg, RESUME_TRANSFORMS, 'out_dir', out)
     if args.overwrite:
         # SkipExisting wraps the loading and resizing transforms: keep those.

@@ -30,7 +30,7 @@ Example::
 
     python tools/run_pipeline.py --work-dir work_dirs/pipeline/voc12 \\
         --tag-config configs/tagclip/TAG.py \\
-        --pseudo-config configs/pseudo_labels/PSEUDO.py \\
+        --pseudo-config configs/pseudo_labelers/PSEUDO.py \\
         --seg-config configs/deeplab/DEEPLAB.py \\
         --gpus 4
 
@@ -68,7 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tag-config', help='TagCLIP config (configs/tagclip/); omit to '
                         'skip tagging')
     parser.add_argument('--pseudo-config', required=True,
-                        help='pseudo-label config (configs/pseudo_labels/)')
+                        help='pseudo-label config (configs/pseudo_labelers/)')
     parser.add_argument('--seg-config', required=True, help='segmenter config (configs/deeplab/)')
     parser.add_argument('--tags-file', help='tags file (default: WORK_DIR/tags.txt)')
     parser.add_argument('--pseudo-dir', help='pseudo-mask folder (default: '

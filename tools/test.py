@@ -3,7 +3,7 @@
 The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
 
 * ``checkpoint`` is optional. Training-free models (the TagCLIP tagger, the
-  CLIP-ES pseudo-labeller) load their frozen CLIP in ``__init__`` and have no
+  CLIP-ES pseudo-labeler) load their frozen CLIP in ``__init__`` and have no
   checkpoint of their own, so without the argument ``cfg.load_from`` is left
   as the config sets it (usually None).
 * ``import tagclip_mmseg`` registers the plugin (every config also lists it

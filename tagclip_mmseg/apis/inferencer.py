@@ -45,10 +45,10 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..datasets.image_io import ImageLoadError, read_image_size
 from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
-from ..models.labelers.crf import PENDING_LABEL_KEY
-from ..models.presets import resolve_background, resolve_classes
-from ..models.prompts import ClassName
-from ..models.text_classifier import class_prompt_names
+from ..models.pseudo_labelers.crf import PENDING_LABEL_KEY
+from ..models.clip.presets import resolve_background, resolve_classes
+from ..models.clip.prompts import ClassName
+from ..models.clip.text_classifier import class_prompt_names
 from ..visualization import mask_label_names, save_result_images, unique_stems
 from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
 from .model_configs import (cam_class_names, class_key, config_vocabulary,
@@ -86,7 +86,7 @@ class TagCLIPInferencer(BaseInferencer):
     Args:
         model (str | Config | dict, optional): A tagging config
             (``configs/tagclip/*.py``), a pseudo-label config with a tagger
-            (``configs/pseudo_labels/*.py``; its labeller is then used for
+            (``configs/pseudo_labelers/*.py``; its labeler is then used for
             CAMs and masks), the bare name of either, or None for TagCLIP's
             and CLIP-ES's reference settings for ViT-B/16 (their layer
             indices assume 12 layers; other CLIPs need a config).
@@ -106,11 +106,11 @@ class TagCLIPInferencer(BaseInferencer):
             competitors, or a preset name (``'voc'``, ``'coco'``). None takes
             the config's; without a config, TagCLIP's VOC background words
             minus any word that is also a class. ``[]`` disables them.
-        with_cams (bool): Build the CLIP-ES labeller now rather than on the
+        with_cams (bool): Build the CLIP-ES labeler now rather than on the
             first call that asks for CAMs or masks.
         labeler (str | Config | dict, optional): A pseudo-label config (or
-            the labeller's model dict) whose settings replace the default
-            labeller's; an explicit ``classes`` replaces its vocabulary by
+            the labeler's model dict) whose settings replace the default
+            labeler's; an explicit ``classes`` replaces its vocabulary by
             the CAM-stage names of ``classes``.
         text_cache_dir (str, optional): Folder of the text-embedding cache
             (None: ``$TAGCLIP_MMSEG_CACHE`` or ``~/.cache/tagclip_mmseg``).
@@ -170,7 +170,7 @@ class TagCLIPInferencer(BaseInferencer):
     @staticmethod
     def _build_config(model, checkpoint, classes, background_words, labeler,
                       text_cache_dir) -> Config:
-        """Tagger and labeller configs with the vocabulary resolved.
+        """Tagger and labeler configs with the vocabulary resolved.
 
         Returns:
             Config: ``model`` (TagCLIP), ``labeler`` (CLIP-ES or None) and the
@@ -245,7 +245,7 @@ class TagCLIPInferencer(BaseInferencer):
 
     @property
     def labeler(self) -> nn.Module:
-        """The CLIP-ES labeller, built on first use; it reuses the tagger's
+        """The CLIP-ES labeler, built on first use; it reuses the tagger's
         CLIP module (no second load) when both ask for the same checkpoint,
         dtype and mode."""
         if self._labeler is None:
@@ -347,7 +347,7 @@ class TagCLIPInferencer(BaseInferencer):
                 image size.
             return_mask (bool): Add ``mask``: (H, W) pseudo mask at the
                 original size; 0 background, ``c + 1`` class ``c``, 255
-                ignore (a labeller configured without background or with a
+                ignore (a labeler configured without background or with a
                 ``label_map`` writes its own label space). uint8 for
                 vocabularies below 255 classes, else int32.
             channel_order (str): ``'rgb'`` or ``'bgr'`` (``mmcv.imread`` and
@@ -455,7 +455,7 @@ class TagCLIPInferencer(BaseInferencer):
     @torch.no_grad()
     def forward(self, inputs: List[dict], return_cams: bool = False,
                 return_mask: bool = False) -> List[dict]:
-        """Run the tagger (and the labeller) on one batch of equal-size images.
+        """Run the tagger (and the labeler) on one batch of equal-size images.
 
         Returns:
             list[dict]: Results without ``visualization``, in batch order.
@@ -506,7 +506,7 @@ class TagCLIPInferencer(BaseInferencer):
         if return_cams:
             order = [int(t) for t in labelled.metainfo['tags']]
             if order != tag_indices:
-                raise RuntimeError(f'labeller tags {order} differ from tagger tags {tag_indices}')
+                raise RuntimeError(f'labeler tags {order} differ from tagger tags {tag_indices}')
             result['cams'] = labelled.cams.float().cpu().numpy()
         if return_mask:
             # A CRF running in worker processes (crf=dict(workers=N)) leaves a
@@ -546,7 +546,7 @@ class TagCLIPInferencer(BaseInferencer):
     def _mask_label_names(self) -> Dict[int, str]:
         """Mask value -> name for legends.
 
-        A labeller with a ``label_map`` writes another label space (e.g.
+        A labeler with a ``label_map`` writes another label space (e.g.
         COCO-Stuff-27) whose names it does not know; values are shown as is.
         """
         if getattr(self.labeler, 'label_map', None) is not None:

@@ -1,7 +1,7 @@
-"""Turn what a user hands the inferencer into a tagger and a labeller config.
+"""Turn what a user hands the inferencer into a tagger and a labeler config.
 
 A user may give a config file (``configs/tagclip/*.py`` for tagging,
-``configs/pseudo_labels/*.py`` for tags + masks), the bare name of one, or
+``configs/pseudo_labelers/*.py`` for tags + masks), the bare name of one, or
 nothing at all (then only keyword arguments such as ``classes`` define the
 models). In every case the result is the same pair: a ``TagCLIP`` config and,
 for CAMs and masks, a ``CLIPESPseudoLabeler`` config that shares the CLIP
@@ -19,7 +19,7 @@ from mmengine.config import Config, ConfigDict
 from mmseg.registry import DATASETS
 from ..datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 from ..models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
-from ..models.prompts import (COCO_CAM_RENAMES, COCO_STUFF_CAM_RENAMES, VOC_BACKGROUND,
+from ..models.clip.prompts import (COCO_CAM_RENAMES, COCO_STUFF_CAM_RENAMES, VOC_BACKGROUND,
                               VOC_CAM_RENAMES, ClassName, apply_renames, class_key)
 from ..utils.config import iter_dicts, set_clip_checkpoint
 
@@ -31,7 +31,7 @@ __all__ = [
 
 TAGGER_TYPE = 'TagCLIP'
 LABELER_TYPE = 'CLIPESPseudoLabeler'
-_CONFIG_GROUPS = ('tagclip', 'pseudo_labels')
+_CONFIG_GROUPS = ('tagclip', 'pseudo_labelers')
 
 
 def config_roots() -> List[str]:
@@ -46,7 +46,7 @@ def find_config(name: str) -> str:
     """Path of a config given as a file path or a bare name.
 
     ``'tagclip_vit-b16_voc12-val'`` finds ``configs/tagclip/<name>.py`` (or
-    ``configs/pseudo_labels/<name>.py``).
+    ``configs/pseudo_labelers/<name>.py``).
 
     Raises:
         FileNotFoundError: With the names that do exist.
@@ -92,7 +92,7 @@ def load_model_config(model, checkpoint: Optional[str] = None) -> Config:
                         f'{type(model).__name__}')
     if 'model' not in cfg:
         raise ValueError('the config has no "model" entry; expected a configs/tagclip/ or '
-                         'configs/pseudo_labels/ config')
+                         'configs/pseudo_labelers/ config')
     if checkpoint is not None:
         set_clip_checkpoint(cfg, checkpoint)
     return cfg
@@ -103,14 +103,14 @@ def _type_name(cfg) -> str:
 
 
 def split_models(model_cfg: dict) -> Tuple[dict, Optional[dict]]:
-    """(tagger config, labeller config or None) of a config's ``model``.
+    """(tagger config, labeler config or None) of a config's ``model``.
 
-    A pseudo-label config whose labeller embeds a tagger is split in two, so
-    that the inferencer can report the tagger's scores, which the labeller
+    A pseudo-label config whose labeler embeds a tagger is split in two, so
+    that the inferencer can report the tagger's scores, which the labeler
     alone does not keep.
 
     Raises:
-        ValueError: For a model that is neither, or a labeller without tagger.
+        ValueError: For a model that is neither, or a labeler without tagger.
     """
     model_cfg = copy.deepcopy(dict(model_cfg))
     kind = _type_name(model_cfg)
@@ -130,13 +130,13 @@ def split_models(model_cfg: dict) -> Tuple[dict, Optional[dict]]:
 
 
 def labeler_config(labeler, checkpoint: Optional[str] = None) -> dict:
-    """The CLIP-ES labeller settings of ``labeler`` (a config or a model dict).
+    """The CLIP-ES labeler settings of ``labeler`` (a config or a model dict).
 
     Its tagger, if any, is dropped: the inferencer's tagger provides the tags.
 
     Args:
         labeler (str | Config | dict): A pseudo-label config (path, name or
-            loaded), or the labeller's model dict itself (with ``type``).
+            loaded), or the labeler's model dict itself (with ``type``).
         checkpoint (str, optional): CLIP weights replacing the config's.
 
     Raises:
@@ -209,7 +209,7 @@ def default_tagger_cfg(checkpoint: Optional[str]) -> dict:
 
 
 def labeler_cfg_for(tagger_cfg: dict) -> dict:
-    """A CLIP-ES labeller config matching a tagger (same CLIP, same mode)."""
+    """A CLIP-ES labeler config matching a tagger (same CLIP, same mode)."""
     cfg = dict(type=LABELER_TYPE, clip=copy.deepcopy(dict(tagger_cfg.get('clip') or {})))
     for key in ('mode', 'text_cache_dir'):
         if key in tagger_cfg:

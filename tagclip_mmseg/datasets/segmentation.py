@@ -3,7 +3,7 @@
 CLIP-ES labels an image only with the classes it is told are present: its
 *tags*. :class:`TaggedSegDataset` attaches them to every data info as
 ``tags`` (0-based indices into ``metainfo['tag_classes']``, in the order
-given; ``[]`` means "nothing present": the labeller outputs all background),
+given; ``[]`` means "nothing present": the labeler outputs all background),
 from one of three sources:
 
 * ``tag_source='file'``: a tags file (``image_id idx idx ...``), e.g. the
@@ -298,7 +298,7 @@ class COCOStuff27TaggedSegDataset(TaggedSegDataset):
 
     GT masks are the official 182-id maps (0-based, 255 unlabeled);
     ``LoadAnnotations`` maps them to the 27 super-categories through the data
-    info's ``label_map``. Tags index the 171 fine classes; the labeller's
+    info's ``label_map``. Tags index the 171 fine classes; the labeler's
     171-class masks are mapped to 27 the same way for evaluation. TagCLIP's
     ``imageset/cocostuff/val.txt`` is in 182-space: use it with
     ``tags_index_map='cocostuff182_to_171'``.

@@ -1,6 +1,6 @@
 """Loading and resizing transforms for the training-free CLIP models.
 
-A pipeline for the tagger or the pseudo-labeller is::
+A pipeline for the tagger or the pseudo-labeler is::
 
     LoadImageRobust -> ResizeToPatchMultiple -> [LoadAnnotations] -> Pack*
 

@@ -3,7 +3,7 @@
 ``SkipExisting`` keeps every complete mask it finds in the writer's
 ``out_dir``; that is right only when the masks were made with the settings of
 this run. So the folder records them: ``<out_dir>/settings.json`` holds the
-labeller's ``resume_settings()`` (vocabulary, prompts, layers, thresholds,
+labeler's ``resume_settings()`` (vocabulary, prompts, layers, thresholds,
 CRF, weights, quirks), the settings of the transforms that prepare the pixels
 (orientation, resizing, token cap) and a digest of every image's tags. A run
 that would keep masks of other settings stops before computing anything and

@@ -114,7 +114,7 @@ def cam_box_margin(cams: Tensor, ratio: float, valid: Optional[Tensor] = None) -
 
     Args:
         cams (Tensor): (B, K, N) normalised Grad-CAMs.
-        ratio (float): The labeller's ``caa_box_thr``.
+        ratio (float): The labeler's ``caa_box_thr``.
         valid (Tensor, optional): (B, K) bool, False for padding rows.
 
     Returns:

@@ -1,8 +1,8 @@
 """Collecting masks whose dense CRF runs in worker processes, in order.
 
-With ``crf=dict(workers=N)`` the pseudo-labeller's forward submits each
+With ``crf=dict(workers=N)`` the pseudo-labeler's forward submits each
 image's CRF to a process pool and leaves a
-:class:`~tagclip_mmseg.models.labelers.PendingLabel` on the sample. A metric
+:class:`~tagclip_mmseg.models.pseudo_labelers.PendingLabel` on the sample. A metric
 that reads ``pred_sem_seg`` must not block on it in ``process`` (the model
 would wait for the CRF, and nothing would overlap), nor lose it. This mixin
 queues the samples, handles them in arrival order as their labels become
@@ -17,7 +17,7 @@ from typing import Deque, Optional, Sequence
 
 import torch
 
-from ..models.labelers.crf import PENDING_LABEL_KEY, shutdown_crf_pools
+from ..models.pseudo_labelers.crf import PENDING_LABEL_KEY, shutdown_crf_pools
 from .sample_fields import get_field, pixel_data
 
 __all__ = ['CollectsPendingLabels', 'MAX_PENDING_IMAGES']

@@ -46,7 +46,7 @@ def image_id(sample: Sample) -> str:
 
     The dataset's ``img_id`` when present, otherwise the image file name
     without its extension (what mmseg's own ``IoUMetric`` uses), so ids stay
-    stable between the tagger, the pseudo-labeller and resume checks.
+    stable between the tagger, the pseudo-labeler and resume checks.
 
     Raises:
         KeyError: When the sample has neither ``img_id`` nor ``img_path``.

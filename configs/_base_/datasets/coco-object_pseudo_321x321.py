@@ -4,7 +4,7 @@
 # CLIP-ES DeepLab-v2 protocol (docs/method.md §9, deeplab-pytorch style
 # augmentation of pseudo_seg_321x321_pipeline.py).
 #
-# Layout (shared with configs/pseudo_labels/ and configs/tagclip/):
+# Layout (shared with configs/pseudo_labelers/ and configs/tagclip/):
 #   data/coco/train2014/<id>.jpg, data/coco/train2014_ids.txt
 #   data/coco/val2017/<id>.jpg,   data/coco/val2017_ids.txt
 #   data/coco/SegmentationClass/val2017/<id>.png   real 81-class masks

@@ -1,4 +1,4 @@
-# CLIP-ES pseudo-labeller on OpenAI's CLIP ViT-B/16 (docs/method.md §6), VOC
+# CLIP-ES pseudo-labeler on OpenAI's CLIP ViT-B/16 (docs/method.md §6), VOC
 # setting of TagCLIP's copy. Tags come from the dataset (tag_source) unless a
 # tagger is given.
 model = dict(
@@ -14,4 +14,4 @@ model = dict(
     caa_box_thr=0.4,
     with_background=True,
     mode='faithful',
-    return_cams=False)  # crf: see pseudo_labels/*_crf.py
+    return_cams=False)  # crf: see pseudo_labelers/*_crf.py

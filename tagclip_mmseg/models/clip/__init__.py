@@ -18,3 +18,14 @@ __all__ += [
     'resolve_dtype', 'save_clip_state_dict', 'CONTEXT_LENGTH', 'EOT_TOKEN', 'SOT_TOKEN',
     'SimpleTokenizer', 'default_bpe_path', 'get_tokenizer', 'tokenize'
 ]
+
+# The vocabulary side of the frozen CLIP and the model base built on it.
+from . import data_preprocessor, frozen_model, presets, prompts, text_classifier  # noqa: E402
+from .data_preprocessor import *  # noqa: E402,F401,F403
+from .frozen_model import *  # noqa: E402,F401,F403
+from .presets import *  # noqa: E402,F401,F403
+from .prompts import *  # noqa: E402,F401,F403
+from .text_classifier import *  # noqa: E402,F401,F403
+
+__all__ += (data_preprocessor.__all__ + frozen_model.__all__ + presets.__all__ + prompts.__all__
+            + text_classifier.__all__)

@@ -1,4 +1,4 @@
-"""Pure tensor routines shared by the tagger and the pseudo-labeller.
+"""Pure tensor routines shared by the tagger and the pseudo-labeler.
 
 Everything here is batched, device-resident and free of OpenCV: box masks from
 score maps (:mod:`.box_masks`), the attention vote/average and the DMAR / CAA

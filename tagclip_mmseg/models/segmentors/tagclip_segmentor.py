@@ -15,7 +15,7 @@ CAM for each tag) behind that interface::
                               -> pred_sem_seg; seg_logits = background +
                               per-class CAMs (zeros for untagged classes)
 
-The tagger and the labeller share one CLIP module (built once here) and run in
+The tagger and the labeler share one CLIP module (built once here) and run in
 the same ``predict`` call. No maths is re-implemented: tags, CAMs, their
 upsampling and the CAM-to-label rule (background channel, CRF, label map) are
 the two models' public methods.
@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from ...datasets.transforms import patch_grid
 from ..clip import build_clip
 from ..ops import relative_threshold_mask
-from ..presets import resolve_background, resolve_classes
-from ..prompts import ClassName, class_key, text_key
+from ..clip.presets import resolve_background, resolve_classes
+from ..clip.prompts import ClassName, class_key, text_key
 
 __all__ = ['TagCLIPSegmentor', 'slide_windows']
 
@@ -53,7 +53,7 @@ __all__ = ['TagCLIPSegmentor', 'slide_windows']
 DEFAULT_TEST_CFG = dict(mode='whole', crop_size=224, stride=112, cam_batch_pairs=64,
                         tag_max_tokens=None)
 
-#: Vocabulary the labeller is built with when neither the config nor the
+#: Vocabulary the labeler is built with when neither the config nor the
 #: dataset has given one yet (CLIPESPseudoLabeler requires a vocabulary at
 #: construction; text embeddings are computed lazily, so it costs nothing).
 _PLACEHOLDER = ('object', )
@@ -103,13 +103,13 @@ class TagCLIPSegmentor(BaseSegmentor):
 
     Args:
         clip (dict | nn.Module): The CLIP shared by the tagger and the
-            labeller (``dict(checkpoint=..., dtype=...)`` or a module).
+            labeler (``dict(checkpoint=..., dtype=...)`` or a module).
         labeler (dict): :class:`CLIPESPseudoLabeler` arguments without
             ``clip``, ``mode``, ``text_cache_dir``, ``autocast`` and
             ``with_background`` (set here). ``class_names`` may be left out
             when the dataset's classes should be used (``VocabularyHook``).
         tagger (dict, optional): :class:`TagCLIP` arguments, same exclusions.
-            Its ``class_names`` default to the labeller's *uncorrected*
+            Its ``class_names`` default to the labeler's *uncorrected*
             vocabulary (given here or by the dataset); they must have the same
             length and order.
         with_background (bool): The dataset has a background class 0 (VOC21,

@@ -29,11 +29,11 @@ from mmpretrain.structures import DataSample
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..base import FrozenCLIPModel
+from ..clip.frozen_model import FrozenCLIPModel
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox, relative_threshold_mask)
-from ..presets import resolve_background, resolve_templates
-from ..prompts import ClassName
+from ..clip.presets import resolve_background, resolve_templates
+from ..clip.prompts import ClassName
 
 __all__ = ['TagCLIP', 'TagCLIPOutput']
 

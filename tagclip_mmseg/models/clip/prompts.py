@@ -15,7 +15,7 @@ be assembled from one module.
 """
 from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
-from ..datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
+from ...datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 
 __all__ = [
     'IMAGENET_TEMPLATES', 'TAGCLIP_SCENE_TEMPLATES', 'TAGCLIP_TEMPLATES', 'CLIPES_TEMPLATES',

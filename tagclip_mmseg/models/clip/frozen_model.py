@@ -1,6 +1,6 @@
 """What the training-free CLIP models share.
 
-Both the TagCLIP tagger and the CLIP-ES pseudo-labeller wrap a frozen CLIP,
+Both the TagCLIP tagger and the CLIP-ES pseudo-labeler wrap a frozen CLIP,
 turn a vocabulary into text embeddings (cached on disk), take variable-size
 images as a list, run them in equal-size groups and must pass through
 mmengine's test loop untouched. That plumbing lives here once; subclasses only
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
-from .clip import build_clip, resolve_dtype
+from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
 from .prompts import ClassName
@@ -41,7 +41,7 @@ class FrozenCLIPModel(BaseModel):
         clip (dict | nn.Module): ``checkpoint`` (path; default OpenAI's
             cache location) and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
             :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
-            CLIP, which lets a tagger and a labeller share one.
+            CLIP, which lets a tagger and a labeler share one.
         mode (str): 'faithful' reproduces the reference implementation's
             quirks (docs/method.md §12, see docs/modes.md); 'clean' fixes them.
         text_cache_dir (str, optional): Folder of the text-embedding cache;

@@ -1,4 +1,4 @@
-"""CLIP-ES pseudo-labeller: image tags -> Grad-CAMs -> affinity-refined masks.
+"""CLIP-ES pseudo-labeler: image tags -> Grad-CAMs -> affinity-refined masks.
 
 docs/method.md §6, for a batch of equal-size images and their tag lists:
 
@@ -33,12 +33,12 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from ..base import FrozenCLIPModel
+from ..clip.frozen_model import FrozenCLIPModel
 from ..clip import VisionTransformer
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
                    normalize_grad_cam)
-from ..presets import resolve_templates
-from ..prompts import ClassName
+from ..clip.presets import resolve_templates
+from ..clip.prompts import ClassName
 
 __all__ = ['CLIPESPseudoLabeler']
 
@@ -255,7 +255,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             used instead of the samples' ``tags``.
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
         crf (dict, optional): Dense CRF post-processing options, see
-            :class:`~tagclip_mmseg.models.labelers.DenseCRF`.
+            :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`.
         **kwargs: ``clip``, ``text_cache_dir``, ``data_preprocessor``,
             ``init_cfg`` of :class:`FrozenCLIPModel`.
     """
@@ -288,7 +288,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.return_cams = return_cams
         self.tagger = MODELS.build(tagger) if tagger is not None else None
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
-            raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeller '
+            raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeler '
                              f'has {len(self.class_names)}; they must share class indices')
         self.crf = MODELS.build(dict(type='DenseCRF', **crf)) if crf is not None else None
 
@@ -322,7 +322,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         tags = sample.metainfo.get('tags')
         if tags is None:
             raise KeyError(f"sample {sample.metainfo.get('img_path')} has no 'tags': set the "
-                           "dataset's tag_source ('file' or 'gt') or give the labeller a tagger")
+                           "dataset's tag_source ('file' or 'gt') or give the labeler a tagger")
         tags = sorted({int(t) for t in tags})
         bad = [t for t in tags if not 0 <= t < self.num_classes]
         if bad:

@@ -3,7 +3,7 @@
 Configs may spell a vocabulary out (any open vocabulary works) or name one of
 the benchmark presets below; the names keep the published configs short
 without hiding anything: each preset is the tuple defined in
-:mod:`tagclip_mmseg.models.prompts`.
+:mod:`tagclip_mmseg.models.clip.prompts`.
 """
 from typing import Dict, Sequence, Tuple, Union
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.io import atomic_open
-from .clip.tokenizer import get_tokenizer
+from ...utils.io import atomic_open
+from .tokenizer import get_tokenizer
 from .prompts import ClassName, text_key
 
 __all__ = [
@@ -218,7 +218,7 @@ def build_text_classifier(clip: nn.Module,
         class_names (Sequence[str | Sequence[str]]): The vocabulary; a list of
             synonyms is joined with ',' inside each prompt.
         templates (Sequence[str]): Templates with one ``{}`` each, e.g.
-            :data:`~tagclip_mmseg.models.prompts.TAGCLIP_TEMPLATES`.
+            :data:`~tagclip_mmseg.models.clip.prompts.TAGCLIP_TEMPLATES`.
         cache_dir (str, optional): Cache folder; defaults to
             :func:`default_text_cache_dir`.
         checkpoint_id (str, optional): Identity of the CLIP weights for the
