@@ -116,7 +116,9 @@ def generate(root, out_dir, extra_args=(), launcher=None):
     ]
     if launcher is None:
         return run_tool(args)
-    cmd = ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533']
+    # --standalone: torchrun picks a free port itself (a fixed one clashes with
+    # parallel CI jobs on one host).
+    cmd = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
     return run_tool(cmd + args + ['--launcher', 'pytorch'])
 
 
