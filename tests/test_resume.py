@@ -416,7 +416,8 @@ def test_models_import_nothing_of_the_file_handling():
         module = rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
         imports[module] = set(_absolute_imports(path, module))
     # The relative imports resolve (else the check below would pass vacuously).
-    assert 'tagclip_mmseg.models.clip.checkpoint' in imports['tagclip_mmseg.models.clip.frozen_model']
+    frozen_model = imports['tagclip_mmseg.models.clip.frozen_model']
+    assert 'tagclip_mmseg.models.clip.checkpoint' in frozen_model
     assert 'tagclip_mmseg.utils.io' in imports['tagclip_mmseg.models.clip.checkpoint']
     leaks = sorted(f'{module}: {name}' for module, names in imports.items() for name in names
                    if any(name == p or name.startswith(p + '.') for p in forbidden))
@@ -718,7 +719,8 @@ def voc07(tmp_path_factory):
 
 
 def _tag_args(voc07, out, work_dir, tiny_tool_options, *extra):
-    return [VOC07_TAG_CONFIG, '--work-dir', str(work_dir), '--cfg-options', *tiny_tool_options['tag'],
+    return [VOC07_TAG_CONFIG, '--work-dir', str(work_dir), '--cfg-options',
+            *tiny_tool_options['tag'],
             f'test_dataloader.dataset.data_root={voc07}',
             f'test_evaluator.1.out_file={out / "tags.txt"}',
             f'test_evaluator.1.scores_file={out / "scores.jsonl"}', *extra]
