@@ -6,6 +6,6 @@ hook into mmseg's registries (default scope ``mmseg``). Configs load it with::
     custom_imports = dict(imports=['tagclip_mmseg'], allow_failed_imports=False)
 """
 from .version import __version__  # noqa: F401
-from . import datasets, engine, evaluation, models  # noqa: F401,E402
+from . import datasets, engine, evaluation, models, resume  # noqa: F401,E402
 
 __all__ = ['__version__']

@@ -10,6 +10,7 @@ import torch
 from mmengine.structures import PixelData
 
 from mmseg.structures import SegDataSample
+from tagclip_mmseg.resume import predict_or_restore
 from tagclip_mmseg.testing.reference import reference_cams
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
@@ -111,7 +112,9 @@ def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
     model = build_labeler(tiny_clip_path, 'clean', tmp_path)
     samples = make_samples([[0], [1]], (20, 20))
     samples[0].set_metainfo(dict(load_error='truncated file'))
-    out = model.predict([torch.randn(3, 16, 16), torch.randn(3, 32, 32)], samples)
+    # ResumableTestLoop keeps the failed sample away from the model and marks it.
+    out = predict_or_restore(model, dict(inputs=[torch.randn(3, 16, 16), torch.randn(3, 32, 32)],
+                                         data_samples=samples))
     assert (out[0].pred_sem_seg.data == 255).all()
     assert out[1].pred_sem_seg.data.shape == (1, 20, 20)
 

@@ -8,6 +8,7 @@ their arguments are checked without the real data on disk.
 import glob
 import inspect
 import os.path as osp
+from types import SimpleNamespace
 
 import pytest
 from mmengine.config import Config
@@ -67,7 +68,8 @@ def test_config_builds(path, deep_tiny_clip_path, tmp_path):
 def registered_here():
     """(registry name, type name) of everything this package registers."""
     out = []
-    for reg_name in ('MODELS', 'DATASETS', 'TRANSFORMS', 'METRICS', 'HOOKS', 'DATA_SAMPLERS'):
+    for reg_name in ('MODELS', 'DATASETS', 'TRANSFORMS', 'METRICS', 'HOOKS', 'DATA_SAMPLERS',
+                     'LOOPS'):
         reg = getattr(R, reg_name)
         out += [(reg_name, k) for k, v in reg.module_dict.items()
                 if getattr(v, '__module__', '').startswith('tagclip_mmseg')]
@@ -134,6 +136,10 @@ def minimal_cfgs(tmp, tiny_ckpt, deep_ckpt):
         ('HOOKS', 'RunProgressHook'): dict(),
         ('HOOKS', 'TagResumeHook'): dict(),
         ('HOOKS', 'PseudoLabelResumeHook'): dict(),
+        # A test loop needs a runner; these stand-ins hold what its __init__ reads.
+        ('LOOPS', 'ResumableTestLoop'): dict(
+            runner=SimpleNamespace(visualizer=SimpleNamespace()), evaluator=SimpleNamespace(),
+            dataloader=SimpleNamespace(dataset=SimpleNamespace(metainfo={}))),
     }
 
 

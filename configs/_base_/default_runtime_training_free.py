@@ -30,6 +30,9 @@ custom_hooks = [
 # The CLIP is frozen: plain DDP would refuse a model without trainable
 # parameters (docs/compatibility.md trap 13).
 model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')
-test_cfg = dict(type='TestLoop')
+# ResumableTestLoop: the model computes only the images it must; images
+# restored from disk (SkipTagged, SkipExisting) or that failed to load
+# (LoadImageRobust(on_error='skip')) are filled by tagclip_mmseg.resume.
+test_cfg = dict(type='ResumableTestLoop')
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')

@@ -96,8 +96,9 @@ class LoadImageRobust(BaseTransform):
     Large datasets always contain a few broken files (empty, truncated, a web
     page saved as ``.jpg``). With ``on_error='skip'`` such a file does not
     stop a multi-hour job: the sample gets ``load_error`` (the reason) and a
-    black one-patch placeholder so that the batch still collates; models skip
-    samples with ``load_error`` and writers count them. ``on_error='raise'``
+    black one-patch placeholder so that the batch still collates;
+    ``ResumableTestLoop`` keeps samples with ``load_error`` away from the
+    model and writers count them. ``on_error='raise'``
     fails at once with the file and the problem.
 
     Required keys: ``img_path``.

@@ -44,8 +44,8 @@ from ..datasets.categories import voc_palette
 from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from ..utils.run_lock import RunLock
+from ..resume.files import remove_stale_temp_files
 from .pending import CollectsPendingLabels
-from .resume import remove_stale_temp_files
 from .sample_fields import get_field, image_id, load_error
 from .summary import format_summary
 

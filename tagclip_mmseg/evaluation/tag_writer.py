@@ -22,7 +22,7 @@ Files (all written atomically, sorted by image id, byte-deterministic):
   images are not in the other files.
 
 While the run goes on, each rank also appends every image it tags to a
-journal (``tag_journal``: ``<out_file>.journal.rank<k>.jsonl``), so that a
+journal (``tagclip_mmseg.resume.journal``: ``<out_file>.journal.rank<k>.jsonl``), so that a
 killed run restarted with the same settings resumes where it stopped
 (``SkipTagged``, armed by ``TagResumeHook``). Images that failed to load are
 not journaled: they are retried, which is cheap and picks up a repaired file.
@@ -49,10 +49,10 @@ from ..datasets.label_files import format_label_line
 from ..datasets.utils import MISSING_IMAGES_KEY, skipped_list_path
 from ..utils.io import atomic_write_text, ensure_writable_dir
 from ..utils.run_lock import RunLock
-from .resume import remove_stale_temp_files
+from ..resume.files import remove_stale_temp_files
+from ..resume.journal import TagJournal, encode_scores, journal_path, journal_paths
 from .sample_fields import get_field, image_id, load_error
 from .summary import format_summary
-from .tag_journal import TagJournal, encode_scores, journal_path, journal_paths
 
 __all__ = ['TagFileWriter']
 

@@ -58,7 +58,7 @@ from pycocotools import mask as mask_utils
 from tagclip_mmseg.datasets.categories import COCO_CATEGORY_IDS, voc_palette
 from tagclip_mmseg.datasets.label_files import write_label_file
 from tagclip_mmseg.evaluation.pseudo_label_writer import encode_label_png
-from tagclip_mmseg.evaluation.resume import remove_stale_temp_files
+from tagclip_mmseg.resume import remove_stale_temp_files
 from tagclip_mmseg.utils.io import atomic_write_bytes, ensure_writable_dir
 
 __all__ = [

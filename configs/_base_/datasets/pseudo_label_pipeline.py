@@ -1,5 +1,6 @@
 # Pipeline of the pseudo-label configs. SkipExisting first: an image whose PNG
-# already exists in pseudo_label_dir is not loaded nor computed (resume), but
+# already exists in pseudo_label_dir is not loaded nor computed (resume:
+# ResumableTestLoop returns the mask read back, tagclip_mmseg/resume/), but
 # its mask still counts for the metric. tools/generate_pseudo_labels.py --out
 # sets out_dir here and in the writer. LoadOptionalAnnotations loads GT masks for
 # mIoU when the dataset gives seg_map_path; a folder without masks works as is.

@@ -6,8 +6,9 @@
 # stages; tagclip_vit-b16_folder.py (your own photos) turns them upright.
 # SkipTagged first (resume): an image that a killed run already tagged (found
 # in the TagFileWriter's journals, <out_file>.journal.rank*.jsonl) is neither
-# loaded nor computed; its exact scores are restored. TagResumeHook (in the
-# runtime config) gives it the writer's out_file and the run's fingerprint.
+# loaded nor computed; its exact scores are restored by ResumableTestLoop.
+# TagResumeHook (in the runtime config) gives it the writer's out_file and the
+# run's fingerprint (tagclip_mmseg/resume/).
 # Images above this many tokens (e.g. an 8000x6000 photo) are scaled down with a
 # logged warning so that one file cannot exhaust memory; VOC/COCO images (a few
 # hundred tokens) are far below it, so benchmark results are unaffected.

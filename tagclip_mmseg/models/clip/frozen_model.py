@@ -4,10 +4,10 @@ Both the TagCLIP tagger and the CLIP-ES pseudo-labeler wrap a frozen CLIP,
 turn a vocabulary into text embeddings (cached on disk), take variable-size
 images as a list, run them in equal-size groups and must pass through
 mmengine's test loop untouched. That plumbing lives here once; subclasses only
-implement :meth:`FrozenCLIPModel.predict_batch`.
+implement :meth:`FrozenCLIPModel.predict_batch`. Every image handed to
+:meth:`FrozenCLIPModel.predict` is computed: reusing outputs of an earlier run
+and skipping unreadable images is the test loop's job (``tagclip_mmseg.resume``).
 """
-import hashlib
-import json
 from contextlib import nullcontext
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -231,7 +231,8 @@ class FrozenCLIPModel(BaseModel):
         """Everything that decides this model's outputs, as JSON values.
 
         A resumed run reuses earlier outputs only when these are unchanged
-        (tagging journals, pseudo-label folders); the names say which setting
+        (tagging journals, pseudo-label folders; ``tagclip_mmseg.resume``
+        hashes or records them); the names say which setting
         changed when they are not. Shared here: the model type, vocabulary,
         prompts, behaviour mode, autocast, the weights
         (``checkpoint_fingerprint`` of a CLIP loaded from a file; a CLIP passed
@@ -255,11 +256,6 @@ class FrozenCLIPModel(BaseModel):
                        self.clip.visual.input_resolution, str(self.clip.dtype)],
             normalisation=[getattr(self.data_preprocessor, name, torch.zeros(0)).flatten().tolist()
                            for name in ('mean', 'std')])
-
-    def resume_fingerprint(self) -> str:
-        """A hex SHA-256 of :meth:`resume_settings`."""
-        return hashlib.sha256(
-            json.dumps(self.resume_settings(), sort_keys=True).encode()).hexdigest()
 
     # ------------------------------------------------------------- plumbing
     def train(self, mode: bool = True) -> 'FrozenCLIPModel':
@@ -290,24 +286,10 @@ class FrozenCLIPModel(BaseModel):
     def predict(self, inputs: List[Tensor], data_samples: list) -> list:
         """Run :meth:`predict_batch` on equal-size groups; keep input order.
 
-        Two kinds of sample are not computed:
-
-        * those whose loading failed upstream (``load_error`` in their
-          metainfo, from ``LoadImageRobust(on_error='skip')``):
-          :meth:`empty_result` marks them so writers and metrics count them;
-        * those whose output already exists on disk (``precomputed`` in their
-          metainfo, from ``SkipExisting``): :meth:`reuse_result` returns it.
+        Every sample is computed. Samples restored from disk or whose image
+        failed to load never get here: ``ResumableTestLoop`` fills them.
         """
-        todo = []
-        for i, s in enumerate(data_samples):
-            if s.metainfo.get('load_error'):
-                self.empty_result(s)
-            elif s.metainfo.get('precomputed'):
-                self.reuse_result(s)
-            else:
-                todo.append(i)
-        for group in group_by_shape([inputs[i] for i in todo]):
-            idx = [todo[j] for j in group]
+        for idx in group_by_shape(inputs):
             step = self.forward_batch_size(inputs[idx[0]].device, len(idx))
             for s in range(0, len(idx), step):
                 chunk = idx[s:s + step]
@@ -323,16 +305,8 @@ class FrozenCLIPModel(BaseModel):
             return int(self.images_per_forward)
         return 1 if torch.device(device).type == 'cpu' else max(group_size, 1)
 
-    def reuse_result(self, data_sample) -> None:
-        """Return an output that a previous run already wrote (resume)."""
-        raise NotImplementedError(f'{type(self).__name__} cannot resume from written outputs')
-
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
         """Fill ``data_samples`` in place for a batch of equal-size images."""
-        raise NotImplementedError
-
-    def empty_result(self, data_sample) -> None:
-        """Mark a sample that could not be computed (its image failed to load)."""
         raise NotImplementedError
 
     def train_step(self, data, optim_wrapper):

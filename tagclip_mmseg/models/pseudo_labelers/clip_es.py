@@ -489,11 +489,3 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             return self.crf.label(probs, classes, sample)
         return classes[probs.argmax(dim=0)]
 
-    def empty_result(self, data_sample) -> None:
-        H, W = data_sample.metainfo.get('ori_shape', (1, 1))[:2]
-        data_sample.set_data(
-            dict(pred_sem_seg=PixelData(data=torch.full((1, H, W), 255, dtype=torch.long))))
-
-    def reuse_result(self, data_sample) -> None:
-        mask = torch.as_tensor(data_sample.metainfo['pred_seg_map']).long()
-        data_sample.set_data(dict(pred_sem_seg=PixelData(data=mask.view(1, *mask.shape[-2:]))))

@@ -139,32 +139,6 @@ class TagCLIP(FrozenCLIPModel):
         for i, sample in enumerate(data_samples):
             self._fill(sample, out['p_final'][i], out['tags'][i])
 
-    def empty_result(self, data_sample) -> None:
-        self._fill(data_sample, torch.zeros(self.num_classes), torch.zeros(self.num_classes,
-                                                                           dtype=torch.bool))
-
-    def reuse_result(self, data_sample) -> None:
-        """Restore the scores and tags a killed run journaled (``SkipTagged``).
-
-        Raises:
-            KeyError: When the sample has no ``pred_record`` (not packed).
-            ValueError: When the record does not fit the vocabulary, which the
-                journal's fingerprint should have prevented.
-        """
-        record = data_sample.metainfo.get('pred_record')
-        if record is None:
-            raise KeyError('a precomputed sample has no pred_record: list "pred_record" (and '
-                           '"precomputed") in PackInputs meta_keys after SkipTagged')
-        scores = torch.as_tensor(record['pred_score'])
-        labels = torch.as_tensor(record['pred_label'], dtype=torch.long)
-        if scores.numel() != self.num_classes or bool((labels >= self.num_classes).any()):
-            raise ValueError(f'journaled result of {data_sample.metainfo.get("img_path")} has '
-                             f'{scores.numel()} scores for a {self.num_classes}-class vocabulary; '
-                             'delete the tagging journals (<out_file>.journal.rank*.jsonl)')
-        tags = torch.zeros(self.num_classes, dtype=torch.bool)
-        tags[labels] = True
-        self._fill(data_sample, scores, tags)
-
     def resume_settings(self) -> dict:
         """The shared settings (see the base class) and every setting of the
         method; ``cwr_batch_size`` only bounds memory and is left out."""

@@ -30,9 +30,10 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmseg.registry import HOOKS
-from ..evaluation.pseudo_label_writer import PseudoLabelWriter
-from ..evaluation.resume import SkipExisting
+
 from ..utils.io import atomic_write_text
+from .loop import require_resumable_loop
+from .skip import SkipExisting
 
 __all__ = ['SETTINGS_FILE', 'PseudoLabelResumeHook', 'pseudo_label_settings', 'settings_changes']
 
@@ -134,6 +135,9 @@ class PseudoLabelResumeHook(Hook):
         self._records: List[tuple] = []
 
     def before_test(self, runner) -> None:
+        """Check the folder's record against this run's settings, then write it."""
+        # Imported here: the writer imports from this package.
+        from ..evaluation.pseudo_label_writer import PseudoLabelWriter
         self._records = []
         writers = [m for m in runner.test_evaluator.metrics if isinstance(m, PseudoLabelWriter)]
         if not writers:
@@ -146,6 +150,8 @@ class PseudoLabelResumeHook(Hook):
         dataset = runner.test_dataloader.dataset
         pipeline = getattr(getattr(dataset, 'pipeline', None), 'transforms', None) or []
         resuming = any(isinstance(t, SkipExisting) for t in pipeline)
+        if resuming:
+            require_resumable_loop(runner, 'SkipExisting')
         settings = pseudo_label_settings(model, dataset, pipeline)
         # Rank 0 checks and records before any rank writes a mask (another
         # rank's first masks would otherwise look like a folder without a

@@ -16,18 +16,17 @@ Both are set in ``before_test``, after ``VocabularyHook`` and before the
 dataloader starts its workers (they inherit the journal records read here).
 Configs without a ``TagFileWriter`` are left alone.
 """
-import hashlib
-
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-
 from mmseg.registry import HOOKS
-from ..evaluation.resume import SkipTagged
-from ..evaluation.tag_writer import TagFileWriter
+
+from .fingerprint import tagging_fingerprint
+from .loop import require_resumable_loop
+from .skip import SkipTagged
 
 __all__ = ['TagResumeHook']
 
-#: Meta keys that carry a resumed image's result from SkipTagged to the model.
+#: Meta keys that carry a resumed image's result from SkipTagged to the test loop.
 RESUME_META_KEYS = ('precomputed', 'pred_record')
 
 
@@ -43,6 +42,9 @@ class TagResumeHook(Hook):
     priority = 'NORMAL'  # after VocabularyHook (VERY_HIGH): needs the vocabulary
 
     def before_test(self, runner) -> None:
+        """Fingerprint the run, hand it to the writer and arm ``SkipTagged``."""
+        # Imported here: the writer imports the journal from this package.
+        from ..evaluation.tag_writer import TagFileWriter
         writers = [m for m in runner.test_evaluator.metrics if isinstance(m, TagFileWriter)]
         pipeline = getattr(getattr(runner.test_dataloader.dataset, 'pipeline', None),
                            'transforms', None) or []
@@ -53,18 +55,18 @@ class TagResumeHook(Hook):
                                       'TagFileWriter: nothing to resume from')
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        if len(writers) > 1 or len(skips) > 1 or not hasattr(model, 'resume_fingerprint'):
+        if len(writers) > 1 or len(skips) > 1 or not hasattr(model, 'resume_settings'):
             runner.logger.warning(
                 'tagging resume is off: it needs one TagFileWriter, at most one SkipTagged and '
-                f'a model with resume_fingerprint(), got {len(writers)}, {len(skips)} and '
+                f'a model with resume_settings(), got {len(writers)}, {len(skips)} and '
                 f'{type(model).__name__}')
             return
         skip = pipeline[skips[0]] if skips else None
         if skip is not None:
             self._check_packed(pipeline[skips[0] + 1:])
-        signature = skip.pipeline_signature if skip is not None else ''
-        fingerprint = hashlib.sha256(
-            f'{model.resume_fingerprint()}\n{signature}'.encode()).hexdigest()
+            require_resumable_loop(runner, 'SkipTagged')
+        fingerprint = tagging_fingerprint(model,
+                                          skip.pipeline_signature if skip is not None else '')
         writers[0].set_fingerprint(fingerprint)
         if skip is not None:
             found = skip.set_journal(writers[0].out_file, fingerprint)
@@ -76,8 +78,9 @@ class TagResumeHook(Hook):
     def _check_packed(after: list) -> None:
         """Fail when a resumed image's result would not reach the model.
 
-        Without ``precomputed`` in the packed metainfo the model would tag the
-        black placeholder image instead of restoring the journaled result.
+        Without ``precomputed`` in the packed metainfo ``ResumableTestLoop``
+        would hand the black placeholder image to the model instead of
+        restoring the journaled result.
         """
         if not any(set(RESUME_META_KEYS) <= set(getattr(t, 'meta_keys', ()) or ())
                    for t in after):

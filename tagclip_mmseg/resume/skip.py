@@ -1,129 +1,36 @@
-"""Resuming killed runs: reuse finished outputs, clean up after the kill.
+"""Dataset transforms that short-cut images a killed run already finished.
 
-A long run (COCO: tens of thousands of images) is killed at arbitrary points.
-Every output is written atomically (``tagclip_mmseg.utils.io``), so a final
-``<img_id>.png`` is complete, and a write in progress exists only under
-atomic_open's temporary name ``.<file name>.<8 random chars>.tmp``. On a rerun:
+On a rerun:
 
 * :class:`SkipExisting`, first in a pseudo-label pipeline, marks images whose
   mask is already on disk as ``precomputed``, reads the mask back (so mIoU
   still counts the image) and skips loading and resizing the image;
 * :class:`SkipTagged` does the same in a tagging pipeline for images found in
-  the tag writer's journals (``tag_journal``), restoring their exact scores;
-* the writers remove temporary files that such a kill left behind
-  (:func:`remove_stale_temp_files`).
+  the tag writer's journals (:mod:`.journal`), restoring their exact scores.
 
 Both transforms put the same things in the results of a finished image:
 ``precomputed=True``, a tiny black placeholder ``img`` (it collates and costs
-nothing; the model does not look at it) and the finished output; the model's
-``reuse_result`` returns that output instead of computing one.
+nothing) and the finished output (``pred_seg_map`` or ``pred_record``).
+``ResumableTestLoop`` (:mod:`.loop`) keeps such samples away from the model
+and turns that output into the sample's prediction (:mod:`.restore`).
 """
 import hashlib
 import json
-import os
 import os.path as osp
-import re
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
 from mmengine.logging import print_log
 from mmseg.registry import TRANSFORMS
-from PIL import Image
 
 from ..datasets.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, read_image_size
-from .sample_fields import image_id
-from .tag_journal import decode_scores, read_journals
+from ..evaluation.sample_fields import image_id
+from .files import read_cam_file, read_label_png
+from .journal import decode_scores, read_journals
 
-__all__ = [
-    'read_label_png', 'read_cam_file', 'remove_stale_temp_files', 'SkipExisting', 'SkipTagged'
-]
-
-#: The last 12 bytes of every complete PNG: an empty IEND chunk and its CRC.
-PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
-#: Characters and length of the random part of ``tempfile.mkstemp`` names.
-_MKSTEMP_RANDOM = r'[a-z0-9_]{8}'
-
-
-def read_label_png(path: str) -> Optional[np.ndarray]:
-    """Read an index PNG written by the pseudo-label writer, if it is complete.
-
-    Returns:
-        The ``(H, W)`` uint8 label array, or ``None`` when the file is missing,
-        truncated, undecodable or not a one-channel index image. A damaged
-        file is logged; the caller recomputes it and the writer replaces it.
-    """
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path, 'rb') as f:
-            f.seek(max(osp.getsize(path) - len(PNG_TRAILER), 0))
-            if f.read() != PNG_TRAILER:  # also catches Pillow's LOAD_TRUNCATED_IMAGES
-                raise OSError('PNG has no IEND trailer (truncated)')
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ('P', 'L'):
-                raise OSError(f'mode {img.mode!r} is not an index image (P or L)')
-            return np.asarray(img, dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError) as e:
-        print_log(f'existing pseudo label {path} is unreadable ({e}); it will be recomputed',
-                  logger='current', level=30)
-        return None
-
-
-def read_cam_file(path: str) -> Optional[Dict[str, np.ndarray]]:
-    """Load a CAM ``.npz`` (``keys``, ``attn_highres``); ``None`` if missing or damaged."""
-    if not osp.isfile(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError, KeyError) as e:
-        print_log(f'existing CAM file {path} is unreadable ({e}); it will be recomputed',
-                  logger='current', level=30)
-        return None
-
-
-def remove_stale_temp_files(folder: str,
-                            extensions: Sequence[str] = ('.png', '.npz', '.json', '.txt'),
-                            names: Sequence[str] = (),
-                            min_age_s: float = 60.0) -> List[str]:
-    """Delete atomic-write temporaries that a killed run left in ``folder``.
-
-    Only atomic_open's names ``.<file name>.<8 mkstemp chars>.tmp`` are touched,
-    where the file name ends with one of ``extensions`` or is one of
-    ``names``, and only when older than ``min_age_s``: a temporary exists for
-    milliseconds while a file is written, so an old one belongs to a dead
-    process, while a young one may belong to another rank of the current run
-    and is left alone (a later run removes it).
-
-    Returns:
-        The removed paths.
-    """
-    targets = [rf'.+{re.escape(e)}' for e in extensions] + [re.escape(n) for n in names]
-    if not targets:
-        return []
-    pattern = re.compile(rf'^\.(?:{"|".join(targets)})\.{_MKSTEMP_RANDOM}\.tmp$')
-    removed = []
-    if not osp.isdir(folder):
-        return removed
-    cutoff = time.time() - min_age_s
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not (pattern.match(entry.name) and entry.is_file(follow_symlinks=False)):
-                continue
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
-                    os.unlink(entry.path)
-                    removed.append(entry.path)
-            except FileNotFoundError:  # another rank removed it first
-                pass
-    if removed:
-        print_log(f'removed {len(removed)} stale temporary files from {folder} '
-                  '(left by an interrupted run)', logger='current')
-    return removed
+__all__ = ['SkipExisting', 'SkipTagged']
 
 
 class _SkipFinished(BaseTransform):
@@ -179,9 +86,10 @@ class SkipExisting(_SkipFinished):
     ``precomputed=False`` and goes through ``transforms``.
 
     Downstream, list ``'precomputed'`` and ``'pred_seg_map'`` in
-    ``PackSegInputs``'s ``meta_keys``: the model returns ``pred_seg_map`` as
-    its prediction without computing, the writer counts the image as skipped,
-    and ``CLSSegIoUMetric`` scores the mask read from disk. Ground truth for
+    ``PackSegInputs``'s ``meta_keys``: ``ResumableTestLoop`` returns
+    ``pred_seg_map`` as its prediction without calling the model, the writer
+    counts the image as skipped, and ``CLSSegIoUMetric`` scores the mask read
+    from disk. Ground truth for
     mIoU is loaded by a ``LoadAnnotations`` after this transform either way.
 
     A mask is kept only if it was made with this run's settings: that is
@@ -272,8 +180,9 @@ class SkipTagged(_SkipFinished):
     placeholder ``img``; the wrapped transforms do not run. Every other image
     gets ``precomputed=False`` and goes through ``transforms``. List
     ``'precomputed'`` and ``'pred_record'`` in ``PackInputs``'s ``meta_keys``:
-    the model's ``reuse_result`` restores the prediction, the writer counts
-    the image as resumed, and the metrics score it like a computed one.
+    ``ResumableTestLoop`` restores the prediction (the model never sees the
+    image), the writer counts the image as resumed, and the metrics score it
+    like a computed one.
 
     Example::
 

@@ -1,0 +1,105 @@
+"""Outputs of an earlier run, read back; temporaries of a killed one, removed.
+
+Every output is written atomically (``tagclip_mmseg.utils.io``), so a final
+``<img_id>.png`` is complete, and a write in progress exists only under
+atomic_open's temporary name ``.<file name>.<8 random chars>.tmp``. A resumed
+run reads finished masks and CAM files back (:func:`read_label_png`,
+:func:`read_cam_file`: a damaged one counts as missing and is recomputed), and
+the writers (and the COCO converter) remove the temporaries that a kill left
+behind (:func:`remove_stale_temp_files`).
+"""
+import os
+import os.path as osp
+import re
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from mmengine.logging import print_log
+from PIL import Image
+
+__all__ = ['PNG_TRAILER', 'read_label_png', 'read_cam_file', 'remove_stale_temp_files']
+
+#: The last 12 bytes of every complete PNG: an empty IEND chunk and its CRC.
+PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+#: Characters and length of the random part of ``tempfile.mkstemp`` names.
+_MKSTEMP_RANDOM = r'[a-z0-9_]{8}'
+
+
+def read_label_png(path: str) -> Optional[np.ndarray]:
+    """Read an index PNG written by the pseudo-label writer, if it is complete.
+
+    Returns:
+        The ``(H, W)`` uint8 label array, or ``None`` when the file is missing,
+        truncated, undecodable or not a one-channel index image. A damaged
+        file is logged; the caller recomputes it and the writer replaces it.
+    """
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(osp.getsize(path) - len(PNG_TRAILER), 0))
+            if f.read() != PNG_TRAILER:  # also catches Pillow's LOAD_TRUNCATED_IMAGES
+                raise OSError('PNG has no IEND trailer (truncated)')
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ('P', 'L'):
+                raise OSError(f'mode {img.mode!r} is not an index image (P or L)')
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError) as e:
+        print_log(f'existing pseudo label {path} is unreadable ({e}); it will be recomputed',
+                  logger='current', level=30)
+        return None
+
+
+def read_cam_file(path: str) -> Optional[Dict[str, np.ndarray]]:
+    """Load a CAM ``.npz`` (``keys``, ``attn_highres``); ``None`` if missing or damaged."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, KeyError) as e:
+        print_log(f'existing CAM file {path} is unreadable ({e}); it will be recomputed',
+                  logger='current', level=30)
+        return None
+
+
+def remove_stale_temp_files(folder: str,
+                            extensions: Sequence[str] = ('.png', '.npz', '.json', '.txt'),
+                            names: Sequence[str] = (),
+                            min_age_s: float = 60.0) -> List[str]:
+    """Delete atomic-write temporaries that a killed run left in ``folder``.
+
+    Only atomic_open's names ``.<file name>.<8 mkstemp chars>.tmp`` are touched,
+    where the file name ends with one of ``extensions`` or is one of
+    ``names``, and only when older than ``min_age_s``: a temporary exists for
+    milliseconds while a file is written, so an old one belongs to a dead
+    process, while a young one may belong to another rank of the current run
+    and is left alone (a later run removes it).
+
+    Returns:
+        The removed paths.
+    """
+    targets = [rf'.+{re.escape(e)}' for e in extensions] + [re.escape(n) for n in names]
+    if not targets:
+        return []
+    pattern = re.compile(rf'^\.(?:{"|".join(targets)})\.{_MKSTEMP_RANDOM}\.tmp$')
+    removed = []
+    if not osp.isdir(folder):
+        return removed
+    cutoff = time.time() - min_age_s
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not (pattern.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+            except FileNotFoundError:  # another rank removed it first
+                pass
+    if removed:
+        print_log(f'removed {len(removed)} stale temporary files from {folder} '
+                  '(left by an interrupted run)', logger='current')
+    return removed
