@@ -231,7 +231,7 @@ def test_resume_fingerprint_follows_what_decides_the_scores(tiny_clip):
     base = _tagger(tiny_clip).resume_fingerprint()
     assert _tagger(tiny_clip, cwr_batch_size=3).resume_fingerprint() == base
     assert _tagger(tiny_clip, tag_ratio=0.4).resume_fingerprint() != base
-    assert _tagger(tiny_clip, mode='clean').resume_fingerprint() != base
+    assert _tagger(tiny_clip, quirks='fixed').resume_fingerprint() != base
     other = _tagger(tiny_clip)
     other.set_vocabulary(['c0', 'c1', 'c2', 'c3', 'dog'])
     assert other.resume_fingerprint() != base
