@@ -17,14 +17,14 @@ FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
 
 
-def build_labeler(ckpt, mode, tmp_path, **kw):
+def build_labeler(ckpt, quirks, tmp_path, **kw):
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(
         clip=dict(checkpoint=ckpt),
         class_names=FG,
         background_words=BG,
         caa_layers=kw.pop('caa_layers', (0, 1, 2)),
-        mode=mode,
+        quirks=quirks,
         text_cache_dir=str(tmp_path / 'cache'),
         return_cams=True,
         **kw).eval()
@@ -39,12 +39,14 @@ def make_samples(tag_lists, ori_hw):
     return samples
 
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
+@pytest.mark.parametrize('quirks', ['reference', 'fixed', dict(box_clamp=False),
+                                    dict(preset='fixed', cam_fp16=True)],
+                         ids=['reference', 'fixed', 'no-box-clamp', 'fixed+cam-fp16'])
 @pytest.mark.parametrize('caa_layers', [(0, 1, 2), (1, )])
-def test_labeler_matches_reference(tiny_clip_path, tmp_path, mode, caa_layers):
+def test_labeler_matches_reference(tiny_clip_path, tmp_path, quirks, caa_layers):
     # a box threshold that is neither VOC's 0.4 nor COCO's 0.7: the reference
     # reads it from the model
-    model = build_labeler(tiny_clip_path, mode, tmp_path, caa_layers=caa_layers,
+    model = build_labeler(tiny_clip_path, quirks, tmp_path, caa_layers=caa_layers,
                           caa_box_thr=0.55)
     torch.manual_seed(0)
     images = torch.randn(3, 3, 48, 64)
@@ -52,8 +54,7 @@ def test_labeler_matches_reference(tiny_clip_path, tmp_path, mode, caa_layers):
     ori_hw = (45, 70)
     samples = model.predict(list(images), make_samples(tag_lists, ori_hw))
     for i, s in enumerate(samples):
-        ref_cams, ref_label = reference_cams(model, images[i], tag_lists[i], ori_hw,
-                                             mode == 'faithful')
+        ref_cams, ref_label = reference_cams(model, images[i], tag_lists[i], ori_hw)
         torch.testing.assert_close(s.cams.float(), ref_cams, atol=2e-3, rtol=0)
         agree = (s.pred_sem_seg.data[0] == ref_label).float().mean()
         assert agree > 0.999, agree
@@ -62,7 +63,7 @@ def test_labeler_matches_reference(tiny_clip_path, tmp_path, mode, caa_layers):
 
 def test_labeler_runs_under_no_grad(tiny_clip_path, tmp_path):
     """mmengine's test loop wraps everything in no_grad; Grad-CAM must still work."""
-    model = build_labeler(tiny_clip_path, 'clean', tmp_path)
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         s = model.predict(list(images), make_samples([[1]], (32, 32)))[0]
@@ -70,7 +71,7 @@ def test_labeler_runs_under_no_grad(tiny_clip_path, tmp_path):
 
 
 def test_no_tags_gives_background(tiny_clip_path, tmp_path):
-    model = build_labeler(tiny_clip_path, 'clean', tmp_path)
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     samples = model.predict([torch.randn(3, 32, 48), torch.randn(3, 32, 48)],
                             make_samples([[], [2]], (30, 40)))
     assert (samples[0].pred_sem_seg.data == 0).all()
@@ -78,14 +79,14 @@ def test_no_tags_gives_background(tiny_clip_path, tmp_path):
 
 
 def test_bad_tags_raise(tiny_clip_path, tmp_path):
-    model = build_labeler(tiny_clip_path, 'clean', tmp_path)
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     with pytest.raises(ValueError, match='outside'):
         model.predict([torch.randn(3, 32, 32)], make_samples([[7]], (32, 32)))
 
 
 def test_without_background_and_label_map(tiny_clip_path, tmp_path):
     lut = [10, 11, 12, 13, 14]
-    model = build_labeler(tiny_clip_path, 'clean', tmp_path, with_background=False,
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path, with_background=False,
                           label_map=lut)
     s = model.predict([torch.randn(3, 32, 32)], make_samples([[1, 3]], (32, 32)))[0]
     assert set(s.pred_sem_seg.data.unique().tolist()) <= {11, 13}
@@ -95,7 +96,7 @@ def test_tagger_in_the_same_pass(tiny_clip_path, tmp_path):
     tagger = dict(type='TagCLIP', clip=dict(checkpoint=tiny_clip_path), class_names=FG,
                   background_words=BG, avg_layers=(0, 1), vote_k=2,
                   templates=('a photo of a {}.', ), text_cache_dir=str(tmp_path / 'cache'))
-    model = build_labeler(tiny_clip_path, 'clean', tmp_path, tagger=tagger)
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path, tagger=tagger)
     samples = [SegDataSample(metainfo=dict(ori_shape=(32, 48))) for _ in range(2)]
     torch.manual_seed(5)
     images = torch.randn(2, 3, 32, 48)
@@ -109,7 +110,7 @@ def test_tagger_in_the_same_pass(tiny_clip_path, tmp_path):
 
 
 def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
-    model = build_labeler(tiny_clip_path, 'clean', tmp_path)
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     samples = make_samples([[0], [1]], (20, 20))
     samples[0].set_metainfo(dict(load_error='truncated file'))
     # ResumableTestLoop keeps the failed sample away from the model and marks it.
@@ -125,7 +126,7 @@ def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
     torch.manual_seed(0)
     images = list(torch.randn(2, 3, 32, 48))
     tag_lists = [[0, 2], [1]]
-    model = build_labeler(tiny_clip_path, 'faithful', tmp_path, autocast='bf16')
+    model = build_labeler(tiny_clip_path, 'reference', tmp_path, autocast='bf16')
     seen = []
     model.clip.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
         lambda mod, inp, out: seen.append(out.dtype))
@@ -139,21 +140,21 @@ def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
 
 
 def test_grad_cam_normalisation_hand_computed():
-    """``(x - min) / (max + 1e-7)`` once (clean) or twice (faithful), by hand.
+    """``(x - min) / (max + 1e-7)`` once (fixed) or twice (reference), by hand.
 
     A raw CAM spanning 3e-7: the first pass divides (0, 1e-7, 3e-7) by 4e-7,
     giving (0, 0.25, 0.75); the second divides by 0.75 + 1e-7.
     """
     from tagclip_mmseg.models.ops import normalize_grad_cam
     raw = torch.tensor([[2e-7, 3e-7, 5e-7]], dtype=torch.float64)
-    once = normalize_grad_cam(raw, twice=False)
-    twice = normalize_grad_cam(raw, twice=True)
+    once = normalize_grad_cam(raw, grad_cam_double_norm=False)
+    twice = normalize_grad_cam(raw, grad_cam_double_norm=True)
     torch.testing.assert_close(once, torch.tensor([[0., 0.25, 0.75]], dtype=torch.float64))
     torch.testing.assert_close(
         twice, torch.tensor([[0., 0.25 / (0.75 + 1e-7), 0.75 / (0.75 + 1e-7)]],
                             dtype=torch.float64))
     # A large range: both passes leave the maximum at 1 - O(1e-7).
-    big = normalize_grad_cam(torch.tensor([[0., 2., 4.]]), twice=True)
+    big = normalize_grad_cam(torch.tensor([[0., 2., 4.]]), True)
     assert abs(big.max().item() - 1) < 1e-6
 
 
@@ -172,19 +173,21 @@ class _ScaledRelu:
         return F.relu(x) * self.scale
 
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
+@pytest.mark.parametrize('quirks', ['reference', 'fixed', dict(grad_cam_double_norm=False)],
+                         ids=['reference', 'fixed', 'single-norm'])
 def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path, monkeypatch,
-                                                       mode):
+                                                       quirks):
     """A raw CAM whose range is below 1e-6 (a weak tag).
 
     The model and the per-tag reference both see raw CAMs scaled into a range
-    of a few 1e-7; faithful mode must rescale twice (maximum back at ~1),
-    clean mode once (maximum visibly below 1), and the refined CAMs must
-    match the reference's in both modes.
+    of a few 1e-7; ``quirks.grad_cam_double_norm`` must rescale twice
+    (maximum back at ~1), without it once (maximum visibly below 1), and the
+    refined CAMs must match the reference's either way. The third case
+    switches that one field of the reference preset.
     """
     import tagclip_mmseg.models.pseudo_labelers.clip_es as clip_es
     import tagclip_mmseg.testing.reference as reference
-    model = build_labeler(tiny_clip_path, mode, tmp_path, caa_layers=(0, 1, 2))
+    model = build_labeler(tiny_clip_path, quirks, tmp_path, caa_layers=(0, 1, 2))
     torch.manual_seed(1)
     images = torch.randn(2, 3, 48, 64)
     tag_lists = [[1, 3], [2]]
@@ -194,7 +197,7 @@ def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path,
                      round_pos_embed_fp16=model.round_pos_embed_fp16).hidden
     pair_img, pair_cls = torch.tensor([0, 0, 1]), torch.tensor([1, 3, 2])
     # Scale the raw CAMs so that the widest one spans exactly 3e-7.
-    monkeypatch.setattr(clip_es, 'normalize_grad_cam', lambda cam, twice: cam)
+    monkeypatch.setattr(clip_es, 'normalize_grad_cam', lambda cam, grad_cam_double_norm: cam)
     raw, _ = model.grad_cam(hidden, pair_img, pair_cls, tag_lists)
     monkeypatch.undo()
     scale = 3e-7 / (raw.amax(dim=1) - raw.amin(dim=1)).max().item()
@@ -202,12 +205,12 @@ def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path,
     monkeypatch.setattr(reference, 'F', _ScaledRelu(scale))
     cams, _ = model.grad_cam(hidden, pair_img, pair_cls, tag_lists)
     peak = cams.amax(dim=1)
-    if mode == 'faithful':  # 0.75 / (0.75 + 1e-7) for the widest; all near 1
+    if model.quirks.grad_cam_double_norm:  # 0.75 / (0.75 + 1e-7) for the widest; all near 1
         assert (peak > 0.99).all(), peak
     else:  # once: 3e-7 / 4e-7 for the widest, narrower ones lower still
         assert abs(peak.max().item() - 0.75) < 1e-3 and (peak < 0.76).all(), peak
     ori_hw = (40, 66)
     samples = model.predict(list(images), make_samples(tag_lists, ori_hw))
     for i, s in enumerate(samples):
-        ref_cams, _ = reference_cams(model, images[i], tag_lists[i], ori_hw, mode == 'faithful')
+        ref_cams, _ = reference_cams(model, images[i], tag_lists[i], ori_hw)
         torch.testing.assert_close(s.cams.float(), ref_cams, atol=2e-3, rtol=0)

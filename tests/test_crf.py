@@ -61,24 +61,24 @@ def direct_crf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.asarray(d.inference(10), np.float32).reshape(c, h, w)
 
 
-@pytest.mark.parametrize('image_mode', ['faithful', 'clean'])
-def test_crf_equals_a_direct_pydensecrf_call_on_a_colour_image(image_mode):
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_crf_equals_a_direct_pydensecrf_call_on_a_colour_image(quirks):
     probs, rgb = colour_case()
-    if image_mode == 'faithful':
+    if quirks == 'reference':
         # the reference's image: BGR minus the Caffe mean, wrapped into uint8
         bgr = rgb[..., ::-1].astype(np.float64) - np.array([104.008, 116.669, 122.675])
         image = np.trunc(bgr).astype(np.int64) % 256
     else:
         image = rgb
     expected = direct_crf(probs, image.astype(np.uint8))
-    crf = DenseCRF(image_mode=image_mode)  # the defaults are the paper's parameters
+    crf = DenseCRF(quirks=quirks)  # the defaults are the paper's parameters
     got = crf.marginals(probs, rgb)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     idx = crf(torch.from_numpy(probs), SegDataSample(metainfo=dict(ori_img=rgb)))
     assert torch.equal(idx, torch.from_numpy(expected.argmax(0)))
-    if image_mode == 'faithful':
+    if quirks == 'reference':
         # the case tells the channel orders apart: RGB minus the same mean
-        # (wrapping elsewhere) gives other marginals. (In clean mode a channel
+        # (wrapping elsewhere) gives other marginals. (With the RGB image a channel
         # swap only permutes the bilateral features, which no result shows.)
         rgb_wrapped = np.trunc(rgb - np.array([104.008, 116.669, 122.675])).astype(np.int64) % 256
         swapped = direct_crf(probs, rgb_wrapped.astype(np.uint8))
@@ -99,10 +99,10 @@ def two_region_case():
     return probs, rgb
 
 
-@pytest.mark.parametrize('image_mode', ['faithful', 'clean'])
-def test_crf_cleans_noisy_labels(image_mode):
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_crf_cleans_noisy_labels(quirks):
     probs, rgb = two_region_case()
-    crf = DenseCRF(image_mode=image_mode)
+    crf = DenseCRF(quirks=quirks)
     sample = SegDataSample(metainfo=dict(ori_img=rgb))
     idx = crf(probs, sample)
     truth = torch.zeros(24, 32, dtype=torch.long)
@@ -119,6 +119,8 @@ def test_confidence_ignore_and_errors():
     assert (strict == -1).all()
     with pytest.raises(KeyError, match='ori_img'):
         DenseCRF()(probs, SegDataSample())
+    with pytest.raises(ValueError, match='quirks'):
+        DenseCRF(quirks='bgr')
     with pytest.raises(ValueError, match='image_mode'):
         DenseCRF(image_mode='bgr')
 

@@ -152,11 +152,11 @@ def test_forward_batch_size_by_device(deep_tiny_clip_path, tmp_path):
             _tagger(deep_tiny_clip_path, tmp_path, images_per_forward=bad)
 
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_tagger_outputs_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, mode):
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_tagger_outputs_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks):
     """Batch 1 against one batch of 8 (forced on the CPU), every stage."""
     images = _photos(8)
-    model = _tagger(deep_tiny_clip_path, tmp_path, mode=mode)
+    model = _tagger(deep_tiny_clip_path, tmp_path, quirks=quirks)
     single = [model.tag(images[i:i + 1]) for i in range(len(images))]
     batched = model.tag(images)
     margins = torch.cat([tag_decision_margin(o, model.tag_ratio, model.cwr_ratio,
@@ -204,15 +204,15 @@ def _labels_and_probs(model, images, tags, hw):
     return out
 
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_masks_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, mode):
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_masks_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks):
     """A pixel may flip only where two channels tie, or on an image whose CAM
     box decision is tied; through ``predict`` too (one image per forward on
     the CPU against a forced batch of 8)."""
     images = _photos(8)
     tags = [[0, 2], [1], [3, 4, 6], [5], [0, 1, 2, 3], [6], [2, 4], [1, 5]]
     hw = (45, 70)
-    model = _labeler(deep_tiny_clip_path, tmp_path, mode=mode)
+    model = _labeler(deep_tiny_clip_path, tmp_path, quirks=quirks)
     single = [_labels_and_probs(model, images[i:i + 1], tags[i:i + 1], hw)[0]
               for i in range(len(images))]
     batched = _labels_and_probs(model, images, tags, hw)

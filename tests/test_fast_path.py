@@ -33,7 +33,7 @@ BENCHMARK_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
 def build_labeler(ckpt, tmp_path, caa_layers):
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
-                               caa_layers=caa_layers, mode='clean',
+                               caa_layers=caa_layers, quirks='fixed',
                                text_cache_dir=str(tmp_path / 'cache')).eval()
 
 

@@ -62,7 +62,7 @@ def test_ap_empty_class_is_nan():
 
 def test_ap_matches_mmpretrain_average_precision():
     """mmpretrain's AveragePrecision is docs/method.md's AP (no ties) and keeps
-    classes without positives as 0 in the mean (our 'faithful')."""
+    classes without positives as 0 in the mean (our quirks='reference')."""
     pytest.importorskip('mmpretrain.evaluation')
     from mmpretrain.evaluation import AveragePrecision
     g = torch.Generator().manual_seed(3)
@@ -147,8 +147,8 @@ def test_tagging_metric_end_to_end_and_skips():
     samples.append(_sample(torch.rand(5), None, img_id='unlabeled'))
     out = _run(TaggingMetric(ratio=0.5, thr=0.5), samples)
     assert out['num_images'] == 20 and out['num_skipped'] == 1 and out['num_unlabeled'] == 1
-    faithful_ap = torch.nan_to_num(average_precision(scores, targets)).mean().item() * 100
-    assert out['mAP'] == pytest.approx(faithful_ap)
+    reference_ap = torch.nan_to_num(average_precision(scores, targets)).mean().item() * 100
+    assert out['mAP'] == pytest.approx(reference_ap)
     rel = precision_recall_f1(relative_threshold_mask(scores, 0.5, False), targets)
     fixed = precision_recall_f1(scores > 0.5, targets)
     for key in ('CP', 'CR', 'CF1', 'OP', 'OR', 'OF1'):
@@ -156,15 +156,16 @@ def test_tagging_metric_end_to_end_and_skips():
         assert out[key + '_thr0.5'] == pytest.approx(fixed[key])
 
 
-def test_tagging_metric_empty_class_modes():
+@pytest.mark.parametrize('fixed_quirks', ['fixed', dict(empty_class_zero=False)])
+def test_tagging_metric_empty_classes(fixed_quirks):
     scores = torch.tensor([[0.9, 0.1, 0.2], [0.2, 0.8, 0.1], [0.7, 0.6, 0.3]])
     gts = [[0], [1], [0]]  # class 2 never positive
     samples = [_sample(s, g, img_id=str(i)) for i, (s, g) in enumerate(zip(scores, gts))]
-    faithful = _run(TaggingMetric(), samples)
-    clean = _run(TaggingMetric(empty_class_mode='clean'), samples)
-    # class APs: 1, 1, (none) -> faithful (1 + 1 + 0)/3, clean (1 + 1)/2
-    assert faithful['mAP'] == pytest.approx(200 / 3)
-    assert clean['mAP'] == pytest.approx(100.0)
+    reference = _run(TaggingMetric(), samples)
+    fixed = _run(TaggingMetric(quirks=fixed_quirks), samples)
+    # class APs: 1, 1, (none) -> reference (1 + 1 + 0)/3, fixed (1 + 1)/2
+    assert reference['mAP'] == pytest.approx(200 / 3)
+    assert fixed['mAP'] == pytest.approx(100.0)
 
 
 def test_tagging_metric_tags_mode_uses_pred_label():
@@ -179,6 +180,8 @@ def test_tagging_metric_tags_mode_uses_pred_label():
 def test_tagging_metric_rejects_bad_config():
     with pytest.raises(ValueError, match='unknown modes'):
         TaggingMetric(modes=('topk', ))
+    with pytest.raises(ValueError, match='quirks'):
+        TaggingMetric(quirks='skip')
     with pytest.raises(ValueError, match='empty_class_mode'):
         TaggingMetric(empty_class_mode='skip')
 

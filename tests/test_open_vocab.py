@@ -30,6 +30,7 @@ from mmseg.structures import SegDataSample
 from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
+from tagclip_mmseg.utils.quirks import Quirks
 from tagclip_mmseg.utils import set_clip_checkpoint
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -67,7 +68,8 @@ def test_config_builds(path, deep_tiny_clip_path, tmp_path):
     assert model.tagger.clip is model.labeler.clip  # shared, not a copy
     assert not any(p.requires_grad for p in model.parameters())
     # The paper's settings are the default; the protocol's slide inference.
-    assert model.labeler.mode == 'faithful' and not model.all_classes_as_tags
+    assert model.quirks == Quirks.reference() and not model.all_classes_as_tags
+    assert model.labeler.quirks == model.tagger.quirks == Quirks.reference()
     assert model.tag_ratio is None
     assert model.test_cfg['mode'] == 'slide'
     assert model.test_cfg['crop_size'] == (224, 224) and model.test_cfg['stride'] == (112, 112)

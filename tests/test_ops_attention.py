@@ -185,12 +185,12 @@ def test_dmar_boxes_and_refine_match_loop_on_real_maps(real_photo_paths, clamp):
         vote.update(i, m)
     W = vote.finalize()
     p_hat = torch.bmm(W, p_coarse)
-    boxes = dmar_class_boxes(p_hat, grid, clamp_quirk=clamp)
+    boxes = dmar_class_boxes(p_hat, grid, box_clamp=clamp)
     assert boxes.shape == (B, C, *grid) and boxes.dtype == torch.bool
     for b in range(B):
         assert torch.equal(boxes[b], ref_dmar_boxes(p_hat[b], grid, clamp))
     assert boxes.any() and not boxes.all()
-    p_ref = dmar_refine(W, p_coarse, grid, clamp_quirk=clamp)
+    p_ref = dmar_refine(W, p_coarse, grid, box_clamp=clamp)
     torch.testing.assert_close(p_ref, ref_dmar(W, p_coarse, grid, clamp), rtol=1e-5, atol=1e-6)
     # batched == per image
     single = torch.cat([dmar_refine(W[b:b + 1], p_coarse[b:b + 1], grid, clamp)
@@ -272,7 +272,7 @@ def test_caa_refine_matches_loop(thresh, clamp, device):
     T = affinity_from_attention(A)
     cams = _cams(B, K, grid, seed=11)
     cams[1, 3] = 0  # a tag whose CAM died in the ReLU
-    got = caa_refine(T.to(device), cams.to(device), grid, thresh, clamp_quirk=clamp).cpu()
+    got = caa_refine(T.to(device), cams.to(device), grid, thresh, box_clamp=clamp).cpu()
     assert got.shape == (B, K, 42) and got.dtype == torch.float32
     ref = torch.stack([ref_caa(T[b], cams[b], grid, thresh, clamp) for b in range(B)])
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)

@@ -159,7 +159,7 @@ def test_connected_components_scipy_special():
 @pytest.mark.parametrize('shape', SIZES)
 def test_box_union_matches_opencv_random(shape, clamp, device):
     masks = random_masks(shape, seed=2)
-    boxes = component_boxes_union(masks.to(device), clamp_quirk=clamp).cpu()
+    boxes = component_boxes_union(masks.to(device), box_clamp=clamp).cpu()
     assert boxes.dtype == torch.bool and boxes.shape == masks.shape
     for m, b in zip(masks.numpy(), boxes.numpy()):
         np.testing.assert_array_equal(b, ref_box_union(m, clamp))
@@ -168,7 +168,7 @@ def test_box_union_matches_opencv_random(shape, clamp, device):
 @pytest.mark.parametrize('clamp', [True, False])
 def test_box_union_special_cases(clamp):
     masks = special_masks()
-    boxes = component_boxes_union(masks, clamp_quirk=clamp)
+    boxes = component_boxes_union(masks, box_clamp=clamp)
     for m, b in zip(masks.numpy(), boxes.numpy()):
         np.testing.assert_array_equal(b, ref_box_union(m, clamp))
     # the 1-px right-edge column vanishes only under the quirk
@@ -178,11 +178,11 @@ def test_box_union_special_cases(clamp):
 def test_box_union_quirk_drops_last_row_and_column():
     m = torch.zeros(4, 5, dtype=torch.bool)
     m[1:, 2:] = True  # touches bottom and right edges
-    clamped = component_boxes_union(m, clamp_quirk=True)
+    clamped = component_boxes_union(m, box_clamp=True)
     expected = torch.zeros_like(m)
     expected[1:3, 2:4] = True
     assert torch.equal(clamped, expected)
-    assert torch.equal(component_boxes_union(m, clamp_quirk=False), m)
+    assert torch.equal(component_boxes_union(m, box_clamp=False), m)
 
 
 def test_box_union_empty_and_batch_shapes():
@@ -235,8 +235,8 @@ def test_binarize_nan_and_zero_maps_are_empty():
 def test_boxes_from_real_image_maps(real_photo_paths, clamp):
     maps = real_score_maps(real_photo_paths[:6])
     means = maps.mean(dim=(-2, -1))
-    boxes = boxes_from_scores(maps, means, clamp_quirk=clamp)
-    rel = boxes_from_scores(maps, 0.4, relative_to_max=True, clamp_quirk=clamp)
+    boxes = boxes_from_scores(maps, means, box_clamp=clamp)
+    rel = boxes_from_scores(maps, 0.4, relative_to_max=True, box_clamp=clamp)
     for v, m, b, r in zip(maps.numpy(), means.numpy(), boxes.numpy(), rel.numpy()):
         np.testing.assert_array_equal(b, ref_box_union(ref_binarize(v, m, False), clamp))
         np.testing.assert_array_equal(r, ref_box_union(ref_binarize(v, 0.4, True), clamp))
@@ -251,7 +251,7 @@ def test_region_bbox_matches_loop(shape, clamp):
     h, w = min(shape[0], special.shape[1]), min(shape[1], special.shape[2])
     fitted[:, -h:, -w:] = special[:, -h:, -w:]  # keep the bottom/right edge contents
     masks = torch.cat([random_masks(shape, seed=5), fitted])
-    box = region_bbox(masks, clamp_quirk=clamp)
+    box = region_bbox(masks, box_clamp=clamp)
     assert isinstance(box, RegionBox)
     for i, m in enumerate(masks.numpy()):
         ref = ref_region_bbox(m, clamp)
@@ -264,12 +264,12 @@ def test_region_bbox_edge_quirk_and_dtype():
     m = torch.zeros(2, 5, 6, dtype=torch.bool)
     m[0, 2:, 5] = True  # last column only: degenerate under the quirk
     m[1, 1:3, 1:4] = True
-    box = region_bbox(m, clamp_quirk=True)
+    box = region_bbox(m, box_clamp=True)
     assert box.valid.tolist() == [False, True]
     assert (box.x1.tolist(), box.y1.tolist(), box.x2.tolist(), box.y2.tolist()) == \
         ([0, 1], [0, 1], [0, 4], [0, 3])
     assert box.x1.dtype == torch.long
-    loose = region_bbox(m, clamp_quirk=False)
+    loose = region_bbox(m, box_clamp=False)
     assert loose.valid.tolist() == [True, True] and loose.x2.tolist() == [6, 4]
 
 

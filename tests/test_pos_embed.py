@@ -2,10 +2,10 @@
 computed without the ViT code.
 
 The reference stores the resampled embedding as a half-precision parameter
-(docs/method.md §2.2), which rounds it to fp16 even in an fp32 model; faithful mode
-reproduces that. Here the expected values come from numpy: bilinear weights
-with ``align_corners=False`` written out from the formula (by hand for a
-2 x 2 grid), rounded through ``numpy.float16``.
+(docs/method.md §2.2), which rounds it to fp16 even in an fp32 model;
+``quirks.pos_embed_fp16`` reproduces that. Here the expected values come from
+numpy: bilinear weights with ``align_corners=False`` written out from the
+formula (by hand for a 2 x 2 grid), rounded through ``numpy.float16``.
 """
 import numpy as np
 import pytest
@@ -102,15 +102,17 @@ def embedding_seen_by_ln_pre(model, hw) -> np.ndarray:
 
 
 @pytest.mark.parametrize('model_type', ['TagCLIP', 'CLIPESPseudoLabeler'])
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_path, model_type,
-                                                          mode):
+@pytest.mark.parametrize('quirks', ['reference', 'fixed', dict(pos_embed_fp16=False),
+                                    dict(preset='fixed', pos_embed_fp16=True)],
+                         ids=['reference', 'fixed', 'reference-no-fp16', 'fixed-fp16'])
+def test_models_round_the_embedding_with_the_quirk_only(tiny_clip_path, tmp_path, model_type,
+                                                        quirks):
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP
     layers = dict(vote_k=2, avg_layers=(0, 1)) if model_type == 'TagCLIP' else dict(
         caa_layers=(0, 1, 2))
     model = dict(TagCLIP=TagCLIP, CLIPESPseudoLabeler=CLIPESPseudoLabeler)[model_type](
-        clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'], mode=mode,
+        clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'], quirks=quirks,
         text_cache_dir=str(tmp_path), **layers).eval()
     vit = model.clip.visual
     assert vit.conv1.bias is None
@@ -118,7 +120,7 @@ def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_pa
     pos = vit.positional_embedding.detach().numpy()
     expected = numpy_resample(pos, hw)[1:]
     got = embedding_seen_by_ln_pre(model, hw)
-    if mode == 'faithful':
+    if model.quirks.pos_embed_fp16:
         np.testing.assert_array_equal(fp16(got), got)
         # nearest fp16 value: within half an fp16 step (plus fp32 noise)
         half_step = np.spacing(np.abs(expected).astype(np.float16)) / 2
@@ -128,21 +130,21 @@ def test_models_round_the_embedding_in_faithful_mode_only(tiny_clip_path, tmp_pa
         assert not np.array_equal(fp16(got), got)
 
 
-def test_one_clip_shared_by_a_faithful_and_a_clean_model(tiny_clip_path, tmp_path):
-    """Building a clean model on a faithful model's CLIP changes nothing for
-    the faithful one: the rounding is a per-call argument, not module state."""
+def test_one_clip_shared_by_a_reference_and_a_fixed_model(tiny_clip_path, tmp_path):
+    """Building a fixed model on a reference model's CLIP changes nothing for
+    the reference one: the rounding is a per-call argument, not module state."""
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP
     tagger = TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
-                     mode='faithful', vote_k=2, avg_layers=(0, 1),
+                     quirks='reference', vote_k=2, avg_layers=(0, 1),
                      text_cache_dir=str(tmp_path)).eval()
     hw = (3, 5)
     before = embedding_seen_by_ln_pre(tagger, hw)
-    labeler = CLIPESPseudoLabeler(clip=tagger.clip, class_names=['cat', 'dog'], mode='clean',
+    labeler = CLIPESPseudoLabeler(clip=tagger.clip, class_names=['cat', 'dog'], quirks='fixed',
                                   caa_layers=(0, 1, 2), text_cache_dir=str(tmp_path)).eval()
     assert labeler.clip is tagger.clip
     after = embedding_seen_by_ln_pre(tagger, hw)
     np.testing.assert_array_equal(after, before)
     np.testing.assert_array_equal(fp16(after), after)  # still rounded
     clean = embedding_seen_by_ln_pre(labeler, hw)
-    assert not np.array_equal(fp16(clean), clean)  # the clean model's own calls are not
+    assert not np.array_equal(fp16(clean), clean)  # the fixed model's own calls are not

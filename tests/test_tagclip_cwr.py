@@ -8,11 +8,11 @@ expected number below is computed by hand from docs/method.md §4.5:
 * candidates: ``p_local > mi + r * (ma - mi)`` over the image's whole map,
   here ``mi = 0``, ``ma = 1`` and ``r = cwr_ratio = 0.3``, so ``theta = 0.3``;
 * region: min-max normalised column ``> cwr_region_thr = 0.4``, its tight box;
-  faithful mode clamps the exclusive right/bottom ends to ``W - 1 = 3`` and
-  ``H - 1 = 2``;
-* faithful mode: the first candidate with a degenerate box stops CWR for the
-  image's later candidates (classes in increasing order); clean mode skips
-  only that class;
+  ``quirks.box_clamp`` clamps the exclusive right/bottom ends to ``W - 1 = 3``
+  and ``H - 1 = 2``;
+* ``quirks.cwr_early_exit``: the first candidate with a degenerate box stops
+  CWR for the image's later candidates (classes in increasing order);
+  without it only that class is skipped;
 * fusion ``lambda * p_local + (1 - lambda) * p_global`` with ``lambda = 0.3``.
 """
 import pytest
@@ -38,7 +38,7 @@ def hand_made_map() -> torch.Tensor:
         # threshold is 0.4, not 0.5. Box x 0..3, y 0..3; clamped y2 = 2.
         column({(0, 0): .9, (0, 1): .8, (1, 0): .7, (1, 1): .6, (2, 2): .45}, .1),
         # constant 0.8: candidate, but a constant map has no region (0/0),
-        # a degenerate box in both modes.
+        # a degenerate box under any quirks.
         column({}, .8),
         # max 0.5: a candidate at theta = 0.3 (not at 0.7, the mirrored
         # threshold max - r * (max - min)). Box x 1..2, y 0..2.
@@ -54,7 +54,7 @@ def hand_made_map() -> torch.Tensor:
         # max 0.7: candidate, box x 0..2, y 1..2.
         column({(1, 0): .7, (1, 1): .6}, .05),
         # max 0.6: candidate; region in the last column: box x 3..4, which
-        # the faithful clamp makes x 3..3, degenerate.
+        # the reference clamp makes x 3..3, degenerate.
         column({(0, 3): .6, (1, 3): .6}, .1),
         # max 0.4: candidate (not at the mirrored 0.7), box x 0..2, y 0..1.
         column({(0, 0): .4, (0, 1): .4}, 0.),
@@ -73,24 +73,37 @@ def fused(b: int, c: int) -> float:
     return LAM * P_LOCAL[b, c].item() + (1 - LAM) * P_GLOBAL[b, c].item()
 
 
-#: mode -> (reidentified (image, class) pairs in order, their boxes x1 y1 x2 y2)
+#: quirks -> (reidentified (image, class) pairs in order, their boxes x1 y1 x2 y2)
 EXPECTED = {
     # image 0: class 0 done; class 1 degenerate -> stop (class 2 skipped);
     # image 1: class 1 done; class 2 degenerate after clamping -> stop.
-    'faithful': ([(0, 0), (1, 1)], [(0, 0, 3, 2), (0, 1, 2, 2)]),
-    # clean: only the constant class 1 of image 0 is skipped.
-    'clean': ([(0, 0), (0, 2), (1, 1), (1, 2), (1, 3)],
+    'reference': ([(0, 0), (1, 1)], [(0, 0, 3, 2), (0, 1, 2, 2)]),
+    # fixed: only the constant class 1 of image 0 is skipped.
+    'fixed': ([(0, 0), (0, 2), (1, 1), (1, 2), (1, 3)],
               [(0, 0, 3, 3), (1, 0, 2, 2), (0, 1, 2, 2), (3, 0, 4, 2), (0, 0, 2, 1)]),
+    # One field switched, the other kept: each changes only its own behaviour.
+    # No clamp, early exit kept: image 0 still stops at class 1, its box 0
+    # keeps y2 = 3; image 1's last-column box x 3..4 is valid, so no stop.
+    'no-box-clamp': ([(0, 0), (1, 1), (1, 2), (1, 3)],
+                     [(0, 0, 3, 3), (0, 1, 2, 2), (3, 0, 4, 2), (0, 0, 2, 1)]),
+    # Clamp kept, no early exit: the degenerate boxes (image 0 class 1, image
+    # 1 class 2 after clamping) are skipped, later candidates still run.
+    'no-early-exit': ([(0, 0), (0, 2), (1, 1), (1, 3)],
+                      [(0, 0, 3, 2), (1, 0, 2, 2), (0, 1, 2, 2), (0, 0, 2, 1)]),
 }
 
+#: quirks= argument of each case of EXPECTED.
+QUIRKS = {'reference': 'reference', 'fixed': 'fixed',
+          'no-box-clamp': dict(box_clamp=False), 'no-early-exit': dict(cwr_early_exit=False)}
 
-@pytest.mark.parametrize('mode', ['faithful', 'clean'])
-def test_cwr_early_exit_candidates_boxes_and_fusion(tiny_clip_path, tmp_path, monkeypatch, mode):
+
+@pytest.mark.parametrize('case', list(EXPECTED))
+def test_cwr_early_exit_candidates_boxes_and_fusion(tiny_clip_path, tmp_path, monkeypatch, case):
     from tagclip_mmseg.models.taggers import TagCLIP
     tagger = TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['a', 'b', 'c', 'd'],
                      background_words=['e'], templates=('{}', ), vote_k=2, avg_layers=(0, 1),
                      cwr_ratio=R, cwr_region_thr=REGION_THR, fusion_lambda=LAM, tag_ratio=0.65,
-                     mode=mode, cwr_batch_size=2, text_cache_dir=str(tmp_path)).eval()
+                     quirks=QUIRKS[case], cwr_batch_size=2, text_cache_dir=str(tmp_path)).eval()
     p_ref = hand_made_map()
     p_local = p_ref[..., :4].amax(dim=1)
     torch.testing.assert_close(p_local, P_LOCAL)  # the comments above are right
@@ -105,7 +118,7 @@ def test_cwr_early_exit_candidates_boxes_and_fusion(tiny_clip_path, tmp_path, mo
     p_final, done, p_global = tagger.reidentify(images, p_ref, p_local, (H, W),
                                                 tagger.classifier())
 
-    pairs, boxes = EXPECTED[mode]
+    pairs, boxes = EXPECTED[case]
     assert [(b, c) for b, c, _ in seen] == pairs
     assert [box for _, _, box in seen] == boxes
     expected_done = torch.zeros(2, 4, dtype=torch.bool)

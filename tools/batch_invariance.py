@@ -41,6 +41,8 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from tagclip_mmseg.utils.cli import add_quirks_args, quirks_from_args
+
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--images', default=osp.join(osp.dirname(__file__), '..', 'demo',
                                                      'images'),
@@ -50,13 +52,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--checkpoint', help='CLIP weights; default: random ViT-B/16 shape')
     parser.add_argument('--tiny', action='store_true', help='narrow 12-layer random CLIP')
-    parser.add_argument('--mode', default='faithful', choices=('faithful', 'clean'))
+    add_quirks_args(parser)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--autocast', default=None, choices=(None, 'bf16', 'fp16'))
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--save', help='write the batch-1 outputs to this file')
     parser.add_argument('--against', help='also compare with outputs saved by --save')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    quirks_from_args(parser, args)
+    return args
 
 
 def report(title: str, a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
@@ -104,7 +108,7 @@ def build_models(args: argparse.Namespace, work_dir: str):
         ckpt = osp.join(work_dir, 'clip.pth')
         torch.save(CLIP(**arch).state_dict(), ckpt)
     clip = load_clip(ckpt)
-    common = dict(clip=clip, mode=args.mode, text_cache_dir=osp.join(work_dir, 'cache'),
+    common = dict(clip=clip, quirks=args.quirks, text_cache_dir=osp.join(work_dir, 'cache'),
                   autocast=args.autocast)
     tagger = TagCLIP(class_names='voc', background_words='voc',
                      templates=('a photo of a {}.', ), **common)
@@ -169,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         one.update(run_labeler(labeler, images, tags, 1))
         many.update(run_labeler(labeler, images, tags, args.batch_size))
     report(f'images: {len(images)} x {tuple(images.shape[-2:])}, device {args.device}, '
-           f'mode {args.mode}, autocast {args.autocast}, threads {torch.get_num_threads()}\n'
+           f'quirks {args.quirks}, autocast {args.autocast}, threads {torch.get_num_threads()}\n'
            f'batch 1 against batch {args.batch_size}:', one, many)
     if args.save:
         torch.save(one, args.save)

@@ -99,6 +99,8 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from tagclip_mmseg.utils.cli import add_quirks_args, quirks_from_args
+
     parser = argparse.ArgumentParser(
         description='Benchmark the fast TagCLIP / CLIP-ES paths against the faithful ones',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -116,8 +118,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         '"autocast" option); meant for GPUs')
     parser.add_argument('--no-faithful', action='store_true',
                         help='skip the faithful per-image references (and the speed-ups)')
-    parser.add_argument('--mode', default='faithful', choices=['faithful', 'clean'],
-                        help='model mode (the reference follows the same quirks)')
+    add_quirks_args(parser)  # --quirks (the per-image references follow the same quirks)
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per figure')
     parser.add_argument('--statistic', default='median', choices=['median', 'min'],
                         help='summary of the timed runs; "min" is the least disturbed run, '
@@ -163,6 +164,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--probe', choices=['tag', 'cam', 'tag-faithful'], help=argparse.SUPPRESS)
     parser.add_argument('--checkpoint', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    quirks_from_args(parser, args)
     if args.tiny:
         if args.size == (384, 512):
             args.size = (64, 96)
@@ -370,7 +372,7 @@ def build_tagger(args: argparse.Namespace, ckpt: str, cache_dir: str, device: to
     # One template keeps the first launch short; the template count only
     # changes the (cached) text embeddings, not the image-side work.
     return TagCLIP(clip=dict(checkpoint=ckpt, dtype=args.dtype), class_names='voc',
-                   background_words='voc', templates=('a photo of a {}.', ), mode=args.mode,
+                   background_words='voc', templates=('a photo of a {}.', ), quirks=args.quirks,
                    text_cache_dir=cache_dir, autocast=args.autocast).to(device).eval()
 
 
@@ -378,7 +380,8 @@ def build_labeler(args: argparse.Namespace, ckpt: str, cache_dir: str, device: t
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt, dtype=args.dtype),
                                class_names='voc-cam', background_words='voc',
-                               templates='clip-es', caa_layers=range(4, 11), mode=args.mode,
+                               templates='clip-es', caa_layers=range(4, 11),
+                               quirks=args.quirks,
                                text_cache_dir=cache_dir,
                                autocast=args.autocast).to(device).eval()
 
@@ -473,7 +476,7 @@ def cam_fns(labeler, images: torch.Tensor, tag_counts: Sequence[int],
             lambda tags=tags: labeler.predict(list(images), cam_samples(B, tags, hw)))
         if faithful:
             fns[f'cam-faithful-{k}'] = (lambda tags=tags: [
-                reference_cams(labeler, img, tags, hw, labeler.faithful) for img in images
+                reference_cams(labeler, img, tags, hw) for img in images
             ])
     return fns
 
@@ -509,8 +512,8 @@ def report_cams(bench: Bench, res: dict, size: str, batch: int) -> None:
 def run_memory_probe(args: argparse.Namespace, what: str, ckpt: str, work_dir: str) -> dict:
     """Measure, in a fresh process, the memory one large image adds."""
     cmd = [sys.executable, osp.abspath(__file__), '--probe', what, '--checkpoint', ckpt,
-           '--work-dir', work_dir, '--device', args.device, '--dtype', args.dtype, '--mode',
-           args.mode, '--large-size', f'{args.large_size[0]}x{args.large_size[1]}', '--size',
+           '--work-dir', work_dir, '--device', args.device, '--dtype', args.dtype, '--quirks',
+           args.quirks, '--large-size', f'{args.large_size[0]}x{args.large_size[1]}', '--size',
            f'{args.size[0]}x{args.size[1]}', '--seed', str(args.seed)]
     if args.tiny:
         cmd.append('--tiny')
@@ -804,7 +807,7 @@ def run_e2e(bench: Bench, tagger, ckpt: str, work_dir: str, patch: int,
         cmd = [
             sys.executable, osp.join(ROOT, 'tools', 'test.py'), FOLDER_CONFIG, '--work-dir',
             osp.join(root, f'work{i}'), '--cfg-options', f'model.clip.checkpoint={ckpt}',
-            f'model.clip.dtype={args.dtype}', f'model.mode={args.mode}', templates,
+            f'model.clip.dtype={args.dtype}', f'model.quirks={args.quirks}', templates,
             f'model.text_cache_dir={osp.join(work_dir, "text_cache")}',
             f'test_dataloader.dataset.data_root={folders[n]}',
             f'test_dataloader.batch_size={args.e2e_batch_size}',
@@ -855,7 +858,7 @@ def machine_line(bench: Bench, args: argparse.Namespace) -> str:
         load = ' | load avg %.1f %.1f %.1f' % os.getloadavg()
     precision = args.dtype + (f' + {args.autocast} autocast' if args.autocast else '')
     return (f'# torch {torch.__version__} | {args.device}: {where}{load} | {precision} | '
-            f'{arch} | mode={args.mode} | batch {args.batch_size} | {args.statistic} of '
+            f'{arch} | quirks={args.quirks} | batch {args.batch_size} | {args.statistic} of '
             f'{args.repeats} round-robin runs')
 
 

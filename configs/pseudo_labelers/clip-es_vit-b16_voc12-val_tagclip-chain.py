@@ -6,5 +6,5 @@ model = dict(
         clip=dict(checkpoint='~/.cache/clip/ViT-B-16.pt', dtype='fp32'),
         class_names='voc',
         background_words='voc',
-        mode='faithful'))
+        quirks='reference'))
 test_dataloader = dict(dataset=dict(tag_source='none', tags_file=''))

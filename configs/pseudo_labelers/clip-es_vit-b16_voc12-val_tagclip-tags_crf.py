@@ -10,7 +10,8 @@ model = dict(
         bilateral_srgb=3,
         bilateral_compat=4,
         confidence_thr=None,       # 0.95 for training masks (low confidence -> 255)
-        image_mode='faithful',     # the reference's wrapped mean-subtracted BGR image
+        # The bilateral image follows model.quirks ('reference': the wrapped
+        # mean-subtracted BGR image, docs/modes.md).
         # CRF worker processes: 0 runs the CRF in the forward, image after image;
         # N > 0 runs it in N processes while the next batches' CAMs are computed
         # (same masks; about one per free CPU core, see docs/performance.md).

@@ -246,14 +246,14 @@ class TagCLIPInferencer(BaseInferencer):
     @property
     def labeler(self) -> nn.Module:
         """The CLIP-ES labeler, built on first use; it reuses the tagger's
-        CLIP module (no second load) when both ask for the same checkpoint,
-        dtype and mode."""
+        CLIP module (no second load) when both ask for the same checkpoint
+        and dtype. Quirks need not agree: the CLIP holds none (the
+        positional-embedding rounding is a per-call argument)."""
         if self._labeler is None:
             device = self._device
             labeler_cfg = self._runtime_cfg(self.cfg.labeler, device)
             tagger_cfg = self._runtime_cfg(self.cfg.model, device)
-            if (labeler_cfg.get('clip') == tagger_cfg.get('clip')
-                    and labeler_cfg.get('mode', 'faithful') == getattr(self.model, 'mode', None)):
+            if labeler_cfg.get('clip') == tagger_cfg.get('clip'):
                 labeler_cfg['clip'] = self.model.clip
             self._labeler = MODELS.build(labeler_cfg).to(device).eval()
         return self._labeler

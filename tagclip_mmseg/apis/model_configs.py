@@ -209,9 +209,9 @@ def default_tagger_cfg(checkpoint: Optional[str]) -> dict:
 
 
 def labeler_cfg_for(tagger_cfg: dict) -> dict:
-    """A CLIP-ES labeler config matching a tagger (same CLIP, same mode)."""
+    """A CLIP-ES labeler config matching a tagger (same CLIP, same quirks)."""
     cfg = dict(type=LABELER_TYPE, clip=copy.deepcopy(dict(tagger_cfg.get('clip') or {})))
-    for key in ('mode', 'text_cache_dir'):
+    for key in ('quirks', 'mode', 'text_cache_dir'):  # mode: deprecated spelling of quirks
         if key in tagger_cfg:
             cfg[key] = tagger_cfg[key]
     return cfg

@@ -41,8 +41,8 @@ SCORE_ATOL = 1e-4
 #: A discrete decision whose value is within this relative margin of its
 #: threshold may flip between runs.
 DECISION_TIE = 1e-4
-#: Two mask channels closer than this may swap; faithful CAMs are stored in
-#: fp16, whose spacing just below 1 is 4.9e-4.
+#: Two mask channels closer than this may swap; with ``quirks.cam_fp16`` CAMs
+#: are stored in fp16, whose spacing just below 1 is 4.9e-4.
 PIXEL_TIE = 2e-3
 
 

@@ -29,10 +29,11 @@ the sort. Here every image of a tie group is ranked at the end of its group
 equals scikit-learn's ``average_precision_score``. Without ties all three
 agree exactly.
 
-Classes with no positives (``empty_class_mode``): the reference keeps them as
-0 in the class means (``'faithful'``, docs/method.md §12 #5: an AP of 0, and P=R=0 for
-the per-class terms); ``'clean'`` leaves them out of every class mean. On
-VOC07 test and COCO14 val every class has positives and both agree.
+Classes with no positives (``quirks.empty_class_zero``, docs/modes.md): the
+reference keeps them as 0 in the class means (``quirks='reference'``,
+docs/method.md §12 #5: an AP of 0, and P=R=0 for the per-class terms);
+``quirks='fixed'`` leaves them out of every class mean. On VOC07 test and
+COCO14 val every class has positives and both agree.
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -43,13 +44,13 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
 from ..models.ops.thresholds import relative_threshold_mask
+from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from .sample_fields import get_field, image_id, load_error
 
 __all__ = [
     'relative_threshold_mask', 'average_precision', 'precision_recall_f1', 'TaggingMetric'
 ]
 
-EMPTY_CLASS_MODES = ('faithful', 'clean')
 MODES = ('relative', 'fixed', 'tags')
 
 
@@ -143,8 +144,11 @@ class TaggingMetric(BaseMetric):
             ``OF1``, ...; the reference protocol, without the arg-max
             fallback, as its F1 code), ``'fixed'`` (keys ``CP_thr0.5``, ...)
             and ``'tags'`` (keys ``CP_tags``, ...; the model's ``pred_label``).
-        empty_class_mode: ``'faithful'`` or ``'clean'``, see the module
-            docstring.
+        quirks: ``'reference'`` (default), ``'fixed'``, a dict of fields
+            or a ``Quirks``; the metric reads ``empty_class_zero`` (see the
+            module docstring). Unrelated to ``modes``' fixed threshold.
+        empty_class_mode: Deprecated: ``'faithful'`` is
+            ``quirks=dict(empty_class_zero=True)``, ``'clean'`` ``False``.
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'tagging'``.
     """
@@ -154,20 +158,21 @@ class TaggingMetric(BaseMetric):
                  ratio: float = 0.5,
                  thr: float = 0.5,
                  modes: Sequence[str] = ('relative', 'fixed'),
-                 empty_class_mode: str = 'faithful',
+                 quirks: QuirksLike = 'reference',
                  collect_device: str = 'cpu',
-                 prefix: Optional[str] = None) -> None:
+                 prefix: Optional[str] = None,
+                 empty_class_mode: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         unknown = set(modes) - set(MODES)
         if unknown:
             raise ValueError(f'unknown modes {sorted(unknown)}; choose from {MODES}')
-        if empty_class_mode not in EMPTY_CLASS_MODES:
-            raise ValueError(f'empty_class_mode must be one of {EMPTY_CLASS_MODES}, '
-                             f'got {empty_class_mode!r}')
         self.ratio = float(ratio)
         self.thr = float(thr)
         self.modes = tuple(modes)
-        self.empty_class_mode = empty_class_mode
+        #: Resolved quirk switches; only ``empty_class_zero`` matters here.
+        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__,
+                                                    'empty_class_mode', empty_class_mode,
+                                                    field='empty_class_zero')
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep each image's scores and one-hot labels (one record per image)."""
@@ -206,7 +211,7 @@ class TaggingMetric(BaseMetric):
         scores = _stack([r['score'] for r in scored], 'pred_score')
         targets = torch.stack([r['gt'] for r in scored])
         has_pos = targets.any(0)
-        class_mask = has_pos if self.empty_class_mode == 'clean' else None
+        class_mask = None if self.quirks.empty_class_zero else has_pos
 
         ap = average_precision(scores, targets)
         ap_mean = torch.nanmean(ap) if class_mask is not None else torch.nan_to_num(ap).mean()

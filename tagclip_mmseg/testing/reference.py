@@ -10,13 +10,15 @@ They run on whatever device the image is on, with the reference's round
 trips to the host for OpenCV. They are deliberately slow; never use them for
 a dataset run.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..utils.quirks import Quirks
 
 __all__ = ['binarize_reference', 'boxes_union_reference', 'reference_tagclip', 'cam_box_reference', 'reference_cams']
 
@@ -55,7 +57,8 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
 
     Args:
         model: A :class:`~tagclip_mmseg.models.TagCLIP`. Read from it:
-            ``faithful`` (box clamping and CWR early exit), ``vote_k``,
+            ``quirks`` (``box_clamp``, ``cwr_early_exit``,
+            ``pos_embed_fp16``), ``vote_k``,
             ``avg_layers``, ``self_attn_mask_value``, ``cwr``, ``cwr_ratio``,
             ``cwr_region_thr``, ``cwr_crop_size``, ``cwr_mask_value``,
             ``fusion_lambda`` and ``tag_ratio``.
@@ -66,7 +69,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
         dict: ``p_coarse``, ``p_ref``, ``p_local``, ``p_final``, ``tags`` and
         ``cwr_done`` (bool per foreground class: reidentified).
     """
-    faithful = bool(model.faithful)
+    quirks: Quirks = model.quirks
     vit = model.clip.visual
     text = model.classifier()
     c_all, c_fg = text.shape[0], model.num_classes
@@ -79,7 +82,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
     self_only.fill_diagonal_(0)
     # Quirk 6: the resampled positional embedding is rounded to fp16.
     out = vit(image[None], attn_masks={vit.num_layers - 1: self_only}, return_attn=True,
-              round_pos_embed_fp16=faithful)
+              round_pos_embed_fp16=quirks.pos_embed_fp16)
     z = F.normalize(out.tokens[0].float(), dim=-1)
     p_coarse = (100 * z @ text.t())[1:].softmax(dim=-1)
     # 4.2 vote and average
@@ -100,7 +103,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
         v = col - col.min()
         v = (v / v.max()).float().cpu().numpy().reshape(hp, wp)
         fg = binarize_reference(v, v.mean(), relative=False)
-        box = torch.from_numpy(boxes_union_reference(fg, clamp=faithful)).flatten().to(dev)
+        box = torch.from_numpy(boxes_union_reference(fg, clamp=quirks.box_clamp)).flatten().to(dev)
         p_ref[:, c] = (w * box[None, :]) @ p_coarse[:, c]
     p_local = p_ref[:, :c_fg].max(dim=0).values
     # 4.5 CWR
@@ -123,10 +126,10 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
         else:
             x1, x2 = int(xs.min()), int(xs.max()) + 1
             y1, y2 = int(ys.min()), int(ys.max()) + 1
-        if faithful:
+        if quirks.box_clamp:
             x2, y2 = min(x2, wp - 1), min(y2, hp - 1)
         if x1 >= x2 or y1 >= y2:
-            if faithful:
+            if quirks.cwr_early_exit:
                 break
             continue
         crop = image[:, p * y1:p * y2, p * x1:p * x2][None]
@@ -136,7 +139,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
         mask = torch.zeros(g * g + 1, g * g + 1, device=dev)
         mask[0, 1:][~mc] = float(model.cwr_mask_value)
         cls_tok = vit(crop, attn_masks={i: mask for i in range(vit.num_layers)},
-                      round_pos_embed_fp16=faithful).tokens[0, 0]
+                      round_pos_embed_fp16=quirks.pos_embed_fp16).tokens[0, 0]
         glob = (100 * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
         p_final[c] = lam * p_local[c] + (1 - lam) * glob[c]
         done[c] = True
@@ -156,18 +159,23 @@ def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
 
 
 def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int, int],
-                   faithful: bool) -> Tuple[Tensor, Tensor]:
+                   quirks: Optional[Quirks] = None) -> Tuple[Tensor, Tensor]:
     """docs/method.md §6.1-6.4 for one image, one tag at a time.
+
+    ``quirks`` (default: the model's) decides ``pos_embed_fp16``,
+    ``grad_cam_double_norm``, ``box_clamp`` and ``cam_fp16``.
 
     Returns:
         tuple: Refined CAMs (K, H, W) at the original size and the label map.
     """
+    quirks = model.quirks if quirks is None else quirks
     vit = model.clip.visual
     last = vit.num_layers - 1
     text = model.text_embeddings(model.class_names + model.background_words, model.templates)
     sel = text[list(tags) + list(range(model.num_classes, text.shape[0]))]
     with torch.no_grad():
-        out = vit(image[None], return_attn=True, stop_before=last, round_pos_embed_fp16=faithful)
+        out = vit(image[None], return_attn=True, stop_before=last,
+                  round_pos_embed_fp16=quirks.pos_embed_fp16)
     maps = [a[0, 1:, 1:] for a in out.attn_maps]
     hp, wp = out.grid_hw
     blk = vit.transformer.resblocks[last]
@@ -183,8 +191,8 @@ def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int,
         act, grad = g.detach()[0, 1:], g.grad[0, 1:]
         cam = F.relu(act @ grad.mean(dim=0))
         # Rescaled once per target layer, then again after the layer mean
-        # (one layer: the mean is the identity); faithful mode keeps both.
-        for _ in range(2 if faithful else 1):
+        # (one layer: the mean is the identity); grad_cam_double_norm keeps both.
+        for _ in range(2 if quirks.grad_cam_double_norm else 1):
             cam = cam - cam.min()
             cam = cam / (cam.max() + 1e-7)
         cams.append(cam)
@@ -200,13 +208,13 @@ def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int,
     for cam in cams:
         box = torch.from_numpy(
             cam_box_reference(cam.view(hp, wp).float().cpu().numpy(), model.caa_box_thr,
-                              faithful)).flatten().to(image.device)
+                              quirks.box_clamp)).flatten().to(image.device)
         r = (t * box[None, :]) @ cam
         r = r - r.min()
         r = r / (r.max() + 1e-7)
         up = F.interpolate(r.view(1, 1, hp, wp), size=ori_hw, mode='bilinear',
                            align_corners=False)[0, 0]
-        refined.append(up.half().float() if faithful else up)
+        refined.append(up.half().float() if quirks.cam_fp16 else up)
     refined = torch.stack(refined)
     bg = 1 - refined.max(dim=0, keepdim=True).values
     idx = torch.cat([bg, refined]).argmax(dim=0)

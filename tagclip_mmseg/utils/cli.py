@@ -9,14 +9,17 @@ environment variable) reaches every tool at once.
 import argparse
 import os
 import os.path as osp
+import sys
 from typing import Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
 from .config import set_data_root
 from .dist import stop_with_launcher
+from .quirks import LEGACY_MODES, QUIRK_PRESETS
 
-__all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir']
+__all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir',
+           'add_quirks_args', 'quirks_from_args']
 
 CFG_OPTIONS_HELP = (
     'override some settings in the used config, the key-value pair in xxx=yyy format will be '
@@ -77,3 +80,35 @@ def default_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> 
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def add_quirks_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--quirks reference|fixed`` and its deprecated alias ``--mode``.
+
+    Both default to ``None`` so that :func:`quirks_from_args` can tell a flag
+    given from one left out.
+    """
+    parser.add_argument('--quirks', choices=QUIRK_PRESETS,
+                        help="reference quirks preset of the models, docs/modes.md "
+                        "(default: 'reference', the published behaviour)")
+    parser.add_argument('--mode', choices=LEGACY_MODES,
+                        help='deprecated alias of --quirks: faithful = reference, clean = fixed')
+
+
+def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The preset named by ``--quirks`` or the deprecated ``--mode``.
+
+    Sets ``args.quirks`` to it and drops ``args.mode``; a deprecated flag
+    prints a note on stderr, and contradicting flags stop the parser.
+    """
+    quirks = args.quirks
+    if args.mode is not None:
+        legacy = 'reference' if args.mode == 'faithful' else 'fixed'
+        print(f'warning: --mode {args.mode} is deprecated; use --quirks {legacy}',
+              file=sys.stderr)
+        if quirks is not None and quirks != legacy:
+            parser.error(f'--mode {args.mode} contradicts --quirks {quirks}; give only --quirks')
+        quirks = legacy
+    args.quirks = quirks or 'reference'
+    del args.mode
+    return args.quirks

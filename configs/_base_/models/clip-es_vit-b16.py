@@ -13,5 +13,5 @@ model = dict(
     caa_layers=(4, 5, 6, 7, 8, 9, 10),  # blocks 5-11
     caa_box_thr=0.4,
     with_background=True,
-    mode='faithful',
+    quirks='reference',             # docs/modes.md; 'fixed' fixes them (CRF included)
     return_cams=False)  # crf: see pseudo_labelers/*_crf.py

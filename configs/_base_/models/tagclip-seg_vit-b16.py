@@ -10,7 +10,7 @@ model = dict(
     autocast=None,                  # 'bf16' on a recent GPU (fp32 weights)
     # mmseg's LoadImageFromFile yields BGR; the CLIP wants RGB. No padding.
     data_preprocessor=dict(type='CLIPDataPreprocessor', bgr_to_rgb=True),
-    mode='faithful',
+    quirks='reference',             # docs/modes.md; 'fixed' fixes them (tagger, CAMs, CRF)
     with_background=True,           # False for reduce_zero_label benchmarks
     # Options off by default (the paper's pipeline):
     all_classes_as_tags=False,      # True: skip TagCLIP, a CAM for every class

@@ -24,5 +24,5 @@ model = dict(
     cwr_mask_value=-1000.,          # [CLS] mask outside the region, all layers
     fusion_lambda=0.5,
     tag_ratio=0.5,                  # per-image relative tag threshold
-    mode='faithful',
+    quirks='reference',             # the reference's quirks (docs/modes.md), or 'fixed'
     cwr_batch_size=32)

@@ -8,6 +8,7 @@ implement :meth:`FrozenCLIPModel.predict_batch`. Every image handed to
 :meth:`FrozenCLIPModel.predict` is computed: reusing outputs of an earlier run
 and skipping unreadable images is the test loop's job (``tagclip_mmseg.resume``).
 """
+import dataclasses
 from contextlib import nullcontext
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,16 +19,14 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
 from .prompts import ClassName
 from .text_classifier import build_text_classifier, class_prompt_names, tokenize_prompts
 
-__all__ = ['FrozenCLIPModel', 'MODES']
-
-#: Behaviour switches of every model (see docs/modes.md).
-MODES = ('faithful', 'clean')
+__all__ = ['FrozenCLIPModel']
 
 
 class FrozenCLIPModel(BaseModel):
@@ -42,8 +41,13 @@ class FrozenCLIPModel(BaseModel):
             cache location) and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
             :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
             CLIP, which lets a tagger and a labeler share one.
-        mode (str): 'faithful' reproduces the reference implementation's
-            quirks (docs/method.md §12, see docs/modes.md); 'clean' fixes them.
+        quirks (str | dict | Quirks): Which quirks of the reference
+            implementation to reproduce (docs/method.md §12, docs/modes.md):
+            ``'reference'`` (all, for the published numbers), ``'fixed'``
+            (none), a dict of :class:`~tagclip_mmseg.utils.Quirks` fields
+            or a ``Quirks``. Resolved once into ``self.quirks``.
+        mode (str, optional): Deprecated spelling of ``quirks``:
+            ``'faithful'`` is ``'reference'``, ``'clean'`` is ``'fixed'``.
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
@@ -73,7 +77,8 @@ class FrozenCLIPModel(BaseModel):
 
     def __init__(self,
                  clip: Union[None, dict, nn.Module] = None,
-                 mode: str = 'faithful',
+                 quirks: QuirksLike = 'reference',
+                 mode: Optional[str] = None,
                  text_cache_dir: Optional[str] = None,
                  autocast: Optional[str] = None,
                  images_per_forward: Optional[int] = None,
@@ -85,9 +90,8 @@ class FrozenCLIPModel(BaseModel):
         if data_preprocessor is None or isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor or dict(type='CLIPDataPreprocessor'))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-        self.mode = mode
+        #: The resolved quirk switches; code branches on its named fields.
+        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'mode', mode)
         self.autocast_dtype = self._resolve_autocast(autocast)
         if images_per_forward is not None and (not isinstance(images_per_forward, int)
                                                or isinstance(images_per_forward, bool)
@@ -130,15 +134,11 @@ class FrozenCLIPModel(BaseModel):
     sample_type: type = BaseDataElement
 
     @property
-    def faithful(self) -> bool:
-        return self.mode == 'faithful'
-
-    @property
     def round_pos_embed_fp16(self) -> bool:
         """Whether this model's ViT calls round a resampled positional
-        embedding to fp16 (reference quirk 6, docs/modes.md). Passed per call:
-        the CLIP may be shared with a model of the other mode."""
-        return self.faithful
+        embedding to fp16 (``quirks.pos_embed_fp16``, docs/modes.md). Passed
+        per call: the CLIP may be shared with a model of other quirks."""
+        return self.quirks.pos_embed_fp16
 
     def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
         """Validate 0-based (or negative) vision-layer indices; return them
@@ -234,7 +234,7 @@ class FrozenCLIPModel(BaseModel):
         (tagging journals, pseudo-label folders; ``tagclip_mmseg.resume``
         hashes or records them); the names say which setting
         changed when they are not. Shared here: the model type, vocabulary,
-        prompts, behaviour mode, autocast, the weights
+        prompts, quirk switches, autocast, the weights
         (``checkpoint_fingerprint`` of a CLIP loaded from a file; a CLIP passed
         in as a module is identified by nothing more than its architecture and
         dtype) and the pixel normalisation. Subclasses add their method's
@@ -249,7 +249,8 @@ class FrozenCLIPModel(BaseModel):
         return dict(
             model=type(self).__name__, class_names=self.class_names,
             background_words=self.background_words,
-            templates=getattr(self, 'templates', None), mode=self.mode,
+            templates=getattr(self, 'templates', None),
+            quirks=dataclasses.asdict(self.quirks),
             autocast=None if self.autocast_dtype is None else str(self.autocast_dtype),
             clip=getattr(self.clip, 'checkpoint_fingerprint', None),
             clip_arch=[self.clip.visual.num_layers, self.clip.visual.patch_size,

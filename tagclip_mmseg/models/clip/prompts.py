@@ -178,7 +178,7 @@ COCO_CAM_RENAMES: Dict[str, str] = {
     'umbrella': 'umbrella,parasol',
     'handbag': 'handbag,purse',
     'tie': 'necktie',
-    'snowboard': 'sknowboard',  # sic: the reference's typo, kept for faithful numbers
+    'snowboard': 'sknowboard',  # sic: the reference's typo, kept for the published numbers
     'baseball glove': 'glove',
     'spoon': 'dessertspoon',
     'chair': 'chair seat',

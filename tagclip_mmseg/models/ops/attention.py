@@ -145,7 +145,7 @@ def _check_grid(n: int, grid_hw: Tuple[int, int], what: str) -> Tuple[int, int]:
 
 def dmar_class_boxes(p_hat: Tensor,
                      grid_hw: Tuple[int, int],
-                     clamp_quirk: bool = True) -> Tensor:
+                     box_clamp: bool = True) -> Tensor:
     """DMAR class-wise box masks from first-pass scores (docs/method.md §4.3 step 2).
 
     Per class: min-max normalise the column over patches, binarise at the
@@ -156,7 +156,7 @@ def dmar_class_boxes(p_hat: Tensor,
     Args:
         p_hat (Tensor): First-pass refined scores (B, N, C).
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp), ``Hp * Wp == N``.
-        clamp_quirk (bool): Reference clamping of the rectangles.
+        box_clamp (bool): Reference clamping of the rectangles.
 
     Returns:
         Tensor: Bool (B, C, Hp, Wp).
@@ -169,14 +169,14 @@ def dmar_class_boxes(p_hat: Tensor,
     norm = minmax_normalize(maps, dim=-1)
     # A float32 mean times 255 in float32, as the reference's numpy float32.
     thresh = norm.mean(dim=-1)
-    boxes = boxes_from_scores(norm.reshape(B, C, hp, wp), thresh, clamp_quirk=clamp_quirk)
+    boxes = boxes_from_scores(norm.reshape(B, C, hp, wp), thresh, box_clamp=box_clamp)
     return boxes & (maps.amax(dim=-1) > 0)[..., None, None]
 
 
 def dmar_refine(W: Tensor,
                 p_coarse: Tensor,
                 grid_hw: Tuple[int, int],
-                clamp_quirk: bool = True,
+                box_clamp: bool = True,
                 return_first_pass: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """DMAR refinement of coarse patch probabilities (docs/method.md §4.3).
 
@@ -190,7 +190,7 @@ def dmar_refine(W: Tensor,
             (:meth:`AttentionVote.finalize`).
         p_coarse (Tensor): Coarse patch probabilities (B, N, C).
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
-        clamp_quirk (bool): Reference clamping of the box rectangles.
+        box_clamp (bool): Reference clamping of the box rectangles.
         return_first_pass (bool): Also return ``P_hat``, whose box
             decisions the determinism checks inspect.
 
@@ -205,7 +205,7 @@ def dmar_refine(W: Tensor,
     dtype = compute_dtype(W, p_coarse)
     w, p = W.to(dtype), p_coarse.to(dtype)
     p_hat = torch.bmm(w, p)
-    boxes = dmar_class_boxes(p_hat, grid_hw, clamp_quirk)  # (B, C, Hp, Wp)
+    boxes = dmar_class_boxes(p_hat, grid_hw, box_clamp)  # (B, C, Hp, Wp)
     p_ref = torch.bmm(w, p * boxes.flatten(2).transpose(1, 2))
     return (p_ref, p_hat) if return_first_pass else p_ref
 
@@ -245,7 +245,7 @@ def caa_refine(T: Tensor,
                cams: Tensor,
                grid_hw: Tuple[int, int],
                box_thresh: Union[float, Tensor],
-               clamp_quirk: bool = True,
+               box_clamp: bool = True,
                valid: Optional[Tensor] = None,
                eps: float = 1e-7) -> Tensor:
     """Refine Grad-CAMs with the affinity, all tags at once (docs/method.md §6.3 step 5).
@@ -264,7 +264,7 @@ def caa_refine(T: Tensor,
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
         box_thresh (float | Tensor): Ratio of the CAM max (0.4 VOC, 0.7
             COCO); a tensor broadcastable to (B, K) gives one per tag.
-        clamp_quirk (bool): Reference clamping of the box rectangles.
+        box_clamp (bool): Reference clamping of the box rectangles.
         valid (Tensor, optional): Bool (B, K); rows that are False (padding
             when images have different tag counts) come out as zeros.
         eps (float): Added to the normalisation divisor (reference: 1e-7).
@@ -281,7 +281,7 @@ def caa_refine(T: Tensor,
     dtype = compute_dtype(T, cams)
     c = cams.to(dtype)
     boxes = boxes_from_scores(c.reshape(B, K, hp, wp), box_thresh, relative_to_max=True,
-                              clamp_quirk=clamp_quirk)
+                              box_clamp=box_clamp)
     # R[b, k, i] = sum_j T[b, i, j] * box[b, k, j] * cam[b, k, j]
     refined = torch.bmm(c * boxes.reshape(B, K, N), T.to(dtype).transpose(1, 2))
     refined = minmax_normalize(refined, dim=-1, eps=eps)

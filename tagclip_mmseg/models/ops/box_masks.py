@@ -22,7 +22,8 @@ bounding rectangle, so it adds nothing to the union. ``findContours`` traces
 foreground 8-connected, which is why the labelling uses 8-connectivity.
 
 The reference clamps each rectangle's exclusive right/bottom limit to
-``size - 1`` (docs/method.md §12, quirk 2); ``clamp_quirk=True`` reproduces it.
+``size - 1`` (docs/method.md §12, quirk 2); ``box_clamp=True`` reproduces it
+(the ``box_clamp`` field of :class:`~tagclip_mmseg.utils.Quirks`, docs/modes.md).
 """
 from typing import NamedTuple, Tuple, Union
 
@@ -223,7 +224,7 @@ def connected_components(mask: Tensor, connectivity: int = 8) -> Tensor:
     return torch.where(fg, labels, 0).view(mask.shape)
 
 
-def component_boxes_union(mask: Tensor, clamp_quirk: bool = True) -> Tensor:
+def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
     """Union of the bounding rectangles of all 8-connected blobs, per map.
 
     Equals painting ``[y, y + h) x [x, x + w)`` for every OpenCV
@@ -234,7 +235,7 @@ def component_boxes_union(mask: Tensor, clamp_quirk: bool = True) -> Tensor:
 
     Args:
         mask (Tensor): Bool foreground (..., H, W).
-        clamp_quirk (bool): Clamp each exclusive right/bottom limit to
+        box_clamp (bool): Clamp each exclusive right/bottom limit to
             ``W - 1`` / ``H - 1`` like the reference, so a rectangle touching
             the right or bottom edge loses its last column or row (a blob only
             in the last column or row then paints nothing).
@@ -263,7 +264,7 @@ def component_boxes_union(mask: Tensor, clamp_quirk: bool = True) -> Tensor:
     # Unused slots keep (x1, y1) = (W, H) and (x2, y2) = (0, 0): invalid.
     y1, x1 = reduce(rows, H, 'amin'), reduce(cols, W, 'amin')
     y2, x2 = reduce(rows, -1, 'amax') + 1, reduce(cols, -1, 'amax') + 1
-    if clamp_quirk:
+    if box_clamp:
         x2 = x2.clamp(max=W - 1)
         y2 = y2.clamp(max=H - 1)
     valid = ((x2 > x1) & (y2 > y1)).int()
@@ -283,7 +284,7 @@ def component_boxes_union(mask: Tensor, clamp_quirk: bool = True) -> Tensor:
 def boxes_from_scores(maps: Tensor,
                       thresh: Union[float, Tensor],
                       relative_to_max: bool = False,
-                      clamp_quirk: bool = True) -> Tensor:
+                      box_clamp: bool = True) -> Tensor:
     """Box mask of normalised score maps: :func:`binarize_like_reference`
     followed by :func:`component_boxes_union` (docs/method.md §4.3 steps 2-3, 6.3 step
     5.1).
@@ -292,28 +293,28 @@ def boxes_from_scores(maps: Tensor,
         maps (Tensor): Normalised maps (..., H, W) in [0, 1].
         thresh (float | Tensor): See :func:`binarize_like_reference`.
         relative_to_max (bool): See :func:`binarize_like_reference`.
-        clamp_quirk (bool): See :func:`component_boxes_union`.
+        box_clamp (bool): See :func:`component_boxes_union`.
 
     Returns:
         Tensor: Bool box masks (..., H, W).
     """
     fg = binarize_like_reference(maps, thresh, relative_to_max)
-    return component_boxes_union(fg, clamp_quirk)
+    return component_boxes_union(fg, box_clamp)
 
 
-def region_bbox(mask: Tensor, clamp_quirk: bool = True) -> RegionBox:
+def region_bbox(mask: Tensor, box_clamp: bool = True) -> RegionBox:
     """Tight bounding box of all foreground pixels of each map (CWR, docs/method.md §4.5
     step 2a-2b).
 
     ``x1``/``y1`` are the first active column/row, ``x2``/``y2`` the last
-    active one plus one. With ``clamp_quirk`` the exclusive ends are clamped
+    active one plus one. With ``box_clamp`` the exclusive ends are clamped
     to ``W - 1`` / ``H - 1`` as in the reference. The box is invalid (the
     reference's "degenerate box" that stops CWR) when the mask is empty or
     ``x1 == x2`` or ``y1 == y2`` after clamping.
 
     Args:
         mask (Tensor): Bool (..., H, W).
-        clamp_quirk (bool): Reproduce the reference clamping.
+        box_clamp (bool): Reproduce the reference clamping.
 
     Returns:
         RegionBox: int64 coordinates and a bool ``valid``, each of shape
@@ -325,7 +326,7 @@ def region_bbox(mask: Tensor, clamp_quirk: bool = True) -> RegionBox:
     H, W = mask.shape[-2:]
     y1, y2 = _extent(mask.any(dim=-1), H)
     x1, x2 = _extent(mask.any(dim=-2), W)
-    if clamp_quirk:
+    if box_clamp:
         x2 = x2.clamp(max=W - 1)
         y2 = y2.clamp(max=H - 1)
     valid = (x2 > x1) & (y2 > y1)

@@ -59,7 +59,7 @@ def minmax_normalize(x: Tensor, dim: Union[int, Sequence[int]] = -1, eps: float 
     return shifted / denom.clamp_min(torch.finfo(denom.dtype).tiny)
 
 
-def normalize_grad_cam(cam: Tensor, twice: bool, dim: int = -1) -> Tensor:
+def normalize_grad_cam(cam: Tensor, grad_cam_double_norm: bool, dim: int = -1) -> Tensor:
     """Rescale Grad-CAMs the way CLIP-ES does: ``(x - min) / (max + 1e-7)``.
 
     The reference rescales once per target layer and once more after the
@@ -67,21 +67,22 @@ def normalize_grad_cam(cam: Tensor, twice: bool, dim: int = -1) -> Tensor:
     two passes are *not* idempotent: for a weak tag whose raw CAM spans only
     ~1e-7, the first pass leaves the maximum well below 1 (about 0.78 for a
     3e-7 range) and the second lifts it to ~1, which moves the CAM's
-    uint8-quantised ``ratio * max`` box. ``twice=True`` (faithful mode)
-    reproduces that; ``twice=False`` (clean mode) rescales once, because the
-    CAM's scale cancels downstream (the box is relative to the max and the
-    affinity-refined map is min-max normalised again), so the second pass only
-    re-applies the epsilon. See docs/modes.md.
+    uint8-quantised ``ratio * max`` box. ``grad_cam_double_norm=True`` (the
+    ``Quirks`` field of that name) reproduces that; ``False`` rescales once,
+    because the CAM's scale cancels downstream (the box is relative to the
+    max and the affinity-refined map is min-max normalised again), so the
+    second pass only re-applies the epsilon. See docs/modes.md.
 
     Args:
         cam (Tensor): Non-negative raw CAMs, any shape.
-        twice (bool): Apply the rescaling a second time (reference quirk).
+        grad_cam_double_norm (bool): Apply the rescaling a second time
+            (reference quirk 12).
         dim (int): Dimension over which min and max are taken.
 
     Returns:
         Tensor: Rescaled CAMs in [0, 1), float32 (float64 for float64).
     """
     out = minmax_normalize(cam, dim=dim, eps=GRAD_CAM_EPS)
-    if twice:
+    if grad_cam_double_norm:
         out = minmax_normalize(out, dim=dim, eps=GRAD_CAM_EPS)
     return out

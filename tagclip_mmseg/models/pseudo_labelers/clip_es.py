@@ -33,6 +33,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from ...utils.quirks import QuirksLike
 from ..clip.frozen_model import FrozenCLIPModel
 from ..clip import VisionTransformer
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
@@ -249,15 +250,21 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             COCO-Stuff, where labels are the argmax over tag maps.
         label_map (Sequence[int], optional): Maps the output class index (after
             the background offset) to the saved label (e.g. 171 -> 27 classes).
-        mode (str): 'faithful' (reference quirks: box clamping, fp16-rounded
-            positional embedding, CAMs stored in fp16) or 'clean'.
+        quirks (str | dict | Quirks): ``'reference'`` (default) or
+            ``'fixed'``, or single fields; this model reads ``box_clamp``,
+            ``pos_embed_fp16``, ``cam_fp16`` and ``grad_cam_double_norm``, and
+            its CRF ``crf_reference_image`` (docs/modes.md).
         tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
-            used instead of the samples' ``tags``.
+            used instead of the samples' ``tags``; it takes this model's
+            quirks unless it sets ``quirks`` (or the deprecated ``mode``).
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
         crf (dict, optional): Dense CRF post-processing options, see
-            :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`.
+            :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`. Unless
+            they set ``quirks`` (or the deprecated ``image_mode``), the CRF
+            follows this model's quirks: one switch for the whole labeler.
         **kwargs: ``clip``, ``text_cache_dir``, ``data_preprocessor``,
-            ``init_cfg`` of :class:`FrozenCLIPModel`.
+            ``init_cfg`` (and the deprecated ``mode``) of
+            :class:`FrozenCLIPModel`.
     """
 
     sample_type = SegDataSample
@@ -270,12 +277,12 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  caa_box_thr: float = 0.4,
                  with_background: bool = True,
                  label_map: Optional[Sequence[int]] = None,
-                 mode: str = 'faithful',
+                 quirks: QuirksLike = 'reference',
                  tagger: Optional[dict] = None,
                  return_cams: bool = False,
                  crf: Optional[dict] = None,
                  **kwargs) -> None:
-        super().__init__(mode=mode, **kwargs)
+        super().__init__(quirks=quirks, **kwargs)
         self.templates = resolve_templates(templates)  # before the vocabulary: it checks prompts
         self.set_vocabulary(class_names, background_words)
         self.caa_layers = self.layer_indices('caa_layers', caa_layers)
@@ -286,11 +293,20 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             torch.as_tensor(label_map, dtype=torch.long) if label_map is not None else None,
             persistent=False)
         self.return_cams = return_cams
-        self.tagger = MODELS.build(tagger) if tagger is not None else None
+        self.tagger = None
+        if tagger is not None:
+            if 'quirks' not in tagger and 'mode' not in tagger:
+                tagger = dict(tagger, quirks=self.quirks)
+            self.tagger = MODELS.build(tagger)
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
             raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeler '
                              f'has {len(self.class_names)}; they must share class indices')
-        self.crf = MODELS.build(dict(type='DenseCRF', **crf)) if crf is not None else None
+        self.crf = None
+        if crf is not None:
+            crf = dict(crf)
+            if 'quirks' not in crf and 'image_mode' not in crf:
+                crf['quirks'] = self.quirks
+            self.crf = MODELS.build(dict(type='DenseCRF', **crf))
 
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
@@ -311,7 +327,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         crf = None if self.crf is None else dict(
             iterations=self.crf.iterations, gaussian=self.crf.gaussian,
             bilateral=self.crf.bilateral, confidence_thr=self.crf.confidence_thr,
-            image_mode=self.crf.image_mode)
+            reference_image=self.crf.quirks.crf_reference_image)
         return dict(
             super().resume_settings(), caa_layers=self.caa_layers, caa_box_thr=self.caa_box_thr,
             with_background=self.with_background,
@@ -364,7 +380,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         padded[pair_img, pair_slot] = cams
         valid[pair_img, pair_slot] = True
         refined = caa_refine(affinity, padded, out.grid_hw, self.caa_box_thr,
-                             clamp_quirk=self.faithful, valid=valid)
+                             box_clamp=self.quirks.box_clamp, valid=valid)
         return refined.view(B, k_max, hp, wp), out.grid_hw
 
     def grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
@@ -415,7 +431,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         alpha, last_attn = block.token_mean_grad(cot.transpose(0, 1), need_last)  # (B, K, D)
         act = block.normed[:, 1:]  # (B, N, D)
         cam = F.relu(torch.einsum('bnd,bkd->bkn', act, alpha))[pair_img, pair_slot]  # (P, N)
-        return normalize_grad_cam(cam, twice=self.faithful), last_attn
+        return normalize_grad_cam(cam, self.quirks.grad_cam_double_norm), last_attn
 
     def _fill(self, sample, cams: Tensor, tags: List[int], grid_hw: tuple) -> None:
         if not isinstance(sample, SegDataSample):
@@ -440,9 +456,9 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
         ``align_corners=False``, like the OpenCV ``INTER_LINEAR`` resize of the
         reference, written as two interpolation matrices so that a band of
-        output rows can be produced on its own (:meth:`banded_label`). In
-        faithful mode the result is rounded to fp16, as the reference stores
-        its CAMs.
+        output rows can be produced on its own (:meth:`banded_label`). With
+        ``quirks.cam_fp16`` the result is rounded to fp16, as the reference
+        stores its CAMs.
         """
         K, hp, wp = cams.shape
         zero = torch.zeros(1, dtype=torch.long, device=cams.device)
@@ -451,7 +467,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         if rows is not None:
             ry = ry[rows]
         up = ry @ cams.float() @ rx.t()  # (K, rows, W)
-        return up.half().float() if self.faithful else up
+        return up.half().float() if self.quirks.cam_fp16 else up
 
     def banded_label(self, cams: Tensor, tags: List[int], size: Tuple[int, int]) -> Tensor:
         """Label map at ``size``, computed in bands of rows.

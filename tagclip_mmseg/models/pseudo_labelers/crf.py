@@ -27,13 +27,16 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+
 __all__ = ['DenseCRF', 'PendingLabel', 'crf_reference_image', 'crf_label_map',
            'shutdown_crf_pools', 'PENDING_LABEL_KEY']
 
 #: Data-sample field holding the :class:`PendingLabel` of a deferred CRF.
 PENDING_LABEL_KEY = 'pred_sem_seg_pending'
 
-#: deeplab-pytorch's BGR mean, subtracted from the CRF image in faithful mode.
+#: deeplab-pytorch's BGR mean, subtracted from the CRF image with
+#: ``quirks.crf_reference_image``.
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
 
@@ -41,7 +44,7 @@ def crf_reference_image(rgb: np.ndarray) -> np.ndarray:
     """The image the reference gives the bilateral term (quirk 4).
 
     It is the BGR image minus the Caffe mean, cast to uint8, so negative values
-    wrap around modulo 256. Reproduced exactly for faithful numbers.
+    wrap around modulo 256. Reproduced exactly for the published numbers.
     """
     bgr = rgb[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
     return np.ascontiguousarray(bgr.astype(np.int64).astype(np.uint8))
@@ -61,8 +64,13 @@ class DenseCRF(nn.Module):
         confidence_thr (float, optional): Pixels whose largest marginal is below
             this become ignore (-1 here, 255 in the saved mask); CLIP-ES uses
             0.95 for training masks, ``None`` keeps every pixel.
-        image_mode (str): 'faithful' feeds the reference's wrapped
-            mean-subtracted BGR image; 'clean' the raw RGB image.
+        quirks (str | dict | Quirks): The CRF reads ``crf_reference_image``:
+            ``True`` (``'reference'``) feeds the reference's wrapped
+            mean-subtracted BGR image, ``False`` (``'fixed'``) the raw RGB
+            image (docs/modes.md). A labeler passes its own quirks unless its
+            ``crf`` dict sets them.
+        image_mode (str, optional): Deprecated: ``'faithful'`` is
+            ``quirks=dict(crf_reference_image=True)``, ``'clean'`` ``False``.
         workers (int): 0 runs the CRF in the model's forward, image after
             image. ``N > 0`` runs it in a pool of ``N`` worker processes
             (started on first use, stopped by :func:`shutdown_crf_pools`,
@@ -79,11 +87,13 @@ class DenseCRF(nn.Module):
                  bilateral_srgb: float = 3.,
                  bilateral_compat: float = 4.,
                  confidence_thr: Optional[float] = None,
-                 image_mode: str = 'faithful',
-                 workers: int = 0) -> None:
+                 quirks: QuirksLike = 'reference',
+                 workers: int = 0,
+                 image_mode: Optional[str] = None) -> None:
         super().__init__()
-        if image_mode not in ('faithful', 'clean'):
-            raise ValueError(f"image_mode must be 'faithful' or 'clean', got {image_mode!r}")
+        #: Resolved quirk switches; only ``crf_reference_image`` matters here.
+        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'image_mode',
+                                                    image_mode, field='crf_reference_image')
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f'workers must be an integer >= 0 (0 runs the CRF in the '
                              f'forward), got {workers!r}')
@@ -91,7 +101,6 @@ class DenseCRF(nn.Module):
         self.gaussian = dict(sxy=gaussian_sxy, compat=gaussian_compat)
         self.bilateral = dict(sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat)
         self.confidence_thr = confidence_thr
-        self.image_mode = image_mode
         self.workers = workers
         self._pool = _CRFPool(workers) if workers else None
         _backend()  # fail at build time, not after an hour of CAMs
@@ -101,12 +110,12 @@ class DenseCRF(nn.Module):
         """Everything :func:`crf_label_map` needs besides the image data."""
         return dict(iterations=self.iterations, gaussian=self.gaussian,
                     bilateral=self.bilateral, confidence_thr=self.confidence_thr,
-                    image_mode=self.image_mode)
+                    reference_image=self.quirks.crf_reference_image)
 
     def marginals(self, probs: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Mean-field marginals (C, H, W) for probabilities and an RGB image."""
         return crf_marginals(probs, rgb, self.iterations, self.gaussian, self.bilateral,
-                             self.image_mode)
+                             self.quirks.crf_reference_image)
 
     def forward(self, probs: Tensor, data_sample) -> Tensor:
         """Label index per pixel (-1 where below ``confidence_thr``), in process.
@@ -192,13 +201,17 @@ def _crf_inputs(probs: Tensor, data_sample):
 
 
 def crf_marginals(probs: np.ndarray, rgb: np.ndarray, iterations: int, gaussian: dict,
-                  bilateral: dict, image_mode: str) -> np.ndarray:
-    """Mean-field marginals (C, H, W) for probabilities and an RGB image."""
+                  bilateral: dict, reference_image: bool) -> np.ndarray:
+    """Mean-field marginals (C, H, W) for probabilities and an RGB image.
+
+    ``reference_image`` gives the bilateral term :func:`crf_reference_image`
+    (``Quirks.crf_reference_image``) instead of the RGB image itself.
+    """
     dcrf = _backend()
     C, H, W = probs.shape
     if rgb.shape[:2] != (H, W):
         raise ValueError(f'CRF image is {rgb.shape[:2]} but the maps are {(H, W)}')
-    img = crf_reference_image(rgb) if image_mode == 'faithful' else np.ascontiguousarray(
+    img = crf_reference_image(rgb) if reference_image else np.ascontiguousarray(
         rgb.astype(np.uint8))
     d = dcrf.DenseCRF2D(W, H, C)
     unary = -np.log(np.clip(probs, 1e-5, 1.0)).reshape(C, -1).astype(np.float32)
@@ -221,7 +234,7 @@ def crf_label_map(params: Dict[str, Any], probs: np.ndarray, rgb: np.ndarray,
         np.ndarray: (H, W) int64.
     """
     q = crf_marginals(probs, rgb, params['iterations'], params['gaussian'], params['bilateral'],
-                      params['image_mode'])
+                      params['reference_image'])
     idx = q.argmax(axis=0)
     label = np.asarray(lut, dtype=np.int64)[idx]
     if params['confidence_thr'] is not None:

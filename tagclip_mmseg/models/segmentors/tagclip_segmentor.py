@@ -42,6 +42,7 @@ from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor, nn
 
 from ...datasets.transforms import patch_grid
+from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from ..clip import build_clip
 from ..ops import relative_threshold_mask
 from ..clip.presets import resolve_background, resolve_classes
@@ -105,7 +106,7 @@ class TagCLIPSegmentor(BaseSegmentor):
         clip (dict | nn.Module): The CLIP shared by the tagger and the
             labeler (``dict(checkpoint=..., dtype=...)`` or a module).
         labeler (dict): :class:`CLIPESPseudoLabeler` arguments without
-            ``clip``, ``mode``, ``text_cache_dir``, ``autocast`` and
+            ``clip``, ``quirks``, ``text_cache_dir``, ``autocast`` and
             ``with_background`` (set here). ``class_names`` may be left out
             when the dataset's classes should be used (``VocabularyHook``).
         tagger (dict, optional): :class:`TagCLIP` arguments, same exclusions.
@@ -124,7 +125,11 @@ class TagCLIPSegmentor(BaseSegmentor):
             (default) keeps the tagger's (the paper's 0.5).
         crf (dict, optional): Dense-CRF options (``DenseCRF``) applied to the
             final label; the pipeline must keep ``ori_img``. Off by default.
-        mode (str): 'faithful' or 'clean', for both models.
+        quirks (str | dict | Quirks): ``'reference'`` (default),
+            ``'fixed'``, a dict of fields or a ``Quirks``, resolved once here
+            for both models and the CRF (docs/modes.md).
+        mode (str, optional): Deprecated spelling of ``quirks``
+            (``'faithful'``/``'clean'``).
         text_cache_dir (str, optional): Text-embedding cache of both models.
         autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision.
         data_preprocessor (dict, optional): Defaults to
@@ -147,7 +152,8 @@ class TagCLIPSegmentor(BaseSegmentor):
                  all_classes_as_tags: bool = False,
                  tag_ratio: Optional[float] = None,
                  crf: Optional[dict] = None,
-                 mode: str = 'faithful',
+                 quirks: QuirksLike = 'reference',
+                 mode: Optional[str] = None,
                  text_cache_dir: Optional[str] = None,
                  autocast: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -165,11 +171,13 @@ class TagCLIPSegmentor(BaseSegmentor):
         self.tag_ratio = tag_ratio
         self.align_corners = False
         self.test_cfg = self._check_test_cfg(test_cfg)
-        shared = dict(clip=build_clip(clip), mode=mode, text_cache_dir=text_cache_dir,
+        #: The resolved quirk switches, shared by both models and the CRF.
+        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'mode', mode)
+        shared = dict(clip=build_clip(clip), quirks=self.quirks, text_cache_dir=text_cache_dir,
                       autocast=autocast)
         labeler, tagger = dict(labeler), dict(tagger or {})
         for name, cfg in (('labeler', labeler), ('tagger', tagger)):
-            clash = sorted(set(cfg) & {*shared, 'with_background', 'crf'})
+            clash = sorted(set(cfg) & {*shared, 'mode', 'with_background', 'crf'})
             if clash:
                 raise ValueError(f'set {clash} on TagCLIPSegmentor itself, not in its {name} '
                                  'config: both models must agree on them')

@@ -18,8 +18,9 @@ The pipeline of docs/method.md §4.1-4.6, for a batch of equal-size images:
 
 All crops of a batch go through one forward, all box masks are computed on the
 device, and the attention maps are reduced layer by layer instead of kept.
-``mode='faithful'`` reproduces the reference implementation's quirks (docs/method.md
-§12) so published numbers can be matched; ``mode='clean'`` fixes them.
+``quirks='reference'`` reproduces the reference implementation's quirks
+(docs/method.md §12) so published numbers can be matched; ``quirks='fixed'``
+fixes them, and a dict switches single quirks (docs/modes.md).
 """
 from typing import Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,7 @@ from mmpretrain.structures import DataSample
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ...utils.quirks import QuirksLike
 from ..clip.frozen_model import FrozenCLIPModel
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox, relative_threshold_mask)
@@ -81,10 +83,13 @@ class TagCLIP(FrozenCLIPModel):
         cwr_mask_value (float): Additive mask on [CLS]-to-outside keys (-1000).
         fusion_lambda (float): Weight of the local score in the fusion.
         tag_ratio (float): Per-image relative tag threshold ``r``.
-        mode (str): 'faithful' (reference quirks) or 'clean'.
+        quirks (str | dict | Quirks): ``'reference'`` (default) or
+            ``'fixed'``, or single fields; this model reads ``cwr_early_exit``,
+            ``box_clamp`` and ``pos_embed_fp16`` (docs/modes.md).
         cwr_batch_size (int): Crops per forward in CWR; bounds memory.
         **kwargs: ``clip``, ``text_cache_dir``, ``data_preprocessor``,
-            ``init_cfg`` of :class:`FrozenCLIPModel`.
+            ``init_cfg`` (and the deprecated ``mode``) of
+            :class:`FrozenCLIPModel`.
     """
 
     sample_type = DataSample
@@ -103,10 +108,10 @@ class TagCLIP(FrozenCLIPModel):
                  cwr_mask_value: float = -1000.,
                  fusion_lambda: float = 0.5,
                  tag_ratio: float = 0.5,
-                 mode: str = 'faithful',
+                 quirks: QuirksLike = 'reference',
                  cwr_batch_size: int = 32,
                  **kwargs) -> None:
-        super().__init__(mode=mode, **kwargs)
+        super().__init__(quirks=quirks, **kwargs)
         n_layers = self.clip.visual.num_layers
         self.avg_layers = self.layer_indices('avg_layers', avg_layers)
         if not 1 <= vote_k <= n_layers:
@@ -170,7 +175,7 @@ class TagCLIP(FrozenCLIPModel):
         text = self.classifier()
         c_fg = self.num_classes
         p_coarse, w, grid_hw = self.coarse_pass(images, text)
-        p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, clamp_quirk=self.faithful,
+        p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, box_clamp=self.quirks.box_clamp,
                                    return_first_pass=True)
         p_local = p_ref[..., :c_fg].amax(dim=1)
         if self.cwr:
@@ -219,9 +224,9 @@ class TagCLIP(FrozenCLIPModel):
         cand = p_local > theta  # (B, C_fg)
         region = minmax_normalize(p_ref[..., :c_fg], dim=1) > self.cwr_region_thr  # (B, N, C_fg)
         region = region.permute(0, 2, 1).reshape(B * c_fg, hp, wp)
-        x1, y1, x2, y2, valid = region_bbox(region, clamp_quirk=self.faithful)
+        x1, y1, x2, y2, valid = region_bbox(region, box_clamp=self.quirks.box_clamp)
         valid = valid.view(B, c_fg)
-        if self.faithful:
+        if self.quirks.cwr_early_exit:
             # Quirk 1: a degenerate box for one candidate stops CWR for the
             # remaining candidates of that image (classes in increasing order).
             stopped = (cand & ~valid).long().cumsum(dim=1) > 0
