@@ -178,7 +178,7 @@ def test_encode_text_pools_at_eot_and_is_causal(tiny_clip):
 
 
 @pytest.mark.parametrize('mask_kind', ['none', 'shared', 'per_image_cls_row'])
-def test_cls_only_equals_full_forward(tiny_clip, images, mask_kind):
+def test_forward_cls_equals_full_masked_forward(tiny_clip, images, mask_kind):
     """The [CLS]-only last block gives the full forward's [CLS] token."""
     visual = tiny_clip.visual
     L = 17
