@@ -48,7 +48,7 @@ class _OpenAIArchive(nn.Module):
         self.register_buffer('vocab_size', torch.tensor(clip.vocab_size))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.visual(image).tokens[:, 0]
+        return self.visual(image)[:, 0]
 
 
 def _save_torchscript(model: CLIP, path: str) -> None:

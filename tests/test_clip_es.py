@@ -193,8 +193,8 @@ def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path,
     tag_lists = [[1, 3], [2]]
     vit = model.clip.visual
     with torch.no_grad():
-        hidden = vit(images, stop_before=vit.num_layers - 1,
-                     round_pos_embed_fp16=model.round_pos_embed_fp16).hidden
+        hidden = vit.forward_until(images, vit.num_layers - 1,
+                                   round_pos_embed_fp16=model.round_pos_embed_fp16).hidden
     pair_img, pair_cls = torch.tensor([0, 0, 1]), torch.tensor([1, 3, 2])
     # Scale the raw CAMs so that the widest one spans exactly 3e-7.
     monkeypatch.setattr(clip_es, 'normalize_grad_cam', lambda cam, grad_cam_double_norm: cam)

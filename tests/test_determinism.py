@@ -220,8 +220,8 @@ def test_masks_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks)
     tied = set()
     for i, t in enumerate(tags):
         with torch.no_grad():
-            hidden = vit(images[i:i + 1], stop_before=vit.num_layers - 1,
-                         round_pos_embed_fp16=model.round_pos_embed_fp16).hidden
+            hidden = vit.forward_until(images[i:i + 1], vit.num_layers - 1,
+                                       round_pos_embed_fp16=model.round_pos_embed_fp16).hidden
         cams, _ = model.grad_cam(hidden, torch.zeros(len(t), dtype=torch.long),
                                  torch.tensor(t), [t])
         if cam_box_margin(cams[None], model.caa_box_thr).item() < DECISION_TIE:

@@ -1,9 +1,10 @@
 """The fast Grad-CAM backward against per-pair autograd, and the benchmark script.
 
 ``CLIPESPseudoLabeler.grad_cam`` runs the last block once per image and
-backpropagates every tag of the image together by hand
-(``_LastBlockGrad``). Here each (image, tag) pair is recomputed the plain way:
-its own forward of the last block, its own ``backward`` of its probability.
+backpropagates every tag of the image together by hand (``LastBlockGrad`` in
+``models/clip/last_block_grad.py``). Here each (image, tag) pair is recomputed
+the plain way: its own forward of the last block, its own ``backward`` of its
+probability.
 No test looks at wall time.
 """
 import copy
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagclip_mmseg.models.pseudo_labelers.clip_es import _LastBlockGrad
+from tagclip_mmseg.models.clip import LastBlockGrad
 from tagclip_mmseg.models.ops import minmax_normalize
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
@@ -96,7 +97,7 @@ def fp32_cam_tolerance(hidden, bound):
 def hidden_states(model, images):
     vit = model.clip.visual
     with torch.no_grad():
-        return vit(images, stop_before=vit.num_layers - 1).hidden
+        return vit.forward_until(images, vit.num_layers - 1).hidden
 
 
 @pytest.mark.parametrize('caa_layers', [(0, 1), (1, 2)])
@@ -138,7 +139,7 @@ def test_token_mean_grad_matches_autograd(tiny_clip_path, tmp_path):
     torch.manual_seed(1)
     hidden = hidden_states(model, torch.randn(2, 3, 32, 80))
     tag_lists = [[1, 4], [0, 2]]
-    block = _LastBlockGrad(model.clip.visual, hidden)
+    block = LastBlockGrad(model.clip.visual, hidden)
     text = model.text_embeddings(model.class_names + model.background_words, model.templates)
     cots = []
     for b, tags in enumerate(tag_lists):
@@ -157,6 +158,28 @@ def test_token_mean_grad_matches_autograd(tiny_clip_path, tmp_path):
             assert ref.abs().max() > 0
             err = (alpha[b, k] - ref).abs().max() / ref.abs().max()
             assert err < 1e-5, err
+
+
+def test_token_mean_grad_follows_the_attention_chunk_budget(tiny_clip_path, tmp_path):
+    """The backward walks heads in the attention module's chunks
+    (``CLIPAttention.head_chunk``): one head at a time gives the same result
+    as all heads at once."""
+    model = build_labeler(tiny_clip_path, tmp_path, (0, 1, 2))
+    torch.manual_seed(4)
+    hidden = hidden_states(model, torch.randn(2, 3, 48, 48))
+    attn = model.clip.visual.transformer.resblocks[-1].attn
+    cot = torch.randn(2, 3, model.clip.visual.output_dim)
+    results = []
+    for budget, chunks in ((attn.max_chunk_bytes, 1), (1, attn.num_heads)):
+        attn.max_chunk_bytes = budget
+        block = LastBlockGrad(model.clip.visual, hidden)
+        L = hidden.shape[1]
+        assert len(block._head_chunks(2, L)) == chunks
+        assert block._head_chunks(2, L)[0] == (0, attn.head_chunk(2, L))
+        results.append(block.token_mean_grad(cot, need_attn=True))
+    (alpha, probs), (alpha1, probs1) = results
+    torch.testing.assert_close(alpha1, alpha, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(probs1, probs, atol=1e-6, rtol=0)
 
 
 def test_any_elementwise_activation(tiny_clip_path, tmp_path):

@@ -140,8 +140,9 @@ def run_labeler(labeler, images: torch.Tensor, tags: List[List[int]],
             ref, grid = labeler.compute_cams(chunk, chunk_tags)
             vit = labeler.clip.visual
             with torch.no_grad():
-                hidden = vit(chunk, stop_before=vit.num_layers - 1,
-                             round_pos_embed_fp16=labeler.round_pos_embed_fp16).hidden
+                hidden = vit.forward_until(
+                    chunk, vit.num_layers - 1,
+                    round_pos_embed_fp16=labeler.round_pos_embed_fp16).hidden
             pair_img = torch.tensor([b for b, t in enumerate(chunk_tags) for _ in t])
             pair_cls = torch.tensor([c for t in chunk_tags for c in t])
             raw, _ = labeler.grad_cam(hidden, pair_img.to(chunk.device),

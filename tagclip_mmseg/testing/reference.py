@@ -81,8 +81,8 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
     self_only = torch.full((n + 1, n + 1), float(model.self_attn_mask_value), device=dev)
     self_only.fill_diagonal_(0)
     # Quirk 6: the resampled positional embedding is rounded to fp16.
-    out = vit(image[None], attn_masks={vit.num_layers - 1: self_only}, return_attn=True,
-              round_pos_embed_fp16=quirks.pos_embed_fp16)
+    out = vit.forward_attention(image[None], attn_masks={vit.num_layers - 1: self_only},
+                                round_pos_embed_fp16=quirks.pos_embed_fp16)
     z = F.normalize(out.tokens[0].float(), dim=-1)
     p_coarse = (100 * z @ text.t())[1:].softmax(dim=-1)
     # 4.2 vote and average
@@ -139,7 +139,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
         mask = torch.zeros(g * g + 1, g * g + 1, device=dev)
         mask[0, 1:][~mc] = float(model.cwr_mask_value)
         cls_tok = vit(crop, attn_masks={i: mask for i in range(vit.num_layers)},
-                      round_pos_embed_fp16=quirks.pos_embed_fp16).tokens[0, 0]
+                      round_pos_embed_fp16=quirks.pos_embed_fp16)[0, 0]
         glob = (100 * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
         p_final[c] = lam * p_local[c] + (1 - lam) * glob[c]
         done[c] = True
@@ -174,8 +174,8 @@ def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int,
     text = model.text_embeddings(model.class_names + model.background_words, model.templates)
     sel = text[list(tags) + list(range(model.num_classes, text.shape[0]))]
     with torch.no_grad():
-        out = vit(image[None], return_attn=True, stop_before=last,
-                  round_pos_embed_fp16=quirks.pos_embed_fp16)
+        out = vit.forward_until(image[None], last, attn_layers=range(last),
+                                round_pos_embed_fp16=quirks.pos_embed_fp16)
     maps = [a[0, 1:, 1:] for a in out.attn_maps]
     hp, wp = out.grid_hw
     blk = vit.transformer.resblocks[last]

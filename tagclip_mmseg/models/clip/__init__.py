@@ -1,10 +1,12 @@
 from .model import (CLIP, AttnCallback, CLIPAttention, LayerMasks, LayerNorm, QuickGELU,
                     ResidualAttentionBlock, Transformer, VisionTransformer, ViTOutput,
                     resample_pos_embed)
+from .last_block_grad import LastBlockGrad
 
 __all__ = [
     'CLIP', 'AttnCallback', 'CLIPAttention', 'LayerMasks', 'LayerNorm', 'QuickGELU',
-    'ResidualAttentionBlock', 'Transformer', 'VisionTransformer', 'ViTOutput', 'resample_pos_embed'
+    'ResidualAttentionBlock', 'Transformer', 'VisionTransformer', 'ViTOutput', 'resample_pos_embed',
+    'LastBlockGrad'
 ]
 from .checkpoint import (DEFAULT_CLIP_CHECKPOINT, CheckpointError, build_clip,
                          checkpoint_fingerprint, hf_to_openai_state_dict, infer_clip_arch,

@@ -3,27 +3,33 @@
 The modules mirror OpenAI's ``clip/model.py`` parameter for parameter, so an
 OpenAI checkpoint (or any checkpoint converted to its naming by
 :mod:`tagclip_mmseg.models.clip.checkpoint`) loads with ``load_state_dict`` and
-no key juggling. What differs is the forward of the vision tower, which can:
+no key juggling. What differs is the vision tower, which can:
 
 * take any input whose sides are multiples of the patch size (the positional
   embedding grid is resampled bilinearly, the [CLS] row kept);
 * apply an additive attention mask per layer (self-only attention in the last
   layer for TagCLIP's patch classification, a [CLS]-row mask in every layer
   for class-wise reidentification);
-* report the head-averaged attention probabilities of each layer, either as a
-  list or streamed to a callback so that callers can reduce them layer by layer
-  without keeping every ``N x N`` map alive;
-* stop before a block and hand back that block's ``ln_1`` output so Grad-CAM
-  can differentiate through the last block only.
+* report the head-averaged attention probabilities of chosen layers, either as
+  a list or streamed to a callback so that callers can reduce them layer by
+  layer without keeping every ``N x N`` map alive
+  (:meth:`VisionTransformer.forward_attention`);
+* stop before a block and hand back the residual stream entering it, so
+  Grad-CAM can differentiate through the last block only
+  (:meth:`VisionTransformer.forward_until`, and
+  :class:`~tagclip_mmseg.models.clip.last_block_grad.LastBlockGrad` for the
+  backward);
+* update only the [CLS] token in the last block
+  (:meth:`VisionTransformer.forward_cls`).
 
-When nothing is requested, attention runs through
+Layers whose maps nobody asked for run
 :func:`torch.nn.functional.scaled_dot_product_attention`, i.e. as fast as a
 plain ViT.
 """
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Container, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,21 +123,13 @@ class CLIPAttention(nn.Module):
             map or ``None``.
         """
         B, L, D = x.shape
-        H, d = self.num_heads, self.head_dim
-        if num_queries is None:
-            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-            qkv = qkv.view(B, L, 3, H, d).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)  # (B, H, L, d)
-        else:
+        if num_queries is not None:
             if need_weights:
                 raise ValueError('attention maps need every query; do not combine need_weights '
                                  'with num_queries')
-            w_q, w_kv = self.in_proj_weight.split([D, 2 * D])
-            b_q, b_kv = self.in_proj_bias.split([D, 2 * D])
-            q = F.linear(x[:, :num_queries], w_q, b_q).view(B, num_queries, H, d).transpose(1, 2)
-            k, v = F.linear(x, w_kv, b_kv).view(B, L, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
             if attn_mask is not None and attn_mask.dim() >= 2:
                 attn_mask = attn_mask[..., :num_queries, :]
+        q, k, v = self.split_qkv(x, num_queries)
         if attn_mask is not None and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)
         if not need_weights:
@@ -141,6 +139,64 @@ class CLIPAttention(nn.Module):
             out, weights = self._attend_with_weights(q, k, v, attn_mask, weights_before_mask)
         out = out.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.out_proj(out), weights
+
+    def split_qkv(self,
+                  x: Tensor,
+                  num_queries: Optional[int] = None,
+                  dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Input projection split into per-head queries, keys and values.
+
+        The one place that knows ``in_proj``'s (q, k, v) x head layout, shared
+        by the forward and by the hand-written Grad-CAM backward
+        (:class:`~tagclip_mmseg.models.clip.last_block_grad.LastBlockGrad`).
+
+        Args:
+            x (Tensor): Tokens (B, L, D).
+            num_queries (int, optional): Project only the first
+                ``num_queries`` tokens to queries (keys and values keep all
+                ``L``), see :meth:`forward`.
+            dtype (torch.dtype, optional): Compute with the projection cast to
+                this dtype (the Grad-CAM backward works in float32 whatever
+                the model's dtype); ``None`` uses the parameters as they are.
+
+        Returns:
+            tuple: ``q`` (B, H, Q, d) with ``Q = num_queries or L``, ``k`` and
+            ``v`` (B, H, L, d).
+        """
+        B, L, D = x.shape
+        H, d = self.num_heads, self.head_dim
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if dtype is not None:
+            weight, bias = weight.to(dtype), bias.to(dtype)
+        if num_queries is None:
+            qkv = F.linear(x, weight, bias)
+            qkv = qkv.view(B, L, 3, H, d).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, H, L, d)
+            return q, k, v
+        w_q, w_kv = weight.split([D, 2 * D])
+        b_q, b_kv = bias.split([D, 2 * D])
+        q = F.linear(x[:, :num_queries], w_q, b_q).view(B, num_queries, H, d).transpose(1, 2)
+        k, v = F.linear(x, w_kv, b_kv).view(B, L, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def head_chunk(self, batch: int, tokens: int, itemsize: int = 4) -> int:
+        """How many heads' (batch, h, tokens, tokens) maps fit :attr:`max_chunk_bytes`.
+
+        Both the maps of the forward and the recomputed probabilities of the
+        Grad-CAM backward walk the heads in chunks of this size, so one budget
+        bounds both. Elements count at least 4 bytes: the softmax and the head
+        sum work in float32 or wider.
+
+        Args:
+            batch (int): Images.
+            tokens (int): Tokens per image (``L``).
+            itemsize (int): Bytes per element of the maps.
+
+        Returns:
+            int: Heads per chunk, between 1 and ``num_heads``.
+        """
+        per_head = batch * tokens * tokens * max(itemsize, 4)
+        return max(1, min(self.num_heads, self.max_chunk_bytes // max(per_head, 1)))
 
     def _attend_with_weights(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
                              weights_before_mask: bool) -> Tuple[Tensor, Tensor]:
@@ -158,8 +214,7 @@ class CLIPAttention(nn.Module):
         softmax.
         """
         B, H, L, d = q.shape
-        per_head = B * L * L * max(q.element_size(), 4)
-        step = max(1, min(H, self.max_chunk_bytes // max(per_head, 1)))
+        step = self.head_chunk(B, L, q.element_size())
         scale = 1.0 / math.sqrt(d)
         # Autograd cannot record ``out=`` ops: a call that builds a graph (the
         # per-tag reference Grad-CAM) gets fresh tensors instead of buffers.
@@ -287,15 +342,17 @@ def resample_pos_embed(pos_embed: Tensor,
 
 @dataclass
 class ViTOutput:
-    """What :meth:`VisionTransformer.forward` returns.
+    """What the attention-reporting stages of :class:`VisionTransformer` return.
 
     Attributes:
-        tokens (Tensor): All tokens after ``ln_post`` and ``proj``, (B, L, E);
-            ``None`` when the forward stopped early.
+        tokens (Tensor): All tokens after ``ln_post`` and ``proj``, (B, L, E),
+            from :meth:`VisionTransformer.forward_attention`; ``None`` from
+            :meth:`VisionTransformer.forward_until`.
         attn_maps (list[Tensor]): Head-averaged attention probabilities of
-            each layer that ran, each (B, L, L), when requested.
-        hidden (Tensor): Residual stream entering ``stop_before`` when the
-            forward stopped early, (B, L, D).
+            the reported layers in layer order, each (B, L, L); empty when
+            they went to a callback instead.
+        hidden (Tensor): Residual stream entering the stop block, (B, L, D),
+            from :meth:`VisionTransformer.forward_until`.
         grid_hw (tuple): Token grid (rows, cols).
     """
     tokens: Optional[Tensor] = None
@@ -305,7 +362,24 @@ class ViTOutput:
 
 
 class VisionTransformer(nn.Module):
-    """CLIP's image tower (``visual.*``)."""
+    """CLIP's image tower (``visual.*``), with one forward per use.
+
+    Each stage takes only the options its use needs:
+
+    * :meth:`forward`: the plain forward, optionally with additive masks;
+      every layer runs the fused kernel.
+    * :meth:`forward_attention`: also reports chosen layers' attention maps
+      (TagCLIP's DMAR vote, CLIP-ES's affinity layers).
+    * :meth:`forward_until`: stops before a block and returns the residual
+      stream entering it (Grad-CAM through the last block).
+    * :meth:`forward_cls`: the [CLS] embedding only, under per-layer masks
+      (TagCLIP's reidentification crops).
+
+    All of them embed with :meth:`embed` and run the blocks with
+    :meth:`_run_blocks`. ``round_pos_embed_fp16`` is an argument of each
+    stage, never module state, because one CLIP can serve a faithful and a
+    clean model at once.
+    """
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
                  heads: int, output_dim: int) -> None:
@@ -328,14 +402,13 @@ class VisionTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv1.weight.dtype
 
+    # ------------------------------------------------------- shared steps
     def embed(self, x: Tensor,
               round_pos_embed_fp16: bool = False) -> Tuple[Tensor, Tuple[int, int]]:
         """Patchify, prepend [CLS], add positional embedding, ``ln_pre``.
 
         ``round_pos_embed_fp16`` rounds a resampled positional embedding to
-        fp16 (a reference quirk, see :func:`resample_pos_embed`). It is an
-        argument of each call, not a setting of the module, because one CLIP
-        can serve a faithful and a clean model at once.
+        fp16 (a reference quirk, see :func:`resample_pos_embed`).
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
@@ -359,17 +432,69 @@ class VisionTransformer(nn.Module):
         """``ln_post`` then ``proj`` on every token."""
         return self.ln_post(x) @ self.proj
 
+    def layer_index(self, index: int, what: str = 'layer') -> int:
+        """``index`` as a 0-based layer, negative indices counting from the end.
+
+        Raises:
+            ValueError: When ``index`` does not name a layer of this tower.
+        """
+        n = self.num_layers
+        if not -n <= int(index) < n:
+            raise ValueError(f'{what} {index} must index the {n} layers of this vision tower '
+                             f'(-{n} to {n - 1})')
+        return int(index) % n
+
+    def _layer_masks(self, attn_masks: Optional[LayerMasks]) -> Dict[int, Tensor]:
+        """``attn_masks`` keyed by 0-based layer."""
+        return {self.layer_index(k, 'attn_masks key'): v for k, v in (attn_masks or {}).items()}
+
+    def _run_blocks(self,
+                    x: Tensor,
+                    end: int,
+                    masks: Mapping[int, Tensor],
+                    map_layers: Container[int] = (),
+                    on_map: Optional[AttnCallback] = None,
+                    weights_before_mask: bool = True,
+                    cls_last: bool = False) -> Tensor:
+        """Blocks ``0 .. end - 1``: the one block loop every stage runs.
+
+        Args:
+            x (Tensor): Embedded tokens (B, L, D).
+            end (int): Number of blocks to run.
+            masks (Mapping[int, Tensor]): Additive masks by 0-based layer.
+            map_layers (Container[int]): Layers whose head-averaged maps go
+                to ``on_map``; the others run the fused kernel.
+            on_map (callable, optional): ``on_map(layer, probs)``.
+            weights_before_mask (bool): Report the unmasked probabilities of
+                masked layers (see :meth:`CLIPAttention.forward`).
+            cls_last (bool): The last block updates the [CLS] token alone
+                and returns (B, 1, D).
+
+        Returns:
+            Tensor: The residual stream after block ``end - 1``.
+        """
+        last = self.num_layers - 1
+        for i in range(end):
+            queries = 1 if cls_last and i == last else None
+            x, w = self.transformer.resblocks[i](x, masks.get(i), i in map_layers,
+                                                 weights_before_mask, queries)
+            if w is not None:
+                on_map(i, w)
+        return x
+
+    def _map_sink(self, out: ViTOutput,
+                  attn_callback: Optional[AttnCallback]) -> AttnCallback:
+        """Where reported maps go: the callback, else ``out.attn_maps``."""
+        if attn_callback is not None:
+            return attn_callback
+        return lambda _, w: out.attn_maps.append(w)
+
+    # ------------------------------------------------------------- stages
     def forward(self,
                 x: Tensor,
                 attn_masks: Optional[LayerMasks] = None,
-                return_attn: bool = False,
-                attn_callback: Optional[AttnCallback] = None,
-                weights_before_mask: bool = True,
-                stop_before: Optional[int] = None,
-                cls_only: bool = False,
-                attn_layers: Optional[Iterable[int]] = None,
-                round_pos_embed_fp16: bool = False) -> ViTOutput:
-        """Encode images into per-token embeddings.
+                round_pos_embed_fp16: bool = False) -> Tensor:
+        """Encode images into per-token embeddings, every layer fused.
 
         Args:
             x (Tensor): Normalised images (B, 3, H, W), sides multiples of the
@@ -378,58 +503,111 @@ class VisionTransformer(nn.Module):
                 masks by layer index (negative indices count from the end),
                 each broadcastable to (B, heads, L, L); use shape (B, 1, L, L)
                 for per-image masks.
-            return_attn (bool): Collect each layer's head-averaged attention
-                probabilities in ``ViTOutput.attn_maps``.
-            attn_callback (callable, optional): Called as ``cb(layer, probs)``
-                for every layer that runs; lets callers reduce maps on the fly.
-            weights_before_mask (bool): For masked layers, report the unmasked
-                probabilities (TagCLIP) rather than the masked ones.
-            stop_before (int, optional): Stop before this block and return the
-                residual stream in ``ViTOutput.hidden`` (no ``tokens``).
-            cls_only (bool): Return only the [CLS] token, ``tokens`` of shape
-                (B, 1, E). The last block then updates the [CLS] token alone
-                (one query instead of L), which saves most of that block:
-                TagCLIP's reidentification crops need nothing else.
-            attn_layers (Iterable[int], optional): The layers whose maps are
-                reported (negative indices count from the end); the others run
-                the fused kernel. ``None`` reports every layer.
             round_pos_embed_fp16 (bool): Round a resampled positional
                 embedding to fp16 (reference quirk; see :meth:`embed`).
 
         Returns:
-            ViTOutput: See the class.
+            Tensor: All tokens after ``ln_post`` and ``proj``, (B, L, E).
+        """
+        x, _ = self.embed(x, round_pos_embed_fp16)
+        return self.head(self._run_blocks(x, self.num_layers, self._layer_masks(attn_masks)))
+
+    def forward_attention(self,
+                          x: Tensor,
+                          attn_layers: Optional[Iterable[int]] = None,
+                          attn_callback: Optional[AttnCallback] = None,
+                          attn_masks: Optional[LayerMasks] = None,
+                          weights_before_mask: bool = True,
+                          round_pos_embed_fp16: bool = False) -> ViTOutput:
+        """The forward that also reports attention maps.
+
+        Only the reported layers pay for explicit attention; the others run
+        the fused kernel, exactly as in :meth:`forward`.
+
+        Args:
+            x (Tensor): Normalised images (B, 3, H, W).
+            attn_layers (Iterable[int], optional): Layers whose maps are
+                reported (negative indices count from the end); ``None``
+                reports every layer (TagCLIP's vote needs all of them).
+            attn_callback (callable, optional): Called as ``cb(layer, probs)``
+                for each reported layer, in layer order, instead of keeping
+                the maps: callers reduce them on the fly, so only one
+                ``N x N`` map lives at a time.
+            attn_masks (Mapping[int, Tensor], optional): As in :meth:`forward`.
+            weights_before_mask (bool): For masked layers, report the unmasked
+                probabilities (TagCLIP's vote over the self-only last layer,
+                docs/method.md §2.5) rather than the masked ones; the tokens
+                always use the masked attention.
+            round_pos_embed_fp16 (bool): See :meth:`embed`.
+
+        Returns:
+            ViTOutput: ``tokens``, ``attn_maps`` (empty with a callback) and
+            ``grid_hw``.
         """
         x, grid_hw = self.embed(x, round_pos_embed_fp16)
-        n = self.num_layers
-        masks = {(k % n): v for k, v in (attn_masks or {}).items()}
-        need_weights = return_attn or attn_callback is not None
-        map_layers = None
-        if attn_layers is not None:
-            map_layers = {int(i) for i in attn_layers}
-            if any(not -n <= i < n for i in map_layers):
-                raise ValueError(f'attn_layers {sorted(map_layers)} must index the {n} layers '
-                                 f'of this vision tower (-{n} to {n - 1})')
-            map_layers = {i % n for i in map_layers}
-        if cls_only and (need_weights or stop_before is not None):
-            raise ValueError('cls_only cannot be combined with attention maps or stop_before, '
-                             'which need every token of the last block')
         out = ViTOutput(grid_hw=grid_hw)
-        end = n if stop_before is None else stop_before % n if stop_before < 0 else stop_before
-        for i in range(end):
-            queries = 1 if cls_only and i == n - 1 else None
-            weights = need_weights and (map_layers is None or i in map_layers)
-            x, w = self.transformer.resblocks[i](x, masks.get(i), weights, weights_before_mask,
-                                                 queries)
-            if w is not None:
-                if attn_callback is not None:
-                    attn_callback(i, w)
-                if return_attn:
-                    out.attn_maps.append(w)
-        if stop_before is not None:
-            out.hidden = x
-        else:
-            out.tokens = self.head(x)
+        layers = range(self.num_layers) if attn_layers is None else attn_layers
+        x = self._run_blocks(x, self.num_layers, self._layer_masks(attn_masks),
+                             {self.layer_index(i, 'attn_layers') for i in layers},
+                             self._map_sink(out, attn_callback), weights_before_mask)
+        out.tokens = self.head(x)
         return out
+
+    def forward_until(self,
+                      x: Tensor,
+                      block: int,
+                      attn_layers: Iterable[int] = (),
+                      attn_callback: Optional[AttnCallback] = None,
+                      round_pos_embed_fp16: bool = False) -> ViTOutput:
+        """Run the blocks before ``block`` and return the stream entering it.
+
+        Grad-CAM differentiates through the last block only; CLIP-ES's
+        affinity layers among the blocks that run can be reported on the way.
+
+        Args:
+            x (Tensor): Normalised images (B, 3, H, W).
+            block (int): The block to stop before (negative counts from the
+                end; ``num_layers`` runs every block but not the head).
+            attn_layers (Iterable[int]): Layers whose maps are reported, as in
+                :meth:`forward_attention`; layers at or after ``block`` do not
+                run and report nothing. None by default.
+            attn_callback (callable, optional): As in :meth:`forward_attention`.
+            round_pos_embed_fp16 (bool): See :meth:`embed`.
+
+        Returns:
+            ViTOutput: ``hidden`` (B, L, D), ``attn_maps`` and ``grid_hw``.
+        """
+        end = self.num_layers if block == self.num_layers else self.layer_index(block, 'block')
+        x, grid_hw = self.embed(x, round_pos_embed_fp16)
+        out = ViTOutput(grid_hw=grid_hw)
+        out.hidden = self._run_blocks(x, end, {},
+                                      {self.layer_index(i, 'attn_layers') for i in attn_layers},
+                                      self._map_sink(out, attn_callback))
+        return out
+
+    def forward_cls(self,
+                    x: Tensor,
+                    attn_masks: Optional[LayerMasks] = None,
+                    round_pos_embed_fp16: bool = False) -> Tensor:
+        """The [CLS] embedding alone, under optional per-layer masks.
+
+        The last block updates only the [CLS] token (one query instead of
+        ``L``), which saves most of that block: TagCLIP's reidentification
+        crops read nothing else. Equal to ``forward(x, attn_masks)[:, 0]`` up
+        to rounding.
+
+        Args:
+            x (Tensor): Normalised images (B, 3, H, W).
+            attn_masks (Mapping[int, Tensor], optional): As in :meth:`forward`
+                (e.g. a [CLS]-row mask in every layer).
+            round_pos_embed_fp16 (bool): See :meth:`embed`.
+
+        Returns:
+            Tensor: (B, E) [CLS] embeddings after ``ln_post`` and ``proj``.
+        """
+        x, _ = self.embed(x, round_pos_embed_fp16)
+        x = self._run_blocks(x, self.num_layers, self._layer_masks(attn_masks), cls_last=True)
+        return self.head(x)[:, 0]
 
 
 @MODELS.register_module(name='OpenAICLIP')
@@ -487,7 +665,7 @@ class CLIP(nn.Module):
 
     def encode_image(self, image: Tensor) -> Tensor:
         """The [CLS] embedding after ``ln_post`` and ``proj``, (B, E)."""
-        return self.visual(image).tokens[:, 0]
+        return self.visual(image)[:, 0]
 
     def encode_text(self, text: Tensor) -> Tensor:
         """Text embeddings at the end-of-text token (the largest id), (B, E)."""

@@ -200,8 +200,9 @@ class TagCLIP(FrozenCLIPModel):
         self_only = torch.full((L, L), self.self_attn_mask_value, device=images.device)
         self_only.fill_diagonal_(0)
         vote = AttentionVote(avg_layers=self.avg_layers, vote_min=self.vote_k)
-        out = vit(images, attn_masks={-1: self_only}, attn_callback=vote.update,
-                  weights_before_mask=True, round_pos_embed_fp16=self.round_pos_embed_fp16)
+        out = vit.forward_attention(images, attn_callback=vote.update, attn_masks={-1: self_only},
+                                    weights_before_mask=True,
+                                    round_pos_embed_fp16=self.round_pos_embed_fp16)
         tokens = F.normalize(out.tokens[:, 1:].float(), dim=-1)
         p_coarse = (100. * tokens @ text.t()).softmax(dim=-1)
         return p_coarse, vote.finalize(), out.grid_hw
@@ -264,6 +265,5 @@ class TagCLIP(FrozenCLIPModel):
         mask = torch.zeros(K, 1, L, L, device=images.device, dtype=torch.float32)
         mask[:, 0, 0, 1:] = torch.where(keep, 0., self.cwr_mask_value)
         masks = {i: mask for i in range(vit.num_layers)}
-        cls_tok = vit(crops, attn_masks=masks, cls_only=True,
-                      round_pos_embed_fp16=self.round_pos_embed_fp16).tokens[:, 0]
+        cls_tok = vit.forward_cls(crops, masks, round_pos_embed_fp16=self.round_pos_embed_fp16)
         return (100. * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
