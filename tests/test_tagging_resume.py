@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 from argparse import Namespace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from PIL import Image
 from tagclip_mmseg.evaluation import (SkipTagged, TagFileWriter, TagJournal, decode_scores,
                                       encode_scores, read_journals)
 from tagclip_mmseg.evaluation.tag_journal import journal_path, journal_paths
+from tagclip_mmseg.testing.models import build_tagger
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NUM_CLASSES = 5
@@ -205,11 +207,10 @@ def test_resume_needs_the_keys_packed():
 
 
 # -------------------------------------------------------------------- model
-def _tagger(clip, **kwargs):
-    from tagclip_mmseg.models.taggers import TagCLIP
-    return TagCLIP(clip=clip, class_names=[f'c{i}' for i in range(NUM_CLASSES)],
-                   background_words=['sky'], templates=['a photo of a {}.'], avg_layers=(0, 1),
-                   vote_k=2, **kwargs).eval()
+#: ``_tagger(clip_module, **settings)``.
+_tagger = partial(build_tagger, class_names=[f'c{i}' for i in range(NUM_CLASSES)],
+                  background_words=['sky'], templates=['a photo of a {}.'], avg_layers=(0, 1),
+                  vote_k=2)
 
 
 def test_reuse_result_restores_the_journaled_prediction(tiny_clip):

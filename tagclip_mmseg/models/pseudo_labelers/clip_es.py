@@ -33,6 +33,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from ...datasets.label_maps import LabelMap, label_lut
 from ..clip.frozen_model import FrozenCLIPModel
 from ..clip import VisionTransformer
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
@@ -247,8 +248,10 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             0.7 COCO).
         with_background (bool): Add the ``1 - max`` background channel; off for
             COCO-Stuff, where labels are the argmax over tag maps.
-        label_map (Sequence[int], optional): Maps the output class index (after
-            the background offset) to the saved label (e.g. 171 -> 27 classes).
+        label_map (Sequence[int] | str, optional): Maps the output class index
+            (after the background offset) to the saved label (e.g. 171 -> 27
+            classes); a list or a name such as ``'cocostuff171_to_27'`` (see
+            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
         mode (str): 'faithful' (reference quirks: box clamping, fp16-rounded
             positional embedding, CAMs stored in fp16) or 'clean'.
         tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
@@ -269,7 +272,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  caa_layers: Sequence[int] = tuple(range(4, 11)),
                  caa_box_thr: float = 0.4,
                  with_background: bool = True,
-                 label_map: Optional[Sequence[int]] = None,
+                 label_map: Optional[LabelMap] = None,
                  mode: str = 'faithful',
                  tagger: Optional[dict] = None,
                  return_cams: bool = False,
@@ -281,10 +284,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.caa_layers = self.layer_indices('caa_layers', caa_layers)
         self.caa_box_thr = caa_box_thr
         self.with_background = with_background
-        self.register_buffer(
-            'label_map',
-            torch.as_tensor(label_map, dtype=torch.long) if label_map is not None else None,
-            persistent=False)
+        self.register_buffer('label_map', None if label_map is None else label_lut(label_map),
+                             persistent=False)
         self.return_cams = return_cams
         self.tagger = MODELS.build(tagger) if tagger is not None else None
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
