@@ -31,9 +31,8 @@ import torch
 
 from tagclip_mmseg.apis import TagCLIPInferencer, expand_inputs, write_pipeline_check_checkpoint
 from tagclip_mmseg.apis.model_configs import load_model_config
-from tagclip_mmseg.datasets.categories import VOC_CLASSES
 from tagclip_mmseg.models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
-from tagclip_mmseg.models.clip.prompts import VOC_BACKGROUND
+from tagclip_mmseg.models.clip.presets import resolve_background, resolve_classes
 from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
@@ -106,8 +105,8 @@ def vocabulary(args: argparse.Namespace):
     classes = args.classes or (read_classes_file(args.classes_file) if args.classes_file else None)
     words = args.background_words
     if classes is None and not args.config:
-        classes = list(VOC_CLASSES)
-        words = list(VOC_BACKGROUND) if words is None else words
+        classes = list(resolve_classes('voc'))
+        words = list(resolve_background('voc')) if words is None else words
     return classes, words
 
 

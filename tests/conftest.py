@@ -8,7 +8,6 @@ import os.path as osp
 
 import numpy as np
 import pytest
-import torch
 
 
 def _load_skip_policy():
@@ -38,32 +37,12 @@ FOOLBOX_PHOTOS = ('foolbox_imagenet_00_243.jpg', 'foolbox_imagenet_01_559.jpg',
                   'foolbox_imagenet_04_949.jpg', 'foolbox_imagenet_05_853.jpg',
                   'foolbox_imagenet_06_609.jpg', 'foolbox_imagenet_07_609.jpg')
 
-#: Architecture of the tiny CLIP: widths are multiples of 64 so that OpenAI's
-#: ``heads = width // 64`` rule (used when reading a checkpoint) gives 2 heads.
-TINY_CLIP_ARCH = dict(
-    embed_dim=32,
-    image_resolution=64,
-    vision_layers=3,
-    vision_width=128,
-    vision_patch_size=16,
-    context_length=77,
-    vocab_size=49408,
-    transformer_width=128,
-    transformer_heads=2,
-    transformer_layers=2)
-
-
-def make_tiny_clip(seed: int = 0, **overrides):
-    """A tiny random CLIP in OpenAI naming (fp32, eval mode)."""
-    from tagclip_mmseg.models.clip import CLIP
-    torch.manual_seed(seed)
-    model = CLIP(**{**TINY_CLIP_ARCH, **overrides}).eval()
-    # Random init leaves some parameters at constants; perturb every tensor so
-    # that round-trip tests would notice a parameter that failed to load.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model
+def make_tiny_clip(seed: int = 0, path=None, **overrides):
+    """A tiny random CLIP in OpenAI naming (fp32, eval mode), saved to ``path``
+    when given; every parameter is perturbed so that round-trip tests would
+    notice one that failed to load."""
+    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH, random_clip
+    return random_clip(seed, path, jitter=0.02, **{**TINY_CLIP_ARCH, **overrides})
 
 
 @pytest.fixture
@@ -72,11 +51,12 @@ def tiny_clip():
 
 
 @pytest.fixture
-def tiny_clip_path(tmp_path, tiny_clip):
-    """A plain state_dict checkpoint of :func:`tiny_clip` on disk."""
-    path = tmp_path / 'tiny_clip.pth'
-    torch.save(tiny_clip.state_dict(), path)
-    return str(path)
+def tiny_clip_path(tmp_path):
+    """A plain state_dict checkpoint on disk with the weights of :func:`tiny_clip`
+    (same seed)."""
+    path = str(tmp_path / 'tiny_clip.pth')
+    make_tiny_clip(path=path)
+    return path
 
 
 @pytest.fixture(scope='session')
@@ -162,15 +142,15 @@ def deep_tiny_clip_path(tmp_path_factory):
     Default configs index layers 4-10 (``avg_layers``, ``caa_layers``); this
     narrow but deep model lets tests run those defaults unchanged.
     """
-    path = tmp_path_factory.mktemp('deep_tiny_clip') / 'deep_tiny_clip.pth'
-    torch.save(make_tiny_clip(vision_layers=12).state_dict(), path)
-    return str(path)
+    path = str(tmp_path_factory.mktemp('deep_tiny_clip') / 'deep_tiny_clip.pth')
+    make_tiny_clip(path=path, vision_layers=12)
+    return path
 
 
 @pytest.fixture
 def tiny_clip_arch():
-    """A copy of :data:`TINY_CLIP_ARCH` (test modules cannot import conftest
-    under ``--import-mode=importlib``)."""
+    """A copy of :data:`~tagclip_mmseg.testing.random_clip.TINY_CLIP_ARCH`."""
+    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH
     return dict(TINY_CLIP_ARCH)
 
 
@@ -311,7 +291,7 @@ def tiny_tool_options(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp('tiny_tools')
     checkpoint = root / 'tiny_clip.pth'
-    torch.save(make_tiny_clip().state_dict(), checkpoint)
+    make_tiny_clip(path=checkpoint)
     common = [f'model.clip.checkpoint={checkpoint}', 'model.clip.dtype=fp32',
               f'model.text_cache_dir={root / "text_cache"}', 'test_dataloader.num_workers=0',
               "model.templates=['a photo of a {}.']"]
@@ -441,3 +421,23 @@ def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: flo
 def tagging_metrics_oracle():
     """:func:`reference_tagging_metrics`, for tests that check a tool's metrics."""
     return reference_tagging_metrics
+
+
+def write_image_split(root, ids, write_image, tags_of):
+    """A VOC-style tagged split under ``root``: ``JPEGImages/<id>.jpg`` written by
+    ``write_image(index, img_id, path)`` in id order, then ``list.txt`` (the
+    ids) and ``tags.txt`` (``img_id t1 t2 ...`` lines, ``tags_of(img_id)``
+    called in id order after every image is written). Returns ``root``."""
+    (root / 'JPEGImages').mkdir()
+    for index, img_id in enumerate(ids):
+        write_image(index, img_id, root / 'JPEGImages' / f'{img_id}.jpg')
+    (root / 'list.txt').write_text(''.join(i + '\n' for i in ids))
+    (root / 'tags.txt').write_text(''.join(
+        ' '.join([i, *map(str, tags_of(i))]) + '\n' for i in ids))
+    return root
+
+
+@pytest.fixture(scope='session')
+def image_split():
+    """:func:`write_image_split`, for the tool tests' photo folders."""
+    return write_image_split

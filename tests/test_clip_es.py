@@ -5,29 +5,24 @@ literally: one backward pass per tag,
 OpenCV contours for the box of each tag, the affinity applied tag by tag, and
 ``F.interpolate`` to the original size.
 """
+from functools import partial
+
 import pytest
 import torch
 from mmengine.structures import PixelData
 
 from mmseg.structures import SegDataSample
 from tagclip_mmseg.resume import predict_or_restore
+from tagclip_mmseg.testing import models as testing_models
 from tagclip_mmseg.testing.reference import reference_cams
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
 
 
-def build_labeler(ckpt, quirks, tmp_path, **kw):
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
-    return CLIPESPseudoLabeler(
-        clip=dict(checkpoint=ckpt),
-        class_names=FG,
-        background_words=BG,
-        caa_layers=kw.pop('caa_layers', (0, 1, 2)),
-        quirks=quirks,
-        text_cache_dir=str(tmp_path / 'cache'),
-        return_cams=True,
-        **kw).eval()
+#: ``build_labeler(checkpoint, quirks, tmp_path, **settings)``.
+build_labeler = partial(testing_models.build_labeler, class_names=FG, background_words=BG,
+                        caa_layers=(0, 1, 2), return_cams=True)
 
 
 def make_samples(tag_lists, ori_hw):

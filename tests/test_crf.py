@@ -1,4 +1,6 @@
 """Dense CRF post-processing (optional extra: pydensecrf2)."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,11 @@ from mmseg.structures import SegDataSample
 pytest.importorskip('pydensecrf')
 
 from tagclip_mmseg.models.pseudo_labelers import DenseCRF, crf_reference_image  # noqa: E402
+from tagclip_mmseg.testing.models import build_labeler  # noqa: E402
+
+#: A two-class labeler on the tiny CLIP's three layers: ``cat_dog_labeler(checkpoint, ...)``.
+cat_dog_labeler = partial(build_labeler, class_names=['cat', 'dog'], background_words=['sky'],
+                          caa_layers=(0, 1, 2))
 
 
 def test_reference_image_wraps_like_uint8_cast():
@@ -126,10 +133,8 @@ def test_confidence_ignore_and_errors():
 
 
 def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
-    model = CLIPESPseudoLabeler(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
-                                background_words=['sky'], caa_layers=(0, 1, 2),
-                                text_cache_dir=str(tmp_path), crf=dict(confidence_thr=1.01))
+    model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
+                            crf=dict(confidence_thr=1.01))
     rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     s = SegDataSample(metainfo=dict(tags=[0, 1], ori_shape=(30, 40), ori_img=rgb))
     out = model.predict([torch.randn(3, 32, 48)], [s])[0].pred_sem_seg.data
@@ -140,13 +145,10 @@ def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
 
 # ------------------------------------------------- CRF in worker processes
 def _labeler(tiny_clip_path, tmp_path, workers):
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     # Non-default CRF parameters, so that a worker using the defaults would differ.
     crf = dict(iterations=4, bilateral_sxy=30., bilateral_srgb=7., confidence_thr=0.6,
                workers=workers)
-    return CLIPESPseudoLabeler(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],
-                               background_words=['sky'], caa_layers=(0, 1, 2),
-                               text_cache_dir=str(tmp_path / 'cache'), crf=crf)
+    return cat_dog_labeler(tiny_clip_path, work_dir=tmp_path, crf=crf)
 
 
 def _photo_samples(count, seed=0):

@@ -8,6 +8,8 @@ that find them are themselves tested on hand-made numbers here.
 ``.ci/run`` runs this file (and the resume tests) again under other
 instruction-set limits (``MKL_ENABLE_INSTRUCTIONS``, ``ONEDNN_MAX_CPU_ISA``).
 """
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from mmseg.structures import SegDataSample
 from tagclip_mmseg.evaluation.determinism import (PIXEL_TIE, SCORE_ATOL, cam_box_margin,
                                                   compare_tag_scores, tag_decision_margin,
                                                   unexplained_label_flips, DECISION_TIE)
+from tagclip_mmseg.testing.models import build_labeler, build_tagger
 
 pytestmark = pytest.mark.determinism
 
@@ -126,37 +129,31 @@ def _photos(num: int, hw=(48, 64)) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _tagger(ckpt, tmp_path, **kw):
-    from tagclip_mmseg.models.taggers import TagCLIP
-    return TagCLIP(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
-                   templates=('a photo of a {}.', ), text_cache_dir=str(tmp_path / 'cache'),
-                   vote_k=3, avg_layers=(7, 9, 10), cwr_ratio=0.35, tag_ratio=0.65,
-                   fusion_lambda=0.3, cwr_crop_size=64, **kw).eval()
-
-
-def _labeler(ckpt, tmp_path, **kw):
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
-    return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
-                               caa_layers=range(4, 11), caa_box_thr=0.45,
-                               text_cache_dir=str(tmp_path / 'cache'), **kw).eval()
+#: ``_tagger(checkpoint, work_dir=tmp_path, **settings)``.
+_tagger = partial(build_tagger, class_names=FG, background_words=BG,
+                  templates=('a photo of a {}.', ), vote_k=3, avg_layers=(7, 9, 10),
+                  cwr_ratio=0.35, tag_ratio=0.65, fusion_lambda=0.3, cwr_crop_size=64)
+#: ``_labeler(checkpoint, work_dir=tmp_path, **settings)``.
+_labeler = partial(build_labeler, class_names=FG, background_words=BG, caa_layers=range(4, 11),
+                   caa_box_thr=0.45)
 
 
 def test_forward_batch_size_by_device(deep_tiny_clip_path, tmp_path):
-    model = _tagger(deep_tiny_clip_path, tmp_path)
+    model = _tagger(deep_tiny_clip_path, work_dir=tmp_path)
     assert model.forward_batch_size(torch.device('cpu'), 8) == 1
     assert model.forward_batch_size(torch.device('cuda'), 8) == 8
     model.images_per_forward = 3
     assert model.forward_batch_size(torch.device('cpu'), 8) == 3
     for bad in (0, -1, 1.5, True, '2'):
         with pytest.raises(ValueError, match='images_per_forward'):
-            _tagger(deep_tiny_clip_path, tmp_path, images_per_forward=bad)
+            _tagger(deep_tiny_clip_path, work_dir=tmp_path, images_per_forward=bad)
 
 
 @pytest.mark.parametrize('quirks', ['reference', 'fixed'])
 def test_tagger_outputs_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks):
     """Batch 1 against one batch of 8 (forced on the CPU), every stage."""
     images = _photos(8)
-    model = _tagger(deep_tiny_clip_path, tmp_path, quirks=quirks)
+    model = _tagger(deep_tiny_clip_path, work_dir=tmp_path, quirks=quirks)
     single = [model.tag(images[i:i + 1]) for i in range(len(images))]
     batched = model.tag(images)
     margins = torch.cat([tag_decision_margin(o, model.tag_ratio, model.cwr_ratio,
@@ -179,7 +176,7 @@ def test_tagger_predict_is_thread_count_invariant(deep_tiny_clip_path, tmp_path)
     """One image per forward (the CPU default) in 1 and in 2 threads."""
     from mmpretrain.structures import DataSample
     images = _photos(4)
-    model = _tagger(deep_tiny_clip_path, tmp_path)
+    model = _tagger(deep_tiny_clip_path, work_dir=tmp_path)
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -212,7 +209,7 @@ def test_masks_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks)
     images = _photos(8)
     tags = [[0, 2], [1], [3, 4, 6], [5], [0, 1, 2, 3], [6], [2, 4], [1, 5]]
     hw = (45, 70)
-    model = _labeler(deep_tiny_clip_path, tmp_path, quirks=quirks)
+    model = _labeler(deep_tiny_clip_path, work_dir=tmp_path, quirks=quirks)
     single = [_labels_and_probs(model, images[i:i + 1], tags[i:i + 1], hw)[0]
               for i in range(len(images))]
     batched = _labels_and_probs(model, images, tags, hw)

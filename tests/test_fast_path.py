@@ -13,6 +13,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -21,21 +22,18 @@ from torch import nn
 
 from tagclip_mmseg.models.clip import LastBlockGrad
 from tagclip_mmseg.models.ops import minmax_normalize
+from tagclip_mmseg.testing import models as testing_models
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
+#: ``build_labeler(checkpoint, work_dir=tmp_path, caa_layers=...)``.
+build_labeler = partial(testing_models.build_labeler, class_names=FG, background_words=BG,
+                        quirks='fixed')
 BENCHMARK = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'tools', 'benchmark.py')
 #: The script imports the package of this checkout, whatever is installed.
 BENCHMARK_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [osp.dirname(osp.dirname(osp.abspath(__file__)))] +
     [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
-
-
-def build_labeler(ckpt, tmp_path, caa_layers):
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
-    return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt), class_names=FG, background_words=BG,
-                               caa_layers=caa_layers, quirks='fixed',
-                               text_cache_dir=str(tmp_path / 'cache')).eval()
 
 
 def per_pair_grad_cam(model, hidden, img, cls, tags, dtype=torch.float32):
@@ -103,7 +101,7 @@ def hidden_states(model, images):
 @pytest.mark.parametrize('caa_layers', [(0, 1), (1, 2)])
 def test_batched_grad_cam_equals_per_pair(tiny_clip_path, tmp_path, caa_layers):
     """Uneven tag counts (padded slots), with and without the last layer's map."""
-    model = build_labeler(tiny_clip_path, tmp_path, caa_layers)
+    model = build_labeler(tiny_clip_path, work_dir=tmp_path, caa_layers=caa_layers)
     torch.manual_seed(0)
     hidden = hidden_states(model, torch.randn(3, 3, 48, 64))
     tag_lists = [[0, 2, 4], [3], [1, 2, 3, 4]]
@@ -135,7 +133,7 @@ def test_batched_grad_cam_equals_per_pair(tiny_clip_path, tmp_path, caa_layers):
 
 def test_token_mean_grad_matches_autograd(tiny_clip_path, tmp_path):
     """Raw Grad-CAM weights, before any normalisation could hide a scale error."""
-    model = build_labeler(tiny_clip_path, tmp_path, (0, 1))
+    model = build_labeler(tiny_clip_path, work_dir=tmp_path, caa_layers=(0, 1))
     torch.manual_seed(1)
     hidden = hidden_states(model, torch.randn(2, 3, 32, 80))
     tag_lists = [[1, 4], [0, 2]]
@@ -164,7 +162,7 @@ def test_token_mean_grad_follows_the_attention_chunk_budget(tiny_clip_path, tmp_
     """The backward walks heads in the attention module's chunks
     (``CLIPAttention.head_chunk``): one head at a time gives the same result
     as all heads at once."""
-    model = build_labeler(tiny_clip_path, tmp_path, (0, 1, 2))
+    model = build_labeler(tiny_clip_path, work_dir=tmp_path, caa_layers=(0, 1, 2))
     torch.manual_seed(4)
     hidden = hidden_states(model, torch.randn(2, 3, 48, 48))
     attn = model.clip.visual.transformer.resblocks[-1].attn
@@ -184,7 +182,7 @@ def test_token_mean_grad_follows_the_attention_chunk_budget(tiny_clip_path, tmp_
 
 def test_any_elementwise_activation(tiny_clip_path, tmp_path):
     """The activation's derivative comes from the module, e.g. exact GELU."""
-    model = build_labeler(tiny_clip_path, tmp_path, (0, 1))
+    model = build_labeler(tiny_clip_path, work_dir=tmp_path, caa_layers=(0, 1))
     vit = model.clip.visual
     vit.transformer.resblocks[vit.num_layers - 1].mlp.gelu = nn.GELU()
     torch.manual_seed(2)

@@ -10,7 +10,6 @@ import os.path as osp
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tagclip_mmseg.apis import TagCLIPInferencer, cam_class_names, default_background_words

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tagclip_mmseg.evaluation import (CLSSegIoUMetric, apply_label_lut, build_label_lut,
-                                      class_histograms, iou_from_histograms)
+from tagclip_mmseg.datasets.label_maps import apply_label_lut, label_lut
+from tagclip_mmseg.evaluation import CLSSegIoUMetric, class_histograms, iou_from_histograms
 
 
 def _seg_sample(pred, gt=None, img_id='x', **meta):
@@ -65,17 +65,17 @@ def test_paper_vs_mmseg_mean_differ_on_predicted_absent_class():
 
 
 def test_label_maps():
-    lut = build_label_lut([0, 1, 1, 2])  # 4 fine classes -> 3 coarse
+    lut = label_lut([0, 1, 1, 2], fill=255)  # 4 fine classes -> 3 coarse
     assert apply_label_lut(torch.tensor([0, 2, 3, 7, 255]), lut).tolist() == [0, 1, 2, 255, 255]
-    lut = build_label_lut({0: 0, 5: 1})
+    lut = label_lut({0: 0, 5: 1}, fill=255)
     assert apply_label_lut(torch.tensor([0, 5, 3]), lut).tolist() == [0, 1, 255]
-    lut = build_label_lut([0, -1, 1])  # -1: "must not occur" -> ignore
+    lut = label_lut([0, -1, 1], fill=255)  # -1: "must not occur" -> ignore
     assert apply_label_lut(torch.tensor([0, 1, 2]), lut).tolist() == [0, 255, 1]
     from tagclip_mmseg.datasets.categories import COCOSTUFF_171_TO_27
-    named = build_label_lut('cocostuff171_to_27')
+    named = label_lut('cocostuff171_to_27', fill=255)
     assert named.numel() == len(COCOSTUFF_171_TO_27) and int(named.max()) == 26
     with pytest.raises(ValueError, match='unknown index map'):
-        build_label_lut('voc_to_nothing')
+        label_lut('voc_to_nothing', fill=255)
     gt = np.array([[0, 2], [3, 3]])
     pred = np.array([[0, 1], [3, 2]])
     metric = CLSSegIoUMetric(num_classes=3, pred_label_map=[0, 1, 1, 2], gt_label_map=[0, 1, 1, 2])

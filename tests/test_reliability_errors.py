@@ -28,13 +28,12 @@ def data(tmp_path_factory, tiny_clip_factory):
         Image.fromarray(pixels).save(root / 'JPEGImages' / f'{img_id}.jpg')
     (root / 'list.txt').write_text(''.join(i + '\n' for i in IDS))
     good = root / 'tiny.pth'
-    torch.save(tiny_clip_factory().state_dict(), good)
+    tiny_clip_factory(path=good)
     (root / 'truncated.pth').write_bytes(good.read_bytes()[:4096])
     torch.save({'backbone.conv1.weight': torch.zeros(8, 3, 3, 3),
                 'head.fc.weight': torch.zeros(10, 8)}, root / 'resnet_classifier.pth')
-    torch.save(tiny_clip_factory(vision_layers=2).state_dict(), root / 'two_layers.pth')
-    torch.save(tiny_clip_factory(vision_patch_size=32).state_dict(),
-               root / 'patch32.pth')
+    tiny_clip_factory(path=root / 'two_layers.pth', vision_layers=2)
+    tiny_clip_factory(path=root / 'patch32.pth', vision_patch_size=32)
     return root
 
 

@@ -56,26 +56,23 @@ def _image(rng, mode: str) -> Image.Image:
 
 
 @pytest.fixture(scope='module')
-def load(tmp_path_factory):
+def load(tmp_path_factory, image_split):
     """``NUM_IMAGES`` files (``NUM_BROKEN`` of them broken), a split list and tags."""
-    root = tmp_path_factory.mktemp('stress')
-    (root / 'JPEGImages').mkdir()
     rng = np.random.default_rng(0)
     ids = [f'img{i:04d}' for i in range(NUM_IMAGES)]
     broken = set(ids[7::NUM_IMAGES // NUM_BROKEN][:NUM_BROKEN])
-    for i, img_id in enumerate(ids):
-        path = root / 'JPEGImages' / f'{img_id}.jpg'
+
+    def write(i, img_id, path):
         if img_id in broken:
             buf = io.BytesIO()
             _image(rng, 'RGB').save(buf, format='JPEG')
             path.write_bytes(buf.getvalue()[:i % 3 * len(buf.getvalue()) // 3])
-            continue
+            return
         mode = MODES[i % len(MODES)]
         _image(rng, mode).save(path, format='JPEG' if mode in ('RGB', 'L', 'CMYK') else 'PNG')
-    (root / 'list.txt').write_text(''.join(i + '\n' for i in ids))
-    (root / 'tags.txt').write_text(''.join(
-        ' '.join([i, *map(str, sorted(set(rng.integers(0, 20, size=2).tolist())))]) + '\n'
-        for i in ids))
+
+    root = image_split(tmp_path_factory.mktemp('stress'), ids, write,
+                       lambda img_id: sorted(set(rng.integers(0, 20, size=2).tolist())))
     return dict(root=root, ids=ids, broken=broken)
 
 

@@ -24,6 +24,7 @@ import re
 import signal
 import subprocess
 from argparse import Namespace
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -41,6 +42,7 @@ from tagclip_mmseg.resume import (ResumableTestLoop, SkipTagged, TagJournal, Tag
                                   decode_scores, encode_scores, journal_path, journal_paths,
                                   predict_or_restore, read_journals, require_resumable_loop,
                                   resume_fingerprint)
+from tagclip_mmseg.testing.models import build_tagger
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NUM_CLASSES = 5
@@ -220,11 +222,10 @@ def test_resume_needs_the_keys_packed():
 
 
 # -------------------------------------------------------------------- model
-def _tagger(clip, **kwargs):
-    from tagclip_mmseg.models.taggers import TagCLIP
-    return TagCLIP(clip=clip, class_names=[f'c{i}' for i in range(NUM_CLASSES)],
-                   background_words=['sky'], templates=['a photo of a {}.'], avg_layers=(0, 1),
-                   vote_k=2, **kwargs).eval()
+#: ``_tagger(clip_module, **settings)``.
+_tagger = partial(build_tagger, class_names=[f'c{i}' for i in range(NUM_CLASSES)],
+                  background_words=['sky'], templates=['a photo of a {}.'], avg_layers=(0, 1),
+                  vote_k=2)
 
 
 def _batch(samples, side=16):
@@ -451,22 +452,18 @@ PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory):
+def images(tmp_path_factory, image_split):
     """``NUM_IMAGES`` small photos of mixed sizes, a split list and a tags file."""
-    root = tmp_path_factory.mktemp('resume')
-    (root / 'JPEGImages').mkdir()
     rng = np.random.default_rng(0)
-    ids = [f'img{i:03d}' for i in range(NUM_IMAGES)]
-    lines = []
-    for img_id in ids:
+    tags = {}
+
+    def write(index, img_id, path):
         h, w = rng.integers(24, 97, size=2)
-        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / 'JPEGImages' / f'{img_id}.jpg', quality=90)
-        tags = sorted(set(rng.integers(0, 20, size=rng.integers(0, 4)).tolist()))
-        lines.append(' '.join([img_id, *map(str, tags)]))
-    (root / 'list.txt').write_text(''.join(i + '\n' for i in ids))
-    (root / 'tags.txt').write_text('\n'.join(lines) + '\n')
-    return root
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+        tags[img_id] = sorted(set(rng.integers(0, 20, size=rng.integers(0, 4)).tolist()))
+
+    return image_split(tmp_path_factory.mktemp('resume'),
+                       [f'img{i:03d}' for i in range(NUM_IMAGES)], write, tags.get)
 
 
 def pl_args(images, out, tiny_tool_options, config, *extra):

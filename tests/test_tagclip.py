@@ -6,6 +6,7 @@ image at a time, the way the reference implementation works. The production
 model (vectorised, batched, device-resident) must agree with it under both quirk presets.
 """
 import os.path as osp
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,22 +14,17 @@ import torch
 from PIL import Image
 
 from tagclip_mmseg.models.clip.data_preprocessor import CLIPDataPreprocessor
+from tagclip_mmseg.testing import models as testing_models
 from tagclip_mmseg.testing.reference import reference_tagclip
 
 VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow']
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']
 
 
-def build_tagger(ckpt: str, quirks, tmp_path, **kw):
-    from tagclip_mmseg.models.taggers import TagCLIP
-    return TagCLIP(
-        clip=dict(checkpoint=ckpt),
-        class_names=VOC_FG,
-        background_words=BG,
-        templates=('a photo of a {}.', 'there is a {} in the scene.'),
-        quirks=quirks,
-        text_cache_dir=str(tmp_path / 'cache'),
-        **{'vote_k': 2, 'avg_layers': (0, 1), **kw}).eval()
+#: ``build_tagger(checkpoint, quirks, tmp_path, **settings)``.
+build_tagger = partial(testing_models.build_tagger, class_names=VOC_FG, background_words=BG,
+                       templates=('a photo of a {}.', 'there is a {} in the scene.'), vote_k=2,
+                       avg_layers=(0, 1))
 
 
 #: Hyperparameter sets for the reference comparisons. None uses 0.5 for a

@@ -96,25 +96,20 @@ def load_images(folder: str, num: int, size: str) -> torch.Tensor:
 
 
 def build_models(args: argparse.Namespace, work_dir: str):
-    from tagclip_mmseg.models.clip import CLIP, load_clip
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
-    from tagclip_mmseg.models.taggers import TagCLIP
+    from tagclip_mmseg.models.clip import load_clip
+    from tagclip_mmseg.testing.models import (VOC_LABELER, VOC_TAGGER, build_labeler,
+                                              build_tagger)
+    from tagclip_mmseg.testing.random_clip import NARROW_CLIP_ARCH, random_clip
 
     ckpt = args.checkpoint
     if ckpt is None:
-        torch.manual_seed(args.seed)
-        arch = dict(embed_dim=64, vision_width=128, transformer_width=64, transformer_heads=1,
-                    transformer_layers=1) if args.tiny else {}
         ckpt = osp.join(work_dir, 'clip.pth')
-        torch.save(CLIP(**arch).state_dict(), ckpt)
+        random_clip(args.seed, ckpt, **(NARROW_CLIP_ARCH if args.tiny else {}))
     clip = load_clip(ckpt)
-    common = dict(clip=clip, quirks=args.quirks, text_cache_dir=osp.join(work_dir, 'cache'),
-                  autocast=args.autocast)
-    tagger = TagCLIP(class_names='voc', background_words='voc',
-                     templates=('a photo of a {}.', ), **common)
-    labeler = CLIPESPseudoLabeler(class_names='voc-cam', background_words='voc',
-                                  templates='clip-es', caa_layers=range(4, 11), **common)
-    return tagger.to(args.device).eval(), labeler.to(args.device).eval()
+    common = dict(text_cache_dir=osp.join(work_dir, 'cache'), autocast=args.autocast)
+    tagger = build_tagger(clip, args.quirks, **VOC_TAGGER, **common)
+    labeler = build_labeler(clip, args.quirks, **VOC_LABELER, **common)
+    return tagger.to(args.device), labeler.to(args.device)
 
 
 def run_tagger(tagger, images: torch.Tensor, batch: int) -> Dict[str, torch.Tensor]:

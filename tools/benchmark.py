@@ -356,34 +356,25 @@ def size_label(hw: Tuple[int, int], patch: int) -> str:
 # ------------------------------------------------------------------ models
 def make_checkpoint(work_dir: str, tiny: bool, seed: int) -> str:
     """ViT-B/16-shaped (or tiny) random CLIP saved as a plain state dict."""
-    from tagclip_mmseg.models.clip import CLIP
+    from tagclip_mmseg.testing.random_clip import random_clip
     path = osp.join(work_dir, 'clip_tiny.pth' if tiny else 'clip_vit-b16_random.pth')
     if not osp.isfile(path):
-        torch.manual_seed(seed)
-        model = CLIP(**TINY_ARCH) if tiny else CLIP()
-        torch.save(model.state_dict(), path)
-        del model
+        random_clip(seed, path, **(TINY_ARCH if tiny else {}))
     return path
 
 
 def build_tagger(args: argparse.Namespace, ckpt: str, cache_dir: str, device: torch.device):
-    from tagclip_mmseg.models.taggers import TagCLIP
-
-    # One template keeps the first launch short; the template count only
-    # changes the (cached) text embeddings, not the image-side work.
-    return TagCLIP(clip=dict(checkpoint=ckpt, dtype=args.dtype), class_names='voc',
-                   background_words='voc', templates=('a photo of a {}.', ), quirks=args.quirks,
-                   text_cache_dir=cache_dir, autocast=args.autocast).to(device).eval()
+    from tagclip_mmseg.testing.models import VOC_TAGGER, build_tagger
+    return build_tagger(dict(checkpoint=ckpt, dtype=args.dtype), args.quirks,
+                        text_cache_dir=cache_dir, autocast=args.autocast,
+                        **VOC_TAGGER).to(device)
 
 
 def build_labeler(args: argparse.Namespace, ckpt: str, cache_dir: str, device: torch.device):
-    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
-    return CLIPESPseudoLabeler(clip=dict(checkpoint=ckpt, dtype=args.dtype),
-                               class_names='voc-cam', background_words='voc',
-                               templates='clip-es', caa_layers=range(4, 11),
-                               quirks=args.quirks,
-                               text_cache_dir=cache_dir,
-                               autocast=args.autocast).to(device).eval()
+    from tagclip_mmseg.testing.models import VOC_LABELER, build_labeler
+    return build_labeler(dict(checkpoint=ckpt, dtype=args.dtype), args.quirks,
+                         text_cache_dir=cache_dir, autocast=args.autocast,
+                         **VOC_LABELER).to(device)
 
 
 def random_images(args: argparse.Namespace, hw: Tuple[int, int], patch: int, batch: int,

@@ -43,8 +43,8 @@ from torch import nn
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from ..datasets.image_io import ImageLoadError, read_image_size
-from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
+from ..datasets.image_io import ImageLoadError
+from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, group_indices, image_grid
 from ..models.pseudo_labelers.crf import PENDING_LABEL_KEY
 from ..models.clip.presets import resolve_background, resolve_classes
 from ..models.clip.prompts import ClassName
@@ -417,10 +417,7 @@ class TagCLIPInferencer(BaseInferencer):
         stems = unique_stems(names)
         loader = LoadImageRobust(on_error=self.on_error, keep_ori_img=True,
                                  patch_size=self.patch_size)
-        groups: Dict[Optional[Tuple[int, int]], List[int]] = {}
-        for i, item in enumerate(inputs):
-            groups.setdefault(self._grid_of(item), []).append(i)
-        for indices in groups.values():
+        for indices in group_indices(self._grid_of(item) for item in inputs).values():
             for start in range(0, len(indices), batch_size):
                 yield [
                     self._load(i, inputs[i], stems[i], loader)
@@ -429,16 +426,12 @@ class TagCLIPInferencer(BaseInferencer):
 
     def _grid_of(self, item: InputItem) -> Optional[Tuple[int, int]]:
         """Token grid of an input; None for a file that cannot be read (skipped)."""
-        if isinstance(item, np.ndarray):
-            h, w = item.shape[:2]
-        else:
-            try:
-                h, w = read_image_size(item)
-            except ImageLoadError:
-                if self.on_error == 'raise':
-                    raise
-                return None
-        return patch_grid(h, w, self.patch_size, self.max_tokens)
+        try:
+            return image_grid(item, self.patch_size, self.max_tokens)
+        except ImageLoadError:
+            if self.on_error == 'raise':
+                raise
+            return None
 
     def _load(self, index: int, item: InputItem, stem: str, loader: LoadImageRobust) -> dict:
         """Decode (files) and resize one input; ``load_error`` marks a skipped file."""

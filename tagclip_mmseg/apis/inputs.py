@@ -1,6 +1,7 @@
 """What the inferencer accepts as images, turned into one uniform list.
 
-Inputs are file paths, folders (their image files, sorted, not recursive) or
+Inputs are file paths, folders (their image files, sorted, not recursive,
+found by the datasets' own scan :func:`~tagclip_mmseg.datasets.utils.list_images`) or
 numpy arrays. Arrays are **RGB** by default, as PIL, matplotlib and
 ``load_rgb_image`` produce; ``mmcv.imread`` and ``cv2.imread`` produce
 **BGR**, so pass ``channel_order='bgr'`` for those. Mixing the two up does not
@@ -13,33 +14,14 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
-__all__ = [
-    'IMAGE_EXTENSIONS', 'CHANNEL_ORDERS', 'InputItem', 'list_image_files', 'expand_inputs',
-    'array_to_rgb'
-]
+from ..datasets.utils import list_images
 
-#: File extensions treated as images when a folder is given (lower case).
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm',
-                    '.pgm')
+__all__ = ['CHANNEL_ORDERS', 'InputItem', 'expand_inputs', 'array_to_rgb']
 
 #: One input: a file path or an image array.
 InputItem = Union[str, np.ndarray]
 #: Channel orders of array inputs: RGB (PIL, matplotlib) or BGR (OpenCV, mmcv).
 CHANNEL_ORDERS = ('rgb', 'bgr')
-
-
-def list_image_files(folder: str) -> List[str]:
-    """Image files directly inside ``folder``, sorted by name.
-
-    Raises:
-        FileNotFoundError: When the folder holds no image file.
-    """
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and osp.isfile(osp.join(folder, n)))
-    if not names:
-        raise FileNotFoundError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in folder '
-                                f'{folder!r}')
-    return [osp.join(folder, n) for n in names]
 
 
 def expand_inputs(inputs: Union[InputItem, Sequence[InputItem]]) -> List[InputItem]:
@@ -61,7 +43,7 @@ def expand_inputs(inputs: Union[InputItem, Sequence[InputItem]]) -> List[InputIt
         elif isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             if osp.isdir(path):
-                items.extend(list_image_files(path))
+                items.extend(list_images(path, recursive=False))
             elif osp.exists(path):
                 items.append(path)
             else:

@@ -12,15 +12,14 @@ import copy
 import glob
 import os
 import os.path as osp
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
 
 from mmseg.registry import DATASETS
-from ..datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 from ..models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
-from ..models.clip.prompts import (COCO_CAM_RENAMES, COCO_STUFF_CAM_RENAMES, VOC_BACKGROUND,
-                              VOC_CAM_RENAMES, ClassName, apply_renames, class_key)
+from ..models.clip.presets import cam_class_names, default_background_words
+from ..models.clip.prompts import class_key
 from ..utils.config import iter_dicts, set_clip_checkpoint
 
 __all__ = [
@@ -173,34 +172,6 @@ def config_vocabulary(cfg: Config) -> Tuple[Optional[list], Optional[list]]:
             pass
     classes, words = meta.get('classes'), meta.get('background_words')
     return (list(classes) if classes else None, list(words) if words is not None else None)
-
-
-def cam_class_names(classes: Sequence[ClassName]) -> List[ClassName]:
-    """Class names for the CAM stage: CLIP-ES's renames for benchmark vocabularies.
-
-    When every class belongs to VOC, COCO or COCO-Stuff, the renames of that
-    set apply (``person`` -> ``person with clothes,people,human``, ...), as in
-    the pseudo-label configs. Other vocabularies are used as given: the
-    renames were tuned for those benchmarks' wording.
-    """
-    keys = {class_key(c) for c in classes}
-    for vocab, renames in ((VOC_CLASSES, VOC_CAM_RENAMES), (COCO_CLASSES, COCO_CAM_RENAMES),
-                           (COCOSTUFF_171_CLASSES, COCO_STUFF_CAM_RENAMES)):
-        if keys <= set(vocab):
-            return apply_renames(classes, renames)
-    return list(classes)
-
-
-def default_background_words(classes: Sequence[ClassName]) -> Tuple[str, ...]:
-    """TagCLIP's VOC background words, minus any that is also a class.
-
-    Background words are softmax competitors that soak up scene content (sky,
-    road, wall...) so that it is not attributed to a foreground class; the
-    VOC list is generic enough for everyday photos. A word the user also
-    asks for as a class (``'sign'``, ``'keyboard'``...) is dropped.
-    """
-    taken = {class_key(c) for c in classes}
-    return tuple(w for w in VOC_BACKGROUND if w not in taken)
 
 
 def default_tagger_cfg(checkpoint: Optional[str]) -> dict:

@@ -15,25 +15,13 @@ twelve 512-wide ones for text) because the demo must finish in seconds on two
 CPU cores: the 45-word VOC vocabulary alone is 3 825 prompts of 77 tokens
 through the text tower, which takes minutes at ViT-B/16's real size.
 """
-import torch
-
-from ..models.clip import CLIP
-from ..models.clip.checkpoint import save_clip_state_dict
+from ..testing.random_clip import NARROW_CLIP_ARCH, random_clip
 
 __all__ = ['PIPELINE_CHECK_ARCH', 'write_pipeline_check_checkpoint']
 
-#: Architecture of the random CLIP (arguments of :class:`CLIP`).
-PIPELINE_CHECK_ARCH = dict(
-    embed_dim=64,
-    image_resolution=224,
-    vision_layers=12,
-    vision_width=128,
-    vision_patch_size=16,
-    context_length=77,
-    vocab_size=49408,
-    transformer_width=64,
-    transformer_heads=1,
-    transformer_layers=1)
+#: Architecture of the random CLIP: arguments of ``CLIP`` over its ViT-B/16
+#: defaults (the narrow layout described above).
+PIPELINE_CHECK_ARCH = NARROW_CLIP_ARCH
 
 
 def write_pipeline_check_checkpoint(path: str, seed: int = 0) -> str:
@@ -45,11 +33,5 @@ def write_pipeline_check_checkpoint(path: str, seed: int = 0) -> str:
     Returns:
         str: ``path``.
     """
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = CLIP(**PIPELINE_CHECK_ARCH)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    save_clip_state_dict(model.state_dict(), path)
+    random_clip(seed, path, **PIPELINE_CHECK_ARCH)
     return path

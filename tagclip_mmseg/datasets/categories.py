@@ -17,14 +17,12 @@ super-categories):
 * **27 coarse classes**: the super-categories, used by the COCO-Stuff-27
   segmentation benchmark (the standard fine-to-coarse table).
 """
-from typing import Dict, List, Sequence, Tuple, Union
-
-import numpy as np
+from typing import List, Tuple
 
 __all__ = [
     'VOC_CLASSES', 'COCO_CLASSES', 'COCO_CATEGORY_IDS', 'COCOSTUFF_182', 'COCOSTUFF_UNUSED_IDS',
     'COCOSTUFF_171_CLASSES', 'COCOSTUFF_27_CLASSES', 'COCOSTUFF_182_TO_171', 'COCOSTUFF_182_TO_27',
-    'COCOSTUFF_171_TO_27', 'voc_palette', 'label_lut'
+    'COCOSTUFF_171_TO_27', 'voc_palette'
 ]
 
 VOC_CLASSES: Tuple[str, ...] = (
@@ -152,20 +150,3 @@ def voc_palette(num_classes: int) -> List[List[int]]:
             shift -= 1
         palette.append(rgb)
     return palette
-
-
-def label_lut(mapping: Union[Dict[int, int], Sequence[int]], size: int = 256,
-              fill: int = -1) -> np.ndarray:
-    """A look-up table ``lut[old] = new`` of ``size`` entries (``fill`` elsewhere).
-
-    Args:
-        mapping (dict | Sequence[int]): ``{old: new}`` or ``new`` per ``old``
-            position.
-        size (int): Table length (256 covers every uint8 label value).
-        fill (int): Value for entries not in ``mapping``.
-    """
-    lut = np.full(size, fill, dtype=np.int64)
-    items = mapping.items() if isinstance(mapping, dict) else enumerate(mapping)
-    for old, new in items:
-        lut[old] = new
-    return lut

@@ -40,8 +40,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
-    'ImageLoadError', 'DEFAULT_MAX_PIXELS', 'load_rgb_image', 'read_image_size', 'pil_to_rgb_array'
+    'IMG_EXTENSIONS', 'ImageLoadError', 'DEFAULT_MAX_PIXELS', 'load_rgb_image', 'read_image_size',
+    'pil_to_rgb_array'
 ]
+
+#: File extensions taken for images when a folder is scanned (lower case):
+#: formats PIL decodes and that :func:`load_rgb_image` turns into RGB, so a
+#: folder scan (datasets and inferencer alike) never lists a file the loader
+#: cannot read for its format alone.
+IMG_EXTENSIONS: Tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
+                                   '.webp', '.ppm', '.pgm', '.pbm')
 
 #: Largest image (in pixels, H * W after EXIF rotation) decoded by default.
 DEFAULT_MAX_PIXELS = 256 * 1024 * 1024

@@ -28,10 +28,11 @@ from mmengine.logging import print_log
 
 from mmseg.registry import DATASETS
 from .categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
+from .image_io import IMG_EXTENSIONS
 from .label_files import read_id_list, read_label_file
-from .utils import (IMG_EXTENSIONS, MISSING_IMAGES_KEY, check_choice, join_root,
-                    missing_image_record, report_missing, resolve_index_map, scan_images,
-                    validate_classes)
+from .label_maps import resolve_index_map
+from .utils import (MISSING_IMAGES_KEY, check_choice, join_root, missing_image_record,
+                    report_missing, scan_images, validate_classes)
 
 __all__ = [
     'MultiLabelImageFolder', 'MultiLabelListDataset', 'VOCMultiLabelDataset',
@@ -47,12 +48,16 @@ class _MultiLabelDataset(BaseDataset):
     Args:
         on_missing (str): What to do with entries whose image file does not
             exist: ``'skip'`` (warn and count) or ``'raise'``.
+        label_index_map (str | Sequence[int], optional): Translate label
+            indices of a label file (see :func:`read_label_file`).
         **kwargs: :class:`mmengine.dataset.BaseDataset` arguments.
     """
     METAINFO: dict = dict()
 
-    def __init__(self, on_missing: str = 'skip', **kwargs) -> None:
+    def __init__(self, on_missing: str = 'skip', label_index_map: IndexMap = None,
+                 **kwargs) -> None:
         self.on_missing = check_choice('on_missing', on_missing, ('skip', 'raise'))
+        self.label_index_map = resolve_index_map(label_index_map)
         #: How many entries were skipped because their image is missing.
         self.num_missing = 0
         super().__init__(**kwargs)
@@ -70,6 +75,10 @@ class _MultiLabelDataset(BaseDataset):
     def get_cat_ids(self, idx: int) -> List[int]:
         """Class indices of image ``idx`` (empty when labels are unknown)."""
         return list(self.get_data_info(idx).get('gt_label', []))
+
+    def _read_labels(self) -> Dict[str, List[int]]:
+        """``{img_id: class indices}`` of the label file ``ann_file``."""
+        return read_label_file(self.ann_file, self.num_classes, self.label_index_map)
 
     def _data_list(self, ids: Sequence[str], paths: Dict[str, str],
                    labels: Optional[Dict[str, List[int]]],
@@ -134,21 +143,15 @@ class MultiLabelImageFolder(_MultiLabelDataset):
                  **kwargs) -> None:
         self.id_list = join_root(data_root, id_list)
         self.extensions = tuple(extensions)
-        self.label_index_map = resolve_index_map(label_index_map)
-        super().__init__(
-            on_missing=on_missing,
-            ann_file=ann_file,
-            metainfo=metainfo,
-            data_root=data_root,
-            data_prefix=data_prefix,
-            **kwargs)
+        super().__init__(on_missing=on_missing, label_index_map=label_index_map, ann_file=ann_file,
+                         metainfo=metainfo, data_root=data_root, data_prefix=data_prefix, **kwargs)
 
     def load_data_list(self) -> List[dict]:
         """Scan the folder and attach labels."""
         paths = scan_images(self.data_prefix['img_path'], self.extensions)
         labels = None
         if self.ann_file:
-            labels = read_label_file(self.ann_file, self.num_classes, self.label_index_map)
+            labels = self._read_labels()
             ids = list(labels)
             unlisted = len(set(paths) - set(labels))
             if unlisted:
@@ -201,18 +204,12 @@ class MultiLabelListDataset(_MultiLabelDataset):
             raise ValueError(f'{type(self).__name__} needs ann_file, the label file that lists '
                              'the images (use MultiLabelImageFolder to scan a folder instead)')
         self.img_suffix = img_suffix
-        self.label_index_map = resolve_index_map(label_index_map)
-        super().__init__(
-            on_missing=on_missing,
-            ann_file=ann_file,
-            metainfo=metainfo,
-            data_root=data_root,
-            data_prefix=data_prefix,
-            **kwargs)
+        super().__init__(on_missing=on_missing, label_index_map=label_index_map, ann_file=ann_file,
+                         metainfo=metainfo, data_root=data_root, data_prefix=data_prefix, **kwargs)
 
     def load_data_list(self) -> List[dict]:
         """Read the label file and locate each image."""
-        labels = read_label_file(self.ann_file, self.num_classes, self.label_index_map)
+        labels = self._read_labels()
         img_dir = self.data_prefix['img_path']
         candidates = {i: osp.join(img_dir, i + self.img_suffix) for i in labels}
         paths = {i: p for i, p in candidates.items() if osp.isfile(p)}

@@ -34,8 +34,8 @@ from mmengine.logging import print_log
 from torch.utils.data import Sampler
 
 from mmseg.registry import DATA_SAMPLERS
-from .image_io import ImageLoadError, read_image_size
-from .transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
+from .image_io import ImageLoadError
+from .transforms import LoadImageRobust, ResizeToPatchMultiple, group_indices, image_grid
 
 __all__ = ['ImageGrids', 'GridGroupedSampler', 'GridBatchSampler']
 
@@ -103,10 +103,10 @@ class ImageGrids:
     def _grid(self, idx: int) -> Grid:
         path = self.dataset.get_data_info(idx)['img_path']
         try:
-            height, width = read_image_size(path, self.exif_transpose, self.max_pixels)
+            return image_grid(path, self.patch_size, self.max_tokens, self.exif_transpose,
+                              self.max_pixels)
         except ImageLoadError:
             return (1, 1)  # LoadImageRobust's one-patch placeholder
-        return patch_grid(height, width, self.patch_size, self.max_tokens)
 
     @property
     def grids(self) -> List[Grid]:
@@ -159,9 +159,7 @@ class GridGroupedSampler(Sampler):
         self.grids = ImageGrids(dataset, patch_size, max_tokens, exif_transpose)
 
     def _global_order(self) -> List[int]:
-        groups: Dict[Grid, List[int]] = {}
-        for idx, grid in enumerate(self.grids.grids):
-            groups.setdefault(grid, []).append(idx)
+        groups = group_indices(self.grids.grids)
         keys = sorted(groups, key=lambda g: (g[0] * g[1], g))
         if not self.shuffle:
             return [idx for key in keys for idx in groups[key]]
@@ -231,12 +229,9 @@ class GridBatchSampler(Sampler):
                     yield bucket
 
     def __len__(self) -> int:
-        counts: Dict[Grid, int] = {}
-        for idx in self.sampler:
-            grid = self.grids[idx]
-            counts[grid] = counts.get(grid, 0) + 1
-        full = sum(n // self.batch_size for n in counts.values())
-        short = 0 if self.drop_last else sum(n % self.batch_size > 0 for n in counts.values())
+        counts = [len(g) for g in group_indices(self.grids[idx] for idx in self.sampler).values()]
+        full = sum(n // self.batch_size for n in counts)
+        short = 0 if self.drop_last else sum(n % self.batch_size > 0 for n in counts)
         return full + short
 
     def set_epoch(self, epoch: int) -> None:

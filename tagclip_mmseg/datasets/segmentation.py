@@ -36,12 +36,11 @@ from PIL import Image
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from .categories import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES,
-                         COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES, label_lut,
-                         voc_palette)
+                         COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES, voc_palette)
 from .label_files import read_id_list, read_label_file
+from .label_maps import label_lut, resolve_index_map
 from .utils import (MISSING_IMAGES_KEY, check_choice, missing_image_record, read_skipped_list,
-                    report_missing, resolve_index_map, scan_images, skipped_list_path,
-                    validate_classes)
+                    report_missing, scan_images, skipped_list_path, validate_classes)
 
 __all__ = [
     'TaggedSegDataset', 'VOCTaggedSegDataset', 'COCOObjectTaggedSegDataset',
@@ -139,12 +138,12 @@ class TaggedSegDataset(BaseSegDataset):
         """
         classes, tag_classes = self._metainfo['classes'], self._metainfo['tag_classes']
         tag_index = {name: i for i, name in enumerate(tag_classes)}
-        lut = np.full(256, -1, dtype=np.int64)
+        value_to_tag = {}
         for value in range(256):
             cls = self.label_map.get(value, value) if self.label_map else value
             if cls < len(classes) and classes[cls] in tag_index:
-                lut[value] = tag_index[classes[cls]]
-        return lut
+                value_to_tag[value] = tag_index[classes[cls]]
+        return label_lut(value_to_tag, size=256).numpy()
 
     def seg_label_map(self) -> Optional[Dict[int, int]]:
         """The ``label_map`` mmseg's ``LoadAnnotations`` applies to GT masks."""
@@ -310,7 +309,7 @@ class COCOStuff27TaggedSegDataset(TaggedSegDataset):
 
     def mask_tag_lut(self) -> np.ndarray:
         """Raw 182-id mask value -> 171 tag index (unused ids and 255: -1)."""
-        return label_lut(COCOSTUFF_182_TO_171)
+        return label_lut(COCOSTUFF_182_TO_171, size=256).numpy()
 
     def seg_label_map(self) -> Dict[int, int]:
         """182 -> 27, followed by the class-subset map when classes were subset."""

@@ -10,7 +10,7 @@ each image at its own size rounded up to the patch size (docs/method.md §2.3).
 """
 import logging
 import math
-from typing import Optional, Tuple
+from typing import Dict, Hashable, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -18,9 +18,9 @@ from mmengine.logging import print_log
 from PIL import Image
 
 from mmseg.registry import TRANSFORMS
-from .image_io import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, read_image_size
 
-__all__ = ['patch_grid', 'LoadImageRobust', 'ResizeToPatchMultiple']
+__all__ = ['patch_grid', 'image_grid', 'group_indices', 'LoadImageRobust', 'ResizeToPatchMultiple']
 
 _INTERPOLATIONS = {
     'nearest': Image.Resampling.NEAREST,
@@ -84,6 +84,40 @@ def patch_grid(height: int, width: int, patch_size: int = 16,
         else:
             cols -= 1
     return rows, cols
+
+
+def image_grid(image: Union[str, np.ndarray], patch_size: int = 16,
+               max_tokens: Optional[int] = None, exif_transpose: bool = True,
+               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+    """The token grid an image will get, known before it is decoded.
+
+    Files are sized from their header (:func:`read_image_size`, with the
+    loader's ``exif_transpose`` and ``max_pixels``), arrays from their shape;
+    batchers (the grid samplers, the inferencer) group images by this grid
+    before loading any pixels.
+
+    Raises:
+        ImageLoadError: When a file's header cannot be read.
+    """
+    if isinstance(image, np.ndarray):
+        height, width = image.shape[:2]
+    else:
+        height, width = read_image_size(image, exif_transpose, max_pixels)
+    return patch_grid(height, width, patch_size, max_tokens)
+
+
+def group_indices(keys: Iterable[Hashable]) -> Dict[Hashable, List[int]]:
+    """Positions of equal keys, groups in order of first appearance.
+
+    The one grouping of the package: images batch together only when their
+    token grids are equal (predicted by :func:`image_grid` in the samplers
+    and the inferencer, read off the resized tensors in the models'
+    ``group_by_shape``), since padding would change the results.
+    """
+    groups: Dict[Hashable, List[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return groups
 
 
 @TRANSFORMS.register_module()

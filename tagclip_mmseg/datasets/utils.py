@@ -2,29 +2,16 @@
 import logging
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
-from .categories import COCOSTUFF_171_TO_27, COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171
+from .image_io import IMG_EXTENSIONS
 
 __all__ = [
-    'IMG_EXTENSIONS', 'LABEL_INDEX_MAPS', 'validate_classes', 'check_choice', 'resolve_index_map',
-    'scan_images', 'join_root', 'report_missing', 'MISSING_IMAGES_KEY', 'missing_image_record',
-    'skipped_list_path', 'read_skipped_list'
+    'validate_classes', 'check_choice', 'list_images', 'scan_images', 'join_root', 'report_missing',
+    'MISSING_IMAGES_KEY', 'missing_image_record', 'skipped_list_path', 'read_skipped_list'
 ]
-
-#: Extensions :func:`scan_images` picks up (case-insensitive).
-IMG_EXTENSIONS: Tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
-                                   '.webp', '.ppm', '.pgm', '.pbm')
-
-#: Named index maps that configs can pass as strings (a config cannot import
-#: Python constants): file index -> dataset index, -1 for "must not occur".
-LABEL_INDEX_MAPS: Dict[str, Tuple[int, ...]] = {
-    'cocostuff182_to_171': COCOSTUFF_182_TO_171,
-    'cocostuff182_to_27': COCOSTUFF_182_TO_27,
-    'cocostuff171_to_27': COCOSTUFF_171_TO_27,
-}
 
 
 #: Metainfo key of the images a dataset lists but leaves out (file missing, a
@@ -107,16 +94,6 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def resolve_index_map(index_map: Union[None, str, Sequence[int]]) -> Optional[Tuple[int, ...]]:
-    """An index map given as a name from :data:`LABEL_INDEX_MAPS` or a sequence."""
-    if index_map is None or not isinstance(index_map, str):
-        return None if index_map is None else tuple(int(i) for i in index_map)
-    if index_map not in LABEL_INDEX_MAPS:
-        raise ValueError(f'unknown index map {index_map!r}; known: {sorted(LABEL_INDEX_MAPS)} '
-                         'or pass the list itself')
-    return LABEL_INDEX_MAPS[index_map]
-
-
 def join_root(data_root: Optional[str], path: str) -> str:
     """``path`` joined to ``data_root`` unless it is absolute (mmengine's rule)."""
     if path and data_root and not osp.isabs(path):
@@ -124,13 +101,44 @@ def join_root(data_root: Optional[str], path: str) -> str:
     return path
 
 
+def list_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS,
+                recursive: bool = True) -> List[str]:
+    """Image files in ``folder``, sorted: the one folder scan of the package.
+
+    Datasets and the inferencer see the same files: names ending in one of
+    ``suffixes`` (case-insensitive), hidden files and folders ignored (editor
+    and macOS ``._*`` droppings are not images), symlinked sub-folders not
+    followed (a link loop would never end), symlinked files kept (a dangling
+    one then fails in the loader with a reason, rather than vanishing).
+
+    Args:
+        folder (str): The folder.
+        suffixes (Sequence[str]): Extensions to pick up.
+        recursive (bool): Also scan sub-folders (datasets); the inferencer
+            takes a folder's own files only.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory or holds no image.
+    """
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'image folder {folder!r} does not exist or is not a directory')
+    suffixes = tuple(s.lower() for s in suffixes)
+    paths: List[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.')) if recursive else []
+        paths.extend(osp.join(root, name) for name in sorted(files)
+                     if not name.startswith('.') and name.lower().endswith(suffixes))
+    if not paths:
+        raise FileNotFoundError(f'no image files ({", ".join(suffixes)}) in folder {folder!r} '
+                                '(hidden files are ignored)')
+    return paths
+
+
 def scan_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS) -> Dict[str, str]:
-    """Find images under ``folder`` (recursively), keyed by image id.
+    """Images under ``folder`` (:func:`list_images`, recursive), keyed by image id.
 
     The id is the path relative to ``folder`` without its extension, with
-    ``/`` separators: the file stem for a flat folder. Hidden files and
-    folders are ignored, and symlinked sub-folders are not followed (a link
-    loop would never end); symlinked files are used. The result is sorted by
+    ``/`` separators: the file stem for a flat folder. The result is sorted by
     id.
 
     Raises:
@@ -139,26 +147,22 @@ def scan_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS) -> Dict[s
             later, inside mmengine, without naming the folder).
         ValueError: Two files share an id (``a.jpg`` and ``a.png``).
     """
-    if not osp.isdir(folder):
-        raise FileNotFoundError(f'image folder {folder!r} does not exist or is not a directory')
+    try:
+        paths = list_images(folder, suffixes)
+    except FileNotFoundError as e:
+        if not osp.isdir(folder):
+            raise
+        raise FileNotFoundError(f'{e}; check data_root and data_prefix, or the '
+                                'extensions/img_suffix of the dataset') from None
     suffixes = tuple(s.lower() for s in suffixes)
     found: Dict[str, str] = {}
     clashes: List[Tuple[str, str]] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        for name in sorted(files):
-            if name.startswith('.') or not name.lower().endswith(suffixes):
-                continue
-            path = osp.join(root, name)
-            rel = osp.relpath(path, folder).replace(os.sep, '/')
-            img_id = rel[:len(rel) - len(_matched_suffix(name, suffixes))]
-            if img_id in found:
-                clashes.append((found[img_id], path))
-            found[img_id] = path
-    if not found:
-        raise FileNotFoundError(f'no image files ({", ".join(suffixes)}) in folder {folder!r} '
-                                '(hidden files are ignored); check data_root and data_prefix, '
-                                'or the extensions/img_suffix of the dataset')
+    for path in paths:
+        rel = osp.relpath(path, folder).replace(os.sep, '/')
+        img_id = rel[:len(rel) - len(_matched_suffix(rel, suffixes))]
+        if img_id in found:
+            clashes.append((found[img_id], path))
+        found[img_id] = path
     if clashes:
         raise ValueError(f'{len(clashes)} images in {folder!r} share an id (same name, different '
                          f'extension), e.g. {clashes[0]}; rename or remove one of each pair')

@@ -2,14 +2,13 @@
 from .multilabel_metrics import (TaggingMetric, average_precision, precision_recall_f1,
                                  relative_threshold_mask)
 from .pseudo_label_writer import PseudoLabelWriter, encode_label_png, encode_npz
-from .seg_metrics import (CLSSegIoUMetric, apply_label_lut, build_label_lut, class_histograms,
-                          iou_from_histograms)
+from .seg_metrics import CLSSegIoUMetric, class_histograms, iou_from_histograms
 from .summary import format_duration, format_summary
 from .tag_writer import TagFileWriter
 
 __all__ = [
     'TaggingMetric', 'average_precision', 'precision_recall_f1', 'relative_threshold_mask',
-    'PseudoLabelWriter', 'encode_label_png', 'encode_npz', 'CLSSegIoUMetric', 'apply_label_lut',
-    'build_label_lut', 'class_histograms', 'iou_from_histograms', 'format_duration',
-    'format_summary', 'TagFileWriter'
+    'PseudoLabelWriter', 'encode_label_png', 'encode_npz', 'CLSSegIoUMetric',
+    'class_histograms', 'iou_from_histograms', 'format_duration', 'format_summary',
+    'TagFileWriter'
 ]

@@ -22,7 +22,7 @@ rather than a ``C x C`` matrix: they give the same IoU, keep the cross-rank
 gather small for 171 classes, and as one record per image they let
 mmengine drop the samples that ``DefaultSampler`` pads onto the last ranks.
 """
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,52 +30,11 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..datasets.utils import resolve_index_map
+from ..datasets.label_maps import LabelMap, apply_label_lut, label_lut
 from .pending import CollectsPendingLabels
 from .sample_fields import get_field, image_id, load_error, pixel_data
 
-__all__ = ['LabelMap', 'build_label_lut', 'apply_label_lut', 'class_histograms',
-           'iou_from_histograms', 'CLSSegIoUMetric']
-
-LabelMap = Union[str, Sequence[int], Mapping[int, int], np.ndarray, torch.Tensor]
-
-
-def build_label_lut(label_map: LabelMap, ignore_index: int = 255) -> torch.Tensor:
-    """A lookup table from a label map.
-
-    Args:
-        label_map: A name from ``tagclip_mmseg.datasets.utils.LABEL_INDEX_MAPS``
-            (e.g. ``'cocostuff171_to_27'``; configs cannot import the tables),
-            a sequence/array whose i-th entry is the new label of old label i,
-            or a dict ``{old: new}``. Old labels the map does not cover, and
-            negative entries ("must not occur"), become ``ignore_index``.
-        ignore_index: The label for uncovered values.
-
-    Returns:
-        A LongTensor ``lut`` with ``lut[old] = new``.
-    """
-    if isinstance(label_map, str):
-        label_map = resolve_index_map(label_map)
-    if isinstance(label_map, Mapping):
-        size = max(int(k) for k in label_map) + 1 if label_map else 0
-        lut = torch.full((size,), ignore_index, dtype=torch.long)
-        for old, new in label_map.items():
-            lut[int(old)] = int(new)
-    else:
-        lut = torch.as_tensor(np.asarray(label_map), dtype=torch.long).flatten()
-    if lut.numel() == 0:
-        raise ValueError('label_map is empty')
-    return torch.where(lut < 0, torch.full_like(lut, ignore_index), lut)
-
-
-def apply_label_lut(labels: torch.Tensor, lut: torch.Tensor,
-                    ignore_index: int = 255) -> torch.Tensor:
-    """``lut[labels]``, with labels outside the table mapped to ``ignore_index``."""
-    labels = labels.long()
-    lut = lut.to(labels.device)
-    inside = (labels >= 0) & (labels < lut.numel())
-    mapped = lut[labels.clamp(0, lut.numel() - 1)]
-    return torch.where(inside, mapped, torch.full_like(mapped, ignore_index))
+__all__ = ['class_histograms', 'iou_from_histograms', 'CLSSegIoUMetric']
 
 
 def class_histograms(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -135,7 +94,8 @@ class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
         num_classes: Number of evaluated classes (after the label maps). Taken
             from ``dataset_meta['classes']`` when ``None``.
         pred_label_map: Optional map applied to predictions before scoring,
-            e.g. ``'cocostuff171_to_27'`` (see :func:`build_label_lut`).
+            e.g. ``'cocostuff171_to_27'`` (see
+            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
         gt_label_map: Optional map applied to the GT, e.g. COCO-Stuff's
             182-id maps -> 27.
         class_names: Names for the log table; default the dataset's classes
@@ -162,8 +122,8 @@ class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.pred_lut = (None if pred_label_map is None else
-                         build_label_lut(pred_label_map, ignore_index))
-        self.gt_lut = None if gt_label_map is None else build_label_lut(gt_label_map, ignore_index)
+                         label_lut(pred_label_map, fill=ignore_index))
+        self.gt_lut = None if gt_label_map is None else label_lut(gt_label_map, fill=ignore_index)
         self.class_names = None if class_names is None else tuple(class_names)
         self.init_pending()
 

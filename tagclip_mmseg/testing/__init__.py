@@ -1,7 +1,9 @@
 """Test oracles and fixtures that ship with the package.
 
-Nothing here runs in a model's forward: the per-image loop references are
-independent re-statements of the method used to check the vectorised models,
-and the random-CLIP factory builds small checkpoints for tests, benchmarks and
-the install check (no pretrained weights can be downloaded in CI).
+Nothing here runs in a model's forward: the per-image loop references
+(``reference``) are independent re-statements of the method used to check the
+vectorised models, the random-CLIP factory (``random_clip``) builds seeded
+checkpoints for tests, tools and the demo's pipeline check (no pretrained
+weights can be downloaded in CI), and ``models`` builds the tagger and the
+labeler in one line for tests and tools.
 """

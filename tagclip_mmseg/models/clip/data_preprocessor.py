@@ -13,6 +13,7 @@ from mmengine.model import BaseDataPreprocessor
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ...datasets.transforms import group_indices
 
 __all__ = ['CLIPDataPreprocessor', 'group_by_shape', 'CLIP_MEAN', 'CLIP_STD']
 
@@ -27,10 +28,7 @@ def group_by_shape(images: Sequence[Tensor]) -> List[List[int]]:
     One backbone call then serves each group with no padding, so batching
     never changes a result.
     """
-    groups: Dict[tuple, List[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    return list(groups.values())
+    return list(group_indices(tuple(img.shape[-2:]) for img in images).values())
 
 
 @MODELS.register_module()

@@ -3,21 +3,32 @@
 Configs may spell a vocabulary out (any open vocabulary works) or name one of
 the benchmark presets below; the names keep the published configs short
 without hiding anything: each preset is the tuple defined in
-:mod:`tagclip_mmseg.models.clip.prompts`.
+:mod:`tagclip_mmseg.models.clip.prompts`. This module is the only place that
+names and resolves them; the inferencer's defaults for a user vocabulary
+(:func:`cam_class_names`, :func:`default_background_words`) are read from
+the same tables.
 """
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 from .prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES, COCO_CLASSES,
                       COCO_STUFF_BACKGROUND, COCO_STUFF_CAM_RENAMES, COCO_STUFF_CLASSES,
                       TAGCLIP_TEMPLATES, VOC_BACKGROUND, VOC_CAM_RENAMES, VOC_CLASSES, ClassName,
-                      apply_renames)
+                      apply_renames, class_key)
 
-__all__ = ['TEMPLATE_PRESETS', 'CLASS_PRESETS', 'BACKGROUND_PRESETS', 'resolve_templates',
-           'resolve_classes', 'resolve_background']
+__all__ = ['TEMPLATE_PRESETS', 'CAM_RENAME_PRESETS', 'CLASS_PRESETS', 'BACKGROUND_PRESETS',
+           'resolve_templates', 'resolve_classes', 'resolve_background', 'cam_class_names',
+           'default_background_words']
 
 TEMPLATE_PRESETS: Dict[str, Tuple[str, ...]] = {
     'tagclip': TAGCLIP_TEMPLATES,
     'clip-es': CLIPES_TEMPLATES,
+}
+
+#: CLIP-ES's CAM-stage renames of each benchmark vocabulary (docs/method.md §3.2).
+CAM_RENAME_PRESETS: Dict[str, Mapping[str, str]] = {
+    'voc': VOC_CAM_RENAMES,
+    'coco': COCO_CAM_RENAMES,
+    'cocostuff': COCO_STUFF_CAM_RENAMES,
 }
 
 #: Foreground vocabularies; ``*-cam`` are CLIP-ES's renamed CAM-stage names.
@@ -25,10 +36,9 @@ CLASS_PRESETS: Dict[str, Tuple[ClassName, ...]] = {
     'voc': VOC_CLASSES,
     'coco': COCO_CLASSES,
     'cocostuff': COCO_STUFF_CLASSES,
-    'voc-cam': tuple(apply_renames(VOC_CLASSES, VOC_CAM_RENAMES)),
-    'coco-cam': tuple(apply_renames(COCO_CLASSES, COCO_CAM_RENAMES)),
-    'cocostuff-cam': tuple(apply_renames(COCO_STUFF_CLASSES, COCO_STUFF_CAM_RENAMES)),
 }
+CLASS_PRESETS.update({f'{name}-cam': tuple(apply_renames(CLASS_PRESETS[name], renames))
+                      for name, renames in CAM_RENAME_PRESETS.items()})
 
 BACKGROUND_PRESETS: Dict[str, Tuple[str, ...]] = {
     'voc': VOC_BACKGROUND,
@@ -61,3 +71,30 @@ def resolve_classes(value: Union[str, Sequence[ClassName]]) -> Tuple[ClassName, 
 def resolve_background(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     """A background-word preset name or a list of words -> tuple."""
     return _resolve(value, BACKGROUND_PRESETS, 'background words')
+
+
+def cam_class_names(classes: Sequence[ClassName]) -> List[ClassName]:
+    """Class names for the CAM stage: CLIP-ES's renames for benchmark vocabularies.
+
+    When every class belongs to VOC, COCO or COCO-Stuff, the renames of that
+    set apply (``person`` -> ``person with clothes,people,human``, ...), as in
+    the pseudo-label configs. Other vocabularies are used as given: the
+    renames were tuned for those benchmarks' wording.
+    """
+    keys = {class_key(c) for c in classes}
+    for name, renames in CAM_RENAME_PRESETS.items():
+        if keys <= set(CLASS_PRESETS[name]):
+            return apply_renames(classes, renames)
+    return list(classes)
+
+
+def default_background_words(classes: Sequence[ClassName]) -> Tuple[str, ...]:
+    """TagCLIP's VOC background words, minus any that is also a class.
+
+    Background words are softmax competitors that soak up scene content (sky,
+    road, wall...) so that it is not attributed to a foreground class; the
+    VOC list is generic enough for everyday photos. A word the user also
+    asks for as a class (``'sign'``, ``'keyboard'``...) is dropped.
+    """
+    taken = {class_key(c) for c in classes}
+    return tuple(w for w in BACKGROUND_PRESETS['voc'] if w not in taken)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from ...datasets.label_maps import LabelMap, label_lut
 from ...utils.quirks import QuirksLike
 from ..clip.frozen_model import FrozenCLIPModel
 from ..clip.last_block_grad import LastBlockGrad
@@ -68,8 +69,10 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             0.7 COCO).
         with_background (bool): Add the ``1 - max`` background channel; off for
             COCO-Stuff, where labels are the argmax over tag maps.
-        label_map (Sequence[int], optional): Maps the output class index (after
-            the background offset) to the saved label (e.g. 171 -> 27 classes).
+        label_map (Sequence[int] | str, optional): Maps the output class index
+            (after the background offset) to the saved label (e.g. 171 -> 27
+            classes); a list or a name such as ``'cocostuff171_to_27'`` (see
+            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
         quirks (str | dict | Quirks): ``'reference'`` (default) or
             ``'fixed'``, or single fields; this model reads ``box_clamp``,
             ``pos_embed_fp16``, ``cam_fp16`` and ``grad_cam_double_norm``, and
@@ -96,7 +99,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  caa_layers: Sequence[int] = tuple(range(4, 11)),
                  caa_box_thr: float = 0.4,
                  with_background: bool = True,
-                 label_map: Optional[Sequence[int]] = None,
+                 label_map: Optional[LabelMap] = None,
                  quirks: QuirksLike = 'reference',
                  tagger: Optional[dict] = None,
                  return_cams: bool = False,
@@ -108,10 +111,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.caa_layers = self.layer_indices('caa_layers', caa_layers)
         self.caa_box_thr = caa_box_thr
         self.with_background = with_background
-        self.register_buffer(
-            'label_map',
-            torch.as_tensor(label_map, dtype=torch.long) if label_map is not None else None,
-            persistent=False)
+        self.register_buffer('label_map', None if label_map is None else label_lut(label_map),
+                             persistent=False)
         self.return_cams = return_cams
         self.tagger = None
         if tagger is not None:
