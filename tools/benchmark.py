@@ -816,7 +816,11 @@ def run_e2e(bench: Bench, tagger, ckpt: str, work_dir: str, patch: int,
     res = bench.measure({'e2e-small': lambda: run(small), 'e2e-big': lambda: run(big)})
     photos = photo_batch(folders[big], patch, bench.device, dtype)
     B = args.e2e_batch_size
-    model = bench.measure({'model': lambda: [tagger.tag(c) for c in photos.split(B)]})['model']
+    # The images per forward that tools/test.py's predict uses for a batch of
+    # B (one at a time on the CPU, the whole batch elsewhere), so the ratio
+    # compares the same model work.
+    step = tagger.forward_batch_size(photos.device, B)
+    model = bench.measure({'model': lambda: [tagger.tag(c) for c in photos.split(step)]})['model']
     extra = res['e2e-big'].seconds - res['e2e-small'].seconds
     per_image = extra / (big - small)
     h, w = args.e2e_size
@@ -826,7 +830,7 @@ def run_e2e(bench: Bench, tagger, ckpt: str, work_dir: str, patch: int,
                 f'photos ({res["e2e-small"].seconds:.1f} s, {res["e2e-big"].seconds:.1f} s); '
                 f'batch {B}, {args.loader_workers} data-loader workers')
     bench.timing(f'tag fast, model only, same photos, {size}', model, len(photos),
-                 f'batch {B}')
+                 f'{step} image(s) per forward, as tools/test.py at batch {B}')
     bench.ratio('tools/test.py / model only (s per image)', per_image / (model.seconds / big),
                 detail='data loading, writers and hooks included')
 
