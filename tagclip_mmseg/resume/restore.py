@@ -18,8 +18,9 @@ from typing import Optional
 
 import torch
 from mmengine.structures import PixelData
-from mmpretrain.structures import DataSample
 from mmseg.structures import SegDataSample
+
+from ..models.taggers import TagCLIP
 
 __all__ = [
     'COMPUTE', 'RESTORE', 'FAILED', 'sample_status', 'restore_prediction', 'empty_prediction',
@@ -42,15 +43,6 @@ def sample_status(sample) -> str:
     if meta.get('precomputed'):
         return RESTORE
     return COMPUTE
-
-
-def _set_tags(sample, scores: torch.Tensor, tags: torch.Tensor) -> None:
-    """Fill a tagging sample as ``TagCLIP`` does: float scores, sorted tag indices."""
-    if not isinstance(sample, DataSample):
-        raise TypeError('TagCLIP expects mmpretrain DataSample inputs (pack with '
-                        f'mmpretrain.PackInputs); got {type(sample).__name__}')
-    sample.set_pred_score(scores.float().cpu())
-    sample.set_pred_label(tags.nonzero().flatten().cpu())
 
 
 def _need_classes(num_classes: Optional[int]) -> int:
@@ -89,7 +81,7 @@ def restore_prediction(sample, num_classes: Optional[int] = None) -> None:
                          'delete the tagging journals (<out_file>.journal.rank*.jsonl)')
     tags = torch.zeros(n, dtype=torch.bool)
     tags[labels] = True
-    _set_tags(sample, scores, tags)
+    TagCLIP.fill_sample(sample, scores, tags)
 
 
 def empty_prediction(sample, num_classes: Optional[int] = None) -> None:
@@ -104,7 +96,7 @@ def empty_prediction(sample, num_classes: Optional[int] = None) -> None:
             dict(pred_sem_seg=PixelData(data=torch.full((1, H, W), 255, dtype=torch.long))))
         return
     n = _need_classes(num_classes)
-    _set_tags(sample, torch.zeros(n), torch.zeros(n, dtype=torch.bool))
+    TagCLIP.fill_sample(sample, torch.zeros(n), torch.zeros(n, dtype=torch.bool))
 
 
 def fill_prediction(sample, num_classes: Optional[int] = None) -> None:

@@ -141,8 +141,10 @@ class TagCLIP(FrozenCLIPModel):
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
         out = self.tag(images)
+        # One device->host copy per batch, not two per image.
+        scores, tags = out['p_final'].float().cpu(), out['tags'].cpu()
         for i, sample in enumerate(data_samples):
-            self._fill(sample, out['p_final'][i], out['tags'][i])
+            self.fill_sample(sample, scores[i], tags[i])
 
     def resume_settings(self) -> dict:
         """The shared settings (see the base class) and every setting of the
@@ -155,7 +157,9 @@ class TagCLIP(FrozenCLIPModel):
             fusion_lambda=self.fusion_lambda, tag_ratio=self.tag_ratio)
 
     @staticmethod
-    def _fill(sample, scores: Tensor, tags: Tensor) -> None:
+    def fill_sample(sample, scores: Tensor, tags: Tensor) -> None:
+        """Set a sample's prediction: float scores and the sorted indices of
+        its (C,) boolean ``tags``. Also used to restore a resumed sample."""
         if not isinstance(sample, DataSample):
             raise TypeError('TagCLIP expects mmpretrain DataSample inputs (pack with '
                             f'mmpretrain.PackInputs); got {type(sample).__name__}')
