@@ -132,7 +132,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
         if self.tagger is not None:
-            tags = self.tagger.tag(images)['tags']
+            tags = self.tagger.tag(images)['tags'].cpu()  # one host copy per batch
             tag_lists = [t.nonzero().flatten().tolist() for t in tags]
         else:
             tag_lists = [self._sample_tags(s) for s in data_samples]
