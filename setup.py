@@ -51,6 +51,7 @@ setup(
         'Pillow',
         'scipy',
         'safetensors',
+        'filelock',
         'rich',
         'pycocotools',
     ],

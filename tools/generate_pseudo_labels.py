@@ -30,6 +30,7 @@ from mmseg.registry import DATASETS
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.engine import safe_checkpoint_loading
 from tagclip_mmseg.evaluation.summary import format_summary
+from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 from tagclip_mmseg.utils import (add_runner_args, ensure_writable_dir, init_cpu_distributed,
                                  load_config, parse_runner_args, set_clip_checkpoint,
                                  set_in_dicts_of_type, type_accepts)
@@ -43,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Write pseudo masks (PNG) for a dataset')
     parser.add_argument('config', help='pseudo-label config (configs/pseudo_labelers/...)')
     parser.add_argument('--out', required=True, help='output folder of the PNG masks')
-    parser.add_argument('--clip-checkpoint', help='CLIP weights (default: the config, '
+    parser.add_argument('--clip-checkpoint', help=f'{CHECKPOINT_HELP} (default: the config\'s, '
                         'usually ~/.cache/clip/ViT-B-16.pt)')
     parser.add_argument('--tags', help='tags file ("image_id idx idx ..."), for configs whose '
                         "dataset has tag_source='file'")

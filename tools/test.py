@@ -32,6 +32,7 @@ from mmengine.runner import Runner
 
 import tagclip_mmseg  # noqa: F401  (registers the plugin)
 from tagclip_mmseg.engine import safe_checkpoint_loading
+from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 from tagclip_mmseg.utils import (add_runner_args, default_work_dir, init_cpu_distributed,
                                  load_config, parse_runner_args, set_clip_checkpoint)
 
@@ -65,8 +66,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help='Test time augmentation')
     parser.add_argument(
         '--clip-checkpoint',
-        help='CLIP weights for training-free configs (sets every model.*.clip.checkpoint; '
-        'default: the config, usually ~/.cache/clip/ViT-B-16.pt)')
+        help=f'{CHECKPOINT_HELP}, for training-free configs (sets every '
+        'model.*.clip.checkpoint; default: the config\'s, usually ~/.cache/clip/ViT-B-16.pt)')
     return parse_runner_args(parser)
 
 
