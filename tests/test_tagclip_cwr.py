@@ -149,9 +149,9 @@ def test_cwr_region_excludes_patches_at_exactly_the_threshold(tiny_clip_path, tm
                      text_cache_dir=str(tmp_path)).eval()
     thr = tagger.cwr_region_thr
     p_ref = torch.stack([column({(0, 0): 1., (2, 3): thr}, 0.)]
-                        + [column({}, .1)] * 3 + [column({}, 0.)], dim=1)[None]
+                        + [column({}, .125)] * 3 + [column({}, 0.)], dim=1)[None]
     p_local = p_ref[..., :4].amax(dim=1)
-    assert p_local.tolist() == [[1., .1, .1, .1]]  # only class 0 is above theta = R
+    assert p_local.tolist() == [[1., .125, .125, .125]]  # only class 0 is above theta = R
     seen = []
 
     def crop_scores(images, region, img_idx, map_idx, boxes, text):
