@@ -5,7 +5,9 @@ listing it here. An HTML comment on the line right before a fence says how a
 block runs::
 
     (none)                         run it
-    <!-- recipe: slow -->          run it; the test is marked slow
+    <!-- recipe: slow -->          run it; the test is marked slow (every block
+                                   that is not a config file is: it runs in a
+                                   fresh interpreter)
     <!-- recipe: parse -->         tool commands (``python tools/x.py ...``) only
                                    parse their arguments and build their config
                                    (tests/recipe_dry_run.py): for datasets that
@@ -311,7 +313,10 @@ def _params():
     params = []
     for doc, blocks in all_blocks().items():
         for block in blocks:
-            marks = [pytest.mark.slow] if 'slow' in block.options else []
+            # A block in its own interpreter imports the whole stack (15-60 s on a
+            # small CI machine) before it starts: slow. Config files load here.
+            slow = 'slow' in block.options or not block.config_file
+            marks = [pytest.mark.slow] if slow else []
             params.append(pytest.param(block, id=block.name, marks=marks))
     return params
 
