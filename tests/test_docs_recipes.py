@@ -194,13 +194,31 @@ def _write_coco_annotations(root: str) -> None:
             json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 
 
+def _write_stuffthingmaps(root: str) -> None:
+    """COCO-Stuff 164k's layout: ``images/val2017/<id>.jpg`` and its
+    stuffthingmap ``annotations/val2017/<id>.png`` (0 person, 100 a stuff
+    class, 255 unlabeled), for two images."""
+    import numpy as np
+    from PIL import Image
+    ids = ['000000000001', '000000000002']
+    _write_photos(osp.join(root, 'images', 'val2017'), ids)
+    os.makedirs(osp.join(root, 'annotations', 'val2017'))
+    stuffthingmap = np.full((96, 128), 100, np.uint8)
+    stuffthingmap[10:40, 20:60] = 0
+    stuffthingmap[:, :4] = 255
+    for img_id in ids:
+        Image.fromarray(stuffthingmap).save(osp.join(root, 'annotations', 'val2017',
+                                                     img_id + '.png'))
+
+
 def _sandbox(root: str) -> Dict[str, str]:
     """Build the sandbox in ``root``; return the environment its blocks run in.
 
     Data, in the layouts the documents use: ``data/my_photos`` (3 photos and a
     ``labels.txt`` over docs/add_dataset.md's 3 classes), ``data/my photos``
     (a link to it), ``my_photos/`` (README's quick start) and
-    ``data/coco/annotations`` (tiny instance files).
+    ``data/coco/annotations`` (tiny instance files) and ``data/coco_stuff164k``
+    (two images and their stuffthingmaps).
     """
     from tagclip_mmseg.testing.random_clip import NARROW_CLIP_ARCH, random_clip
     home = osp.join(root, 'home')
@@ -217,6 +235,7 @@ def _sandbox(root: str) -> Dict[str, str]:
     os.symlink('my_photos', osp.join(root, 'data', 'my photos'))
     _write_photos(osp.join(root, 'my_photos'), ids)
     _write_coco_annotations(osp.join(root, 'data', 'coco'))
+    _write_stuffthingmaps(osp.join(root, 'data', 'coco_stuff164k'))
     env = dict(os.environ, HOME=home, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',
                PYTHONUNBUFFERED='1', PYTHONPATH=REPO, RECIPE_PYTHON=sys.executable,
                RECIPE_CHECKPOINT=checkpoint)
