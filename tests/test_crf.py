@@ -134,14 +134,19 @@ def test_confidence_ignore_and_errors():
 
 
 def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
-    model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
-                            crf=dict(confidence_thr=1.0))
     rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    s = SegDataSample(metainfo=dict(tags=[0, 1], ori_shape=(30, 40), ori_img=rgb))
-    out = model.predict([torch.randn(3, 32, 48)], [s])[0].pred_sem_seg.data
-    assert out.shape == (1, 30, 40)
-    assert set(out.unique().tolist()) <= {0, 1, 2, 255}
-    assert (out == 255).all()  # nothing reaches a marginal of 1: all ignored
+    image = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for thr in (None, 1.0):
+        model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
+                                crf=dict(confidence_thr=thr))
+        s = SegDataSample(metainfo=dict(tags=[0, 1], ori_shape=(30, 40), ori_img=rgb))
+        out[thr] = model.predict([image], [s])[0].pred_sem_seg.data
+    assert out[1.0].shape == (1, 30, 40)
+    assert set(out[None].unique().tolist()) <= {0, 1, 2}
+    # Pixels whose largest marginal is below 1 become 255; the others keep their label.
+    assert (out[1.0] == 255).any()
+    assert ((out[1.0] == out[None]) | (out[1.0] == 255)).all()
 
 
 # ------------------------------------------------- CRF in worker processes
@@ -282,12 +287,14 @@ def test_predict_returns_final_masks_to_mmseg_consumers(tiny_clip_path, tmp_path
     vocab = dict(class_names=['cat', 'dog'], background_words=['sky'],
                  templates=['a photo of a {}.'])
     crf = dict(iterations=4, bilateral_sxy=30., bilateral_srgb=7., confidence_thr=0.6)
+    models = []  # alive until their pools are stopped below
 
     def run(workers, name):
         model = TagCLIPSegmentor(
             clip=dict(checkpoint=str(tiny_clip_path)), text_cache_dir=str(tmp_path / 'cache'),
             all_classes_as_tags=True, labeler=dict(vocab, caa_layers=[0, 1, 2]),
             crf=dict(crf, workers=workers)).eval()
+        models.append(model)
         images, samples = _photo_samples(4)
         for i, s in enumerate(samples):
             gt = torch.zeros(1, 30, 40, dtype=torch.long)
@@ -298,7 +305,7 @@ def test_predict_returns_final_masks_to_mmseg_consumers(tiny_clip_path, tmp_path
         metric.dataset_meta = dict(classes=('background', 'cat', 'dog'))
         metric.process({}, [s.to_dict() for s in out])
         visualizer = SegLocalVisualizer.get_instance(
-            f'vis_{name}', vis_backends=[dict(type='LocalVisBackend')],
+            f'vis_{tmp_path.name}_{name}', vis_backends=[dict(type='LocalVisBackend')],
             save_dir=str(tmp_path / name))
         visualizer.dataset_meta = dict(classes=('background', 'cat', 'dog'),
                                        palette=[[0, 0, 0], [128, 0, 0], [0, 128, 0]])

@@ -230,7 +230,9 @@ def test_crf_workers_reach_iou_metric_and_show_dir(tmp_path, tiny_tool_options, 
         run_dir = tmp_path / f'w{workers}'
         options = tiny_options(tiny_tool_options['checkpoint'], tmp_path, data_root,
                                **{'model.crf.workers': workers, 'model.crf.iterations': 3,
-                                  'test_dataloader.batch_size': 2})
+                                  'test_dataloader.batch_size': 2,
+                                  # one visualizer per run (mmengine keeps them by name)
+                                  'visualizer.name': f'{tmp_path.name}_w{workers}'})
         metrics = run_test_tool(tool_runner, 'voc21_crf', options, run_dir / 'work',
                                 '--out', str(run_dir / 'out'), '--show-dir',
                                 str(run_dir / 'show'))

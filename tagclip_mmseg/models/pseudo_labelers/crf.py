@@ -330,10 +330,14 @@ class _CRFPool:
         with self._lock:
             self._shutdown()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, wait: bool = True) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=wait, cancel_futures=True)
+
+    def __del__(self) -> None:
+        # A model dropped without shutdown_crf_pools: let its workers exit.
+        self._shutdown(wait=False)
 
 
 _POOLS: 'weakref.WeakSet[_CRFPool]' = weakref.WeakSet()
