@@ -201,7 +201,7 @@ from mmseg.registry import HOOKS
 
 @HOOKS.register_module()
 class SaveRankWeightsHook(Hook):
-    \"\"\"Each rank saves its weights before and after training, and how it was wrapped.\"\"\"
+    \"\"\"Each rank saves its parameters before and after training, and how it was wrapped.\"\"\"
 
     def before_train(self, runner):
         self.initial = self.weights(runner)
@@ -214,7 +214,8 @@ class SaveRankWeightsHook(Hook):
     @staticmethod
     def weights(runner):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        # parameters only: BN running statistics are per rank by design
+        return {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
 """
 
 
@@ -241,7 +242,7 @@ def ranks_trained_alike():
 
 @pytest.fixture
 def rank_weights_config(tmp_path, tiny_config):
-    """:func:`tiny_config` plus a hook with which every rank saves its weights
+    """:func:`tiny_config` plus a hook with which every rank saves its parameters
     before and after training (``initial``, ``final``), its model wrapper's
     class name (``wrapper``) and the world size to
     ``<work_dir>/rank<r>_weights.pth``. Returns ``(config, pythonpath)``: the

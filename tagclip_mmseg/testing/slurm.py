@@ -2,7 +2,7 @@
 
 munged, slurmctld and slurmd run from a temporary folder (their own munge key,
 socket, state, spool and logs) with a ``slurm.conf`` written there, reached
-through ``SLURM_CONF``. Every daemon listens on 127.0.0.1, on ports that
+through ``SLURM_CONF``. The daemons are reached at 127.0.0.1, on ports that
 were free at start; nothing outside this machine is contacted. No systemd
 and no cgroups: processes are tracked with ``proctrack/linuxproc`` and
 ``task/none``. Debian: ``apt-get install slurm-wlm munge``.
@@ -54,8 +54,8 @@ ReturnToService=2
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={cpus} State=UNKNOWN
-PartitionName={partition} Nodes={node} Default=YES MaxTime=30 State=UP
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName={partition} Nodes={host} Default=YES MaxTime=30 State=UP
 """
 
 
@@ -91,7 +91,6 @@ class LocalSlurm:
         self.root = osp.abspath(root)
         self.cpus = cpus
         self.partition = partition
-        self.node = 'tagclip-node'
         self.conf = osp.join(self.root, 'slurm.conf')
         self._procs: Dict[str, subprocess.Popen] = {}
 
@@ -123,10 +122,17 @@ class LocalSlurm:
             f.write(os.urandom(1024))
         munge_socket = osp.join(munge_dir, 'munge.socket')
         ctld_port, slurmd_port, srun_low = _free_ports(3)
+        # The node is this host by name: srun's SLURM_NODELIST then names a host
+        # that resolves, as on a real cluster (the tasks' MASTER_ADDR comes from it).
         host = socket.gethostname().split('.')[0]
+        try:
+            socket.gethostbyname(host)
+        except OSError as err:
+            raise RuntimeError(f'this host\'s name {host!r} does not resolve ({err}); add it '
+                               'to /etc/hosts') from err
         with open(self.conf, 'w') as f:
             f.write(_CONF.format(
-                host=host, node=self.node, cpus=self.cpus, partition=self.partition,
+                host=host, cpus=self.cpus, partition=self.partition,
                 ctld_port=ctld_port, slurmd_port=slurmd_port,
                 srun_ports=f'{max(srun_low, 1024)}-{max(srun_low, 1024) + 20}',
                 user=_user_name(), munge_socket=munge_socket, root=self.root))
@@ -136,7 +142,7 @@ class LocalSlurm:
             f'--log-file={munge_dir}/munged.log', f'--seed-file={munge_dir}/munged.seed'])
         self._wait(lambda: osp.exists(munge_socket), timeout, 'munged did not open its socket')
         self._spawn('slurmctld', [_which('slurmctld'), '-D', '-i', '-f', self.conf])
-        self._spawn('slurmd', [_which('slurmd'), '-D', '-N', self.node, '-f', self.conf])
+        self._spawn('slurmd', [_which('slurmd'), '-D', '-f', self.conf])
         self._wait(self._node_idle, timeout, 'the node did not become idle')
 
     def stop(self, timeout: float = 30.) -> None:
