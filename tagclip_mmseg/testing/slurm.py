@@ -50,6 +50,7 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
+MailProg=/bin/true
 ReturnToService=2
 SlurmdTimeout=60
 InactiveLimit=0
