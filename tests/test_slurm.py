@@ -42,7 +42,8 @@ def test_slurm_environment_becomes_torch_rendezvous(monkeypatch, tmp_path):
     fake.chmod(0o755)
     monkeypatch.setenv('PATH', f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
     for key in ('MASTER_ADDR', 'MASTER_PORT', 'RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, 'x')  # so that monkeypatch restores what the function sets
+        monkeypatch.delenv(key)
     monkeypatch.setenv('SLURM_PROCID', '3')
     monkeypatch.setenv('SLURM_NTASKS', '4')
     monkeypatch.setenv('SLURM_LOCALID', '1')
@@ -86,7 +87,7 @@ def slurm_cluster(request, tmp_path_factory):
 def run_script(cluster: LocalSlurm, script: str, job: str, *args: str, **env: str) -> str:
     """``bash tools/<script> tagclip <job> args`` with :data:`SCRIPT_ENV`; its output."""
     full_env = {k: v for k, v in cluster.env().items()
-                if k not in ('LOCAL_RANK', 'RANK', 'WORLD_SIZE', 'MASTER_PORT')}
+                if k not in ('LOCAL_RANK', 'RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
     full_env.update(SCRIPT_ENV, **env)
     proc = subprocess.run(['bash', osp.join('tools', script), PARTITION, job, *args], cwd=REPO,
                           env=full_env, capture_output=True, text=True, timeout=900)
