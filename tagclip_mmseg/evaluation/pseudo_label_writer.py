@@ -26,6 +26,7 @@ Files in ``out_dir`` (all written atomically, all byte-deterministic):
   failed`` accounts for every listed image.
 """
 import io
+import hashlib
 import json
 import os.path as osp
 import time
@@ -34,19 +35,19 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_rank, is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 from PIL import Image
 
 from ..datasets.categories import voc_palette
-from ..datasets.utils import MISSING_IMAGES_KEY
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from ..utils.paths import safe_join
 from ..utils.run_lock import RunLock
-from ..resume.files import remove_stale_temp_files
+from ..resume.files import SourceLog, remove_stale_temp_files, sources_path
 from .pending import CollectsPendingLabels
-from .sample_fields import get_field, image_id, load_error
+from .sample_fields import get_field, image_id, load_error, missing_images
 from .summary import format_summary
 
 __all__ = ['encode_label_png', 'encode_npz', 'PseudoLabelWriter']
@@ -147,6 +148,7 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
         self.save_cams = save_cams
         self._palette: Optional[np.ndarray] = None
         self._start: Optional[float] = None
+        self._sources: Optional[SourceLog] = None
         self.init_pending()
         # One live run per output: refuse before touching files another run writes.
         self._lock = RunLock(self.out_dir) if is_main_process() else None
@@ -156,14 +158,16 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Write the masks of this batch on this rank as they become final."""
-        if self._start is None:
+        if self._start is None:  # the first batch: refuse bad ids before any work is kept
             self._start = time.perf_counter()
+            missing_images(self.dataset_meta, self.out_dir)
         super().process(data_batch, data_samples)
 
     def process_sample(self, sample, label: Optional[torch.Tensor],
                        crf_error: Optional[str]) -> None:
         """Write one image's files; record the outcome."""
         img_id = image_id(sample)
+        safe_join(self.out_dir, img_id, '.png')  # refuse an id that leaves out_dir
         record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
                       status='written', reason=None)
         error = load_error(sample) or crf_error
@@ -177,8 +181,8 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
 
     def _write_sample(self, sample, img_id: str, label: Optional[torch.Tensor]) -> None:
         mask = _label_map(label, sample, img_id)
-        atomic_write_bytes(osp.join(self.out_dir, img_id + '.png'),
-                           encode_label_png(mask, self._get_palette()))
+        png = encode_label_png(mask, self._get_palette())
+        atomic_write_bytes(safe_join(self.out_dir, img_id, '.png'), png)
         if self.save_cams:
             cams = get_field(sample, 'cams')
             if cams is None:
@@ -192,8 +196,12 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
             if not np.isfinite(cams).all():
                 raise ValueError(f'image {img_id}: its CAMs hold NaN or inf; nothing is written. '
                                  'Check the CLIP checkpoint, and try fp32 instead of fp16')
-            atomic_write_bytes(osp.join(self.out_dir, img_id + '.npz'),
+            atomic_write_bytes(safe_join(self.out_dir, img_id, '.npz'),
                                encode_npz(dict(keys=keys, attn_highres=cams)))
+        if self._sources is None:
+            self._sources = SourceLog(sources_path(self.out_dir, get_rank()))
+        self._sources.append(img_id, get_field(sample, 'img_path'),
+                             hashlib.sha256(png).hexdigest())
 
     def _get_palette(self) -> Optional[np.ndarray]:
         """The ``(256, 3)`` palette, resolved on first use (dataset meta is set late)."""
@@ -214,11 +222,21 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
             self._palette = palette
         return self._palette
 
+    def evaluate(self, size: int) -> dict:
+        """Write what is left and gather as the bases do; then close this rank's
+        record of mask sources."""
+        try:
+            return super().evaluate(size)
+        finally:
+            if self._sources is not None:
+                self._sources.close()
+                self._sources = None
+
     def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
         """Count outcomes over all ranks, write the summary files, log one line."""
         elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
         self._start = None
-        left_out = (self.dataset_meta or {}).get(MISSING_IMAGES_KEY, ())
+        left_out = missing_images(self.dataset_meta, self.out_dir)
         results = list(results) + [dict(m, status='failed') for m in left_out]
         counts = {k: sum(r['status'] == k for r in results)
                   for k in ('written', 'skipped', 'failed')}
