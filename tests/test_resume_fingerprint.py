@@ -97,7 +97,7 @@ def test_built_models_record_and_fingerprint_every_argument(tiny_clip):
     dict(truncate_prompts=True),
 ])
 def test_a_setting_that_decides_scores_changes_the_fingerprint(tiny_clip, change):
-    assert resume_fingerprint(build_tagger(tiny_clip, **TAGGER, **change)) != \
+    assert resume_fingerprint(build_tagger(tiny_clip, **dict(TAGGER, **change))) != \
         resume_fingerprint(build_tagger(tiny_clip, **TAGGER))
 
 
@@ -107,7 +107,7 @@ def test_exempt_settings_and_argument_spelling_keep_the_fingerprint(tiny_clip, t
                  dict(text_cache_dir=str(tmp_path)),
                  dict(data_preprocessor=dict(type='CLIPDataPreprocessor')),
                  dict(avg_layers=[1, 0, 1])):
-        assert resume_fingerprint(build_tagger(tiny_clip, **TAGGER, **same)) == base, same
+        assert resume_fingerprint(build_tagger(tiny_clip, **dict(TAGGER, **same))) == base, same
     other = build_tagger(tiny_clip, **TAGGER)
     other.set_vocabulary(['c0', 'c1', 'dog'])
     assert resume_fingerprint(other) != base

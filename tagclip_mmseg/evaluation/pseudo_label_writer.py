@@ -182,7 +182,13 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
     def _write_sample(self, sample, img_id: str, label: Optional[torch.Tensor]) -> None:
         mask = _label_map(label, sample, img_id)
         png = encode_label_png(mask, self._get_palette())
-        atomic_write_bytes(safe_join(self.out_dir, img_id, '.png'), png)
+        path = safe_join(self.out_dir, img_id, '.png')
+        if self._sources is None:
+            self._sources = SourceLog(sources_path(self.out_dir, get_rank()))
+        # Recorded first: a kill in between leaves a record without its PNG.
+        self._sources.append(img_id, get_field(sample, 'img_path'),
+                             hashlib.sha256(png).hexdigest())
+        atomic_write_bytes(path, png)
         if self.save_cams:
             cams = get_field(sample, 'cams')
             if cams is None:
@@ -198,10 +204,6 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
                                  'Check the CLIP checkpoint, and try fp32 instead of fp16')
             atomic_write_bytes(safe_join(self.out_dir, img_id, '.npz'),
                                encode_npz(dict(keys=keys, attn_highres=cams)))
-        if self._sources is None:
-            self._sources = SourceLog(sources_path(self.out_dir, get_rank()))
-        self._sources.append(img_id, get_field(sample, 'img_path'),
-                             hashlib.sha256(png).hexdigest())
 
     def _get_palette(self) -> Optional[np.ndarray]:
         """The ``(256, 3)`` palette, resolved on first use (dataset meta is set late)."""

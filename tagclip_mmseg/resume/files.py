@@ -8,9 +8,9 @@ run reads finished masks and CAM files back (:func:`read_label_png`,
 the writers (and the COCO converter) remove the temporaries that a kill left
 behind (:func:`remove_stale_temp_files`).
 
-A mask is kept only for the version of the image it was made from: after
+A mask is kept only for the version of the image it was made from: before
 writing ``<img_id>.png`` the writer appends to its rank's
-``sources.rank<k>.jsonl`` the id, the ``[size, mtime_ns]`` of the image and
+``.sources.rank<k>.jsonl`` the id, the ``[size, mtime_ns]`` of the image and
 the SHA-256 of the PNG (:class:`SourceLog`); an image edited since (or a mask
 without such a line) is recomputed (:func:`read_sources`). The PNG is named by
 its content, so a copied folder still resumes.
@@ -121,7 +121,7 @@ def remove_stale_temp_files(folder: str,
 
 def sources_path(out_dir: str, rank: int) -> str:
     """The record of ``rank`` of which image version each mask of ``out_dir`` came from."""
-    return osp.join(out_dir, f'sources.rank{int(rank)}.jsonl')
+    return osp.join(out_dir, f'.sources.rank{int(rank)}.jsonl')
 
 
 class SourceLog:
@@ -136,8 +136,9 @@ class SourceLog:
         self._file: Optional[IO[str]] = None
 
     def append(self, img_id: str, img_path: Optional[str], png_sha256: str) -> None:
-        """Record that the PNG of SHA-256 ``png_sha256`` was just written from
-        ``img_path``'s current version."""
+        """Record that the PNG of SHA-256 ``png_sha256``, about to be written,
+        comes from ``img_path``'s current version (a kill before the PNG
+        exists leaves a record that matches nothing)."""
         if self._file is None:
             self._file = open(self.path, 'a', encoding='utf-8')
             self._file.write('\n')  # a line torn by a kill stays apart from the next one
@@ -161,7 +162,7 @@ def read_sources(out_dir: str) -> Dict[str, Set[Tuple]]:
     PNG are one of its pairs; lines cut off by a kill are skipped.
     """
     sources: Dict[str, Set[Tuple]] = {}
-    for path in glob.glob(osp.join(glob.escape(out_dir), 'sources.rank*.jsonl')):
+    for path in glob.glob(osp.join(glob.escape(out_dir), '.sources.rank*.jsonl')):
         with open(path, 'rb') as f:
             for line in f:
                 try:

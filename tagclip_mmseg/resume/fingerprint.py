@@ -87,8 +87,8 @@ def _module_identity(module: nn.Module) -> Dict[str, Any]:
         digest = hashlib.sha256()
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                          if tensor.numel() else b'')
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                          .numpy().tobytes())
         weights = digest.hexdigest()
     dtypes = sorted({str(p.dtype) for p in module.parameters()})
     return dict(type=type(module).__name__, weights=weights, dtype=dtypes)

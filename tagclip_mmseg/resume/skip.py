@@ -95,7 +95,7 @@ class SkipExisting(_SkipFinished):
     A mask is kept only if it was made with this run's settings: that is
     checked once per folder, before any image, by ``PseudoLabelResumeHook``
     (``<out_dir>/settings.json``); and only if it was made from the image as
-    it is now: the writer's ``sources.rank*.jsonl`` must pair the image's
+    it is now: the writer's ``.sources.rank*.jsonl`` must pair the image's
     present size and modification time with the mask's content hash.
 
     Example::
@@ -139,7 +139,7 @@ class SkipExisting(_SkipFinished):
         if mask is not None and not self._same_source(img_id, results.get('img_path'), path):
             print_log(f'existing pseudo label {path} was not made from the present version of '
                       f"{results.get('img_path')} (edited since, or written without a record "
-                      'in sources.rank*.jsonl); it will be recomputed', logger='current', level=30)
+                      'in .sources.rank*.jsonl); it will be recomputed', logger='current', level=30)
             return None
         if mask is not None and self.require_cams:
             if read_cam_file(safe_join(self.out_dir, img_id, '.npz')) is None:

@@ -145,9 +145,9 @@ def unreadable_reason(path: str, e: BaseException) -> str:
     if kind is not None:
         return f'it is {kind}, not a checkpoint'
     if not head:
-        return 'the file is empty'
-    if isinstance(e, pickle.UnpicklingError) and pickle_globals(path) is None:
-        return ('it is truncated, corrupt or not a PyTorch/safetensors checkpoint (its bytes '
-                'are not a complete pickle)')
-    return ('it is truncated, corrupt or not a PyTorch/safetensors checkpoint '
-            f'({type(e).__name__}: {error_sentence(e)})')
+        detail = 'the file is empty'
+    elif isinstance(e, pickle.UnpicklingError) and pickle_globals(path) is None:
+        detail = 'its bytes are not a complete pickle'
+    else:
+        detail = f'{type(e).__name__}: {error_sentence(e)}'
+    return f'it is truncated, corrupt or not a PyTorch/safetensors checkpoint ({detail})'
