@@ -10,9 +10,11 @@ edited images (issue "Reliability, round 3", items 2, 3 and 8).
 * An image edited between a kill and the resume is computed again, in
   tagging and in pseudo-labelling.
 """
+import json
 import os
 import os.path as osp
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -153,30 +155,44 @@ def test_killed_tagging_run_resumed_with_other_bgr_to_rgb_recomputes(tiny_clip, 
 
 
 # ----------------------------------------------- 3: checkpoint content hash
+def _patched_copy(src, dst, key):
+    """``src`` with 1 added to the fp32 tensor ``key`` in place: the same size,
+    header and first and last MiB, other content."""
+    data = bytearray(open(src, 'rb').read())
+    size = struct.unpack('<Q', data[:8])[0]
+    start, end = json.loads(data[8:8 + size])[key]['data_offsets']
+    lo, hi = 8 + size + start, 8 + size + end
+    data[lo:hi] = (np.frombuffer(bytes(data[lo:hi]), np.float32) + 1).tobytes()
+    os.makedirs(osp.dirname(dst))
+    with open(dst, 'wb') as f:
+        f.write(data)
+    return data
+
+
 def test_checkpoints_equal_in_name_size_and_mtime_differ(tmp_path, tiny_clip):
+    """As ``tar -x``, ``cp -p`` and ``rsync -a`` leave them; the change sits
+    in the middle of the file (a text-encoder weight, so the embeddings differ)."""
     from tagclip_mmseg.models.clip import checkpoint_fingerprint, load_clip, save_clip_state_dict
     from tagclip_mmseg.models.clip.text_classifier import build_text_classifier
-    paths = []
-    for folder, seed in (('a', 1), ('b', 2)):
-        state = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
-        state['text_projection'] += seed  # changes the text embeddings
-        os.makedirs(tmp_path / folder)
-        path = str(tmp_path / folder / 'clip.safetensors')
-        save_clip_state_dict(state, path)
+    a, b = str(tmp_path / 'a' / 'clip.safetensors'), str(tmp_path / 'b' / 'clip.safetensors')
+    os.makedirs(tmp_path / 'a')
+    save_clip_state_dict(tiny_clip.state_dict(), a)
+    patched = _patched_copy(a, b, 'transformer.resblocks.0.mlp.c_fc.weight')
+    original = open(a, 'rb').read()
+    mib = 1 << 20
+    assert patched[:mib] == original[:mib] and patched[-mib:] == original[-mib:]
+    for path in (a, b):
         os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
-        paths.append(path)
-    a, b = paths
     assert osp.getsize(a) == osp.getsize(b) and os.stat(a).st_mtime_ns == os.stat(b).st_mtime_ns
     assert checkpoint_fingerprint(a) != checkpoint_fingerprint(b)
     cache = str(tmp_path / 'text_cache')
     embeddings = [build_text_classifier(load_clip(p), ['cat', 'dog'], ['a {}.'], cache_dir=cache)
-                  for p in paths]
+                  for p in (a, b)]
     assert len(os.listdir(cache)) == 2
     assert not torch.allclose(embeddings[0], embeddings[1])
-    # The same content elsewhere shares the entry.
-    c = shutil.copy(a, tmp_path / 'copy.safetensors')
-    assert checkpoint_fingerprint(c) != checkpoint_fingerprint(b)
-    assert file_sha256(c) == file_sha256(a)
+    # The same content elsewhere is the same checkpoint.
+    copy = shutil.copy(a, tmp_path / 'copy.safetensors')
+    assert file_sha256(copy) == file_sha256(a) != file_sha256(b)
 
 
 def test_file_sha256_hashes_a_file_once_per_version(tmp_path, monkeypatch):
@@ -184,6 +200,7 @@ def test_file_sha256_hashes_a_file_once_per_version(tmp_path, monkeypatch):
 
     from tagclip_mmseg.utils import hashing
     monkeypatch.setenv('TAGCLIP_MMSEG_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(hashing, '_DISK_MIN_BYTES', 1000)  # a checkpoint-sized file
     path = tmp_path / 'w.bin'
     path.write_bytes(b'x' * 3000)
     expected = hashlib.sha256(b'x' * 3000).hexdigest()

@@ -5,8 +5,9 @@ records of an image) must follow its bytes, not its name: two files with the
 same name, size and modification time (``tar -x``, ``cp -p`` and
 ``rsync -a`` preserve them) may differ. Hashing a 335 MB checkpoint on every
 start would cost more than the caches save, so the hash is kept, in memory and
-in ``$TAGCLIP_MMSEG_CACHE/file_sha256``, under the file's identity: real path,
-size, inode, modification and status-change times. Any write to the file
+(for files of 64 MiB or more; smaller ones are read again faster than a record
+is found) in ``$TAGCLIP_MMSEG_CACHE/file_sha256``, under the file's identity:
+real path, size, inode, modification and status-change times. Any write to the file
 changes its status-change time (which no tool can set back), so an edited
 file is hashed again.
 """
@@ -22,6 +23,8 @@ __all__ = ['CACHE_ENV', 'cache_root', 'file_sha256', 'file_identity', 'file_stam
 #: Environment variable naming the root of tagclip_mmseg's caches.
 CACHE_ENV = 'TAGCLIP_MMSEG_CACHE'
 _CHUNK = 1 << 20
+#: Files from this size on get an on-disk record of their hash.
+_DISK_MIN_BYTES = 64 << 20
 _MEMORY: Dict[Tuple, str] = {}
 
 
@@ -73,7 +76,8 @@ def file_sha256(path: str, use_cache: bool = True) -> str:
     Args:
         path (str): The file (``~`` is expanded; links are followed).
         use_cache (bool): Reuse and record the hash under the file's
-            :func:`file_identity`; ``False`` always reads the file.
+            :func:`file_identity` (on disk from 64 MiB on); ``False`` always
+            reads the file.
 
     Returns:
         str: 64 lowercase hex digits.
@@ -85,7 +89,9 @@ def file_sha256(path: str, use_cache: bool = True) -> str:
     path = osp.expanduser(os.fspath(path))
     identity = file_identity(path)
     if use_cache:
-        digest = _MEMORY.get(identity) or _read_cached(identity)
+        digest = _MEMORY.get(identity)
+        if digest is None and identity[1] >= _DISK_MIN_BYTES:
+            digest = _read_cached(identity)
         if digest is not None:
             _MEMORY[identity] = digest
             return digest
@@ -96,6 +102,8 @@ def file_sha256(path: str, use_cache: bool = True) -> str:
     digest = sha.hexdigest()
     if use_cache and file_identity(path) == identity:  # unchanged while it was read
         _MEMORY[identity] = digest
+        if identity[1] < _DISK_MIN_BYTES:
+            return digest
         try:
             atomic_write_text(_cache_file(identity), digest + '\n')
         except OSError:  # a read-only cache only costs a re-hash next start
