@@ -31,8 +31,8 @@ __all__ = [
     'resume_fingerprint'
 ]
 
-#: Constructor arguments (any class) and whole transforms that cannot change a
-#: result, with why; everything else is part of the fingerprint.
+#: Constructor arguments (of any class) and whole transforms (by type name)
+#: that cannot change a result, with why; everything else is fingerprinted.
 NOT_RESULT_SETTINGS: Dict[str, str] = {
     'images_per_forward': 'how many images share a forward pass; bounds memory',
     'cwr_batch_size': 'how many CWR crops share a forward pass; bounds memory',
@@ -55,10 +55,6 @@ _REGISTRIES = (MODELS, TRANSFORMS)
 #: Wrappers that run their ``transforms`` only for images to compute: a run
 #: with them (resuming) and one without (``--overwrite``) compute alike.
 _WRAPPERS = (SkipExisting, SkipTagged)
-
-
-def _exempt(type_name: str, arg: str) -> bool:
-    return arg in NOT_RESULT_SETTINGS or f'{type_name}.{arg}' in NOT_RESULT_SETTINGS
 
 
 def _builder(type_: Any) -> Optional[Any]:
@@ -104,7 +100,7 @@ def _config_settings(cfg: dict, seen: frozenset) -> Dict[str, Any]:
                   if p.default is not p.empty}
     values.update((k, v) for k, v in cfg.items() if k != 'type')
     return dict(type=name, **{k: _settings(v, seen) for k, v in sorted(values.items())
-                              if not _exempt(name, k)})
+                              if k not in NOT_RESULT_SETTINGS})
 
 
 def settings_of(value: Any) -> Any:
@@ -129,7 +125,7 @@ def _settings(value: Any, seen: frozenset) -> Any:
         name = type(value).__name__
         out = dict(type=name)
         for arg, given in sorted(recorded.items()):
-            if _exempt(name, arg):
+            if arg in NOT_RESULT_SETTINGS:
                 continue
             try:
                 kept = getattr(value, arg)
@@ -159,7 +155,7 @@ def _settings(value: Any, seen: frozenset) -> Any:
     if hasattr(value, '__dict__') and not callable(value) or hasattr(value, 'transform'):
         name = type(value).__name__  # a transform of another package
         return dict(type=name, **{k: _settings(v, seen) for k, v in sorted(vars(value).items())
-                                  if not k.startswith('_') and not _exempt(name, k)})
+                                  if not k.startswith('_') and k not in NOT_RESULT_SETTINGS})
     if callable(value):
         return getattr(value, '__qualname__', type(value).__name__)
     return repr(value)
