@@ -270,3 +270,15 @@ def test_a_url_works_wherever_a_checkpoint_is_accepted(online, tiny_tool_options
             f'test_evaluator.0.scores_file={tags}.scores.jsonl', '--clip-checkpoint', url)
         assert server.count() == 1
     assert tags.read_text().startswith('a')
+
+
+def test_a_fetched_file_is_hashed_once(online, ckpt_bytes, monkeypatch):
+    """Verifying the fetch and fingerprinting the weights share one read."""
+    from tagclip_mmseg.utils import hashing
+    calls = []
+    real = hashing.hashlib.sha256
+    monkeypatch.setattr(hashing.hashlib, 'sha256', lambda *a: calls.append(1) or real(*a))
+    with FileServer({'/tiny.pth': ckpt_bytes}) as server:
+        model = load_clip(f'{server.base}/tiny.pth#sha256={_sha(ckpt_bytes)}')
+    assert len(calls) == 1
+    assert model.checkpoint_fingerprint

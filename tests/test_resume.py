@@ -592,9 +592,12 @@ def test_pseudo_label_rerun_after_completion_recomputes_nothing(images, referenc
                                                                 pl_list_config):
     out = tmp_path / 'out'
     out.mkdir()
-    # The masks and the record of their settings (settings.json).
+    # The masks, the record of their settings (settings.json) and of the
+    # image versions they were made from (.sources.rank*.jsonl).
     for name, data in visible_files(reference).items():
         (out / name).write_bytes(data)
+    for path in reference.glob('.sources.rank*.jsonl'):
+        (out / path.name).write_bytes(path.read_bytes())
     tool_runner.inprocess(PL_SCRIPT, *pl_args(images, out, tiny_tool_options, pl_list_config))
     summary = json.loads((out / 'summary.json').read_text())
     assert (summary['skipped'], summary['written']) == (NUM_IMAGES, 0)

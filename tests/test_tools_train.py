@@ -12,10 +12,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
+from PIL import Image
 
 from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only,
                                                     safe_checkpoint_loading)
@@ -149,25 +151,60 @@ def write_malicious_checkpoint(path, marker, state_dict=None) -> str:
     return str(path)
 
 
-def test_malicious_checkpoint_never_runs_in_train_and_test(tmp_path, tiny_config, tool_runner):
-    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from."""
-    from tagclip_mmseg.engine import UnsafeCheckpointError
-    marker = tmp_path / 'code_ran'
+class CallsSystem:
+    """Unpickling this calls ``os.system('touch <marker>')``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def bad_checkpoints(tmp_path, marker) -> dict:
+    """``name -> (path, error type name, fragments its message must hold)``."""
     evil = write_malicious_checkpoint(tmp_path / 'evil.pth', marker)
-    runs = {
-        'test.py CHECKPOINT': ('tools/test.py', tiny_config, evil),
-        'train.py --resume': ('tools/train.py', tiny_config, '--resume', evil),
-        'train.py load_from': ('tools/train.py', tiny_config, '--cfg-options',
-                               f'load_from={evil}'),
+    system = str(tmp_path / 'system.pth')
+    torch.save(dict(meta=dict(iter=2), state_dict={'w': torch.ones(1)},
+                    message_hub=CallsSystem(str(marker))), system)
+    jpeg = str(tmp_path / 'photo.pth')
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg, format='JPEG')
+    truncated = str(tmp_path / 'truncated.pth')
+    torch.save({'w': torch.ones(1000)}, truncated)
+    with open(truncated, 'r+b') as f:
+        f.truncate(os.path.getsize(truncated) // 2)
+    refused = ('could run code', 'Nothing from it was executed', 'asks to call')
+    return {
+        'calls open': (evil, 'UnsafeCheckpointError', refused + ('open', )),
+        'calls os.system': (system, 'UnsafeCheckpointError',
+                            refused + (f'{os.system.__module__}.system', )),
+        'a JPEG': (jpeg, 'UnreadableCheckpointError', ('a JPEG image, not a checkpoint', )),
+        'truncated': (truncated, 'UnreadableCheckpointError', ('truncated', )),
     }
-    for name, (script, *args) in runs.items():
-        with pytest.raises(UnsafeCheckpointError) as info:
-            tool_runner.inprocess(script, *args, '--work-dir', str(tmp_path / 'work'))
-        message = str(info.value)
-        assert not marker.exists(), f'{name} ran code from the checkpoint'
-        for fragment in (evil, 'could run code', 'Unsupported global', 'open',
-                         'Nothing from it was executed'):
-            assert fragment in message, (name, fragment, message)
+
+
+def test_bad_checkpoint_is_explained_and_never_runs_in_train_and_test(tmp_path, tiny_config,
+                                                                      tool_runner):
+    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from,
+    each with a file that calls a function, a JPEG and a truncated file."""
+    from tagclip_mmseg import engine
+    marker = tmp_path / 'code_ran'
+    for kind, (path, error, fragments) in bad_checkpoints(tmp_path, marker).items():
+        runs = {
+            'test.py CHECKPOINT': ('tools/test.py', tiny_config, path),
+            'train.py --resume': ('tools/train.py', tiny_config, '--resume', path),
+            'train.py load_from': ('tools/train.py', tiny_config, '--cfg-options',
+                                   f'load_from={path}'),
+        }
+        for name, (script, *args) in runs.items():
+            with pytest.raises(getattr(engine, error)) as info:
+                tool_runner.inprocess(script, *args, '--work-dir', str(tmp_path / 'work'))
+            message = str(info.value)
+            assert not marker.exists(), f'{name} ran code from the checkpoint'
+            for fragment in (path, *fragments):
+                assert fragment in message, (kind, name, fragment, message)
+            assert 'weights_only=False' not in message, (kind, name, message)
+            assert '`weights_only` set to `False`' not in message, (kind, name, message)
 
 
 def test_test_tool_checkpoint_is_optional_and_out_needs_one_metric(tmp_path, monkeypatch,

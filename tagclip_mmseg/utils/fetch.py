@@ -7,7 +7,6 @@ first when needed. The rules (cache folders, mirror, offline mode, the lock
 and the hash checks) are described in ``docs/clip_checkpoints.md``, section
 "Fetching weights".
 """
-import hashlib
 import http.client
 import os
 import os.path as osp
@@ -23,10 +22,12 @@ from typing import IO, Callable, Dict, Optional, Tuple
 
 from filelock import FileLock
 
+from .hashing import file_sha256, remember_sha256
+
 __all__ = [
     'OPENAI_CLIP_URLS', 'CLIP_CACHE_DIR', 'DEFAULT_CLIP_NAME', 'MIRROR_ENV', 'OFFLINE_ENVS',
     'CHECKPOINT_HELP', 'FetchError', 'is_url', 'is_offline', 'expected_sha256', 'clip_url', 'fetch_target',
-    'fetch', 'resolve_checkpoint', 'sha256_file'
+    'fetch', 'resolve_checkpoint'
 ]
 
 #: OpenAI's CLIP ViT archives, as ``clip.load`` fetches them; the path segment
@@ -131,15 +132,6 @@ def fetch_target(spec: str) -> Tuple[str, str]:
     return url, osp.join(folder, file_name)
 
 
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of a whole file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _place_by_hand(url: str, target: str, name: Optional[str] = None) -> str:
     what = f'{name!r} ({url})' if name else url
     return (f'Fetch {what} on a machine with internet access (or through a mirror, '
@@ -220,8 +212,7 @@ def fetch(url: str,
           name: Optional[str] = None,
           retries: int = 4,
           timeout: float = 30.0,
-          backoff: float = 2.0,
-          hasher: Callable[[str], str] = sha256_file) -> str:
+          backoff: float = 2.0) -> str:
     """Make ``target`` a verified copy of ``url``, fetching it at most once per machine.
 
     A process that must fetch holds ``target + '.lock'``; others wait on it and
@@ -238,7 +229,6 @@ def fetch(url: str,
         retries (int): Tries after the first failed one.
         timeout (float): Seconds a connection may stay silent.
         backoff (float): Seconds before the first retry; doubles each time.
-        hasher (Callable): Whole-file SHA-256 function.
 
     Returns:
         str: ``target``.
@@ -247,7 +237,7 @@ def fetch(url: str,
         FetchError: Offline, unreachable after every try, or a hash mismatch.
     """
     target = osp.abspath(osp.expanduser(target))
-    if osp.isfile(target) and (sha256 is None or hasher(target) == sha256):
+    if osp.isfile(target) and (sha256 is None or file_sha256(target) == sha256):
         return target
     if is_offline():
         raise FetchError(f'{target} is missing and {"/".join(OFFLINE_ENVS)} forbids '
@@ -255,20 +245,19 @@ def fetch(url: str,
     os.makedirs(osp.dirname(target), exist_ok=True)
     with FileLock(target + '.lock'):
         if osp.isfile(target):
-            if sha256 is None or hasher(target) == sha256:
+            if sha256 is None or file_sha256(target) == sha256:
                 return target  # another process fetched it while we waited
             warnings.warn(f'{target} does not match the SHA-256 {sha256} of {url} '
                           '(truncated or replaced?); fetching it again')
         if sha256 is None:
             warnings.warn(f'{url} names no SHA-256 (no 64-hex path segment, no #sha256= '
                           'fragment); the fetched file cannot be verified')
-        _fetch_verified(url, target, sha256, name, retries, timeout, backoff, hasher)
+        _fetch_verified(url, target, sha256, name, retries, timeout, backoff)
     return target
 
 
 def _fetch_verified(url: str, target: str, sha256: Optional[str], name: Optional[str],
-                    retries: int, timeout: float, backoff: float,
-                    hasher: Callable[[str], str]) -> None:
+                    retries: int, timeout: float, backoff: float) -> None:
     part = target + '.part'
     opener = urllib.request.build_opener(_SafeRedirects)  # ProxyHandler reads *_proxy
     fetch_url = url.split('#', 1)[0]
@@ -300,13 +289,13 @@ def _fetch_verified(url: str, target: str, sha256: Optional[str], name: Optional
         print(f'Fetching {fetch_url} failed ({error}); retrying in {wait:g} s',
               file=sys.stderr, flush=True)
         time.sleep(wait)
-    if sha256 is not None:
-        actual = hasher(part)
-        if actual != sha256:
-            os.remove(part)
-            raise FetchError(f'{fetch_url} fetched into {target} has SHA-256 {actual}, expected '
-                             f'{sha256}; the file was deleted. Check the URL or mirror.')
+    actual = file_sha256(part, use_cache=False)
+    if sha256 is not None and actual != sha256:
+        os.remove(part)
+        raise FetchError(f'{fetch_url} fetched into {target} has SHA-256 {actual}, expected '
+                         f'{sha256}; the file was deleted. Check the URL or mirror.')
     os.replace(part, target)
+    remember_sha256(target, actual)  # the fingerprint of the weights reuses it
 
 
 def resolve_checkpoint(spec: str, default_path: Optional[str] = None) -> str:

@@ -8,9 +8,8 @@ implement :meth:`FrozenCLIPModel.predict_batch`. Every image handed to
 :meth:`FrozenCLIPModel.predict` is computed: reusing outputs of an earlier run
 and skipping unreadable images is the test loop's job (``tagclip_mmseg.resume``).
 """
-import dataclasses
 from contextlib import nullcontext
-from typing import Any, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.init_args import RecordsInitArgs
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
@@ -43,7 +43,7 @@ class Vocabulary(NamedTuple):
     background_words: Tuple[str, ...]
 
 
-class FrozenCLIPModel(BaseModel):
+class FrozenCLIPModel(RecordsInitArgs, BaseModel):
     """Base of the training-free models.
 
     The CLIP weights are loaded in ``__init__`` (not ``init_weights``): the
@@ -260,38 +260,6 @@ class FrozenCLIPModel(BaseModel):
             emb = emb.to(device=device, dtype=torch.float32)
             self._text_embeddings[key] = emb
         return emb
-
-    # ---------------------------------------------------------------- resume
-    def resume_settings(self) -> Dict[str, Any]:
-        """Everything that decides this model's outputs, as JSON values.
-
-        A resumed run reuses earlier outputs only when these are unchanged
-        (tagging journals, pseudo-label folders; ``tagclip_mmseg.resume``
-        hashes or records them); the names say which setting
-        changed when they are not. Shared here: the model type, vocabulary,
-        prompts, quirk switches, autocast, the weights
-        (``checkpoint_fingerprint`` of a CLIP loaded from a file; a CLIP passed
-        in as a module is identified by nothing more than its architecture and
-        dtype) and the pixel normalisation. Subclasses add their method's
-        settings; settings that only bound memory are left out.
-
-        Raises:
-            RuntimeError: When no vocabulary is set yet.
-        """
-        if self.class_names is None:
-            raise RuntimeError(f'{type(self).__name__} has no vocabulary yet; call '
-                               'set_vocabulary first')
-        return dict(
-            model=type(self).__name__, class_names=self.class_names,
-            background_words=self.background_words,
-            templates=getattr(self, 'templates', None),
-            quirks=dataclasses.asdict(self.quirks),
-            autocast=None if self.autocast_dtype is None else str(self.autocast_dtype),
-            clip=getattr(self.clip, 'checkpoint_fingerprint', None),
-            clip_arch=[self.clip.visual.num_layers, self.clip.visual.patch_size,
-                       self.clip.visual.input_resolution, str(self.clip.dtype)],
-            normalisation=[getattr(self.data_preprocessor, name, torch.zeros(0)).flatten().tolist()
-                           for name in ('mean', 'std')])
 
     # ------------------------------------------------------------- plumbing
     def train(self, mode: bool = True) -> 'FrozenCLIPModel':

@@ -11,7 +11,6 @@ several ranks starting together can share the cache.
 """
 import hashlib
 import json
-import os
 import os.path as osp
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...utils.hashing import CACHE_ENV, cache_root
 from ...utils.io import atomic_open
 from .tokenizer import get_tokenizer
 from .prompts import ClassName, text_key
@@ -29,17 +29,13 @@ __all__ = [
     'CACHE_ENV'
 ]
 
-#: Environment variable naming the root of tagclip_mmseg's caches; text
-#: embeddings go to its ``text_embeddings`` subfolder.
-CACHE_ENV = 'TAGCLIP_MMSEG_CACHE'
 _CACHE_FORMAT = 1
 
 
 def default_text_cache_dir() -> str:
     """``$TAGCLIP_MMSEG_CACHE/text_embeddings``, else
     ``~/.cache/tagclip_mmseg/text_embeddings``."""
-    root = os.environ.get(CACHE_ENV) or osp.join('~', '.cache', 'tagclip_mmseg')
-    return osp.join(osp.expanduser(root), 'text_embeddings')
+    return osp.join(cache_root(), 'text_embeddings')
 
 
 def class_prompt_names(class_names: Sequence[ClassName]) -> List[str]:

@@ -170,21 +170,6 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         for i, sample in enumerate(data_samples):
             self._fill(sample, cams[i][:len(tag_lists[i])], tag_lists[i], grid_hw, return_cams)
 
-    def resume_settings(self) -> dict:
-        """The shared settings (see the base class), the CAM and affinity
-        settings, the label map, the CRF's and the in-pass tagger's: all that
-        decides a mask besides the tags of the image (which the pseudo-label
-        resume check records from the dataset)."""
-        crf = None if self.crf is None else dict(
-            iterations=self.crf.iterations, gaussian=self.crf.gaussian,
-            bilateral=self.crf.bilateral, confidence_thr=self.crf.confidence_thr,
-            reference_image=self.crf.quirks.crf_reference_image)
-        return dict(
-            super().resume_settings(), caa_layers=self.caa_layers, caa_box_thr=self.caa_box_thr,
-            with_background=self.with_background,
-            label_map=None if self.label_map is None else self.label_map.tolist(), crf=crf,
-            tagger=None if self.tagger is None else self.tagger.resume_settings())
-
     def _sample_tags(self, sample, num_classes: int) -> List[int]:
         tags = sample.metainfo.get('tags')
         if tags is None:

@@ -157,16 +157,6 @@ class TagCLIP(FrozenCLIPModel):
         for i, sample in enumerate(data_samples):
             self.fill_sample(sample, scores[i], tags[i])
 
-    def resume_settings(self) -> dict:
-        """The shared settings (see the base class) and every setting of the
-        method; ``cwr_batch_size`` only bounds memory and is left out."""
-        return dict(
-            super().resume_settings(), vote_k=self.vote_k, avg_layers=self.avg_layers,
-            self_attn_mask_value=self.self_attn_mask_value, cwr=self.cwr,
-            cwr_ratio=self.cwr_ratio, cwr_region_thr=self.cwr_region_thr,
-            cwr_crop_size=self.cwr_crop_size, cwr_mask_value=self.cwr_mask_value,
-            fusion_lambda=self.fusion_lambda, tag_ratio=self.tag_ratio)
-
     @staticmethod
     def fill_sample(sample, scores: Tensor, tags: Tensor) -> None:
         """Set a sample's prediction: float scores and the sorted indices of
