@@ -6,13 +6,14 @@ config; these helpers find and set every occurrence so a flag can never update
 one place and miss another.
 """
 import inspect
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import Registry
 
 __all__ = [
-    'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type', 'type_accepts'
+    'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type', 'type_accepts',
+    'set_vocabulary'
 ]
 
 
@@ -99,3 +100,46 @@ def type_accepts(registry: Registry, type_name: Any, arg: str) -> bool:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return False
     return False
+
+
+def set_vocabulary(cfg: Config, registry: Registry, classes: Optional[Sequence] = None,
+                   background_words: Optional[Sequence[str]] = None) -> int:
+    """Give every model of the config ``classes`` and/or ``background_words``.
+
+    Models that take ``class_names`` (the tagger, the labeler and its
+    in-pass tagger) get them directly; models built from a ``labeler`` and
+    a ``tagger`` (the open-vocabulary segmentor) get them in both. With
+    ``classes``, a class list that the test dataset's config spells out
+    (``metainfo.classes``, e.g. the folder configs) is replaced too, by the
+    first name of each class (after its ``'background'``, if it has one), so
+    that the dataset counts the same classes; datasets that define their
+    classes themselves (the benchmarks) keep them, and ``VocabularyHook``
+    checks that the counts agree.
+
+    Returns:
+        int: How many model dicts were updated (0: the config has no model
+        with a vocabulary).
+    """
+    def put(d: dict) -> None:
+        if classes is not None:
+            d['class_names'] = [c if isinstance(c, str) else list(c) for c in classes]
+        if background_words is not None:
+            d['background_words'] = list(background_words)
+
+    n = 0
+    for d in list(iter_dicts(cfg.get('model', {}))):
+        if type_accepts(registry, d.get('type'), 'class_names'):
+            put(d)
+            n += 1
+        elif type_accepts(registry, d.get('type'), 'labeler'):
+            for part in ('labeler', 'tagger'):
+                if d.get(part) is None:
+                    d[part] = {}
+                put(d[part])
+            n += 1
+    meta = (cfg.get('test_dataloader') or {}).get('dataset', {}).get('metainfo')
+    if classes is not None and isinstance(meta, dict) and meta.get('classes'):
+        first = ['background'] if list(meta['classes'])[0] == 'background' else []
+        meta['classes'] = first + [c if isinstance(c, str) else c[0] for c in classes]
+        meta.pop('tag_classes', None)
+    return n

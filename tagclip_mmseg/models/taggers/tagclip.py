@@ -66,6 +66,9 @@ class TagCLIP(FrozenCLIPModel):
             name ('voc', 'coco', 'none') or a list.
         templates (str | Sequence[str]): Prompt templates: ``'tagclip'`` (the
             85 of the paper), ``'clip-es'`` or a list.
+        synonyms (str): ``'joined'`` (default) or ``'max'``: how a class with
+            synonyms is scored (see :class:`FrozenCLIPModel`); every step
+            after the softmax sees one score per class either way.
         vote_k (int): DMAR vote count: a patch pair is kept when at least
             ``vote_k`` layers attend above their mean.
         avg_layers (Sequence[int]): 0-based layers whose attention is
@@ -131,12 +134,18 @@ class TagCLIP(FrozenCLIPModel):
         if class_names is not None:
             self.set_vocabulary(class_names, self.background_words)
 
+    def vocabulary(self) -> Tuple[ClassName, ...]:
+        """Foreground classes followed by background words: the classes of
+        every softmax (C_all = C_fg + C_bg)."""
+        return self.class_names + self.background_words
+
     def classifier(self) -> Tensor:
-        """(C_fg + C_bg, E) text embeddings: foreground first."""
+        """(R, E) text-row embeddings of :meth:`vocabulary`: foreground first
+        (R = C_all under ``synonyms='joined'``, one row per name under 'max')."""
         if self.class_names is None:
             raise RuntimeError('TagCLIP has no vocabulary: set class_names in the config, '
                                'or add VocabularyHook to read it from the dataset metainfo')
-        return self.text_embeddings(self.class_names + self.background_words, self.templates)
+        return self.text_embeddings(self.vocabulary(), self.templates)
 
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list) -> None:
@@ -208,7 +217,7 @@ class TagCLIP(FrozenCLIPModel):
                                     weights_before_mask=True,
                                     round_pos_embed_fp16=self.round_pos_embed_fp16)
         tokens = F.normalize(out.tokens[:, 1:].float(), dim=-1)
-        p_coarse = (100. * tokens @ text.t()).softmax(dim=-1)
+        p_coarse = self.class_probs(100. * tokens @ text.t(), self.vocabulary())
         return p_coarse, vote.finalize(), out.grid_hw
 
     # ------------------------------------------------------------------ CWR
@@ -258,7 +267,7 @@ class TagCLIP(FrozenCLIPModel):
 
     def _crop_scores(self, images: Tensor, region: Tensor, img_idx: Tensor, map_idx: Tensor,
                      boxes: Tensor, text: Tensor) -> Tensor:
-        """Softmax scores over all classes for a batch of masked-[CLS] crops."""
+        """Class probabilities (K, C_all) of a batch of masked-[CLS] crops."""
         vit = self.clip.visual
         p = vit.patch_size
         s = self.cwr_crop_size
@@ -270,4 +279,5 @@ class TagCLIP(FrozenCLIPModel):
         mask[:, 0, 0, 1:] = torch.where(keep, 0., self.cwr_mask_value)
         masks = {i: mask for i in range(vit.num_layers)}
         cls_tok = vit.forward_cls(crops, masks, round_pos_embed_fp16=self.round_pos_embed_fp16)
-        return (100. * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
+        return self.class_probs(100. * F.normalize(cls_tok.float(), dim=-1) @ text.t(),
+                                self.vocabulary())
