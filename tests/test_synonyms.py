@@ -122,12 +122,12 @@ def test_text_cache_key_includes_the_rule(tiny_clip, tmp_path):
 
 def test_rule_validation_and_duplicates(tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="synonyms must be one of"):
-        build_tagger(tiny_clip, class_names=FLAT, synonyms='mean', templates=TEMPLATES)
+        build_tagger(tiny_clip, class_names=FLAT, synonyms='mean', **TAGGER)
     # A name shared by two classes would be one embedding twice in the softmax.
     with pytest.raises(ValueError, match='duplicate'):
         build_tagger(tiny_clip, class_names=[['dog', 'pet'], ['cat', 'pet']], synonyms='max',
-                     templates=TEMPLATES)
-    build_tagger(tiny_clip, class_names=[['dog', 'pet'], ['cat', 'pet']], templates=TEMPLATES)
+                     **TAGGER)
+    build_tagger(tiny_clip, class_names=[['dog', 'pet'], ['cat', 'pet']], **TAGGER)
 
 
 def test_segmentor_passes_the_rule_to_both_models(tiny_clip, tmp_path):
@@ -152,3 +152,14 @@ def test_configs_choose_the_rule(group, rule):
     assert paths
     for path in paths:
         assert Config.fromfile(path).model.get('synonyms', 'joined') == rule, path
+
+
+def test_labeler_in_pass_tagger_takes_the_rule(tiny_clip, tmp_path):
+    labeler = build_labeler(
+        tiny_clip, work_dir=tmp_path, class_names=CLASSES, background_words=BACKGROUND,
+        templates=TEMPLATES, caa_layers=(0, 1, 2), synonyms='max',
+        tagger=dict(type='TagCLIP', clip=tiny_clip, class_names=CLASSES,
+                    background_words=BACKGROUND, **TAGGER))
+    assert labeler.tagger.synonyms == 'max'
+    assert labeler.resume_settings()['synonyms'] == 'max'
+    assert labeler.resume_settings()['tagger']['synonyms'] == 'max'

@@ -29,6 +29,7 @@ from mmseg.registry import DATASETS, MODELS
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.engine import safe_checkpoint_loading
+from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.evaluation.summary import format_summary
 from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                                  ensure_writable_dir, init_cpu_distributed, load_config,
@@ -95,7 +96,7 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.test_dataloader.dataset.tag_source = 'file'
     if args.clip_checkpoint:
         set_clip_checkpoint(cfg, args.clip_checkpoint)
-    vocabulary = apply_vocabulary_args(cfg, args, MODELS)
+    vocabulary = apply_vocabulary_args(cfg, args, MODELS, resolve_background)
     if vocabulary:
         print(vocabulary, flush=True)
     cfg.launcher = init_cpu_distributed(args.launcher)

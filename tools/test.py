@@ -35,6 +35,7 @@ from mmseg.registry import MODELS
 
 import tagclip_mmseg  # noqa: F401  (registers the plugin)
 from tagclip_mmseg.engine import safe_checkpoint_loading
+from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                                  default_work_dir, init_cpu_distributed, load_config,
                                  parse_runner_args, set_clip_checkpoint)
@@ -118,7 +119,7 @@ def main() -> None:
 
     if args.clip_checkpoint is not None and not set_clip_checkpoint(cfg, args.clip_checkpoint):
         raise ValueError(f'--clip-checkpoint was given but {args.config} has no CLIP model')
-    vocabulary = apply_vocabulary_args(cfg, args, MODELS)
+    vocabulary = apply_vocabulary_args(cfg, args, MODELS, resolve_background)
     if vocabulary:
         print(vocabulary, flush=True)
     # CPU-only machines: torchrun + --launcher pytorch starts gloo here

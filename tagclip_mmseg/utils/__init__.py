@@ -1,12 +1,12 @@
 from .cli import (add_quirks_args, add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                   default_work_dir, load_config, parse_runner_args, quirks_from_args,
                   vocabulary_args_to_argv)
-from .config import (iter_dicts, set_clip_checkpoint, set_in_dicts_of_type, set_vocabulary,
+from .config import (iter_dicts, set_clip_checkpoint, set_config_vocabulary, set_in_dicts_of_type,
                      type_accepts)
 from .dist import init_cpu_distributed
+from .io import atomic_open, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from .name_files import (NameFile, NameFileError, read_background_words, read_class_names,
                          read_name_file)
-from .io import atomic_open, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_legacy_quirks, resolve_quirks
 from .unpickling import error_sentence, refused_global
 
@@ -15,6 +15,6 @@ __all__ = [
     'set_clip_checkpoint', 'set_in_dicts_of_type', 'type_accepts', 'init_cpu_distributed',
     'error_sentence', 'refused_global', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS', 'resolve_quirks',
     'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args', 'add_vocabulary_args',
-    'apply_vocabulary_args', 'vocabulary_args_to_argv', 'set_vocabulary', 'NameFile',
+    'apply_vocabulary_args', 'vocabulary_args_to_argv', 'set_config_vocabulary', 'NameFile',
     'NameFileError', 'read_name_file', 'read_class_names', 'read_background_words'
 ]

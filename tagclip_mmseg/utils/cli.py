@@ -10,13 +10,13 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
 from mmengine.registry import Registry
 
-from .config import set_data_root, set_vocabulary
+from .config import set_config_vocabulary, set_data_root
 from .dist import stop_with_launcher
 from .name_files import read_name_file
 from .quirks import LEGACY_MODES, QUIRK_PRESETS
@@ -147,9 +147,13 @@ def add_vocabulary_args(parser: argparse.ArgumentParser) -> None:
                        help='separator in --background-words FILE (default: detected)')
 
 
-def apply_vocabulary_args(cfg: Config, args: argparse.Namespace,
-                          registry: Registry) -> Optional[str]:
+def apply_vocabulary_args(cfg: Config, args: argparse.Namespace, registry: Registry,
+                          resolve_background: Optional[Callable] = None) -> Optional[str]:
     """Read the name files of :func:`add_vocabulary_args` into ``cfg``.
+
+    ``registry`` and ``resolve_background`` (the models' registry and
+    background-word resolver, passed in by the tools) go to
+    :func:`~tagclip_mmseg.utils.config.set_config_vocabulary`.
 
     Returns:
         str | None: One line saying what was read (None without the flags).
@@ -176,9 +180,12 @@ def apply_vocabulary_args(cfg: Config, args: argparse.Namespace,
     if args.background_words:
         words = read_name_file(args.background_words, args.background_words_sep).background_words()
         notes.append(f'{len(words)} background words from {args.background_words}')
-    if not set_vocabulary(cfg, registry, classes, words):
+    updated, dropped = set_config_vocabulary(cfg, registry, classes, words, resolve_background)
+    if not updated:
         raise ValueError(f'--classes / --background-words were given but {args.config} has no '
                          'model that takes class names')
+    if dropped:
+        notes.append(f'background words that are now classes left out: {", ".join(dropped)}')
     return 'vocabulary: ' + '; '.join(notes)
 
 

@@ -248,12 +248,16 @@ class FrozenCLIPModel(BaseModel):
             logits (Tensor): Logits against :meth:`text_embeddings`.
             class_names (Sequence): The vocabulary the rows belong to.
             support (Tensor, optional): (..., C) bool classes in the softmax.
+
+        Returns:
+            Tensor: (..., C) probabilities, one per class.
         """
         key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), self.synonyms)
         rows = self._row_classes.get(key)
         if key not in self._row_classes or (rows is not None and rows.device != logits.device):
             index = text_rows(class_names, self.synonyms)[1]
-            rows = None if self.synonyms == 'joined' else torch.as_tensor(
+            # One row per class (always under 'joined'): the softmax is the answer.
+            rows = None if len(index) == len(class_names) else torch.as_tensor(
                 index, dtype=torch.long, device=logits.device)
             self._row_classes[key] = rows
         return class_softmax(logits, rows, len(class_names), support)
