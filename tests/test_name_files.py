@@ -233,3 +233,35 @@ def test_pseudo_label_tool_checks_the_class_count(photo_folder, tiny_tool_option
     assert '--background-line' in str(e.value)
     label('--classes', str(voc21), '--background-line', '--overwrite')
     assert sorted(p.name for p in (tmp_path / 'out').glob('*.png')) == ['photo0.png', 'photo1.png']
+
+
+def test_dataset_metainfo_reads_name_files(photo_folder, tmp_path):
+    from tagclip_mmseg.datasets import MultiLabelImageFolder, TaggedSegDataset
+    classes = tmp_path / 'my_classes.txt'
+    classes.write_text('espresso cup\nperson, people\n')
+    ds = MultiLabelImageFolder(data_root=str(photo_folder / 'JPEGImages'), ann_file='',
+                               metainfo=dict(classes=str(classes)), test_mode=True, pipeline=[])
+    assert ds.metainfo['classes'] == ('espresso cup', 'person')
+    assert ds.metainfo['class_names'] == ['espresso cup', ['person', 'people']]
+    voc = tmp_path / 'cls_voc.txt'
+    voc.write_text('sky; wall\ncat\ndog; puppy')
+    tags = tmp_path / 'tags.txt'
+    tags.write_text('photo0 1\nphoto1\n')
+    seg = TaggedSegDataset(data_root=str(photo_folder), data_prefix=dict(img_path='JPEGImages'),
+                           img_suffix='.jpg', tag_source='file', tags_file=str(tags),
+                           metainfo=dict(classes=dict(file=str(voc), first_line='background')),
+                           pipeline=[])
+    assert seg.metainfo['classes'] == ('background', 'cat', 'dog')
+    assert seg.metainfo['tag_classes'] == ('cat', 'dog')
+    assert seg.metainfo['background_words'] == ['sky', 'wall']
+
+
+def test_inferencer_takes_a_name_file(deep_tiny_clip_path, tmp_path):
+    from tagclip_mmseg.apis import TagCLIPInferencer
+    path = tmp_path / 'my classes.txt'
+    path.write_text('espresso cup\r\nperson; people, crowd\r\n')
+    inferencer = TagCLIPInferencer(checkpoint=deep_tiny_clip_path, device='cpu',
+                                   classes=str(path), background_words=[],
+                                   text_cache_dir=str(tmp_path / 'cache'))
+    assert inferencer.classes == ['espresso cup', 'person']
+    assert inferencer.model.class_names == ('espresso cup', ('person', 'people, crowd'))

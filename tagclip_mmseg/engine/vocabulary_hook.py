@@ -36,7 +36,8 @@ class VocabularyHook(Hook):
         if getattr(model, 'class_names', None) and not self.override:
             check_class_count(model, meta)
             return
-        classes = meta.get('classes')
+        # A name file in metainfo keeps its synonyms in class_names.
+        classes = meta.get('class_names') or meta.get('classes')
         if not classes:
             raise ValueError('VocabularyHook: the test dataset has no metainfo classes; set '
                              'metainfo=dict(classes=(...)) in the dataset or class_names in '

@@ -270,6 +270,7 @@ def build_text_classifier(clip: nn.Module,
         ValueError: Invalid vocabulary or templates, or a class name too long
             for the context (unless ``truncate``).
     """
+    class_prompt_names(class_names)  # validate the vocabulary as given
     rows, _ = text_rows(class_names, synonyms)
     names = class_prompt_names(rows)
     templates = _check_templates(templates)
