@@ -37,7 +37,7 @@ from tagclip_mmseg.apis.model_configs import load_model_config
 from tagclip_mmseg.models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
 from tagclip_mmseg.models.clip.presets import resolve_background, resolve_classes
 from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
-from tagclip_mmseg.utils.cli import NAME_FILE_HELP
+from tagclip_mmseg.utils.cli import NAME_FILE_HELP, FlagHelpFormatter
 from tagclip_mmseg.utils.name_files import is_name_file_path, read_name_file
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
@@ -70,6 +70,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--background-words-sep', metavar='SEP',
                         help='separator in the background-words name file (default: detected)')
     parser.epilog = NAME_FILE_HELP
+    parser.formatter_class = FlagHelpFormatter
     parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labelers/ config '
                         '(path or name) for the model settings')
     parser.add_argument('--checkpoint',

@@ -265,3 +265,19 @@ def test_inferencer_takes_a_name_file(deep_tiny_clip_path, tmp_path):
                                    text_cache_dir=str(tmp_path / 'cache'))
     assert inferencer.classes == ['espresso cup', 'person']
     assert inferencer.model.class_names == ('espresso cup', ('person', 'people, crowd'))
+
+
+@pytest.mark.parametrize('script, has_classes', [
+    ('tools/test.py', True), ('tools/generate_pseudo_labels.py', True),
+    ('tools/run_pipeline.py', True), ('demo/image_demo.py', True), ('tools/train.py', False)])
+def test_help_shows_name_files_not_inner_quotes(script, has_classes, tool_runner, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tool_runner.inprocess(script, '--help')
+    assert exit_info.value.code == 0
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'inner quotes' not in text
+    if has_classes:
+        assert '--classes' in text and '--background-words' in text
+        assert 'ADE-847-style files' in text and '--classes-sep "; "' in text
+    else:
+        assert 'name file' in text and 'removes every space' in text

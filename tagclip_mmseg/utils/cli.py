@@ -8,6 +8,7 @@ environment variable) reaches every tool at once.
 """
 import argparse
 import os
+import textwrap
 import os.path as osp
 import sys
 from typing import Callable, List, Optional, Sequence
@@ -23,7 +24,7 @@ from .quirks import LEGACY_MODES, QUIRK_PRESETS
 
 __all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir',
            'add_quirks_args', 'quirks_from_args', 'add_vocabulary_args', 'apply_vocabulary_args',
-           'vocabulary_args_to_argv', 'NAME_FILE_HELP']
+           'vocabulary_args_to_argv', 'NAME_FILE_HELP', 'FlagHelpFormatter']
 
 CFG_OPTIONS_HELP = (
     'override some settings in the used config, the key-value pair in xxx=yyy format will be '
@@ -127,9 +128,22 @@ def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return args.quirks
 
 
+class FlagHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter without line breaks inside words such as
+    ``--classes-sep``, so that a flag named in the help stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> List[str]:
+        return textwrap.wrap(' '.join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(' '.join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
 def add_vocabulary_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--classes FILE``, ``--classes-sep``, ``--background-line``,
     ``--background-words FILE`` and ``--background-words-sep``."""
+    parser.formatter_class = FlagHelpFormatter
     group = parser.add_argument_group('vocabulary from name files', NAME_FILE_HELP)
     group.add_argument('--classes', metavar='FILE',
                        help='class names of the model (replaces the config\'s)')
@@ -162,6 +176,9 @@ def apply_vocabulary_args(cfg: Config, args: argparse.Namespace, registry: Regis
         ValueError: A flag that needs another, or a config without a model
             that takes a vocabulary.
     """
+    flags = {name: getattr(args, name, None) for name in (
+        'classes', 'classes_sep', 'background_line', 'background_words', 'background_words_sep')}
+    args = argparse.Namespace(**{**vars(args), **flags})  # callers may build args by hand
     if args.background_line and not args.classes:
         raise ValueError('--background-line needs --classes FILE')
     if not args.classes and not args.background_words:
