@@ -8,13 +8,12 @@ environment variable) reaches every tool at once.
 """
 import argparse
 import os
-import textwrap
 import os.path as osp
 import sys
+import textwrap
 from typing import Callable, List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
-
 from mmengine.registry import Registry
 
 from .config import set_config_vocabulary, set_data_root
@@ -34,6 +33,11 @@ CFG_OPTIONS_HELP = (
     'is allowed: mmengine removes every space, also inside quotes (espresso cup becomes '
     'espressocup). Give names with spaces in a name file (--classes FILE, --background-words '
     'FILE, where the tool has them) and the dataset folder with --data-root.')
+
+#: ``args`` attributes of :func:`add_vocabulary_args` (``--background-line``
+#: is the one switch).
+VOCABULARY_FLAGS = ('classes', 'classes_sep', 'background_line', 'background_words',
+                    'background_words_sep')
 
 #: The name-file rules, for every tool's --help.
 NAME_FILE_HELP = (
@@ -176,8 +180,7 @@ def apply_vocabulary_args(cfg: Config, args: argparse.Namespace, registry: Regis
         ValueError: A flag that needs another, or a config without a model
             that takes a vocabulary.
     """
-    flags = {name: getattr(args, name, None) for name in (
-        'classes', 'classes_sep', 'background_line', 'background_words', 'background_words_sep')}
+    flags = {name: getattr(args, name, None) for name in VOCABULARY_FLAGS}
     args = argparse.Namespace(**{**vars(args), **flags})  # callers may build args by hand
     if args.background_line and not args.classes:
         raise ValueError('--background-line needs --classes FILE')
@@ -209,10 +212,10 @@ def apply_vocabulary_args(cfg: Config, args: argparse.Namespace, registry: Regis
 def vocabulary_args_to_argv(args: argparse.Namespace) -> List[str]:
     """The flags of :func:`add_vocabulary_args` that were given, as argv."""
     argv: List[str] = []
-    for flag in ('classes', 'classes_sep', 'background_words', 'background_words_sep'):
+    for flag in VOCABULARY_FLAGS:
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is True:
+            argv.append('--' + flag.replace('_', '-'))
+        elif value not in (None, False):
             argv += ['--' + flag.replace('_', '-'), value]
-    if getattr(args, 'background_line', False):
-        argv.append('--background-line')
     return argv
