@@ -190,8 +190,12 @@ class FrozenCLIPModel(BaseModel):
                              'config or metainfo=dict(classes=...) in the dataset')
         try:
             class_prompt_names(names)
+            # Under 'max' every name is a text row: no two classes may share one.
+            class_prompt_names(text_rows(names, self.synonyms)[0])
         except ValueError as e:
-            raise ValueError(f'class_names: {e}') from None
+            rule = (" (synonyms='max' embeds each name on its own: no two classes may share "
+                    'a name)') if self.synonyms == 'max' else ''
+            raise ValueError(f'class_names: {e}{rule}') from None
         names = tuple(n if isinstance(n, str) else tuple(n) for n in names)
         words = self.background_words if background_words is None else \
             resolve_background(background_words)
