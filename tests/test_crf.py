@@ -275,3 +275,55 @@ def test_iou_metric_scores_deferred_crf_masks(tiny_clip_path, tmp_path):
 def test_workers_option_is_validated():
     with pytest.raises(ValueError, match='workers'):
         DenseCRF(workers=-1)
+
+
+# ------------------------------------------- exact ties, computed by hand
+def _record_marginals(monkeypatch, marginals=None):
+    """Replace the mean-field step: record the probabilities the CRF is given
+    and return ``marginals`` (default: those probabilities unchanged)."""
+    from tagclip_mmseg.models.pseudo_labelers import crf as crf_module
+    received = []
+
+    def fake(probs, rgb, *args):
+        received.append(probs.copy())
+        return probs if marginals is None else marginals
+
+    monkeypatch.setattr(crf_module, 'crf_marginals', fake)
+    return received
+
+
+def test_one_tag_crf_receives_background_then_cam(tiny_clip_path, tmp_path, monkeypatch):
+    """With one tag the CRF gets ``[1 - cam, cam]`` (background first) and
+    the labels ``[0, tag + 1]``: ``probs[0] == 1 - probs[1]`` exactly."""
+    received = _record_marginals(monkeypatch)
+    model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
+                            crf=dict(confidence_thr=0.7))
+    sample = SegDataSample(metainfo=dict(ori_img=np.zeros((2, 2, 3), np.uint8)))
+    cam = torch.tensor([[[0., .25], [.75, 1.]]])
+    label = model.cams_to_label(cam, [1], sample)
+    assert len(received) == 1
+    assert received[0].tolist() == [[[1., .75], [.25, 0.]], [[0., .25], [.75, 1.]]]
+    # marginals = probs: per-pixel max 1, .75, .75, 1 >= 0.7, argmax bg, bg, dog, dog
+    assert label.tolist() == [[0, 0], [2, 2]]
+
+    # The same through the model's forward (Grad-CAM, upsampling), one tag;
+    # seeded input whose CAM is not all zero.
+    received.clear()
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    s = SegDataSample(metainfo=dict(tags=[0], ori_shape=(30, 40), ori_img=rgb))
+    model.predict([torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(3))], [s])
+    (probs, ) = received
+    assert probs.shape == (2, 30, 40)
+    assert np.array_equal(probs[0], 1 - probs[1])
+    assert probs[1].max() > probs[1].min() >= 0  # a real CAM, not a constant
+
+
+def test_confidence_ignore_keeps_a_marginal_at_exactly_the_threshold(monkeypatch):
+    """Ignore only where the largest marginal is strictly below ``confidence_thr``."""
+    q = np.array([[[.75, .25, .625]], [[.25, .75, .375]]], np.float32)  # exact in binary
+    _record_marginals(monkeypatch, q)
+    crf = DenseCRF(confidence_thr=.75)
+    probs = torch.from_numpy(q)
+    sample = SegDataSample(metainfo=dict(ori_img=np.zeros((1, 3, 3), np.uint8)))
+    assert crf(probs, sample).tolist() == [[0, 1, -1]]
+    assert crf.label(probs, torch.tensor([0, 7]), sample).tolist() == [[0, 7, 255]]

@@ -12,7 +12,10 @@ torchrun starts its ranks in their own sessions, so killing the launcher
 (even ``tools/dist_test.sh``, which ``exec``s torchrun) would leave them
 running, writing into the output a restarted run is about to use.
 :func:`stop_with_launcher` makes each rank ask the kernel for SIGTERM when
-its parent dies.
+its parent dies. A launcher that died before that request is noticed by
+comparing the parent's pid with the launcher's, not with 1: under a child
+subreaper (``systemd --user``, ``tini -s``, job managers) an orphan is
+adopted by the subreaper, not by init.
 """
 import ctypes
 import os
@@ -22,10 +25,24 @@ import sys
 import torch
 import torch.distributed as dist
 
-__all__ = ['init_cpu_distributed', 'stop_with_launcher']
+__all__ = ['init_cpu_distributed', 'stop_with_launcher', 'LAUNCHER_PID_ENV']
 
 #: ``prctl`` option: signal this process when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
+
+#: Environment variable with the launcher's pid: ``tools/dist_test.sh`` and
+#: ``dist_train.sh`` set it to their own pid, which torchrun keeps (``exec``).
+LAUNCHER_PID_ENV = 'TAGCLIP_LAUNCHER_PID'
+
+#: The parent when this module was first imported: the launcher's pid for
+#: ranks started by hand with torchrun (the scripts' variable wins).
+_PARENT_AT_IMPORT = os.getppid()
+
+
+def _launcher_pid() -> int:
+    """The pid of this rank's launcher, recorded at its start."""
+    value = os.environ.get(LAUNCHER_PID_ENV, '')
+    return int(value) if value.isdigit() else _PARENT_AT_IMPORT
 
 
 def init_cpu_distributed(launcher: str) -> str:
@@ -52,7 +69,9 @@ def stop_with_launcher() -> bool:
     """End this rank with SIGTERM when torchrun (its parent) dies.
 
     Only under torchrun (``TORCHELASTIC_RUN_ID`` set) on Linux; elsewhere a
-    no-op. A rank whose launcher is already gone exits at once.
+    no-op. A rank whose launcher is already gone (its parent is no longer
+    the launcher's pid, :data:`LAUNCHER_PID_ENV` or the parent at import)
+    exits at once.
 
     Returns:
         bool: Whether the parent-death signal was set.
@@ -65,6 +84,7 @@ def stop_with_launcher() -> bool:
             return False
     except (OSError, AttributeError):
         return False
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        sys.exit('the torchrun launcher of this rank is gone; stopping')
+    launcher = _launcher_pid()
+    if os.getppid() != launcher:  # the launcher died before the request took effect
+        sys.exit(f'the torchrun launcher of this rank (pid {launcher}) is gone; stopping')
     return True
