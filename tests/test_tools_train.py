@@ -345,6 +345,21 @@ def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
     assert mmengine_checkpoint.load_url is load_url  # restored on exit
 
 
+def test_run_pipeline_passes_name_files_to_tags_and_pseudo_steps(tmp_path, capsys, tiny_config):
+    pipeline = import_tool('run_pipeline')
+    names = tmp_path / 'cls_ade847.txt'
+    names.write_text('wall\nbuilding, edifice')
+    pipeline.main(['--work-dir', str(tmp_path / 'pipe'), '--tag-config',
+                   'configs/tagclip/tagclip_vit-b16_folder.py', '--pseudo-config', 'PSEUDO.py',
+                   '--seg-config', tiny_config, '--dry-run', '--classes', str(names),
+                   '--classes-sep', '; ', '--background-line'])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('+ ')]
+    flags = f"--classes {names} --classes-sep '; ' --background-line"
+    assert flags in lines[0] and 'test.py' in lines[0]
+    assert flags in lines[1] and 'generate_pseudo_labels.py' in lines[1]
+    assert '--classes' not in lines[2]  # training never reads names
+
+
 # ------------------------------------------------ several processes on the CPU
 @pytest.mark.slow
 def test_cpu_training_under_torchrun_is_distributed(rank_weights_config, tmp_path,
