@@ -4,11 +4,15 @@ from .config import iter_dicts, set_clip_checkpoint, set_in_dicts_of_type, type_
 from .dist import init_cpu_distributed
 from .io import atomic_open, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_legacy_quirks, resolve_quirks
+from .torch_compat import (autocast_supports, check_mmcv_ops, check_torch_version,
+                           has_named_safe_globals, is_autocast_enabled, load_weights_only)
 from .unpickling import error_sentence, refused_global
 
 __all__ = [
     'add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'ensure_writable_dir', 'iter_dicts',
     'set_clip_checkpoint', 'set_in_dicts_of_type', 'type_accepts', 'init_cpu_distributed',
     'error_sentence', 'refused_global', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS', 'resolve_quirks',
-    'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args'
+    'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args', 'autocast_supports',
+    'check_mmcv_ops', 'check_torch_version', 'has_named_safe_globals', 'is_autocast_enabled',
+    'load_weights_only'
 ]

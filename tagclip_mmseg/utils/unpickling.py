@@ -12,9 +12,13 @@ from typing import Optional
 
 __all__ = ['refused_global', 'error_sentence']
 
-#: torch's sentence for a refused object, e.g. "Unsupported global: GLOBAL
-#: builtins.open was not an allowed global by default."
-_REFUSAL = re.compile(r'(Unsupported (?:global|operand)[^\n]*?\.)(?:\s|$)')
+#: torch's sentence for a refused object: "Unsupported global: GLOBAL
+#: builtins.open was not an allowed global by default." (torch >= 2.4), or
+#: "Unsupported class builtins.open" / "Trying to instantiate unsupported
+#: class X" (torch 2.1-2.3). A bare "Unsupported operand 248" (no full stop)
+#: is what random bytes give: a damaged file.
+_REFUSAL = re.compile(r'(Unsupported (?:global|operand)[^\n]*?\.)(?:\s|$)'
+                      r'|((?:Trying to instantiate )?[Uu]nsupported class \S+)')
 
 
 def refused_global(e: BaseException) -> Optional[str]:
@@ -23,7 +27,7 @@ def refused_global(e: BaseException) -> Optional[str]:
     if not isinstance(e, pickle.UnpicklingError):
         return None
     match = _REFUSAL.search(str(e))
-    return match.group(1) if match else None
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def error_sentence(e: BaseException) -> str:
