@@ -68,6 +68,7 @@ def direct_crf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.asarray(d.inference(10), np.float32).reshape(c, h, w)
 
 
+@pytest.mark.classic
 @pytest.mark.parametrize('quirks', ['reference', 'fixed'])
 def test_crf_equals_a_direct_pydensecrf_call_on_a_colour_image(quirks):
     probs, rgb = colour_case()
@@ -132,6 +133,7 @@ def test_confidence_ignore_and_errors():
         DenseCRF(image_mode='bgr')
 
 
+@pytest.mark.classic
 def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
     model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
                             crf=dict(confidence_thr=1.01))
@@ -192,6 +194,7 @@ def _worker_pids():
     return pids
 
 
+@pytest.mark.classic
 def test_crf_workers_write_the_same_pngs_as_serial(tiny_clip_path, tmp_path):
     from tagclip_mmseg.models.pseudo_labelers.crf import PENDING_LABEL_KEY, PendingLabel
     images, _ = _photo_samples(4)

@@ -88,6 +88,7 @@ def assert_says_why(message: str, path: str, sentence: str) -> None:
 
 
 # ------------------------------------------------------- 6: code from a file
+@pytest.mark.classic
 def test_malicious_clip_checkpoint_never_runs(evil_clip, tmp_path, tiny_tool_options,
                                               tool_runner, capsys):
     """The inferencer, the demo and ``tools/test.py --clip-checkpoint``."""
@@ -122,6 +123,7 @@ def test_malicious_clip_checkpoint_never_runs(evil_clip, tmp_path, tiny_tool_opt
 
 
 # ------------------------------------------------------ 11: checkpoint messages
+@pytest.mark.classic
 def test_checkpoint_messages_name_the_cause(tmp_path, tiny_clip):
     from tagclip_mmseg.models.clip import CheckpointError, load_clip
     # A wrong-shaped tensor: its name and both shapes, as a CheckpointError.

@@ -86,6 +86,7 @@ def train_losses(log: str) -> list:
     return [float(v) for v in re.findall(r'\bloss: (\S+)', log)]
 
 
+@pytest.mark.classic
 @pytest.mark.slow
 def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     work_dir = str(tmp_path / 'work')
@@ -118,6 +119,7 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     assert re.search(r'mIoU: \d', log)
 
 
+@pytest.mark.classic
 def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_path):
     """docs/compatibility.md trap 6: a training checkpoint is more than weights; torch refuses it
     with weights_only=True (the default since torch 2.6), and the tools load it
@@ -150,6 +152,7 @@ def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_
         torch.load(path, map_location='cpu', weights_only=True)
 
 
+@pytest.mark.classic
 def test_importing_the_package_changes_no_checkpoint_loader():
     # torch adds its own types to the allowlist on lazy imports, so the check
     # is that nothing a checkpoint of this project needs got allowlisted.
@@ -188,6 +191,7 @@ def write_malicious_checkpoint(path, marker, state_dict=None) -> str:
     return str(path)
 
 
+@pytest.mark.classic
 def test_malicious_checkpoint_never_runs_in_train_and_test(tmp_path, tiny_config, tool_runner):
     """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from."""
     from tagclip_mmseg.engine import UnsafeCheckpointError
@@ -321,6 +325,7 @@ def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_
     assert 'skipped by the tagger' in log
 
 
+@pytest.mark.classic
 def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
     """Remote ``load_from`` / ``init_cfg`` URLs (http, open-mmlab://, ...) end in
     mmengine's ``load_url``; inside the tools' block it refuses a pickle that
