@@ -99,6 +99,7 @@ def check_mmcv_ops(import_ops: Optional[Callable[[], Any]] = None) -> None:
 
 
 def _dotted_name(entry: SafeGlobal) -> Tuple[str, Any]:
+    """``('module.qualname', object)`` of one allowlist entry."""
     if isinstance(entry, tuple):
         obj, name = entry
         return name, obj
