@@ -5,6 +5,8 @@ comparison, so a release that backports a feature is used as it is. The one
 version comparison is :func:`check_torch_version`, which names the tested range
 at import. docs/compatibility.md, "The tested range", lists the differences.
 """
+import _compat_pickle
+import codecs
 import functools
 import io
 import pickle
@@ -135,6 +137,10 @@ def _restricted_pickle_module(allowed: Dict[str, Any]) -> types.ModuleType:
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module: str, name: str) -> Any:
+            # Python 2 names of protocol 2 pickles (__builtin__.getattr...).
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             full = f'{module}.{name}'
             if full not in allowed:
                 raise pickle.UnpicklingError(
@@ -154,6 +160,9 @@ def _load_restricted(f: Any, map_location: MapLocation,
     ``weights_only`` allowlist plus ``safe_globals``."""
     from torch import _weights_only_unpickler
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    # numpy arrays pickled with protocol 2 store their bytes through
+    # _codecs.encode; torch >= 2.4 allows it by default too.
+    allowed.setdefault('_codecs.encode', codecs.encode)
     allowed.update(_dotted_name(g) for g in safe_globals)
     with warnings.catch_warnings():
         # torch 2.4-2.5 warn about weights_only=False; the unpickler is restricted.
