@@ -12,6 +12,8 @@ from .name_files import (NameFile, NameFileError, read_background_words, read_cl
                          read_name_file)
 from .paths import UnsafePathError, safe_join
 from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_legacy_quirks, resolve_quirks
+from .torch_compat import (autocast_supports, check_mmcv_ops, check_torch_version,
+                           has_named_safe_globals, is_autocast_enabled, load_weights_only)
 from .unpickling import error_sentence, refused_globals, unreadable_reason
 
 __all__ = [
@@ -25,5 +27,7 @@ __all__ = [
     'check_range', 'check_finite', 'NonFiniteError',
     'add_vocabulary_args', 'apply_vocabulary_args', 'vocabulary_args_to_argv',
     'set_config_vocabulary', 'NameFile', 'NameFileError', 'read_name_file', 'read_class_names',
-    'read_background_words'
+    'read_background_words',
+    'autocast_supports', 'check_mmcv_ops', 'check_torch_version', 'has_named_safe_globals',
+    'is_autocast_enabled', 'load_weights_only'
 ]

@@ -20,6 +20,7 @@ from mmseg.registry import MODELS
 
 from ...utils.init_args import RecordsInitArgs
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ...utils.torch_compat import autocast_supports
 from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
@@ -148,9 +149,18 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
         return dtype
 
     def autocast_context(self, device: torch.device) -> ContextManager:
-        """``torch.autocast`` for ``device`` when enabled, else a no-op."""
+        """``torch.autocast`` for ``device`` when enabled, else a no-op.
+
+        Raises:
+            ValueError: If this torch has no autocast to that dtype on
+                ``device``'s type (fp16 on the CPU before torch 2.3).
+        """
         if self.autocast_dtype is None:
             return nullcontext()
+        if not autocast_supports(device.type, self.autocast_dtype):
+            raise ValueError(f'autocast={self.autocast_dtype} is not available on {device.type} '
+                             f'with torch {torch.__version__}; use another autocast dtype '
+                             "(the CPU has 'bf16') or autocast=None")
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     #: The data-sample class :meth:`predict` fills; ``forward`` without data

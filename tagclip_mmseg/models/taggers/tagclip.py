@@ -255,7 +255,7 @@ class TagCLIP(FrozenCLIPModel):
         if self.quirks.cwr_early_exit:
             # Quirk 1: a degenerate box for one candidate stops CWR for the
             # remaining candidates of that image (classes in increasing order).
-            stopped = (cand & ~valid).long().cumsum(dim=1) > 0
+            stopped = (cand & ~valid).cumsum(dim=1) > 0  # bool cumsum counts in int64
             done = cand & valid & ~stopped
         else:
             done = cand & valid
