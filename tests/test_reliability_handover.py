@@ -109,6 +109,7 @@ def assert_says_why(message: str, path: str, fragments) -> None:
 
 
 # ------------------------------------------------------- 6: code from a file
+@pytest.mark.classic
 def test_bad_clip_checkpoint_is_explained_and_never_runs(bad_clip, tmp_path, tiny_tool_options,
                                                          tool_runner, capsys):
     """The inferencer, the demo and ``tools/test.py --clip-checkpoint``; a file
@@ -143,6 +144,7 @@ def test_bad_clip_checkpoint_is_explained_and_never_runs(bad_clip, tmp_path, tin
 
 
 # ------------------------------------------------------ 11: checkpoint messages
+@pytest.mark.classic
 def test_checkpoint_messages_name_the_cause(tmp_path, tiny_clip):
     from tagclip_mmseg.models.clip import CheckpointError, load_clip
     # A wrong-shaped tensor: its name and both shapes, as a CheckpointError.

@@ -12,7 +12,10 @@ under torch >= 2.6 (open-mmlab/mmengine#1655). Rather than loading those files
 unsafely, :func:`safe_checkpoint_loading` allowlists exactly the data types
 they contain (:data:`MMENGINE_CHECKPOINT_GLOBALS`, found with
 ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a real training
-checkpoint); none of them runs code when unpickled. The one callable such a
+checkpoint); none of them runs code when unpickled. Before torch 2.6 torch's
+own allowlist cannot take them, and
+:func:`~tagclip_mmseg.utils.torch_compat.load_weights_only` uses an unpickler
+restricted to the same list instead. The one callable such a
 file needs, ``getattr`` (a history buffer's statistics methods are pickled as
 ``getattr(HistoryBuffer, 'mean')``), is replaced by a version that only
 returns ``HistoryBuffer``'s own public methods.
@@ -43,6 +46,7 @@ import torch
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import CheckpointLoader
 
+from ..utils.torch_compat import has_named_safe_globals, load_weights_only
 from ..utils.unpickling import refused_globals, unreadable_reason
 
 __all__ = [
@@ -136,7 +140,7 @@ def load_from_local_weights_only(filename: str, map_location: MapLocation = None
         raise FileNotFoundError(f'checkpoint {filename!r} can not be found; check the path '
                                 '(--resume looks for the last_checkpoint of --work-dir).')
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        return load_weights_only(filename, map_location, MMENGINE_CHECKPOINT_GLOBALS)
     except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
         _raise_load_error(filename, f'checkpoint {filename!r}', e)
 
@@ -190,7 +194,9 @@ def safe_checkpoint_loading() -> Iterator[None]:
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
     mmengine_checkpoint.load_url = load_url_weights_only
     try:
-        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        # Also for mmengine's other loaders (ceph, pavi...), where torch can.
+        with (torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
+              if has_named_safe_globals() else contextlib.nullcontext()):
             yield
     finally:
         CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)

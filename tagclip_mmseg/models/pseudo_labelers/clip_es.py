@@ -7,7 +7,9 @@ docs/method.md §6, for a batch of equal-size images and their tag lists:
 2. The last block runs once per image from its ``ln_1`` output ``G``. The
    image embedding (mean of the patch tokens after ``ln_post``, then ``proj``)
    is classified against the image's tags plus background words; the target of
-   tag ``k`` is its softmax probability.
+   tag ``k`` is its softmax probability (with ``synonyms='max'``, the class
+   score after the max over its names, so the gradient flows through the name
+   that attains it; docs/method.md, "Synonyms").
 3. Grad-CAM: ``ReLU(sum_d mean_hw(dy_k/dG_d) * G_d)``, min-max normalised.
    The gradients of all of an image's tags are backpropagated together
    through the last block by a hand-written backward that only forms what
@@ -80,7 +82,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             its CRF ``crf_reference_image`` (docs/modes.md).
         tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
             used instead of the samples' ``tags``; it takes this model's
-            quirks unless it sets ``quirks`` (or the deprecated ``mode``).
+            quirks and synonym rule unless it sets ``quirks`` (or the
+            deprecated ``mode``) or ``synonyms``.
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
         crf (dict, optional): Dense CRF post-processing options, see
             :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`. Unless
@@ -119,6 +122,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         if tagger is not None:
             if 'quirks' not in tagger and 'mode' not in tagger:
                 tagger = dict(tagger, quirks=self.quirks)
+            tagger = dict(tagger, synonyms=tagger.get('synonyms', self.synonyms))
             self.tagger = MODELS.build(tagger)
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
             raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeler '
@@ -257,16 +261,17 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         """
         vit = self.clip.visual
         voc = vocabulary or self.vocabulary
-        text = self.text_embeddings(voc.class_names + voc.background_words, self.templates)
+        names = voc.class_names + voc.background_words
+        text = self.text_embeddings(names, self.templates)
         B, device = hidden.shape[0], hidden.device
         k_max = max(len(t) for t in tag_lists)
         pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=device)
         # Softmax support of each image: its tags plus every background word.
-        support = torch.zeros(B, text.shape[0], dtype=torch.bool, device=device)
+        support = torch.zeros(B, len(names), dtype=torch.bool, device=device)
         support[pair_img, pair_cls] = True
         support[:, len(voc.class_names):] = True
         # Slot k of image b selects the probability of its k-th tag.
-        select = torch.zeros(k_max, B, text.shape[0], device=device)
+        select = torch.zeros(k_max, B, len(names), device=device)
         select[pair_slot, pair_img, pair_cls] = 1.
         need_last = (vit.num_layers - 1) in self.caa_layers
         block = LastBlockGrad(vit, hidden)
@@ -274,7 +279,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         with torch.enable_grad():
             f = feats.detach().requires_grad_(True)
             logits = 100. * F.normalize(f, dim=-1) @ text.t()
-            probs = logits.masked_fill(~support, float('-inf')).softmax(dim=-1)
+            probs = self.class_probs(logits, names, support)
             # d prob / d pooled embedding for every slot at once: (K, B, E).
             (cot, ) = torch.autograd.grad(probs, f, grad_outputs=select, is_grads_batched=True)
         alpha, last_attn = block.token_mean_grad(cot.transpose(0, 1), need_last)  # (B, K, D)
