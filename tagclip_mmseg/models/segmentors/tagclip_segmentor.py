@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ...datasets.transforms import patch_grid
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from ..clip import build_clip
+from ..clip.frozen_model import full_precision
 from ..ops import relative_threshold_mask
 from ..clip.presets import resolve_background, resolve_classes
 from ..clip.prompts import ClassName, class_key, text_key
@@ -131,7 +132,9 @@ class TagCLIPSegmentor(BaseSegmentor):
         mode (str, optional): Deprecated spelling of ``quirks``
             (``'faithful'``/``'clean'``).
         text_cache_dir (str, optional): Text-embedding cache of both models.
-        autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision.
+        autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision of
+            the ViT calls (see
+            :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`).
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor(bgr_to_rgb=True)`` (mmseg's
             ``LoadImageFromFile`` yields BGR); images are not padded.
@@ -349,9 +352,13 @@ class TagCLIPSegmentor(BaseSegmentor):
         return total / count
 
     def image_cams(self, image: Tensor) -> Tuple[List[int], Tensor]:
-        """Tags and their (K, H, W) CAMs at the input size (test_cfg mode)."""
+        """Tags and their (K, H, W) CAMs at the input size (test_cfg mode).
+
+        Resizing and window averaging run in fp32; the tagger and the labeler
+        apply the ``autocast`` option to their ViT calls themselves.
+        """
         image = image.to(self.clip.dtype)
-        with self.labeler.autocast_context(image.device):
+        with full_precision(image.device):
             tags = self.image_tags(image)
             if not tags:
                 return tags, image.new_zeros(0, *image.shape[-2:], dtype=torch.float32)
