@@ -30,7 +30,7 @@ import glob
 import math
 import os.path as osp
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -124,8 +124,10 @@ def compare_cams(labeler_ref, labeler_amp, image: torch.Tensor,
 
 
 def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'reference',
-            cams: bool = True, device: str = 'cpu') -> List[Dict[str, float]]:
-    """Figures of every photo in ``paths`` (see the module docstring)."""
+            cams: bool = True, device: str = 'cpu',
+            on_row: Optional[Callable[[dict], None]] = None) -> List[Dict[str, float]]:
+    """Figures of every photo in ``paths`` (see the module docstring);
+    ``on_row`` gets each photo's figures as soon as they are measured."""
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         tagger, labeler = build_models(clip, None, quirks, cache)
@@ -141,7 +143,17 @@ def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'r
                 tags = ref['tags'][0].nonzero().flatten().tolist()
                 row.update(compare_cams(labeler, labeler_amp, image, tags))
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
+
+
+def print_row(r: dict) -> None:
+    """One photo's line."""
+    cam = f'  cam {r["cam"]:.2e}  mask {100 * r["mask"]:.3f}%' if 'cam' in r else ''
+    print(f'{r["photo"]:34s} {r["size"][1]:5d}x{r["size"][0]:<5d} log {r["log_same_cwr"]:.3f}'
+          f' (all {r["log_all"]:.3f})  abs {r["abs"]:.2e}  tags {r["tag_flips"]}  '
+          f'cwr {r["cwr_flips"]}{cam}', flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -163,12 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f'# {weights} | fp32 against {args.autocast} autocast | quirks {args.quirks} | '
               f'{len(paths)} photos at full size | torch {torch.__version__}, '
               f'{torch.get_num_threads()} threads, device {args.device}')
-        rows = measure(clip, paths, args.autocast, args.quirks, not args.no_cams, args.device)
-    for r in rows:
-        cam = '' if args.no_cams else f'  cam {r["cam"]:.2e}  mask {100 * r["mask"]:.3f}%'
-        print(f'{r["photo"]:34s} {r["size"][1]:5d}x{r["size"][0]:<5d} log {r["log_same_cwr"]:.3f}'
-              f' (all {r["log_all"]:.3f})  abs {r["abs"]:.2e}  tags {r["tag_flips"]}  '
-              f'cwr {r["cwr_flips"]}{cam}')
+        rows = measure(clip, paths, args.autocast, args.quirks, not args.no_cams, args.device,
+                       on_row=print_row)
     print(f'max |log(amp/fp32)| of non-zero fused scores, CWR decision equal: '
           f'{max(r["log_same_cwr"] for r in rows):.3f}; all: '
           f'{max(r["log_all"] for r in rows):.3f} ({sum(r["nonzero"] for r in rows)} scores)')
