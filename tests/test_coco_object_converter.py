@@ -1,4 +1,5 @@
-"""tools/dataset_converters/coco_object.py on a fabricated instances json.
+"""tools/dataset_converters/coco_object.py on fabricated stuffthingmaps and
+on a fabricated instances json (``--from-instances``).
 
 Polygon rectangles ``[x0, y0, x1, y0, x1, y1, x0, y1]`` cover rows
 ``y0..y1-1`` and columns ``x0..x1-1`` in pycocotools, so the expected masks
@@ -105,7 +106,7 @@ def _mask_path(root, stem, split='val2017'):
 
 
 def _convert(root, *args):
-    return tool.main([str(root), '--no-progress', *args])
+    return tool.main([str(root), '--from-instances', '--no-progress', *args])
 
 
 def test_value_names():
@@ -115,10 +116,11 @@ def test_value_names():
 
 def test_masks_and_id_list(coco_root, capsys):
     assert _convert(coco_root) == 0
-    assert '2 images with annotations (1 without, not listed); 2 masks written' in \
-        capsys.readouterr().out
+    assert '3 images, 2 with annotations (listed; the others are all background); 3 masks ' \
+        'written' in capsys.readouterr().out
     assert (coco_root / 'val2017_ids.txt').read_text() == '000000000001\n000000000002\n'
-    assert not _mask_path(coco_root, '000000000003').exists()
+    with Image.open(_mask_path(coco_root, '000000000003')) as img:  # no annotation
+        np.testing.assert_array_equal(np.asarray(img), np.zeros((5, 5), np.uint8))
     palette = np.asarray(voc_palette(256), np.uint8).reshape(-1)
     for stem, expected in _expected().items():
         with Image.open(_mask_path(coco_root, stem)) as img:
@@ -141,10 +143,10 @@ def test_rerun_skips_existing_and_overwrite_rebuilds(coco_root, capsys):
     stale = _mask_path(coco_root, '000000000001')
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(stale)
     assert _convert(coco_root) == 0
-    assert '0 masks written, 2 already existed' in capsys.readouterr().out
+    assert '0 masks written, 3 already existed' in capsys.readouterr().out
     assert np.asarray(Image.open(stale)).max() == 0  # kept as found
     assert _convert(coco_root, '--overwrite') == 0
-    assert '2 masks written, 0 already existed' in capsys.readouterr().out
+    assert '3 masks written, 0 already existed' in capsys.readouterr().out
     now = {p.name: p.read_bytes() for p in (coco_root / 'SegmentationClass/val2017').iterdir()}
     assert now == first  # byte-identical rebuild
     assert (coco_root / 'val2017_ids.txt').read_text() == '000000000001\n000000000002\n'
@@ -213,3 +215,112 @@ def test_paint_instances_beyond_255():
     expected = np.zeros((20, 20), np.uint8).reshape(-1)
     expected[:300] = np.arange(300) % 80 + 1
     np.testing.assert_array_equal(tool.paint_instances(20, 20, instances), expected.reshape(20, 20))
+
+
+# ------------------------------------------------------- stuffthingmaps (default)
+# stuffthingmap values (COCO category id - 1) and the COCO-Object value each
+# must become, by hand: person id 1 -> class 1; stop sign id 13 -> class 12
+# (id 12 is unused, so naive "value + 1" would say 13); toothbrush id 90 ->
+# class 80; stuff (91 'banner', 181 'wood') and unlabeled 255 -> background 0.
+STUFF_PERSON, STUFF_STOP_SIGN, STUFF_TOOTHBRUSH, STUFF_BANNER, STUFF_WOOD = 0, 12, 89, 91, 181
+STOP_SIGN = 12
+
+
+def _stuffthingmaps():
+    """{stem: (stuffthingmap, expected COCO-Object mask)}; the last image has no things."""
+    things = np.full((6, 7), STUFF_BANNER, np.uint8)
+    things[0, :] = 255
+    things[2:4, 1:3] = STUFF_PERSON
+    things[3:6, 4:6] = STUFF_STOP_SIGN
+    things[5, 0] = STUFF_TOOTHBRUSH
+    expected = np.zeros((6, 7), np.uint8)
+    expected[2:4, 1:3] = PERSON
+    expected[3:6, 4:6] = STOP_SIGN
+    expected[5, 0] = TOOTHBRUSH
+    stuff = np.full((4, 5), STUFF_WOOD, np.uint8)
+    stuff[1, 1] = 255
+    return {'000000000139': (things, expected),
+            '000000000285': (stuff, np.zeros((4, 5), np.uint8))}
+
+
+@pytest.fixture
+def stuff_root(tmp_path):
+    """mmseg's COCO-Stuff 164k layout, plus a converted COCO-Stuff mask to ignore."""
+    for stem, (stuffthingmap, _) in _stuffthingmaps().items():
+        for sub, suffix, obj in (
+                ('images', '.jpg', Image.new('RGB', stuffthingmap.shape[::-1], (90, 80, 70))),
+                ('annotations', '.png', Image.fromarray(stuffthingmap)),
+                ('annotations', '_labelTrainIds.png', Image.fromarray(stuffthingmap))):
+            path = tmp_path / sub / 'val2017' / f'{stem}{suffix}'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            obj.save(path)
+    return tmp_path
+
+
+def _stuff_mask(root, stem):
+    with Image.open(root / 'annotations' / 'val2017' / f'{stem}_instanceTrainIds.png') as img:
+        return img.mode, np.asarray(img)
+
+
+def test_value_names_of_the_stuffthingmap_cases():
+    assert COCO_CLASSES[STOP_SIGN - 1] == 'stop sign'
+    assert COCO_CATEGORY_IDS[STOP_SIGN - 1] == STUFF_STOP_SIGN + 1 == 13
+
+
+def test_stuffthingmaps_become_the_configs_masks(stuff_root, capsys):
+    assert tool.main([str(stuff_root), '--no-progress']) == 0
+    assert 'val2017: 2 images; 2 masks written' in capsys.readouterr().out
+    for stem, (_, expected) in _stuffthingmaps().items():
+        mode, mask = _stuff_mask(stuff_root, stem)
+        assert mode == 'P'
+        np.testing.assert_array_equal(mask, expected)
+    # The stuffthingmaps and mmseg's converted masks are left as they were.
+    names = sorted(p.name for p in (stuff_root / 'annotations' / 'val2017').iterdir())
+    assert len(names) == 6 and not (stuff_root / 'val2017_ids.txt').exists()
+
+
+def test_stuffthingmap_lut_is_the_peers_convention():
+    things = np.array([[cat_id - 1 for cat_id in COCO_CATEGORY_IDS]], np.uint8)
+    # Things: 1 + position of the category id among the 80 used ids.
+    np.testing.assert_array_equal(tool.stuffthingmap_to_object(things)[0], np.arange(1, 81))
+    stuff = np.array([list(range(91, 182)) + [255]], np.uint8)
+    assert not tool.stuffthingmap_to_object(stuff).any()
+    for bad in (11, 90, 182, 254):  # unused thing ids, beyond the stuff ids
+        with pytest.raises(ValueError, match=f'values \\[{bad}\\] are not COCO-Stuff ids'):
+            tool.stuffthingmap_to_object(np.array([[0, bad]], np.uint8))
+
+
+def test_stuffthingmaps_missing_or_bad(stuff_root, capsys):
+    stem = '000000000285'
+    (stuff_root / 'annotations' / 'val2017' / f'{stem}.png').unlink()
+    assert tool.main([str(stuff_root), '--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert '1 of the 2 images' in err and f'{stem}.png' in err
+    assert 'stuffthingmaps_trainval2017.zip' in err
+    Image.fromarray(np.full((4, 5), 200, np.uint8)).save(
+        stuff_root / 'annotations' / 'val2017' / f'{stem}.png')
+    assert tool.main([str(stuff_root), '--no-progress']) == 1
+    assert 'values [200] are not COCO-Stuff ids' in capsys.readouterr().err
+    assert tool.main([str(stuff_root), '--suffix', '.png']) == 1
+    assert 'would overwrite the stuffthingmaps' in capsys.readouterr().err
+    assert tool.main([str(stuff_root / 'nowhere')]) == 1
+    assert 'images/val2017 not found' in capsys.readouterr().err
+
+
+def test_stuffthingmaps_rerun_and_workers(stuff_root, capsys):
+    assert tool.main([str(stuff_root), '--no-progress', '--no-palette']) == 0
+    first = {stem: _stuff_mask(stuff_root, stem) for stem in _stuffthingmaps()}
+    assert {mode for mode, _ in first.values()} == {'L'}
+    capsys.readouterr()
+    assert tool.main([str(stuff_root), '--no-progress']) == 0
+    assert '0 masks written, 2 already existed' in capsys.readouterr().out
+    assert tool.main([str(stuff_root), '--no-progress', '--no-palette', '--overwrite',
+                      '--nproc', '2']) == 0
+    for stem, (mode, mask) in first.items():
+        again = _stuff_mask(stuff_root, stem)
+        assert again[0] == mode and np.array_equal(again[1], mask)
+
+
+def test_crowd_needs_the_instances_source(stuff_root):
+    with pytest.raises(SystemExit):
+        tool.parse_args([str(stuff_root), '--crowd', 'ignore'])

@@ -9,6 +9,7 @@
 * Slide equals whole on an image that fits one window; a large image stays
   below a stated memory bound (slow).
 """
+import argparse
 import glob
 import json
 import os
@@ -31,7 +32,8 @@ from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
 from tagclip_mmseg.utils.quirks import Quirks
-from tagclip_mmseg.utils import set_clip_checkpoint
+from tagclip_mmseg.datasets import COCO_CATEGORY_IDS
+from tagclip_mmseg.utils import load_config, set_clip_checkpoint, set_open_vocab_protocol
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'open_vocab')
@@ -297,6 +299,164 @@ def test_forced_cams_give_the_known_miou(benchmark, tmp_path, tiny_tool_options,
     assert calls['tag'] == 1
     assert metrics['mIoU'] == pytest.approx(expected, abs=0.01)
     assert expected == pytest.approx(100 * (16 / 32 + 32 / 48) / 2)  # the oracle's arithmetic
+
+
+# ------------------------------------------------------------- COCO-Object
+CONVERTER = 'tools/dataset_converters/coco_object.py'
+#: COCO-Object value of 'dog' (category id 18; the 12th id is unused, so the
+#: stuffthingmap value 17 = id - 1 becomes class 17 = tag index 16 + 1).
+DOG = 17
+
+
+def _coco_stuff(root, size: int = 64):
+    """Two images and their stuffthingmaps in mmseg's COCO-Stuff 164k layout.
+
+    Image 1: unlabeled rows 0-5 (255), stuff 'hill' (120) for x < 32, a dog
+    (17) for x >= 32. Image 2: stuff only ('playingfield', 150). Returns the
+    data root and the masks the converter must write (0 background, 17 dog).
+    """
+    x = np.arange(size)[None].repeat(size, 0)
+    things = np.where(x < 32, 120, DOG).astype(np.uint8)
+    things[:6] = 255
+    stuff = np.full((size, size), 150, np.uint8)
+    base = osp.join(str(root), 'coco_stuff164k')
+    rng = np.random.default_rng(0)
+    for stem, stuffthingmap in (('000000000139', things), ('000000000285', stuff)):
+        for rel, obj in ((f'images/val2017/{stem}.jpg', _image(rng, size, size)),
+                         (f'annotations/val2017/{stem}.png', Image.fromarray(stuffthingmap))):
+            os.makedirs(osp.dirname(osp.join(base, rel)), exist_ok=True)
+            obj.save(osp.join(base, rel))
+    return base, [np.where(things == DOG, DOG, 0), np.zeros_like(stuff)]
+
+
+def _run_converter(tool_runner, *args) -> None:
+    with pytest.raises(SystemExit) as done:
+        tool_runner.inprocess(CONVERTER, *args, '--no-progress')
+    assert done.value.code == 0
+
+
+def test_coco_object_from_stuffthingmaps_end_to_end(tmp_path, tiny_tool_options, tool_runner,
+                                                    monkeypatch):
+    """Converter, then the config, then tools/test.py; forced dog CAMs as in
+    :func:`test_forced_cams_give_the_known_miou` (dog for x >= 16)."""
+    data_root, gts = _coco_stuff(tmp_path)
+    _run_converter(tool_runner, data_root)
+    calls = _forced(monkeypatch, [DOG - 1], {DOG - 1: (0, 1, 1, 1)})
+    options = tiny_options(tiny_tool_options['checkpoint'], tmp_path, data_root, short_side=64,
+                           **{'model.test_cfg.mode': 'whole'})
+    metrics = run_test_tool(tool_runner, 'coco-object', options, tmp_path / 'work')
+    x = np.arange(64)[None].repeat(64, 0)
+    pred = np.where(x < 16, 0, DOG)
+    expected = iou_oracle(np.concatenate(gts), np.concatenate([pred, pred]), 81)
+    assert calls['tag'] == 2  # both images, the one without things included
+    assert metrics['mIoU'] == pytest.approx(expected, abs=0.01)
+    # Background: 1024 + 1024 right of 2240 + 4096; dog: 1856 right of 3072 + 3072.
+    assert expected == pytest.approx(100 * (2048 / 6336 + 1856 / 6144) / 2)
+
+
+def test_coco_object_missing_mask_names_the_converter(tmp_path, tiny_tool_options, tool_runner):
+    data_root, _ = _coco_stuff(tmp_path)
+    _run_converter(tool_runner, data_root)
+    os.remove(osp.join(data_root, 'annotations', 'val2017', '000000000285_instanceTrainIds.png'))
+    options = tiny_options(tiny_tool_options['checkpoint'], tmp_path, data_root)
+    with pytest.raises(FileNotFoundError,
+                       match=r'1 of the 2 images have no COCO-Object mask, e\.g\. .*'
+                       r'000000000285_instanceTrainIds\.png; .*'
+                       r'`python tools/dataset_converters/coco_object.py '):
+        run_test_tool(tool_runner, 'coco-object', options, tmp_path / 'work')
+
+
+def test_coco_object_from_instances_reaches_the_config(tmp_path, tool_runner):
+    """``--from-instances`` with the config's folder and suffix: the same masks
+    from a json whose dog polygon covers the dog of the stuffthingmap."""
+    data_root, gts = _coco_stuff(tmp_path)
+    coco = tmp_path / 'coco'
+    (coco / 'annotations').mkdir(parents=True)
+    images = [dict(id=i, file_name=f'{i:012d}.jpg', height=64, width=64) for i in (139, 285)]
+    dog = dict(id=1, image_id=139, category_id=18, iscrowd=0,
+               segmentation=[[32, 6, 64, 6, 64, 64, 32, 64]])  # rows 6-63, columns 32-63
+    categories = [dict(id=c, name=str(c)) for c in COCO_CATEGORY_IDS]
+    (coco / 'annotations' / 'instances_val2017.json').write_text(
+        json.dumps(dict(images=images, annotations=[dog], categories=categories)))
+    _run_converter(tool_runner, str(coco), '--from-instances', '--mask-dir',
+                   osp.join(data_root, 'annotations'), '--suffix', '_instanceTrainIds.png')
+    cfg = Config.fromfile(config_path('coco-object'))
+    dataset = R.DATASETS.build(dict(cfg.test_dataloader.dataset, data_root=data_root))
+    infos = sorted((dataset.get_data_info(i) for i in range(len(dataset))),
+                   key=lambda d: d['img_path'])
+    assert len(infos) == 2
+    for info, gt in zip(infos, gts):
+        np.testing.assert_array_equal(np.asarray(Image.open(info['seg_map_path'])), gt)
+
+
+# ------------------------------------------------------ sizes per project
+PROTOCOLS = ('tagclip_mmseg', 'sclip', 'naclip', 'proxyclip')
+#: A few cells of docs/open_vocab.md "Sizes per project", typed from the
+#: projects' configs: (shorter side, window, stride).
+KNOWN_SIZES = {
+    ('tagclip_mmseg', 'coco_stuff171'): (336, 224, 112),
+    ('tagclip_mmseg', 'cityscapes'): (560, 224, 112),
+    ('sclip', 'coco_stuff171'): (448, 224, 112),
+    ('naclip', 'cityscapes'): (560, 224, 112),
+    ('proxyclip', 'ade20k'): (448, 336, 112),
+    ('proxyclip', 'cityscapes'): (448, 224, 112),
+    ('proxyclip', 'voc21'): (336, 336, 112),
+    ('proxyclip', 'voc20'): None,
+}
+
+
+def _built_sizes(cfg) -> tuple:
+    """(shorter side of the built Resize, window, stride) of a config."""
+    resizes = [R.TRANSFORMS.build(t) for t in cfg.test_dataloader.dataset.pipeline
+               if t['type'] == 'Resize']
+    assert len(resizes) == 1 and resizes[0].scale[0] == 2048
+    return resizes[0].scale[1], cfg.model.test_cfg.crop_size, cfg.model.test_cfg.stride
+
+
+def test_configs_take_their_sizes_from_the_table():
+    """As loaded: the default column; every benchmark has a row."""
+    for path in CONFIGS:
+        cfg = Config.fromfile(path)
+        assert cfg.open_vocab_protocol == 'tagclip_mmseg'
+        assert _built_sizes(cfg) == tuple(cfg.open_vocab_sizes.tagclip_mmseg[
+            cfg.open_vocab_benchmark])
+    table = Config.fromfile(CONFIGS[0]).open_vocab_sizes
+    assert all(set(column) == set(table.tagclip_mmseg) for column in table.values())
+    assert set(PROTOCOLS) == set(table)
+
+
+@pytest.mark.parametrize('protocol', PROTOCOLS)
+def test_protocol_switches_every_config(protocol):
+    for path in CONFIGS:
+        cfg = Config.fromfile(path)
+        benchmark = cfg.open_vocab_benchmark
+        sizes = cfg.open_vocab_sizes[protocol][benchmark]
+        if (protocol, benchmark) in KNOWN_SIZES:
+            assert KNOWN_SIZES[protocol, benchmark] == (sizes and tuple(sizes))
+        if sizes is None:
+            with pytest.raises(ValueError, match=f'{protocol} gives no sizes for {benchmark}'):
+                set_open_vocab_protocol(cfg, protocol)
+            continue
+        assert set_open_vocab_protocol(cfg, protocol) == tuple(sizes)
+        assert _built_sizes(cfg) == tuple(sizes) and cfg.open_vocab_protocol == protocol
+
+
+def test_protocol_reaches_the_model_and_yields_to_explicit_options(deep_tiny_clip_path,
+                                                                   tmp_path):
+    args = argparse.Namespace(
+        config=config_path('ade20k'), launcher='none', data_root=None,
+        cfg_options={'open_vocab_protocol': 'proxyclip', 'model.test_cfg.stride': 100,
+                     'model.clip.checkpoint': deep_tiny_clip_path,
+                     'model.text_cache_dir': str(tmp_path / 'cache')})
+    cfg = load_config(args)
+    model = R.MODELS.build(cfg.model)
+    assert model.test_cfg['crop_size'] == (336, 336)  # ProxyCLIP's window
+    assert model.test_cfg['stride'] == (100, 100)     # the explicit option wins
+    assert _built_sizes(cfg)[0] == 448
+    with pytest.raises(ValueError, match="unknown open_vocab_protocol 'scl'"):
+        set_open_vocab_protocol(Config.fromfile(config_path('ade20k')), 'scl')
+    with pytest.raises(ValueError, match='applies to the configs of configs/open_vocab'):
+        set_open_vocab_protocol(Config(dict(model=dict())), 'sclip')
 
 
 # ----------------------------------------------------------- model behaviour

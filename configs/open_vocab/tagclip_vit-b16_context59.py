@@ -5,7 +5,10 @@ _base_ = [
     '../_base_/models/tagclip-seg_vit-b16_stuff.py',
     '../_base_/open_vocab_runtime.py'
 ]
-test_dataloader = dict(batch_size=1, dataset=dict(pipeline=_base_.open_vocab_test_pipeline))
+open_vocab_benchmark = 'context59'  # its sizes: _base_.open_vocab_sizes
+model = dict(test_cfg=_base_.open_vocab_slide[open_vocab_benchmark])
+test_dataloader = dict(
+    batch_size=1, dataset=dict(pipeline=_base_.open_vocab_pipelines[open_vocab_benchmark]))
 # Test only: mmseg's dataset bases also define training/validation loaders.
 train_dataloader = None
 val_dataloader = None

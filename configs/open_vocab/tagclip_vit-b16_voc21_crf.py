@@ -12,4 +12,5 @@ model = dict(
         bilateral_srgb=3,
         bilateral_compat=4,
         confidence_thr=None))  # image: the reference's wrapped BGR (model.quirks)
-test_dataloader = dict(dataset=dict(pipeline=_base_.open_vocab_crf_pipeline))
+test_dataloader = dict(
+    dataset=dict(pipeline=_base_.open_vocab_crf_pipelines[_base_.open_vocab_benchmark]))

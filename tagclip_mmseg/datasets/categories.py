@@ -22,7 +22,7 @@ from typing import List, Tuple
 __all__ = [
     'VOC_CLASSES', 'COCO_CLASSES', 'COCO_CATEGORY_IDS', 'COCOSTUFF_182', 'COCOSTUFF_UNUSED_IDS',
     'COCOSTUFF_171_CLASSES', 'COCOSTUFF_27_CLASSES', 'COCOSTUFF_182_TO_171', 'COCOSTUFF_182_TO_27',
-    'COCOSTUFF_171_TO_27', 'voc_palette'
+    'COCOSTUFF_171_TO_27', 'COCOSTUFF_182_TO_OBJECT', 'voc_palette'
 ]
 
 VOC_CLASSES: Tuple[str, ...] = (
@@ -122,6 +122,13 @@ COCOSTUFF_171_CLASSES: Tuple[str, ...] = tuple(
 #: 182-space id -> 171 index (-1 for the unused ids).
 COCOSTUFF_182_TO_171: Tuple[int, ...] = tuple(
     -1 if i in COCOSTUFF_UNUSED_IDS else i - sum(u < i for u in COCOSTUFF_UNUSED_IDS)
+    for i in range(len(COCOSTUFF_182)))
+
+#: 182-space id (a COCO-Stuff stuffthingmap pixel, COCO category id - 1) ->
+#: COCO-Object value: the things 1..80 in COCO category order, the stuff
+#: classes 0 (background), -1 for the unused ids.
+COCOSTUFF_182_TO_OBJECT: Tuple[int, ...] = tuple(
+    -1 if i in COCOSTUFF_UNUSED_IDS else COCOSTUFF_182_TO_171[i] + 1 if i < 91 else 0
     for i in range(len(COCOSTUFF_182)))
 
 #: 182-space id -> 27 coarse index.

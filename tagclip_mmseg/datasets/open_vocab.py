@@ -9,10 +9,15 @@ define them, so their data folders work unchanged:
   VOC's own ``SegmentationClass`` PNGs read with ``reduce_zero_label=True``:
   background (0) and the 255 border are ignored, class ``k`` becomes ``k-1``.
 * **COCO-Object**: COCO 2017 val with background + the 80 thing classes,
-  masks ``<id>_instanceTrainIds.png`` (0 background, 1..80, 255 ignored) as
-  the protocol's converter writes them under
+  masks ``<id>_instanceTrainIds.png`` (0 background, 1..80 the things in COCO
+  category order) that ``tools/dataset_converters/coco_object.py`` converts
+  from COCO-Stuff's stuffthingmaps, as the protocol's projects do, under
   ``data/coco_stuff164k/annotations/val2017``.
 """
+from typing import List
+
+from mmengine import fileio
+
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from .categories import COCO_CLASSES, VOC_CLASSES, voc_palette
@@ -43,10 +48,30 @@ class COCOObjectDataset(BaseSegDataset):
     """COCO-Object: background + 80 COCO things, ``*_instanceTrainIds.png`` masks.
 
     Class names are the project's COCO names (``COCO_CLASSES``, in COCO's
-    category order); the metric only uses their count and order.
+    category order); the metric only uses their count and order. Every image
+    needs its mask: a missing one stops the listing with the converter's
+    command instead of a bare ``FileNotFoundError`` in the middle of a run.
     """
     METAINFO = dict(classes=('background', ) + COCO_CLASSES, palette=voc_palette(81))
 
     def __init__(self, img_suffix: str = '.jpg',
                  seg_map_suffix: str = '_instanceTrainIds.png', **kwargs) -> None:
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
+
+    def load_data_list(self) -> List[dict]:
+        """mmseg's listing, checked for a mask per image.
+
+        Raises:
+            FileNotFoundError: When a listed image has no mask.
+        """
+        data_list = super().load_data_list()
+        missing = [d['seg_map_path'] for d in data_list if d.get('seg_map_path')
+                   and not fileio.exists(d['seg_map_path'], backend_args=self.backend_args)]
+        if missing:
+            root = self.data_root or 'DATA_ROOT'
+            raise FileNotFoundError(
+                f'{len(missing)} of the {len(data_list)} images have no COCO-Object mask, e.g. '
+                f'{missing[0]}; build the masks from COCO-Stuff\'s stuffthingmaps with '
+                f'`python tools/dataset_converters/coco_object.py {root}` (README "Data", '
+                'docs/open_vocab.md "COCO-Object masks")')
+        return data_list

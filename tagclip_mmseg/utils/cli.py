@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
-from .config import set_data_root
+from .config import set_data_root, set_open_vocab_protocol
 from .dist import stop_with_launcher
 from .quirks import LEGACY_MODES, QUIRK_PRESETS
 
@@ -58,11 +58,19 @@ def parse_runner_args(parser: argparse.ArgumentParser,
 
 def load_config(args: argparse.Namespace) -> Config:
     """``args.config`` with ``--cfg-options`` merged in, then ``--data-root``
-    and ``--launcher`` set."""
+    and ``--launcher`` set.
+
+    ``open_vocab_protocol=NAME`` among the options switches an open-vocabulary
+    config to that project's sizes (:func:`set_open_vocab_protocol`) before
+    the other options are merged, so those still override single sizes.
+    """
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    options = dict(args.cfg_options or {})
+    if 'open_vocab_protocol' in options:
+        set_open_vocab_protocol(cfg, options.pop('open_vocab_protocol'))
+    if options:
+        cfg.merge_from_dict(options)
     data_root = getattr(args, 'data_root', None)
     if data_root is not None:
         if not osp.isdir(osp.expanduser(data_root)):

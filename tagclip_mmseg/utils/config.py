@@ -6,13 +6,14 @@ config; these helpers find and set every occurrence so a flag can never update
 one place and miss another.
 """
 import inspect
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import Registry
 
 __all__ = [
-    'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type', 'type_accepts'
+    'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type',
+    'set_open_vocab_protocol', 'type_accepts'
 ]
 
 
@@ -78,6 +79,47 @@ def set_in_dicts_of_type(cfg: Config, types: List[str], key: str, value: Any,
             d[key] = value
             n += 1
     return n
+
+
+def set_open_vocab_protocol(cfg: Config, protocol: str) -> Tuple[int, int, int]:
+    """Give an open-vocabulary config the sizes ``protocol`` uses for its benchmark.
+
+    The configs in ``configs/open_vocab`` name their benchmark
+    (``open_vocab_benchmark``) and carry the table of sizes per project
+    (``open_vocab_sizes``, ``configs/_base_/open_vocab_runtime.py``). This sets
+    the shorter side of every ``Resize`` of the test pipeline and the model's
+    slide window and stride from the table, and ``open_vocab_protocol``.
+
+    Args:
+        cfg: A loaded open-vocabulary config.
+        protocol: A project of the table, e.g. ``'sclip'``.
+
+    Returns:
+        The ``(shorter side, window, stride)`` set.
+
+    Raises:
+        ValueError: For a config without the table, an unknown project, or a
+            benchmark whose sizes the project's configs do not give.
+    """
+    table, benchmark = cfg.get('open_vocab_sizes'), cfg.get('open_vocab_benchmark')
+    if table is None or benchmark is None:
+        raise ValueError('open_vocab_protocol applies to the configs of configs/open_vocab '
+                         '(they set open_vocab_sizes and open_vocab_benchmark)')
+    if protocol not in table:
+        raise ValueError(f'unknown open_vocab_protocol {protocol!r}; known: {sorted(table)}')
+    sizes = table[protocol].get(benchmark)
+    if sizes is None:
+        raise ValueError(
+            f'{protocol} gives no sizes for {benchmark} (its config was not found; '
+            'docs/open_vocab.md "Sizes per project"): set the Resize scale and '
+            'model.test_cfg.crop_size/stride with --cfg-options instead')
+    short_side, window, stride = sizes
+    for t in iter_dicts(cfg.test_dataloader):
+        if t.get('type') == 'Resize':  # the long side stays (the protocol's 2048)
+            t['scale'] = (t['scale'][0], short_side)
+    cfg.model.test_cfg.update(crop_size=window, stride=stride)
+    cfg.open_vocab_protocol = protocol
+    return short_side, window, stride
 
 
 def type_accepts(registry: Registry, type_name: Any, arg: str) -> bool:

@@ -1,8 +1,9 @@
 # TagCLIP tags + CLIP-ES CAMs as one training-free mmseg segmentor
 # (TagCLIPSegmentor) on OpenAI's CLIP ViT-B/16, with the paper's VOC/COCO
 # settings: background class 0 = 1 - max(CAMs). Both models share one CLIP.
-# The open-vocabulary protocol runtime: slide inference with 224 windows,
-# stride 112 (SCLIP/NACLIP), tags computed once per image on the whole input.
+# The open-vocabulary protocol runtime: slide inference, tags computed once
+# per image on the whole input; the configs in configs/open_vocab set the
+# window and stride per benchmark (open_vocab_sizes, open_vocab_runtime.py).
 model = dict(
     type='TagCLIPSegmentor',
     # Never downloaded; --cfg-options model.clip.checkpoint=PATH.
