@@ -240,6 +240,11 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             and the last block's (B, L, L)
             attention (``None`` when it is not a CAA layer).
         """
+        with full_precision(hidden.device):  # also when called on its own under autocast
+            return self._grad_cam(hidden, pair_img, pair_cls, tag_lists)
+
+    def _grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
+                  tag_lists: List[List[int]]) -> Tuple[Tensor, Optional[Tensor]]:
         vit = self.clip.visual
         text = self.text_embeddings(self.class_names + self.background_words, self.templates)
         B, device = hidden.shape[0], hidden.device
