@@ -206,6 +206,23 @@ def test_bf16_autocast_within_the_measured_tolerance(deep_tiny_clip_path, real_i
 
 
 
+
+@pytest.mark.slow
+def test_autocast_tolerance_tool_prints_every_figure(capsys):
+    """``tools/autocast_tolerance.py`` on one small photo, with ``--speed``:
+    a line per photo, the summary lines and the three timing lines."""
+    tool = _autocast_tolerance_tool()
+    tool.main(['--test-clip', '--num-images', '1', '--speed', '1', '--speed-photo',
+               'foolbox_imagenet_00_243.jpg'])
+    out = capsys.readouterr().out
+    assert "tests' 12-layer tiny random CLIP" in out
+    assert 'foolbox_imagenet_00_243.jpg          128x128   log ' in out
+    for line in ('max |log(amp/fp32)|', 'photos with equal tags: 1/1',
+                 'max |delta| of refined CAMs', 'vit forward, foolbox', 'tag predict, foolbox',
+                 'cam predict, foolbox'):
+        assert line in out, line
+
+
 def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_clip_path, tmp_path):
     """A bf16 run on a cold cache, then an fp32 run on that cache, gives
     exactly what fp32 gives on a cold cache: the text encoder never runs

@@ -157,11 +157,19 @@ def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'r
     return rows
 
 
+@torch.no_grad()
+def plain_forward(model, image: torch.Tensor) -> torch.Tensor:
+    """The ViT alone (fused attention, no maps) under ``model``'s autocast."""
+    with model.autocast_context(image.device):
+        return model.clip.visual(image[None])
+
+
 def time_predict(clip, path: str, repeats: int, autocast: str = 'bf16',
                  quirks: str = 'reference', device: str = 'cpu') -> Dict[str, float]:
     """Fastest of ``repeats`` round-robin runs (after one warm-up) of
-    ``predict`` of the tagger and of the labeler (two tags), fp32 and
-    ``autocast``, in s/image."""
+    the plain ViT forward (``vit``), ``predict`` of the tagger (``tag``)
+    and of the labeler (``cam``, two tags), fp32 and ``autocast``, in
+    s/image."""
     from mmseg.structures import SegDataSample
     with tempfile.TemporaryDirectory() as cache:
         models = dict(fp32=build_models(clip, None, quirks, cache),
@@ -175,6 +183,7 @@ def time_predict(clip, path: str, repeats: int, autocast: str = 'bf16',
 
         fns = {}
         for key, (tagger, labeler) in models.items():
+            fns[f'vit {key}'] = lambda m=tagger: plain_forward(m, image)
             fns[f'tag {key}'] = lambda m=tagger: m([image])
             fns[f'cam {key}'] = lambda m=labeler: m.predict([image], cam_sample())
         times: Dict[str, List[float]] = {k: [] for k in fns}
@@ -220,8 +229,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if args.speed:
             t = time_predict(clip, osp.join(args.images, args.speed_photo), args.speed,
                              args.autocast, args.quirks, args.device)
-            for what in ('tag', 'cam'):
-                print(f'{what} predict, {args.speed_photo}: fp32 {t[what + " fp32"]:.3f} s/img, '
+            for what in ('vit', 'tag', 'cam'):
+                label = 'vit forward' if what == 'vit' else f'{what} predict'
+                print(f'{label}, {args.speed_photo}: fp32 {t[what + " fp32"]:.3f} s/img, '
                       f'{args.autocast} autocast {t[what + " amp"]:.3f} s/img, speed-up '
                       f'{t[what + " fp32"] / t[what + " amp"]:.2f}x (fastest of {args.speed})')
     if not rows:
