@@ -10,7 +10,8 @@ from mmseg.structures import SegDataSample
 
 pytest.importorskip('pydensecrf')
 
-from tagclip_mmseg.models.pseudo_labelers import DenseCRF, crf_reference_image  # noqa: E402
+from tagclip_mmseg.models.pseudo_labelers import (DenseCRF, crf_reference_image,  # noqa: E402
+                                                  shutdown_crf_pools)
 from tagclip_mmseg.testing.models import build_labeler  # noqa: E402
 
 #: A two-class labeler on the tiny CLIP's three layers: ``cat_dog_labeler(checkpoint, ...)``.
@@ -122,8 +123,8 @@ def test_crf_cleans_noisy_labels(quirks):
 def test_confidence_ignore_and_errors():
     probs, rgb = two_region_case()
     sample = SegDataSample(metainfo=dict(ori_img=rgb))
-    strict = DenseCRF(confidence_thr=1.01)(probs, sample)
-    assert (strict == -1).all()
+    strict = DenseCRF(confidence_thr=1.0)(probs, sample)
+    assert (strict == -1).all()  # no marginal reaches 1 exactly: all ignored
     with pytest.raises(KeyError, match='ori_img'):
         DenseCRF()(probs, SegDataSample())
     with pytest.raises(ValueError, match='quirks'):
@@ -133,14 +134,19 @@ def test_confidence_ignore_and_errors():
 
 
 def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
-    model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
-                            crf=dict(confidence_thr=1.01))
     rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    s = SegDataSample(metainfo=dict(tags=[0, 1], ori_shape=(30, 40), ori_img=rgb))
-    out = model.predict([torch.randn(3, 32, 48)], [s])[0].pred_sem_seg.data
-    assert out.shape == (1, 30, 40)
-    assert set(out.unique().tolist()) <= {0, 1, 2, 255}
-    assert (out == 255).all()  # nothing reaches a marginal of 1.01: all ignored
+    image = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for thr in (None, 1.0):
+        model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
+                                crf=dict(confidence_thr=thr))
+        s = SegDataSample(metainfo=dict(tags=[0, 1], ori_shape=(30, 40), ori_img=rgb))
+        out[thr] = model.predict([image], [s])[0].pred_sem_seg.data
+    assert out[1.0].shape == (1, 30, 40)
+    assert set(out[None].unique().tolist()) <= {0, 1, 2}
+    # Pixels whose largest marginal is below 1 become 255; the others keep their label.
+    assert (out[1.0] == 255).any()
+    assert ((out[1.0] == out[None]) | (out[1.0] == 255)).all()
 
 
 # ------------------------------------------------- CRF in worker processes
@@ -193,85 +199,191 @@ def _worker_pids():
 
 
 def test_crf_workers_write_the_same_pngs_as_serial(tiny_clip_path, tmp_path):
-    from tagclip_mmseg.models.pseudo_labelers.crf import PENDING_LABEL_KEY, PendingLabel
+    """predict returns final masks with workers: equal to the in-process CRF's,
+    with no pending field left on the samples."""
+    from tagclip_mmseg.models.pseudo_labelers.crf import PENDING_LABEL_KEY
     images, _ = _photo_samples(4)
-    outputs = {}
+    outputs, masks = {}, {}
     for workers in (0, 2):
         model = _labeler(tiny_clip_path, tmp_path, workers)
         _, samples = _photo_samples(4)
         model.predict(images, samples)
-        pending = [s.get(PENDING_LABEL_KEY) for s in samples]
-        if workers:
-            # Deferred: the forward left a placeholder, the workers the result.
-            assert all(isinstance(p, PendingLabel) for p in pending)
-            assert all((s.pred_sem_seg.data == 255).all() for s in samples)
-        else:
-            assert pending == [None] * 4
+        assert [s.get(PENDING_LABEL_KEY) for s in samples] == [None] * 4
+        masks[workers] = torch.stack([s.pred_sem_seg.data for s in samples])
         counts = _write_through(tmp_path / f'w{workers}', samples)
         assert counts == {'pseudo_label/written': 4, 'pseudo_label/skipped': 0,
                           'pseudo_label/failed': 0}
         outputs[workers] = {i: (tmp_path / f'w{workers}' / f'im{i}.png').read_bytes()
                             for i in range(4)}
+    assert torch.equal(masks[2], masks[0])
     assert outputs[2] == outputs[0]  # byte-identical PNGs
-    masks = [np.asarray(Image.open(tmp_path / 'w0' / f'im{i}.png')) for i in range(4)]
+    pngs = [np.asarray(Image.open(tmp_path / 'w0' / f'im{i}.png')) for i in range(4)]
     # The CRF really ran: confident pixels got class labels, others 255.
-    assert any(((m > 0) & (m < 255)).any() for m in masks)
-    assert _worker_pids() == []  # evaluate() stopped the pool; no zombies
+    assert any(((m > 0) & (m < 255)).any() for m in pngs)
+    shutdown_crf_pools()
+    assert _worker_pids() == []  # no zombies
 
 
-def test_killed_crf_worker_fails_its_images_and_the_pool_recovers(tiny_clip_path, tmp_path):
+def test_killed_crf_worker_reruns_its_images_in_a_fresh_pool(tiny_clip_path, tmp_path):
     import os
     import signal
+    import threading
     import time
+    serial = _labeler(tiny_clip_path, tmp_path, workers=0)
+    images, expected = _photo_samples(3)
+    serial.predict(images, expected)
     model = _labeler(tiny_clip_path, tmp_path, workers=1)
-    images, samples = _photo_samples(3)
-    pool = model.crf._pool
     # Keep the one worker busy, queue the three images behind it, kill it.
-    blocker = pool.submit(time.sleep, 60)
-    model.predict(images, samples)
-    deadline = time.time() + 60
-    while not (workers := _worker_pids()) and time.time() < deadline:
-        time.sleep(0.1)
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
+    blocker = model.crf._pool.submit(time.sleep, 60)
+
+    def kill_the_worker():
+        deadline = time.time() + 60
+        while not (workers := _worker_pids()) and time.time() < deadline:
+            time.sleep(0.1)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_worker)
+    killer.start()
+    _, samples = _photo_samples(3)
+    model.predict(images, samples)  # waits: the images run again in a fresh pool
+    killer.join()
     with pytest.raises(Exception):
         blocker.result(timeout=60)
-    counts = _write_through(tmp_path / 'killed', samples)
-    assert counts['pseudo_label/failed'] == 3 and counts['pseudo_label/written'] == 0
-    failed = (tmp_path / 'killed' / 'failed.txt').read_text().splitlines()
-    assert [ln.split('\t')[0] for ln in failed] == ['im0', 'im1', 'im2']
-    assert all('worker process died' in ln for ln in failed)
-    assert _worker_pids() == []
-    # The next images get a fresh pool and are written.
-    images, samples = _photo_samples(2, seed=1)
-    model.predict(images, samples)
-    counts = _write_through(tmp_path / 'after', samples)
-    assert counts['pseudo_label/written'] == 2 and counts['pseudo_label/failed'] == 0
+    for got, want in zip(samples, expected):
+        assert torch.equal(got.pred_sem_seg.data, want.pred_sem_seg.data)
+    shutdown_crf_pools()
     assert _worker_pids() == []
 
 
-def test_iou_metric_scores_deferred_crf_masks(tiny_clip_path, tmp_path):
-    """CLSSegIoUMetric sees the workers' masks, not the placeholders."""
+def _die_in_worker(*args):
+    import os
+    os._exit(3)
+
+
+def test_an_image_whose_worker_dies_twice_stops_predict(tiny_clip_path, tmp_path, monkeypatch):
+    import tagclip_mmseg.models.pseudo_labelers.crf as crf_module
+    model = _labeler(tiny_clip_path, tmp_path, workers=1)
+    images, samples = _photo_samples(1)
+    monkeypatch.setattr(crf_module, 'crf_label_map', _die_in_worker)
+    try:
+        with pytest.raises(RuntimeError, match='died twice.*lower model.crf.workers'):
+            model.predict(images, samples)
+    finally:
+        shutdown_crf_pools()
+    assert _worker_pids() == []
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_predict_returns_final_masks_to_mmseg_consumers(tiny_clip_path, tmp_path, workers):
+    """TagCLIPSegmentor with a CRF: mmseg's IoUMetric and SegVisualizationHook
+    see the same masks with workers as without (the old placeholder was all 255)."""
     from mmengine.structures import PixelData
+    from mmseg.engine.hooks import SegVisualizationHook
+    from mmseg.evaluation import IoUMetric
+    from mmseg.visualization import SegLocalVisualizer
 
-    from tagclip_mmseg.evaluation import CLSSegIoUMetric
-    results = {}
-    for workers in (0, 1):
-        model = _labeler(tiny_clip_path, tmp_path, workers)
-        images, samples = _photo_samples(3)
-        model.predict(images, samples)
+    from tagclip_mmseg.models.segmentors import TagCLIPSegmentor
+    vocab = dict(class_names=['cat', 'dog'], background_words=['sky'],
+                 templates=['a photo of a {}.'])
+    crf = dict(iterations=4, bilateral_sxy=30., bilateral_srgb=7., confidence_thr=0.6)
+    models = []  # alive until their pools are stopped below
+
+    def run(workers, name):
+        model = TagCLIPSegmentor(
+            clip=dict(checkpoint=str(tiny_clip_path)), text_cache_dir=str(tmp_path / 'cache'),
+            all_classes_as_tags=True, labeler=dict(vocab, caa_layers=[0, 1, 2]),
+            crf=dict(crf, workers=workers)).eval()
+        models.append(model)
+        images, samples = _photo_samples(4)
         for i, s in enumerate(samples):
             gt = torch.zeros(1, 30, 40, dtype=torch.long)
             gt[:, :, 20:] = 1 + i % 2
             s.gt_sem_seg = PixelData(data=gt)
-        metric = CLSSegIoUMetric(num_classes=3)
-        metric.process({}, [s.to_dict() for s in samples])
-        results[workers] = metric.evaluate(3)
-    assert results[1] == results[0]
-    assert results[0]['num_images'] == 3
+        out = model.predict(images, samples)
+        metric = IoUMetric()
+        metric.dataset_meta = dict(classes=('background', 'cat', 'dog'))
+        metric.process({}, [s.to_dict() for s in out])
+        visualizer = SegLocalVisualizer.get_instance(
+            f'vis_{tmp_path.name}_{name}', vis_backends=[dict(type='LocalVisBackend')],
+            save_dir=str(tmp_path / name))
+        visualizer.dataset_meta = dict(classes=('background', 'cat', 'dog'),
+                                       palette=[[0, 0, 0], [128, 0, 0], [0, 128, 0]])
+        hook = SegVisualizationHook(draw=True, interval=1)
+        hook._visualizer = visualizer
+
+        class Runner:
+            iter = 0
+        for i, s in enumerate(out):
+            s.set_metainfo(dict(img_path=str(tmp_path / f'im{i}.png')))
+            Image.fromarray(s.metainfo['ori_img']).save(s.img_path)
+        hook.after_test_iter(Runner(), 0, {}, out)
+        pictures = sorted((tmp_path / name).rglob('*.png'))
+        return (torch.stack([s.pred_sem_seg.data for s in out]), metric.evaluate(4),
+                [p.read_bytes() for p in pictures])
+
+    ref_masks, ref_metrics, ref_pictures = run(0, 'serial')
+    masks, metrics, pictures = run(workers, f'w{workers}')
+    assert (ref_masks != 255).any() and (ref_masks < 3).any()
+    assert torch.equal(masks, ref_masks)
+    assert metrics == ref_metrics and metrics['mIoU'] > 0
+    assert len(pictures) == 4 and pictures == ref_pictures
+    shutdown_crf_pools()
     assert _worker_pids() == []
 
 
 def test_workers_option_is_validated():
-    with pytest.raises(ValueError, match='workers'):
+    with pytest.raises(ValueError, match=r'crf.workers must be an integer in \[0, inf\)'):
         DenseCRF(workers=-1)
+
+
+# ------------------------------------------- exact ties, computed by hand
+def _record_marginals(monkeypatch, marginals=None):
+    """Replace the mean-field step: record the probabilities the CRF is given
+    and return ``marginals`` (default: those probabilities unchanged)."""
+    from tagclip_mmseg.models.pseudo_labelers import crf as crf_module
+    received = []
+
+    def fake(probs, rgb, *args):
+        received.append(probs.copy())
+        return probs if marginals is None else marginals
+
+    monkeypatch.setattr(crf_module, 'crf_marginals', fake)
+    return received
+
+
+def test_one_tag_crf_receives_background_then_cam(tiny_clip_path, tmp_path, monkeypatch):
+    """With one tag the CRF gets ``[1 - cam, cam]`` (background first) and
+    the labels ``[0, tag + 1]``: ``probs[0] == 1 - probs[1]`` exactly."""
+    received = _record_marginals(monkeypatch)
+    model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),
+                            crf=dict(confidence_thr=0.7))
+    sample = SegDataSample(metainfo=dict(ori_img=np.zeros((2, 2, 3), np.uint8)))
+    cam = torch.tensor([[[0., .25], [.75, 1.]]])
+    label = model.cams_to_label(cam, [1], sample)
+    assert len(received) == 1
+    assert received[0].tolist() == [[[1., .75], [.25, 0.]], [[0., .25], [.75, 1.]]]
+    # marginals = probs: per-pixel max 1, .75, .75, 1 >= 0.7, argmax bg, bg, dog, dog
+    assert label.tolist() == [[0, 0], [2, 2]]
+
+    # The same through the model's forward (Grad-CAM, upsampling), one tag;
+    # seeded input whose CAM is not all zero.
+    received.clear()
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    s = SegDataSample(metainfo=dict(tags=[0], ori_shape=(30, 40), ori_img=rgb))
+    model.predict([torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(3))], [s])
+    (probs, ) = received
+    assert probs.shape == (2, 30, 40)
+    assert np.array_equal(probs[0], 1 - probs[1])
+    assert probs[1].max() > probs[1].min() >= 0  # a real CAM, not a constant
+
+
+def test_confidence_ignore_keeps_a_marginal_at_exactly_the_threshold(monkeypatch):
+    """Ignore only where the largest marginal is strictly below ``confidence_thr``."""
+    q = np.array([[[.75, .25, .625]], [[.25, .75, .375]]], np.float32)  # exact in binary
+    _record_marginals(monkeypatch, q)
+    crf = DenseCRF(confidence_thr=.75)
+    probs = torch.from_numpy(q)
+    sample = SegDataSample(metainfo=dict(ori_img=np.zeros((1, 3, 3), np.uint8)))
+    assert crf(probs, sample).tolist() == [[0, 1, -1]]
+    assert crf.label(probs, torch.tensor([0, 7]), sample).tolist() == [[0, 7, 255]]

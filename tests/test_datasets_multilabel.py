@@ -103,6 +103,26 @@ def test_folder_validates_classes(folder, metainfo, message):
         MultiLabelImageFolder(data_prefix=dict(img_path=str(folder)), metainfo=metainfo)
 
 
+def test_folder_accepts_synonym_lists(folder):
+    """A class may be a list of synonyms (README, docs/add_dataset.md)."""
+    from tagclip_mmseg.evaluation.multilabel_metrics import _fg_class_names
+    ds = MultiLabelImageFolder(data_prefix=dict(img_path=str(folder)),
+                               metainfo=dict(classes=('cat', ['person', 'people', 'human'])))
+    assert ds.metainfo['classes'] == ('cat', ('person', 'people', 'human'))
+    assert ds.num_classes == 2
+    # The metric's log table names a synonym class by its first name.
+    assert _fg_class_names(ds.metainfo, 2) == ('cat', 'person')
+
+
+@pytest.mark.parametrize('classes, message', [
+    (('cat', []), 'non-empty lists of them'), (('cat', ['dog', ' ']), 'non-empty lists'),
+    (('cat', ['dog', 3]), 'non-empty lists'), ((['a', 'b'], ('a', 'b')), 'unique')])
+def test_folder_refuses_bad_synonym_lists(folder, classes, message):
+    with pytest.raises(ValueError, match=message):
+        MultiLabelImageFolder(data_prefix=dict(img_path=str(folder)),
+                              metainfo=dict(classes=classes))
+
+
 def test_classes_from_file(folder, tmp_path):
     (tmp_path / 'classes.txt').write_text('cat\ndog\nbird\n')
     ds = MultiLabelImageFolder(data_prefix=dict(img_path=str(folder)),

@@ -162,3 +162,41 @@ def test_cocostuff27(tmp_path):
                                      tags_index_map='cocostuff182_to_171',
                                      data_prefix=dict(img_path='val2017'))
     assert ds.get_data_info(0)['tags'] == [0, COCOSTUFF_171_CLASSES.index('sky-other')]
+
+
+@pytest.mark.parametrize('img_suffix', [['.jpg', '.png'], ('.jpg', '.png')])
+def test_img_suffix_list(tmp_path, img_suffix):
+    """A list (or tuple) of extensions, as mmengine's datasets accept: a
+    folder scan picks up every one, a split list takes the first that exists."""
+    from tagclip_mmseg.datasets import MultiLabelListDataset
+    _image(tmp_path / 'img' / 'a.jpg')
+    _image(tmp_path / 'img' / 'b.png')
+    _image(tmp_path / 'img' / 'c.bmp')  # not listed: ignored by the scan
+    classes = ('background', 'cat')
+    scan = TaggedSegDataset(data_root=str(tmp_path), data_prefix=dict(img_path='img'),
+                            img_suffix=img_suffix, metainfo=dict(classes=classes))
+    assert [(d['img_id'], d['img_path'][len(str(tmp_path)):]) for d in _infos(scan)] == [
+        ('a', '/img/a.jpg'), ('b', '/img/b.png')]
+    (tmp_path / 'split.txt').write_text('b\na\nc\n')
+    listed = TaggedSegDataset(data_root=str(tmp_path), data_prefix=dict(img_path='img'),
+                              ann_file='split.txt', img_suffix=img_suffix,
+                              metainfo=dict(classes=classes))
+    assert [d['img_path'][len(str(tmp_path)):] for d in _infos(listed)] == [
+        '/img/b.png', '/img/a.jpg']
+    assert listed.metainfo['missing_images'] == [
+        dict(img_id='c', img_path=str(tmp_path / 'img' / 'c.jpg'), reason='file not found')]
+    (tmp_path / 'labels.txt').write_text('b 0\na\nc 0\n')
+    tagging = MultiLabelListDataset(data_root=str(tmp_path), data_prefix=dict(img_path='img'),
+                                    ann_file='labels.txt', img_suffix=img_suffix,
+                                    metainfo=dict(classes=('cat', )))
+    assert [(d['img_id'], d['img_path'][len(str(tmp_path)):]) for d in _infos(tagging)] == [
+        ('b', '/img/b.png'), ('a', '/img/a.jpg')]
+
+
+@pytest.mark.parametrize('img_suffix', [7, [], ['.jpg', None], ''])
+def test_img_suffix_refused_clearly(tmp_path, img_suffix):
+    _image(tmp_path / 'img' / 'a.jpg')
+    with pytest.raises(ValueError, match=r"img_suffix must be an extension such as '.jpg' or "
+                       r"a list of them"):
+        TaggedSegDataset(data_root=str(tmp_path), data_prefix=dict(img_path='img'),
+                         img_suffix=img_suffix, metainfo=dict(classes=('background', 'cat')))

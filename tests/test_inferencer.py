@@ -130,6 +130,77 @@ def test_per_call_vocabulary_is_restored(inferencer):
     check_result(inferencer(img)[0], (32, 32))
 
 
+def _scores_without_vocabulary_swaps(inferencer, monkeypatch):
+    """Make every forward wait until two calls are inside one (a barrier in
+    TagCLIP.tag), so that a vocabulary swapped on the shared model would be
+    seen by the other call."""
+    import threading
+    barrier = threading.Barrier(2, timeout=120)
+    tag = inferencer.model.tag
+
+    def tag_together(*args, **kwargs):
+        barrier.wait()
+        return tag(*args, **kwargs)
+
+    monkeypatch.setattr(inferencer.model, 'tag', tag_together)
+
+
+def test_two_threads_with_different_vocabularies(inferencer, monkeypatch):
+    """Thread B asked for [car, tree, sky] and got ['cat', 'dog'] before."""
+    import threading
+    img = random_images([(32, 48)], seed=5)
+    vocabularies = {'a': ['cat', 'dog'], 'b': ['car', 'tree', 'sky']}
+    expected = {k: inferencer(img, classes=v, return_mask=True)[0]
+                for k, v in vocabularies.items()}
+    _scores_without_vocabulary_swaps(inferencer, monkeypatch)
+    results, errors = {}, []
+
+    def call(key):
+        try:
+            results[key] = inferencer(img, classes=vocabularies[key], return_mask=True)[0]
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(k, )) for k in vocabularies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for key, names in vocabularies.items():
+        assert list(results[key]['scores']) == names
+        assert results[key]['scores'] == pytest.approx(expected[key]['scores'], abs=1e-6)
+        np.testing.assert_array_equal(results[key]['mask'], expected[key]['mask'])
+    assert inferencer.classes == CLASSES
+
+
+def test_interleaved_generators_closed_out_of_order(inferencer):
+    """Two iter_results generators in one thread: each keeps its vocabulary,
+    and closing them out of order leaves the configured one in place."""
+    imgs = random_images([(32, 48), (48, 32)], seed=6)
+    first, second = ['car', 'tree'], ['sun', 'moon', 'star']
+    expected = {tuple(v): dict(inferencer.iter_results(imgs, classes=v, return_mask=True))
+                for v in (first, second)}
+    plain = inferencer(imgs)
+    g1 = inferencer.iter_results(imgs, classes=first, return_mask=True)
+    g2 = inferencer.iter_results(imgs, classes=second, return_mask=True)
+    got1, got2 = dict([next(g1)]), dict([next(g2)])
+    got1.update([next(g1)])
+    got2.update([next(g2)])
+    g1.close()
+    g2.close()
+    for got, names in ((got1, first), (got2, second)):
+        assert sorted(got) == [0, 1]
+        for i, result in got.items():
+            assert list(result['scores']) == names
+            assert result['scores'] == pytest.approx(expected[tuple(names)][i]['scores'],
+                                                     abs=1e-6)
+            np.testing.assert_array_equal(result['mask'], expected[tuple(names)][i]['mask'])
+    assert inferencer.classes == CLASSES
+    after = inferencer(imgs)
+    assert [r['scores'] for r in after] == [r['scores'] for r in plain]
+
+
 def test_load_errors(inferencer, tmp_path, image_folder):
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(b'\xff\xd8 not really a jpeg')

@@ -220,6 +220,38 @@ def test_benchmark_end_to_end(benchmark, tmp_path, tiny_tool_options, tool_runne
                              recursive=True)) == len(SIZES['voc21'])
 
 
+def test_crf_workers_reach_iou_metric_and_show_dir(tmp_path, tiny_tool_options, tool_runner):
+    """tools/test.py on the VOC21 CRF config: with model.crf.workers=2, mmseg's
+    IoUMetric, its --out PNGs and the SegVisualizationHook pictures equal the
+    in-process CRF's (they were all 255, mIoU 0, before predict waited)."""
+    pytest.importorskip('pydensecrf')
+    from tagclip_mmseg.models.pseudo_labelers import shutdown_crf_pools
+    data_root = write_dataset(tmp_path, 'voc21')
+    runs = {}
+    for workers in (0, 2):
+        run_dir = tmp_path / f'w{workers}'
+        options = tiny_options(tiny_tool_options['checkpoint'], tmp_path, data_root,
+                               **{'model.crf.workers': workers, 'model.crf.iterations': 3,
+                                  'test_dataloader.batch_size': 2,
+                                  # one visualizer per run (mmengine keeps them by name)
+                                  'visualizer.name': f'{tmp_path.name}_w{workers}'})
+        metrics = run_test_tool(tool_runner, 'voc21_crf', options, run_dir / 'work',
+                                '--out', str(run_dir / 'out'), '--show-dir',
+                                str(run_dir / 'show'))
+        preds = {p.name: np.asarray(Image.open(p)) for p in sorted((run_dir / 'out').glob('*.png'))}
+        shows = [p.read_bytes() for p in sorted((run_dir / 'show').rglob('*.png'),
+                                                 key=lambda p: p.name)]
+        runs[workers] = (metrics, preds, shows)
+    shutdown_crf_pools()
+    (metrics0, preds0, shows0), (metrics2, preds2, shows2) = runs[0], runs[2]
+    assert len(preds0) == len(SIZES['voc21']) and len(shows0) == len(SIZES['voc21'])
+    assert any((p != 255).any() for p in preds0.values())
+    assert preds2.keys() == preds0.keys()
+    assert all(np.array_equal(preds2[k], preds0[k]) for k in preds0)
+    assert shows2 == shows0
+    assert {k: metrics2[k] for k in ('mIoU', 'aAcc')} == {k: metrics0[k] for k in ('mIoU', 'aAcc')}
+
+
 # -------------------------------------------------------------- known answers
 def _forced(monkeypatch, tags, grid_cols):
     """Force TagCLIP's tags and each tag's patch-grid CAM (constant rows).

@@ -140,6 +140,29 @@ def test_vote_without_vote_is_plain_average_and_patch_only_input():
     torch.testing.assert_close(out, torch.stack(maps[4:11]).mean(0).detach())
 
 
+def test_vote_at_a_tie_with_the_layer_mean_hand_computed():
+    """A pair votes only when strictly above its layer's mean ``tau``.
+
+    The patch block ``[[.25, .25], [.5, 0]]`` has mean ``tau = .25`` (exact in
+    binary): only the ``.5`` pair is above it, so with one layer and
+    ``vote_min = 1`` the two pairs equal to ``tau`` are dropped. A uniform
+    layer has no pair above its mean and gives 0 everywhere.
+    """
+    vote = AttentionVote(avg_layers=(0, ), vote_min=1)
+    assert vote.vote_min == 1
+    block = torch.tensor([[.25, .25], [.5, 0.]])
+    attn = torch.zeros(1, 3, 3)
+    attn[0, 0] = torch.tensor([.9, .05, .05])  # [CLS] row and column: not voted on
+    attn[0, 1:, 1:] = block
+    vote.update(0, attn)
+    assert vote.count.tolist() == [[[0, 0], [1, 0]]]
+    assert vote.finalize().tolist() == [[[0., 0.], [.5, 0.]]]
+
+    uniform = AttentionVote(avg_layers=(0, ), vote_min=1, has_cls_token=False)
+    uniform.update(0, torch.full((1, 2, 2), .25))
+    assert uniform.finalize().tolist() == [[[0., 0.], [0., 0.]]]
+
+
 def test_vote_errors():
     maps = local_attention(1, (2, 2), 3, seed=2)
     vote = AttentionVote(avg_layers=(1, 2), vote_min=2)

@@ -445,3 +445,91 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
     except OSError:
         return False
+
+
+#: Runs in its own interpreter: becomes a child subreaper, starts
+#: ``tools/dist_test.sh`` with 2 ranks, SIGKILLs the launcher as soon as both
+#: ranks exist (they are still importing, before any rank guard), then waits
+#: (bounded) for the adopted ranks and prints a JSON report.
+SUBREAPER_SCRIPT = r'''
+import ctypes, json, os, signal, subprocess, sys, time
+
+PR_SET_CHILD_SUBREAPER = 36
+cmd, env, stderr_path, wait_s = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, ctypes.get_errno()
+
+
+def children_of(pid):
+    out = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+                with open(f'/proc/{entry}/cmdline', 'rb') as f:
+                    args = f.read().split(b'\0')
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != 'Z':
+                out.append((int(entry), args))
+    return out
+
+
+with open(stderr_path, 'wb') as err:
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+ranks = []
+deadline = time.monotonic() + wait_s
+while time.monotonic() < deadline and launcher.poll() is None and len(ranks) < 2:
+    ranks = [pid for pid, args in children_of(launcher.pid)
+             if any(a.endswith(b'tools/test.py') for a in args)]
+    time.sleep(0.005)
+launcher.send_signal(signal.SIGKILL)
+launcher.wait()
+statuses, survivors = {}, []
+deadline = time.monotonic() + wait_s
+while time.monotonic() < deadline and len(statuses) < len(ranks):
+    for pid in ranks:
+        if pid not in statuses:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not adopted yet
+                continue
+            if done:
+                statuses[pid] = os.waitstatus_to_exitcode(status)
+    time.sleep(0.05)
+for pid in ranks:
+    if pid not in statuses:
+        survivors.append(pid)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+for pid, _ in children_of(os.getpid()):  # anything else torchrun left to us
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+print(json.dumps(dict(ranks=ranks, survivors=survivors, statuses=list(statuses.values()))))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='subreapers are Linux')
+def test_ranks_stop_when_the_launcher_dies_early_under_a_subreaper(tmp_path, tool_runner):
+    """Launcher SIGKILLed before the ranks arm their guard, under a child
+    subreaper: the ranks are adopted by the subreaper (not by init), notice
+    that their parent is not the launcher recorded at start, and stop."""
+    script = tmp_path / 'subreaper.py'
+    script.write_text(SUBREAPER_SCRIPT)
+    stderr = tmp_path / 'launcher.stderr'
+    env = dict(tool_runner.env(), PYTHON=sys.executable)
+    env.pop('PORT', None)  # one node, no PORT: torchrun --standalone picks a free port
+    cmd = ['bash', osp.join(REPO, 'tools', 'dist_test.sh'), TAG_CONFIG, 'none', '2',
+           '--work-dir', str(tmp_path / 'work')]
+    wait_s = 300
+    proc = subprocess.run([sys.executable, str(script), json.dumps([cmd, env, str(stderr),
+                                                                   wait_s])],
+                          cwd=REPO, capture_output=True, text=True, timeout=3 * wait_s)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    log = stderr.read_text(errors='replace')
+    assert len(report['ranks']) == 2, log[-3000:]
+    assert report['survivors'] == [], f'ranks outlived their launcher:\n{log[-3000:]}'
+    assert log.count('is gone; stopping') == 2, log[-3000:]

@@ -131,3 +131,34 @@ def test_cwr_early_exit_candidates_boxes_and_fusion(tiny_clip_path, tmp_path, mo
     assert torch.equal(done, expected_done)
     torch.testing.assert_close(p_final, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(p_global, expected_global, atol=0, rtol=0)
+
+
+def test_cwr_region_excludes_patches_at_exactly_the_threshold(tiny_clip_path, tmp_path,
+                                                              monkeypatch):
+    """The region is the normalised map strictly above ``cwr_region_thr``.
+
+    Class 0's column is already normalised (min 0, max 1) with values
+    {0, 0.5, 1}: 1 at (0, 0) and 0.5 at (2, 3). With the threshold at 0.5 the
+    region is the single patch (0, 0), box x 0..1, y 0..1 (exclusive ends,
+    no clamp); a ``>=`` would take in (2, 3) and give the box x 0..4, y 0..3.
+    """
+    from tagclip_mmseg.models.taggers import TagCLIP
+    tagger = TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['a', 'b', 'c', 'd'],
+                     background_words=['e'], templates=('{}', ), vote_k=2, avg_layers=(0, 1),
+                     cwr_ratio=R, cwr_region_thr=0.5, fusion_lambda=LAM, quirks='fixed',
+                     text_cache_dir=str(tmp_path)).eval()
+    thr = tagger.cwr_region_thr
+    p_ref = torch.stack([column({(0, 0): 1., (2, 3): thr}, 0.)]
+                        + [column({}, .125)] * 3 + [column({}, 0.)], dim=1)[None]
+    p_local = p_ref[..., :4].amax(dim=1)
+    assert p_local.tolist() == [[1., .125, .125, .125]]  # only class 0 is above theta = R
+    seen = []
+
+    def crop_scores(images, region, img_idx, map_idx, boxes, text):
+        seen.extend(zip((map_idx % 4).tolist(), map(tuple, boxes.tolist())))
+        return P_GLOBAL[img_idx]
+
+    monkeypatch.setattr(tagger, '_crop_scores', crop_scores)
+    tagger.reidentify(torch.zeros(1, 3, 16 * H, 16 * W), p_ref, p_local, (H, W),
+                      tagger.classifier())
+    assert seen == [(0, (0, 0, 1, 1))]

@@ -1,9 +1,7 @@
 """tools/train.py, tools/test.py and the resume fix, end to end on a tiny VOC tree.
 
-The DeepLab-v2 VOC config is inherited by a tiny derived config (ResNet-18 at
-1/8 width, 64x64 crops, a few iterations); everything else (MSC segmentor,
-ASPP-v2 head, frozen BN, gradient accumulation, pseudo-label dataset, IoU
-metric) is the real config.
+The DeepLab-v2 VOC config is inherited by a tiny derived config
+(``tiny_config`` in ``tests/conftest.py``).
 """
 import importlib.util
 import math
@@ -23,35 +21,6 @@ from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only
                                                     safe_checkpoint_loading)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-V2_VOC = osp.join(REPO, 'configs', 'deeplab',
-                  'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
-
-TINY_CONFIG = """
-_base_ = [{base!r}]
-data_root = {data_root!r}
-crop_size = (64, 64)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(depth=18, stem_channels=8, base_channels=8, init_cfg=None),
-    decode_head=dict(in_channels=64))
-train_pipeline = [
-    dict(t, crop_size=crop_size) if t['type'] == 'RandomCrop' else t
-    for t in _base_.train_pipeline
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, data_prefix=dict(seg_map_path={pseudo!r}),
-                 pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-# Poly decay over 8 iterations: the rate stays > 0 for the updates at iterations 2 and 4.
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=8, by_epoch=False)]
-train_cfg = dict(max_iters=4, val_interval=2)
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=-1))
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0)
-"""
 
 
 def run_tool(script: str, *args: str) -> str:
@@ -72,14 +41,6 @@ def import_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def tiny_config(tmp_path, tiny_pseudo_seg_data) -> str:
-    path = tmp_path / 'tiny_deeplabv2.py'
-    path.write_text(TINY_CONFIG.format(base=V2_VOC, data_root=tiny_pseudo_seg_data['voc_root'],
-                                       pseudo=tiny_pseudo_seg_data['voc_pseudo']))
-    return str(path)
 
 
 def train_losses(log: str) -> list:
@@ -291,7 +252,8 @@ def test_run_pipeline_reads_newest_test_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_data,
-                                                      tiny_tool_options, pl_list_config):
+                                                      tiny_tool_options, pl_list_config,
+                                                      tiny_config_writer):
     """tags -> pseudo masks -> training -> mIoU on a folder with one corrupt photo:
     stage 1 lists it as skipped, stage 2 skips it too, training never sees it."""
     import json
@@ -299,9 +261,8 @@ def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_
     voc = tmp_path / 'VOC2012'
     shutil.copytree(tiny_pseudo_seg_data['voc_root'], voc)
     (voc / 'JPEGImages' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated')
-    config = tmp_path / 'tiny_deeplabv2.py'
-    config.write_text(TINY_CONFIG.format(base=V2_VOC, data_root=str(voc),
-                                         pseudo=tiny_pseudo_seg_data['voc_pseudo']))
+    config = tiny_config_writer(tmp_path / 'tiny_deeplabv2.py', voc,
+                                tiny_pseudo_seg_data['voc_pseudo'])
     work = tmp_path / 'pipeline'
     log = run_tool(
         'run_pipeline.py', '--work-dir', str(work),
@@ -345,3 +306,74 @@ def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
     assert mmengine_checkpoint.load_url is not None
     from mmengine.utils.dl_utils import load_url
     assert mmengine_checkpoint.load_url is load_url  # restored on exit
+
+
+# ------------------------------------------------ several processes on the CPU
+@pytest.mark.slow
+def test_cpu_training_under_torchrun_is_distributed(rank_weights_config, tmp_path,
+                                                    ranks_trained_alike):
+    """torchrun, 2 CPU processes: gloo, DDP without device ids, both ranks train alike
+    (docs/compatibility.md trap 12)."""
+    import socket
+    config, hook_path = rank_weights_config
+    work_dir = tmp_path / 'work'
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ('LOCAL_RANK', 'RANK', 'WORLD_SIZE')}
+    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1',
+               PYTHONPATH=os.pathsep.join([hook_path, REPO, env.get('PYTHONPATH', '')]))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+         '--master_addr', '127.0.0.1', '--master_port', str(port),
+         osp.join(REPO, 'tools', 'train.py'), config, '--launcher', 'pytorch', '--work-dir',
+         str(work_dir), '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=10',
+         'train_dataloader.batch_size=1'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    ranks_trained_alike(work_dir)
+    # the config inherits mmseg's nccl, which needs CUDA: gloo takes its place
+    assert "dist_cfg: {'backend': 'gloo'}" in log and 'Distributed training: True' in log
+    assert train_losses(log) and all(math.isfinite(v) for v in train_losses(log))
+
+
+def test_setup_distributed_picks_the_backend_and_a_cpu_ddp(monkeypatch, tmp_path):
+    """Without CUDA: gloo started here, launcher kept (so the Runner wraps DDP),
+    DDP without device ids, SyncBN -> BN; with CUDA: nccl, left to mmengine."""
+    import socket
+
+    import torch.distributed as dist
+    train = import_tool('train')
+
+    def config(**extra):
+        return Config(dict(launcher='pytorch', env_cfg=dict(cudnn_benchmark=False),
+                           model=dict(type='EncoderDecoder',
+                                      backbone=dict(norm_cfg=dict(type='SyncBN'))), **extra))
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = config()
+    train.setup_distributed(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'nccl' and 'model_wrapper_cfg' not in cfg
+    assert cfg.model.backbone.norm_cfg.type == 'SyncBN' and not dist.is_initialized()
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    for key, value in dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK='0',
+                           WORLD_SIZE='1', LOCAL_RANK='0').items():
+        monkeypatch.setenv(key, value)
+    cfg = config(model_wrapper_cfg=dict(type='MMDistributedDataParallel',
+                                        find_unused_parameters=True))
+    cfg.env_cfg.dist_cfg = dict(backend='nccl')  # mmseg's default runtime
+    try:
+        train.setup_distributed(cfg)
+        assert dist.is_initialized() and dist.get_backend() == 'gloo'
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert cfg.launcher == 'pytorch' and cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel',
+                                         find_unused_parameters=True, device_ids=None)
+    assert cfg.model.backbone.norm_cfg.type == 'BN'

@@ -685,8 +685,7 @@ def run_crf(bench: Bench) -> None:
     """Dense CRF with the paper's parameters at VOC size: in the process, and
     in pools of ``--crf-workers`` worker processes (the ``workers`` option)."""
     args = bench.args
-    from tagclip_mmseg.models.pseudo_labelers.crf import (PENDING_LABEL_KEY, DenseCRF,
-                                                   shutdown_crf_pools)
+    from tagclip_mmseg.models.pseudo_labelers.crf import DenseCRF, shutdown_crf_pools
     try:
         serial = DenseCRF()
     except ImportError as e:
@@ -701,10 +700,10 @@ def run_crf(bench: Bench) -> None:
             serial.label(probs, lut, sample)
 
     def run_pool(crf: DenseCRF) -> None:
-        for probs, sample in inputs:
-            crf.label(probs, lut, sample)
-        for _, sample in inputs:
-            sample.get(PENDING_LABEL_KEY).result()
+        # As a labeler's predict does: submit the batch, then wait for it.
+        pending = [crf.submit(probs, lut, sample) for probs, sample in inputs]
+        for p in pending:
+            p.result()
 
     pools = {k: DenseCRF(workers=k) for k in sorted(set(args.crf_workers))}
     try:
@@ -713,7 +712,6 @@ def run_crf(bench: Bench) -> None:
             start = time.perf_counter()
             probs, sample = inputs[0]
             crf.label(probs, lut, sample)
-            sample.get(PENDING_LABEL_KEY).result()
             startup[k] = time.perf_counter() - start
         fns = {'crf-serial': run_serial}
         fns.update({f'crf-w{k}': (lambda crf=crf: run_pool(crf)) for k, crf in pools.items()})

@@ -2,6 +2,7 @@
 # Distributed testing with torchrun.
 #   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
 #   bash tools/dist_test.sh CONFIG none GPUS [...]   # training-free models
+# One node: torchrun --standalone picks a free port (set PORT to use a fixed one).
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR (and PORT) on every node.
 # PYTHON selects the interpreter (default: python).
 set -euo pipefail
@@ -11,8 +12,14 @@ CHECKPOINT=$2
 GPUS=$3
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+
+if [[ "$NNODES" == 1 && -z "${PORT:-}" ]]; then
+    RDZV_ARGS=(--standalone)
+else
+    RDZV_ARGS=(--nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR"
+               --master_port="${PORT:-29500}")
+fi
 
 # 'none' (or '') stands for "no checkpoint" so that GPUS stays the third argument.
 CKPT_ARG=()
@@ -20,13 +27,12 @@ if [[ -n "$CHECKPOINT" && "$CHECKPOINT" != "none" ]]; then
     CKPT_ARG=("$CHECKPOINT")
 fi
 
+# exec keeps this pid, so the ranks know their launcher (they stop when it dies).
+export TAGCLIP_LAUNCHER_PID=$$
 PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
 exec "${PYTHON:-python}" -m torch.distributed.run \
-    --nnodes="$NNODES" \
-    --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" \
+    "${RDZV_ARGS[@]}" \
     --nproc_per_node="$GPUS" \
-    --master_port="$PORT" \
     "$(dirname "$0")/test.py" \
     "$CONFIG" \
     ${CKPT_ARG[@]+"${CKPT_ARG[@]}"} \

@@ -1,35 +1,32 @@
 #!/usr/bin/env bash
-# Testing on a Slurm cluster, one task per GPU. Run from the repository root.
+# Testing, tagging or pseudo-labelling on a Slurm cluster, one task per GPU.
 #   [GPUS=8 GPUS_PER_NODE=8 CPUS_PER_TASK=5 SRUN_ARGS="..."] \
-#   bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args...]
+#   bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [tool args...]
 # CHECKPOINT 'none' runs a training-free model without a checkpoint.
-# PYTHON selects the interpreter (default: python).
-set -x
+# TOOL=generate_pseudo_labels.py runs the pseudo-label tool instead of
+# tools/test.py (CHECKPOINT 'none'; pass --out DIR and --tags FILE after it).
+# CPU-only nodes: GRES= (gloo). Other variables: tools/slurm_srun.sh.
+set -euo pipefail
 
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3
-CHECKPOINT=$4
-GPUS=${GPUS:-4}
-GPUS_PER_NODE=${GPUS_PER_NODE:-4}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-SRUN_ARGS=${SRUN_ARGS:-""}
-PY_ARGS=("${@:5}")
+CHECKPOINT=${4:-none}
+TOOL=${TOOL:-test.py}
 
 CKPT_ARG=()
-if [[ -n "$CHECKPOINT" && "$CHECKPOINT" != "none" ]]; then
+if [[ "$CHECKPOINT" != "none" ]]; then
+    if [[ "$TOOL" != "test.py" ]]; then
+        echo "tools/$TOOL takes no checkpoint: pass 'none' as CHECKPOINT" >&2
+        exit 2
+    fi
     CKPT_ARG=("$CHECKPOINT")
 fi
+case "$TOOL" in
+    test.py|generate_pseudo_labels.py) ;;
+    *) echo "TOOL must be test.py or generate_pseudo_labels.py, not '$TOOL'" >&2; exit 2 ;;
+esac
 
-# shellcheck disable=SC2086
-PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
-srun -p "${PARTITION}" \
-    --job-name="${JOB_NAME}" \
-    --gres=gpu:"${GPUS_PER_NODE}" \
-    --ntasks="${GPUS}" \
-    --ntasks-per-node="${GPUS_PER_NODE}" \
-    --cpus-per-task="${CPUS_PER_TASK}" \
-    --kill-on-bad-exit=1 \
-    ${SRUN_ARGS} \
-    "${PYTHON:-python}" -u tools/test.py "${CONFIG}" ${CKPT_ARG[@]+"${CKPT_ARG[@]}"} \
-    --launcher="slurm" "${PY_ARGS[@]}"
+# shellcheck source=tools/slurm_srun.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_srun.sh"
+slurm_srun "$PARTITION" "$JOB_NAME" "$TOOL" "$CONFIG" ${CKPT_ARG[@]+"${CKPT_ARG[@]}"} "${@:5}"

@@ -1,29 +1,15 @@
 #!/usr/bin/env bash
-# Training on a Slurm cluster, one task per GPU. Run from the repository root.
+# Training on a Slurm cluster, one task per GPU.
 #   [GPUS=8 GPUS_PER_NODE=8 CPUS_PER_TASK=5 SRUN_ARGS="..."] \
 #   bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [train.py args...]
 # Add --resume to continue after preemption (the last checkpoint of the work
-# dir). PYTHON selects the interpreter (default: python).
-set -x
+# dir). CPU-only nodes: GRES= (gloo). Other variables: tools/slurm_srun.sh.
+set -euo pipefail
 
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3
-GPUS=${GPUS:-4}
-GPUS_PER_NODE=${GPUS_PER_NODE:-4}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-SRUN_ARGS=${SRUN_ARGS:-""}
-PY_ARGS=("${@:4}")
 
-# SRUN_ARGS is split on purpose: it holds several srun options.
-# shellcheck disable=SC2086
-PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
-srun -p "${PARTITION}" \
-    --job-name="${JOB_NAME}" \
-    --gres=gpu:"${GPUS_PER_NODE}" \
-    --ntasks="${GPUS}" \
-    --ntasks-per-node="${GPUS_PER_NODE}" \
-    --cpus-per-task="${CPUS_PER_TASK}" \
-    --kill-on-bad-exit=1 \
-    ${SRUN_ARGS} \
-    "${PYTHON:-python}" -u tools/train.py "${CONFIG}" --launcher="slurm" "${PY_ARGS[@]}"
+# shellcheck source=tools/slurm_srun.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_srun.sh"
+slurm_srun "$PARTITION" "$JOB_NAME" train.py "$CONFIG" "${@:4}"

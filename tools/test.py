@@ -3,9 +3,11 @@
 The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
 
 * ``checkpoint`` is optional. Training-free models (the TagCLIP tagger, the
-  CLIP-ES pseudo-labeler) load their frozen CLIP in ``__init__`` and have no
-  checkpoint of their own, so without the argument ``cfg.load_from`` is left
-  as the config sets it (usually None).
+  CLIP-ES pseudo-labeler, ``TagCLIPSegmentor``) load their frozen CLIP in
+  ``__init__`` and have no checkpoint of their own, so without the argument
+  ``cfg.load_from`` is left as the config sets it (usually None). Given to a
+  model without trainable weights it is refused, pointing at
+  ``--clip-checkpoint`` (it would be ignored with a key-mismatch warning).
 * ``import tagclip_mmseg`` registers the plugin (every config also lists it
   in ``custom_imports``); ``CHECKPOINT`` is loaded with ``weights_only=True``
   (see ``tagclip_mmseg/engine/checkpoint_compat.py``), so a file that would run
@@ -29,6 +31,7 @@ import os.path as osp
 
 from mmengine.config import Config, ConfigDict
 from mmengine.runner import Runner
+from torch import nn
 
 import tagclip_mmseg  # noqa: F401  (registers the plugin)
 from tagclip_mmseg.engine import safe_checkpoint_loading
@@ -99,6 +102,24 @@ def set_output_dir(cfg: Config, out: str) -> None:
     evaluator['keep_results'] = True
 
 
+def refuse_checkpoint_without_weights(model: nn.Module, checkpoint: str) -> None:
+    """Refuse a positional checkpoint for a model that has nothing to load it into.
+
+    Raises:
+        ValueError: When no parameter of ``model`` (unwrapped) is trainable:
+            the file would be ignored, and the run would compute with the
+            config's CLIP.
+    """
+    model = getattr(model, 'module', model)
+    if any(p.requires_grad for p in model.parameters()):
+        return
+    raise ValueError(
+        f'checkpoint {checkpoint!r} was given, but {type(model).__name__} is training-free: it '
+        'has no trainable weights to load it into, and would run with the CLIP of its config. '
+        f'For other CLIP weights use --clip-checkpoint {checkpoint} (or --cfg-options '
+        'model.clip.checkpoint=...); otherwise leave the checkpoint out.')
+
+
 def main() -> None:
     args = parse_args()
 
@@ -135,6 +156,8 @@ def main() -> None:
 
     with safe_checkpoint_loading():  # weights_only=True; see checkpoint_compat
         runner = Runner.from_cfg(cfg)
+        if args.checkpoint is not None:
+            refuse_checkpoint_without_weights(runner.model, args.checkpoint)
         runner.test()
 
 

@@ -13,8 +13,9 @@ model = dict(
         # The bilateral image follows model.quirks ('reference': the wrapped
         # mean-subtracted BGR image, docs/modes.md).
         # CRF worker processes: 0 runs the CRF in the forward, image after image;
-        # N > 0 runs it in N processes while the next batches' CAMs are computed
-        # (same masks; about one per free CPU core, see docs/performance.md).
+        # N > 0 runs the images of each batch (test_dataloader.batch_size, 4) in
+        # N processes, alongside the batch's CAMs (same masks; about one per
+        # free CPU core, see docs/performance.md).
         workers=0))
 # The CRF's bilateral term needs the original image.
 test_dataloader = dict(dataset=dict(pipeline={{_base_.crf_pseudo_label_pipeline}}))

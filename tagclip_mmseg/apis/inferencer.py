@@ -27,11 +27,11 @@ Images are grouped by their token grid *before* loading, so equal-size images
 share a batch even when they are far apart in the input list, and results come
 back in input order.
 """
-import contextlib
 import copy
 import logging
 import os.path as osp
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+import threading
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ..datasets.image_io import ImageLoadError
 from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, group_indices, image_grid
-from ..models.pseudo_labelers.crf import PENDING_LABEL_KEY
+from ..models.clip.frozen_model import Vocabulary
 from ..models.clip.presets import resolve_background, resolve_classes
 from ..models.clip.prompts import ClassName
 from ..models.clip.text_classifier import class_prompt_names
@@ -57,6 +57,19 @@ from .model_configs import (cam_class_names, class_key, config_vocabulary,
                             to_plain_dict)
 
 __all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS', 'check_vocabulary_argument']
+
+
+class _CallVocabulary(NamedTuple):
+    """The vocabularies of one inferencer call (the labeler's when it runs)."""
+
+    tagger: Vocabulary
+    labeler: Optional[Vocabulary]
+
+
+def _predict(model: nn.Module, data: dict, **settings) -> list:
+    """``model.test_step`` with per-call settings passed down to ``predict``."""
+    data = model.data_preprocessor(data, False)
+    return model.predict(data['inputs'], data['data_samples'], **settings)
 
 #: Default token budget per image (a 1024 x 1024 image at patch 16). TagCLIP
 #: keeps N x N attention maps, so a 12-megapixel photo at full size (~47k
@@ -125,6 +138,11 @@ class TagCLIPInferencer(BaseInferencer):
     Every vocabulary error (a name that is not a string, duplicates, a name
     too long for the context) is raised here, while the models are built,
     not at the first image.
+
+    Calls may run at the same time (threads, interleaved :meth:`iter_results`
+    generators): a call's ``classes``, ``background_words`` and
+    ``return_cams`` are passed down to the models' ``predict``, never set on
+    the shared models.
     """
 
     preprocess_kwargs: set = {'channel_order'}
@@ -160,6 +178,7 @@ class TagCLIPInferencer(BaseInferencer):
             cfg.model['truncate_prompts'] = True
             cfg.labeler['truncate_prompts'] = True
         self._labeler: Optional[nn.Module] = None
+        self._labeler_lock = threading.Lock()  # concurrent first calls build it once
         # Progress is the caller's to show (see iter_results), not a rich bar.
         super().__init__(model=cfg, weights=None, device=device, scope='mmseg',
                          show_progress=False)
@@ -249,13 +268,14 @@ class TagCLIPInferencer(BaseInferencer):
         CLIP module (no second load) when both ask for the same checkpoint
         and dtype. Quirks need not agree: the CLIP holds none (the
         positional-embedding rounding is a per-call argument)."""
-        if self._labeler is None:
-            device = self._device
-            labeler_cfg = self._runtime_cfg(self.cfg.labeler, device)
-            tagger_cfg = self._runtime_cfg(self.cfg.model, device)
-            if labeler_cfg.get('clip') == tagger_cfg.get('clip'):
-                labeler_cfg['clip'] = self.model.clip
-            self._labeler = MODELS.build(labeler_cfg).to(device).eval()
+        with self._labeler_lock:
+            if self._labeler is None:
+                device = self._device
+                labeler_cfg = self._runtime_cfg(self.cfg.labeler, device)
+                tagger_cfg = self._runtime_cfg(self.cfg.model, device)
+                if labeler_cfg.get('clip') == tagger_cfg.get('clip'):
+                    labeler_cfg['clip'] = self.model.clip
+                self._labeler = MODELS.build(labeler_cfg).to(device).eval()
         return self._labeler
 
     @property
@@ -284,16 +304,20 @@ class TagCLIPInferencer(BaseInferencer):
         """Display names of the current vocabulary (first synonym of each class)."""
         return [class_key(c) for c in self.model.class_names]
 
-    @contextlib.contextmanager
-    def _vocabulary(self, classes: Optional[Sequence[ClassName]],
-                    background_words: Optional[Sequence[str]]) -> Iterator[None]:
-        """Use another vocabulary for the duration of one call."""
+    def _call_vocabularies(self, classes: Optional[Sequence[ClassName]],
+                           background_words: Optional[Sequence[str]],
+                           with_labeler: bool) -> '_CallVocabulary':
+        """The vocabularies of one call, checked, for the tagger and the labeler.
+
+        Nothing is set on the shared models: each call passes its own down to
+        ``predict``, so concurrent calls (threads, interleaved
+        :meth:`iter_results` generators) never see each other's classes.
+        """
+        tagger = self.model
+        labeler = self.labeler if with_labeler else None
         if classes is None and background_words is None:
-            yield
-            return
-        tagger, labeler = self.model, self._labeler
-        saved_tagger = (tagger.class_names, tagger.background_words)
-        saved_labeler = (labeler.class_names, labeler.background_words) if labeler else None
+            return _CallVocabulary(tagger.vocabulary,
+                                   labeler.vocabulary if labeler is not None else None)
         check_vocabulary_argument('classes', classes)
         check_vocabulary_argument('background_words', background_words)
         new_classes = classes is not None
@@ -308,16 +332,13 @@ class TagCLIPInferencer(BaseInferencer):
                 return tuple(background_words)
             return tuple(w for w in current if w not in taken)
 
-        tagger.set_vocabulary(classes, words(saved_tagger[1]))
+        tagger_voc = tagger.resolve_vocabulary(classes, words(tagger.background_words))
+        labeler_voc = None
         if labeler is not None:
-            labeler.set_vocabulary(cam_class_names(classes) if new_classes else labeler.class_names,
-                                   words(saved_labeler[1]))
-        try:
-            yield
-        finally:
-            tagger.set_vocabulary(*saved_tagger)
-            if saved_labeler is not None:
-                labeler.set_vocabulary(*saved_labeler)
+            labeler_voc = labeler.resolve_vocabulary(
+                cam_class_names(classes) if new_classes else labeler.class_names,
+                words(labeler.background_words))
+        return _CallVocabulary(tagger_voc, labeler_voc)
 
     # ------------------------------------------------------------------ calls
     def __call__(self,
@@ -386,16 +407,18 @@ class TagCLIPInferencer(BaseInferencer):
         progress or to write results without holding all of them.
         """
         items = expand_inputs(inputs)
-        if return_cams or return_mask:
-            self.labeler  # noqa: B018  (build before the vocabulary switch)
-        with self._vocabulary(classes, background_words):
-            chunks = self.preprocess(items, batch_size or self.batch_size,
-                                     channel_order=channel_order)
-            for chunk in chunks:
-                preds = self.forward(chunk, return_cams=return_cams, return_mask=return_mask)
-                visuals = self.visualize(chunk, preds, out_dir=out_dir, title=title)
-                for result in self.postprocess(preds, visuals):
-                    yield result['index'], result
+        # Checked before the first image; this call's own, never set on the models.
+        vocabulary = self._call_vocabularies(classes, background_words,
+                                             with_labeler=return_cams or return_mask)
+        chunks = self.preprocess(items, batch_size or self.batch_size,
+                                 channel_order=channel_order)
+        for chunk in chunks:
+            preds = self.forward(chunk, return_cams=return_cams, return_mask=return_mask,
+                                 vocabulary=vocabulary)
+            visuals = self.visualize(chunk, preds, out_dir=out_dir, title=title,
+                                     vocabulary=vocabulary)
+            for result in self.postprocess(preds, visuals):
+                yield result['index'], result
 
     # --------------------------------------------------------------- stages
     def preprocess(self, inputs: List[InputItem], batch_size: int = 1,
@@ -447,12 +470,21 @@ class TagCLIPInferencer(BaseInferencer):
 
     @torch.no_grad()
     def forward(self, inputs: List[dict], return_cams: bool = False,
-                return_mask: bool = False) -> List[dict]:
+                return_mask: bool = False,
+                vocabulary: Optional['_CallVocabulary'] = None) -> List[dict]:
         """Run the tagger (and the labeler) on one batch of equal-size images.
+
+        Args:
+            inputs (list[dict]): Loaded images (:meth:`preprocess`).
+            return_cams (bool): Add ``cams``.
+            return_mask (bool): Add ``mask``.
+            vocabulary: This call's vocabularies (default: the models' own).
 
         Returns:
             list[dict]: Results without ``visualization``, in batch order.
         """
+        if vocabulary is None:
+            vocabulary = self._call_vocabularies(None, None, return_cams or return_mask)
         ok = [d for d in inputs if not d.get('load_error')]
         preds = {d['index']: self._error_result(d) for d in inputs if d.get('load_error')}
         if ok:
@@ -460,8 +492,10 @@ class TagCLIPInferencer(BaseInferencer):
                        for d in ok]
             meta = [dict(img_path=d['img_path'], ori_shape=d['ori_shape'],
                          img_shape=d['img_shape']) for d in ok]
-            tagged = self.model.test_step(
-                dict(inputs=tensors, data_samples=[DataSample(metainfo=m) for m in meta]))
+            tagged = _predict(self.model,
+                              dict(inputs=tensors,
+                                   data_samples=[DataSample(metainfo=m) for m in meta]),
+                              vocabulary=vocabulary.tagger)
             labelled = [None] * len(ok)
             if return_cams or return_mask:
                 # A CRF refines masks against the original photo.
@@ -471,25 +505,15 @@ class TagCLIPInferencer(BaseInferencer):
                     SegDataSample(metainfo=dict(m, tags=s.pred_label.tolist(), **e))
                     for m, s, e in zip(meta, tagged, extra)
                 ]
-                with self._labeler_returning_cams(return_cams):
-                    labelled = self.labeler.test_step(
-                        dict(inputs=tensors, data_samples=seg_samples))
+                labelled = _predict(self.labeler, dict(inputs=tensors, data_samples=seg_samples),
+                                    vocabulary=vocabulary.labeler, return_cams=return_cams)
+            names = [class_key(c) for c in vocabulary.tagger.class_names]
             for d, t, s in zip(ok, tagged, labelled):
-                preds[d['index']] = self._result(d, t, s, return_cams, return_mask)
+                preds[d['index']] = self._result(d, t, s, return_cams, return_mask, names)
         return [preds[d['index']] for d in inputs]
 
-    @contextlib.contextmanager
-    def _labeler_returning_cams(self, flag: bool) -> Iterator[None]:
-        saved = self.labeler.return_cams
-        self.labeler.return_cams = flag
-        try:
-            yield
-        finally:
-            self.labeler.return_cams = saved
-
     def _result(self, data: dict, tagged: DataSample, labelled: Optional[SegDataSample],
-                return_cams: bool, return_mask: bool) -> dict:
-        names = self.classes
+                return_cams: bool, return_mask: bool, names: List[str]) -> dict:
         tag_indices = [int(i) for i in tagged.pred_label.tolist()]
         scores = tagged.pred_score.float().tolist()
         result = dict(index=data['index'], img_path=data['img_path'],
@@ -502,11 +526,7 @@ class TagCLIPInferencer(BaseInferencer):
                 raise RuntimeError(f'labeler tags {order} differ from tagger tags {tag_indices}')
             result['cams'] = labelled.cams.float().cpu().numpy()
         if return_mask:
-            # A CRF running in worker processes (crf=dict(workers=N)) leaves a
-            # pending label: wait for it here, where the mask is returned.
-            pending = labelled.get(PENDING_LABEL_KEY) if labelled is not None else None
-            mask = (pending.result() if pending is not None else
-                    labelled.pred_sem_seg.data[0]).cpu().numpy()
+            mask = labelled.pred_sem_seg.data[0].cpu().numpy()
             result['mask'] = mask.astype(np.uint8 if len(names) < 255 else np.int32)
         return result
 
@@ -516,8 +536,12 @@ class TagCLIPInferencer(BaseInferencer):
                     scores={}, error=str(data['load_error']), _image=None, _stem=data['stem'])
 
     def visualize(self, inputs: List[dict], preds: List[dict], out_dir: Optional[str] = None,
-                  title: Optional[str] = None) -> List[Optional[list]]:
+                  title: Optional[str] = None,
+                  vocabulary: Optional['_CallVocabulary'] = None) -> List[Optional[list]]:
         """Write each image's pictures under ``out_dir`` (nothing without it).
+
+        ``vocabulary`` is the call's (default: the tagger's own); it names the
+        mask's labels.
 
         Returns:
             list: Per image, the (caption, relative path) pairs written, or
@@ -530,13 +554,13 @@ class TagCLIPInferencer(BaseInferencer):
             if pred['error'] is not None:
                 visuals.append(None)
                 continue
-            label_names = self._mask_label_names() if 'mask' in pred else None
+            label_names = self._mask_label_names(vocabulary) if 'mask' in pred else None
             visuals.append(
                 save_result_images(out_dir, pred['_stem'], pred['_image'], pred, label_names,
                                    title=title))
         return visuals
 
-    def _mask_label_names(self) -> Dict[int, str]:
+    def _mask_label_names(self, vocabulary: Optional['_CallVocabulary']) -> Dict[int, str]:
         """Mask value -> name for legends.
 
         A labeler with a ``label_map`` writes another label space (e.g.
@@ -544,7 +568,9 @@ class TagCLIPInferencer(BaseInferencer):
         """
         if getattr(self.labeler, 'label_map', None) is not None:
             return {v: f'label {v}' for v in range(256)}
-        return mask_label_names(self.classes, bool(getattr(self.labeler, 'with_background', True)))
+        names = self.classes if vocabulary is None else [
+            class_key(c) for c in vocabulary.tagger.class_names]
+        return mask_label_names(names, bool(getattr(self.labeler, 'with_background', True)))
 
     def postprocess(self, preds: List[dict],
                     visualization: List[Optional[list]]) -> List[dict]:

@@ -31,8 +31,9 @@ from .categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 from .image_io import IMG_EXTENSIONS
 from .label_files import read_id_list, read_label_file
 from .label_maps import resolve_index_map
-from .utils import (MISSING_IMAGES_KEY, check_choice, join_root, missing_image_record,
-                    report_missing, scan_images, validate_classes)
+from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, join_root,
+                    locate_image, missing_image_record, report_missing, scan_images,
+                    validate_classes)
 
 __all__ = [
     'MultiLabelImageFolder', 'MultiLabelListDataset', 'VOCMultiLabelDataset',
@@ -44,6 +45,9 @@ IndexMap = Union[None, str, Sequence[int]]
 
 class _MultiLabelDataset(BaseDataset):
     """Shared behaviour: validated classes, ``get_cat_ids``, missing-file skips.
+
+    A class of ``metainfo['classes']`` is a name or a list of synonyms
+    (stored as a tuple), which the tagger joins in its prompts.
 
     Args:
         on_missing (str): What to do with entries whose image file does not
@@ -65,7 +69,7 @@ class _MultiLabelDataset(BaseDataset):
     @classmethod
     def _load_metainfo(cls, metainfo=None) -> dict:
         meta = super()._load_metainfo(metainfo)
-        meta['classes'] = validate_classes(meta.get('classes'), cls.__name__)
+        meta['classes'] = validate_classes(meta.get('classes'), cls.__name__, synonyms=True)
         return meta
 
     @property
@@ -118,7 +122,7 @@ class MultiLabelImageFolder(_MultiLabelDataset):
     Args:
         ann_file (str): Optional label file. Defaults to ''.
         id_list (str): Optional file of image ids to keep. Defaults to ''.
-        metainfo (dict): Must give ``classes``.
+        metainfo (dict): Must give ``classes`` (names, or lists of synonyms).
         data_root (str): Root joined to relative ``ann_file``, ``id_list`` and
             ``data_prefix['img_path']``. Defaults to ''.
         data_prefix (dict): ``img_path`` is the image folder.
@@ -184,7 +188,9 @@ class MultiLabelListDataset(_MultiLabelDataset):
         metainfo (dict, optional): ``classes``; subclasses give defaults.
         data_root (str): Root of ``ann_file`` and ``data_prefix``.
         data_prefix (dict): ``img_path`` is the image folder.
-        img_suffix (str): File extension appended to each id. Defaults to '.jpg'.
+        img_suffix (str | Sequence[str]): File extension appended to each
+            id, or a list of them tried in order (``['.jpg', '.png']``).
+            Defaults to '.jpg'.
         label_index_map (str | Sequence[int], optional): Translate label
             indices of the file (see :func:`read_label_file`).
         on_missing (str): Ids without an image: ``'skip'`` or ``'raise'``.
@@ -196,14 +202,14 @@ class MultiLabelListDataset(_MultiLabelDataset):
                  metainfo: Optional[dict] = None,
                  data_root: str = '',
                  data_prefix: dict = dict(img_path=''),
-                 img_suffix: str = '.jpg',
+                 img_suffix: Union[str, Sequence[str]] = '.jpg',
                  label_index_map: IndexMap = None,
                  on_missing: str = 'skip',
                  **kwargs) -> None:
         if not ann_file:
             raise ValueError(f'{type(self).__name__} needs ann_file, the label file that lists '
                              'the images (use MultiLabelImageFolder to scan a folder instead)')
-        self.img_suffix = img_suffix
+        self.img_suffix = image_suffixes(img_suffix)
         super().__init__(on_missing=on_missing, label_index_map=label_index_map, ann_file=ann_file,
                          metainfo=metainfo, data_root=data_root, data_prefix=data_prefix, **kwargs)
 
@@ -211,7 +217,7 @@ class MultiLabelListDataset(_MultiLabelDataset):
         """Read the label file and locate each image."""
         labels = self._read_labels()
         img_dir = self.data_prefix['img_path']
-        candidates = {i: osp.join(img_dir, i + self.img_suffix) for i in labels}
+        candidates = {i: locate_image(img_dir, i, self.img_suffix) for i in labels}
         paths = {i: p for i, p in candidates.items() if osp.isfile(p)}
         return self._data_list(list(labels), paths, labels, expected=candidates)
 

@@ -39,8 +39,9 @@ from .categories import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASS
                          COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES, voc_palette)
 from .label_files import read_id_list, read_label_file
 from .label_maps import label_lut, resolve_index_map
-from .utils import (MISSING_IMAGES_KEY, check_choice, missing_image_record, read_skipped_list,
-                    report_missing, scan_images, skipped_list_path, validate_classes)
+from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, locate_image,
+                    missing_image_record, read_skipped_list, report_missing, scan_images,
+                    skipped_list_path, validate_classes)
 
 __all__ = [
     'TaggedSegDataset', 'VOCTaggedSegDataset', 'COCOObjectTaggedSegDataset',
@@ -78,8 +79,11 @@ class TaggedSegDataset(BaseSegDataset):
             the tagger itself skipped (listed in the skipped file next to
             the tags file, ``<tags file stem>.skipped.txt``) are always
             skipped and counted, with the tagger's reason.
+        img_suffix (str | Sequence[str]): Image extension, or a list of
+            them (``['.jpg', '.png']``; a listed id takes the first that
+            exists). Defaults to '.jpg'.
         **kwargs: :class:`mmseg.datasets.BaseSegDataset` arguments
-            (``img_suffix``, ``seg_map_suffix``, ``metainfo``, ``data_root``,
+            (``seg_map_suffix``, ``metainfo``, ``data_root``,
             ``pipeline``, ``test_mode``, ``ignore_index``...).
     """
     METAINFO: dict = dict()
@@ -92,6 +96,7 @@ class TaggedSegDataset(BaseSegDataset):
                  tags_index_map: Union[None, str, Sequence[int]] = None,
                  on_missing: str = 'skip',
                  on_untagged: str = 'raise',
+                 img_suffix: Union[str, Sequence[str]] = '.jpg',
                  **kwargs) -> None:
         self.tag_source = check_choice('tag_source', tag_source, TAG_SOURCES)
         if tag_source == 'file' and not tags_file:
@@ -106,7 +111,8 @@ class TaggedSegDataset(BaseSegDataset):
         self.on_untagged = check_choice('on_untagged', on_untagged, ('raise', 'skip', 'empty'))
         #: Counts of what loading left out or flagged, for logs and reports.
         self.skipped: Dict[str, int] = {}
-        super().__init__(ann_file=ann_file, data_prefix=data_prefix, **kwargs)
+        super().__init__(ann_file=ann_file, data_prefix=data_prefix,
+                         img_suffix=image_suffixes(img_suffix), **kwargs)
 
     @classmethod
     def _load_metainfo(cls, metainfo=None) -> dict:
@@ -166,7 +172,7 @@ class TaggedSegDataset(BaseSegDataset):
         img_dir = self.data_prefix.get('img_path', '')
         if self.ann_file:
             ids = read_id_list(self.ann_file)
-            paths = {i: osp.join(img_dir, i + self.img_suffix) for i in ids}
+            paths = {i: locate_image(img_dir, i, self.img_suffix) for i in ids}
             missing = [i for i, p in paths.items() if not osp.isfile(p)]
             self.skipped['missing_images'] = report_missing(
                 missing, f'images of {self.ann_file!r} do not exist', self.on_missing,
@@ -175,7 +181,7 @@ class TaggedSegDataset(BaseSegDataset):
             for i in missing:
                 del paths[i]
             return paths
-        return scan_images(img_dir, (self.img_suffix, ))
+        return scan_images(img_dir, self.img_suffix)
 
     def _read_tags(self, ids: Dict[str, str]) -> Optional[Dict[str, List[int]]]:
         """Tags per id from ``tags_file`` (None when tags come from elsewhere)."""

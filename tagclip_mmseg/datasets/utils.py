@@ -10,7 +10,8 @@ from .image_io import IMG_EXTENSIONS
 
 __all__ = [
     'validate_classes', 'check_choice', 'list_images', 'scan_images', 'join_root', 'report_missing',
-    'MISSING_IMAGES_KEY', 'missing_image_record', 'skipped_list_path', 'read_skipped_list'
+    'MISSING_IMAGES_KEY', 'missing_image_record', 'skipped_list_path', 'read_skipped_list',
+    'image_suffixes', 'locate_image'
 ]
 
 
@@ -62,8 +63,15 @@ def missing_image_record(img_id: str, img_path: Optional[str] = None,
     return dict(img_id=img_id, img_path=img_path, reason=reason)
 
 
-def validate_classes(classes, owner: str) -> Tuple[str, ...]:
-    """Check a class list: a non-empty sequence of unique, non-empty strings.
+def validate_classes(classes, owner: str, synonyms: bool = False) -> tuple:
+    """Check a class list: a non-empty sequence of unique, non-empty names.
+
+    Args:
+        classes: The ``metainfo`` classes.
+        owner (str): Who asks, for the messages.
+        synonyms (bool): Also accept a class given as a list of synonyms
+            (``['person', 'people']``; the tagger joins them in its prompt).
+            It is returned as a tuple.
 
     Raises:
         ValueError: Naming ``owner`` and what is wrong, with the fix.
@@ -71,19 +79,29 @@ def validate_classes(classes, owner: str) -> Tuple[str, ...]:
     if classes is None or isinstance(classes, str) or not isinstance(classes, Sequence):
         raise ValueError(f'{owner} needs metainfo=dict(classes=(...)): a list of class names '
                          f'(or a file with one name per line), got {classes!r}')
+    if synonyms:
+        classes = tuple(tuple(c) if isinstance(c, list) else c for c in classes)
     classes = tuple(classes)
     if not classes:
         raise ValueError(f'{owner}: metainfo classes is empty; list at least one class name')
-    bad = [c for c in classes if not isinstance(c, str) or not c.strip()]
+
+    def name_ok(c) -> bool:
+        return isinstance(c, str) and bool(c.strip())
+
+    bad = [c for c in classes if not name_ok(c) and not (
+        synonyms and isinstance(c, tuple) and c and all(name_ok(s) for s in c))]
     if bad:
-        raise ValueError(f'{owner}: class names must be non-empty strings, got {bad[:5]!r}')
+        kind = ('non-empty strings or non-empty lists of them (synonyms)'
+                if synonyms else 'non-empty strings')
+        raise ValueError(f'{owner}: class names must be {kind}, got {bad[:5]!r}')
     seen, dups = set(), []
     for c in classes:
         if c in seen:
             dups.append(c)
         seen.add(c)
     if dups:
-        raise ValueError(f'{owner}: class names must be unique; repeated: {sorted(set(dups))!r}')
+        raise ValueError(f'{owner}: class names must be unique; repeated: '
+                         f'{sorted(set(dups), key=str)!r}')
     return classes
 
 
@@ -92,6 +110,28 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f'{name} must be one of {tuple(choices)!r}, got {value!r}')
     return value
+
+
+def image_suffixes(suffix, name: str = 'img_suffix') -> Tuple[str, ...]:
+    """A dataset's image extension(s) as a tuple: one string, or a list or
+    tuple of them (as mmengine's datasets accept).
+
+    Raises:
+        ValueError: Naming ``name`` when ``suffix`` is neither.
+    """
+    suffixes = (suffix, ) if isinstance(suffix, str) else suffix
+    if (not isinstance(suffixes, (list, tuple)) or not suffixes
+            or not all(isinstance(s, str) and s for s in suffixes)):
+        raise ValueError(f"{name} must be an extension such as '.jpg' or a list of them such "
+                         f"as ['.jpg', '.png'], got {suffix!r}")
+    return tuple(suffixes)
+
+
+def locate_image(folder: str, img_id: str, suffixes: Sequence[str]) -> str:
+    """``folder/<img_id><suffix>`` for the first of ``suffixes`` whose file
+    exists; the first suffix's path when none does (reported as missing)."""
+    candidates = [osp.join(folder, img_id + s) for s in suffixes]
+    return next((p for p in candidates if osp.isfile(p)), candidates[0])
 
 
 def join_root(data_root: Optional[str], path: str) -> str:

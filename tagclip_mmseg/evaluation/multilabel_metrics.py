@@ -43,6 +43,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
+from ..models.clip.prompts import class_key
 from ..models.ops.thresholds import relative_threshold_mask
 from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from .sample_fields import get_field, image_id, load_error
@@ -280,12 +281,13 @@ def _stack(tensors: List[torch.Tensor], name: str) -> torch.Tensor:
 
 
 def _fg_class_names(meta: Optional[dict], num_classes: int) -> Tuple[str, ...]:
-    """Foreground class names from the dataset meta, else indices.
+    """Foreground class names from the dataset meta (the first of a class's
+    synonyms), else indices.
 
     Segmentation datasets list 'background' first; the tagger scores only the
     foreground classes, so a list one longer than the scores drops its first.
     """
-    classes = tuple((meta or {}).get('classes', ()))
+    classes = tuple(class_key(c) for c in (meta or {}).get('classes', ()))
     if len(classes) == num_classes + 1:
         classes = classes[1:]
     if len(classes) != num_classes:

@@ -42,11 +42,11 @@ from PIL import Image
 
 from ..datasets.categories import voc_palette
 from ..datasets.utils import MISSING_IMAGES_KEY
+from ..utils.checks import check_finite
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from ..utils.run_lock import RunLock
 from ..resume.files import remove_stale_temp_files
-from .pending import CollectsPendingLabels
-from .sample_fields import get_field, image_id, load_error
+from .sample_fields import get_field, image_id, load_error, pixel_data
 from .summary import format_summary
 
 __all__ = ['encode_label_png', 'encode_npz', 'PseudoLabelWriter']
@@ -93,7 +93,7 @@ def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 @METRICS.register_module()
-class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
+class PseudoLabelWriter(BaseMetric):
     """Write each image's ``pred_sem_seg`` as ``<out_dir>/<img_id>.png``.
 
     Per image (one record each, gathered to rank 0):
@@ -101,13 +101,7 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
     * ``load_error`` in the metainfo -> ``failed`` (listed with its reason);
     * ``precomputed=True`` (set by ``SkipExisting``) -> ``skipped``, the file on
       disk is kept;
-    * otherwise the mask (and the CAMs) are written -> ``written``;
-    * a CRF deferred to worker processes (``crf=dict(workers=N)``) that
-      failed or whose worker died -> ``failed``, with the reason.
-
-    Deferred CRF masks are written as their workers finish, in order, while
-    the model computes the next batches; the last ones are waited for at the
-    end of the run (see :class:`~tagclip_mmseg.evaluation.pending.CollectsPendingLabels`).
+    * otherwise the mask (and the CAMs) are written -> ``written``.
 
     Args:
         out_dir: Output folder; created if needed. A folder that cannot be
@@ -147,7 +141,6 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
         self.save_cams = save_cams
         self._palette: Optional[np.ndarray] = None
         self._start: Optional[float] = None
-        self.init_pending()
         # One live run per output: refuse before touching files another run writes.
         self._lock = RunLock(self.out_dir) if is_main_process() else None
         if self._lock is not None:
@@ -155,25 +148,21 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
             remove_stale_temp_files(self.out_dir, min_age_s=stale_temp_age_s)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Write the masks of this batch on this rank as they become final."""
+        """Write the files of this batch on this rank; record each outcome."""
         if self._start is None:
             self._start = time.perf_counter()
-        super().process(data_batch, data_samples)
-
-    def process_sample(self, sample, label: Optional[torch.Tensor],
-                       crf_error: Optional[str]) -> None:
-        """Write one image's files; record the outcome."""
-        img_id = image_id(sample)
-        record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
-                      status='written', reason=None)
-        error = load_error(sample) or crf_error
-        if error is not None:
-            record.update(status='failed', reason=error)
-        elif get_field(sample, 'precomputed', False):
-            record['status'] = 'skipped'
-        else:
-            self._write_sample(sample, img_id, label)
-        self.results.append(record)
+        for sample in data_samples:
+            img_id = image_id(sample)
+            record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
+                          status='written', reason=None)
+            error = load_error(sample)
+            if error is not None:
+                record.update(status='failed', reason=error)
+            elif get_field(sample, 'precomputed', False):
+                record['status'] = 'skipped'
+            else:
+                self._write_sample(sample, img_id, pixel_data(get_field(sample, 'pred_sem_seg')))
+            self.results.append(record)
 
     def _write_sample(self, sample, img_id: str, label: Optional[torch.Tensor]) -> None:
         mask = _label_map(label, sample, img_id)
@@ -189,9 +178,7 @@ class PseudoLabelWriter(CollectsPendingLabels, BaseMetric):
             if cams.ndim != 3 or cams.shape[0] != keys.size or cams.shape[1:] != mask.shape:
                 raise ValueError(f'image {img_id}: cams {cams.shape} must be (K, H, W) with '
                                  f'K = {keys.size} tags and (H, W) = mask {mask.shape}')
-            if not np.isfinite(cams).all():
-                raise ValueError(f'image {img_id}: its CAMs hold NaN or inf; nothing is written. '
-                                 'Check the CLIP checkpoint, and try fp32 instead of fp16')
+            check_finite(cams, f'image {img_id}: CAMs')
             atomic_write_bytes(osp.join(self.out_dir, img_id + '.npz'),
                                encode_npz(dict(keys=keys, attn_highres=cams)))
 

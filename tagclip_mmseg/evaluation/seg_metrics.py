@@ -31,7 +31,6 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
 from ..datasets.label_maps import LabelMap, apply_label_lut, label_lut
-from .pending import CollectsPendingLabels
 from .sample_fields import get_field, image_id, load_error, pixel_data
 
 __all__ = ['class_histograms', 'iou_from_histograms', 'CLSSegIoUMetric']
@@ -82,7 +81,7 @@ def iou_from_histograms(hist: torch.Tensor) -> Dict[str, np.ndarray]:
 
 
 @METRICS.register_module()
-class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
+class CLSSegIoUMetric(BaseMetric):
     """mIoU of predicted masks, the paper's way and mmseg's way (docs/method.md §7).
 
     Reads ``pred_sem_seg`` (or, for a resumed image whose mask was read back
@@ -125,7 +124,6 @@ class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
                          label_lut(pred_label_map, fill=ignore_index))
         self.gt_lut = None if gt_label_map is None else label_lut(gt_label_map, fill=ignore_index)
         self.class_names = None if class_names is None else tuple(class_names)
-        self.init_pending()
 
     def _num_classes(self) -> int:
         if self.num_classes is not None:
@@ -138,14 +136,17 @@ class CLSSegIoUMetric(CollectsPendingLabels, BaseMetric):
                              'with metainfo classes)')
         return len(classes)
 
-    def process_sample(self, sample, pred: Optional[torch.Tensor],
-                       crf_error: Optional[str]) -> None:
-        """Histogram one image against its GT (one record per image); called
-        in order, once the image's mask is final (a CRF in worker processes
-        finishes later than the forward)."""
+    def process(self, data_batch, data_samples: Sequence) -> None:
+        """Histogram each image against its GT (one record per image)."""
+        for sample in data_samples:
+            self.process_sample(sample)
+
+    def process_sample(self, sample) -> None:
+        """Histogram one image against its GT."""
         num_classes = self._num_classes()
-        record = dict(img_id=image_id(sample), hist=None, skipped=load_error(sample) or crf_error)
+        record = dict(img_id=image_id(sample), hist=None, skipped=load_error(sample))
         gt = pixel_data(get_field(sample, 'gt_sem_seg'))
+        pred = pixel_data(get_field(sample, 'pred_sem_seg'))
         if pred is None:
             pred = pixel_data(get_field(sample, 'pred_seg_map'))
         if record['skipped'] is None and gt is None:

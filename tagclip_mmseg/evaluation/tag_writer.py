@@ -47,6 +47,7 @@ from mmseg.registry import METRICS
 
 from ..datasets.label_files import format_label_line
 from ..datasets.utils import MISSING_IMAGES_KEY, skipped_list_path
+from ..utils.checks import check_finite
 from ..utils.io import atomic_write_text, ensure_writable_dir
 from ..utils.run_lock import RunLock
 from ..resume.files import remove_stale_temp_files
@@ -136,7 +137,8 @@ class TagFileWriter(BaseMetric):
                 record['tags'] = sorted(int(t) for t in torch.as_tensor(tags).flatten().tolist())
                 scores = get_field(sample, 'pred_score')
                 if scores is not None:
-                    _check_finite(record, scores)
+                    check_finite(scores, f'image {record["img_id"]} ({record["img_path"]}): '
+                                 'scores')
                 if self.scores_file is not None:
                     if scores is None:
                         raise KeyError(f'image {record["img_id"]} has no pred_score for '
@@ -206,18 +208,3 @@ class TagFileWriter(BaseMetric):
             self._lock.release()
         return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))
 
-
-def _check_finite(record: dict, scores) -> None:
-    """Refuse an image whose scores hold NaN or inf (see the module docstring).
-
-    Raises:
-        ValueError: Naming the image and the classes, with the likely causes.
-    """
-    scores = torch.as_tensor(scores).detach().flatten()
-    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(
-            f'image {record["img_id"]} ({record["img_path"]}) has non-finite scores '
-            f'(NaN or inf) for classes {bad[:10]}{" ..." if len(bad) > 10 else ""}; nothing is '
-            'written. Check the CLIP checkpoint (load_clip refuses non-finite weights) and, '
-            "with clip=dict(dtype='fp16') or autocast, try fp32")

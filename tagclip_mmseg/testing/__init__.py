@@ -5,5 +5,6 @@ Nothing here runs in a model's forward: the per-image loop references
 vectorised models, the random-CLIP factory (``random_clip``) builds seeded
 checkpoints for tests, tools and the demo's pipeline check (no pretrained
 weights can be downloaded in CI), and ``models`` builds the tagger and the
-labeler in one line for tests and tools.
+labeler in one line for tests and tools; ``slurm`` runs a one-node Slurm
+cluster from a temporary folder for the tests of the Slurm scripts.
 """

@@ -1,50 +1,93 @@
 """Distributed launch on machines without a GPU.
 
-mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and uses
-NCCL, so ``torchrun ... --launcher pytorch`` fails on a CPU-only machine
-(docs/compatibility.md trap 12). For the training-free stages a CPU run over several
+mmengine's ``pytorch`` and ``slurm`` launchers call ``torch.cuda.set_device``,
+so ``torchrun ... --launcher pytorch`` or ``srun ... --launcher slurm`` fails
+on a CPU-only machine (docs/compatibility.md trap 12). A CPU run over several
 processes is still useful (CI, laptops, CPU clusters): this helper starts a
-gloo process group from torchrun's environment instead and tells the caller to
-hand mmengine ``launcher='none'``; mmengine's samplers and result collection
-then use the already-initialised group.
+gloo process group from torchrun's or srun's environment instead.
+mmengine's Runner skips its own initialisation when a group exists, so its
+samplers, result collection and DDP wrapper use this one.
 
 torchrun starts its ranks in their own sessions, so killing the launcher
 (even ``tools/dist_test.sh``, which ``exec``s torchrun) would leave them
 running, writing into the output a restarted run is about to use.
 :func:`stop_with_launcher` makes each rank ask the kernel for SIGTERM when
-its parent dies.
+its parent dies. A launcher that died before that request is noticed by
+comparing the parent's pid with the launcher's, not with 1: under a child
+subreaper (``systemd --user``, ``tini -s``, job managers) an orphan is
+adopted by the subreaper, not by init.
 """
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 
 import torch
 import torch.distributed as dist
 
-__all__ = ['init_cpu_distributed', 'stop_with_launcher']
+__all__ = ['export_slurm_environment', 'init_cpu_distributed', 'stop_with_launcher',
+           'LAUNCHER_PID_ENV']
 
 #: ``prctl`` option: signal this process when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
 
+#: Environment variable with the launcher's pid: ``tools/dist_test.sh`` and
+#: ``dist_train.sh`` set it to their own pid, which torchrun keeps (``exec``).
+LAUNCHER_PID_ENV = 'TAGCLIP_LAUNCHER_PID'
 
-def init_cpu_distributed(launcher: str) -> str:
-    """Start gloo for ``launcher='pytorch'`` when CUDA is unavailable.
+#: The parent when this module was first imported: the launcher's pid for
+#: ranks started by hand with torchrun (the scripts' variable wins).
+_PARENT_AT_IMPORT = os.getppid()
+
+
+def _launcher_pid() -> int:
+    """The pid of this rank's launcher, recorded at its start."""
+    value = os.environ.get(LAUNCHER_PID_ENV, '')
+    return int(value) if value.isdigit() else _PARENT_AT_IMPORT
+
+
+def export_slurm_environment() -> None:
+    """Set torch's rendezvous variables from srun's, as mmengine's slurm launcher does.
+
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` come from ``SLURM_PROCID``,
+    ``SLURM_NTASKS`` and ``SLURM_LOCALID``; ``MASTER_ADDR`` (the first node
+    of the job) and ``MASTER_PORT`` (29500) only where they are not set.
+    """
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher slurm expects srun\'s environment, but {missing} are not '
+                           'set; start the tool with srun or tools/slurm_test.sh')
+    if 'MASTER_ADDR' not in os.environ:
+        nodes = subprocess.run(['scontrol', 'show', 'hostnames', os.environ['SLURM_NODELIST']],
+                               capture_output=True, text=True, check=True, timeout=60)
+        os.environ['MASTER_ADDR'] = nodes.stdout.split()[0]
+    os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+
+
+def init_cpu_distributed(launcher: str, backend: str = 'gloo') -> str:
+    """Start a CPU process group for ``launcher`` 'pytorch' or 'slurm' without CUDA.
 
     Args:
         launcher (str): The launcher asked for on the command line.
+        backend (str): The process-group backend. Defaults to 'gloo'.
 
     Returns:
-        str: The launcher to give mmengine: ``'none'`` when this function
-        initialised the process group, else ``launcher`` unchanged.
+        str: The launcher to give mmengine's test loops: ``'none'`` when this
+        function initialised the process group, else ``launcher`` unchanged.
     """
-    if launcher != 'pytorch' or torch.cuda.is_available():
+    if launcher not in ('pytorch', 'slurm') or torch.cuda.is_available():
         return launcher
+    if launcher == 'slurm':
+        export_slurm_environment()
     if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
         raise RuntimeError('--launcher pytorch expects torchrun\'s RANK/WORLD_SIZE environment; '
                            'start the tool with torchrun or tools/dist_test.sh')
     if not dist.is_initialized():
-        dist.init_process_group(backend='gloo')
+        dist.init_process_group(backend=backend)
     return 'none'
 
 
@@ -52,7 +95,9 @@ def stop_with_launcher() -> bool:
     """End this rank with SIGTERM when torchrun (its parent) dies.
 
     Only under torchrun (``TORCHELASTIC_RUN_ID`` set) on Linux; elsewhere a
-    no-op. A rank whose launcher is already gone exits at once.
+    no-op. A rank whose launcher is already gone (its parent is no longer
+    the launcher's pid, :data:`LAUNCHER_PID_ENV` or the parent at import)
+    exits at once.
 
     Returns:
         bool: Whether the parent-death signal was set.
@@ -65,6 +110,7 @@ def stop_with_launcher() -> bool:
             return False
     except (OSError, AttributeError):
         return False
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        sys.exit('the torchrun launcher of this rank is gone; stopping')
+    launcher = _launcher_pid()
+    if os.getppid() != launcher:  # the launcher died before the request took effect
+        sys.exit(f'the torchrun launcher of this rank (pid {launcher}) is gone; stopping')
     return True

@@ -10,7 +10,7 @@ and skipping unreadable images is the test loop's job (``tagclip_mmseg.resume``)
 """
 import dataclasses
 from contextlib import nullcontext
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -26,13 +26,27 @@ from .presets import CLASS_PRESETS, resolve_background, resolve_classes
 from .prompts import ClassName
 from .text_classifier import build_text_classifier, class_prompt_names, tokenize_prompts
 
-__all__ = ['FrozenCLIPModel', 'full_precision']
+__all__ = ['FrozenCLIPModel', 'Vocabulary', 'full_precision']
 
 
 def full_precision(device: Union[str, torch.device]) -> ContextManager:
     """``torch.autocast`` switched off on ``device``: what runs inside
     computes in its inputs' dtype, whatever region encloses it."""
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+class Vocabulary(NamedTuple):
+    """A resolved, checked vocabulary: what one call classifies against.
+
+    Per-call vocabularies (the inferencer's ``classes=``) are passed down to
+    ``predict`` as one of these, never set on the shared model.
+    """
+
+    #: Foreground classes (a name or a synonym tuple each); ``None`` before
+    #: a model has one.
+    class_names: Optional[Tuple[ClassName, ...]]
+    #: Softmax-only competitors.
+    background_words: Tuple[str, ...]
 
 
 class FrozenCLIPModel(BaseModel):
@@ -175,10 +189,32 @@ class FrozenCLIPModel(BaseModel):
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
         """Set the foreground classes (and optionally background words).
 
+        Checked as :meth:`resolve_vocabulary` does, while the model is built,
+        not at the first image.
+        """
+        self.class_names, self.background_words = self.resolve_vocabulary(
+            class_names, background_words)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The model's own vocabulary (what a call without one uses)."""
+        return Vocabulary(self.class_names, self.background_words)
+
+    def resolve_vocabulary(self,
+                           class_names: Union[str, Sequence[ClassName]],
+                           background_words: Union[None, str, Sequence[str]] = None
+                           ) -> Vocabulary:
+        """A checked :class:`Vocabulary` for this model, without setting it.
+
         Every check that the text encoder would otherwise fail at the first
-        image runs here, while the model is built: names that are not
-        strings, duplicates (also those differing only in case or spacing, which
-        CLIP reads as one text) and prompts too long for CLIP's context.
+        image runs here: names that are not strings, duplicates (also those
+        differing only in case or spacing, which CLIP reads as one text) and
+        prompts too long for CLIP's context.
+
+        Args:
+            class_names: Foreground classes or a preset name.
+            background_words: Background words or a preset name; ``None``
+                keeps the model's own.
 
         Raises:
             ValueError: For an empty, invalid or duplicated vocabulary, or a
@@ -209,8 +245,7 @@ class FrozenCLIPModel(BaseModel):
             tokenize_prompts(names + words, self.templates,
                              int(getattr(self.clip, 'context_length', 77)),
                              self.truncate_prompts)
-        self.background_words = words
-        self.class_names = names
+        return Vocabulary(names, tuple(words))
 
     @property
     def num_classes(self) -> int:
@@ -299,13 +334,19 @@ class FrozenCLIPModel(BaseModel):
             return self.predict(inputs, data_samples)
         raise ValueError(f'unknown mode {mode!r}; expected "predict" or "tensor"')
 
-    def predict(self, inputs: List[Tensor], data_samples: list) -> list:
+    def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
         """Run :meth:`predict_batch` on equal-size groups; keep input order.
 
         Every sample is computed. Samples restored from disk or whose image
         failed to load never get here: ``ResumableTestLoop`` fills them.
         Each batch runs in a :func:`full_precision` region; the subclasses
         enter :meth:`autocast_context` around their ViT calls.
+
+        Args:
+            inputs (list[Tensor]): Normalised (3, H, W) images.
+            data_samples (list): One per image, filled in place.
+            **settings: Per-call settings of :meth:`predict_batch` (e.g. a
+                ``vocabulary``); they live in this call only.
         """
         for idx in group_by_shape(inputs):
             step = self.forward_batch_size(inputs[idx[0]].device, len(idx))
@@ -313,7 +354,7 @@ class FrozenCLIPModel(BaseModel):
                 chunk = idx[s:s + step]
                 batch = torch.stack([inputs[i] for i in chunk]).to(self.clip.dtype)
                 with full_precision(batch.device):
-                    self.predict_batch(batch, [data_samples[i] for i in chunk])
+                    self.predict_batch(batch, [data_samples[i] for i in chunk], **settings)
         return data_samples
 
     def forward_batch_size(self, device: torch.device, group_size: int) -> int:
@@ -323,7 +364,7 @@ class FrozenCLIPModel(BaseModel):
             return int(self.images_per_forward)
         return 1 if torch.device(device).type == 'cpu' else max(group_size, 1)
 
-    def predict_batch(self, images: Tensor, data_samples: list) -> None:
+    def predict_batch(self, images: Tensor, data_samples: list, **settings) -> None:
         """Fill ``data_samples`` in place for a batch of equal-size images."""
         raise NotImplementedError
 

@@ -32,19 +32,20 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.structures import PixelData
 from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ...datasets.label_maps import LabelMap, label_lut
+from ...utils.checks import check_finite, check_range
 from ...utils.quirks import QuirksLike
-from ..clip.frozen_model import FrozenCLIPModel, full_precision
+from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..clip.last_block_grad import LastBlockGrad
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
                    normalize_grad_cam)
 from ..clip.presets import resolve_templates
 from ..clip.prompts import ClassName
+from .crf import Label, PendingLabel, collect_pending_labels, set_label
 
 __all__ = ['CLIPESPseudoLabeler']
 
@@ -70,7 +71,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             (``range(4, 11)`` for VOC in TagCLIP's setting, ``range(4, 12)``
             for COCO and COCO-Stuff).
         caa_box_thr (float): Box threshold relative to each CAM's max (0.4 VOC,
-            0.7 COCO).
+            0.7 COCO), in [0, 1].
         with_background (bool): Add the ``1 - max`` background channel; off for
             COCO-Stuff, where labels are the argmax over tag maps.
         label_map (Sequence[int] | str, optional): Maps the output class index
@@ -114,7 +115,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.templates = resolve_templates(templates)  # before the vocabulary: it checks prompts
         self.set_vocabulary(class_names, background_words)
         self.caa_layers = self.layer_indices('caa_layers', caa_layers)
-        self.caa_box_thr = caa_box_thr
+        self.caa_box_thr = check_range('caa_box_thr', caa_box_thr, 0, 1)
         self.with_background = with_background
         self.register_buffer('label_map', None if label_map is None else label_lut(label_map),
                              persistent=False)
@@ -137,15 +138,44 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             self.crf = MODELS.build(dict(type='DenseCRF', **crf))
 
     # ------------------------------------------------------------ inference
-    def predict_batch(self, images: Tensor, data_samples: list) -> None:
+    def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
+        """Masks (and CAMs) of every image; a CRF in worker processes runs
+        the images in parallel, and this waits for them before returning.
+
+        ``settings`` are :meth:`predict_batch`'s per-call ``vocabulary`` and
+        ``return_cams``.
+        """
+        super().predict(inputs, data_samples, **settings)
+        collect_pending_labels(data_samples, device='cpu')
+        return data_samples
+
+    def predict_batch(self, images: Tensor, data_samples: list,
+                      vocabulary: Optional[Vocabulary] = None,
+                      return_cams: Optional[bool] = None) -> None:
+        """Fill a batch's samples (see :meth:`predict`).
+
+        Args:
+            images (Tensor): (B, 3, H, W) normalised images of one size.
+            data_samples (list): Their samples, with ``tags`` unless the
+                labeler has a tagger.
+            vocabulary (Vocabulary, optional): This call's CAM vocabulary
+                (:meth:`resolve_vocabulary`); default the model's own.
+            return_cams (bool, optional): This call's ``return_cams``;
+                default the model's.
+        """
         if self.tagger is not None:
+            if vocabulary is not None:
+                raise ValueError('a per-call vocabulary needs a labeler without an in-pass '
+                                 'tagger (give the tags in the samples)')
             tags = self.tagger.tag(images)['tags'].cpu()  # one host copy per batch
             tag_lists = [t.nonzero().flatten().tolist() for t in tags]
         else:
-            tag_lists = [self._sample_tags(s) for s in data_samples]
-        cams, grid_hw = self.compute_cams(images, tag_lists)
+            num_classes = len((vocabulary or self.vocabulary).class_names)
+            tag_lists = [self._sample_tags(s, num_classes) for s in data_samples]
+        cams, grid_hw = self.compute_cams(images, tag_lists, vocabulary)
+        return_cams = self.return_cams if return_cams is None else return_cams
         for i, sample in enumerate(data_samples):
-            self._fill(sample, cams[i][:len(tag_lists[i])], tag_lists[i], grid_hw)
+            self._fill(sample, cams[i][:len(tag_lists[i])], tag_lists[i], grid_hw, return_cams)
 
     def resume_settings(self) -> dict:
         """The shared settings (see the base class), the CAM and affinity
@@ -162,33 +192,41 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             label_map=None if self.label_map is None else self.label_map.tolist(), crf=crf,
             tagger=None if self.tagger is None else self.tagger.resume_settings())
 
-    def _sample_tags(self, sample) -> List[int]:
+    def _sample_tags(self, sample, num_classes: int) -> List[int]:
         tags = sample.metainfo.get('tags')
         if tags is None:
             raise KeyError(f"sample {sample.metainfo.get('img_path')} has no 'tags': set the "
                            "dataset's tag_source ('file' or 'gt') or give the labeler a tagger")
         tags = sorted({int(t) for t in tags})
-        bad = [t for t in tags if not 0 <= t < self.num_classes]
+        bad = [t for t in tags if not 0 <= t < num_classes]
         if bad:
             raise ValueError(f"tags {bad} of {sample.metainfo.get('img_path')} are outside the "
-                             f'{self.num_classes}-class vocabulary')
+                             f'{num_classes}-class vocabulary')
         return tags
 
-    def compute_cams(self, images: Tensor, tag_lists: List[List[int]]) -> Tuple[Tensor, tuple]:
+    def compute_cams(self, images: Tensor, tag_lists: List[List[int]],
+                     vocabulary: Optional[Vocabulary] = None) -> Tuple[Tensor, tuple]:
         """Refined CAMs at patch resolution for every image and tag.
 
         Args:
             images (Tensor): (B, 3, H, W) normalised images of one size.
             tag_lists (list[list[int]]): Foreground tag indices per image.
+            vocabulary (Vocabulary, optional): This call's vocabulary; default
+                the model's own.
 
         Returns:
             tuple: (B, K_max, hp, wp) fp32 refined CAMs (rows beyond an
             image's tag count are zero) and the token grid.
+
+        Raises:
+            NonFiniteError: When a CAM holds NaN or inf (an fp16 overflow,
+                broken weights), rather than returning a mask from it.
         """
         with full_precision(images.device):
-            return self._compute_cams(images, tag_lists)
+            return self._compute_cams(images, tag_lists, vocabulary)
 
-    def _compute_cams(self, images: Tensor, tag_lists: List[List[int]]) -> Tuple[Tensor, tuple]:
+    def _compute_cams(self, images: Tensor, tag_lists: List[List[int]],
+                      vocabulary: Optional[Vocabulary]) -> Tuple[Tensor, tuple]:
         vit = self.clip.visual
         last = vit.num_layers - 1
         avg = AttentionVote(avg_layers=self.caa_layers, vote_min=None)
@@ -204,7 +242,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         pair_img = torch.tensor([b for b, t in enumerate(tag_lists) for _ in t], device=images.device)
         pair_cls = torch.tensor([c for t in tag_lists for c in t], device=images.device)
         pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=images.device)
-        cams, last_attn = self.grad_cam(out.hidden, pair_img, pair_cls, tag_lists)
+        cams, last_attn = self.grad_cam(out.hidden, pair_img, pair_cls, tag_lists, vocabulary)
         if last_attn is not None:
             avg.update(last, last_attn)
         affinity = affinity_from_attention(avg.finalize())
@@ -214,10 +252,12 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         valid[pair_img, pair_slot] = True
         refined = caa_refine(affinity, padded, out.grid_hw, self.caa_box_thr,
                              box_clamp=self.quirks.box_clamp, valid=valid)
+        check_finite(refined, 'CLIP-ES CAMs (image, tag, patch)')
         return refined.view(B, k_max, hp, wp), out.grid_hw
 
     def grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
-                 tag_lists: List[List[int]]) -> Tuple[Tensor, Optional[Tensor]]:
+                 tag_lists: List[List[int]], vocabulary: Optional[Vocabulary] = None
+                 ) -> Tuple[Tensor, Optional[Tensor]]:
         """Grad-CAM of every (image, tag) pair from one forward of the last block.
 
         The last block runs once per image; the gradients of all of an image's
@@ -234,6 +274,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             pair_cls (Tensor): (P,) tag class of each pair.
             tag_lists (list[list[int]]): Tags per image (softmax support);
                 pair ``p`` is tag number ``k`` of its image, in list order.
+            vocabulary (Vocabulary, optional): This call's vocabulary; default
+                the model's own.
 
         Returns:
             tuple: (P, N) min-max normalised CAMs (:func:`normalize_grad_cam`)
@@ -241,19 +283,21 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             attention (``None`` when it is not a CAA layer).
         """
         with full_precision(hidden.device):  # also when called on its own under autocast
-            return self._grad_cam(hidden, pair_img, pair_cls, tag_lists)
+            return self._grad_cam(hidden, pair_img, pair_cls, tag_lists, vocabulary)
 
     def _grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
-                  tag_lists: List[List[int]]) -> Tuple[Tensor, Optional[Tensor]]:
+                  tag_lists: List[List[int]], vocabulary: Optional[Vocabulary]
+                  ) -> Tuple[Tensor, Optional[Tensor]]:
         vit = self.clip.visual
-        text = self.text_embeddings(self.class_names + self.background_words, self.templates)
+        voc = vocabulary or self.vocabulary
+        text = self.text_embeddings(voc.class_names + voc.background_words, self.templates)
         B, device = hidden.shape[0], hidden.device
         k_max = max(len(t) for t in tag_lists)
         pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=device)
         # Softmax support of each image: its tags plus every background word.
         support = torch.zeros(B, text.shape[0], dtype=torch.bool, device=device)
         support[pair_img, pair_cls] = True
-        support[:, self.num_classes:] = True
+        support[:, len(voc.class_names):] = True
         # Slot k of image b selects the probability of its k-th tag.
         select = torch.zeros(k_max, B, text.shape[0], device=device)
         select[pair_slot, pair_img, pair_cls] = 1.
@@ -274,20 +318,21 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         last_attn = None if last_attn is None else last_attn.float()
         return normalize_grad_cam(cam, self.quirks.grad_cam_double_norm), last_attn
 
-    def _fill(self, sample, cams: Tensor, tags: List[int], grid_hw: tuple) -> None:
+    def _fill(self, sample, cams: Tensor, tags: List[int], grid_hw: tuple,
+              return_cams: bool) -> None:
         if not isinstance(sample, SegDataSample):
             raise TypeError('CLIPESPseudoLabeler expects mmseg SegDataSample inputs (pack with '
                             f'PackSegInputs); got {type(sample).__name__}')
         size = tuple(sample.metainfo['ori_shape'][:2])
-        if self.crf is not None or self.return_cams:
+        if self.crf is not None or return_cams:
             # The CRF and the saved CAMs need every class map at full size.
             up = self.upsample(cams, size)
-            label = self.cams_to_label(up, tags, sample)
+            label = self.cams_to_label(up, tags, sample, wait=False)
         else:
             label = self.banded_label(cams, tags, size)
-        sample.set_data(dict(pred_sem_seg=PixelData(data=label[None].cpu())))
+        set_label(sample, label if isinstance(label, PendingLabel) else label.cpu())
         sample.set_metainfo(dict(tags=list(tags)))
-        if self.return_cams:
+        if return_cams:
             sample.set_data(dict(cams=up.half().cpu()))
 
     def upsample(self, cams: Tensor, size: Tuple[int, int],
@@ -325,9 +370,15 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             label[rows] = self.cams_to_label(self.upsample(cams, size, rows), tags, None)
         return label
 
-    def cams_to_label(self, cams: Tensor, tags: List[int], sample) -> Tensor:
+    def cams_to_label(self, cams: Tensor, tags: List[int], sample, wait: bool = True) -> Label:
         """(K, h, w) full-size CAMs -> (h, w) long label map (CRF-refined when
-        configured; the CRF reads the original image from ``sample``)."""
+        configured; the CRF reads the original image from ``sample``).
+
+        With ``wait=False`` a CRF with workers returns a
+        :class:`~tagclip_mmseg.models.pseudo_labelers.crf.PendingLabel`:
+        the caller hands it to ``set_label`` and calls
+        ``collect_pending_labels`` before its ``predict`` returns.
+        """
         H, W = cams.shape[-2:]
         tag_t = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
         if self.with_background:
@@ -341,8 +392,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         if self.label_map is not None:
             classes = self.label_map.to(classes.device)[classes]
         if self.crf is not None:
-            # 255 where the CRF is not confident; deferred to its worker pool
-            # (and a placeholder returned) when the CRF has workers.
-            return self.crf.label(probs, classes, sample)
+            # 255 where the CRF is not confident.
+            return self.crf.label(probs, classes, sample) if wait else self.crf.submit(
+                probs, classes, sample)
         return classes[probs.argmax(dim=0)]
 

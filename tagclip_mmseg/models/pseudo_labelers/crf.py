@@ -6,33 +6,39 @@ compiles with Cython 3). The CRF runs on the CPU, one image at a time, as in
 the reference; it is the one stage here that is not batched on the device.
 
 It is also the slow stage of pseudo-label generation (about a second per
-VOC-size image on one core), so with ``workers > 0`` it leaves the model's
-forward: each image's CRF is submitted to a pool of worker processes, the
-sample gets a :class:`PendingLabel`, and the metrics that read
-``pred_sem_seg`` (:class:`~tagclip_mmseg.evaluation.PseudoLabelWriter`,
-:class:`~tagclip_mmseg.evaluation.CLSSegIoUMetric`) collect the results in
-order while the next batch's CAMs are computed. The workers run the same
-function on the same arrays as the serial path, so the masks are identical.
+VOC-size image on one core), so with ``workers > 0`` each image's CRF is
+submitted to a pool of worker processes as soon as its CAMs exist: the
+CRFs of a batch run in parallel, and alongside the CAMs of the batch's
+later images. The model still waits for its own batch before ``predict``
+returns (:func:`collect_pending_labels`), so every consumer (mmseg's
+``IoUMetric``, the visualisation hook, user code) gets final masks. The
+workers run the same function on the same arrays as the serial path, so the
+masks are identical.
 """
 import atexit
 import multiprocessing
+import threading
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from mmengine.structures import PixelData
 from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.checks import check_range
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 
 __all__ = ['DenseCRF', 'PendingLabel', 'crf_reference_image', 'crf_label_map',
-           'shutdown_crf_pools', 'PENDING_LABEL_KEY']
+           'shutdown_crf_pools', 'set_label', 'collect_pending_labels']
 
-#: Data-sample field holding the :class:`PendingLabel` of a deferred CRF.
+#: Data-sample field holding the :class:`PendingLabel` of a CRF running in a
+#: worker, from :func:`set_label` to :func:`collect_pending_labels` (both in
+#: one ``predict`` call: a returned sample never has it).
 PENDING_LABEL_KEY = 'pred_sem_seg_pending'
 
 #: deeplab-pytorch's BGR mean, subtracted from the CRF image with
@@ -55,15 +61,15 @@ class DenseCRF(nn.Module):
     """Fully connected CRF over per-class probability maps.
 
     Args:
-        iterations (int): Mean-field iterations (10).
-        gaussian_sxy (float): Smoothness kernel width (1).
-        gaussian_compat (float): Smoothness weight (3).
-        bilateral_sxy (float): Appearance kernel spatial width (67).
-        bilateral_srgb (float): Appearance kernel colour width (3).
-        bilateral_compat (float): Appearance weight (4).
+        iterations (int): Mean-field iterations (10; >= 1).
+        gaussian_sxy (float): Smoothness kernel width (1; > 0).
+        gaussian_compat (float): Smoothness weight (3; >= 0).
+        bilateral_sxy (float): Appearance kernel spatial width (67; > 0).
+        bilateral_srgb (float): Appearance kernel colour width (3; > 0).
+        bilateral_compat (float): Appearance weight (4; >= 0).
         confidence_thr (float, optional): Pixels whose largest marginal is below
-            this become ignore (-1 here, 255 in the saved mask); CLIP-ES uses
-            0.95 for training masks, ``None`` keeps every pixel.
+            this (in [0, 1]) become ignore (-1 here, 255 in the saved mask);
+            CLIP-ES uses 0.95 for training masks, ``None`` keeps every pixel.
         quirks (str | dict | Quirks): The CRF reads ``crf_reference_image``:
             ``True`` (``'reference'``) feeds the reference's wrapped
             mean-subtracted BGR image, ``False`` (``'fixed'``) the raw RGB
@@ -73,10 +79,10 @@ class DenseCRF(nn.Module):
             ``quirks=dict(crf_reference_image=True)``, ``'clean'`` ``False``.
         workers (int): 0 runs the CRF in the model's forward, image after
             image. ``N > 0`` runs it in a pool of ``N`` worker processes
-            (started on first use, stopped by :func:`shutdown_crf_pools`,
-            which the metrics call at the end of the run): the forward
-            returns at once and ``pred_sem_seg`` is filled when the metrics
-            collect the result. About one worker per free CPU core.
+            (started on first use, stopped by :func:`shutdown_crf_pools`
+            and at interpreter exit): the images of a batch run in parallel,
+            and the model waits for them before its ``predict`` returns.
+            About one worker per free CPU core.
     """
 
     def __init__(self,
@@ -94,14 +100,16 @@ class DenseCRF(nn.Module):
         #: Resolved quirk switches; only ``crf_reference_image`` matters here.
         self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'image_mode',
                                                     image_mode, field='crf_reference_image')
-        if not isinstance(workers, int) or workers < 0:
-            raise ValueError(f'workers must be an integer >= 0 (0 runs the CRF in the '
-                             f'forward), got {workers!r}')
-        self.iterations = iterations
-        self.gaussian = dict(sxy=gaussian_sxy, compat=gaussian_compat)
-        self.bilateral = dict(sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat)
-        self.confidence_thr = confidence_thr
-        self.workers = workers
+        self.iterations = check_range('crf.iterations', iterations, 1, integer=True)
+        self.gaussian = dict(sxy=check_range('crf.gaussian_sxy', gaussian_sxy, 0, low_open=True),
+                             compat=check_range('crf.gaussian_compat', gaussian_compat, 0))
+        self.bilateral = dict(
+            sxy=check_range('crf.bilateral_sxy', bilateral_sxy, 0, low_open=True),
+            srgb=check_range('crf.bilateral_srgb', bilateral_srgb, 0, low_open=True),
+            compat=check_range('crf.bilateral_compat', bilateral_compat, 0))
+        self.confidence_thr = check_range('crf.confidence_thr', confidence_thr, 0, 1,
+                                          allow_none=True)
+        self.workers = check_range('crf.workers', workers, 0, integer=True)
         self._pool = _CRFPool(workers) if workers else None
         _backend()  # fail at build time, not after an hour of CAMs
 
@@ -132,54 +140,86 @@ class DenseCRF(nn.Module):
     def label(self, probs: Tensor, lut: Tensor, data_sample) -> Tensor:
         """The (H, W) label map ``lut[crf index]`` (255 where not confident).
 
-        With ``workers == 0`` the CRF runs now. Otherwise it is submitted to
-        the pool: ``data_sample`` gets a :class:`PendingLabel` (field
-        :data:`PENDING_LABEL_KEY`) and the returned placeholder is all 255
-        ("ignore"), so a consumer that does not collect the result sees an
-        obviously empty mask, never a plausible wrong one.
-
         Args:
             probs (Tensor): (C, H, W) stacked [background, CAM_1..CAM_K].
             lut (Tensor): (C,) saved label of each channel.
             data_sample: Carries ``ori_img`` in its metainfo.
         """
+        label = self.submit(probs, lut, data_sample)
+        return label.result() if isinstance(label, PendingLabel) else label
+
+    def submit(self, probs: Tensor, lut: Tensor,
+               data_sample) -> Union[Tensor, 'PendingLabel']:
+        """Like :meth:`label`, but with ``workers > 0`` hand the image to the
+        pool and return its :class:`PendingLabel` at once (the label map,
+        computed now, without workers)."""
         probs_np, rgb = _crf_inputs(probs, data_sample)
         lut_np = lut.detach().cpu().numpy().astype(np.int64)
+        args = (self.params, probs_np, rgb, lut_np)
         if self._pool is None:
-            out = crf_label_map(self.params, probs_np, rgb, lut_np)
-            return torch.from_numpy(out).to(probs.device)
-        future = self._pool.submit(crf_label_map, self.params, probs_np, rgb, lut_np)
-        data_sample.set_field(PendingLabel(future), PENDING_LABEL_KEY)
-        return torch.full(probs.shape[-2:], 255, dtype=torch.long, device=probs.device)
+            return torch.from_numpy(crf_label_map(*args)).to(probs.device)
+        return PendingLabel(self._pool, args, probs.device)
 
 
 class PendingLabel:
     """A label map that a CRF worker is computing.
 
-    It lives in the process that submitted it, on the data sample, from the
-    model's forward until a metric collects it (:meth:`result`).
+    It lives in the process that submitted it, inside one ``predict`` call
+    (:func:`set_label` to :func:`collect_pending_labels`). It keeps the
+    image's arrays until the result is read, so that an image whose worker
+    died is run once more in a fresh pool.
     """
 
-    def __init__(self, future: Future) -> None:
-        self.future = future
-
-    def done(self) -> bool:
-        return self.future.done()
+    def __init__(self, pool: '_CRFPool', args: tuple, device: torch.device) -> None:
+        self._pool, self._args, self.device = pool, args, device
+        self.future: Future = pool.submit(crf_label_map, *args)
 
     def result(self) -> Tensor:
-        """The (H, W) long label map; waits for the worker.
+        """The (H, W) long label map on the submitter's device; waits.
 
         Raises:
-            RuntimeError: The CRF failed in its worker, or the worker died
-                (killed, out of memory); the message says which.
+            RuntimeError: The CRF failed in its worker, or its worker died
+                twice (killed, out of memory); the message says which.
         """
-        try:
-            return torch.from_numpy(self.future.result())
-        except BrokenProcessPool as e:
-            raise RuntimeError(f'the CRF worker process died before finishing this image '
-                               f'({e}); the pool is restarted for the next images') from e
-        except Exception as e:  # noqa: BLE001  (anything raised inside the worker)
-            raise RuntimeError(f'the CRF failed in its worker: {type(e).__name__}: {e}') from e
+        for attempt in range(2):
+            try:
+                return torch.from_numpy(self.future.result()).to(self.device)
+            except BrokenProcessPool as e:
+                if attempt:
+                    raise RuntimeError(f'the CRF worker process died twice on this image ({e});'
+                                       ' too little memory for the CRF? lower model.crf.workers'
+                                       ) from e
+                # Another image's worker may have died: this one gets a fresh pool.
+                self.future = self._pool.submit(crf_label_map, *self._args)
+            except Exception as e:  # noqa: BLE001  (anything raised inside the worker)
+                raise RuntimeError(f'the CRF failed in its worker: {type(e).__name__}: {e}'
+                                   ) from e
+        raise AssertionError('unreachable')
+
+
+Label = Union[Tensor, PendingLabel]
+
+
+def set_label(data_sample, label: Label) -> None:
+    """Set ``pred_sem_seg`` to a (H, W) label map, or keep a
+    :class:`PendingLabel` for :func:`collect_pending_labels`."""
+    if isinstance(label, PendingLabel):
+        data_sample.set_field(label, PENDING_LABEL_KEY)
+    else:
+        data_sample.set_data(dict(pred_sem_seg=PixelData(data=label[None])))
+
+
+def collect_pending_labels(data_samples: Sequence, device: Optional[str] = None) -> None:
+    """Wait for every pending CRF of ``data_samples`` and set their
+    ``pred_sem_seg`` (on ``device``, default the submitter's); the last step
+    of a ``predict`` that used :func:`set_label`."""
+    for sample in data_samples:
+        pending = sample.get(PENDING_LABEL_KEY)
+        if pending is None:
+            continue
+        label = pending.result()
+        delattr(sample, PENDING_LABEL_KEY)
+        set_label(sample, label if device is None else label.to(device))
 
 
 def _backend():
@@ -257,6 +297,7 @@ class _CRFPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor: Optional[ProcessPoolExecutor] = None
+        self._lock = threading.Lock()  # threads of one process share the pool
         _POOLS.add(self)
 
     def __getstate__(self) -> dict:
@@ -267,26 +308,36 @@ class _CRFPool:
         self.__init__(state['workers'])
 
     def submit(self, fn, *args) -> Future:
-        for attempt in range(2):
-            if self._executor is None:
-                method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
-                self._executor = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context(method))
-            try:
-                return self._executor.submit(fn, *args)
-            except BrokenProcessPool:
-                # A worker died since the last submit: its images fail (their
-                # PendingLabel says so); later images get a fresh pool.
-                self.shutdown()
-                if attempt:
-                    raise
+        with self._lock:
+            for attempt in range(2):
+                if self._executor is None:
+                    method = ('fork' if 'fork' in multiprocessing.get_all_start_methods() else
+                              'spawn')
+                    self._executor = ProcessPoolExecutor(
+                        self.workers, mp_context=multiprocessing.get_context(method))
+                try:
+                    return self._executor.submit(fn, *args)
+                except BrokenProcessPool:
+                    # A worker died since the last submit: start a fresh pool
+                    # (PendingLabel resubmits the images the dead one held).
+                    self._shutdown()
+                    if attempt:
+                        raise
         raise AssertionError('unreachable')
 
     def shutdown(self) -> None:
         """Stop the workers (waiting for the images they run); idempotent."""
+        with self._lock:
+            self._shutdown()
+
+    def _shutdown(self, wait: bool = True) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=wait, cancel_futures=True)
+
+    def __del__(self) -> None:
+        # A model dropped without shutdown_crf_pools: let its workers exit.
+        self._shutdown(wait=False)
 
 
 _POOLS: 'weakref.WeakSet[_CRFPool]' = weakref.WeakSet()
@@ -295,8 +346,8 @@ _POOLS: 'weakref.WeakSet[_CRFPool]' = weakref.WeakSet()
 def shutdown_crf_pools() -> None:
     """Stop every CRF worker pool of this process (they restart on next use).
 
-    The metrics call it once they have collected every pending label (the end
-    of the run), and it runs at interpreter exit, so no worker outlives the run.
+    It runs at interpreter exit, so no worker outlives the run; call it
+    earlier to free the workers' memory once a model is done.
     """
     for pool in list(_POOLS):
         pool.shutdown()

@@ -42,10 +42,12 @@ from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor, nn
 
 from ...datasets.transforms import patch_grid
+from ...utils.checks import check_range
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from ..clip import build_clip
 from ..clip.frozen_model import full_precision
 from ..ops import relative_threshold_mask
+from ..pseudo_labelers.crf import collect_pending_labels, set_label
 from ..clip.presets import resolve_background, resolve_classes
 from ..clip.prompts import ClassName, class_key, text_key
 
@@ -121,9 +123,9 @@ class TagCLIPSegmentor(BaseSegmentor):
         all_classes_as_tags (bool): Skip TagCLIP and draw a CAM for every
             class (Grad-CAM batched over classes), to measure what the tags
             buy. Off by default (the paper's pipeline).
-        tag_ratio (float, optional): Per-benchmark relative tag threshold,
-            replacing the tagger's ``tag_ratio`` on its final scores. None
-            (default) keeps the tagger's (the paper's 0.5).
+        tag_ratio (float, optional): Per-benchmark relative tag threshold in
+            [0, 1], replacing the tagger's ``tag_ratio`` on its final scores.
+            None (default) keeps the tagger's (the paper's 0.5).
         crf (dict, optional): Dense-CRF options (``DenseCRF``) applied to the
             final label; the pipeline must keep ``ori_img``. Off by default.
         quirks (str | dict | Quirks): ``'reference'`` (default),
@@ -167,8 +169,7 @@ class TagCLIPSegmentor(BaseSegmentor):
             data_preprocessor = MODELS.build(
                 data_preprocessor or dict(type='CLIPDataPreprocessor', bgr_to_rgb=True))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if tag_ratio is not None and not 0 <= tag_ratio < 1:
-            raise ValueError(f'tag_ratio must be in [0, 1) or None, got {tag_ratio!r}')
+        check_range('tag_ratio', tag_ratio, 0, 1, allow_none=True)
         self.with_background = with_background
         self.all_classes_as_tags = all_classes_as_tags
         self.tag_ratio = tag_ratio
@@ -208,9 +209,9 @@ class TagCLIPSegmentor(BaseSegmentor):
             raise ValueError(f"test_cfg.mode must be 'whole' or 'slide', got {cfg['mode']!r}")
         cfg['crop_size'] = _pair(cfg['crop_size'], 'crop_size')
         cfg['stride'] = _pair(cfg['stride'], 'stride')
-        if not isinstance(cfg['cam_batch_pairs'], int) or cfg['cam_batch_pairs'] < 1:
-            raise ValueError('test_cfg.cam_batch_pairs must be a positive int, got '
-                             f"{cfg['cam_batch_pairs']!r}")
+        check_range('test_cfg.cam_batch_pairs', cfg['cam_batch_pairs'], 1, integer=True)
+        check_range('test_cfg.tag_max_tokens', cfg['tag_max_tokens'], 1, integer=True,
+                    allow_none=True)
         return cfg
 
     @property
@@ -365,28 +366,31 @@ class TagCLIPSegmentor(BaseSegmentor):
             infer = self.slide_cams if self.test_cfg['mode'] == 'slide' else self.whole_cams
             return tags, infer(image, tags).float()
 
-    def postprocess(self, cams: Tensor, tags: List[int], sample: SegDataSample) -> SegDataSample:
+    def postprocess(self, cams: Tensor, tags: List[int], sample: SegDataSample,
+                    wait: bool = True) -> SegDataSample:
         """Fill ``pred_sem_seg`` and ``seg_logits`` at the original size.
 
         The CAMs are resized (bilinear) from the input to ``ori_shape``; the
         label is :meth:`CLIPESPseudoLabeler.cams_to_label` (background
         channel, optional CRF); ``seg_logits`` scatters the CAMs into a
-        ``num_classes`` map with zeros for untagged classes.
+        ``num_classes`` map with zeros for untagged classes. With
+        ``wait=False`` a CRF with workers leaves the mask pending until
+        ``collect_pending_labels`` (what :meth:`predict` does).
         """
         size = tuple(sample.metainfo.get('ori_shape', cams.shape[-2:])[:2])
         if tuple(cams.shape[-2:]) != size:
             cams = F.interpolate(cams[None], size=size, mode='bilinear',
                                  align_corners=self.align_corners)[0] if cams.shape[0] else \
                 cams.new_zeros(0, *size)
-        label = self.labeler.cams_to_label(cams, tags, sample)
+        label = self.labeler.cams_to_label(cams, tags, sample, wait=wait)
         logits = cams.new_zeros(self.num_classes, *size)
         offset = int(self.with_background)
         if tags:
             logits[torch.as_tensor(tags, device=cams.device) + offset] = cams
         if self.with_background:
             logits[0] = 1 - cams.amax(dim=0) if cams.shape[0] else 1
-        sample.set_data(dict(seg_logits=PixelData(data=logits),
-                             pred_sem_seg=PixelData(data=label[None])))
+        sample.set_data(dict(seg_logits=PixelData(data=logits)))
+        set_label(sample, label)  # a CRF in workers: see predict
         sample.set_metainfo(dict(tags=list(tags)))
         return sample
 
@@ -410,7 +414,10 @@ class TagCLIPSegmentor(BaseSegmentor):
                             for x in inputs]
         for image, sample in zip(inputs, data_samples):
             tags, cams = self.image_cams(image)
-            self.postprocess(cams, tags, sample)
+            self.postprocess(cams, tags, sample, wait=False)
+        # A CRF with workers ran each image's CRF in its pool while the next
+        # images' CAMs were computed; every returned mask is final.
+        collect_pending_labels(data_samples)
         return data_samples
 
     # ---------------------------------------------- BaseSegmentor contract

@@ -32,8 +32,9 @@ from mmpretrain.structures import DataSample
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ...utils.checks import check_finite, check_range
 from ...utils.quirks import QuirksLike
-from ..clip.frozen_model import FrozenCLIPModel, full_precision
+from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox, relative_threshold_mask)
 from ..clip.presets import resolve_background, resolve_templates
@@ -69,22 +70,25 @@ class TagCLIP(FrozenCLIPModel):
         templates (str | Sequence[str]): Prompt templates: ``'tagclip'`` (the
             85 of the paper), ``'clip-es'`` or a list.
         vote_k (int): DMAR vote count: a patch pair is kept when at least
-            ``vote_k`` layers attend above their mean.
+            ``vote_k`` layers attend above their mean (1 to the CLIP's depth).
         avg_layers (Sequence[int]): 0-based layers whose attention is
             averaged for DMAR (``(8, 9, 10)`` for VOC/COCO, ``range(11)`` for
             COCO-Stuff).
         self_attn_mask_value (float): Off-diagonal additive mask of the last
-            layer in the coarse pass (-100).
+            layer in the coarse pass (-100; <= 0).
         cwr (bool): Run class-wise reidentification.
         cwr_ratio (float): Candidate threshold ``r`` relative to the global
-            min/max of the refined scores.
+            min/max of the refined scores, in [0, 1].
         cwr_region_thr (float): Region threshold on the min-max normalised
-            refined map of a candidate.
+            refined map of a candidate, in [0, 1).
         cwr_crop_size (int, optional): Crop side; defaults to the CLIP input
             resolution (224 for ViT-B/16).
-        cwr_mask_value (float): Additive mask on [CLS]-to-outside keys (-1000).
-        fusion_lambda (float): Weight of the local score in the fusion.
-        tag_ratio (float): Per-image relative tag threshold ``r``.
+        cwr_mask_value (float): Additive mask on [CLS]-to-outside keys (-1000;
+            <= 0).
+        fusion_lambda (float): Weight of the local score in the fusion, in
+            [0, 1].
+        tag_ratio (float): Per-image relative tag threshold ``r``, in [0, 1]
+            (1 tags the top class only).
         quirks (str | dict | Quirks): ``'reference'`` (default) or
             ``'fixed'``, or single fields; this model reads ``cwr_early_exit``,
             ``box_clamp`` and ``pos_embed_fp16`` (docs/modes.md).
@@ -114,35 +118,42 @@ class TagCLIP(FrozenCLIPModel):
                  cwr_batch_size: int = 32,
                  **kwargs) -> None:
         super().__init__(quirks=quirks, **kwargs)
-        n_layers = self.clip.visual.num_layers
         self.avg_layers = self.layer_indices('avg_layers', avg_layers)
-        if not 1 <= vote_k <= n_layers:
-            raise ValueError(f'vote_k must be in [1, {n_layers}], got {vote_k}')
+        self.vote_k = check_range('vote_k', vote_k, 1, self.clip.visual.num_layers, integer=True)
+        self.self_attn_mask_value = check_range('self_attn_mask_value', self_attn_mask_value,
+                                                high=0)
+        self.cwr_ratio = check_range('cwr_ratio', cwr_ratio, 0, 1)
+        self.cwr_region_thr = check_range('cwr_region_thr', cwr_region_thr, 0, 1,
+                                          high_open=True)
+        check_range('cwr_crop_size', cwr_crop_size, 1, integer=True, allow_none=True)
+        self.cwr_mask_value = check_range('cwr_mask_value', cwr_mask_value, high=0)
+        self.fusion_lambda = check_range('fusion_lambda', fusion_lambda, 0, 1)
+        self.tag_ratio = check_range('tag_ratio', tag_ratio, 0, 1)
+        self.cwr_batch_size = check_range('cwr_batch_size', cwr_batch_size, 1, integer=True)
         self.background_words = resolve_background(background_words)
         self.templates = resolve_templates(templates)
-        self.vote_k = vote_k
-        self.self_attn_mask_value = self_attn_mask_value
         self.cwr = cwr
-        self.cwr_ratio = cwr_ratio
-        self.cwr_region_thr = cwr_region_thr
         self.cwr_crop_size = cwr_crop_size or self.clip.visual.input_resolution
-        self.cwr_mask_value = cwr_mask_value
-        self.fusion_lambda = fusion_lambda
-        self.tag_ratio = tag_ratio
-        self.cwr_batch_size = cwr_batch_size
         if class_names is not None:
             self.set_vocabulary(class_names, self.background_words)
 
-    def classifier(self) -> Tensor:
-        """(C_fg + C_bg, E) text embeddings: foreground first."""
-        if self.class_names is None:
+    def classifier(self, vocabulary: Optional[Vocabulary] = None) -> Tensor:
+        """(C_fg + C_bg, E) text embeddings: foreground first.
+
+        Args:
+            vocabulary (Vocabulary, optional): This call's vocabulary
+                (:meth:`resolve_vocabulary`); default the model's own.
+        """
+        voc = vocabulary or self.vocabulary
+        if voc.class_names is None:
             raise RuntimeError('TagCLIP has no vocabulary: set class_names in the config, '
                                'or add VocabularyHook to read it from the dataset metainfo')
-        return self.text_embeddings(self.class_names + self.background_words, self.templates)
+        return self.text_embeddings(voc.class_names + voc.background_words, self.templates)
 
     # ------------------------------------------------------------ inference
-    def predict_batch(self, images: Tensor, data_samples: list) -> None:
-        out = self.tag(images)
+    def predict_batch(self, images: Tensor, data_samples: list,
+                      vocabulary: Optional[Vocabulary] = None) -> None:
+        out = self.tag(images, vocabulary)
         # One device->host copy per batch, not two per image.
         scores, tags = out['p_final'].float().cpu(), out['tags'].cpu()
         for i, sample in enumerate(data_samples):
@@ -169,18 +180,24 @@ class TagCLIP(FrozenCLIPModel):
         sample.set_pred_label(tags.nonzero().flatten().cpu())
 
     @torch.no_grad()
-    def tag(self, images: Tensor) -> TagCLIPOutput:
+    def tag(self, images: Tensor, vocabulary: Optional[Vocabulary] = None) -> TagCLIPOutput:
         """Run TagCLIP on a batch of equal-size normalised images.
 
         Args:
             images (Tensor): (B, 3, H, W), sides multiples of the patch size.
+            vocabulary (Vocabulary, optional): This call's vocabulary
+                (:meth:`resolve_vocabulary`); default the model's own.
 
         Returns:
             TagCLIPOutput: Scores, tags and intermediates, fp32.
+
+        Raises:
+            NonFiniteError: When a score is NaN or inf (an fp16 overflow,
+                broken weights), rather than tagging nothing.
         """
         with full_precision(images.device):
-            text = self.classifier()
-            c_fg = self.num_classes
+            text = self.classifier(vocabulary)
+            c_fg = len((vocabulary or self.vocabulary).class_names)
             p_coarse, w, grid_hw = self.coarse_pass(images, text)
             p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, box_clamp=self.quirks.box_clamp,
                                        return_first_pass=True)
@@ -190,6 +207,7 @@ class TagCLIP(FrozenCLIPModel):
             else:
                 p_final, p_global = p_local, torch.zeros_like(p_local)
                 done = torch.zeros_like(p_local, dtype=torch.bool)
+            check_finite(p_final, 'TagCLIP scores (image, class)')
             tags = relative_threshold_mask(p_final, self.tag_ratio)
         return TagCLIPOutput(p_coarse=p_coarse, p_hat=p_hat, p_ref=p_ref, p_local=p_local,
                              p_global=p_global, p_final=p_final, tags=tags, cwr_done=done,
