@@ -2,29 +2,50 @@
 #   make test   set up .venv with the pinned stack and run the test suite
 #   make demo   set up .venv and run the main job on the bundled demo images
 # Both are idempotent: set-up is redone only when requirements/ or setup.py change.
+# CI also runs `make lint` and `make test-classic` (the oldest supported stack).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
-CONSTRAINTS = -c requirements/constraints.txt
 STAMP   = $(VENV)/.tagclip-installed
 PYTEST_ARGS ?=
 
-.PHONY: all setup test test-fast demo clean
+# The oldest stack the project supports (docs/compatibility.md, "The tested
+# range"): OpenMMLab's classic torch 2.1 one, with mmcv 2.1.0 built from source.
+CLASSIC_PYTHON ?= python3.11
+CLASSIC_VENV   ?= .venv-classic
+CLASSIC_PY      = $(CLASSIC_VENV)/bin/python
+CLASSIC_STAMP   = $(CLASSIC_VENV)/.tagclip-installed
+# pip's wheel cache is keyed by mmcv's version only, so a stack with another
+# torch keeps its own cache (else it gets an mmcv built against the wrong torch).
+CLASSIC_PIP_CACHE ?= $(HOME)/.cache/pip-tagclip-classic
+
+.PHONY: all setup test test-fast demo lint setup-classic test-classic clean
 
 all: test
 
+# $(call install_stack,PYTHON,VENV,CONSTRAINTS): a venv with torch, mmcv built
+# from its source distribution (pip's wheel cache makes it fast after the
+# first build on a machine), and nothing else.
+define install_stack
+	test -x $(2)/bin/python || $(1) -m venv $(2)
+	$(2)/bin/python -m pip install -q --upgrade "pip<26"
+	$(2)/bin/python -m pip install -c $(3) -r requirements/build.txt
+	MAX_JOBS=$${MAX_JOBS:-2} $(2)/bin/python -m pip install --no-build-isolation -c $(3) -r requirements/mmcv.txt
+endef
+
+# $(call install_rest,VENV,CONSTRAINTS): the runtime and test dependencies,
+# the package (editable) and the import check.
+define install_rest
+	$(1)/bin/python -m pip install -c $(2) -r requirements/runtime.txt -r requirements/tests.txt
+	$(1)/bin/python -m pip install --no-build-isolation --no-deps -e .
+	$(1)/bin/python -c "import mmcv.ops, tagclip_mmseg, torch; print('tagclip_mmseg', tagclip_mmseg.__version__, 'installed with torch', torch.__version__)"
+endef
+
 $(STAMP): setup.py requirements/*.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip<26"
-	$(PIP) install $(CONSTRAINTS) -r requirements/build.txt
-	# Full mmcv (with compiled ops) from its source distribution; pip's wheel
-	# cache makes this fast after the first build on a machine.
-	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install --no-build-isolation $(CONSTRAINTS) -r requirements/mmcv.txt
-	$(PIP) install $(CONSTRAINTS) -r requirements/runtime.txt -r requirements/tests.txt
-	$(PIP) install --no-build-isolation --no-deps -e .
-	$(PY) -c "import mmcv.ops, tagclip_mmseg; print('tagclip_mmseg', tagclip_mmseg.__version__, 'installed')"
+	$(call install_stack,$(PYTHON),$(VENV),requirements/constraints.txt)
+	$(call install_rest,$(VENV),requirements/constraints.txt)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,5 +59,26 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo/image_demo.py demo/images --out-dir demo/outputs
 
+# The oldest Python setup.py's python_requires admits.
+lint: $(STAMP)
+	$(PY) -m vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
+
+# The classic stack is an existing OpenMMLab environment (torch and mmcv)
+# first: installing the package into it, as a user would (`pip install .` and
+# `pip install -e .`, dependencies resolved), must leave torch, torchvision,
+# mmcv and numpy as they were (.ci/check_install_keeps_stack.sh).
+$(CLASSIC_STAMP): export PIP_CACHE_DIR = $(CLASSIC_PIP_CACHE)
+$(CLASSIC_STAMP): setup.py requirements/*.txt
+	$(call install_stack,$(CLASSIC_PYTHON),$(CLASSIC_VENV),requirements/constraints-classic.txt)
+	.ci/check_install_keeps_stack.sh $(CLASSIC_PY)
+	$(call install_rest,$(CLASSIC_VENV),requirements/constraints-classic.txt)
+	touch $(CLASSIC_STAMP)
+
+setup-classic: $(CLASSIC_STAMP)
+
+# The `classic` selection (every path once) on the classic stack.
+test-classic: $(CLASSIC_STAMP)
+	$(CLASSIC_PY) -m pytest -m classic $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CLASSIC_VENV) build *.egg-info

@@ -1,12 +1,12 @@
 """Installation script for ``tagclip_mmseg``.
 
-``install_requires`` admits only the torch/torchvision minor versions the test
-suite runs on (``requirements/constraints.txt`` pins the exact stack, see
-``Makefile``): the code relies on APIs whose behaviour changed across torch
-releases (batched ``autograd.grad``, SDPA, ``weights_only`` loading, CPU
-autocast), so an untested torch is not admitted. mmcv 2.1.0 has no prebuilt
-wheels for these torch versions; it is built from source (README, "GPU
-clusters").
+``install_requires`` never replaces the torch or mmcv of an existing
+environment: it admits every torch from 2.1 on (the tested range is in
+docs/compatibility.md, "The tested range"; ``tagclip_mmseg`` names it at import),
+does not list torchvision (it comes with torch, and an unpinned requirement
+would pull the newest torch where it is missing) and admits the mmcv 2.0/2.1
+releases mmseg 1.2 accepts. ``requirements/constraints.txt`` pins the exact
+default stack (see ``Makefile``).
 """
 import os.path as osp
 
@@ -37,8 +37,7 @@ setup(
     include_package_data=True,
     python_requires='>=3.8',
     install_requires=[
-        'torch>=2.9,<2.10',
-        'torchvision>=0.24,<0.25',
+        'torch>=2.1',
         'mmcv>=2.0.0,<2.2.0',
         'mmengine>=0.10,<1.0',
         'mmsegmentation>=1.2,<1.3',
@@ -57,7 +56,7 @@ setup(
     extras_require={
         # transformers < 4.40: later releases break `import mmpretrain.models`.
         'tests': [
-            'pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers<4.40',
+            'pytest', 'pytest-timeout', 'vermin', 'scikit-learn', 'open_clip_torch', 'transformers<4.40',
             'pydensecrf2'
         ],
         'crf': ['pydensecrf2'],

@@ -9,6 +9,9 @@ Examples::
     python demo/image_demo.py photos/ --classes cat dog "traffic light" \\
         --checkpoint ~/weights/ViT-B-16.pt --device cuda --out-dir out
 
+    # a name file: one class per line, synonyms after ',' (or '; ')
+    python demo/image_demo.py photos/ --classes my_classes.txt --out-dir out
+
 For every image, ``OUT_DIR/<image>/`` receives ``tags.jpg`` (tags and scores
 drawn on the photo), ``cam_<k>_<class>.jpg`` (one heat map per tag) and
 ``mask.jpg`` (the pseudo mask with a legend); ``OUT_DIR/index.html`` shows them
@@ -25,7 +28,7 @@ import os.path as osp
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,12 +37,13 @@ from tagclip_mmseg.apis.model_configs import load_model_config
 from tagclip_mmseg.models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
 from tagclip_mmseg.models.clip.presets import resolve_background, resolve_classes
 from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
+from tagclip_mmseg.utils.cli import NAME_FILE_HELP, FlagHelpFormatter
+from tagclip_mmseg.utils.name_files import is_name_file_path, read_name_file
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
 PIPELINE_CHECK_TITLE = 'PIPELINE CHECK: random weights, results are meaningless'
 #: Drawn on every tag picture of a pipeline check (short enough for small photos).
 PIPELINE_CHECK_STAMP = 'PIPELINE CHECK: random weights'
-ClassName = Union[str, List[str]]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -50,14 +54,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-dir', required=True, help='output folder (created if needed)')
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument('--classes', nargs='+', metavar='NAME',
-                       help='class names (quote names with spaces). Default: the config\'s '
-                       'classes, else the 20 PASCAL VOC classes')
-    vocab.add_argument('--classes-file', metavar='FILE',
-                       help='one class per line; "a,b,c" on a line is a synonym list; lines '
-                       'starting with # are ignored')
+                       help='class names (quote names with spaces), or one name file. Default: '
+                       'the config\'s classes, else the 20 PASCAL VOC classes')
+    vocab.add_argument('--classes-file', metavar='FILE', help='a name file (as --classes FILE)')
+    parser.add_argument('--classes-sep', metavar='SEP',
+                        help='separator of synonyms in the classes name file (default: detected)')
+    parser.add_argument('--background-line', action='store_true',
+                        help='line 1 of the classes name file is the background class (the '
+                        'peers\' cls_voc21.txt): its names become the background words unless '
+                        '--background-words is given')
     parser.add_argument('--background-words', nargs='*', metavar='WORD',
-                        help='softmax competitors such as sky, road, wall (give the flag alone '
-                        'for none). Default: VOC\'s 25 words minus any that is a class')
+                        help='softmax competitors such as sky, road, wall, or one name file '
+                        '(give the flag alone for none). Default: VOC\'s 25 words minus any '
+                        'that is a class')
+    parser.add_argument('--background-words-sep', metavar='SEP',
+                        help='separator in the background-words name file (default: detected)')
+    parser.epilog = NAME_FILE_HELP
+    parser.formatter_class = FlagHelpFormatter
     parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labelers/ config '
                         '(path or name) for the model settings')
     parser.add_argument('--checkpoint',
@@ -73,21 +86,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_classes_file(path: str) -> List[ClassName]:
-    """Classes from a text file: one per line, ``a,b`` = synonyms, ``#`` comments."""
-    classes: List[ClassName] = []
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith('#'):
-                continue
-            names = [n.strip() for n in line.split(',') if n.strip()]
-            classes.append(names[0] if len(names) == 1 else names)
-    if not classes:
-        raise ValueError(f'classes file {path!r} lists no class')
-    return classes
-
-
 def configured_checkpoint(args: argparse.Namespace) -> str:
     """The CLIP weights this run would use: flag, then config, then OpenAI's path."""
     if args.checkpoint:
@@ -100,10 +98,26 @@ def configured_checkpoint(args: argparse.Namespace) -> str:
     return DEFAULT_CLIP_CHECKPOINT
 
 
+def _name_file(values: Optional[List[str]]) -> Optional[str]:
+    """The name file that ``values`` consist of, if they are one."""
+    return values[0] if values and len(values) == 1 and is_name_file_path(values[0]) else None
+
+
 def vocabulary(args: argparse.Namespace):
     """(classes, background words) to pass to the inferencer (None: its default)."""
-    classes = args.classes or (read_classes_file(args.classes_file) if args.classes_file else None)
-    words = args.background_words
+    classes, words = args.classes, args.background_words
+    class_file = args.classes_file or _name_file(classes)
+    if args.background_line and not class_file:
+        raise ValueError('--background-line needs a classes name file')
+    if class_file:
+        names = read_name_file(class_file, args.classes_sep,
+                               'background' if args.background_line else 'class')
+        classes = names.classes()
+        if args.background_line and words is None:
+            words = names.background_words()
+    words_file = _name_file(words)
+    if words_file:
+        words = read_name_file(words_file, args.background_words_sep).background_words()
     if classes is None and not args.config:
         classes = list(resolve_classes('voc'))
         words = list(resolve_background('voc')) if words is None else words

@@ -13,6 +13,9 @@ from tagclip_mmseg.models.clip import (CLIP, CheckpointError, build_clip, checkp
                                        infer_clip_arch, load_clip, load_clip_state_dict,
                                        resolve_dtype, save_clip_state_dict, tokenize)
 
+#: The classic CI stack (make test-classic) runs this whole file.
+pytestmark = pytest.mark.classic
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TEXTS = ['a photo of a cat.', 'a clean origami person with clothes,people,human.', 'sky']
 
@@ -64,8 +67,12 @@ def test_torchscript_archive(tmp_path, tiny_clip, images):
     _save_torchscript(tiny_clip, path)
     raw = torch.jit.load(path, map_location='cpu').state_dict()
     assert {'input_resolution', 'context_length', 'vocab_size', 'visual.proj'} <= set(raw)
-    with pytest.raises(Exception):  # what docs/compatibility.md trap 7 is about
-        torch.load(path, weights_only=True)
+    try:  # what docs/compatibility.md trap 7 is about
+        loaded = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001  torch refuses the archive (newer torch)
+        pass
+    else:  # torch 2.1 hands a TorchScript archive to torch.jit.load
+        assert isinstance(loaded, torch.jit.ScriptModule)
     sd = load_clip_state_dict(path)
     assert 'input_resolution' not in sd
     assert_same_outputs(load_clip(path), tiny_clip, images)
@@ -313,7 +320,7 @@ def test_non_clip_and_resnet_checkpoints(tmp_path, tiny_clip):
 def test_pickled_objects_need_opt_in(tmp_path, tiny_clip, images):
     path = str(tmp_path / 'with_args.pth')
     torch.save({'state_dict': tiny_clip.state_dict(), 'args': argparse.Namespace(lr=1)}, path)
-    with pytest.raises(CheckpointError, match='weights_only=False'):
+    with pytest.raises(CheckpointError, match='asks to call argparse.Namespace.*--unsafe-load'):
         load_clip(path)
     assert_same_outputs(load_clip(path, weights_only=False), tiny_clip, images)
 

@@ -34,6 +34,7 @@ def make_samples(tag_lists, ori_hw):
     return samples
 
 
+@pytest.mark.classic
 @pytest.mark.parametrize('quirks', ['reference', 'fixed', dict(box_clamp=False),
                                     dict(preset='fixed', cam_fp16=True)],
                          ids=['reference', 'fixed', 'no-box-clamp', 'fixed+cam-fp16'])
@@ -87,6 +88,7 @@ def test_without_background_and_label_map(tiny_clip_path, tmp_path):
     assert set(s.pred_sem_seg.data.unique().tolist()) <= {11, 13}
 
 
+@pytest.mark.classic
 def test_tagger_in_the_same_pass(tiny_clip_path, tmp_path):
     tagger = dict(type='TagCLIP', clip=dict(checkpoint=tiny_clip_path), class_names=FG,
                   background_words=BG, avg_layers=(0, 1), vote_k=2,
@@ -115,6 +117,7 @@ def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
     assert out[1].pred_sem_seg.data.shape == (1, 20, 20)
 
 
+@pytest.mark.classic
 def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
     """Under ``autocast='bf16'`` the hand-written Grad-CAM backward and the
     label maps still work; CAMs stay in [0, 1]."""

@@ -6,6 +6,9 @@ import torch.nn.functional as F
 
 from tagclip_mmseg.models.clip import resample_pos_embed, tokenize
 
+#: The classic CI stack (make test-classic) runs this whole file.
+pytestmark = pytest.mark.classic
+
 ATOL = 1e-5
 
 

@@ -164,3 +164,45 @@ def test_deeplabv2_lr_multipliers():
     frozen = [p for p in model.backbone.parameters() if not p.requires_grad]
     assert frozen and all(id(p) not in groups for p in frozen), 'frozen BN is not optimised'
     assert wrapper._accumulative_counts == 2
+
+
+def tiny_training_cfg(path: str, data: dict, work_dir: str) -> Config:
+    """The config with a shrunk model, 64x64 crops of the tiny tree, two
+    iterations and no validation; schedule, optimizer and loss stay."""
+    cfg = load(path)
+    cfg.model = shrink_model(cfg.model)
+    cfg.model.data_preprocessor.size = (64, 64)
+    train = tiny_dataset_cfg(cfg.train_dataloader.dataset, data, train=True)
+    for t in iter_dicts(train.pipeline):
+        if t.get('type') == 'RandomCrop':
+            t['crop_size'] = (64, 64)
+        elif t.get('type') == 'RandomResize':
+            t['scale'] = (128, 64)
+    cfg.train_dataloader.update(dataset=train, batch_size=2, num_workers=0,
+                                persistent_workers=False)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
+    for key in ('val_dataloader', 'val_cfg', 'val_evaluator', 'test_dataloader', 'test_cfg',
+                'test_evaluator'):
+        cfg[key] = None
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100)
+    cfg.update(work_dir=work_dir, launcher='none', randomness=dict(seed=0),
+               env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo')))
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.classic
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_config_trains_a_few_iterations(path, tiny_pseudo_seg_data, tmp_path):
+    """Two iterations of each config's own training loop, optimizer, schedule
+    and loss (gradient accumulation included) change the decode head."""
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(tiny_training_cfg(path, tiny_pseudo_seg_data, str(tmp_path)))
+    head = {k: v.detach().clone() for k, v in runner.model.decode_head.state_dict().items()}
+    runner.train()
+    assert runner.iter == 2
+    changed = [k for k, v in runner.model.decode_head.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, head[k])]
+    assert changed, 'two iterations did not update the decode head'
+    losses = runner.message_hub.get_scalar('train/loss').data[0]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

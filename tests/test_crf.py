@@ -69,6 +69,7 @@ def direct_crf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.asarray(d.inference(10), np.float32).reshape(c, h, w)
 
 
+@pytest.mark.classic
 @pytest.mark.parametrize('quirks', ['reference', 'fixed'])
 def test_crf_equals_a_direct_pydensecrf_call_on_a_colour_image(quirks):
     probs, rgb = colour_case()
@@ -133,6 +134,7 @@ def test_confidence_ignore_and_errors():
         DenseCRF(image_mode='bgr')
 
 
+@pytest.mark.classic
 def test_labeler_with_crf_marks_ignore(tiny_clip_path, tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     image = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(0))
@@ -198,6 +200,7 @@ def _worker_pids():
     return pids
 
 
+@pytest.mark.classic
 def test_crf_workers_write_the_same_pngs_as_serial(tiny_clip_path, tmp_path):
     """predict returns final masks with workers: equal to the in-process CRF's,
     with no pending field left on the samples."""

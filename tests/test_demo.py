@@ -156,9 +156,33 @@ def test_demo_reports_bad_arguments(tmp_path, capsys):
     demo = load_demo()
     assert demo.main([str(tmp_path / 'nope.jpg'), '--out-dir', str(tmp_path)]) == 2
     assert 'does not exist' in capsys.readouterr().err
+    # Name files go through the shared reader: blank lines are refused with the line.
     classes = tmp_path / 'classes.txt'
-    classes.write_text('# my classes\ncat\n\nperson,people, human\n')
-    assert demo.read_classes_file(str(classes)) == ['cat', ['person', 'people', 'human']]
+    classes.write_text('cat\n\nperson,people, human\n')
+    Image.new('RGB', (8, 8)).save(tmp_path / 'x.jpg')
+    assert demo.main([str(tmp_path / 'x.jpg'), '--out-dir', str(tmp_path / 'out'), '--classes',
+                      str(classes)]) == 2
+    assert 'line 2: blank line' in capsys.readouterr().err
+
+
+def test_demo_vocabulary_from_name_files(tmp_path):
+    demo = load_demo()
+    classes, words = tmp_path / 'cls_voc.txt', tmp_path / 'bg.txt'
+    classes.write_text('sky; wall, fence\ncat\nperson; people\n')
+    words.write_text('road\nsea')
+
+    def vocabulary(*argv):
+        return demo.vocabulary(demo.parse_args([str(tmp_path), '--out-dir', str(tmp_path),
+                                                *argv]))
+
+    assert vocabulary('--classes', str(classes)) == (
+        [['sky', 'wall, fence'], 'cat', ['person', 'people']], None)
+    assert vocabulary('--classes-file', str(classes), '--background-line') == (
+        ['cat', ['person', 'people']], ['sky', 'wall, fence'])
+    assert vocabulary('--classes', str(classes), '--classes-sep', ',', '--background-line',
+                      '--background-words', str(words)) == (
+        ['cat', 'person; people'], ['road', 'sea'])
+    assert vocabulary('--classes', 'cat', 'espresso cup') == (['cat', 'espresso cup'], None)
 
 
 def test_page_escapes_names(tmp_path):

@@ -70,6 +70,7 @@ def tiny_overrides(root, **extra):
     return opts + [f'{k}={v}' for k, v in extra.items()]
 
 
+@pytest.mark.classic
 def test_tagging_through_tools_test(tiny_data, tagging_metrics_oracle):
     root = tiny_data
     work_dir = root / 'wd_tag'
@@ -153,6 +154,7 @@ def reference_miou(preds, gts, num_classes: int) -> dict:
     return {'mIoU': 100 * iou[gt_count > 0].mean(), 'mIoU_mmseg': 100 * iou[union > 0].mean()}
 
 
+@pytest.mark.classic
 def test_pseudo_labels_write_resume_and_evaluate(tiny_data, tags_file):
     out_dir = tiny_data / 'pl_single'
     log = generate(tiny_data, out_dir)

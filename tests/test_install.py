@@ -3,6 +3,9 @@ import importlib
 
 import pytest
 
+#: The classic CI stack (make test-classic) runs this whole file.
+pytestmark = pytest.mark.classic
+
 
 @pytest.mark.parametrize('module', [
     'mmcv.ops', 'mmengine.runner', 'mmseg.models', 'mmseg.datasets', 'mmpretrain.models',

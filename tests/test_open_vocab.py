@@ -206,7 +206,8 @@ FAST_BENCHMARKS = ('voc21', 'ade20k')
 
 
 @pytest.mark.parametrize('benchmark', [
-    b if b in FAST_BENCHMARKS else pytest.param(b, marks=pytest.mark.slow) for b in BENCHMARKS
+    pytest.param(b, marks=pytest.mark.classic if b in FAST_BENCHMARKS else pytest.mark.slow)
+    for b in BENCHMARKS
 ])
 def test_benchmark_end_to_end(benchmark, tmp_path, tiny_tool_options, tool_runner):
     data_root = write_dataset(tmp_path, benchmark)
@@ -578,6 +579,7 @@ def test_without_background_argmax_over_tag_maps(tiny_model_cfg, monkeypatch):
     assert torch.equal(pred, expected) and set(pred.unique().tolist()) == {0, 2}
 
 
+@pytest.mark.classic
 def test_slide_equals_whole_when_the_image_fits_one_window(tiny_model_cfg):
     image = _normalised(48, 64, seed=3)
     whole = tiny_model_cfg(test_cfg=dict(mode='whole')).predict([image.clone()])[0]
@@ -588,6 +590,7 @@ def test_slide_equals_whole_when_the_image_fits_one_window(tiny_model_cfg):
     assert torch.equal(whole.pred_sem_seg.data, slide.pred_sem_seg.data)
 
 
+@pytest.mark.classic
 def test_slide_averages_overlapping_windows(tiny_model_cfg, monkeypatch):
     """Each window's CAM is its window index; overlaps hold the mean."""
     model = tiny_model_cfg(test_cfg=dict(mode='slide', crop_size=32, stride=16,

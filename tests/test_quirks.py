@@ -19,7 +19,7 @@ import torch
 from mmpretrain.structures import DataSample
 
 from tagclip_mmseg.evaluation import TaggingMetric
-from tagclip_mmseg.resume import resume_fingerprint
+from tagclip_mmseg.resume import model_settings, resume_fingerprint
 from tagclip_mmseg.utils.cli import add_quirks_args, quirks_from_args
 from tagclip_mmseg.utils.quirks import QUIRK_PRESETS, Quirks, resolve_quirks
 
@@ -86,7 +86,7 @@ def test_models_store_the_resolved_quirks(tiny_clip_path, tmp_path):
     assert _tagger(tiny_clip_path, tmp_path).quirks == Quirks.reference()  # the default
     tagger = _tagger(tiny_clip_path, tmp_path, quirks=dict(cwr_early_exit=False))
     assert tagger.quirks == Quirks(cwr_early_exit=False)
-    settings = tagger.resume_settings()
+    settings = model_settings(tagger)
     assert 'mode' not in settings
     assert settings['quirks'] == dict(dataclasses.asdict(Quirks()), cwr_early_exit=False)
     json.dumps(settings)  # still JSON
@@ -132,7 +132,7 @@ def test_the_labelers_tagger_follows_its_quirks(tiny_clip_path, tmp_path):
                     tagger=tagger).tagger.quirks == Quirks.fixed()
     own = _labeler(tiny_clip_path, tmp_path, quirks='fixed', tagger=dict(tagger, quirks='reference'))
     assert own.tagger.quirks == Quirks.reference()
-    assert own.resume_settings()['tagger']['quirks'] == dataclasses.asdict(Quirks.reference())
+    assert model_settings(own)['tagger']['quirks'] == dataclasses.asdict(Quirks.reference())
 
 
 def test_the_labelers_crf_follows_its_quirks(tiny_clip_path, tmp_path):
@@ -140,7 +140,7 @@ def test_the_labelers_crf_follows_its_quirks(tiny_clip_path, tmp_path):
     assert _labeler(tiny_clip_path, tmp_path, crf=dict()).crf.quirks.crf_reference_image
     fixed = _labeler(tiny_clip_path, tmp_path, quirks='fixed', crf=dict())
     assert fixed.crf.quirks == Quirks.fixed()
-    assert fixed.resume_settings()['crf']['reference_image'] is False
+    assert model_settings(fixed)['crf']['quirks']['crf_reference_image'] is False
     # only that field switched, the rest of the labeler's preset kept
     one = _labeler(tiny_clip_path, tmp_path, quirks=dict(crf_reference_image=False), crf=dict())
     assert not one.crf.quirks.crf_reference_image and one.quirks.box_clamp

@@ -153,6 +153,7 @@ def _evaluate(out_dir, samples, fingerprint='fp'):
     return files, metrics
 
 
+@pytest.mark.classic
 def test_resumed_run_writes_the_same_bytes_and_metrics(tmp_path, tagging_metrics_oracle):
     ids = [f'img{i}' for i in range(8)]
     reference, ref_metrics = _evaluate(tmp_path / 'ref',
@@ -525,6 +526,7 @@ def reference(images, tmp_path_factory, tiny_tool_options, tool_runner, pl_list_
     return out
 
 
+@pytest.mark.classic
 @pytest.mark.determinism
 def test_killed_pseudo_label_run_resumes_to_the_same_folder(images, reference, tmp_path,
                                                             tiny_tool_options, tool_runner,
@@ -592,9 +594,12 @@ def test_pseudo_label_rerun_after_completion_recomputes_nothing(images, referenc
                                                                 pl_list_config):
     out = tmp_path / 'out'
     out.mkdir()
-    # The masks and the record of their settings (settings.json).
+    # The masks, the record of their settings (settings.json) and of the
+    # image versions they were made from (.sources.rank*.jsonl).
     for name, data in visible_files(reference).items():
         (out / name).write_bytes(data)
+    for path in reference.glob('.sources.rank*.jsonl'):
+        (out / path.name).write_bytes(path.read_bytes())
     tool_runner.inprocess(PL_SCRIPT, *pl_args(images, out, tiny_tool_options, pl_list_config))
     summary = json.loads((out / 'summary.json').read_text())
     assert (summary['skipped'], summary['written']) == (NUM_IMAGES, 0)
@@ -635,6 +640,7 @@ def journaled_ids(out) -> list:
     return ids
 
 
+@pytest.mark.classic
 @pytest.mark.determinism
 @pytest.mark.slow
 def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp_path,

@@ -18,6 +18,7 @@ from PIL import Image
 from tagclip_mmseg.models.clip.data_preprocessor import CLIPDataPreprocessor
 from tagclip_mmseg.testing import models as testing_models
 from tagclip_mmseg.testing.reference import reference_tagclip
+from tagclip_mmseg.utils.torch_compat import autocast_supports, is_autocast_enabled
 
 VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow']
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']
@@ -87,6 +88,7 @@ def test_tagger_matches_reference_random(tiny_clip_path, tmp_path, quirks, hpara
     assert_matches_reference(tagger, images)
 
 
+@pytest.mark.classic
 @pytest.mark.parametrize('quirks', ['reference', 'fixed'])
 def test_tagger_matches_reference_real_images(tiny_clip_path, tmp_path, real_images_dir,
                                               quirks):
@@ -95,6 +97,7 @@ def test_tagger_matches_reference_real_images(tiny_clip_path, tmp_path, real_ima
     assert_matches_reference(tagger, images, keys=('p_final', ))
 
 
+@pytest.mark.classic
 def test_batch_equals_single(tiny_clip_path, tmp_path):
     tagger = build_tagger(tiny_clip_path, 'reference', tmp_path, vote_k=2)
     torch.manual_seed(2)
@@ -223,6 +226,7 @@ def test_autocast_tolerance_tool_prints_every_figure(capsys):
         assert line in out, line
 
 
+@pytest.mark.classic
 def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_clip_path, tmp_path):
     """A bf16 run on a cold cache, then an fp32 run on that cache, gives
     exactly what fp32 gives on a cold cache: the text encoder never runs
@@ -266,10 +270,24 @@ def test_bf16_autocast_scores_and_thresholds_run_in_fp32(tiny_clip_path, tmp_pat
         assert not torch.equal(scores.bfloat16().float(), scores)
 
 
+@pytest.mark.classic
 @pytest.mark.parametrize('value', ['fp32', 'int8', 'half-ish'])
 def test_bad_autocast_value_is_refused(tiny_clip_path, tmp_path, value):
     with pytest.raises(ValueError, match="autocast must be None, 'bf16' or 'fp16'"):
         build_tagger(tiny_clip_path, 'reference', tmp_path, autocast=value)
     model = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast=None)
     with model.autocast_context(torch.device('cpu')):
-        assert not torch.is_autocast_enabled('cpu')
+        assert not is_autocast_enabled('cpu')
+
+
+@pytest.mark.classic
+def test_fp16_autocast_runs_or_names_the_missing_feature(tiny_clip_path, tmp_path):
+    """CPU autocast to fp16 is missing from older torch (2.1 raises an internal
+    error): the model then says so and names the dtype that works."""
+    model = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast='fp16')
+    images = list(torch.randn(1, 3, 48, 64))
+    if autocast_supports('cpu', torch.float16):
+        assert torch.isfinite(model(images)[0].pred_score).all()
+    else:
+        with pytest.raises(ValueError, match="autocast=torch.float16 is not available on cpu.*'bf16'"):
+            model(images)

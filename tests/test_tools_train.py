@@ -12,10 +12,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
+from PIL import Image
 
 from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only,
                                                     safe_checkpoint_loading)
@@ -47,6 +49,7 @@ def train_losses(log: str) -> list:
     return [float(v) for v in re.findall(r'\bloss: (\S+)', log)]
 
 
+@pytest.mark.classic
 @pytest.mark.slow
 def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     work_dir = str(tmp_path / 'work')
@@ -79,9 +82,10 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
     assert re.search(r'mIoU: \d', log)
 
 
+@pytest.mark.classic
 def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_path):
-    """docs/compatibility.md trap 6: a training checkpoint is more than weights; torch (>= 2.6, the
-    only torch setup.py admits) refuses it by default, and the tools load it
+    """docs/compatibility.md trap 6: a training checkpoint is more than weights; torch refuses it
+    with weights_only=True (the default since torch 2.6), and the tools load it
     with weights_only=True plus an allowlist."""
     import numpy as np
     from mmengine.logging import HistoryBuffer
@@ -92,7 +96,7 @@ def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_
                           runtime_info={'lr': np.float64(0.01)}))
     torch.save(checkpoint, path)
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, map_location='cpu')  # what mmengine 0.10.7 calls
+        torch.load(path, map_location='cpu', weights_only=True)  # mmengine 0.10.7 on torch 2.6+
     default_loader = CheckpointLoader._get_checkpoint_loader(path)
     assert default_loader is not load_from_local_weights_only  # import changed nothing
     with safe_checkpoint_loading():
@@ -108,9 +112,10 @@ def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_
     # Restored on exit: nothing outlives the block.
     assert CheckpointLoader._get_checkpoint_loader(path) is default_loader
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, map_location='cpu')
+        torch.load(path, map_location='cpu', weights_only=True)
 
 
+@pytest.mark.classic
 def test_importing_the_package_changes_no_checkpoint_loader():
     # torch adds its own types to the allowlist on lazy imports, so the check
     # is that nothing a checkpoint of this project needs got allowlisted.
@@ -121,7 +126,7 @@ def test_importing_the_package_changes_no_checkpoint_loader():
             'import tagclip_mmseg, tagclip_mmseg.apis\n'
             'assert dict(CheckpointLoader._schemes) == before, "loader registry changed"\n'
             'names = {getattr(g[0] if isinstance(g, tuple) else g, "__module__", "")\n'
-            '         for g in torch.serialization.get_safe_globals()}\n'
+            '         for g in getattr(torch.serialization, "get_safe_globals", list)()}\n'
             'assert not [n for n in names if n.startswith(("tagclip", "mmengine", "numpy",\n'
             '                                              "builtins"))], names\n'
             'print("UNCHANGED")\n')
@@ -149,25 +154,61 @@ def write_malicious_checkpoint(path, marker, state_dict=None) -> str:
     return str(path)
 
 
-def test_malicious_checkpoint_never_runs_in_train_and_test(tmp_path, tiny_config, tool_runner):
-    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from."""
-    from tagclip_mmseg.engine import UnsafeCheckpointError
-    marker = tmp_path / 'code_ran'
+class CallsSystem:
+    """Unpickling this calls ``os.system('touch <marker>')``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def bad_checkpoints(tmp_path, marker) -> dict:
+    """``name -> (path, error type name, fragments its message must hold)``."""
     evil = write_malicious_checkpoint(tmp_path / 'evil.pth', marker)
-    runs = {
-        'test.py CHECKPOINT': ('tools/test.py', tiny_config, evil),
-        'train.py --resume': ('tools/train.py', tiny_config, '--resume', evil),
-        'train.py load_from': ('tools/train.py', tiny_config, '--cfg-options',
-                               f'load_from={evil}'),
+    system = str(tmp_path / 'system.pth')
+    torch.save(dict(meta=dict(iter=2), state_dict={'w': torch.ones(1)},
+                    message_hub=CallsSystem(str(marker))), system)
+    jpeg = str(tmp_path / 'photo.pth')
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg, format='JPEG')
+    truncated = str(tmp_path / 'truncated.pth')
+    torch.save({'w': torch.ones(1000)}, truncated)
+    with open(truncated, 'r+b') as f:
+        f.truncate(os.path.getsize(truncated) // 2)
+    refused = ('could run code', 'Nothing from it was executed', 'asks to call')
+    return {
+        'calls open': (evil, 'UnsafeCheckpointError', refused + ('open', )),
+        'calls os.system': (system, 'UnsafeCheckpointError',
+                            refused + (f'{os.system.__module__}.system', )),
+        'a JPEG': (jpeg, 'UnreadableCheckpointError', ('a JPEG image, not a checkpoint', )),
+        'truncated': (truncated, 'UnreadableCheckpointError', ('truncated', )),
     }
-    for name, (script, *args) in runs.items():
-        with pytest.raises(UnsafeCheckpointError) as info:
-            tool_runner.inprocess(script, *args, '--work-dir', str(tmp_path / 'work'))
-        message = str(info.value)
-        assert not marker.exists(), f'{name} ran code from the checkpoint'
-        for fragment in (evil, 'could run code', 'Unsupported global', 'open',
-                         'Nothing from it was executed'):
-            assert fragment in message, (name, fragment, message)
+
+
+@pytest.mark.classic
+def test_bad_checkpoint_is_explained_and_never_runs_in_train_and_test(tmp_path, tiny_config,
+                                                                      tool_runner):
+    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from,
+    each with a file that calls a function, a JPEG and a truncated file."""
+    from tagclip_mmseg import engine
+    marker = tmp_path / 'code_ran'
+    for kind, (path, error, fragments) in bad_checkpoints(tmp_path, marker).items():
+        runs = {
+            'test.py CHECKPOINT': ('tools/test.py', tiny_config, path),
+            'train.py --resume': ('tools/train.py', tiny_config, '--resume', path),
+            'train.py load_from': ('tools/train.py', tiny_config, '--cfg-options',
+                                   f'load_from={path}'),
+        }
+        for name, (script, *args) in runs.items():
+            with pytest.raises(getattr(engine, error)) as info:
+                tool_runner.inprocess(script, *args, '--work-dir', str(tmp_path / 'work'))
+            message = str(info.value)
+            assert not marker.exists(), f'{name} ran code from the checkpoint'
+            for fragment in (path, *fragments):
+                assert fragment in message, (kind, name, fragment, message)
+            assert 'weights_only=False' not in message, (kind, name, message)
+            assert '`weights_only` set to `False`' not in message, (kind, name, message)
 
 
 def test_test_tool_checkpoint_is_optional_and_out_needs_one_metric(tmp_path, monkeypatch,
@@ -282,6 +323,7 @@ def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_
     assert 'skipped by the tagger' in log
 
 
+@pytest.mark.classic
 def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
     """Remote ``load_from`` / ``init_cfg`` URLs (http, open-mmlab://, ...) end in
     mmengine's ``load_url``; inside the tools' block it refuses a pickle that
@@ -306,6 +348,21 @@ def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
     assert mmengine_checkpoint.load_url is not None
     from mmengine.utils.dl_utils import load_url
     assert mmengine_checkpoint.load_url is load_url  # restored on exit
+
+
+def test_run_pipeline_passes_name_files_to_tags_and_pseudo_steps(tmp_path, capsys, tiny_config):
+    pipeline = import_tool('run_pipeline')
+    names = tmp_path / 'cls_ade847.txt'
+    names.write_text('wall\nbuilding, edifice')
+    pipeline.main(['--work-dir', str(tmp_path / 'pipe'), '--tag-config',
+                   'configs/tagclip/tagclip_vit-b16_folder.py', '--pseudo-config', 'PSEUDO.py',
+                   '--seg-config', tiny_config, '--dry-run', '--classes', str(names),
+                   '--classes-sep', '; ', '--background-line'])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('+ ')]
+    flags = f"--classes {names} --classes-sep '; ' --background-line"
+    assert flags in lines[0] and 'test.py' in lines[0]
+    assert flags in lines[1] and 'generate_pseudo_labels.py' in lines[1]
+    assert '--classes' not in lines[2]  # training never reads names
 
 
 # ------------------------------------------------ several processes on the CPU

@@ -137,7 +137,9 @@ def test_crash_during_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(io_mod.os, 'replace', killed)
     with pytest.raises(KeyboardInterrupt):
         writer.process({}, [_sample(_mask(0), 'a')])
-    assert os.listdir(tmp_path) == ['.lock']  # the live writer's run lock, nothing else
+    # The live writer's run lock and the record of the mask's source (which
+    # matches no PNG), nothing else.
+    assert sorted(os.listdir(tmp_path)) == ['.lock', '.sources.rank0.jsonl']
 
 
 def test_stale_temp_files_are_removed_at_start(tmp_path):

@@ -25,14 +25,16 @@ import time
 
 from mmengine.config import Config
 from mmengine.runner import Runner
-from mmseg.registry import DATASETS
+from mmseg.registry import DATASETS, MODELS
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.engine import safe_checkpoint_loading
+from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.evaluation.summary import format_summary
-from tagclip_mmseg.utils import (add_runner_args, ensure_writable_dir, init_cpu_distributed,
-                                 load_config, parse_runner_args, set_clip_checkpoint,
-                                 set_in_dicts_of_type, type_accepts)
+from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
+                                 ensure_writable_dir, init_cpu_distributed, load_config,
+                                 parse_runner_args, set_clip_checkpoint, set_in_dicts_of_type,
+                                 type_accepts)
 
 WRITERS = ['PseudoLabelWriter']
 RESUME_TRANSFORMS = ['SkipExisting']
@@ -57,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--save-cams', action='store_true', help='also save CAM arrays (.npy)')
     parser.add_argument('--work-dir', help='folder for logs (default: OUT/logs)')
     add_runner_args(parser)
+    add_vocabulary_args(parser)
     return parse_runner_args(parser)
 
 
@@ -93,6 +96,9 @@ def configure(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.test_dataloader.dataset.tag_source = 'file'
     if args.clip_checkpoint:
         set_clip_checkpoint(cfg, args.clip_checkpoint)
+    vocabulary = apply_vocabulary_args(cfg, args, MODELS, resolve_background)
+    if vocabulary:
+        print(vocabulary, flush=True)
     cfg.launcher = init_cpu_distributed(args.launcher)
     cfg.work_dir = args.work_dir or osp.join(out, 'logs')
     return cfg

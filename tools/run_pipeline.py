@@ -48,7 +48,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 
 from mmengine.config import Config
 
-from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
+from tagclip_mmseg.utils import (add_vocabulary_args, atomic_write_text, ensure_writable_dir,
+                                 iter_dicts, vocabulary_args_to_argv)
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 STEPS = ('tags', 'pseudo', 'train', 'eval')
@@ -86,6 +87,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='run only these steps (others must already be done)')
     parser.add_argument('--dry-run', action='store_true',
                         help='print what would run, run nothing')
+    add_vocabulary_args(parser)  # passed on to the tags and pseudo steps
     args = parser.parse_args(argv)
     if args.gpus < 1:
         parser.error('--gpus must be >= 1')
@@ -194,6 +196,7 @@ def build_steps(args: argparse.Namespace) -> List[Step]:
         f'train_dataloader.dataset.ann_file={ids_file}', *args.train_options
     ]
     max_iters = final_iteration(args.seg_config, train_options)
+    vocabulary = vocabulary_args_to_argv(args)
 
     def run_tags() -> None:
         if not args.tag_config:
@@ -204,7 +207,7 @@ def build_steps(args: argparse.Namespace) -> List[Step]:
         if args.clip_checkpoint:
             options.append(f'model.clip.checkpoint={args.clip_checkpoint}')
         execute(tool_command('test.py', [
-            args.tag_config, '--work-dir', osp.join(work_dir, 'logs', 'tags'),
+            args.tag_config, '--work-dir', osp.join(work_dir, 'logs', 'tags'), *vocabulary,
             *cfg_options(options)], gpus, port), dry)
 
     def run_pseudo() -> None:
@@ -212,7 +215,7 @@ def build_steps(args: argparse.Namespace) -> List[Step]:
         if args.clip_checkpoint:
             extra += ['--clip-checkpoint', args.clip_checkpoint]
         execute(tool_command('generate_pseudo_labels.py', [
-            args.pseudo_config, '--out', pseudo_dir, *extra,
+            args.pseudo_config, '--out', pseudo_dir, *extra, *vocabulary,
             *cfg_options(args.pseudo_options)], gpus, port), dry)
 
     def run_train() -> None:

@@ -24,6 +24,8 @@ Examples::
 
     python tools/test.py configs/deeplab/CONFIG.py work_dirs/CONFIG/iter_40000.pth
     python tools/test.py configs/tagclip/CONFIG.py            # training-free
+    python tools/test.py configs/open_vocab/tagclip_vit-b16_voc21.py \
+        --classes cls_voc21.txt --background-line             # the peers' name file
     bash tools/dist_test.sh configs/deeplab/CONFIG.py CKPT 4 --out preds/
 """
 import argparse
@@ -31,12 +33,15 @@ import os.path as osp
 
 from mmengine.config import Config, ConfigDict
 from mmengine.runner import Runner
+from mmseg.registry import MODELS
 from torch import nn
 
 import tagclip_mmseg  # noqa: F401  (registers the plugin)
 from tagclip_mmseg.engine import safe_checkpoint_loading
-from tagclip_mmseg.utils import (add_runner_args, default_work_dir, init_cpu_distributed,
-                                 load_config, parse_runner_args, set_clip_checkpoint)
+from tagclip_mmseg.models.clip.presets import resolve_background
+from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
+                                 default_work_dir, init_cpu_distributed, load_config,
+                                 parse_runner_args, set_clip_checkpoint)
 
 #: Wrapper for distributed testing that accepts fully frozen models.
 FROZEN_SAFE_WRAPPER = dict(
@@ -70,6 +75,7 @@ def parse_args() -> argparse.Namespace:
         '--clip-checkpoint',
         help='CLIP weights for training-free configs (sets every model.*.clip.checkpoint; '
         'default: the config, usually ~/.cache/clip/ViT-B-16.pt)')
+    add_vocabulary_args(parser)
     return parse_runner_args(parser)
 
 
@@ -134,6 +140,9 @@ def main() -> None:
 
     if args.clip_checkpoint is not None and not set_clip_checkpoint(cfg, args.clip_checkpoint):
         raise ValueError(f'--clip-checkpoint was given but {args.config} has no CLIP model')
+    vocabulary = apply_vocabulary_args(cfg, args, MODELS, resolve_background)
+    if vocabulary:
+        print(vocabulary, flush=True)
     # CPU-only machines: torchrun + --launcher pytorch starts gloo here
     # (docs/compatibility.md trap 12).
     cfg.launcher = init_cpu_distributed(cfg.launcher)

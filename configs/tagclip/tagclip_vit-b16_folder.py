@@ -1,8 +1,8 @@
 # TagCLIP on any folder of images with any vocabulary; an optional label file
 # ("image_id idx idx ...") enables mAP/F1.
 #   python tools/test.py configs/tagclip/tagclip_vit-b16_folder.py \
-#       --cfg-options test_dataloader.dataset.data_root=my_photos \
-#       "test_dataloader.dataset.metainfo.classes=[cat,dog,espresso cup]"
+#       --data-root my_photos --classes my_classes.txt
+# (my_classes.txt: one class per line, e.g. "espresso cup"; synonyms "person, people").
 # Photos are turned upright (EXIF orientation), as in the upright_* pseudo-label
 # and training pipelines (README.md, "Image orientation").
 # A killed run started again with the same settings resumes from the journals

@@ -112,11 +112,14 @@ class TagCLIPInferencer(BaseInferencer):
         batch_size (int): Images per forward (equal-size images only).
         classes (str | Sequence[str | Sequence[str]], optional): The
             vocabulary; a list entry is a synonym list, a string names a
-            preset (``'voc'``, ``'coco'``, ``'cocostuff'``). Required unless
+            preset (``'voc'``, ``'coco'``, ``'cocostuff'``) or a name file
+            (``'my_classes.txt'``, or ``dict(file=..., sep='; ')``; see
+            :func:`~tagclip_mmseg.utils.read_name_file`). Required unless
             the config names its classes (in the model or its test dataset's
             metainfo).
         background_words (str | Sequence[str], optional): Softmax
-            competitors, or a preset name (``'voc'``, ``'coco'``). None takes
+            competitors, a preset name (``'voc'``, ``'coco'``) or a name
+            file (every name in it). None takes
             the config's; without a config, TagCLIP's VOC background words
             minus any word that is also a class. ``[]`` disables them.
         with_cams (bool): Build the CLIP-ES labeler now rather than on the

@@ -32,8 +32,8 @@ from .image_io import IMG_EXTENSIONS
 from .label_files import read_id_list, read_label_file
 from .label_maps import resolve_index_map
 from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, join_root,
-                    locate_image, missing_image_record, report_missing, scan_images,
-                    validate_classes)
+                    locate_image, missing_image_record, read_metainfo_name_files,
+                    report_missing, scan_images, validate_classes)
 
 __all__ = [
     'MultiLabelImageFolder', 'MultiLabelListDataset', 'VOCMultiLabelDataset',
@@ -68,7 +68,7 @@ class _MultiLabelDataset(BaseDataset):
 
     @classmethod
     def _load_metainfo(cls, metainfo=None) -> dict:
-        meta = super()._load_metainfo(metainfo)
+        meta = super()._load_metainfo(read_metainfo_name_files(metainfo))
         meta['classes'] = validate_classes(meta.get('classes'), cls.__name__, synonyms=True)
         return meta
 

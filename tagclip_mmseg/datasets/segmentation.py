@@ -40,8 +40,8 @@ from .categories import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASS
 from .label_files import read_id_list, read_label_file
 from .label_maps import label_lut, resolve_index_map
 from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, locate_image,
-                    missing_image_record, read_skipped_list, report_missing, scan_images,
-                    skipped_list_path, validate_classes)
+                    missing_image_record, read_metainfo_name_files, read_skipped_list,
+                    report_missing, scan_images, skipped_list_path, validate_classes)
 
 __all__ = [
     'TaggedSegDataset', 'VOCTaggedSegDataset', 'COCOObjectTaggedSegDataset',
@@ -116,7 +116,7 @@ class TaggedSegDataset(BaseSegDataset):
 
     @classmethod
     def _load_metainfo(cls, metainfo=None) -> dict:
-        meta = super()._load_metainfo(metainfo)
+        meta = super()._load_metainfo(read_metainfo_name_files(metainfo))
         meta['classes'] = validate_classes(meta.get('classes'), cls.__name__)
         tag_classes = meta.get('tag_classes')
         if tag_classes is None:

@@ -18,6 +18,7 @@ from mmengine.logging import print_log
 from PIL import Image
 
 from mmseg.registry import TRANSFORMS
+from ..utils.init_args import RecordsInitArgs
 from .image_io import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, read_image_size
 
 __all__ = ['patch_grid', 'image_grid', 'group_indices', 'LoadImageRobust', 'ResizeToPatchMultiple']
@@ -121,7 +122,7 @@ def group_indices(keys: Iterable[Hashable]) -> Dict[Hashable, List[int]]:
 
 
 @TRANSFORMS.register_module()
-class LoadImageRobust(BaseTransform):
+class LoadImageRobust(RecordsInitArgs, BaseTransform):
     """Load an image of any mode/format as RGB uint8, surviving bad files.
 
     Decoding rules (modes, 16-bit scaling, alpha, EXIF orientation, large
@@ -194,7 +195,7 @@ class LoadImageRobust(BaseTransform):
 
 
 @TRANSFORMS.register_module()
-class ResizeToPatchMultiple(BaseTransform):
+class ResizeToPatchMultiple(RecordsInitArgs, BaseTransform):
     """Resize the image to its size rounded up to a multiple of the patch size.
 
     The target is :func:`patch_grid` times ``patch_size``, resized in one step

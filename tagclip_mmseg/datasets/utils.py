@@ -6,12 +6,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
+from ..utils.name_files import name_file_spec
 from .image_io import IMG_EXTENSIONS
 
 __all__ = [
     'validate_classes', 'check_choice', 'list_images', 'scan_images', 'join_root', 'report_missing',
     'MISSING_IMAGES_KEY', 'missing_image_record', 'skipped_list_path', 'read_skipped_list',
-    'image_suffixes', 'locate_image'
+    'image_suffixes', 'locate_image', 'read_metainfo_name_files'
 ]
 
 
@@ -61,6 +62,34 @@ def missing_image_record(img_id: str, img_path: Optional[str] = None,
         else:
             reason = 'file not found'
     return dict(img_id=img_id, img_path=img_path, reason=reason)
+
+
+def read_metainfo_name_files(metainfo: Optional[dict]) -> Optional[dict]:
+    """``metainfo`` with its name files read by the project's one reader.
+
+    ``classes`` given as a name file (a ``.txt`` path or ``dict(file=...,
+    sep=..., first_line=...)``) become the first name of each class (the
+    dataset's label names; ``'background'`` first when the file's line 1 is
+    the background line) and ``class_names`` holds the classes with their
+    synonyms, which ``VocabularyHook`` hands to the model. A
+    ``background_words`` name file becomes its list of words. Without this,
+    mmengine would read a path itself, one name per line.
+    """
+    if not metainfo:
+        return metainfo
+    meta = dict(metainfo)
+    names = name_file_spec(meta.get('classes'))
+    if names is not None:
+        classes = names.classes()
+        first = ('background', ) if names.first_line == 'background' else ()
+        meta['classes'] = first + tuple(c if isinstance(c, str) else c[0] for c in classes)
+        meta['class_names'] = classes
+        if first and meta.get('background_words') is None:
+            meta['background_words'] = names.background_words()
+    words = name_file_spec(meta.get('background_words'))
+    if words is not None:
+        meta['background_words'] = words.background_words()
+    return meta
 
 
 def validate_classes(classes, owner: str, synonyms: bool = False) -> tuple:

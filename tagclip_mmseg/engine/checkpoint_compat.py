@@ -12,7 +12,10 @@ under torch >= 2.6 (open-mmlab/mmengine#1655). Rather than loading those files
 unsafely, :func:`safe_checkpoint_loading` allowlists exactly the data types
 they contain (:data:`MMENGINE_CHECKPOINT_GLOBALS`, found with
 ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a real training
-checkpoint); none of them runs code when unpickled. The one callable such a
+checkpoint); none of them runs code when unpickled. Before torch 2.6 torch's
+own allowlist cannot take them, and
+:func:`~tagclip_mmseg.utils.torch_compat.load_weights_only` uses an unpickler
+restricted to the same list instead. The one callable such a
 file needs, ``getattr`` (a history buffer's statistics methods are pickled as
 ``getattr(HistoryBuffer, 'mean')``), is replaced by a version that only
 returns ``HistoryBuffer``'s own public methods.
@@ -36,16 +39,19 @@ import os
 import os.path as osp
 import pickle
 from typing import Any, Callable, Iterator, List, Optional, Union
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import CheckpointLoader
 
-from ..utils.unpickling import refused_global
+from ..utils.torch_compat import has_named_safe_globals, load_weights_only
+from ..utils.unpickling import refused_globals, unreadable_reason
 
 __all__ = [
-    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_from_local_weights_only',
+    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'UnreadableCheckpointError',
+    'load_from_local_weights_only',
     'load_url_weights_only', 'safe_checkpoint_loading'
 ]
 
@@ -94,6 +100,27 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds Python objects that loading would have to execute."""
 
 
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint file is damaged, or not a checkpoint at all."""
+
+
+def _raise_load_error(path: str, what: str, e: BaseException) -> None:
+    """Raise the error that says why ``path`` (described as ``what``) did not load.
+
+    Decided from the file (:mod:`tagclip_mmseg.utils.unpickling`), not from
+    the wording of ``e``, which changes between torch versions.
+    """
+    refused = refused_globals(path, e)
+    if refused is not None:
+        raise UnsafeCheckpointError(
+            f'refusing to load {what}: besides weights, it asks to call {", ".join(refused)} '
+            'while it is loaded, which could run code from the file, so loading was refused. '
+            'Nothing from it was executed. Checkpoints written by mmengine/mmseg training load '
+            'as they are; re-save a file you trust as a plain state dict '
+            '(torch.save(model.state_dict(), path)).') from None
+    raise UnreadableCheckpointError(f'cannot load {what}: {unreadable_reason(path, e)}') from None
+
+
 def load_from_local_weights_only(filename: str, map_location: MapLocation = None) -> Any:
     """mmengine's local-file loader with an explicit ``weights_only=True``.
 
@@ -105,23 +132,17 @@ def load_from_local_weights_only(filename: str, map_location: MapLocation = None
         UnsafeCheckpointError: If the file stores objects other than tensors,
             containers and :data:`MMENGINE_CHECKPOINT_GLOBALS` (e.g. a pickle
             that calls a function); nothing from the file was run.
+        UnreadableCheckpointError: If the file is damaged or not a
+            checkpoint (an image, a web page...).
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename!r} can not be found; check the path '
                                 '(--resume looks for the last_checkpoint of --work-dir).')
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = refused_global(e)
-        if refused is None:  # not a pickle problem we can explain: torch's own error
-            raise
-        raise UnsafeCheckpointError(
-            f'refusing to load checkpoint {filename!r}: it stores Python objects that are not '
-            'weights, and unpickling them could run code from the file (torch: '
-            f'{refused}). Nothing from it was executed. Checkpoints written by '
-            'mmengine/mmseg training load as they are; re-save a file you trust as a plain '
-            'state dict (torch.save(model.state_dict(), path)).') from e
+        return load_weights_only(filename, map_location, MMENGINE_CHECKPOINT_GLOBALS)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
+        _raise_load_error(filename, f'checkpoint {filename!r}', e)
 
 
 def load_url_weights_only(url: str,
@@ -136,6 +157,8 @@ def load_url_weights_only(url: str,
     Raises:
         UnsafeCheckpointError: If the downloaded file stores objects other
             than weights; nothing from it was run.
+        UnreadableCheckpointError: If the downloaded file is damaged or not
+            a checkpoint.
     """
     import torch.hub
     try:
@@ -143,13 +166,13 @@ def load_url_weights_only(url: str,
                                                   map_location=map_location, progress=progress,
                                                   check_hash=check_hash, file_name=file_name,
                                                   weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = refused_global(e)
-        if refused is None:
+    except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
+        if model_dir is None:
+            model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
+        cached = osp.join(model_dir, file_name or osp.basename(urlparse(url).path))
+        if not osp.isfile(cached):  # the download itself failed: torch's own error
             raise
-        raise UnsafeCheckpointError(
-            f'refusing to load the checkpoint downloaded from {url!r}: it stores Python objects '
-            f'that are not weights (torch: {refused}). Nothing from it was executed.') from e
+        _raise_load_error(cached, f'the checkpoint downloaded from {url!r} ({cached})', e)
 
 
 @contextlib.contextmanager
@@ -171,7 +194,9 @@ def safe_checkpoint_loading() -> Iterator[None]:
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
     mmengine_checkpoint.load_url = load_url_weights_only
     try:
-        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        # Also for mmengine's other loaders (ceph, pavi...), where torch can.
+        with (torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
+              if has_named_safe_globals() else contextlib.nullcontext()):
             yield
     finally:
         CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)

@@ -26,6 +26,7 @@ Files in ``out_dir`` (all written atomically, all byte-deterministic):
   failed`` accounts for every listed image.
 """
 import io
+import hashlib
 import json
 import os.path as osp
 import time
@@ -34,19 +35,19 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_rank, is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 from PIL import Image
 
 from ..datasets.categories import voc_palette
-from ..datasets.utils import MISSING_IMAGES_KEY
-from ..utils.checks import check_finite
 from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from ..utils.checks import check_finite
+from ..utils.paths import safe_join
 from ..utils.run_lock import RunLock
-from ..resume.files import remove_stale_temp_files
-from .sample_fields import get_field, image_id, load_error, pixel_data
+from ..resume.files import SourceLog, remove_stale_temp_files, sources_path
+from .sample_fields import get_field, image_id, load_error, missing_images, pixel_data
 from .summary import format_summary
 
 __all__ = ['encode_label_png', 'encode_npz', 'PseudoLabelWriter']
@@ -141,6 +142,7 @@ class PseudoLabelWriter(BaseMetric):
         self.save_cams = save_cams
         self._palette: Optional[np.ndarray] = None
         self._start: Optional[float] = None
+        self._sources: Optional[SourceLog] = None
         # One live run per output: refuse before touching files another run writes.
         self._lock = RunLock(self.out_dir) if is_main_process() else None
         if self._lock is not None:
@@ -149,10 +151,12 @@ class PseudoLabelWriter(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Write the files of this batch on this rank; record each outcome."""
-        if self._start is None:
+        if self._start is None:  # the first batch: refuse bad ids before any work is kept
             self._start = time.perf_counter()
+            missing_images(self.dataset_meta, self.out_dir)
         for sample in data_samples:
             img_id = image_id(sample)
+            safe_join(self.out_dir, img_id, '.png')  # refuse an id that leaves out_dir
             record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
                           status='written', reason=None)
             error = load_error(sample)
@@ -166,8 +170,14 @@ class PseudoLabelWriter(BaseMetric):
 
     def _write_sample(self, sample, img_id: str, label: Optional[torch.Tensor]) -> None:
         mask = _label_map(label, sample, img_id)
-        atomic_write_bytes(osp.join(self.out_dir, img_id + '.png'),
-                           encode_label_png(mask, self._get_palette()))
+        png = encode_label_png(mask, self._get_palette())
+        path = safe_join(self.out_dir, img_id, '.png')
+        if self._sources is None:
+            self._sources = SourceLog(sources_path(self.out_dir, get_rank()))
+        # Recorded first: a kill in between leaves a record without its PNG.
+        self._sources.append(img_id, get_field(sample, 'img_path'),
+                             hashlib.sha256(png).hexdigest())
+        atomic_write_bytes(path, png)
         if self.save_cams:
             cams = get_field(sample, 'cams')
             if cams is None:
@@ -179,7 +189,7 @@ class PseudoLabelWriter(BaseMetric):
                 raise ValueError(f'image {img_id}: cams {cams.shape} must be (K, H, W) with '
                                  f'K = {keys.size} tags and (H, W) = mask {mask.shape}')
             check_finite(cams, f'image {img_id}: CAMs')
-            atomic_write_bytes(osp.join(self.out_dir, img_id + '.npz'),
+            atomic_write_bytes(safe_join(self.out_dir, img_id, '.npz'),
                                encode_npz(dict(keys=keys, attn_highres=cams)))
 
     def _get_palette(self) -> Optional[np.ndarray]:
@@ -201,11 +211,21 @@ class PseudoLabelWriter(BaseMetric):
             self._palette = palette
         return self._palette
 
+    def evaluate(self, size: int) -> dict:
+        """Write what is left and gather as the bases do; then close this rank's
+        record of mask sources."""
+        try:
+            return super().evaluate(size)
+        finally:
+            if self._sources is not None:
+                self._sources.close()
+                self._sources = None
+
     def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
         """Count outcomes over all ranks, write the summary files, log one line."""
         elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
         self._start = None
-        left_out = (self.dataset_meta or {}).get(MISSING_IMAGES_KEY, ())
+        left_out = missing_images(self.dataset_meta, self.out_dir)
         results = list(results) + [dict(m, status='failed') for m in left_out]
         counts = {k: sum(r['status'] == k for r in results)
                   for k in ('written', 'skipped', 'failed')}

@@ -7,12 +7,15 @@ shapes so that every metric handles inputs the same way, and they define the
 one rule for naming an image's output files.
 """
 import os.path as osp
-from typing import Any, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
-__all__ = ['get_field', 'pixel_data', 'image_id', 'load_error']
+from ..datasets.utils import MISSING_IMAGES_KEY
+from ..utils.paths import safe_join
+
+__all__ = ['get_field', 'pixel_data', 'image_id', 'load_error', 'missing_images']
 
 Sample = Union[Mapping[str, Any], Any]
 
@@ -65,3 +68,16 @@ def load_error(sample: Sample) -> Optional[str]:
     """The reason an image could not be loaded, or ``None`` when it loaded."""
     error = get_field(sample, 'load_error')
     return None if error is None or error == '' else str(error)
+
+
+def missing_images(dataset_meta: Optional[Mapping], folder: str) -> List[dict]:
+    """The images the dataset listed but could not find (``img_id``,
+    ``img_path``, ``reason``), every id checked to stay inside ``folder``.
+
+    Raises:
+        UnsafePathError: For an id that would leave ``folder``.
+    """
+    missing = list((dataset_meta or {}).get(MISSING_IMAGES_KEY, ()))
+    for record in missing:
+        safe_join(folder, record['img_id'])
+    return missing

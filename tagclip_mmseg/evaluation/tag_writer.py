@@ -46,13 +46,15 @@ from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 
 from ..datasets.label_files import format_label_line
-from ..datasets.utils import MISSING_IMAGES_KEY, skipped_list_path
+from ..datasets.utils import skipped_list_path
 from ..utils.checks import check_finite
 from ..utils.io import atomic_write_text, ensure_writable_dir
+from ..utils.hashing import file_stamp
+from ..utils.paths import safe_join
 from ..utils.run_lock import RunLock
 from ..resume.files import remove_stale_temp_files
 from ..resume.journal import TagJournal, encode_scores, journal_path, journal_paths
-from .sample_fields import get_field, image_id, load_error
+from .sample_fields import get_field, image_id, load_error, missing_images
 from .summary import format_summary
 
 __all__ = ['TagFileWriter']
@@ -125,10 +127,14 @@ class TagFileWriter(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep each image's id, tags and rounded scores; journal the new ones."""
-        if self._start is None:
+        if self._start is None:  # the first batch: refuse bad ids before any work is kept
             self._start = time.perf_counter()
+            missing_images(self.dataset_meta, osp.dirname(self.out_file))
         for sample in data_samples:
-            record = dict(img_id=image_id(sample), img_path=get_field(sample, 'img_path'),
+            img_id = image_id(sample)
+            # Ids become paths downstream (pseudo labels): none may leave the folder.
+            safe_join(osp.dirname(self.out_file), img_id)
+            record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
                           error=load_error(sample), resumed=bool(get_field(sample, 'precomputed')))
             if record['error'] is None:
                 tags = get_field(sample, 'pred_label')
@@ -156,6 +162,7 @@ class TagFileWriter(BaseMetric):
                                        self.fsync_interval_s)
         shape = get_field(sample, 'ori_shape')
         self._journal.append(dict(img_id=record['img_id'], img_path=record['img_path'],
+                                  img_stamp=file_stamp(record['img_path']),
                                   ori_shape=None if shape is None else [int(x) for x in shape],
                                   tags=record['tags'], scores=encode_scores(scores)))
 
@@ -173,7 +180,7 @@ class TagFileWriter(BaseMetric):
         self._start = None
         by_id: Dict[str, dict] = {}
         left_out = [dict(img_id=m['img_id'], img_path=m['img_path'], error=m['reason'])
-                    for m in (self.dataset_meta or {}).get(MISSING_IMAGES_KEY, ())]
+                    for m in missing_images(self.dataset_meta, osp.dirname(self.out_file))]
         for record in list(results) + left_out:
             if record['img_id'] in by_id:
                 logger.warning(f'image id {record["img_id"]} occurs twice; keeping the first')

@@ -13,8 +13,9 @@ the rest. Read top-down:
   prediction fields a computed one would carry;
 * :mod:`.loop` -- ``ResumableTestLoop``: the model gets only the samples to
   compute, the evaluator all of them in input order;
-* :mod:`.fingerprint` -- hashes of a model's ``resume_settings()``: a journal is
-  reused only by a run with the same settings;
+* :mod:`.fingerprint` -- every setting of the model and the pipeline, derived
+  from their constructor arguments: outputs are reused only by a run with the
+  same settings;
 * :mod:`.tag_hook`, :mod:`.pseudo_label_hook` -- ``TagResumeHook`` and
   ``PseudoLabelResumeHook``, which connect writers, transforms and settings
   before the first image.
@@ -23,7 +24,8 @@ Importing registers the transforms, the loop and the hooks in mmseg's
 registries.
 """
 from .files import PNG_TRAILER, read_cam_file, read_label_png, remove_stale_temp_files
-from .fingerprint import resume_fingerprint, tagging_fingerprint
+from .fingerprint import (NOT_RESULT_SETTINGS, model_settings, pipeline_settings,
+                          resume_fingerprint, settings_of)
 from .journal import (JOURNAL_FORMAT, TagJournal, decode_scores, encode_scores, journal_path,
                       journal_paths, read_journals)
 from .loop import ResumableTestLoop, predict_or_restore, require_resumable_loop, select_samples
@@ -36,7 +38,8 @@ from .tag_hook import TagResumeHook
 
 __all__ = [
     'PNG_TRAILER', 'read_cam_file', 'read_label_png', 'remove_stale_temp_files',
-    'resume_fingerprint', 'tagging_fingerprint', 'JOURNAL_FORMAT', 'TagJournal',
+    'NOT_RESULT_SETTINGS', 'model_settings', 'pipeline_settings', 'resume_fingerprint',
+    'settings_of', 'JOURNAL_FORMAT', 'TagJournal',
     'decode_scores', 'encode_scores', 'journal_path', 'journal_paths', 'read_journals',
     'ResumableTestLoop', 'predict_or_restore', 'require_resumable_loop', 'select_samples',
     'SETTINGS_FILE', 'PseudoLabelResumeHook', 'pseudo_label_settings', 'settings_changes',

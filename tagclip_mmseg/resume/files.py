@@ -7,18 +7,32 @@ run reads finished masks and CAM files back (:func:`read_label_png`,
 :func:`read_cam_file`: a damaged one counts as missing and is recomputed), and
 the writers (and the COCO converter) remove the temporaries that a kill left
 behind (:func:`remove_stale_temp_files`).
+
+A mask is kept only for the version of the image it was made from: before
+writing ``<img_id>.png`` the writer appends to its rank's
+``.sources.rank<k>.jsonl`` the id, the ``[size, mtime_ns]`` of the image and
+the SHA-256 of the PNG (:class:`SourceLog`); an image edited since (or a mask
+without such a line) is recomputed (:func:`read_sources`). The PNG is named by
+its content, so a copied folder still resumes.
 """
+import glob
+import json
 import os
 import os.path as osp
 import re
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from mmengine.logging import print_log
 from PIL import Image
 
-__all__ = ['PNG_TRAILER', 'read_label_png', 'read_cam_file', 'remove_stale_temp_files']
+from ..utils.hashing import file_stamp
+
+__all__ = [
+    'PNG_TRAILER', 'read_label_png', 'read_cam_file', 'remove_stale_temp_files', 'SourceLog',
+    'read_sources', 'sources_path'
+]
 
 #: The last 12 bytes of every complete PNG: an empty IEND chunk and its CRC.
 PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
@@ -103,3 +117,62 @@ def remove_stale_temp_files(folder: str,
         print_log(f'removed {len(removed)} stale temporary files from {folder} '
                   '(left by an interrupted run)', logger='current')
     return removed
+
+
+def sources_path(out_dir: str, rank: int) -> str:
+    """The record of ``rank`` of which image version each mask of ``out_dir`` came from."""
+    return osp.join(out_dir, f'.sources.rank{int(rank)}.jsonl')
+
+
+class SourceLog:
+    """Append-only record of one rank: each written mask and the image it came from.
+
+    Args:
+        path: The file (:func:`sources_path`).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: Optional[IO[str]] = None
+
+    def append(self, img_id: str, img_path: Optional[str], png_sha256: str) -> None:
+        """Record that the PNG of SHA-256 ``png_sha256``, about to be written,
+        comes from ``img_path``'s current version (a kill before the PNG
+        exists leaves a record that matches nothing)."""
+        if self._file is None:
+            self._file = open(self.path, 'a', encoding='utf-8')
+            self._file.write('\n')  # a line torn by a kill stays apart from the next one
+        self._file.write(json.dumps(dict(img_id=img_id, image=file_stamp(img_path),
+                                         png=png_sha256), separators=(',', ':')) + '\n')
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush, fsync and close the file (a no-op if nothing was written)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+def read_sources(out_dir: str) -> Dict[str, Set[Tuple]]:
+    """``img_id`` -> every recorded ``(image stamp, PNG SHA-256)`` of ``out_dir``.
+
+    A mask is current when the present stamp of its image and the hash of its
+    PNG are one of its pairs; lines cut off by a kill are skipped.
+    """
+    sources: Dict[str, Set[Tuple]] = {}
+    for path in glob.glob(osp.join(glob.escape(out_dir), '.sources.rank*.jsonl')):
+        with open(path, 'rb') as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    key = (_stamp_key(record['image']), str(record['png']))
+                    sources.setdefault(str(record['img_id']), set()).add(key)
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return sources
+
+
+def _stamp_key(stamp: Optional[List[int]]) -> Optional[Tuple[int, ...]]:
+    return None if stamp is None else tuple(int(x) for x in stamp)

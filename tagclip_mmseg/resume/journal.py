@@ -12,9 +12,10 @@ Format: JSON lines. The first line is a header naming the format and a
 fingerprint of everything that determines the results (model, vocabulary,
 weights, image pipeline); a journal whose header differs belongs to another
 run and is ignored, and overwritten by the next writer of that rank. Every
-other line is one image: ``img_id``, ``img_path``, ``ori_shape``, ``tags``
-(foreground indices) and ``scores``, the exact score vector as
-``[numpy dtype string, base64 of its little-endian bytes]``, compact and
+other line is one image: ``img_id``, ``img_path``, ``img_stamp`` (the image
+file's ``[size, mtime_ns]`` when it was tagged: an image edited since is
+tagged again), ``ori_shape``, ``tags`` (foreground indices) and ``scores``,
+the exact score vector as ``[numpy dtype string, base64 of its little-endian bytes]``, compact and
 lossless, so that a resumed image scores exactly as a computed one in the
 metrics and the files.
 
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 #: Header ``format`` value; bump it when the record layout changes.
-JOURNAL_FORMAT = 'tagclip_mmseg/tag-journal/1'
+JOURNAL_FORMAT = 'tagclip_mmseg/tag-journal/2'
 #: Score dtypes kept as they are; anything else is stored as float64.
 _EXACT_DTYPES = ('<f2', '<f4', '<f8')
 
@@ -179,7 +180,8 @@ def read_journals(out_file: str, fingerprint: Optional[str]) -> Dict[str, dict]:
     so are lines that are not complete records (cut off by a kill).
 
     Returns:
-        ``img_id`` -> record (see the module docstring).
+        ``img_id`` -> record (see the module docstring); of two records of
+        one image (tagged again after an edit), the later one.
     """
     expected = _header(fingerprint)
     records: Dict[str, dict] = {}
@@ -198,7 +200,7 @@ def read_journals(out_file: str, fingerprint: Optional[str]) -> Dict[str, dict]:
                 except ValueError:
                     record = None
                 if _valid_record(record):
-                    records.setdefault(record['img_id'], record)
+                    records[record['img_id']] = record
                 elif line.strip():
                     torn += 1
         if torn:

@@ -3,8 +3,9 @@
 ``SkipExisting`` keeps every complete mask it finds in the writer's
 ``out_dir``; that is right only when the masks were made with the settings of
 this run. So the folder records them: ``<out_dir>/settings.json`` holds the
-labeler's ``resume_settings()`` (vocabulary, prompts, layers, thresholds,
-CRF, weights, quirks), the settings of the transforms that prepare the pixels
+labeler's settings (every constructor argument, :mod:`.fingerprint`:
+vocabulary, prompts, layers, thresholds, CRF, weights, quirks, data
+preprocessor), the settings of the transforms that prepare the pixels
 (orientation, resizing, token cap) and a digest of every image's tags. A run
 that would keep masks of other settings stops before computing anything and
 names what changed; ``tools/generate_pseudo_labels.py --overwrite`` (no
@@ -32,6 +33,7 @@ from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
 from ..utils.io import atomic_write_text
+from .fingerprint import model_settings, pipeline_settings
 from .loop import require_resumable_loop
 from .skip import SkipExisting
 
@@ -39,26 +41,7 @@ __all__ = ['SETTINGS_FILE', 'PseudoLabelResumeHook', 'pseudo_label_settings', 's
 
 #: The record of a pseudo-label folder's settings, in the writer's ``out_dir``.
 SETTINGS_FILE = 'settings.json'
-_FORMAT = 'tagclip_mmseg/pseudo-label-settings/1'
-#: Transforms that do not change the pixels a mask is computed from.
-_NOT_PIXELS = ('PackSegInputs', 'LoadAnnotations', 'PackInputs')
-#: Transform attributes that do not change the pixels (error handling).
-_NOT_PIXEL_ATTRS = ('on_error', )
-
-
-def _pixel_transforms(pipeline: List[Any]) -> List[Dict[str, Any]]:
-    """The settings of the transforms that prepare an image's pixels.
-
-    ``SkipExisting`` is replaced by the transforms it wraps, so a run with it
-    (resuming) and one without (``--overwrite``) record the same thing.
-    """
-    flat = []
-    for t in pipeline:
-        flat.extend(t.transforms if isinstance(t, SkipExisting) else [t])
-    return [dict(type=type(t).__name__,
-                 **{k: v for k, v in sorted(vars(t).items())
-                    if k not in _NOT_PIXEL_ATTRS and not k.startswith('_')})
-            for t in flat if type(t).__name__ not in _NOT_PIXELS]
+_FORMAT = 'tagclip_mmseg/pseudo-label-settings/2'
 
 
 def _tags_digest(dataset) -> Optional[str]:
@@ -74,7 +57,7 @@ def _tags_digest(dataset) -> Optional[str]:
 def pseudo_label_settings(model, dataset, pipeline: List[Any]) -> Dict[str, Any]:
     """What decides the masks of a run (see the module docstring), as JSON values."""
     return json.loads(json.dumps(dict(
-        format=_FORMAT, model=model.resume_settings(), pixels=_pixel_transforms(pipeline),
+        format=_FORMAT, model=model_settings(model), pixels=pipeline_settings(pipeline),
         tags=_tags_digest(dataset)), sort_keys=True, default=repr))
 
 
@@ -143,10 +126,6 @@ class PseudoLabelResumeHook(Hook):
         if not writers:
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        if not hasattr(model, 'resume_settings'):
-            runner.logger.warning('pseudo-label settings are not recorded: '
-                                  f'{type(model).__name__} has no resume_settings()')
-            return
         dataset = runner.test_dataloader.dataset
         pipeline = getattr(getattr(dataset, 'pipeline', None), 'transforms', None) or []
         resuming = any(isinstance(t, SkipExisting) for t in pipeline)

@@ -14,9 +14,6 @@ nothing) and the finished output (``pred_seg_map`` or ``pred_record``).
 ``ResumableTestLoop`` (:mod:`.loop`) keeps such samples away from the model
 and turns that output into the sample's prediction (:mod:`.restore`).
 """
-import hashlib
-import json
-import os.path as osp
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -27,13 +24,16 @@ from mmseg.registry import TRANSFORMS
 
 from ..datasets.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, read_image_size
 from ..evaluation.sample_fields import image_id
-from .files import read_cam_file, read_label_png
+from ..utils.hashing import file_sha256, file_stamp
+from ..utils.init_args import RecordsInitArgs
+from ..utils.paths import safe_join
+from .files import read_cam_file, read_label_png, read_sources
 from .journal import decode_scores, read_journals
 
 __all__ = ['SkipExisting', 'SkipTagged']
 
 
-class _SkipFinished(BaseTransform):
+class _SkipFinished(RecordsInitArgs, BaseTransform):
     """Short-cut images whose output exists; run ``transforms`` on the others.
 
     Subclasses say what "finished" means in :meth:`finished`.
@@ -94,7 +94,9 @@ class SkipExisting(_SkipFinished):
 
     A mask is kept only if it was made with this run's settings: that is
     checked once per folder, before any image, by ``PseudoLabelResumeHook``
-    (``<out_dir>/settings.json``).
+    (``<out_dir>/settings.json``); and only if it was made from the image as
+    it is now: the writer's ``.sources.rank*.jsonl`` must pair the image's
+    present size and modification time with the mask's content hash.
 
     Example::
 
@@ -121,11 +123,12 @@ class SkipExisting(_SkipFinished):
         super().__init__(transforms, placeholder_size)
         self.out_dir = out_dir
         self.require_cams = require_cams
+        self._sources: Optional[Dict[str, set]] = None
 
     def finished(self, results: dict) -> Optional[dict]:
         """The mask on disk (and its size), if it is complete."""
         img_id = image_id(results)
-        path = osp.join(self.out_dir, img_id + '.png')
+        path = safe_join(self.out_dir, img_id, '.png')
         mask = read_label_png(path)
         size = self._image_size(results) if mask is not None else None
         if size is not None and mask.shape != size:
@@ -133,10 +136,27 @@ class SkipExisting(_SkipFinished):
                       f'the image is {size[1]}x{size[0]}; it will be recomputed',
                       logger='current', level=30)
             return None
+        if mask is not None and not self._same_source(img_id, results.get('img_path'), path):
+            print_log(f'existing pseudo label {path} was not made from the present version of '
+                      f"{results.get('img_path')} (edited since, or written without a record "
+                      'in .sources.rank*.jsonl); it will be recomputed', logger='current', level=30)
+            return None
         if mask is not None and self.require_cams:
-            if read_cam_file(osp.join(self.out_dir, img_id + '.npz')) is None:
+            if read_cam_file(safe_join(self.out_dir, img_id, '.npz')) is None:
                 return None
         return None if mask is None else dict(pred_seg_map=mask, ori_shape=mask.shape)
+
+    def _same_source(self, img_id: str, img_path: Optional[str], png_path: str) -> bool:
+        """Whether the mask was written from the image as it is now: the
+        writer recorded the image's size and modification time with the
+        mask's hash. A missing image keeps its mask, as for the size check."""
+        image = file_stamp(img_path)
+        if image is None:
+            return True
+        if self._sources is None:  # read once per process, on the first image
+            self._sources = read_sources(self.out_dir)
+        return (tuple(image), file_sha256(png_path, use_cache=False)) in \
+            self._sources.get(img_id, ())
 
     def _image_size(self, results: dict) -> Optional[tuple]:
         """(H, W) of the image as the wrapped loader decodes it.
@@ -172,9 +192,10 @@ class SkipTagged(_SkipFinished):
     points it at the tag writer's journals; ``TagResumeHook`` does that
     before the test loop starts, with the writer's ``out_file`` (so the path
     lives in one place of the config) and a fingerprint of the model and of
-    :attr:`pipeline_signature`. Journals of other settings are ignored.
+    the pipeline (:mod:`.fingerprint`). Journals of other settings are ignored.
 
-    An image found in a journal, with the same ``img_path``, gets
+    An image found in a journal, with the same ``img_path`` and the same file
+    size and modification time as when it was tagged, gets
     ``precomputed=True``, ``pred_record`` (``pred_score``: the exact score
     tensor; ``pred_label``: the tag indices), its ``ori_shape`` and a
     placeholder ``img``; the wrapped transforms do not run. Every other image
@@ -202,11 +223,6 @@ class SkipTagged(_SkipFinished):
                  transforms: Sequence[Union[dict, Callable]] = (),
                  placeholder_size: int = 16) -> None:
         super().__init__(transforms, placeholder_size)
-        #: The wrapped transforms' settings: they decide the pixels the model
-        #: sees, so they are part of the fingerprint of a run's results.
-        self.pipeline_signature = hashlib.sha256(
-            json.dumps([t if isinstance(t, dict) else repr(t) for t in transforms],
-                       sort_keys=True, default=repr).encode()).hexdigest()
         self.out_file: Optional[str] = None
         self._records: Dict[str, dict] = {}
 
@@ -227,6 +243,10 @@ class SkipTagged(_SkipFinished):
         """The journaled scores and tags of this image, if it has some."""
         record = self._records.get(image_id(results))
         if record is None or record.get('img_path') != results.get('img_path'):
+            return None
+        if record.get('img_stamp') != file_stamp(results.get('img_path')):
+            print_log(f"{results.get('img_path')} changed since it was tagged (size or "
+                      'modification time); it is tagged again', logger='current', level=30)
             return None
         prediction = dict(pred_score=decode_scores(record['scores']),
                           pred_label=torch.tensor(record['tags'], dtype=torch.long))

@@ -7,9 +7,10 @@ must agree on two things that neither can know from its own config:
 * where the journals are: the writer's ``out_file``, which users override on
   the command line (``test_evaluator.N.out_file=...``); the path is kept in
   one place, the writer, and handed to the transform here;
-* which journals are valid: a fingerprint of the model (vocabulary, weights,
-  settings: only known once ``VocabularyHook`` has set the vocabulary) and
-  of the image pipeline, so that a journal left by a run with other settings
+* which journals are valid: a fingerprint of every setting of the model
+  (vocabulary, weights, data preprocessor...: only known once
+  ``VocabularyHook`` has set the vocabulary) and of the image pipeline
+  (:mod:`.fingerprint`), so that a journal left by a run with other settings
   is ignored instead of leaking its results into this one.
 
 Both are set in ``before_test``, after ``VocabularyHook`` and before the
@@ -20,7 +21,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
-from .fingerprint import tagging_fingerprint
+from .fingerprint import resume_fingerprint
 from .loop import require_resumable_loop
 from .skip import SkipTagged
 
@@ -55,18 +56,16 @@ class TagResumeHook(Hook):
                                       'TagFileWriter: nothing to resume from')
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        if len(writers) > 1 or len(skips) > 1 or not hasattr(model, 'resume_settings'):
+        if len(writers) > 1 or len(skips) > 1:
             runner.logger.warning(
-                'tagging resume is off: it needs one TagFileWriter, at most one SkipTagged and '
-                f'a model with resume_settings(), got {len(writers)}, {len(skips)} and '
-                f'{type(model).__name__}')
+                'tagging resume is off: it needs one TagFileWriter and at most one SkipTagged, '
+                f'got {len(writers)} and {len(skips)}')
             return
         skip = pipeline[skips[0]] if skips else None
         if skip is not None:
             self._check_packed(pipeline[skips[0] + 1:])
             require_resumable_loop(runner, 'SkipTagged')
-        fingerprint = tagging_fingerprint(model,
-                                          skip.pipeline_signature if skip is not None else '')
+        fingerprint = resume_fingerprint(model, pipeline)
         writers[0].set_fingerprint(fingerprint)
         if skip is not None:
             found = skip.set_journal(writers[0].out_file, fingerprint)

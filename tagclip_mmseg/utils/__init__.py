@@ -1,17 +1,33 @@
 from .checks import NonFiniteError, check_finite, check_range
-from .cli import (add_quirks_args, add_runner_args, default_work_dir, load_config,
-                  parse_runner_args, quirks_from_args)
-from .config import (iter_dicts, set_clip_checkpoint, set_in_dicts_of_type,
+from .cli import (add_quirks_args, add_runner_args, add_vocabulary_args, apply_vocabulary_args,
+                  default_work_dir, load_config, parse_runner_args, quirks_from_args,
+                  vocabulary_args_to_argv)
+from .config import (iter_dicts, set_clip_checkpoint, set_config_vocabulary, set_in_dicts_of_type,
                      set_open_vocab_protocol, type_accepts)
 from .dist import init_cpu_distributed
+from .hashing import cache_root, file_sha256, file_stamp
+from .init_args import RecordsInitArgs, init_args, init_parameters
 from .io import atomic_open, atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from .name_files import (NameFile, NameFileError, read_background_words, read_class_names,
+                         read_name_file)
+from .paths import UnsafePathError, safe_join
 from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_legacy_quirks, resolve_quirks
-from .unpickling import error_sentence, refused_global
+from .torch_compat import (autocast_supports, check_mmcv_ops, check_torch_version,
+                           has_named_safe_globals, is_autocast_enabled, load_weights_only)
+from .unpickling import error_sentence, refused_globals, unreadable_reason
 
 __all__ = [
-    'add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'ensure_writable_dir', 'iter_dicts',
-    'set_clip_checkpoint', 'set_in_dicts_of_type', 'set_open_vocab_protocol', 'type_accepts', 'init_cpu_distributed',
-    'error_sentence', 'refused_global', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS', 'resolve_quirks',
-    'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args', 'check_range', 'check_finite',
-    'NonFiniteError'
+    'add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir', 'atomic_open',
+    'atomic_write_bytes', 'atomic_write_text', 'ensure_writable_dir', 'iter_dicts',
+    'set_clip_checkpoint', 'set_in_dicts_of_type', 'set_open_vocab_protocol', 'type_accepts',
+    'init_cpu_distributed', 'cache_root', 'file_sha256', 'file_stamp', 'RecordsInitArgs',
+    'init_args', 'init_parameters', 'UnsafePathError', 'safe_join', 'error_sentence',
+    'refused_globals', 'unreadable_reason', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS',
+    'resolve_quirks', 'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args',
+    'check_range', 'check_finite', 'NonFiniteError',
+    'add_vocabulary_args', 'apply_vocabulary_args', 'vocabulary_args_to_argv',
+    'set_config_vocabulary', 'NameFile', 'NameFileError', 'read_name_file', 'read_class_names',
+    'read_background_words',
+    'autocast_supports', 'check_mmcv_ops', 'check_torch_version', 'has_named_safe_globals',
+    'is_autocast_enabled', 'load_weights_only'
 ]

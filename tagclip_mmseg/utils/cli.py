@@ -10,24 +10,42 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import Optional, Sequence
+import textwrap
+from typing import Callable, List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
+from mmengine.registry import Registry
 
-from .config import set_data_root, set_open_vocab_protocol
+from .config import set_config_vocabulary, set_data_root, set_open_vocab_protocol
 from .dist import stop_with_launcher
+from .name_files import read_name_file
 from .quirks import LEGACY_MODES, QUIRK_PRESETS
 
 __all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir',
-           'add_quirks_args', 'quirks_from_args']
+           'add_quirks_args', 'quirks_from_args', 'add_vocabulary_args', 'apply_vocabulary_args',
+           'vocabulary_args_to_argv', 'NAME_FILE_HELP', 'FlagHelpFormatter']
 
 CFG_OPTIONS_HELP = (
     'override some settings in the used config, the key-value pair in xxx=yyy format will be '
     'merged into config file. If the value to be overwritten is a list, it should be like '
     'key="[a,b]" or key=a,b It also allows nested list/tuple values, e.g. '
     'key="[(a,b),(c,d)]" Note that the quotation marks are necessary and that no white space '
-    'is allowed. Values with spaces need inner quotes, e.g. key="\'my photos\'"; for the '
-    'dataset folder use --data-root instead.')
+    'is allowed: mmengine removes every space, also inside quotes (espresso cup becomes '
+    'espressocup). Give names with spaces in a name file (--classes FILE, --background-words '
+    'FILE, where the tool has them) and the dataset folder with --data-root.')
+
+#: ``args`` attributes of :func:`add_vocabulary_args` (``--background-line``
+#: is the one switch).
+VOCABULARY_FLAGS = ('classes', 'classes_sep', 'background_line', 'background_words',
+                    'background_words_sep')
+
+#: The name-file rules, for every tool's --help.
+NAME_FILE_HELP = (
+    'Name file: one class per line, in the dataset\'s order; the synonyms of a class on its '
+    'line, separated by SEP; spaces inside names are kept (espresso cup). Without SEP, lines '
+    'are split on "; " when any line contains "; ", else on ",". ADE-847-style files of the '
+    '"; " peers (ProxyCLIP, Trident, CorrCLIP: one name with commas per line, "building, '
+    'edifice") contain no "; " and need --classes-sep "; ".')
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -120,3 +138,92 @@ def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     args.quirks = quirks or 'reference'
     del args.mode
     return args.quirks
+
+
+class FlagHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter without line breaks inside words such as
+    ``--classes-sep``, so that a flag named in the help stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> List[str]:
+        return textwrap.wrap(' '.join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(' '.join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
+def add_vocabulary_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--classes FILE``, ``--classes-sep``, ``--background-line``,
+    ``--background-words FILE`` and ``--background-words-sep``."""
+    parser.formatter_class = FlagHelpFormatter
+    group = parser.add_argument_group('vocabulary from name files', NAME_FILE_HELP)
+    group.add_argument('--classes', metavar='FILE',
+                       help='class names of the model (replaces the config\'s)')
+    group.add_argument('--classes-sep', metavar='SEP',
+                       help='separator of synonyms in --classes FILE (default: detected)')
+    group.add_argument('--background-line', action='store_true',
+                       help='line 1 of --classes FILE is the background class 0, as in the '
+                       'peers\' cls_voc21.txt, cls_context60.txt and cls_coco_object.txt: its '
+                       'names become the background words (unless --background-words is '
+                       'given) and lines 2.. are the classes')
+    group.add_argument('--background-words', metavar='FILE',
+                       help='softmax competitors of the model, every name of the file '
+                       '(replaces the config\'s)')
+    group.add_argument('--background-words-sep', metavar='SEP',
+                       help='separator in --background-words FILE (default: detected)')
+
+
+def apply_vocabulary_args(cfg: Config, args: argparse.Namespace, registry: Registry,
+                          resolve_background: Optional[Callable] = None) -> Optional[str]:
+    """Read the name files of :func:`add_vocabulary_args` into ``cfg``.
+
+    ``registry`` and ``resolve_background`` (the models' registry and
+    background-word resolver, passed in by the tools) go to
+    :func:`~tagclip_mmseg.utils.config.set_config_vocabulary`.
+
+    Returns:
+        str | None: One line saying what was read (None without the flags).
+
+    Raises:
+        ValueError: A flag that needs another, or a config without a model
+            that takes a vocabulary.
+    """
+    flags = {name: getattr(args, name, None) for name in VOCABULARY_FLAGS}
+    args = argparse.Namespace(**{**vars(args), **flags})  # callers may build args by hand
+    if args.background_line and not args.classes:
+        raise ValueError('--background-line needs --classes FILE')
+    if not args.classes and not args.background_words:
+        return None
+    classes = words = None
+    notes = []
+    if args.classes:
+        names = read_name_file(args.classes, args.classes_sep,
+                               'background' if args.background_line else 'class')
+        classes = names.classes()
+        notes.append(f'{len(classes)} classes from {args.classes} (sep {names.sep!r}'
+                     + (', line 1 = background' if args.background_line else '') + ')')
+        if args.background_line and not args.background_words:
+            words = names.background_words()
+            notes.append(f'{len(words)} background words from its line 1')
+    if args.background_words:
+        words = read_name_file(args.background_words, args.background_words_sep).background_words()
+        notes.append(f'{len(words)} background words from {args.background_words}')
+    updated, dropped = set_config_vocabulary(cfg, registry, classes, words, resolve_background)
+    if not updated:
+        raise ValueError(f'--classes / --background-words were given but {args.config} has no '
+                         'model that takes class names')
+    if dropped:
+        notes.append(f'background words that are now classes left out: {", ".join(dropped)}')
+    return 'vocabulary: ' + '; '.join(notes)
+
+
+def vocabulary_args_to_argv(args: argparse.Namespace) -> List[str]:
+    """The flags of :func:`add_vocabulary_args` that were given, as argv."""
+    argv: List[str] = []
+    for flag in VOCABULARY_FLAGS:
+        value = getattr(args, flag, None)
+        if value is True:
+            argv.append('--' + flag.replace('_', '-'))
+        elif value not in (None, False):
+            argv += ['--' + flag.replace('_', '-'), value]
+    return argv

@@ -6,14 +6,14 @@ config; these helpers find and set every occurrence so a flag can never update
 one place and miss another.
 """
 import inspect
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import Registry
 
 __all__ = [
     'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type',
-    'set_open_vocab_protocol', 'type_accepts'
+    'set_open_vocab_protocol', 'type_accepts', 'set_config_vocabulary'
 ]
 
 
@@ -141,3 +141,63 @@ def type_accepts(registry: Registry, type_name: Any, arg: str) -> bool:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return False
     return False
+
+
+def set_config_vocabulary(cfg: Config, registry: Registry, classes: Optional[Sequence] = None,
+                          background_words: Optional[Sequence[str]] = None,
+                          resolve_background: Optional[Callable] = None) -> Tuple[int, List[str]]:
+    """Give every model of the config ``classes`` and/or ``background_words``.
+
+    Models that take ``class_names`` (the tagger, the labeler and its
+    in-pass tagger) get them directly; models built from a ``labeler`` and
+    a ``tagger`` (the open-vocabulary segmentor) get them in both. With
+    ``classes`` but no ``background_words``, each model keeps its configured
+    background words (resolved with ``resolve_background``). Background
+    words that are also names of a class are left out (the peers' COCO-Object
+    file has 'bed' on both sides; VOC's words include 'sky'), as the
+    inferencer and ``TagCLIPSegmentor`` do. With ``classes``, a
+    class list that the test dataset's config spells out
+    (``metainfo.classes``, e.g. the folder configs) is replaced too, by the
+    first name of each class (after its ``'background'``, if it has one), so
+    that the dataset counts the same classes; datasets that define their
+    classes themselves (the benchmarks) keep them, and ``VocabularyHook``
+    checks that the counts agree.
+
+    Returns:
+        tuple: How many model dicts were updated (0: the config has no model
+        with a vocabulary) and the background words dropped.
+    """
+    names = {' '.join(n.lower().split()) for c in (classes or ())
+             for n in ([c] if isinstance(c, str) else c)}
+    dropped: List[str] = []
+
+    def put(d: dict) -> None:
+        if classes is not None:
+            d['class_names'] = [c if isinstance(c, str) else list(c) for c in classes]
+        if background_words is not None:
+            words = list(background_words)
+        elif classes is not None and resolve_background is not None:
+            words = list(resolve_background(d.get('background_words', ())))
+        else:
+            return
+        kept = [w for w in words if ' '.join(w.lower().split()) not in names]
+        dropped.extend(w for w in words if w not in kept and w not in dropped)
+        d['background_words'] = kept
+
+    n = 0
+    for d in list(iter_dicts(cfg.get('model', {}))):
+        if type_accepts(registry, d.get('type'), 'class_names'):
+            put(d)
+            n += 1
+        elif type_accepts(registry, d.get('type'), 'labeler'):
+            for part in ('labeler', 'tagger'):
+                if d.get(part) is None:
+                    d[part] = {}
+                put(d[part])
+            n += 1
+    meta = (cfg.get('test_dataloader') or {}).get('dataset', {}).get('metainfo')
+    if classes is not None and isinstance(meta, dict) and meta.get('classes'):
+        first = ['background'] if list(meta['classes'])[0] == 'background' else []
+        meta['classes'] = first + [c if isinstance(c, str) else c[0] for c in classes]
+        meta.pop('tag_classes', None)
+    return n, dropped

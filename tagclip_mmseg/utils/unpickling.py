@@ -1,32 +1,153 @@
-"""Tell a refused unsafe pickle apart from a damaged file.
+"""Say why a weights file could not be loaded, from the file, not from torch's wording.
 
 ``torch.load(weights_only=True)`` raises :class:`pickle.UnpicklingError` both
-when a file stores Python objects it will not unpickle (which could run code)
-and when the bytes are not a pickle at all. Only the first case deserves the
-"it stores Python objects" explanation, and the user needs torch's sentence
-naming the refused object, whole.
+when a file asks to call a function or build an object while it is unpickled
+(which could run code; the loader refuses) and when the bytes are not a
+pickle at all, with wording that changes between torch versions. So the
+decision is made on the file's structure: its pickle is read opcode by opcode
+(:mod:`pickletools`, which runs nothing) and the globals it names are
+compared with what torch's weights-only loader allows. The advice in
+torch's message (retrying with ``weights_only=False``) is never repeated.
 """
+import io
 import pickle
-import re
-from typing import Optional
+import pickletools
+import zipfile
+from typing import List, Optional, Set
 
-__all__ = ['refused_global', 'error_sentence']
+__all__ = ['error_sentence', 'pickle_globals', 'refused_globals', 'unreadable_reason']
 
-#: torch's sentence for a refused object, e.g. "Unsupported global: GLOBAL
-#: builtins.open was not an allowed global by default."
-_REFUSAL = re.compile(r'(Unsupported (?:global|operand)[^\n]*?\.)(?:\s|$)')
-
-
-def refused_global(e: BaseException) -> Optional[str]:
-    """torch's sentence naming what ``weights_only=True`` refused, if that is
-    why ``e`` was raised; ``None`` for any other failure (corrupt bytes...)."""
-    if not isinstance(e, pickle.UnpicklingError):
-        return None
-    match = _REFUSAL.search(str(e))
-    return match.group(1) if match else None
+#: Leading bytes of files people mistake for checkpoints.
+_MAGIC = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG\r\n\x1a\n', 'a PNG image'),
+          (b'GIF8', 'a GIF image'), (b'%PDF', 'a PDF document'), (b'BM', 'a BMP image'),
+          (b'RIFF', 'a RIFF (WebP/WAV/AVI) file'), (b'\x1f\x8b', 'a gzip archive'),
+          (b'<', 'an HTML/XML text (a login or error page saved instead of the file?)'))
+_STRING_OPS = frozenset({'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE', 'BINUNICODE',
+                         'SHORT_BINUNICODE', 'BINUNICODE8'})
+#: Prefixes taken as allowed when torch does not expose its list.
+_TORCH_OWN = ('torch.', 'collections.')
+#: Consecutive pickles of torch's legacy (non-zip) format before the raw storages.
+_MAX_PICKLES = 5
 
 
 def error_sentence(e: BaseException) -> str:
-    """The first non-empty line of ``e``'s message, uncut (its type if empty)."""
+    """The first line of ``e``'s message that is not loading advice (its type if none)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    lines = [line for line in lines if 'weights_only' not in line]
     return lines[0] if lines else type(e).__name__
+
+
+def _scan(stream: io.BytesIO) -> List[str]:
+    """Globals of the one pickle starting at ``stream``'s position.
+
+    Raises:
+        ValueError: If the bytes are not a complete pickle.
+    """
+    found, recent, memo, last = [], [], {}, None
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            name = op.name
+            value = None
+            if name in _STRING_OPS:
+                value = arg.decode('latin-1') if isinstance(arg, bytes) else arg
+            elif name in ('GLOBAL', 'INST'):
+                found.append(str(arg).replace(' ', '.', 1))
+            elif name == 'STACK_GLOBAL':
+                found.append('.'.join(recent[-2:]) if len(recent) >= 2 else '<unknown>')
+            elif name in ('BINPUT', 'LONG_BINPUT', 'PUT'):
+                memo[arg] = last
+            elif name == 'MEMOIZE':
+                memo[len(memo)] = last
+            elif name in ('GET', 'BINGET', 'LONG_BINGET'):
+                value = memo.get(arg)
+            if name not in ('BINPUT', 'LONG_BINPUT', 'PUT', 'MEMOIZE', 'FRAME'):
+                last = value
+                if value is not None:
+                    recent = (recent + [value])[-2:]
+    except Exception as e:  # noqa: BLE001  (genops raises ValueError, struct.error, ...)
+        raise ValueError(str(e)) from e
+    return found
+
+
+def _main_pickles(path: str) -> List[bytes]:
+    """The pickle bytes torch would read from ``path`` (zip member or whole file)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return [zf.read(n) for n in zf.namelist() if n.endswith('data.pkl')]
+    with open(path, 'rb') as f:
+        return [f.read()]
+
+
+def pickle_globals(path: str) -> Optional[List[str]]:
+    """Every ``module.name`` the pickles of a ``torch.save`` file (or a plain
+    pickle) name, read without running anything; ``None`` when the file does
+    not start with a complete pickle (damaged, or not a pickle)."""
+    try:
+        blobs = _main_pickles(path)
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+    found = []
+    for blob in blobs:
+        stream = io.BytesIO(blob)
+        for i in range(_MAX_PICKLES):  # legacy format: several pickles, then raw bytes
+            try:
+                found += _scan(stream)
+            except ValueError:
+                if i == 0:
+                    return None
+                break
+            if stream.tell() >= len(blob):
+                break
+    return found
+
+
+def _allowed_globals() -> Set[str]:
+    """What torch's weights-only loader accepts in this process (feature-checked:
+    the helpers differ between torch versions; without torch's own list,
+    every global under ``torch`` and ``collections`` counts as allowed)."""
+    allowed: Set[str] = set()
+    try:
+        from torch import _weights_only_unpickler as wou
+        allowed.update(wou._get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed.update(_TORCH_OWN)
+    import torch.serialization as ser
+    for g in getattr(ser, 'get_safe_globals', list)():
+        obj, name = (g[0], g[1]) if isinstance(g, tuple) else (g, None)
+        allowed.add(name or f'{getattr(obj, "__module__", "")}.{getattr(obj, "__qualname__", "")}')
+    return allowed
+
+
+def refused_globals(path: str, e: BaseException) -> Optional[List[str]]:
+    """The functions or classes a file asks to call while unpickled, when that
+    is why the weights-only loader raised ``e``; ``None`` for any other
+    failure (a damaged file, not a checkpoint...)."""
+    if not isinstance(e, pickle.UnpicklingError):
+        return None
+    names = pickle_globals(path)
+    if names is None:
+        return None
+    allowed = _allowed_globals()
+    refused = sorted({n for n in names
+                      if n not in allowed and not n.startswith(tuple(a for a in allowed
+                                                                     if a.endswith('.')))})
+    return refused or None
+
+
+def unreadable_reason(path: str, e: BaseException) -> str:
+    """Why a file that was not refused could not be read, in a few words."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+    except OSError:
+        head = b''
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is not None:
+        return f'it is {kind}, not a checkpoint'
+    if not head:
+        detail = 'the file is empty'
+    elif isinstance(e, pickle.UnpicklingError) and pickle_globals(path) is None:
+        detail = 'its bytes are not a complete pickle'
+    else:
+        detail = f'{type(e).__name__}: {error_sentence(e)}'
+    return f'it is truncated, corrupt or not a PyTorch/safetensors checkpoint ({detail})'

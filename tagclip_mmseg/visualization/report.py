@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..utils.paths import safe_join
 from .overlays import draw_tag_panel, overlay_heatmap, overlay_mask
 
 __all__ = [
@@ -110,7 +111,7 @@ def save_result_images(out_dir: str,
     Returns:
         list[tuple[str, str]]: (caption, path relative to ``out_dir``).
     """
-    folder = osp.join(out_dir, stem)
+    folder = safe_join(out_dir, stem)
     os.makedirs(folder, exist_ok=True)
     tags, scores = list(result['tags']), dict(result['scores'])
     written = []

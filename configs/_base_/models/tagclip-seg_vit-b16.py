@@ -12,6 +12,10 @@ model = dict(
     # mmseg's LoadImageFromFile yields BGR; the CLIP wants RGB. No padding.
     data_preprocessor=dict(type='CLIPDataPreprocessor', bgr_to_rgb=True),
     quirks='reference',             # docs/modes.md; 'fixed' fixes them (tagger, CAMs, CRF)
+    # The peers' synonym rule (SCLIP, ProxyCLIP...): one embedding per name, one
+    # softmax over all names, each class the max of its names' probabilities
+    # (docs/open_vocab.md, "Synonyms"). 'joined' is TagCLIP's own rule.
+    synonyms='max',
     with_background=True,           # False for reduce_zero_label benchmarks
     # Options off by default (the paper's pipeline):
     all_classes_as_tags=False,      # True: skip TagCLIP, a CAM for every class

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.hashing import file_sha256
 from ...utils.io import atomic_open, atomic_write_bytes
-from ...utils.unpickling import error_sentence, refused_global
+from ...utils.unpickling import refused_globals, unreadable_reason
 from .model import CLIP
 
 __all__ = [
@@ -60,7 +61,6 @@ _FOLDER_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_m
                  'pytorch_model.bin.index.json', 'open_clip_model.safetensors',
                  'open_clip_pytorch_model.bin')
 _HEAD_WIDTH = 64  # OpenAI's rule: heads = width // 64
-_FINGERPRINT_CHUNK = 1 << 20
 
 DTypeLike = Union[str, torch.dtype]
 _DTYPES = {
@@ -155,17 +155,16 @@ def _read_file(path: str, weights_only: bool) -> Any:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001  (every reader has its own error types)
-        refused = refused_global(e) if weights_only else None
+        refused = refused_globals(path, e) if weights_only else None
         if refused is not None:
             raise CheckpointError(
-                f'refusing to read CLIP checkpoint {path!r}: it stores Python objects besides '
-                f'tensors, and unpickling them could run code from the file (torch: {refused}) '
-                'Nothing from it was executed. If you trust the file, load it with '
-                'weights_only=False or re-save it as plain weights with '
-                'tools/convert_clip_checkpoint.py --unsafe-load.') from e
-        raise CheckpointError(f'cannot read CLIP checkpoint {path!r}: the file is truncated, '
-                              f'corrupt or not a PyTorch/safetensors checkpoint '
-                              f'({type(e).__name__}: {error_sentence(e)})') from e
+                f'refusing to read CLIP checkpoint {path!r}: besides tensors, it asks to call '
+                f'{", ".join(refused)} while it is loaded, which could run code from the file, '
+                'so loading was refused. Nothing from it was executed. If you trust the file, '
+                're-save it as plain weights with tools/convert_clip_checkpoint.py '
+                '--unsafe-load.') from None
+        raise CheckpointError(f'cannot read CLIP checkpoint {path!r}: '
+                              f'{unreadable_reason(path, e)}') from None
 
 
 def _unwrap(obj: Any, path: str) -> Dict[str, Tensor]:
@@ -439,12 +438,12 @@ def resolve_dtype(dtype: DTypeLike) -> torch.dtype:
 
 
 def checkpoint_fingerprint(path: str) -> str:
-    """A cheap identity of a checkpoint, for caches derived from its weights.
+    """The identity of a checkpoint's weights, for caches derived from them.
 
-    Hashes each weight file's size, modification time and first and last MiB
-    rather than all of it: hashing a 335 MB ViT-B/16 archive on every start
-    would cost more than what the caches save. Replacing or editing the file
-    changes the fingerprint; a copy elsewhere only costs a cache miss.
+    Hashes each weight file's whole content (:func:`~tagclip_mmseg.utils.file_sha256`,
+    computed once per version of the file) with its name, so two files equal
+    in name, size and modification time but not in content never share a
+    cache entry; a copy elsewhere shares them.
 
     Args:
         path (str): File or checkpoint folder, as for :func:`load_clip_state_dict`.
@@ -455,15 +454,7 @@ def checkpoint_fingerprint(path: str) -> str:
     _, files = _resolve_files(path)
     digest = hashlib.sha256()
     for file in files:
-        stat = os.stat(file)
-        digest.update(f'{osp.basename(file)}:{stat.st_size}:{stat.st_mtime_ns}\n'.encode())
-        with open(file, 'rb') as f:
-            digest.update(f.read(_FINGERPRINT_CHUNK))
-            if stat.st_size > 2 * _FINGERPRINT_CHUNK:
-                f.seek(-_FINGERPRINT_CHUNK, os.SEEK_END)
-                digest.update(f.read())
-            else:
-                digest.update(f.read())
+        digest.update(f'{osp.basename(file)}:{file_sha256(file)}\n'.encode())
     return digest.hexdigest()
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ...datasets.transforms import group_indices
+from ...utils.init_args import RecordsInitArgs
 
 __all__ = ['CLIPDataPreprocessor', 'group_by_shape', 'CLIP_MEAN', 'CLIP_STD']
 
@@ -32,7 +33,7 @@ def group_by_shape(images: Sequence[Tensor]) -> List[List[int]]:
 
 
 @MODELS.register_module()
-class CLIPDataPreprocessor(BaseDataPreprocessor):
+class CLIPDataPreprocessor(RecordsInitArgs, BaseDataPreprocessor):
     """Cast RGB uint8 images to float and normalise with CLIP's statistics.
 
     Args:

@@ -8,9 +8,8 @@ implement :meth:`FrozenCLIPModel.predict_batch`. Every image handed to
 :meth:`FrozenCLIPModel.predict` is computed: reusing outputs of an earlier run
 and skipping unreadable images is the test loop's job (``tagclip_mmseg.resume``).
 """
-import dataclasses
 from contextlib import nullcontext
-from typing import Any, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -19,12 +18,16 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.init_args import RecordsInitArgs
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ...utils.torch_compat import autocast_supports
 from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
 from .prompts import ClassName
-from .text_classifier import build_text_classifier, class_prompt_names, tokenize_prompts
+from ..ops.synonyms import class_softmax
+from .text_classifier import (build_text_classifier, check_synonyms, class_prompt_names, text_rows,
+                              tokenize_prompts)
 
 __all__ = ['FrozenCLIPModel', 'Vocabulary', 'full_precision']
 
@@ -49,7 +52,7 @@ class Vocabulary(NamedTuple):
     background_words: Tuple[str, ...]
 
 
-class FrozenCLIPModel(BaseModel):
+class FrozenCLIPModel(RecordsInitArgs, BaseModel):
     """Base of the training-free models.
 
     The CLIP weights are loaded in ``__init__`` (not ``init_weights``): the
@@ -90,6 +93,11 @@ class FrozenCLIPModel(BaseModel):
             determinism contract allows (docs/determinism.md).
         truncate_prompts (bool): Cut prompts longer than CLIP's context (77
             tokens) with a warning instead of refusing the vocabulary.
+        synonyms (str): How a class with synonyms is scored: ``'joined'``
+            (default; one prompt with the names joined by ',', as TagCLIP's
+            and CLIP-ES's class names) or ``'max'`` (one embedding per name,
+            one softmax over all names, each class the max of its names', as
+            SCLIP and its peers; docs/method.md, "Synonyms").
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor``.
         init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
@@ -107,6 +115,7 @@ class FrozenCLIPModel(BaseModel):
                  autocast: Optional[str] = None,
                  images_per_forward: Optional[int] = None,
                  truncate_prompts: bool = False,
+                 synonyms: str = 'joined',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         # Built through mmseg's registry so that direct construction (tests,
@@ -128,11 +137,13 @@ class FrozenCLIPModel(BaseModel):
         self.clip.eval()
         self.text_cache_dir = text_cache_dir
         self.truncate_prompts = bool(truncate_prompts)
+        self.synonyms = check_synonyms(synonyms)
         #: Foreground vocabulary and softmax-only background words; set with
         #: :meth:`set_vocabulary`.
         self.class_names: Optional[Tuple[ClassName, ...]] = None
         self.background_words: Tuple[str, ...] = ()
         self._text_embeddings: Dict[tuple, Tensor] = {}
+        self._row_classes: Dict[tuple, Optional[Tensor]] = {}
 
     @staticmethod
     def _resolve_autocast(autocast: Optional[str]) -> Optional[torch.dtype]:
@@ -153,9 +164,17 @@ class FrozenCLIPModel(BaseModel):
         The models enter it around their ViT calls only, inside a
         :func:`full_precision` region; entering it around a whole call
         changes nothing else.
+
+        Raises:
+            ValueError: If this torch has no autocast to that dtype on
+                ``device``'s type (fp16 on the CPU before torch 2.3).
         """
         if self.autocast_dtype is None:
             return nullcontext()
+        if not autocast_supports(device.type, self.autocast_dtype):
+            raise ValueError(f'autocast={self.autocast_dtype} is not available on {device.type} '
+                             f'with torch {torch.__version__}; use another autocast dtype '
+                             "(the CPU has 'bf16') or autocast=None")
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     #: The data-sample class :meth:`predict` fills; ``forward`` without data
@@ -231,18 +250,22 @@ class FrozenCLIPModel(BaseModel):
                              'config or metainfo=dict(classes=...) in the dataset')
         try:
             class_prompt_names(names)
+            # Under 'max' every name is a text row: no two classes may share one.
+            class_prompt_names(text_rows(names, self.synonyms)[0])
         except ValueError as e:
-            raise ValueError(f'class_names: {e}') from None
+            rule = (" (synonyms='max' embeds each name on its own: no two classes may share "
+                    'a name)') if self.synonyms == 'max' else ''
+            raise ValueError(f'class_names: {e}{rule}') from None
         names = tuple(n if isinstance(n, str) else tuple(n) for n in names)
         words = self.background_words if background_words is None else \
             resolve_background(background_words)
         try:  # the same duplicate rule (as CLIP reads the text) over both lists
-            class_prompt_names(names + words)
+            class_prompt_names(text_rows(names + words, self.synonyms)[0])
         except ValueError as e:
             raise ValueError('background_words must differ from class_names and from each '
                              f'other; remove the repeats from background_words: {e}') from None
         if self.templates:
-            tokenize_prompts(names + words, self.templates,
+            tokenize_prompts(text_rows(names + words, self.synonyms)[0], self.templates,
                              int(getattr(self.clip, 'context_length', 77)),
                              self.truncate_prompts)
         return Vocabulary(names, tuple(words))
@@ -255,13 +278,15 @@ class FrozenCLIPModel(BaseModel):
     # ------------------------------------------------------------------ text
     def text_embeddings(self, class_names: Sequence[ClassName],
                         templates: Sequence[str]) -> Tensor:
-        """L2-normalised (C, E) class embeddings on the model's device.
+        """L2-normalised (R, E) text-row embeddings on the model's device.
 
-        Computed once per (vocabulary, templates) and kept in memory; the
-        on-disk cache makes later launches and other ranks skip the text
-        encoder entirely.
+        One row per class under ``synonyms='joined'``, one per name under
+        ``'max'`` (see :meth:`class_probs`). Computed once per (vocabulary,
+        templates, rule) and kept in memory; the on-disk cache makes later
+        launches and other ranks skip the text encoder entirely.
         """
-        key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), tuple(templates))
+        key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), tuple(templates),
+               self.synonyms)
         emb = self._text_embeddings.get(key)
         device = self.clip.visual.conv1.weight.device
         if emb is None or emb.device != device:
@@ -271,42 +296,34 @@ class FrozenCLIPModel(BaseModel):
                     class_names,
                     templates,
                     cache_dir=self.text_cache_dir,
-                    truncate=self.truncate_prompts)
+                    truncate=self.truncate_prompts,
+                    synonyms=self.synonyms)
             emb = emb.to(device=device, dtype=torch.float32)
             self._text_embeddings[key] = emb
         return emb
 
-    # ---------------------------------------------------------------- resume
-    def resume_settings(self) -> Dict[str, Any]:
-        """Everything that decides this model's outputs, as JSON values.
+    def class_probs(self, logits: Tensor, class_names: Sequence[ClassName],
+                    support: Optional[Tensor] = None) -> Tensor:
+        """(..., C) class probabilities from (..., R) logits of the text rows
+        of ``class_names`` (:func:`~tagclip_mmseg.models.ops.class_softmax`).
 
-        A resumed run reuses earlier outputs only when these are unchanged
-        (tagging journals, pseudo-label folders; ``tagclip_mmseg.resume``
-        hashes or records them); the names say which setting
-        changed when they are not. Shared here: the model type, vocabulary,
-        prompts, quirk switches, autocast, the weights
-        (``checkpoint_fingerprint`` of a CLIP loaded from a file; a CLIP passed
-        in as a module is identified by nothing more than its architecture and
-        dtype) and the pixel normalisation. Subclasses add their method's
-        settings; settings that only bound memory are left out.
+        Args:
+            logits (Tensor): Logits against :meth:`text_embeddings`.
+            class_names (Sequence): The vocabulary the rows belong to.
+            support (Tensor, optional): (..., C) bool classes in the softmax.
 
-        Raises:
-            RuntimeError: When no vocabulary is set yet.
+        Returns:
+            Tensor: (..., C) probabilities, one per class.
         """
-        if self.class_names is None:
-            raise RuntimeError(f'{type(self).__name__} has no vocabulary yet; call '
-                               'set_vocabulary first')
-        return dict(
-            model=type(self).__name__, class_names=self.class_names,
-            background_words=self.background_words,
-            templates=getattr(self, 'templates', None),
-            quirks=dataclasses.asdict(self.quirks),
-            autocast=None if self.autocast_dtype is None else str(self.autocast_dtype),
-            clip=getattr(self.clip, 'checkpoint_fingerprint', None),
-            clip_arch=[self.clip.visual.num_layers, self.clip.visual.patch_size,
-                       self.clip.visual.input_resolution, str(self.clip.dtype)],
-            normalisation=[getattr(self.data_preprocessor, name, torch.zeros(0)).flatten().tolist()
-                           for name in ('mean', 'std')])
+        key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), self.synonyms)
+        rows = self._row_classes.get(key)
+        if key not in self._row_classes or (rows is not None and rows.device != logits.device):
+            index = text_rows(class_names, self.synonyms)[1]
+            # One row per class (always under 'joined'): the softmax is the answer.
+            rows = None if len(index) == len(class_names) else torch.as_tensor(
+                index, dtype=torch.long, device=logits.device)
+            self._row_classes[key] = rows
+        return class_softmax(logits, rows, len(class_names), support)
 
     # ------------------------------------------------------------- plumbing
     def train(self, mode: bool = True) -> 'FrozenCLIPModel':

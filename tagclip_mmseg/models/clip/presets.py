@@ -8,8 +8,9 @@ names and resolves them; the inferencer's defaults for a user vocabulary
 (:func:`cam_class_names`, :func:`default_background_words`) are read from
 the same tables.
 """
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ...utils.name_files import name_file_spec
 from .prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES, COCO_CLASSES,
                       COCO_STUFF_BACKGROUND, COCO_STUFF_CAM_RENAMES, COCO_STUFF_CLASSES,
                       TAGCLIP_TEMPLATES, VOC_BACKGROUND, VOC_CAM_RENAMES, VOC_CLASSES, ClassName,
@@ -49,12 +50,17 @@ BACKGROUND_PRESETS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def _resolve(value, presets: dict, what: str) -> tuple:
-    if isinstance(value, str):
-        if value not in presets:
-            raise ValueError(f'unknown {what} preset {value!r}; use one of {sorted(presets)} '
-                             'or give the list itself')
+def _resolve(value, presets: dict, what: str, from_file: Optional[Callable] = None) -> tuple:
+    if isinstance(value, str) and value in presets:
         return tuple(presets[value])
+    names = None if from_file is None else name_file_spec(value)
+    if names is not None:
+        return tuple(from_file(names))
+    if isinstance(value, str):
+        files = '' if from_file is None else \
+            ', a name file (a path ending in .txt, or dict(file=PATH, sep=...))'
+        raise ValueError(f'unknown {what} preset {value!r}; use one of {sorted(presets)}{files} '
+                         'or give the list itself')
     return tuple(value)
 
 
@@ -64,13 +70,21 @@ def resolve_templates(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 
 
 def resolve_classes(value: Union[str, Sequence[ClassName]]) -> Tuple[ClassName, ...]:
-    """A class preset name or a list of names/synonym lists -> tuple."""
-    return _resolve(value, CLASS_PRESETS, 'class vocabulary')
+    """A class preset name, a name file or a list of names/synonym lists -> tuple.
+
+    A name file is a path (``'classes.txt'``) or ``dict(file=..., sep=...,
+    first_line=...)``; see :func:`~tagclip_mmseg.utils.name_files.read_name_file`.
+    """
+    return _resolve(value, CLASS_PRESETS, 'class vocabulary', lambda f: f.classes())
 
 
 def resolve_background(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-    """A background-word preset name or a list of words -> tuple."""
-    return _resolve(value, BACKGROUND_PRESETS, 'background words')
+    """A background-word preset name, a name file or a list of words -> tuple.
+
+    From a name file: every name of every line, or only line 1's with
+    ``first_line='background'``.
+    """
+    return _resolve(value, BACKGROUND_PRESETS, 'background words', lambda f: f.background_words())
 
 
 def cam_class_names(classes: Sequence[ClassName]) -> List[ClassName]:

@@ -13,7 +13,6 @@ option) computes, writes and reads the same entries as a plain one.
 """
 import hashlib
 import json
-import os
 import os.path as osp
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,26 +21,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...utils.hashing import CACHE_ENV, cache_root
 from ...utils.io import atomic_open
 from .tokenizer import get_tokenizer
 from .prompts import ClassName, text_key
 
 __all__ = [
     'build_text_classifier', 'default_text_cache_dir', 'class_prompt_names', 'tokenize_prompts',
-    'CACHE_ENV'
+    'CACHE_ENV', 'SYNONYM_RULES', 'check_synonyms', 'text_rows'
 ]
 
-#: Environment variable naming the root of tagclip_mmseg's caches; text
-#: embeddings go to its ``text_embeddings`` subfolder.
-CACHE_ENV = 'TAGCLIP_MMSEG_CACHE'
+#: How a class with synonyms is scored (docs/method.md, "Synonyms"):
+#: ``'joined'`` puts them, joined with ',', in one prompt (TagCLIP's and
+#: CLIP-ES's class names); ``'max'`` embeds each name on its own and gives the
+#: class the largest of its names' probabilities (SCLIP, ProxyCLIP and peers).
+SYNONYM_RULES = ('joined', 'max')
 _CACHE_FORMAT = 1
 
 
 def default_text_cache_dir() -> str:
     """``$TAGCLIP_MMSEG_CACHE/text_embeddings``, else
     ``~/.cache/tagclip_mmseg/text_embeddings``."""
-    root = os.environ.get(CACHE_ENV) or osp.join('~', '.cache', 'tagclip_mmseg')
-    return osp.join(osp.expanduser(root), 'text_embeddings')
+    return osp.join(cache_root(), 'text_embeddings')
 
 
 def class_prompt_names(class_names: Sequence[ClassName]) -> List[str]:
@@ -82,6 +83,26 @@ def class_prompt_names(class_names: Sequence[ClassName]) -> List[str]:
     return names
 
 
+def check_synonyms(synonyms: str) -> str:
+    """Validate a synonym rule (one of :data:`SYNONYM_RULES`)."""
+    if synonyms not in SYNONYM_RULES:
+        raise ValueError(f'synonyms must be one of {SYNONYM_RULES}, got {synonyms!r}')
+    return synonyms
+
+
+def text_rows(class_names: Sequence[ClassName], synonyms: str) -> Tuple[List[ClassName], List[int]]:
+    """The texts that get one embedding each, and the class of each text.
+
+    ``'joined'``: one text per class (its synonyms stay together). ``'max'``:
+    one text per name, class-major, so a class's names are consecutive rows.
+    """
+    if check_synonyms(synonyms) == 'joined':
+        return list(class_names), list(range(len(class_names)))
+    rows = [[n] if isinstance(n, str) else list(n) for n in class_names]
+    return ([name for names in rows for name in names],
+            [c for c, names in enumerate(rows) for _ in names])
+
+
 def _check_templates(templates: Sequence[str]) -> List[str]:
     if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
         raise ValueError('templates must be a non-empty list of strings with one "{}" each')
@@ -95,12 +116,14 @@ def _check_templates(templates: Sequence[str]) -> List[str]:
 
 
 def _cache_key(checkpoint_id: str, names: Sequence[ClassName], templates: Sequence[str],
-               dtype: torch.dtype, context_length: int, truncate: bool) -> Tuple[str, str]:
+               dtype: torch.dtype, context_length: int, truncate: bool,
+               synonyms: str) -> Tuple[str, str]:
     """Canonical JSON of what the embeddings depend on, and its SHA-256."""
     spec = dict(
         format=_CACHE_FORMAT,
         checkpoint=checkpoint_id,
         class_names=[n if isinstance(n, str) else list(n) for n in names],
+        synonyms=synonyms,
         templates=list(templates),
         dtype=str(dtype),
         context_length=context_length,
@@ -208,10 +231,12 @@ def build_text_classifier(clip: nn.Module,
                           checkpoint_id: Optional[str] = None,
                           batch_size: int = 256,
                           truncate: bool = False,
-                          use_cache: bool = True) -> Tensor:
-    """One unit-norm text embedding per class (docs/method.md §3.1).
+                          use_cache: bool = True,
+                          synonyms: str = 'joined') -> Tensor:
+    """One unit-norm text embedding per class, or per name (docs/method.md §3.1).
 
-    Per class, every template is filled with the class name, the prompts are
+    Per text row (:func:`text_rows`: a class, or with ``synonyms='max'`` each
+    name of a class), every template is filled with the text, the prompts are
     encoded and L2-normalised, averaged, and the mean L2-normalised. All
     prompts of all classes go through the text encoder together in batches of
     ``batch_size`` prompts of similar token length, each batch cut to its
@@ -233,15 +258,20 @@ def build_text_classifier(clip: nn.Module,
         truncate (bool): Truncate prompts longer than the context (with a
             warning) instead of raising.
         use_cache (bool): Read and write the on-disk cache.
+        synonyms (str): ``'joined'`` (one row per class) or ``'max'`` (one
+            row per name); see :data:`SYNONYM_RULES`.
 
     Returns:
-        Tensor: (C, E) fp32 embeddings on the CLIP's device.
+        Tensor: (R, E) fp32 embeddings on the CLIP's device, one per row of
+        :func:`text_rows` (R = C under ``'joined'``).
 
     Raises:
         ValueError: Invalid vocabulary or templates, or a class name too long
             for the context (unless ``truncate``).
     """
-    names = class_prompt_names(class_names)
+    class_prompt_names(class_names)  # validate the vocabulary as given
+    rows, _ = text_rows(class_names, synonyms)
+    names = class_prompt_names(rows)
     templates = _check_templates(templates)
     if batch_size < 1:
         raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -251,14 +281,14 @@ def build_text_classifier(clip: nn.Module,
     cache_path = key_text = None
     if use_cache and checkpoint_id:
         key_text, digest = _cache_key(checkpoint_id, class_names, templates, dtype,
-                                      int(getattr(clip, 'context_length', 77)), truncate)
+                                      int(getattr(clip, 'context_length', 77)), truncate,
+                                      synonyms)
         cache_path = osp.join(cache_dir or default_text_cache_dir(), f'{digest}.pt')
         cached = _read_cache(cache_path, key_text, len(names))
         if cached is not None:
             return cached.to(device)
 
-    tokens = tokenize_prompts(class_names, templates, int(getattr(clip, 'context_length', 77)),
-                              truncate)
+    tokens = tokenize_prompts(rows, templates, int(getattr(clip, 'context_length', 77)), truncate)
     per_prompt = _encode_prompts(clip, tokens, batch_size)
     embeddings = F.normalize(per_prompt.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
     if cache_path is not None:

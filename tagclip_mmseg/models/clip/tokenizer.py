@@ -10,13 +10,13 @@ ids and against open_clip's tokenizer.
 
 The merges file (``bpe_simple_vocab_16e6.txt.gz``, 49 152 lines) is the one
 OpenAI published; the mmsegmentation wheel ships a copy in ``mmseg/utils``,
-which is read through :mod:`importlib.resources`, so nothing is fetched from
+which is found through :mod:`importlib.util`, so nothing is fetched from
 the network.
 """
 import functools
 import gzip
 import html
-import importlib.resources
+import importlib.util
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -59,8 +59,10 @@ def default_bpe_path() -> str:
     Raises:
         FileNotFoundError: When the installed mmsegmentation lacks the file.
     """
-    resource = importlib.resources.files(_VOCAB_PACKAGE).joinpath(*_VOCAB_RESOURCE)
-    path = os.fspath(resource)
+    # importlib.util, not importlib.resources.files: the package supports Python 3.8.
+    spec = importlib.util.find_spec(_VOCAB_PACKAGE)
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = os.path.join(roots[0] if roots else _VOCAB_PACKAGE, *_VOCAB_RESOURCE)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f'CLIP BPE vocabulary not found at {path!r}; it ships with mmsegmentation 1.x '

@@ -7,7 +7,9 @@ docs/method.md §6, for a batch of equal-size images and their tag lists:
 2. The last block runs once per image from its ``ln_1`` output ``G``. The
    image embedding (mean of the patch tokens after ``ln_post``, then ``proj``)
    is classified against the image's tags plus background words; the target of
-   tag ``k`` is its softmax probability.
+   tag ``k`` is its softmax probability (with ``synonyms='max'``, the class
+   score after the max over its names, so the gradient flows through the name
+   that attains it; docs/method.md, "Synonyms").
 3. Grad-CAM: ``ReLU(sum_d mean_hw(dy_k/dG_d) * G_d)``, min-max normalised.
    The gradients of all of an image's tags are backpropagated together
    through the last block by a hand-written backward that only forms what
@@ -84,8 +86,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             its CRF ``crf_reference_image`` (docs/modes.md).
         tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
             used instead of the samples' ``tags``; it takes this model's
-            quirks unless it sets ``quirks`` (or the deprecated ``mode``),
-            and this model's ``autocast`` unless it sets ``autocast``.
+            quirks, synonym rule and ``autocast`` unless it sets ``quirks`` (or
+            the deprecated ``mode``), ``synonyms`` or ``autocast``.
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
         crf (dict, optional): Dense CRF post-processing options, see
             :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`. Unless
@@ -124,7 +126,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         if tagger is not None:
             tagger = dict(tagger)
             if 'quirks' not in tagger and 'mode' not in tagger:
-                tagger['quirks'] = self.quirks
+                tagger = dict(tagger, quirks=self.quirks)
+            tagger = dict(tagger, synonyms=tagger.get('synonyms', self.synonyms))
             tagger.setdefault('autocast', self.autocast_dtype)
             self.tagger = MODELS.build(tagger)
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
@@ -176,21 +179,6 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         return_cams = self.return_cams if return_cams is None else return_cams
         for i, sample in enumerate(data_samples):
             self._fill(sample, cams[i][:len(tag_lists[i])], tag_lists[i], grid_hw, return_cams)
-
-    def resume_settings(self) -> dict:
-        """The shared settings (see the base class), the CAM and affinity
-        settings, the label map, the CRF's and the in-pass tagger's: all that
-        decides a mask besides the tags of the image (which the pseudo-label
-        resume check records from the dataset)."""
-        crf = None if self.crf is None else dict(
-            iterations=self.crf.iterations, gaussian=self.crf.gaussian,
-            bilateral=self.crf.bilateral, confidence_thr=self.crf.confidence_thr,
-            reference_image=self.crf.quirks.crf_reference_image)
-        return dict(
-            super().resume_settings(), caa_layers=self.caa_layers, caa_box_thr=self.caa_box_thr,
-            with_background=self.with_background,
-            label_map=None if self.label_map is None else self.label_map.tolist(), crf=crf,
-            tagger=None if self.tagger is None else self.tagger.resume_settings())
 
     def _sample_tags(self, sample, num_classes: int) -> List[int]:
         tags = sample.metainfo.get('tags')
@@ -290,16 +278,17 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                   ) -> Tuple[Tensor, Optional[Tensor]]:
         vit = self.clip.visual
         voc = vocabulary or self.vocabulary
-        text = self.text_embeddings(voc.class_names + voc.background_words, self.templates)
+        names = voc.class_names + voc.background_words
+        text = self.text_embeddings(names, self.templates)
         B, device = hidden.shape[0], hidden.device
         k_max = max(len(t) for t in tag_lists)
         pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=device)
         # Softmax support of each image: its tags plus every background word.
-        support = torch.zeros(B, text.shape[0], dtype=torch.bool, device=device)
+        support = torch.zeros(B, len(names), dtype=torch.bool, device=device)
         support[pair_img, pair_cls] = True
         support[:, len(voc.class_names):] = True
         # Slot k of image b selects the probability of its k-th tag.
-        select = torch.zeros(k_max, B, text.shape[0], device=device)
+        select = torch.zeros(k_max, B, len(names), device=device)
         select[pair_slot, pair_img, pair_cls] = 1.
         need_last = (vit.num_layers - 1) in self.caa_layers
         with self.autocast_context(device):
@@ -308,7 +297,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         with torch.enable_grad():
             f = feats.detach().float().requires_grad_(True)
             logits = 100. * F.normalize(f, dim=-1) @ text.t()
-            probs = logits.masked_fill(~support, float('-inf')).softmax(dim=-1)
+            probs = self.class_probs(logits, names, support)
             # d prob / d pooled embedding for every slot at once: (K, B, E).
             (cot, ) = torch.autograd.grad(probs, f, grad_outputs=select, is_grads_batched=True)
         with self.autocast_context(device):

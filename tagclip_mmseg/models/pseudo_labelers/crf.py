@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mmseg.registry import MODELS
 
 from ...utils.checks import check_range
+from ...utils.init_args import RecordsInitArgs
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 
 __all__ = ['DenseCRF', 'PendingLabel', 'crf_reference_image', 'crf_label_map',
@@ -57,7 +58,7 @@ def crf_reference_image(rgb: np.ndarray) -> np.ndarray:
 
 
 @MODELS.register_module()
-class DenseCRF(nn.Module):
+class DenseCRF(RecordsInitArgs, nn.Module):
     """Fully connected CRF over per-class probability maps.
 
     Args:

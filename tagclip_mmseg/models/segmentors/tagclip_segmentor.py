@@ -49,7 +49,7 @@ from ..clip.frozen_model import full_precision
 from ..ops import relative_threshold_mask
 from ..pseudo_labelers.crf import collect_pending_labels, set_label
 from ..clip.presets import resolve_background, resolve_classes
-from ..clip.prompts import ClassName, class_key, text_key
+from ..clip.prompts import ClassName, text_key
 
 __all__ = ['TagCLIPSegmentor', 'slide_windows']
 
@@ -91,13 +91,15 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 
 def _without(words: Sequence[str], names: Sequence[ClassName]) -> Tuple[str, ...]:
-    """Background words that are not also one of the foreground names.
+    """Background words that are not also a name (or synonym) of a class.
 
     Shared benchmark presets (the VOC background words on Pascal Context or
-    Cityscapes, whose classes include 'sky', 'road', 'building'...) would
-    otherwise put the same word on both sides of the softmax.
+    Cityscapes, whose classes include 'sky', 'road', 'building'...) and the
+    peers' name files (SCLIP's COCO-Object file has 'bed' as background word
+    and as class) would otherwise put the same word on both sides of the
+    softmax.
     """
-    keys = {text_key(class_key(n)) for n in names}
+    keys = {text_key(s) for n in names for s in ([n] if isinstance(n, str) else n)}
     return tuple(w for w in words if text_key(w) not in keys)
 
 
@@ -109,7 +111,7 @@ class TagCLIPSegmentor(BaseSegmentor):
         clip (dict | nn.Module): The CLIP shared by the tagger and the
             labeler (``dict(checkpoint=..., dtype=...)`` or a module).
         labeler (dict): :class:`CLIPESPseudoLabeler` arguments without
-            ``clip``, ``quirks``, ``text_cache_dir``, ``autocast`` and
+            ``clip``, ``quirks``, ``text_cache_dir``, ``autocast``, ``synonyms`` and
             ``with_background`` (set here). ``class_names`` may be left out
             when the dataset's classes should be used (``VocabularyHook``).
         tagger (dict, optional): :class:`TagCLIP` arguments, same exclusions.
@@ -137,6 +139,10 @@ class TagCLIPSegmentor(BaseSegmentor):
         autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision of
             the ViT calls (see
             :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`).
+        synonyms (str): How classes with synonyms are scored by both models:
+            ``'joined'`` (TagCLIP's) or ``'max'`` (the peers': one softmax over
+            every name, each class the max of its names'; the open-vocabulary
+            configs use it). See docs/open_vocab.md, "Synonyms".
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor(bgr_to_rgb=True)`` (mmseg's
             ``LoadImageFromFile`` yields BGR); images are not padded.
@@ -161,6 +167,7 @@ class TagCLIPSegmentor(BaseSegmentor):
                  mode: Optional[str] = None,
                  text_cache_dir: Optional[str] = None,
                  autocast: Optional[str] = None,
+                 synonyms: str = 'joined',
                  data_preprocessor: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
@@ -178,7 +185,7 @@ class TagCLIPSegmentor(BaseSegmentor):
         #: The resolved quirk switches, shared by both models and the CRF.
         self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'mode', mode)
         shared = dict(clip=build_clip(clip), quirks=self.quirks, text_cache_dir=text_cache_dir,
-                      autocast=autocast)
+                      autocast=autocast, synonyms=synonyms)
         labeler, tagger = dict(labeler), dict(tagger or {})
         for name, cfg in (('labeler', labeler), ('tagger', tagger)):
             clash = sorted(set(cfg) & {*shared, 'mode', 'with_background', 'crf'})

@@ -69,6 +69,9 @@ class TagCLIP(FrozenCLIPModel):
             name ('voc', 'coco', 'none') or a list.
         templates (str | Sequence[str]): Prompt templates: ``'tagclip'`` (the
             85 of the paper), ``'clip-es'`` or a list.
+        synonyms (str): ``'joined'`` (default) or ``'max'``: how a class with
+            synonyms is scored (see :class:`FrozenCLIPModel`); every step
+            after the softmax sees one score per class either way.
         vote_k (int): DMAR vote count: a patch pair is kept when at least
             ``vote_k`` layers attend above their mean (1 to the CLIP's depth).
         avg_layers (Sequence[int]): 0-based layers whose attention is
@@ -138,7 +141,8 @@ class TagCLIP(FrozenCLIPModel):
             self.set_vocabulary(class_names, self.background_words)
 
     def classifier(self, vocabulary: Optional[Vocabulary] = None) -> Tensor:
-        """(C_fg + C_bg, E) text embeddings: foreground first.
+        """(R, E) text-row embeddings, foreground first (R = C_fg + C_bg under
+        ``synonyms='joined'``, one row per name under ``'max'``).
 
         Args:
             vocabulary (Vocabulary, optional): This call's vocabulary
@@ -150,6 +154,12 @@ class TagCLIP(FrozenCLIPModel):
                                'or add VocabularyHook to read it from the dataset metainfo')
         return self.text_embeddings(voc.class_names + voc.background_words, self.templates)
 
+    def softmax_names(self, vocabulary: Optional[Vocabulary] = None) -> Tuple[ClassName, ...]:
+        """Foreground classes then background words: the classes of every
+        softmax (C_all), of ``vocabulary`` or the model's own."""
+        voc = vocabulary or self.vocabulary
+        return voc.class_names + voc.background_words
+
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list,
                       vocabulary: Optional[Vocabulary] = None) -> None:
@@ -158,16 +168,6 @@ class TagCLIP(FrozenCLIPModel):
         scores, tags = out['p_final'].float().cpu(), out['tags'].cpu()
         for i, sample in enumerate(data_samples):
             self.fill_sample(sample, scores[i], tags[i])
-
-    def resume_settings(self) -> dict:
-        """The shared settings (see the base class) and every setting of the
-        method; ``cwr_batch_size`` only bounds memory and is left out."""
-        return dict(
-            super().resume_settings(), vote_k=self.vote_k, avg_layers=self.avg_layers,
-            self_attn_mask_value=self.self_attn_mask_value, cwr=self.cwr,
-            cwr_ratio=self.cwr_ratio, cwr_region_thr=self.cwr_region_thr,
-            cwr_crop_size=self.cwr_crop_size, cwr_mask_value=self.cwr_mask_value,
-            fusion_lambda=self.fusion_lambda, tag_ratio=self.tag_ratio)
 
     @staticmethod
     def fill_sample(sample, scores: Tensor, tags: Tensor) -> None:
@@ -198,12 +198,13 @@ class TagCLIP(FrozenCLIPModel):
         with full_precision(images.device):
             text = self.classifier(vocabulary)
             c_fg = len((vocabulary or self.vocabulary).class_names)
-            p_coarse, w, grid_hw = self.coarse_pass(images, text)
+            p_coarse, w, grid_hw = self.coarse_pass(images, text, vocabulary)
             p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, box_clamp=self.quirks.box_clamp,
                                        return_first_pass=True)
             p_local = p_ref[..., :c_fg].amax(dim=1)
             if self.cwr:
-                p_final, done, p_global = self.reidentify(images, p_ref, p_local, grid_hw, text)
+                p_final, done, p_global = self.reidentify(images, p_ref, p_local, grid_hw, text,
+                                                          vocabulary)
             else:
                 p_final, p_global = p_local, torch.zeros_like(p_local)
                 done = torch.zeros_like(p_local, dtype=torch.bool)
@@ -213,7 +214,8 @@ class TagCLIP(FrozenCLIPModel):
                              p_global=p_global, p_final=p_final, tags=tags, cwr_done=done,
                              grid_hw=grid_hw)
 
-    def coarse_pass(self, images: Tensor, text: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
+    def coarse_pass(self, images: Tensor, text: Tensor, vocabulary: Optional[Vocabulary] = None
+                    ) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
         """Self-only last layer -> per-patch probabilities, plus DMAR's ``W``.
 
         Returns:
@@ -230,12 +232,13 @@ class TagCLIP(FrozenCLIPModel):
                                         attn_masks={-1: self_only}, weights_before_mask=True,
                                         round_pos_embed_fp16=self.round_pos_embed_fp16)
         tokens = F.normalize(out.tokens[:, 1:].float(), dim=-1)
-        p_coarse = (100. * tokens @ text.t()).softmax(dim=-1)
+        p_coarse = self.class_probs(100. * tokens @ text.t(), self.softmax_names(vocabulary))
         return p_coarse, vote.finalize(), out.grid_hw
 
     # ------------------------------------------------------------------ CWR
     def reidentify(self, images: Tensor, p_ref: Tensor, p_local: Tensor, grid_hw: Tuple[int, int],
-                   text: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+                   text: Tensor, vocabulary: Optional[Vocabulary] = None
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
         """Class-wise reidentification for every candidate of the batch at once.
 
         Returns:
@@ -256,7 +259,7 @@ class TagCLIP(FrozenCLIPModel):
         if self.quirks.cwr_early_exit:
             # Quirk 1: a degenerate box for one candidate stops CWR for the
             # remaining candidates of that image (classes in increasing order).
-            stopped = (cand & ~valid).long().cumsum(dim=1) > 0
+            stopped = (cand & ~valid).cumsum(dim=1) > 0  # bool cumsum counts in int64
             done = cand & valid & ~stopped
         else:
             done = cand & valid
@@ -269,7 +272,7 @@ class TagCLIP(FrozenCLIPModel):
         img_idx = pairs // c_fg
         cls_idx = pairs % c_fg
         crop_probs = torch.cat([
-            self._crop_scores(images, region, img_idx[s], pairs[s], boxes[s], text)
+            self._crop_scores(images, region, img_idx[s], pairs[s], boxes[s], text, vocabulary)
             for s in torch.arange(pairs.numel()).split(self.cwr_batch_size)
         ])
         crop_score = crop_probs[torch.arange(pairs.numel(), device=pairs.device), cls_idx]
@@ -279,8 +282,9 @@ class TagCLIP(FrozenCLIPModel):
         return p_final, done, p_global
 
     def _crop_scores(self, images: Tensor, region: Tensor, img_idx: Tensor, map_idx: Tensor,
-                     boxes: Tensor, text: Tensor) -> Tensor:
-        """Softmax scores over all classes for a batch of masked-[CLS] crops."""
+                     boxes: Tensor, text: Tensor,
+                     vocabulary: Optional[Vocabulary] = None) -> Tensor:
+        """Class probabilities (K, C_all) of a batch of masked-[CLS] crops."""
         vit = self.clip.visual
         p = vit.patch_size
         s = self.cwr_crop_size
@@ -294,4 +298,5 @@ class TagCLIP(FrozenCLIPModel):
         with self.autocast_context(images.device):
             cls_tok = vit.forward_cls(crops, masks,
                                       round_pos_embed_fp16=self.round_pos_embed_fp16)
-        return (100. * F.normalize(cls_tok.float(), dim=-1) @ text.t()).softmax(dim=-1)
+        return self.class_probs(100. * F.normalize(cls_tok.float(), dim=-1) @ text.t(),
+                                self.softmax_names(vocabulary))

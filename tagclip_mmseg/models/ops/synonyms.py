@@ -1,0 +1,44 @@
+"""Class probabilities from text rows: the one softmax both synonym rules share.
+
+Under ``synonyms='joined'`` every class is one text row and this is a plain
+softmax. Under ``synonyms='max'`` (the peers' rule) a class has one row per
+name: the softmax runs over all rows of all classes (background words
+included) and each class takes the largest of its rows' probabilities, so
+DMAR, CWR, the thresholds and Grad-CAM see one score per class, as before.
+"""
+from typing import Optional
+
+from torch import Tensor
+
+__all__ = ['class_softmax']
+
+
+def class_softmax(logits: Tensor,
+                  row_classes: Optional[Tensor] = None,
+                  num_classes: Optional[int] = None,
+                  support: Optional[Tensor] = None) -> Tensor:
+    """Softmax over text rows, then each class's max over its rows.
+
+    Args:
+        logits (Tensor): (..., R) logits of the text rows.
+        row_classes (Tensor, optional): (R,) long class index of every row;
+            None when rows are classes (``'joined'``).
+        num_classes (int, optional): Number of classes C (every class has
+            at least one row); required with ``row_classes``.
+        support (Tensor, optional): (..., C) bool: classes allowed in the
+            softmax (others get probability 0).
+
+    Returns:
+        Tensor: (..., C) probabilities. Under the max rule its gradient
+        reaches, for each class, the row that attains the max (shared
+        equally between tied rows).
+    """
+    if support is not None:
+        row_support = support if row_classes is None else support[..., row_classes]
+        logits = logits.masked_fill(~row_support, float('-inf'))
+    probs = logits.softmax(dim=-1)
+    if row_classes is None:
+        return probs
+    index = row_classes.expand_as(probs)
+    out = probs.new_zeros(*probs.shape[:-1], int(num_classes))
+    return out.scatter_reduce(-1, index, probs, reduce='amax', include_self=False)
