@@ -137,6 +137,51 @@ def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
     assert torch.bfloat16 in seen
 
 
+
+def test_bf16_run_first_leaves_the_fp32_cam_prompt_cache_exact(tiny_clip_path, tmp_path):
+    """The CAM prompts' cache: a bf16 run on a cold cache, then fp32 on it,
+    equals fp32 on a cold cache."""
+    images = list(torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(5)))
+    tag_lists = [[0, 2], [1]]
+    shared, cold = str(tmp_path / 'shared'), str(tmp_path / 'cold')
+    build_labeler(tiny_clip_path, 'reference', text_cache_dir=shared,
+                  autocast='bf16').predict(images, make_samples(tag_lists, (32, 48)))
+    warm = build_labeler(tiny_clip_path, 'reference', text_cache_dir=shared)
+    fresh = build_labeler(tiny_clip_path, 'reference', text_cache_dir=cold)
+    text = [m.text_embeddings(m.class_names + m.background_words, m.templates)
+            for m in (warm, fresh)]
+    assert torch.equal(*text)
+    outs = [m.predict(images, make_samples(tag_lists, (32, 48))) for m in (warm, fresh)]
+    for a, b in zip(*outs):
+        assert torch.equal(a.cams, b.cams)
+        assert torch.equal(a.pred_sem_seg.data, b.pred_sem_seg.data)
+
+
+def test_bf16_autocast_cam_head_runs_in_fp32(tiny_clip_path, tmp_path, precision_spy):
+    """Under ``autocast='bf16'`` the ViT runs in bf16, but the tag softmax, the
+    CAM normalisation, the affinity, the refinement and the label argmax
+    see fp32 inputs with autocast off; the in-pass tagger inherits the option."""
+    from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
+    from tagclip_mmseg.models.pseudo_labelers import clip_es as module
+    images = list(torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(6)))
+    model = build_labeler(tiny_clip_path, 'reference', tmp_path, autocast='bf16')
+    seen = []
+    model.clip.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
+        lambda mod, inp, out: seen.append(out.dtype))
+    for name in ('normalize_grad_cam', 'affinity_from_attention', 'caa_refine'):
+        precision_spy.wrap(module, name)
+    precision_spy.wrap(CLIPESPseudoLabeler, 'cams_to_label')
+    precision_spy.softmax_over(len(FG) + len(BG))  # 7 classes; the maps have 13 tokens
+    model.predict(images, make_samples([[0, 2], [1]], (48, 64)))
+    assert set(seen) == {torch.bfloat16}
+    precision_spy.assert_fp32(['normalize_grad_cam', 'affinity_from_attention', 'caa_refine',
+                               'cams_to_label', 'softmax'])
+    tagged = build_labeler(tiny_clip_path, 'reference', tmp_path, autocast='bf16',
+                           tagger=dict(type='TagCLIP', clip=dict(checkpoint=tiny_clip_path),
+                                       class_names=FG, avg_layers=(0, 1), vote_k=2))
+    assert tagged.tagger.autocast_dtype == torch.bfloat16
+
+
 def test_grad_cam_normalisation_hand_computed():
     """``(x - min) / (max + 1e-7)`` once (fixed) or twice (reference), by hand.
 

@@ -517,6 +517,26 @@ def _normalised(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
+
+def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_model_cfg, tiny_clip_path, tmp_path):
+    """Both models' text caches: a bf16 run on a cold cache, then fp32 on
+    it, equals fp32 on a cold cache (a checkpoint file, so the cache is used)."""
+    image = _normalised(48, 64, seed=7)
+    clip = dict(checkpoint=tiny_clip_path)
+    shared, cold = str(tmp_path / 'shared'), str(tmp_path / 'cold')
+    tiny_model_cfg(clip=clip, text_cache_dir=shared, autocast='bf16').predict([image])
+    assert os.listdir(shared)  # the bf16 run wrote the entry (both models' prompts are equal)
+    warm = tiny_model_cfg(clip=clip, text_cache_dir=shared)
+    fresh = tiny_model_cfg(clip=clip, text_cache_dir=cold)
+    for name in ('tagger', 'labeler'):
+        a, b = getattr(warm, name), getattr(fresh, name)
+        assert torch.equal(a.text_embeddings(a.class_names + a.background_words, a.templates),
+                           b.text_embeddings(b.class_names + b.background_words, b.templates))
+    a, b = warm.predict([image])[0], fresh.predict([image])[0]
+    assert torch.equal(a.seg_logits.data, b.seg_logits.data)
+    assert torch.equal(a.pred_sem_seg.data, b.pred_sem_seg.data)
+
+
 def test_seg_logits_background_and_untagged_channels(tiny_model_cfg, monkeypatch):
     _forced(monkeypatch, [2], {2: (0.2, 0.9, 0.6, 0.1)})
     model = tiny_model_cfg()

@@ -109,7 +109,7 @@ def test_cwr_early_exit_candidates_boxes_and_fusion(tiny_clip_path, tmp_path, mo
     torch.testing.assert_close(p_local, P_LOCAL)  # the comments above are right
     seen = []
 
-    def crop_scores(images, region, img_idx, map_idx, boxes, text):
+    def crop_scores(images, region, img_idx, map_idx, boxes, text, vocabulary=None):
         seen.extend(zip(img_idx.tolist(), (map_idx % 4).tolist(), map(tuple, boxes.tolist())))
         return P_GLOBAL[img_idx]
 
@@ -154,7 +154,7 @@ def test_cwr_region_excludes_patches_at_exactly_the_threshold(tiny_clip_path, tm
     assert p_local.tolist() == [[1., .125, .125, .125]]  # only class 0 is above theta = R
     seen = []
 
-    def crop_scores(images, region, img_idx, map_idx, boxes, text):
+    def crop_scores(images, region, img_idx, map_idx, boxes, text, vocabulary=None):
         seen.extend(zip((map_idx % 4).tolist(), map(tuple, boxes.tolist())))
         return P_GLOBAL[img_idx]
 

@@ -29,7 +29,13 @@ from ..ops.synonyms import class_softmax
 from .text_classifier import (build_text_classifier, check_synonyms, class_prompt_names, text_rows,
                               tokenize_prompts)
 
-__all__ = ['FrozenCLIPModel', 'Vocabulary']
+__all__ = ['FrozenCLIPModel', 'Vocabulary', 'full_precision']
+
+
+def full_precision(device: Union[str, torch.device]) -> ContextManager:
+    """``torch.autocast`` switched off on ``device``: what runs inside
+    computes in its inputs' dtype, whatever region encloses it."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
 class Vocabulary(NamedTuple):
@@ -68,12 +74,16 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
-        autocast (str, optional): ``'bf16'`` or ``'fp16'`` runs each batch
-            under :func:`torch.autocast` on the images' device: fp32 weights,
-            matrix products in half precision. Meant for GPUs (bf16 on
-            Ampere or newer); the results then differ from fp32 by rounding,
-            so tags near the threshold can change. ``None`` (default) computes
-            in the CLIP's own dtype, which is what the equality tests pin.
+        autocast (str, optional): ``'bf16'`` or ``'fp16'`` runs the ViT's
+            forward (and Grad-CAM's backward through its last block) under
+            :func:`torch.autocast` on the images' device: fp32 weights,
+            matrix products in half precision. Text embeddings, softmaxes,
+            DMAR, CWR, CAM refinement and every threshold stay in fp32
+            (docs/performance.md, "Mixed precision and GPUs"). Meant for GPUs
+            (bf16 on Ampere or newer); scores differ from fp32 by the
+            tolerance stated there, so tags near the threshold can change.
+            ``None`` (default) computes in the CLIP's own dtype, which is
+            what the equality tests pin.
         images_per_forward (int, optional): How many equal-size images of a
             data batch go through the network together. ``None`` (default)
             picks by device: one at a time on the CPU, where batched
@@ -150,6 +160,10 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
 
     def autocast_context(self, device: torch.device) -> ContextManager:
         """``torch.autocast`` for ``device`` when enabled, else a no-op.
+
+        The models enter it around their ViT calls only, inside a
+        :func:`full_precision` region; entering it around a whole call
+        changes nothing else.
 
         Raises:
             ValueError: If this torch has no autocast to that dtype on
@@ -342,6 +356,8 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
 
         Every sample is computed. Samples restored from disk or whose image
         failed to load never get here: ``ResumableTestLoop`` fills them.
+        Each batch runs in a :func:`full_precision` region; the subclasses
+        enter :meth:`autocast_context` around their ViT calls.
 
         Args:
             inputs (list[Tensor]): Normalised (3, H, W) images.
@@ -354,7 +370,7 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
             for s in range(0, len(idx), step):
                 chunk = idx[s:s + step]
                 batch = torch.stack([inputs[i] for i in chunk]).to(self.clip.dtype)
-                with self.autocast_context(batch.device):
+                with full_precision(batch.device):
                     self.predict_batch(batch, [data_samples[i] for i in chunk], **settings)
         return data_samples
 

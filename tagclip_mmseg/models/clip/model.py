@@ -242,7 +242,12 @@ class CLIPAttention(nn.Module):
                 outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
             else:
                 outs.append(torch.matmul(probs, vs))
-        return torch.cat(outs, dim=1), (weights / H).to(q.dtype)
+        # Under autocast the maps keep the fp32 of their sum: DMAR and the
+        # CAM affinity read them, and they run in fp32.
+        maps = weights / H
+        if not torch.is_autocast_enabled(q.device.type):
+            maps = maps.to(q.dtype)
+        return torch.cat(outs, dim=1), maps
 
 
 class ResidualAttentionBlock(nn.Module):

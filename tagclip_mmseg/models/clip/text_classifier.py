@@ -7,7 +7,9 @@ TagCLIP's 85 templates, COCO-Stuff's 171 classes are 14 535 prompts: seconds
 on a GPU, minutes on a CPU, and the same result every run. The result is
 therefore cached on disk, keyed by everything it depends on (the checkpoint's
 identity, class names, templates, dtype), and written atomically so that
-several ranks starting together can share the cache.
+several ranks starting together can share the cache. The text encoder runs
+with autocast switched off, so a mixed-precision run (a model's ``autocast``
+option) computes, writes and reads the same entries as a plain one.
 """
 import hashlib
 import json
@@ -192,12 +194,14 @@ def _encode_prompts(clip: nn.Module, tokens: Tensor, batch_size: int) -> Tensor:
     """L2-normalised text embeddings of token rows, (P, E) in fp32.
 
     A row's length runs to its end-of-text token, the largest id (where
-    ``encode_text`` reads the feature), inclusive.
+    ``encode_text`` reads the feature), inclusive. Autocast is switched off:
+    the embeddings are cached under a key without it, so they must be the
+    CLIP dtype's own whatever region the caller runs in.
     """
     lengths = tokens.argmax(dim=-1) + 1
     device = next(clip.parameters()).device
     out: Optional[Tensor] = None
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
         for rows, length in _length_batches(lengths, batch_size):
             emb = F.normalize(clip.encode_text(tokens[rows, :length].to(device)).float(), dim=-1)
             if out is None:

@@ -21,6 +21,10 @@ docs/method.md §6, for a batch of equal-size images and their tag lists:
 5. Maps are normalised at patch resolution, upsampled to the original size,
    a background channel ``1 - max`` is added, and the argmax gives the mask.
 
+With the ``autocast`` option only the ViT (blocks 1..L-1, the last block and
+its hand-written backward) runs under autocast; the softmax head, the CAMs,
+their normalisation, the affinity, the refinement and the argmax run in fp32.
+
 Grad-CAM runs inside mmengine's test loop, which wraps everything in
 ``torch.no_grad()``; the two small autograd steps it keeps (the softmax head
 and the activation's derivative) are therefore explicitly wrapped in
@@ -37,7 +41,7 @@ from mmseg.structures import SegDataSample
 from ...datasets.label_maps import LabelMap, label_lut
 from ...utils.checks import check_finite, check_range
 from ...utils.quirks import QuirksLike
-from ..clip.frozen_model import FrozenCLIPModel, Vocabulary
+from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..clip.last_block_grad import LastBlockGrad
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
                    normalize_grad_cam)
@@ -82,8 +86,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             its CRF ``crf_reference_image`` (docs/modes.md).
         tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
             used instead of the samples' ``tags``; it takes this model's
-            quirks and synonym rule unless it sets ``quirks`` (or the
-            deprecated ``mode``) or ``synonyms``.
+            quirks, synonym rule and ``autocast`` unless it sets ``quirks`` (or
+            the deprecated ``mode``), ``synonyms`` or ``autocast``.
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
         crf (dict, optional): Dense CRF post-processing options, see
             :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`. Unless
@@ -120,9 +124,11 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.return_cams = return_cams
         self.tagger = None
         if tagger is not None:
+            tagger = dict(tagger)
             if 'quirks' not in tagger and 'mode' not in tagger:
                 tagger = dict(tagger, quirks=self.quirks)
             tagger = dict(tagger, synonyms=tagger.get('synonyms', self.synonyms))
+            tagger.setdefault('autocast', self.autocast_dtype)
             self.tagger = MODELS.build(tagger)
         if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
             raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeler '
@@ -197,17 +203,22 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                 the model's own.
 
         Returns:
-            tuple: (B, K_max, hp, wp) refined CAMs (rows beyond an image's
-            tag count are zero) and the token grid.
+            tuple: (B, K_max, hp, wp) fp32 refined CAMs (rows beyond an
+            image's tag count are zero) and the token grid.
 
         Raises:
             NonFiniteError: When a CAM holds NaN or inf (an fp16 overflow,
                 broken weights), rather than returning a mask from it.
         """
+        with full_precision(images.device):
+            return self._compute_cams(images, tag_lists, vocabulary)
+
+    def _compute_cams(self, images: Tensor, tag_lists: List[List[int]],
+                      vocabulary: Optional[Vocabulary]) -> Tuple[Tensor, tuple]:
         vit = self.clip.visual
         last = vit.num_layers - 1
         avg = AttentionVote(avg_layers=self.caa_layers, vote_min=None)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast_context(images.device):  # maps come back in fp32
             out = vit.forward_until(images, last, attn_layers=self.caa_layers,
                                     attn_callback=avg.update,
                                     round_pos_embed_fp16=self.round_pos_embed_fp16)
@@ -259,6 +270,12 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             and the last block's (B, L, L)
             attention (``None`` when it is not a CAA layer).
         """
+        with full_precision(hidden.device):  # also when called on its own under autocast
+            return self._grad_cam(hidden, pair_img, pair_cls, tag_lists, vocabulary)
+
+    def _grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
+                  tag_lists: List[List[int]], vocabulary: Optional[Vocabulary]
+                  ) -> Tuple[Tensor, Optional[Tensor]]:
         vit = self.clip.visual
         voc = vocabulary or self.vocabulary
         names = voc.class_names + voc.background_words
@@ -274,17 +291,20 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         select = torch.zeros(k_max, B, len(names), device=device)
         select[pair_slot, pair_img, pair_cls] = 1.
         need_last = (vit.num_layers - 1) in self.caa_layers
-        block = LastBlockGrad(vit, hidden)
-        feats = block.pooled_embedding()
+        with self.autocast_context(device):
+            block = LastBlockGrad(vit, hidden)
+            feats = block.pooled_embedding()
         with torch.enable_grad():
-            f = feats.detach().requires_grad_(True)
+            f = feats.detach().float().requires_grad_(True)
             logits = 100. * F.normalize(f, dim=-1) @ text.t()
             probs = self.class_probs(logits, names, support)
             # d prob / d pooled embedding for every slot at once: (K, B, E).
             (cot, ) = torch.autograd.grad(probs, f, grad_outputs=select, is_grads_batched=True)
-        alpha, last_attn = block.token_mean_grad(cot.transpose(0, 1), need_last)  # (B, K, D)
-        act = block.normed[:, 1:]  # (B, N, D)
-        cam = F.relu(torch.einsum('bnd,bkd->bkn', act, alpha))[pair_img, pair_slot]  # (P, N)
+        with self.autocast_context(device):
+            alpha, last_attn = block.token_mean_grad(cot.transpose(0, 1), need_last)  # (B, K, D)
+        act = block.normed[:, 1:].float()  # (B, N, D)
+        cam = F.relu(torch.einsum('bnd,bkd->bkn', act, alpha.float()))[pair_img, pair_slot]
+        last_attn = None if last_attn is None else last_attn.float()
         return normalize_grad_cam(cam, self.quirks.grad_cam_double_norm), last_attn
 
     def _fill(self, sample, cams: Tensor, tags: List[int], grid_hw: tuple,

@@ -45,6 +45,7 @@ from ...datasets.transforms import patch_grid
 from ...utils.checks import check_range
 from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
 from ..clip import build_clip
+from ..clip.frozen_model import full_precision
 from ..ops import relative_threshold_mask
 from ..pseudo_labelers.crf import collect_pending_labels, set_label
 from ..clip.presets import resolve_background, resolve_classes
@@ -135,7 +136,9 @@ class TagCLIPSegmentor(BaseSegmentor):
         mode (str, optional): Deprecated spelling of ``quirks``
             (``'faithful'``/``'clean'``).
         text_cache_dir (str, optional): Text-embedding cache of both models.
-        autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision.
+        autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision of
+            the ViT calls (see
+            :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`).
         synonyms (str): How classes with synonyms are scored by both models:
             ``'joined'`` (TagCLIP's) or ``'max'`` (the peers': one softmax over
             every name, each class the max of its names'; the open-vocabulary
@@ -357,9 +360,13 @@ class TagCLIPSegmentor(BaseSegmentor):
         return total / count
 
     def image_cams(self, image: Tensor) -> Tuple[List[int], Tensor]:
-        """Tags and their (K, H, W) CAMs at the input size (test_cfg mode)."""
+        """Tags and their (K, H, W) CAMs at the input size (test_cfg mode).
+
+        Resizing and window averaging run in fp32; the tagger and the labeler
+        apply the ``autocast`` option to their ViT calls themselves.
+        """
         image = image.to(self.clip.dtype)
-        with self.labeler.autocast_context(image.device):
+        with full_precision(image.device):
             tags = self.image_tags(image)
             if not tags:
                 return tags, image.new_zeros(0, *image.shape[-2:], dtype=torch.float32)

@@ -18,6 +18,8 @@ The pipeline of docs/method.md §4.1-4.6, for a batch of equal-size images:
 
 All crops of a batch go through one forward, all box masks are computed on the
 device, and the attention maps are reduced layer by layer instead of kept.
+With the ``autocast`` option only the two ViT forwards (coarse pass, crops)
+run under autocast; everything after them runs in fp32 on fp32 inputs.
 ``quirks='reference'`` reproduces the reference implementation's quirks
 (docs/method.md §12) so published numbers can be matched; ``quirks='fixed'``
 fixes them, and a dict switches single quirks (docs/modes.md).
@@ -32,7 +34,7 @@ from torch import Tensor
 from mmseg.registry import MODELS
 from ...utils.checks import check_finite, check_range
 from ...utils.quirks import QuirksLike
-from ..clip.frozen_model import FrozenCLIPModel, Vocabulary
+from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
                    minmax_normalize, region_bbox, relative_threshold_mask)
 from ..clip.presets import resolve_background, resolve_templates
@@ -187,26 +189,27 @@ class TagCLIP(FrozenCLIPModel):
                 (:meth:`resolve_vocabulary`); default the model's own.
 
         Returns:
-            TagCLIPOutput: Scores, tags and intermediates.
+            TagCLIPOutput: Scores, tags and intermediates, fp32.
 
         Raises:
             NonFiniteError: When a score is NaN or inf (an fp16 overflow,
                 broken weights), rather than tagging nothing.
         """
-        text = self.classifier(vocabulary)
-        c_fg = len((vocabulary or self.vocabulary).class_names)
-        p_coarse, w, grid_hw = self.coarse_pass(images, text, vocabulary)
-        p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, box_clamp=self.quirks.box_clamp,
-                                   return_first_pass=True)
-        p_local = p_ref[..., :c_fg].amax(dim=1)
-        if self.cwr:
-            p_final, done, p_global = self.reidentify(images, p_ref, p_local, grid_hw, text,
-                                                      vocabulary)
-        else:
-            p_final, p_global = p_local, torch.zeros_like(p_local)
-            done = torch.zeros_like(p_local, dtype=torch.bool)
-        check_finite(p_final, 'TagCLIP scores (image, class)')
-        tags = relative_threshold_mask(p_final, self.tag_ratio)
+        with full_precision(images.device):
+            text = self.classifier(vocabulary)
+            c_fg = len((vocabulary or self.vocabulary).class_names)
+            p_coarse, w, grid_hw = self.coarse_pass(images, text, vocabulary)
+            p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, box_clamp=self.quirks.box_clamp,
+                                       return_first_pass=True)
+            p_local = p_ref[..., :c_fg].amax(dim=1)
+            if self.cwr:
+                p_final, done, p_global = self.reidentify(images, p_ref, p_local, grid_hw, text,
+                                                          vocabulary)
+            else:
+                p_final, p_global = p_local, torch.zeros_like(p_local)
+                done = torch.zeros_like(p_local, dtype=torch.bool)
+            check_finite(p_final, 'TagCLIP scores (image, class)')
+            tags = relative_threshold_mask(p_final, self.tag_ratio)
         return TagCLIPOutput(p_coarse=p_coarse, p_hat=p_hat, p_ref=p_ref, p_local=p_local,
                              p_global=p_global, p_final=p_final, tags=tags, cwr_done=done,
                              grid_hw=grid_hw)
@@ -224,9 +227,10 @@ class TagCLIP(FrozenCLIPModel):
         self_only = torch.full((L, L), self.self_attn_mask_value, device=images.device)
         self_only.fill_diagonal_(0)
         vote = AttentionVote(avg_layers=self.avg_layers, vote_min=self.vote_k)
-        out = vit.forward_attention(images, attn_callback=vote.update, attn_masks={-1: self_only},
-                                    weights_before_mask=True,
-                                    round_pos_embed_fp16=self.round_pos_embed_fp16)
+        with self.autocast_context(images.device):  # maps come back in fp32
+            out = vit.forward_attention(images, attn_callback=vote.update,
+                                        attn_masks={-1: self_only}, weights_before_mask=True,
+                                        round_pos_embed_fp16=self.round_pos_embed_fp16)
         tokens = F.normalize(out.tokens[:, 1:].float(), dim=-1)
         p_coarse = self.class_probs(100. * tokens @ text.t(), self.softmax_names(vocabulary))
         return p_coarse, vote.finalize(), out.grid_hw
@@ -291,6 +295,8 @@ class TagCLIP(FrozenCLIPModel):
         mask = torch.zeros(K, 1, L, L, device=images.device, dtype=torch.float32)
         mask[:, 0, 0, 1:] = torch.where(keep, 0., self.cwr_mask_value)
         masks = {i: mask for i in range(vit.num_layers)}
-        cls_tok = vit.forward_cls(crops, masks, round_pos_embed_fp16=self.round_pos_embed_fp16)
+        with self.autocast_context(images.device):
+            cls_tok = vit.forward_cls(crops, masks,
+                                      round_pos_embed_fp16=self.round_pos_embed_fp16)
         return self.class_probs(100. * F.normalize(cls_tok.float(), dim=-1) @ text.t(),
                                 self.softmax_names(vocabulary))
