@@ -50,6 +50,7 @@ setup(
         'Pillow',
         'scipy',
         'safetensors',
+        'filelock',
         'rich',
         'pycocotools',
     ],

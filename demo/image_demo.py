@@ -17,8 +17,9 @@ drawn on the photo), ``cam_<k>_<class>.jpg`` (one heat map per tag) and
 ``mask.jpg`` (the pseudo mask with a legend); ``OUT_DIR/index.html`` shows them
 side by side and ``OUT_DIR/results.json`` holds the tags and scores.
 
-Without CLIP weights (none at ``~/.cache/clip/ViT-B-16.pt`` and no
-``--checkpoint``), the demo runs a PIPELINE CHECK on a random-weight CLIP (see
+Without ``--checkpoint``, the demo uses ``~/.cache/clip/ViT-B-16.pt`` and
+fetches OpenAI's ViT-B/16 into it when it is missing. When that fails
+(offline, no network), it runs a PIPELINE CHECK on a random-weight CLIP (see
 :mod:`tagclip_mmseg.apis.pipeline_check`): everything runs, nothing it shows
 means anything, and both the console and the page say so.
 """
@@ -38,6 +39,8 @@ from tagclip_mmseg.models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
 from tagclip_mmseg.models.clip.presets import resolve_background, resolve_classes
 from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
 from tagclip_mmseg.utils.cli import NAME_FILE_HELP, FlagHelpFormatter
+from tagclip_mmseg.utils.fetch import (CHECKPOINT_HELP, DEFAULT_CLIP_NAME, OPENAI_CLIP_URLS,
+                                      FetchError, resolve_checkpoint)
 from tagclip_mmseg.utils.name_files import is_name_file_path, read_name_file
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
@@ -74,8 +77,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labelers/ config '
                         '(path or name) for the model settings')
     parser.add_argument('--checkpoint',
-                        help='CLIP weights (default: the config\'s, else '
-                        f'{DEFAULT_CLIP_CHECKPOINT})')
+                        help=f'{CHECKPOINT_HELP}. Default: the config\'s, else '
+                        f'{DEFAULT_CLIP_CHECKPOINT} (fetched as {DEFAULT_CLIP_NAME} when '
+                        'missing)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='cpu, cuda or cuda:N (default: cuda when available)')
     parser.add_argument('--truncate-prompts', action='store_true',
@@ -124,17 +128,19 @@ def vocabulary(args: argparse.Namespace):
     return classes, words
 
 
-def pipeline_check_banner(missing: str) -> tuple:
+def pipeline_check_banner(missing: str, why: str = '') -> tuple:
     return (PIPELINE_CHECK_TITLE, [
-        f'No CLIP checkpoint was found at {missing} and none was given with --checkpoint, so '
-        'this run used a CLIP with RANDOM weights (ViT-B/16 layout, narrow width so that it runs '
-        'in seconds on a CPU) only to check that loading, tagging, CAMs, masks and this page '
-        'work.',
+        f'No CLIP checkpoint was found at {missing} and none was given with --checkpoint'
+        + (f' ({why})' if why else '') + ', so this run used a CLIP with RANDOM weights '
+        '(ViT-B/16 layout, narrow width so that it runs in seconds on a CPU) only to check '
+        'that loading, tagging, CAMs, masks and this page work.',
         'The tags, scores, heat maps and masks shown are meaningless. Do not read anything into '
         'them.',
-        f'For real results, put OpenAI\'s ViT-B/16 weights (the file that clip.load("ViT-B/16") '
-        f'caches) at {DEFAULT_CLIP_CHECKPOINT}, or pass --checkpoint PATH (an OpenAI .pt, an '
-        'open_clip or Hugging Face CLIP checkpoint, or a .pth converted with '
+        f'For real results, run the demo where it can fetch {DEFAULT_CLIP_NAME} (it then '
+        f'fetches and verifies {DEFAULT_CLIP_CHECKPOINT} once), or fetch '
+        f'{OPENAI_CLIP_URLS[DEFAULT_CLIP_NAME]} on another machine and put it at '
+        f'{DEFAULT_CLIP_CHECKPOINT}, or pass --checkpoint PATH (an OpenAI .pt, an open_clip or '
+        'Hugging Face CLIP checkpoint, or a .pth converted with '
         'tools/convert_clip_checkpoint.py), and run the demo again.'
     ])
 
@@ -152,12 +158,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    why = ''
+    try:
+        # Names and URLs are fetched (once, verified); so is the default file.
+        checkpoint = resolve_checkpoint(checkpoint, DEFAULT_CLIP_CHECKPOINT)
+    except FetchError as e:
+        if args.checkpoint:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        why = f'fetching it failed: {e}'
     pipeline_check = not args.checkpoint and not osp.exists(osp.expanduser(checkpoint))
     with tempfile.TemporaryDirectory(prefix='tagclip_demo_') as tmp:
         banner = None
         cache_dir = None
         if pipeline_check:
-            banner = pipeline_check_banner(checkpoint)
+            banner = pipeline_check_banner(checkpoint, why)
             rule = '!' * 78
             print(f'{rule}\n{banner[0]}\n' + '\n'.join(banner[1]) + f'\n{rule}', flush=True)
             # Random weights and their text embeddings stay in a temporary

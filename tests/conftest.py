@@ -9,6 +9,11 @@ import os.path as osp
 import numpy as np
 import pytest
 
+# No test may reach the internet: a missing default checkpoint would otherwise
+# be fetched from OpenAI. Set before any tool starts, so subprocesses inherit
+# it; the fetch tests lift it for their loopback server only.
+os.environ['TAGCLIP_MMSEG_OFFLINE'] = '1'
+
 
 def _load_skip_policy():
     """``tests/skip_policy.py`` by path: ``tests/`` is not on ``sys.path``

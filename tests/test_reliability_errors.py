@@ -164,7 +164,7 @@ def test_pseudo_label_tag_file_with_blank_lines_tabs_and_unknown_images(
 # --------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize('checkpoint, error, fragments', [
     ('missing.pth', 'FileNotFoundError', ['CLIP checkpoint not found', 'missing.pth',
-                                          'Nothing is downloaded']),
+                                          'Give a model name to fetch it']),
     ('truncated.pth', 'CheckpointError', ['truncated.pth', 'truncated']),
     ('resnet_classifier.pth', 'CheckpointError', ['resnet_classifier.pth',
                                                   'is not a CLIP ViT checkpoint']),

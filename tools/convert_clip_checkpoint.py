@@ -9,6 +9,7 @@ TorchScript (deprecated in recent PyTorch) or Hugging Face's naming.
 Examples::
 
     python tools/convert_clip_checkpoint.py ~/.cache/clip/ViT-B-16.pt vit-b-16.pth
+    python tools/convert_clip_checkpoint.py ViT-B/16 vit-b-16.safetensors   # fetched first
     python tools/convert_clip_checkpoint.py hf_clip_folder/ vit-b-16.safetensors --fp16
 
 The output format follows DST's extension (.pth/.pt/.bin or .safetensors); it
@@ -24,7 +25,9 @@ from tagclip_mmseg.models.clip.checkpoint import (CheckpointError, infer_clip_ar
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Convert a CLIP ViT checkpoint to an OpenAI-naming state dict')
-    parser.add_argument('src', help='source checkpoint file or Hugging Face/open_clip folder')
+    parser.add_argument('src', help='source: a checkpoint file, a Hugging Face/open_clip folder, '
+                        'an OpenAI model name (ViT-B/16...) or an http(s) URL (fetched and '
+                        'verified first)')
     parser.add_argument('dst', help='destination (.pth, .pt, .bin or .safetensors)')
     parser.add_argument('--fp16', action='store_true',
                         help='store floating-point weights in fp16 (half the size)')
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     try:
         state_dict = load_clip_state_dict(args.src, weights_only=not args.unsafe_load)
         save_clip_state_dict(state_dict, args.dst, fp16=args.fp16)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
+    except (OSError, CheckpointError, ValueError) as e:  # OSError: FetchError too
         print(f'error: {e}', file=sys.stderr)
         return 1
     arch = infer_clip_arch(state_dict, args.src)

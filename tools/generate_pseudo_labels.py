@@ -35,6 +35,7 @@ from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_voc
                                  ensure_writable_dir, init_cpu_distributed, load_config,
                                  parse_runner_args, set_clip_checkpoint, set_in_dicts_of_type,
                                  type_accepts)
+from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 
 WRITERS = ['PseudoLabelWriter']
 RESUME_TRANSFORMS = ['SkipExisting']
@@ -45,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Write pseudo masks (PNG) for a dataset')
     parser.add_argument('config', help='pseudo-label config (configs/pseudo_labelers/...)')
     parser.add_argument('--out', required=True, help='output folder of the PNG masks')
-    parser.add_argument('--clip-checkpoint', help='CLIP weights (default: the config, '
+    parser.add_argument('--clip-checkpoint', help=f'{CHECKPOINT_HELP} (default: the config\'s, '
                         'usually ~/.cache/clip/ViT-B-16.pt)')
     parser.add_argument('--tags', help='tags file ("image_id idx idx ..."), for configs whose '
                         "dataset has tag_source='file'")

@@ -50,6 +50,7 @@ from mmengine.config import Config
 
 from tagclip_mmseg.utils import (add_vocabulary_args, atomic_write_text, ensure_writable_dir,
                                  iter_dicts, vocabulary_args_to_argv)
+from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 STEPS = ('tags', 'pseudo', 'train', 'eval')
@@ -74,7 +75,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tags-file', help='tags file (default: WORK_DIR/tags.txt)')
     parser.add_argument('--pseudo-dir', help='pseudo-mask folder (default: '
                         'WORK_DIR/pseudo_labels)')
-    parser.add_argument('--clip-checkpoint', help='CLIP weights for tagging and pseudo labels')
+    parser.add_argument('--clip-checkpoint',
+                        help=f'{CHECKPOINT_HELP}, for tagging and pseudo labels')
     parser.add_argument('--gpus', type=int, default=1,
                         help='processes per step (torchrun when > 1). The segmenter config\'s '
                         'batch size is per GPU: the DeepLab-v2 recipe is for one GPU, so adapt '

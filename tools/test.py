@@ -42,6 +42,7 @@ from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                                  default_work_dir, init_cpu_distributed, load_config,
                                  parse_runner_args, set_clip_checkpoint)
+from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 
 #: Wrapper for distributed testing that accepts fully frozen models.
 FROZEN_SAFE_WRAPPER = dict(
@@ -73,8 +74,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help='Test time augmentation')
     parser.add_argument(
         '--clip-checkpoint',
-        help='CLIP weights for training-free configs (sets every model.*.clip.checkpoint; '
-        'default: the config, usually ~/.cache/clip/ViT-B-16.pt)')
+        help=f'{CHECKPOINT_HELP}, for training-free configs (sets every '
+        'model.*.clip.checkpoint; default: the config\'s, usually ~/.cache/clip/ViT-B-16.pt)')
     add_vocabulary_args(parser)
     return parse_runner_args(parser)
 

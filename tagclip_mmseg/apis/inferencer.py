@@ -103,10 +103,11 @@ class TagCLIPInferencer(BaseInferencer):
             CAMs and masks), the bare name of either, or None for TagCLIP's
             and CLIP-ES's reference settings for ViT-B/16 (their layer
             indices assume 12 layers; other CLIPs need a config).
-        checkpoint (str, optional): CLIP weights. Replaces the config's
-            checkpoint; with ``model=None`` defaults to OpenAI's cache path
-            ``~/.cache/clip/ViT-B-16.pt``. Nothing is downloaded: a missing
-            file raises ``FileNotFoundError`` saying where to get one.
+        checkpoint (str, optional): CLIP weights: a path, an OpenAI model
+            name (``'ViT-B/16'``) or an ``http(s)`` URL, fetched and verified
+            on first use. Replaces the config's checkpoint; with
+            ``model=None`` defaults to ``~/.cache/clip/ViT-B-16.pt`` (fetched
+            as ``'ViT-B/16'`` when missing).
         device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...;
             None picks CUDA when available.
         batch_size (int): Images per forward (equal-size images only).

@@ -1,6 +1,6 @@
 """A random-weight CLIP for checking that the pipeline runs end to end.
 
-No CLIP weights can be downloaded by this project, and no package ships them.
+No package ships CLIP weights, and offline machines cannot fetch them.
 So that ``make demo`` still exercises loading, resizing, TagCLIP, CLIP-ES,
 drawing and the HTML page on a fresh machine, the demo can run on a CLIP with
 **random weights**. Its tags, scores, CAMs and masks are meaningless, and the

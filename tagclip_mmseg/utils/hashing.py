@@ -18,7 +18,9 @@ from typing import Dict, List, Optional, Tuple
 
 from .io import atomic_write_text
 
-__all__ = ['CACHE_ENV', 'cache_root', 'file_sha256', 'file_identity', 'file_stamp']
+__all__ = [
+    'CACHE_ENV', 'cache_root', 'file_sha256', 'file_identity', 'file_stamp', 'remember_sha256'
+]
 
 #: Environment variable naming the root of tagclip_mmseg's caches.
 CACHE_ENV = 'TAGCLIP_MMSEG_CACHE'
@@ -101,11 +103,21 @@ def file_sha256(path: str, use_cache: bool = True) -> str:
             sha.update(block)
     digest = sha.hexdigest()
     if use_cache and file_identity(path) == identity:  # unchanged while it was read
-        _MEMORY[identity] = digest
-        if identity[1] < _DISK_MIN_BYTES:
-            return digest
-        try:
-            atomic_write_text(_cache_file(identity), digest + '\n')
-        except OSError:  # a read-only cache only costs a re-hash next start
-            pass
+        _remember(identity, digest)
     return digest
+
+
+def remember_sha256(path: str, digest: str) -> None:
+    """Record the known hash of a file just written (e.g. a verified fetch),
+    so that :func:`file_sha256` does not read it again."""
+    _remember(file_identity(osp.expanduser(os.fspath(path))), digest)
+
+
+def _remember(identity: Tuple, digest: str) -> None:
+    _MEMORY[identity] = digest
+    if identity[1] < _DISK_MIN_BYTES:
+        return
+    try:
+        atomic_write_text(_cache_file(identity), digest + '\n')
+    except OSError:  # a read-only cache only costs a re-hash next start
+        pass

@@ -6,7 +6,7 @@
 # window and stride per benchmark (open_vocab_sizes, open_vocab_runtime.py).
 model = dict(
     type='TagCLIPSegmentor',
-    # Never downloaded; --cfg-options model.clip.checkpoint=PATH.
+    # Fetched as ViT-B/16 when missing; --clip-checkpoint PATH|NAME|URL.
     clip=dict(checkpoint='~/.cache/clip/ViT-B-16.pt', dtype='fp32'),
     autocast=None,                  # 'bf16' on a recent GPU (fp32 weights)
     # mmseg's LoadImageFromFile yields BGR; the CLIP wants RGB. No padding.

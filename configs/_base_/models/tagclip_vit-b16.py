@@ -3,7 +3,7 @@
 # unless class_names is set here.
 model = dict(
     type='TagCLIP',
-    # The weights OpenAI's clip.load('ViT-B/16') caches; never downloaded.
+    # The weights OpenAI's clip.load('ViT-B/16') caches; fetched there when missing.
     # Override with --cfg-options model.clip.checkpoint=PATH.
     clip=dict(checkpoint='~/.cache/clip/ViT-B-16.pt', dtype='fp32'),
     # Mixed precision on a GPU: --cfg-options model.autocast=bf16 (fp32

@@ -8,7 +8,9 @@ parameter naming (:func:`load_clip_state_dict`), the architecture is read off
 the tensor shapes (:func:`infer_clip_arch`, as OpenAI's ``build_model`` does),
 and :func:`load_clip` builds a frozen :class:`CLIP` from the two.
 
-Nothing here ever downloads: a missing file is a :class:`FileNotFoundError`
+A checkpoint may also be one of OpenAI's model names (``'ViT-B/16'``) or an
+``http(s)`` URL: :func:`~tagclip_mmseg.utils.fetch.resolve_checkpoint` fetches
+and verifies it first. A missing local file is a :class:`FileNotFoundError`
 that says where to get one, and anything unreadable or not a CLIP ViT is a
 :class:`CheckpointError` naming the file and the problem.
 """
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.fetch import DEFAULT_CLIP_NAME, OPENAI_CLIP_URLS, resolve_checkpoint
 from ...utils.hashing import file_sha256
 from ...utils.io import atomic_open, atomic_write_bytes
 from ...utils.unpickling import refused_globals, unreadable_reason
@@ -79,12 +82,11 @@ class CheckpointError(ValueError):
 
 
 def _missing_file_message(path: str) -> str:
-    return (f'CLIP checkpoint not found: {path!r}. Nothing is downloaded automatically. '
-            "OpenAI's ViT-B/16 weights are the file that `clip.load('ViT-B/16')` of the "
-            'openai/CLIP package caches at ~/.cache/clip/ViT-B-16.pt; copy that file here, or '
-            'convert an open_clip or Hugging Face CLIP checkpoint with '
-            '`python tools/convert_clip_checkpoint.py SRC DST`, and point the config '
-            '(clip checkpoint=...) at it.')
+    return (f'CLIP checkpoint not found: {path!r}. Give a model name to fetch it '
+            f'({", ".join(OPENAI_CLIP_URLS)}; {DEFAULT_CLIP_NAME!r} is what '
+            "`clip.load('ViT-B/16')` caches at ~/.cache/clip/ViT-B-16.pt), an http(s) URL, or "
+            'a local file; convert an open_clip or Hugging Face CLIP checkpoint with '
+            '`python tools/convert_clip_checkpoint.py SRC DST`.')
 
 
 def _resolve_files(path: str) -> Tuple[str, List[str]]:
@@ -96,7 +98,7 @@ def _resolve_files(path: str) -> Tuple[str, List[str]]:
     Returns:
         tuple: The expanded path and the weight files.
     """
-    path = osp.abspath(osp.expanduser(os.fspath(path)))
+    path = resolve_checkpoint(path, DEFAULT_CLIP_CHECKPOINT)
     if not osp.exists(path):
         raise FileNotFoundError(_missing_file_message(path))
     if not osp.isdir(path):
@@ -327,7 +329,8 @@ def load_clip_state_dict(path: str, weights_only: bool = True) -> Dict[str, Tens
     Tensors keep the checkpoint's dtype (OpenAI's are fp16).
 
     Args:
-        path (str): File or folder; ``~`` is expanded.
+        path (str): File or folder (``~`` is expanded), OpenAI model name or
+            ``http(s)`` URL (fetched and verified first).
         weights_only (bool): Refuse pickled Python objects in ``torch.save``
             files (safe default). Pass False only for files you trust.
 
@@ -337,6 +340,7 @@ def load_clip_state_dict(path: str, weights_only: bool = True) -> Dict[str, Tens
     Raises:
         FileNotFoundError: The path does not exist (message says how to get
             weights).
+        FetchError: A name or URL could not be fetched or verified.
         CheckpointError: Unreadable, truncated, not a CLIP, a ResNet CLIP,
             or weights with NaN or inf (the message names the tensors).
     """
@@ -472,7 +476,8 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
     embedding cache.
 
     Args:
-        checkpoint (str): Path of the checkpoint file or folder.
+        checkpoint (str): Checkpoint file or folder, OpenAI model name
+            (``'ViT-B/16'``) or ``http(s)`` URL (fetched and verified first).
         dtype (str | torch.dtype): ``'fp32'`` (TagCLIP classification),
             ``'fp16'`` (CLIP-ES CAMs on GPU) or ``'bf16'``. fp16 checkpoints
             load into fp32 modules and vice versa.
@@ -483,8 +488,8 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
         CLIP: The loaded model.
     """
     torch_dtype = resolve_dtype(dtype)
-    state_dict = load_clip_state_dict(checkpoint, weights_only=weights_only)
-    path = osp.abspath(osp.expanduser(checkpoint))
+    path = resolve_checkpoint(checkpoint, DEFAULT_CLIP_CHECKPOINT)
+    state_dict = load_clip_state_dict(path, weights_only=weights_only)
     model = CLIP(**infer_clip_arch(state_dict, path))
     _check_shapes(model.state_dict(), state_dict, path)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
