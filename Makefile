@@ -61,7 +61,7 @@ demo: $(STAMP)
 
 # The oldest Python setup.py's python_requires admits.
 lint: $(STAMP)
-	$(PY) -m vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
+	$(VENV)/bin/vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
 
 # The classic stack is an existing OpenMMLab environment (torch and mmcv)
 # first: installing the package into it, as a user would (`pip install .` and

@@ -6,5 +6,6 @@ vectorised models, the random-CLIP factory (``random_clip``) builds seeded
 checkpoints for tests, tools and the demo's pipeline check (no pretrained
 weights can be downloaded in CI), and ``models`` builds the tagger and the
 labeler in one line for tests and tools; ``slurm`` runs a one-node Slurm
-cluster from a temporary folder for the tests of the Slurm scripts.
+cluster from a temporary folder for the tests of the Slurm scripts, and
+``http_server`` serves checkpoints on the loopback for the fetch tests.
 """
