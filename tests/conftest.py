@@ -623,3 +623,24 @@ def write_image_split(root, ids, write_image, tags_of):
 def image_split():
     """:func:`write_image_split`, for the tool tests' photo folders."""
     return write_image_split
+
+
+def write_random_split(root, ids, seed: int, max_side: int, min_tags: int):
+    """:func:`write_image_split` of random JPEGs, 24 to ``max_side`` pixels a
+    side, each tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded)."""
+    rng = np.random.default_rng(seed)
+    tags = {}
+
+    def write(index, img_id, path):
+        from PIL import Image
+        h, w = rng.integers(24, max_side + 1, size=2)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+        tags[img_id] = sorted(set(rng.integers(0, 20, size=rng.integers(min_tags, 4)).tolist()))
+
+    return write_image_split(root, ids, write, tags.get)
+
+
+@pytest.fixture(scope='session')
+def random_split():
+    """:func:`write_random_split`, for tests that need a split of many small images."""
+    return write_random_split

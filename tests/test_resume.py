@@ -453,18 +453,11 @@ PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory, image_split):
+def images(tmp_path_factory, random_split):
     """``NUM_IMAGES`` small photos of mixed sizes, a split list and a tags file."""
-    rng = np.random.default_rng(0)
-    tags = {}
-
-    def write(index, img_id, path):
-        h, w = rng.integers(24, 97, size=2)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
-        tags[img_id] = sorted(set(rng.integers(0, 20, size=rng.integers(0, 4)).tolist()))
-
-    return image_split(tmp_path_factory.mktemp('resume'),
-                       [f'img{i:03d}' for i in range(NUM_IMAGES)], write, tags.get)
+    return random_split(tmp_path_factory.mktemp('resume'),
+                        [f'img{i:03d}' for i in range(NUM_IMAGES)], seed=0, max_side=96,
+                        min_tags=0)
 
 
 def pl_args(images, out, tiny_tool_options, config, *extra):

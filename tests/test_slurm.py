@@ -13,10 +13,8 @@ import os.path as osp
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from mmengine.config import Config
-from PIL import Image
 
 from tagclip_mmseg.testing.slurm import LocalSlurm
 from tagclip_mmseg.utils.dist import export_slurm_environment
@@ -99,18 +97,11 @@ def run_script(cluster: LocalSlurm, script: str, job: str, *args: str, **env: st
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory, image_split):
+def images(tmp_path_factory, random_split):
     """``NUM_IMAGES`` small photos of mixed sizes, a split list and a tags file."""
-    rng = np.random.default_rng(3)
-    tags = {}
-
-    def write(index, img_id, path):
-        h, w = rng.integers(24, 81, size=2)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
-        tags[img_id] = sorted(set(rng.integers(0, 20, size=rng.integers(1, 4)).tolist()))
-
-    return image_split(tmp_path_factory.mktemp('slurm_images'),
-                       [f'img{i:02d}' for i in range(NUM_IMAGES)], write, tags.get)
+    return random_split(tmp_path_factory.mktemp('slurm_images'),
+                        [f'img{i:02d}' for i in range(NUM_IMAGES)], seed=3, max_side=80,
+                        min_tags=1)
 
 
 def tag_args(images, out, tiny_tool_options):
