@@ -347,6 +347,17 @@ def precision_spy(monkeypatch):
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+def _manager_classes():
+    """Every class with an mmengine global-instance registry (ManagerMixin)."""
+    from mmengine.utils import ManagerMixin
+    classes, todo = [], [ManagerMixin]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [c for c in classes if '_instance_dict' in vars(c)]
+
+
 class ToolRunner:
     """Run ``tools/*.py`` as a user would, in a fresh interpreter or in this one.
 
@@ -442,14 +453,27 @@ class ToolRunner:
             proc.wait()
 
     def inprocess(self, script, *args):
-        """Run the tool's ``__main__`` here; whatever it raises propagates."""
+        """Run the tool's ``__main__`` here; whatever it raises propagates.
+
+        mmengine keeps its visualizers, loggers and message hubs in global
+        registries keyed by the experiment name, which has a one-second
+        timestamp: two runs of one config in the same second would share the
+        first run's visualizer (and its ``save_dir``). The instances a run
+        creates are dropped when it ends, as they would be with its process.
+        """
         import runpy
         import sys
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(REPO_ROOT)
-            mp.setattr(sys, 'argv', [script, *args])
-            mp.setenv('LOCAL_RANK', '0')
-            runpy.run_path(osp.join(REPO_ROOT, script), run_name='__main__')
+        before = {cls: set(cls._instance_dict) for cls in _manager_classes()}
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(REPO_ROOT)
+                mp.setattr(sys, 'argv', [script, *args])
+                mp.setenv('LOCAL_RANK', '0')
+                runpy.run_path(osp.join(REPO_ROOT, script), run_name='__main__')
+        finally:
+            for cls in _manager_classes():
+                for name in set(cls._instance_dict) - before.get(cls, set()):
+                    cls._instance_dict.pop(name, None)
 
 
 @pytest.fixture(scope='session')

@@ -37,6 +37,8 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.torch_compat import is_autocast_enabled
+
 __all__ = [
     'LayerNorm', 'QuickGELU', 'CLIPAttention', 'ResidualAttentionBlock', 'Transformer',
     'VisionTransformer', 'CLIP', 'ViTOutput', 'AttnCallback', 'LayerMasks',
@@ -245,7 +247,7 @@ class CLIPAttention(nn.Module):
         # Under autocast the maps keep the fp32 of their sum: DMAR and the
         # CAM affinity read them, and they run in fp32.
         maps = weights / H
-        if not torch.is_autocast_enabled(q.device.type):
+        if not is_autocast_enabled(q.device.type):
             maps = maps.to(q.dtype)
         return torch.cat(outs, dim=1), maps
 
