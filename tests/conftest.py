@@ -2,6 +2,7 @@
 
 No test downloads anything; checkpoints are built here with random weights.
 """
+import contextlib
 import importlib.util
 import os
 import os.path as osp
@@ -358,6 +359,31 @@ def _manager_classes():
     return [c for c in classes if '_instance_dict' in vars(c)]
 
 
+@contextlib.contextmanager
+def own_mmengine_instances():
+    """Drop the mmengine visualizers, loggers, message hubs and scopes made
+    inside the block when it ends, as a process of their own would.
+
+    They live in global registries keyed by name: mmseg's runtime names every
+    visualizer ``'visualizer'``, so without this a second Runner in one
+    process reuses the first one's visualizer and its ``save_dir``.
+    """
+    before = {cls: set(cls._instance_dict) for cls in _manager_classes()}
+    try:
+        yield
+    finally:
+        for cls in _manager_classes():
+            for name in set(cls._instance_dict) - before.get(cls, set()):
+                cls._instance_dict.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _own_mmengine_instances():
+    """Every test leaves mmengine's global instances as it found them."""
+    with own_mmengine_instances():
+        yield
+
+
 class ToolRunner:
     """Run ``tools/*.py`` as a user would, in a fresh interpreter or in this one.
 
@@ -455,25 +481,16 @@ class ToolRunner:
     def inprocess(self, script, *args):
         """Run the tool's ``__main__`` here; whatever it raises propagates.
 
-        mmengine keeps its visualizers, loggers and message hubs in global
-        registries keyed by the experiment name, which has a one-second
-        timestamp: two runs of one config in the same second would share the
-        first run's visualizer (and its ``save_dir``). The instances a run
-        creates are dropped when it ends, as they would be with its process.
+        The mmengine instances the run creates end with it
+        (:func:`own_mmengine_instances`).
         """
         import runpy
         import sys
-        before = {cls: set(cls._instance_dict) for cls in _manager_classes()}
-        try:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.chdir(REPO_ROOT)
-                mp.setattr(sys, 'argv', [script, *args])
-                mp.setenv('LOCAL_RANK', '0')
-                runpy.run_path(osp.join(REPO_ROOT, script), run_name='__main__')
-        finally:
-            for cls in _manager_classes():
-                for name in set(cls._instance_dict) - before.get(cls, set()):
-                    cls._instance_dict.pop(name, None)
+        with own_mmengine_instances(), pytest.MonkeyPatch.context() as mp:
+            mp.chdir(REPO_ROOT)
+            mp.setattr(sys, 'argv', [script, *args])
+            mp.setenv('LOCAL_RANK', '0')
+            runpy.run_path(osp.join(REPO_ROOT, script), run_name='__main__')
 
 
 @pytest.fixture(scope='session')
