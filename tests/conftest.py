@@ -3,37 +3,32 @@
 No test downloads anything; checkpoints are built here with random weights.
 """
 import contextlib
-import importlib.util
 import os
 import os.path as osp
 
 import numpy as np
 import pytest
 
+from tagclip_mmseg.testing import skip_policy
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
+
 # No test may reach the internet: a missing default checkpoint would otherwise
 # be fetched from OpenAI. Set before any tool starts, so subprocesses inherit
 # it; the fetch tests lift it for their loopback server only.
 os.environ['TAGCLIP_MMSEG_OFFLINE'] = '1'
 
-
-def _load_skip_policy():
-    """``tests/skip_policy.py`` by path: ``tests/`` is not on ``sys.path``
-    (``--import-mode=importlib``)."""
-    path = osp.join(osp.dirname(osp.abspath(__file__)), 'skip_policy.py')
-    spec = importlib.util.spec_from_file_location('tagclip_tests_skip_policy', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+#: Repository root of this checkout: the tools resolve configs relative to it,
+#: and a fresh interpreter imports ``tagclip_mmseg`` from it (:func:`tool_env`).
+REPO_ROOT = repo_root(__file__)
 
 
 # ``--strict-skips``: fail the session on a skip other than "no CUDA" or "root".
-_skip_policy = _load_skip_policy()
-pytest_addoption = _skip_policy.pytest_addoption
-pytest_configure = _skip_policy.pytest_configure
+pytest_addoption = skip_policy.pytest_addoption
+pytest_configure = skip_policy.pytest_configure
 
 #: Real photos (and one VOC mask) that ship with the tests; see
 #: ``tests/data/SOURCES.md`` for their origin and licences.
-REAL_IMAGES = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'real_images')
+REAL_IMAGES = osp.join(REPO_ROOT, 'tests', 'data', 'real_images')
 
 #: The first photos of :data:`REAL_IMAGES` in name order, 128x128 ImageNet
 #: samples: tests that need "a few real photos" take them from here by name, so
@@ -143,7 +138,7 @@ def tiny_pseudo_seg_data(tmp_path_factory, real_photo_paths):
 
 # ------------------------------------------------------- tiny training runs
 #: The DeepLab-v2 VOC config that :func:`tiny_config` shrinks.
-V2_VOC = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'deeplab',
+V2_VOC = osp.join(REPO_ROOT, 'configs', 'deeplab',
                   'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
 
 #: A tiny derived config: ResNet-18 at 1/8 width, 64x64 crops, a few iterations; everything
@@ -344,8 +339,6 @@ def precision_spy(monkeypatch):
 
 
 # ------------------------------------------------------- tools, end to end
-#: Repository root: the tools resolve configs relative to it.
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _manager_classes():
@@ -425,12 +418,10 @@ class ToolRunner:
         return [sys.executable, '-c', wrapper, script, *args]
 
     @staticmethod
-    def env():
-        """CPU only, one thread per process, unbuffered output."""
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',
-                   PYTHONUNBUFFERED='1')
-        env.pop('LOCAL_RANK', None)
-        return env
+    def env(**overrides):
+        """:func:`tool_env` of this checkout: its code first on ``PYTHONPATH``,
+        CPU only, one thread per process, unbuffered output."""
+        return tool_env(REPO_ROOT, **overrides)
 
     def subprocess(self, script, *args, check=True, timeout=600, peak_rss=False, nproc=1):
         """Run in a fresh interpreter; return the CompletedProcess (text output)."""

@@ -24,7 +24,9 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from tagclip_mmseg.testing.checkout import repo_root
+
+REPO = repo_root(__file__)
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_folder.py'
 IDS = ('apple', 'boat', 'cloud', 'dune')
 

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from tagclip_mmseg.datasets.label_files import read_label_file
+from tagclip_mmseg.testing.checkout import repo_root
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = repo_root(__file__)
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_folder.py'
 PL_SCRIPT = 'tools/generate_pseudo_labels.py'
 VOC_PSEUDO_CONFIG = osp.join(REPO, 'configs', 'pseudo_labelers',

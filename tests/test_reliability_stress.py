@@ -16,6 +16,8 @@ import pytest
 from mmengine.hooks import Hook
 from PIL import Image
 
+from tagclip_mmseg.testing.checkout import repo_root
+
 NUM_IMAGES = 240
 NUM_BROKEN = 6
 #: Allowed RSS growth from the middle to the end of a run (120 images). The
@@ -26,7 +28,7 @@ NUM_BROKEN = 6
 GROWTH_LIMIT_MB = 48
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_folder.py'
 MODES = ('RGB', 'L', 'RGBA', 'P', 'CMYK', 'I;16')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = repo_root(__file__)
 
 
 def rss_bytes() -> int:

@@ -14,7 +14,7 @@ skip, including a module skipped at collection (``pytest.importorskip``),
 turns a passing session into a failing one, and the terminal summary lists
 each offending test with its reason. Expected failures (``xfail``) are not
 skips. ``tests/conftest.py`` loads this file; another session can load it
-with ``-p skip_policy`` when ``tests/`` is on ``sys.path``.
+with ``-p tagclip_mmseg.testing.skip_policy``.
 """
 import os
 import re

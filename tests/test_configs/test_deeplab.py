@@ -12,10 +12,11 @@ from mmseg.registry import DATASETS, MODELS
 
 import tagclip_mmseg  # noqa: F401
 from tagclip_mmseg.utils import iter_dicts
+from tagclip_mmseg.testing.checkout import repo_root
 
 init_default_scope('mmseg')
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = repo_root(__file__)
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'deeplab', '*.py')))
 V2_VOC = osp.join(REPO, 'configs', 'deeplab',
                   'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')

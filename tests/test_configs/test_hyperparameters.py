@@ -19,8 +19,9 @@ from tagclip_mmseg.models.clip.checkpoint import load_clip
 from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler, DenseCRF
 from tagclip_mmseg.models.clip.presets import resolve_background, resolve_templates
 from tagclip_mmseg.models.taggers import TagCLIP
+from tagclip_mmseg.testing.checkout import repo_root
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = repo_root(__file__)
 TABLE = osp.join(ROOT, 'docs', 'hyperparameters.md')
 CONFIGS = sorted(
     osp.relpath(p, osp.join(ROOT, 'configs'))

@@ -17,8 +17,9 @@ from mmengine.registry import init_default_scope
 import tagclip_mmseg  # noqa: F401
 from mmseg import registry as R
 from tagclip_mmseg.utils import Quirks, iter_dicts, set_clip_checkpoint
+from tagclip_mmseg.testing.checkout import repo_root
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = repo_root(__file__)
 CONFIGS = sorted(
     glob.glob(osp.join(ROOT, 'configs', 'tagclip', '*.py')) +
     glob.glob(osp.join(ROOT, 'configs', 'pseudo_labelers', '*.py')))
@@ -173,7 +174,7 @@ def test_every_registered_type_builds_from_a_config(tmp_path, tiny_clip_path,
 def test_cam_vocabularies_use_the_clip_es_wording():
     """Each CLS-SEG config names its thing classes as CLIP-ES's CAM stage does."""
     from tagclip_mmseg.models.clip.presets import resolve_classes
-    root = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'configs', 'pseudo_labelers')
+    root = osp.join(repo_root(__file__), 'configs', 'pseudo_labelers')
     cfg = Config.fromfile(osp.join(root, 'clip-es_vit-b16_cocostuff27-val_tagclip-tags.py'))
     names = resolve_classes(cfg.model.class_names)
     assert len(names) == 171

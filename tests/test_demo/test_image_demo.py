@@ -19,8 +19,9 @@ from PIL import Image
 from tagclip_mmseg.visualization import (ReportEntry, draw_tag_panel, mask_label_names,
                                          overlay_heatmap, overlay_mask, unique_stems,
                                          write_index_html)
+from tagclip_mmseg.testing.checkout import repo_root
 
-DEMO = osp.join(osp.dirname(__file__), '..', 'demo', 'image_demo.py')
+DEMO = osp.join(repo_root(__file__), 'demo', 'image_demo.py')
 PHOTOS = ('skimage_chelsea.png', 'mpl_grace_hopper.jpg')
 #: Headless browser for the page screenshot (Debian's ``chromium``; ``.ci/run``
 #: installs it, and a skip for its absence fails ``--strict-skips``).

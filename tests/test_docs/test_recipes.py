@@ -48,8 +48,10 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DRY_RUN = osp.join(REPO, 'tests', 'recipe_dry_run.py')
+from tagclip_mmseg.testing.checkout import repo_root
+
+REPO = repo_root(__file__)
+DRY_RUN = osp.join(REPO, 'tests', 'test_docs', 'recipe_dry_run.py')
 
 #: The documents whose blocks run: README.md and every docs/*.md.
 DOCUMENTS = ['README.md'] + sorted(

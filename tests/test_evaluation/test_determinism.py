@@ -19,6 +19,7 @@ from tagclip_mmseg.evaluation.determinism import (PIXEL_TIE, SCORE_ATOL, cam_box
                                                   compare_tag_scores, tag_decision_margin,
                                                   unexplained_label_flips, DECISION_TIE)
 from tagclip_mmseg.testing.models import build_labeler, build_tagger
+from tagclip_mmseg.testing.checkout import repo_root
 
 pytestmark = pytest.mark.determinism
 
@@ -116,7 +117,7 @@ def _photos(num: int, hw=(48, 64)) -> torch.Tensor:
     import os.path as osp
 
     from PIL import Image
-    root = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'demo', 'images')
+    root = osp.join(repo_root(__file__), 'demo', 'images')
     paths = sorted(glob.glob(osp.join(root, '*.jpg')) + glob.glob(osp.join(root, '*.png')))
     out = []
     for i in range(num):

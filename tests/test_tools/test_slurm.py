@@ -18,8 +18,9 @@ from mmengine.config import Config
 
 from tagclip_mmseg.testing.slurm import LocalSlurm
 from tagclip_mmseg.utils.dist import export_slurm_environment
+from tagclip_mmseg.testing.checkout import repo_root
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = repo_root(__file__)
 PARTITION = 'tagclip'
 NUM_IMAGES = 8
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_folder.py'

@@ -21,8 +21,9 @@ from PIL import Image
 
 from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only,
                                                     safe_checkpoint_loading)
+from tagclip_mmseg.testing.checkout import repo_root
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = repo_root(__file__)
 
 
 def run_tool(script: str, *args: str) -> str:

@@ -22,8 +22,9 @@ from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler, DenseCRF
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor
 from tagclip_mmseg.models.taggers import TagCLIP
 from tagclip_mmseg.utils import NonFiniteError, check_finite, check_range
+from tagclip_mmseg.testing.checkout import repo_root
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = repo_root(__file__)
 TAGGER = dict(class_names=['cat', 'dog', 'car'], background_words=['sky'],
               templates=['a photo of a {}.'], avg_layers=[0, 1], vote_k=2, cwr_crop_size=64)
 LABELER = dict(class_names=['cat', 'dog', 'car'], background_words=['sky'],

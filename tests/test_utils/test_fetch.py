@@ -18,6 +18,7 @@ from tagclip_mmseg.testing.http_server import FileServer
 from tagclip_mmseg.utils import fetch as fetch_mod
 from tagclip_mmseg.utils.fetch import (OPENAI_CLIP_URLS, FetchError, expected_sha256, fetch,
                                        resolve_checkpoint)
+from tagclip_mmseg.testing.checkout import repo_root
 
 B16_SHA = '5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f'
 
@@ -216,7 +217,7 @@ def test_demo_fetches_verifies_and_tags(online, tool_runner, tmp_path):
     # The demo's configs index 12 vision layers: serve the narrow 12-layer CLIP.
     with open(write_pipeline_check_checkpoint(str(tmp_path / 'narrow.pth')), 'rb') as f:
         ckpt_bytes = f.read()
-    image = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'demo', 'images',
+    image = osp.join(repo_root(__file__), 'demo', 'images',
                      'skimage_chelsea.png')
     with FileServer({'/w/tiny.pth': ckpt_bytes}) as server:
         url = f'{server.base}/w/tiny.pth#sha256={_sha(ckpt_bytes)}'
@@ -242,7 +243,7 @@ def test_a_url_works_wherever_a_checkpoint_is_accepted(online, tiny_tool_options
     from tagclip_mmseg.apis import TagCLIPInferencer
     with open(tiny_tool_options['checkpoint'], 'rb') as f:
         data = f.read()
-    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    repo = repo_root(__file__)
     with FileServer({'/tiny.pth': data}) as server:
         url = f'{server.base}/tiny.pth#sha256={_sha(data)}'
         config = dict(model=dict(type='TagCLIP', clip=dict(checkpoint='unused.pt'),

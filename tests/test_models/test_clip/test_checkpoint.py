@@ -12,11 +12,12 @@ from torch import nn
 from tagclip_mmseg.models.clip import (CLIP, CheckpointError, build_clip, checkpoint_fingerprint,
                                        infer_clip_arch, load_clip, load_clip_state_dict,
                                        resolve_dtype, save_clip_state_dict, tokenize)
+from tagclip_mmseg.testing.checkout import repo_root
 
 #: The classic CI stack (make test-classic) runs this whole file.
 pytestmark = pytest.mark.classic
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = repo_root(__file__)
 TEXTS = ['a photo of a cat.', 'a clean origami person with clothes,people,human.', 'sky']
 
 

@@ -23,16 +23,17 @@ from torch import nn
 from tagclip_mmseg.models.clip import LastBlockGrad
 from tagclip_mmseg.models.ops import minmax_normalize
 from tagclip_mmseg.testing import models as testing_models
+from tagclip_mmseg.testing.checkout import repo_root
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
 #: ``build_labeler(checkpoint, work_dir=tmp_path, caa_layers=...)``.
 build_labeler = partial(testing_models.build_labeler, class_names=FG, background_words=BG,
                         quirks='fixed')
-BENCHMARK = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'tools', 'benchmark.py')
+BENCHMARK = osp.join(repo_root(__file__), 'tools', 'benchmark.py')
 #: The script imports the package of this checkout, whatever is installed.
 BENCHMARK_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [osp.dirname(osp.dirname(osp.abspath(__file__)))] +
+    [repo_root(__file__)] +
     [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
 
 

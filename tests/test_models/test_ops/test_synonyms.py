@@ -19,8 +19,9 @@ from tagclip_mmseg.models.clip.tokenizer import get_tokenizer
 from tagclip_mmseg.models.ops import class_softmax
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor
 from tagclip_mmseg.testing.models import build_labeler, build_tagger
+from tagclip_mmseg.testing.checkout import repo_root
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = repo_root(__file__)
 TEMPLATES = ('a photo of a {}.', 'a sketch of the {}.')
 CLASSES = ['cat', ['dog', 'puppy']]
 FLAT = ['cat', 'dog', 'puppy']

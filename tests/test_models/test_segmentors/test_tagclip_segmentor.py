@@ -34,8 +34,9 @@ from tagclip_mmseg.models.taggers import TagCLIP
 from tagclip_mmseg.utils.quirks import Quirks
 from tagclip_mmseg.datasets import COCO_CATEGORY_IDS
 from tagclip_mmseg.utils import load_config, set_clip_checkpoint, set_open_vocab_protocol
+from tagclip_mmseg.testing.checkout import repo_root
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = repo_root(__file__)
 CONFIG_DIR = osp.join(ROOT, 'configs', 'open_vocab')
 CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, '*.py')))
 BENCHMARKS = ('voc21', 'voc20', 'context60', 'context59', 'coco-object', 'coco-stuff171',

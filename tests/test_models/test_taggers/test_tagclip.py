@@ -19,6 +19,7 @@ from tagclip_mmseg.models.clip.data_preprocessor import CLIPDataPreprocessor
 from tagclip_mmseg.testing import models as testing_models
 from tagclip_mmseg.testing.reference import reference_tagclip
 from tagclip_mmseg.utils.torch_compat import autocast_supports, is_autocast_enabled
+from tagclip_mmseg.testing.checkout import repo_root
 
 VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow']
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']
@@ -182,7 +183,7 @@ BF16_MARGIN = 1.25
 
 
 def _autocast_tolerance_tool():
-    path = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'tools', 'autocast_tolerance.py')
+    path = osp.join(repo_root(__file__), 'tools', 'autocast_tolerance.py')
     spec = importlib.util.spec_from_file_location('autocast_tolerance', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
