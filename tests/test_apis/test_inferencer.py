@@ -309,3 +309,25 @@ def test_crf_workers_return_the_final_masks(tiny_clip_path, tmp_path):
     for a, b in zip(serial, pooled):
         assert (b != 255).any()
         np.testing.assert_array_equal(a, b)
+
+
+def test_inferencer_names_bad_arguments(deep_tiny_clip_path, tmp_path):
+    from tagclip_mmseg.apis import TagCLIPInferencer
+    with pytest.raises(ValueError, match=r'^classes: class 0 \(None\)'):
+        TagCLIPInferencer(checkpoint=deep_tiny_clip_path, device='cpu', classes=[None, 'dog'])
+    with pytest.raises(ValueError, match=r"^classes: duplicate.*'Cat'.*'cat'"):
+        TagCLIPInferencer(checkpoint=deep_tiny_clip_path, device='cpu', classes=['Cat', 'cat'])
+    long_name = 'enormous ' * 80
+    with pytest.raises(ValueError, match='truncate_prompts'):
+        TagCLIPInferencer(checkpoint=deep_tiny_clip_path, device='cpu',
+                          classes=['cat', long_name], background_words=[])
+    with pytest.warns(UserWarning, match='truncating'):
+        inferencer = TagCLIPInferencer(
+            checkpoint=deep_tiny_clip_path, device='cpu', classes=['cat', long_name],
+            background_words=[], truncate_prompts=True, text_cache_dir=str(tmp_path))
+    with pytest.raises(TypeError, match='inputs must be'):
+        inferencer(None)
+    with pytest.raises(TypeError, match=r'inputs\[1\]'):
+        inferencer([np.zeros((32, 32, 3), np.uint8), None])
+    with pytest.raises(ValueError, match=r'^classes: class 1 \(None\)'):
+        inferencer([np.zeros((32, 32, 3), np.uint8)], classes=['cat', None])

@@ -11,8 +11,8 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, MODELS
 
 import tagclip_mmseg  # noqa: F401
-from tagclip_mmseg.utils import iter_dicts
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.utils import iter_dicts
 
 init_default_scope('mmseg')
 

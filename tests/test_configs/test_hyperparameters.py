@@ -16,8 +16,8 @@ from mmengine.config import Config
 
 from tagclip_mmseg.evaluation import TaggingMetric
 from tagclip_mmseg.models.clip.checkpoint import load_clip
-from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler, DenseCRF
 from tagclip_mmseg.models.clip.presets import resolve_background, resolve_templates
+from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler, DenseCRF
 from tagclip_mmseg.models.taggers import TagCLIP
 from tagclip_mmseg.testing.checkout import repo_root
 

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmseg import registry as R
 
 import tagclip_mmseg  # noqa: F401
-from mmseg import registry as R
-from tagclip_mmseg.utils import Quirks, iter_dicts, set_clip_checkpoint
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.utils import Quirks, iter_dicts, set_clip_checkpoint
 
 ROOT = repo_root(__file__)
 CONFIGS = sorted(
@@ -183,3 +183,45 @@ def test_cam_vocabularies_use_the_clip_es_wording():
     assert 'tvmonitor screen' in names and 'tv' not in names
     assert 'sknowboard' in names  # the reference's typo, kept for the published numbers
     assert 'wood' in names and 'sky-other' in names  # stuff names unchanged
+
+
+REPO = repo_root(__file__)
+
+
+V2_VOC = 'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py'
+
+
+def test_benchmark_configs_read_stored_pixels_in_every_stage():
+    """VOC / COCO labels refer to stored pixels: tags, masks and training agree on them."""
+    from mmengine.config import Config
+
+    def loaders(pipeline):
+        for t in pipeline:
+            resume = t['type'] in ('SkipTagged', 'SkipExisting')
+            yield from loaders(t['transforms']) if resume else [t]
+
+    def stored(cfg_pipeline) -> bool:
+        found = [t for t in loaders(cfg_pipeline) if t['type'] in ('LoadImageRobust',
+                                                                   'LoadImageFromFile')]
+        assert found
+        return all(t.get('exif_transpose') is False
+                   or t.get('color_type') == 'color_ignore_orientation' for t in found)
+
+    cfg = lambda *p: Config.fromfile(osp.join(REPO, 'configs', *p))  # noqa: E731
+    tag = cfg('tagclip', 'tagclip_vit-b16_voc12-trainaug.py')
+    assert stored(tag.test_dataloader.dataset.pipeline)
+    for name in ('clip-es_vit-b16_voc12-trainaug_tagclip-tags.py',
+                 'clip-es_vit-b16_coco14-train_tagclip-tags.py'):
+        assert stored(cfg('pseudo_labelers', name).test_dataloader.dataset.pipeline), name
+    for name in (V2_VOC, 'deeplabv2_r101-d8-msc_1xb10-100k_coco-object-pseudo-321x321.py',
+                 'deeplabv3plus_r101-d8_4xb4-80k_coco-object-pseudo-512x512.py'):
+        seg = cfg('deeplab', name)
+        assert stored(seg.train_dataloader.dataset.pipeline), name
+        assert stored(seg.val_dataloader.dataset.pipeline), name
+    # ... and the user-photo trio turns photos upright in every stage.
+    folder = cfg('tagclip', 'tagclip_vit-b16_folder.py')
+    assert not stored(folder.test_dataloader.dataset.pipeline)
+    seg = cfg('deeplab', V2_VOC)
+    assert not stored(seg.upright_train_pipeline)
+    assert not stored(cfg('pseudo_labelers', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+                      .upright_pseudo_label_pipeline)

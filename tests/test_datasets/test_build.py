@@ -8,9 +8,9 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
+from mmseg.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 from PIL import Image
 
-from mmseg.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.datasets import COCOSTUFF_27_CLASSES, VOC_CLASSES
 
@@ -169,3 +169,19 @@ def test_cocostuff27_gt_is_mapped_to_coarse(tmp_path):
     assert gt[2, 0] == COCOSTUFF_27_CLASSES.index('solid')
     assert gt[5, 0] == 255
     assert 'tags' not in sample['data_samples']  # tag_source='none'
+
+
+def test_empty_folder_names_folder_and_extensions(tmp_path):
+    from mmseg.registry import DATASETS
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'notes.txt').write_text('not an image')
+    for cfg in (dict(type='MultiLabelImageFolder', data_root=str(empty),
+                     metainfo=dict(classes=('cat', 'dog'))),
+                dict(type='TaggedSegDataset', data_root=str(empty), img_suffix='.jpg',
+                     metainfo=dict(classes=('background', 'cat')))):
+        with pytest.raises(FileNotFoundError) as info:
+            DATASETS.build(cfg)
+        message = str(info.value)
+        assert str(empty) in message and '.jpg' in message, message
+        assert 'no image files' in message

@@ -296,3 +296,13 @@ def test_patch_grid_thin_image_uses_whole_budget():
     assert patch_grid(20, 3000, 16, 10) == (1, 10)
     with pytest.raises(ValueError, match='at least 1x1'):
         patch_grid(0, 5)
+
+
+def test_broken_link_in_a_scanned_folder(tmp_path):
+    """A folder scan (no list) hands a dangling link to the loader: same reason."""
+    from tagclip_mmseg.datasets import LoadImageRobust, MultiLabelImageFolder
+    os.symlink(tmp_path / 'moved_away.jpg', tmp_path / 'dangling.jpg')
+    dataset = MultiLabelImageFolder(data_prefix=dict(img_path=str(tmp_path)),
+                                    metainfo=dict(classes=('cat', )), lazy_init=False)
+    results = LoadImageRobust()(dict(img_path=dataset.get_data_info(0)['img_path']))
+    assert results['load_error'] == 'file not found (broken symbolic link)'

@@ -14,12 +14,14 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.images import write_folder_images
 from tagclip_mmseg.visualization import (ReportEntry, draw_tag_panel, mask_label_names,
                                          overlay_heatmap, overlay_mask, unique_stems,
                                          write_index_html)
-from tagclip_mmseg.testing.checkout import repo_root
 
 DEMO = osp.join(repo_root(__file__), 'demo', 'image_demo.py')
 PHOTOS = ('skimage_chelsea.png', 'mpl_grace_hopper.jpg')
@@ -246,3 +248,32 @@ def test_page_renders_in_headless_chromium(demo_run, tmp_path):
     assert pixels.shape[:2] == (900, 1200)
     assert pixels.reshape(-1, 3).std(axis=0).max() > 0
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # photos, not just text
+
+
+REPO = repo_root(__file__)
+
+
+def test_demo_reports_a_wrong_shaped_checkpoint_without_traceback(tmp_path, tiny_clip, capsys):
+    state = dict(tiny_clip.state_dict())
+    key = 'visual.ln_post.weight'
+    state[key] = torch.ones(state[key].shape[0] + 5)
+    path = tmp_path / 'wrong.pth'
+    torch.save(state, path)
+    write_folder_images(tmp_path / 'photos')
+    assert load_demo().main([str(tmp_path / 'photos'), '--out-dir', str(tmp_path / 'out'),
+                             '--checkpoint', str(path), '--classes', 'cat', '--device',
+                             'cpu']) == 2
+    captured = capsys.readouterr()
+    assert key in captured.err and 'Traceback' not in captured.err
+    assert 'model ready' not in captured.out
+
+
+def test_demo_prints_vocabulary_errors_before_model_ready(tmp_path, deep_tiny_clip_path,
+                                                         capsys):
+    write_folder_images(tmp_path / 'photos')
+    assert load_demo().main([str(tmp_path / 'photos'), '--out-dir', str(tmp_path / 'out'),
+                             '--checkpoint', deep_tiny_clip_path, '--classes', 'Cat', 'cat',
+                             '--device', 'cpu']) == 2
+    captured = capsys.readouterr()
+    assert "duplicate class names would get identical embeddings: 'Cat'" in captured.err
+    assert 'Traceback' not in captured.err and 'model ready' not in captured.out

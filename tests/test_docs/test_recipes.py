@@ -47,8 +47,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+from PIL import Image
 
-from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
+from tagclip_mmseg.testing.images import FOLDER_IDS, write_folder_images
 
 REPO = repo_root(__file__)
 DRY_RUN = osp.join(REPO, 'tests', 'test_docs', 'recipe_dry_run.py')
@@ -238,10 +240,8 @@ def _sandbox(root: str) -> Dict[str, str]:
     _write_photos(osp.join(root, 'my_photos'), ids)
     _write_coco_annotations(osp.join(root, 'data', 'coco'))
     _write_stuffthingmaps(osp.join(root, 'data', 'coco_stuff164k'))
-    env = dict(os.environ, HOME=home, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',
-               PYTHONUNBUFFERED='1', PYTHONPATH=REPO, RECIPE_PYTHON=sys.executable,
-               RECIPE_CHECKPOINT=checkpoint)
-    for var in ('TAGCLIP_MMSEG_CACHE', 'LOCAL_RANK', 'PORT'):
+    env = tool_env(REPO, HOME=home, RECIPE_PYTHON=sys.executable, RECIPE_CHECKPOINT=checkpoint)
+    for var in ('TAGCLIP_MMSEG_CACHE', 'PORT'):
         env.pop(var, None)
     return env
 
@@ -382,3 +382,37 @@ def test_recipe(sandbox, block):
         assert block.reason  # checked above; a skipped block is not run by design
         return
     sandbox.run_upto(block)
+
+
+def doc_config(section: str) -> str:
+    """The first python block after ``section`` in docs/add_dataset.md."""
+    with open(osp.join(REPO, 'docs', 'add_dataset.md'), encoding='utf-8') as f:
+        text = f.read()
+    after = text[text.index(section):]
+    return re.search(r'```python\n(.*?)```', after, re.S).group(1)
+
+
+def test_documented_custom_dataset_recipe_runs_as_written(tmp_path, tiny_tool_options,
+                                                          tool_runner):
+    # The config exactly as documented, in a configs/<folder>/ next to the
+    # repository's configs (linked), so that its relative _base_ resolves.
+    configs = tmp_path / 'configs'
+    configs.mkdir()
+    for name in os.listdir(osp.join(REPO, 'configs')):
+        os.symlink(osp.join(REPO, 'configs', name), configs / name)
+    (configs / 'custom').mkdir()
+    config = configs / 'custom' / 'my_photos.py'
+    config.write_text(doc_config('## Pseudo masks for your images'))
+    photos = tmp_path / 'my photos'
+    write_folder_images(photos)
+    tags = tmp_path / 'tags.txt'
+    tags.write_text('apple 0\nboat 1 2\ncloud\ndune 2\n')
+    out = tmp_path / 'pseudo'
+    tool_runner.inprocess(
+        'tools/generate_pseudo_labels.py', str(config), '--data-root', str(photos), '--tags',
+        str(tags), '--out', str(out), '--cfg-options', *tiny_tool_options['pl'])
+    assert sorted(p.stem for p in out.glob('*.png')) == sorted(FOLDER_IDS)
+    for img_id in FOLDER_IDS:
+        with Image.open(photos / f'{img_id}.jpg') as img, Image.open(out / f'{img_id}.png') as m:
+            assert m.size == img.size
+    assert json.loads((out / 'summary.json').read_text())['failed'] == 0

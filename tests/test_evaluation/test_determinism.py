@@ -18,8 +18,8 @@ from mmseg.structures import SegDataSample
 from tagclip_mmseg.evaluation.determinism import (PIXEL_TIE, SCORE_ATOL, cam_box_margin,
                                                   compare_tag_scores, tag_decision_margin,
                                                   unexplained_label_flips, DECISION_TIE)
-from tagclip_mmseg.testing.models import build_labeler, build_tagger
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.models import build_labeler, build_tagger
 
 pytestmark = pytest.mark.determinism
 

@@ -11,6 +11,7 @@ from PIL import Image
 from tagclip_mmseg.datasets.categories import voc_palette
 from tagclip_mmseg.evaluation import PseudoLabelWriter, format_summary
 from tagclip_mmseg.resume import SkipExisting, read_label_png, remove_stale_temp_files
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
 
 
 def voc_colormap():
@@ -279,7 +280,7 @@ def test_two_ranks_write_their_share_and_rank0_counts_all(tmp_path):
     out_dir = tmp_path / 'pl'
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / 'store'),
                                str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in range(2)]
+                              text=True, env=tool_env(repo_root(__file__))) for r in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-2000:]
@@ -290,3 +291,20 @@ def test_two_ranks_write_their_share_and_rank0_counts_all(tmp_path):
     assert sorted(f for f in os.listdir(out_dir) if f.endswith('.png')) == \
         ['im0.png', 'im1.png', 'im2.png', 'im4.png']
     assert (out_dir / 'failed.txt').read_text() == 'im3\t/d/im3.jpg\tbad\n'
+
+
+def test_pseudo_label_writer_refuses_non_finite_cams(tmp_path):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from tagclip_mmseg.evaluation import PseudoLabelWriter
+    sample = SegDataSample(metainfo=dict(img_id='a', img_path='/d/a.jpg', ori_shape=(3, 4),
+                                         tags=[2]))
+    sample.pred_sem_seg = PixelData(data=torch.zeros(1, 3, 4, dtype=torch.long))
+    cams = torch.full((1, 3, 4), 0.25)
+    cams[0, 1, 2] = float('nan')
+    sample.set_metainfo(dict(cams=cams))
+    writer = PseudoLabelWriter(out_dir=str(tmp_path), save_cams=True)
+    with pytest.raises(ValueError, match='NaN or inf'):
+        writer.process({}, [sample.to_dict()])
+    assert not (tmp_path / 'a.npz').exists()

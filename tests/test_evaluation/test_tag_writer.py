@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from tagclip_mmseg.datasets.label_files import read_label_file
 from tagclip_mmseg.evaluation import TagFileWriter
 
 
@@ -95,3 +96,41 @@ def test_through_config_and_evaluator(tmp_path):
     out = evaluator.evaluate(len(samples))
     assert out['tags/num_images'] == 3 and 'tagging/mAP' in out
     assert (tmp_path / 'tags.txt').read_text().startswith('2007_000033 0\n')
+
+
+#: Ids that a space-separated line cannot hold as they are.
+ODD_IDS = ('IMG 0001', 'tab\there', 'кот и пёс', 'nbsp\u00a0ideographic\u3000space', '50% off,2')
+
+
+def _tag_sample(img_id, tags, scores):
+    from mmpretrain.structures import DataSample
+    sample = DataSample(metainfo=dict(img_id=img_id, img_path=f'/d/{img_id}.jpg',
+                                      ori_shape=(4, 4)))
+    sample.set_pred_score(torch.tensor(scores, dtype=torch.float))
+    sample.set_pred_label(torch.tensor(tags, dtype=torch.long))
+    return sample.to_dict()
+
+
+def test_tags_file_round_trips_ids_with_spaces_tabs_and_unicode(tmp_path):
+    from tagclip_mmseg.evaluation import TagFileWriter
+    expected = {img_id: [i % 3, 3 + i] for i, img_id in enumerate(ODD_IDS)}
+    expected['plain_id'] = []
+    writer = TagFileWriter(out_file=str(tmp_path / 'tags.txt'))
+    writer.process({}, [_tag_sample(i, t, [0.1] * 8) for i, t in expected.items()])
+    writer.compute_metrics(writer.results)
+    assert read_label_file(tmp_path / 'tags.txt', num_classes=8) == {
+        k: sorted(v) for k, v in sorted(expected.items())}
+    text = (tmp_path / 'tags.txt').read_text(encoding='utf-8')
+    assert 'IMG%200001 0 3\n' in text and 'plain_id\n' in text and 'кот%20и%20пёс' in text
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_tag_writer_refuses_non_finite_scores(tmp_path, bad):
+    from tagclip_mmseg.evaluation import TagFileWriter
+    writer = TagFileWriter(out_file=str(tmp_path / 'tags.txt'),
+                           scores_file=str(tmp_path / 'scores.jsonl'))
+    with pytest.raises(ValueError,
+                       match=r'image b .*scores hold non-finite values .* first at index \[1\]'):
+        writer.process({}, [_tag_sample('a', [0], [0.3, 0.2, 0.1]),
+                            _tag_sample('b', [1], [0.3, bad, 0.1])])
+    assert not (tmp_path / 'tags.txt').exists() and not (tmp_path / 'scores.jsonl').exists()

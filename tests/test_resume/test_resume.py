@@ -42,8 +42,8 @@ from tagclip_mmseg.resume import (ResumableTestLoop, SkipTagged, TagJournal, Tag
                                   decode_scores, encode_scores, journal_path, journal_paths,
                                   predict_or_restore, read_journals, require_resumable_loop,
                                   resume_fingerprint)
-from tagclip_mmseg.testing.models import build_tagger
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.models import build_tagger
 
 REPO = repo_root(__file__)
 NUM_CLASSES = 5

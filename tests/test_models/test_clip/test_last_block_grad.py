@@ -23,7 +23,7 @@ from torch import nn
 from tagclip_mmseg.models.clip import LastBlockGrad
 from tagclip_mmseg.models.ops import minmax_normalize
 from tagclip_mmseg.testing import models as testing_models
-from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
@@ -32,9 +32,7 @@ build_labeler = partial(testing_models.build_labeler, class_names=FG, background
                         quirks='fixed')
 BENCHMARK = osp.join(repo_root(__file__), 'tools', 'benchmark.py')
 #: The script imports the package of this checkout, whatever is installed.
-BENCHMARK_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [repo_root(__file__)] +
-    [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+BENCHMARK_ENV = tool_env(repo_root(__file__))
 
 
 def per_pair_grad_cam(model, hidden, img, cls, tags, dtype=torch.float32):

@@ -18,8 +18,8 @@ from tagclip_mmseg.models.clip.text_classifier import _cache_key, build_text_cla
 from tagclip_mmseg.models.clip.tokenizer import get_tokenizer
 from tagclip_mmseg.models.ops import class_softmax
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor
-from tagclip_mmseg.testing.models import build_labeler, build_tagger
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.models import build_labeler, build_tagger
 
 ROOT = repo_root(__file__)
 TEMPLATES = ('a photo of a {}.', 'a sketch of the {}.')

@@ -23,18 +23,18 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmseg import registry as R
+from mmseg.structures import SegDataSample
 from PIL import Image
 
 import tagclip_mmseg  # noqa: F401
-from mmseg import registry as R
-from mmseg.structures import SegDataSample
+from tagclip_mmseg.datasets import COCO_CATEGORY_IDS
 from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
-from tagclip_mmseg.utils.quirks import Quirks
-from tagclip_mmseg.datasets import COCO_CATEGORY_IDS
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
 from tagclip_mmseg.utils import load_config, set_clip_checkpoint, set_open_vocab_protocol
-from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.utils.quirks import Quirks
 
 ROOT = repo_root(__file__)
 CONFIG_DIR = osp.join(ROOT, 'configs', 'open_vocab')
@@ -686,9 +686,7 @@ def test_large_image_peak_memory_is_bounded(tmp_path):
         [sys.executable, 'tools/benchmark_open_vocab.py', '--tiny', '--all-classes-as-tags',
          '--work-dir', str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '',
-             # this checkout's package, not another installed copy
-             'PYTHONPATH': os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')])})
+        env=tool_env(ROOT))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert '19 tags' in proc.stdout and '36 windows' in proc.stdout, proc.stdout
     peak = int(re.search(r'PEAK_ABOVE_MODEL_MIB (-?\d+)', proc.stdout).group(1))

@@ -17,9 +17,10 @@ from PIL import Image
 
 from tagclip_mmseg.models.clip.data_preprocessor import CLIPDataPreprocessor
 from tagclip_mmseg.testing import models as testing_models
+from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.testing.images import random_photo
 from tagclip_mmseg.testing.reference import reference_tagclip
 from tagclip_mmseg.utils.torch_compat import autocast_supports, is_autocast_enabled
-from tagclip_mmseg.testing.checkout import repo_root
 
 VOC_FG = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow']
 BG = ['ground', 'grass', 'tree', 'sky', 'wall']
@@ -209,8 +210,6 @@ def test_bf16_autocast_within_the_measured_tolerance(deep_tiny_clip_path, real_i
         assert row['tag_flips'] == 0, row
 
 
-
-
 @pytest.mark.slow
 def test_autocast_tolerance_tool_prints_every_figure(capsys):
     """``tools/autocast_tolerance.py`` on one small photo, with ``--speed``:
@@ -292,3 +291,41 @@ def test_fp16_autocast_runs_or_names_the_missing_feature(tiny_clip_path, tmp_pat
     else:
         with pytest.raises(ValueError, match="autocast=torch.float16 is not available on cpu.*'bf16'"):
             model(images)
+
+
+def test_vocabulary_errors_are_raised_when_the_model_is_built(tiny_clip):
+    from tagclip_mmseg.models import CLIPESPseudoLabeler, TagCLIP
+    for model in (TagCLIP, CLIPESPseudoLabeler):
+        kwargs = dict(caa_layers=[0, 1]) if model is CLIPESPseudoLabeler else dict(
+            avg_layers=[0, 1], vote_k=2)
+        with pytest.raises(ValueError, match=r"class_names: duplicate.*'Dog'.*'dog '"):
+            model(clip=tiny_clip, class_names=['Dog', 'cat', 'dog '], **kwargs)
+        with pytest.raises(ValueError, match=r"class_names: class 0 \(None\)"):
+            model(clip=tiny_clip, class_names=[None, 'dog'], **kwargs)
+        long_name = 'enormous ' * 80
+        with pytest.raises(ValueError, match="77-token context.*truncate_prompts=True"):
+            model(clip=tiny_clip, class_names=['cat', long_name], **kwargs)
+        with pytest.warns(UserWarning, match='truncating'):
+            built = model(clip=tiny_clip, class_names=['cat', long_name], truncate_prompts=True,
+                          **kwargs)
+        assert built.truncate_prompts is True
+
+
+@pytest.mark.parametrize('size', [(1, 1), (5, 9), (16, 16)])
+def test_image_too_small_to_score_gets_no_tag(tiny_clip, size):
+    """One patch (or less): nothing singles a class out, so nothing is tagged."""
+    from mmpretrain.structures import DataSample
+
+    from tagclip_mmseg.datasets.transforms import ResizeToPatchMultiple
+    from tagclip_mmseg.models.taggers import TagCLIP
+    tagger = TagCLIP(class_names=['cat', 'dog', 'car', 'tree', 'sky'], background_words=['wall'],
+                     templates=['a photo of a {}.'], clip=tiny_clip, avg_layers=(0, 1),
+                     vote_k=2, cwr_crop_size=32, tag_ratio=0.35)
+    img = random_photo(3, *size)
+    resized = ResizeToPatchMultiple(patch_size=16)(dict(img=np.asarray(img)))['img']
+    image = torch.from_numpy(resized).permute(2, 0, 1).float()
+    sample = tagger.predict([tagger.data_preprocessor({'inputs': [image]})['inputs'][0]],
+                            [DataSample()])[0]
+    scores = sample.pred_score
+    assert torch.isfinite(scores).all()
+    assert sample.pred_label.numel() == 0, (scores, sample.pred_label)
