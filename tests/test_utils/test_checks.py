@@ -236,3 +236,18 @@ def test_a_model_with_trainable_weights_takes_the_checkpoint():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match='Linear is training-free'):
         tool['refuse_checkpoint_without_weights'](frozen, 'trained.pth')
+
+
+def test_checkpoint_with_nan_or_inf_weights_is_refused_naming_the_tensors(tmp_path, tiny_clip):
+    from tagclip_mmseg.models.clip import CheckpointError, load_clip
+    state = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
+    state['visual.transformer.resblocks.1.mlp.c_fc.weight'][3, 5] = float('nan')
+    state['token_embedding.weight'][7, 0] = float('inf')
+    path = tmp_path / 'broken.pth'
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_clip(str(path))
+    message = str(info.value)
+    assert 'visual.transformer.resblocks.1.mlp.c_fc.weight' in message
+    assert 'token_embedding.weight' in message and 'NaN or inf' in message
+    assert 'visual.conv1.weight' not in message

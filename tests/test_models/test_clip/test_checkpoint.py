@@ -357,18 +357,3 @@ def test_build_clip_forms(tiny_clip, tiny_clip_path, images):
     assert_same_outputs(built, tiny_clip, images)
     with pytest.raises(TypeError, match='clip must be'):
         build_clip(3)
-
-
-def test_checkpoint_with_nan_or_inf_weights_is_refused_naming_the_tensors(tmp_path, tiny_clip):
-    from tagclip_mmseg.models.clip import CheckpointError, load_clip
-    state = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
-    state['visual.transformer.resblocks.1.mlp.c_fc.weight'][3, 5] = float('nan')
-    state['token_embedding.weight'][7, 0] = float('inf')
-    path = tmp_path / 'broken.pth'
-    torch.save(state, path)
-    with pytest.raises(CheckpointError) as info:
-        load_clip(str(path))
-    message = str(info.value)
-    assert 'visual.transformer.resblocks.1.mlp.c_fc.weight' in message
-    assert 'token_embedding.weight' in message and 'NaN or inf' in message
-    assert 'visual.conv1.weight' not in message

@@ -8,7 +8,6 @@ probability.
 No test looks at wall time.
 """
 import copy
-import os
 import os.path as osp
 import re
 import subprocess
