@@ -1,6 +1,6 @@
 """Run a tool's argument parsing and config building only (docs recipes).
 
-``python tests/recipe_dry_run.py SCRIPT ARGS...`` runs ``SCRIPT`` as
+``python tests/test_docs/recipe_dry_run.py SCRIPT ARGS...`` runs ``SCRIPT`` as
 ``python SCRIPT ARGS...`` would, except that it stops:
 
 * in a tool that builds an mmengine ``Runner`` (``tools/test.py``,
@@ -9,7 +9,7 @@
   ``--data-root`` merged, and its model type must be registered;
 * in any other script, right after its first ``parse_args``.
 
-``tests/test_docs_recipes.py`` runs the ``<!-- recipe: parse -->`` blocks of
+``tests/test_docs/test_recipes.py`` runs the ``<!-- recipe: parse -->`` blocks of
 the docs through it: commands on datasets that the suite does not have still
 have their spelling, options and config checked. Anything that is not a
 ``.py`` script (``python -c``, ``python -m``) runs as it is.

@@ -10,8 +10,8 @@ block runs::
                                    fresh interpreter)
     <!-- recipe: parse -->         tool commands (``python tools/x.py ...``) only
                                    parse their arguments and build their config
-                                   (tests/recipe_dry_run.py): for datasets that
-                                   the suite does not have
+                                   (``recipe_dry_run.py`` here): for datasets
+                                   that the suite does not have
     <!-- recipe: skip (reason) --> not run; the reason is required (installs,
                                    the suite itself, GPUs, clusters, hours)
 

@@ -11,7 +11,7 @@ the run summary and exit 0 (``on_error='skip'``), or stop at the first broken
 one naming it (``on_error='raise'``).
 
 Unit-level behaviour of each case (exact pixels, reasons, placeholders) is in
-``test_transforms_loading.py``; here the cases go through the whole run.
+``tests/test_datasets/test_transforms.py``; here the cases go through the whole run.
 """
 import io
 import json
@@ -161,7 +161,7 @@ def unreadable(bad_input, monkeypatch):
     """Make ``locked.jpg`` unreadable for an in-process run, also as root.
 
     root reads a file whatever its mode; the loader's permission check is
-    then simulated exactly as ``test_transforms_loading.py`` does.
+    then simulated exactly as ``tests/test_datasets/test_transforms.py`` does.
     """
     locked = str(bad_input['root'] / 'JPEGImages' / 'locked.jpg')
     if os.geteuid() == 0:

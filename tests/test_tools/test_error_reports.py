@@ -5,8 +5,9 @@ Each case runs the real ``tools/test.py`` or ``tools/generate_pseudo_labels.py``
 any work with a one-line error that names the culprit and says what is wrong,
 or, for inputs that are merely unusual (non-ASCII names, blank lines, tabs),
 that the run succeeds. The parsers and validators themselves are unit-tested
-in ``test_datasets_label_files.py``, ``test_text_classifier.py`` and
-``test_clip_checkpoint.py``.
+in ``test_datasets/test_label_files.py``,
+``test_models/test_clip/test_text_classifier.py`` and
+``test_models/test_clip/test_checkpoint.py``.
 """
 import numpy as np
 import pytest

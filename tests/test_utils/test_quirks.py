@@ -1,9 +1,11 @@
 """The one quirk switch: presets, the resolver, the deprecated keywords.
 
-Per-quirk behaviour is tested where the quirk lives (test_tagclip_cwr.py:
-``box_clamp`` and ``cwr_early_exit`` one at a time; test_clip_es.py:
-``grad_cam_double_norm``; test_pos_embed.py: ``pos_embed_fp16``;
-test_metrics_multilabel.py: ``empty_class_zero``; test_crf.py:
+Per-quirk behaviour is tested where the quirk lives
+(test_models/test_taggers/test_tagclip_cwr.py: ``box_clamp`` and
+``cwr_early_exit`` one at a time; test_models/test_pseudo_labelers/test_clip_es.py:
+``grad_cam_double_norm``; test_models/test_clip/test_pos_embed.py:
+``pos_embed_fp16``; test_evaluation/test_multilabel_metrics.py:
+``empty_class_zero``; test_models/test_pseudo_labelers/test_crf.py:
 ``crf_reference_image``). Here: what ``quirks=`` accepts, that the old
 ``mode=`` / ``image_mode=`` / ``empty_class_mode=`` still work with a
 ``DeprecationWarning`` and give the same outputs, and that a contradiction

@@ -5,7 +5,7 @@ whitespace-collapsed and lower-cased, then split into words by a regular
 expression and encoded with byte-pair merges learnt on lower-case text. Any
 deviation (a different cleaning step, a different merge order) changes the
 token ids and silently degrades zero-shot accuracy, so this module reproduces
-that procedure exactly; ``tests/test_tokenizer.py`` checks it against golden
+that procedure exactly; ``tests/test_models/test_clip/test_tokenizer.py`` checks it against golden
 ids and against open_clip's tokenizer.
 
 The merges file (``bpe_simple_vocab_16e6.txt.gz``, 49 152 lines) is the one
