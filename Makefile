@@ -59,9 +59,11 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo/image_demo.py demo/images --out-dir demo/outputs
 
-# The oldest Python setup.py's python_requires admits.
+# The oldest Python setup.py's python_requires admits, and the layer order of
+# README.md, "Layout" (setup.cfg, [importlinter]).
 lint: $(STAMP)
 	$(VENV)/bin/vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
+	$(VENV)/bin/lint-imports
 
 # The classic stack is an existing OpenMMLab environment (torch and mmcv)
 # first: installing the package into it, as a user would (`pip install .` and

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tagclip_mmseg.datasets.categories import voc_palette
 from tagclip_mmseg.evaluation import PseudoLabelWriter, format_summary
 from tagclip_mmseg.resume import SkipExisting, read_label_png, remove_stale_temp_files
+from tagclip_mmseg.utils.class_names import voc_palette
 
 
 def voc_colormap():

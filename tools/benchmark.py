@@ -356,7 +356,7 @@ def size_label(hw: Tuple[int, int], patch: int) -> str:
 # ------------------------------------------------------------------ models
 def make_checkpoint(work_dir: str, tiny: bool, seed: int) -> str:
     """ViT-B/16-shaped (or tiny) random CLIP saved as a plain state dict."""
-    from tagclip_mmseg.testing.random_clip import random_clip
+    from tagclip_mmseg.models.clip.random_clip import random_clip
     path = osp.join(work_dir, 'clip_tiny.pth' if tiny else 'clip_vit-b16_random.pth')
     if not osp.isfile(path):
         random_clip(seed, path, **(TINY_ARCH if tiny else {}))

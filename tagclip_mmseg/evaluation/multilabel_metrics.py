@@ -43,9 +43,9 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..models.clip.prompts import class_key
-from ..models.ops.thresholds import relative_threshold_mask
+from ..utils.class_names import class_key
 from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ..utils.thresholds import relative_threshold_mask
 from .sample_fields import get_field, image_id, load_error
 
 __all__ = [

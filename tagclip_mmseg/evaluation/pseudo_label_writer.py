@@ -41,9 +41,9 @@ from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 from PIL import Image
 
-from ..datasets.categories import voc_palette
-from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from ..utils.checks import check_finite
+from ..utils.class_names import voc_palette
+from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from ..utils.paths import safe_join
 from ..utils.run_lock import RunLock
 from ..resume.files import SourceLog, remove_stale_temp_files, sources_path
