@@ -45,8 +45,8 @@ from mmseg.registry import METRICS
 
 from ..models.clip.prompts import class_key
 from ..models.ops.thresholds import relative_threshold_mask
+from ..records import get_field, image_id, load_error
 from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
-from .sample_fields import get_field, image_id, load_error
 
 __all__ = [
     'relative_threshold_mask', 'average_precision', 'precision_recall_f1', 'TaggingMetric'

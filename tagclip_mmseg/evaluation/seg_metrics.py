@@ -31,7 +31,7 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
 from ..datasets.label_maps import LabelMap, apply_label_lut, label_lut
-from .sample_fields import get_field, image_id, load_error, pixel_data
+from ..records import get_field, image_id, load_error, pixel_data
 
 __all__ = ['class_histograms', 'iou_from_histograms', 'CLSSegIoUMetric']
 

@@ -23,12 +23,11 @@ from mmengine.logging import print_log
 from mmseg.registry import TRANSFORMS
 
 from ..datasets.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, read_image_size
-from ..evaluation.sample_fields import image_id
+from ..records import (decode_scores, image_id, read_cam_file, read_journals, read_label_png,
+                       read_sources)
 from ..utils.hashing import file_sha256, file_stamp
 from ..utils.init_args import RecordsInitArgs
 from ..utils.paths import safe_join
-from .files import read_cam_file, read_label_png, read_sources
-from .journal import decode_scores, read_journals
 
 __all__ = ['SkipExisting', 'SkipTagged']
 
