@@ -23,9 +23,11 @@ default_hooks = dict(
 # PseudoLabelResumeHook: a pseudo-label folder records the settings of its
 # masks (settings.json) and is resumed only with the same ones (no-op without
 # a PseudoLabelWriter).
+# WriterRunHook: each tag or mask writer holds its output's lock from
+# before_test to after_test (also when the run fails).
 custom_hooks = [
     dict(type='RunProgressHook'), dict(type='VocabularyHook'), dict(type='TagResumeHook'),
-    dict(type='PseudoLabelResumeHook')
+    dict(type='PseudoLabelResumeHook'), dict(type='WriterRunHook')
 ]
 # The CLIP is frozen: plain DDP would refuse a model without trainable
 # parameters (docs/compatibility.md trap 13).

@@ -81,7 +81,7 @@ from tagclip_mmseg.datasets.categories import (COCO_CATEGORY_IDS, COCOSTUFF_182_
 from tagclip_mmseg.datasets.label_files import write_label_file
 from tagclip_mmseg.datasets.label_maps import label_lut
 from tagclip_mmseg.evaluation.pseudo_label_writer import encode_label_png
-from tagclip_mmseg.resume import remove_stale_temp_files
+from tagclip_mmseg.records import remove_stale_temp_files
 from tagclip_mmseg.utils.io import atomic_write_bytes, ensure_writable_dir
 
 __all__ = [
