@@ -341,3 +341,22 @@ def test_benchmark_tiny_profile_fills_only_unset_options(benchmark_module):
     full = cli.PROFILES['full']
     args = cli.parse_args(['--tiny', '--large-size', '{}x{}'.format(*full['large_size'])])
     assert args.large_size == full['large_size'] != tiny['large_size']
+
+
+def test_benchmark_e2e_config_has_the_timed_model_settings(benchmark_module, tmp_path):
+    """The folder config that tools/test.py runs gets the in-process tagger's settings."""
+    from mmengine.config import Config
+    cli, e2e, inputs = (benchmark_module(name) for name in ('cli', 'e2e', 'inputs'))
+    args = cli.parse_args(['--tiny', '--quirks', 'fixed', '--dtype', 'bf16', '--autocast',
+                           'fp16', '--e2e-batch-size', '3', '--loader-workers', '0'])
+    bench = benchmark_module('timer').Bench(args)
+    ckpt = str(tmp_path / 'clip.pth')
+    cfg = Config.fromfile(e2e.write_config(bench, ckpt, str(tmp_path)))
+    settings = inputs.model_settings(args, ckpt, str(tmp_path / 'text_cache'))
+    assert settings == dict(clip=dict(checkpoint=ckpt, dtype='bf16'), quirks='fixed',
+                            text_cache_dir=str(tmp_path / 'text_cache'), autocast='fp16')
+    for key, value in settings.items():
+        assert cfg.model[key] == value, key
+    assert cfg.model.type == 'TagCLIP' and cfg.model.vote_k == Config.fromfile(
+        e2e.FOLDER_CONFIG).model.vote_k  # the rest of the model is the config's
+    assert (cfg.test_dataloader.batch_size, cfg.test_dataloader.num_workers) == (3, 0)

@@ -63,6 +63,7 @@ def write_config(bench: Bench, ckpt: str, work_dir: str) -> str:
     cfg.merge_from_dict(dict(
         model=dict(settings, templates=VOC_TAGGER['templates']),
         test_dataloader=dict(batch_size=args.e2e_batch_size, num_workers=args.loader_workers)))
+    os.makedirs(osp.join(work_dir, 'e2e'), exist_ok=True)
     path = osp.join(work_dir, 'e2e', 'tagclip_folder.py')
     cfg.dump(path)
     return path

@@ -9,6 +9,15 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS, MODELS, TRANSFORMS
+from mmseg.structures import SegDataSample
+
+import tagclip_mmseg  # noqa: F401  (registers the plugin)
+from tagclip_mmseg.models.segmentors import slide_windows
+
+from .cli import parse_size
+from .inputs import make_checkpoint
+from .timer import MemoryMeter
 
 __all__ = ['parse_args', 'main']
 
@@ -21,7 +30,6 @@ TINY_MODEL = dict(tagger=dict(avg_layers=[0, 1], vote_k=2, cwr_crop_size=64),
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line of ``tools/benchmark_open_vocab.py``."""
-    from .cli import parse_size
     parser = argparse.ArgumentParser(
         description='Time and size one large image through an open-vocabulary config')
     parser.add_argument('--config', default=DEFAULT_CONFIG)
@@ -43,9 +51,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def build_model(args: argparse.Namespace, work_dir: str) -> Tuple[torch.nn.Module, Config]:
     """The config's ``TagCLIPSegmentor`` with one template (the image work is
     unchanged), and the config."""
-    from mmseg.registry import DATASETS, MODELS
-
-    from .inputs import make_checkpoint
     cfg = Config.fromfile(args.config)
     ckpt = args.clip_checkpoint or make_checkpoint(work_dir, args.tiny, args.seed)
     model_cfg = cfg.model
@@ -67,8 +72,6 @@ def build_model(args: argparse.Namespace, work_dir: str) -> Tuple[torch.nn.Modul
 
 def make_input(cfg: Config, size: Tuple[int, int], seed: int) -> dict:
     """A random BGR image after the config's resize, packed like PackSegInputs."""
-    from mmseg.registry import TRANSFORMS
-    from mmseg.structures import SegDataSample
     img = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
     results = dict(img=img, img_shape=size, ori_shape=size)
     for t in cfg.test_dataloader.dataset.pipeline:
@@ -81,10 +84,6 @@ def make_input(cfg: Config, size: Tuple[int, int], seed: int) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Print the run's seconds, peak memory and ``PEAK_ABOVE_MODEL_MIB <n>``."""
-    import tagclip_mmseg  # noqa: F401  (registers the plugin)
-    from tagclip_mmseg.models.segmentors import slide_windows
-
-    from .timer import MemoryMeter
     args = parse_args(argv)
     init_default_scope('mmseg')
     with tempfile.TemporaryDirectory() as tmp:
