@@ -14,8 +14,8 @@ The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
   code when unpickled is refused.
 * Distributed runs default to ``model_wrapper_cfg =
   MMSeparateDistributedDataParallel``. Plain DDP refuses a module without any
-  trainable parameter (docs/compatibility.md trap 13), which is exactly what a frozen
-  CLIP model is; the separate wrapper only wraps children that have
+  trainable parameter (docs/compatibility.md, "Traps": DDP and frozen models),
+  which is exactly what a frozen CLIP model is; the separate wrapper only wraps children that have
   trainable parameters and forwards ``test_step`` to the model. Testing never
   synchronises gradients, so this is as correct for a trained segmenter. A
   ``model_wrapper_cfg`` in the config takes precedence.
@@ -145,7 +145,7 @@ def main() -> None:
     if vocabulary:
         print(vocabulary, flush=True)
     # CPU-only machines: torchrun + --launcher pytorch starts gloo here
-    # (docs/compatibility.md trap 12).
+    # (docs/compatibility.md, "Traps": launchers without a GPU).
     cfg.launcher = init_cpu_distributed(cfg.launcher)
 
     if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
