@@ -30,7 +30,7 @@ custom_hooks = [
     dict(type='PseudoLabelResumeHook'), dict(type='WriterRunHook')
 ]
 # The CLIP is frozen: plain DDP would refuse a model without trainable
-# parameters (docs/compatibility.md trap 13).
+# parameters (docs/compatibility.md, "Traps": DDP of a training-free model).
 model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')
 # ResumableTestLoop: the model computes only the images it must; images
 # restored from disk (SkipTagged, SkipExisting) or that failed to load

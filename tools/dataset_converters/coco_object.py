@@ -1,4 +1,4 @@
-"""Build COCO-object semantic masks (background + 80 classes).
+r"""Build COCO-object semantic masks (background + 80 classes).
 
 COCO-Object is COCO with background and the 80 thing classes; mmseg ships no
 converter for it. Two sources:
@@ -59,7 +59,7 @@ run resumes where it stopped.
 Examples::
 
     python tools/dataset_converters/coco_object.py           # data/coco_stuff164k, val2017
-    python tools/dataset_converters/coco_object.py data/coco --from-instances \\
+    python tools/dataset_converters/coco_object.py data/coco --from-instances \
         --splits train2014 val2014 val2017 --nproc 8
 """
 import argparse
