@@ -65,11 +65,13 @@ demo: $(STAMP)
 LINT_PATH = PATH="$(abspath $(VENV))/bin:$$PATH"
 
 # pre-commit's checks (ruff, isort, codespell, whitespace; settings in
-# pyproject.toml and setup.cfg) over every tracked file, then the oldest
-# Python setup.py's python_requires admits (vermin).
+# pyproject.toml and setup.cfg) over every tracked file, the oldest Python
+# setup.py's python_requires admits (vermin), and the layer order of
+# README.md, "Layout" (lint-imports; contracts in setup.cfg, [importlinter]).
 lint: $(STAMP)
 	$(LINT_PATH) $(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 	$(VENV)/bin/vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
+	$(VENV)/bin/lint-imports
 
 # The automatic fixes of `make lint` (ruff's safe fixes, import order,
 # unambiguous spelling, whitespace), then what is left to fix by hand.

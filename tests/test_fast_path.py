@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagclip_mmseg.models.clip import LastBlockGrad
-from tagclip_mmseg.models.ops import minmax_normalize
 from tagclip_mmseg.testing import models as testing_models
+from tagclip_mmseg.utils import minmax_normalize
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tagclip_mmseg.datasets.categories import voc_palette
 from tagclip_mmseg.evaluation import PseudoLabelWriter, format_summary
 from tagclip_mmseg.records import read_label_png, remove_stale_temp_files
 from tagclip_mmseg.resume import SkipExisting
+from tagclip_mmseg.utils.class_names import voc_palette
 
 
 def voc_colormap():

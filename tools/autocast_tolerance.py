@@ -210,7 +210,7 @@ def print_row(r: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from tagclip_mmseg.models.clip import load_clip
-    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH, random_clip
+    from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH, random_clip
     args = parse_args(argv)
     paths = photo_paths(args.images, args.num_images)
     with tempfile.TemporaryDirectory() as work_dir:

@@ -9,7 +9,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..models.ops import minmax_normalize
+from ..utils.normalize import minmax_normalize
 
 __all__ = [
     'SCORE_ATOL', 'DECISION_TIE', 'PIXEL_TIE', 'tag_decision_margin', 'cam_box_margin',

@@ -13,10 +13,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..models.clip.prompts import class_key
-from ..models.ops.thresholds import relative_threshold_mask
 from ..records import get_field, image_id, load_error
+from ..utils.class_names import class_key
 from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ..utils.thresholds import relative_threshold_mask
 
 __all__ = [
     'relative_threshold_mask', 'average_precision', 'precision_recall_f1', 'TaggingMetric'

@@ -19,10 +19,10 @@ from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 from PIL import Image
 
-from ..datasets.categories import voc_palette
 from ..records import (SourceLog, get_field, image_id, load_error, pixel_data,
                        remove_stale_temp_files, sources_path)
 from ..utils.checks import check_finite
+from ..utils.class_names import voc_palette
 from ..utils.io import atomic_write_bytes, atomic_write_text
 from ..utils.paths import safe_join
 from .output_writer import OutputWriter

@@ -12,8 +12,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..datasets.label_maps import LabelMap, apply_label_lut, label_lut
 from ..records import get_field, image_id, load_error, pixel_data
+from ..utils.label_maps import LabelMap, apply_label_lut, label_lut
 
 __all__ = ['class_histograms', 'iou_from_histograms', 'CLSSegIoUMetric']
 
@@ -75,7 +75,7 @@ class CLSSegIoUMetric(BaseMetric):
             from ``dataset_meta['classes']`` when ``None``.
         pred_label_map: Optional map applied to predictions before scoring,
             e.g. ``'cocostuff171_to_27'`` (see
-            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
+            :func:`~tagclip_mmseg.utils.label_maps.label_lut`).
         gt_label_map: Optional map applied to the GT, e.g. COCO-Stuff's
             182-id maps -> 27.
         class_names: Names for the log table; default the dataset's classes

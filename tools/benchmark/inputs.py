@@ -27,7 +27,7 @@ def make_checkpoint(work_dir: str, tiny: bool, seed: int) -> str:
     Returns:
         str: The file, reused when ``work_dir`` already has it.
     """
-    from tagclip_mmseg.testing.random_clip import random_clip
+    from tagclip_mmseg.models.clip.random_clip import random_clip
     path = osp.join(work_dir, 'clip_tiny.pth' if tiny else 'clip_vit-b16_random.pth')
     if not osp.isfile(path):
         random_clip(seed, path, **(TINY_ARCH if tiny else {}))
