@@ -1,15 +1,8 @@
 """One switch for the reference implementation's quirks (docs/modes.md).
 
-The published TagCLIP / CLIP-ES numbers were produced by code with quirks
-(docs/method.md §12). Reproducing a number needs them; new work usually wants
-them fixed. Every model, the CRF and the tagging metric take ``quirks=``: a
-preset name (``'reference'`` or ``'fixed'``), a dict of fields or a
-:class:`Quirks`. It is resolved once, in ``__init__``, and the code branches on
-the named field (``self.quirks.box_clamp``), so a single quirk can be switched
-on its own.
-
-This module imports nothing from the package, so that models, evaluation and
-tools may all use it.
+Every model, the CRF and the tagging metric take ``quirks=``: a preset name
+(``'reference'`` or ``'fixed'``), a dict of fields or a :class:`Quirks`
+(docs/method.md, "Reference quirks").
 """
 import dataclasses
 import warnings
@@ -24,24 +17,23 @@ __all__ = ['Quirks', 'QuirksLike', 'QUIRK_PRESETS', 'LEGACY_MODES', 'resolve_qui
 class Quirks:
     """Which quirks of the reference implementation to reproduce.
 
-    ``True`` reproduces the reference (the default of every field, so
-    ``Quirks()`` is :meth:`reference`); ``False`` fixes it. Each field is one
-    row of the table in docs/modes.md.
+    ``True`` (every field's default) reproduces the reference; ``False`` fixes
+    it. docs/modes.md, "The fields" describes each.
     """
 
-    #: Quirk 1 (tagger): a degenerate CWR box stops CWR for the image's later candidates.
+    #: Tagger: a degenerate CWR box stops CWR for the image's later candidates.
     cwr_early_exit: bool = True
-    #: Quirk 2 (DMAR, CWR, CAA): box right/bottom ends clamped to size - 1 (docs/modes.md).
+    #: DMAR, CWR, CAA: box right/bottom ends clamped to size - 1.
     box_clamp: bool = True
-    #: Quirk 4 (CRF): bilateral term sees BGR minus the Caffe mean, wrapped to uint8.
+    #: CRF: bilateral term sees BGR minus the Caffe mean, wrapped to uint8.
     crf_reference_image: bool = True
-    #: Quirk 5 (TaggingMetric): classes without positives count as 0 in class means.
+    #: TaggingMetric: classes without positives count as 0 in class means.
     empty_class_zero: bool = True
-    #: Quirk 6 (tagger, labeler): a resampled positional embedding is rounded to fp16.
+    #: Tagger, labeler: a resampled positional embedding is rounded to fp16.
     pos_embed_fp16: bool = True
-    #: Quirk 6 (labeler): upsampled CAMs are rounded to fp16 before the argmax.
+    #: Labeler: upsampled CAMs are rounded to fp16 before the argmax.
     cam_fp16: bool = True
-    #: Quirk 12 (labeler): each Grad-CAM is rescaled ``(x - min) / (max + eps)`` twice.
+    #: Labeler: each Grad-CAM is rescaled ``(x - min) / (max + eps)`` twice.
     grad_cam_double_norm: bool = True
 
     @classmethod

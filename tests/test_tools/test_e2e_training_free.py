@@ -285,6 +285,7 @@ def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
         photos, tmp_path, tiny_tool_options, tool_runner):
     from mmcv.transforms import Compose
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     import tagclip_mmseg  # noqa: F401
     ids = sorted(ODD_IDS + ('rotated photo', 'one pixel'))
@@ -315,8 +316,11 @@ def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
         assert np.asarray(mask).tolist() == [[0]]  # no tag: background
     # 3. a training data pipeline (docs/add_dataset.md: upright_train_pipeline)
     seg_cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplab', V2_VOC))
-    load = Compose([t for t in seg_cfg.upright_train_pipeline
-                    if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')])
+    # The config's names resolve in mmseg's scope (a Runner sets it; here no
+    # Runner is left), else `LoadAnnotations` is mmcv's box loader.
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        load = Compose([t for t in seg_cfg.upright_train_pipeline
+                        if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')])
     loaded = load(dict(img_path=str(photos / 'rotated photo.jpg'),
                        seg_map_path=str(out / 'rotated photo.png'), reduce_zero_label=False,
                        seg_fields=[]))

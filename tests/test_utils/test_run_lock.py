@@ -74,3 +74,21 @@ def test_restarted_run_refuses_while_another_holds_the_output(tmp_path, tiny_too
     tool_runner.inprocess(*run)  # the owner is gone: the stale lock is taken over
     assert len(out.read_text().splitlines()) == len(FOLDER_IDS)
     assert not lock_file.exists()
+
+
+def test_writer_run_hook_refuses_a_live_owner_and_undoes_its_other_locks(tmp_path, live_process):
+    """A second run stops in before_test, before any writer touches its output."""
+    from types import SimpleNamespace
+
+    from tagclip_mmseg.engine import WriterRunHook
+    from tagclip_mmseg.evaluation import PseudoLabelWriter, TagFileWriter
+    from tagclip_mmseg.utils.run_lock import OutputInUseError
+    (tmp_path / 'masks').mkdir()
+    write_lock(tmp_path / 'masks' / '.lock', live_process.pid)
+    runner = SimpleNamespace(test_evaluator=SimpleNamespace(metrics=[
+        TagFileWriter(out_file=str(tmp_path / 'tags.txt')),
+        PseudoLabelWriter(out_dir=str(tmp_path / 'masks'))]))
+    with pytest.raises(OutputInUseError, match=f'pid {live_process.pid}'):
+        WriterRunHook().before_test(runner)
+    assert not (tmp_path / 'tags.txt.lock').exists()
+    assert json.loads((tmp_path / 'masks' / '.lock').read_text())['pid'] == live_process.pid

@@ -38,15 +38,15 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from ...datasets.label_maps import LabelMap, label_lut
 from ...utils.checks import check_finite, check_range
+from ...utils.class_names import ClassName
+from ...utils.label_maps import LabelMap, label_lut
 from ...utils.quirks import QuirksLike
 from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..clip.last_block_grad import LastBlockGrad
+from ..clip.presets import resolve_templates
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
                    normalize_grad_cam)
-from ..clip.presets import resolve_templates
-from ..clip.prompts import ClassName
 from .crf import Label, PendingLabel, collect_pending_labels, set_label
 
 __all__ = ['CLIPESPseudoLabeler']
@@ -79,7 +79,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         label_map (Sequence[int] | str, optional): Maps the output class index
             (after the background offset) to the saved label (e.g. 171 -> 27
             classes); a list or a name such as ``'cocostuff171_to_27'`` (see
-            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
+            :func:`~tagclip_mmseg.utils.label_maps.label_lut`).
         quirks (str | dict | Quirks): ``'reference'`` (default) or
             ``'fixed'``, or single fields; this model reads ``box_clamp``,
             ``pos_embed_fp16``, ``cam_fp16`` and ``grad_cam_double_norm``, and

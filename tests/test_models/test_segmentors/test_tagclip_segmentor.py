@@ -28,11 +28,11 @@ from mmseg.structures import SegDataSample
 from PIL import Image
 
 import tagclip_mmseg  # noqa: F401
-from tagclip_mmseg.datasets import COCO_CATEGORY_IDS
 from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
 from tagclip_mmseg.testing.checkout import repo_root, tool_env
+from tagclip_mmseg.utils import COCO_CATEGORY_IDS
 from tagclip_mmseg.utils import load_config, set_clip_checkpoint, set_open_vocab_protocol
 from tagclip_mmseg.utils.quirks import Quirks
 
