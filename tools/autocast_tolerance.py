@@ -15,7 +15,7 @@ photos it prints:
   that differ (same tags in both runs).
 
 This is how the mixed-precision tolerance in ``docs/performance.md`` was
-measured, and ``tests/test_tagclip.py`` checks a photo against it. With
+measured, and ``tests/test_models/test_taggers/test_tagclip.py`` checks a photo against it. With
 ``--speed N`` it also times both models' ``predict`` (tagging; CAMs of two
 tags) on one photo in both precisions, round-robin, and prints the speed-up::
 
