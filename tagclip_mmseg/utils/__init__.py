@@ -11,7 +11,7 @@ from .io import atomic_open, atomic_write_bytes, atomic_write_text, ensure_writa
 from .name_files import (NameFile, NameFileError, read_background_words, read_class_names,
                          read_name_file)
 from .paths import UnsafePathError, safe_join
-from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_legacy_quirks, resolve_quirks
+from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_quirks
 from .torch_compat import (autocast_supports, check_mmcv_ops, check_torch_version,
                            has_named_safe_globals, is_autocast_enabled, load_weights_only)
 from .unpickling import error_sentence, refused_globals, unreadable_reason
@@ -23,7 +23,7 @@ __all__ = [
     'init_cpu_distributed', 'cache_root', 'file_sha256', 'file_stamp', 'RecordsInitArgs',
     'init_args', 'init_parameters', 'UnsafePathError', 'safe_join', 'error_sentence',
     'refused_globals', 'unreadable_reason', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS',
-    'resolve_quirks', 'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args',
+    'resolve_quirks', 'add_quirks_args', 'quirks_from_args',
     'check_range', 'check_finite', 'NonFiniteError',
     'add_vocabulary_args', 'apply_vocabulary_args', 'vocabulary_args_to_argv',
     'set_config_vocabulary', 'NameFile', 'NameFileError', 'read_name_file', 'read_class_names',
