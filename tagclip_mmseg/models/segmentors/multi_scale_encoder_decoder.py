@@ -29,11 +29,8 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
     1.0-scale features only. ``predict`` uses the fused logits.
 
     Args:
-        scales (Sequence[float]): Input scales; must contain 1.0 (the
-            reference size). Defaults to (1.0, 0.5, 0.75).
-        **kwargs: :class:`EncoderDecoder` arguments (``backbone``,
-            ``decode_head``, ``data_preprocessor``, ``train_cfg``,
-            ``test_cfg``, ...).
+        scales (Sequence[float]): Input scales, including 1.0.
+        **kwargs: :class:`EncoderDecoder` arguments.
 
     Raises:
         ValueError: If ``scales`` lacks 1.0, has repeats or a scale <= 0.
@@ -59,14 +56,13 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
         return feats
 
     def fuse_logits(self, scale_logits: Sequence[Tensor]) -> Tensor:
-        """Resize every scale's logits to the 1.0-scale size; pixel-wise max.
+        """Pixel-wise max of every scale's logits at the 1.0-scale size.
 
         Args:
-            scale_logits (Sequence[Tensor]): (N, C, h_s, w_s) logits, one per
-                entry of ``self.scales`` in that order.
+            scale_logits (Sequence[Tensor]): (N, C, h_s, w_s), in ``scales`` order.
 
         Returns:
-            Tensor: (N, C, h, w) fused logits at the 1.0-scale size.
+            Tensor: (N, C, h, w) fused logits.
         """
         size = scale_logits[self._ref_index].shape[2:]
         aligned = [
@@ -77,15 +73,13 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
         return torch.stack(aligned).amax(dim=0)
 
     def multi_scale_logits(self, inputs: Tensor) -> List[Tensor]:
-        """Decode-head logits of every scale followed by the fused logits.
+        """Decode-head logits of every scale, then the fused logits.
 
         Args:
             inputs (Tensor): (N, 3, H, W) normalised images.
 
         Returns:
-            list[Tensor]: ``len(self.scales) + 1`` logit maps at feature
-            resolution: one per scale (in ``self.scales`` order), then the
-            max-fused map.
+            list[Tensor]: One map per scale, then the fused map.
         """
         return self._decode(self._scale_features(inputs))
 

@@ -78,18 +78,13 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
             Without ``class_names`` the dataset's are used (``VocabularyHook``).
         tagger (dict, optional): :class:`TagCLIP` arguments, same exclusions;
             ``class_names`` default to the labeler's, in the same order.
-        with_background (bool): The dataset has a background class 0: output
-            channel 0 is ``1 - max`` of the tagged CAMs. False for
-            ``reduce_zero_label`` datasets and Cityscapes.
-        all_classes_as_tags (bool): Skip TagCLIP and draw a CAM for every
-            class. Off by default.
-        tag_ratio (float, optional): Relative tag threshold in [0, 1] on the
-            tagger's final scores; None keeps the tagger's.
-        crf (dict, optional): ``DenseCRF`` options for the final label; the
-            pipeline must keep ``ori_img``.
-        quirks (str | dict | Quirks): ``'reference'`` (default),
-            ``'fixed'``, a dict of fields or a ``Quirks``, for both models and
-            the CRF (docs/modes.md).
+        with_background (bool): Channel 0 is background (``1 - max`` of the
+            tag CAMs); False for ``reduce_zero_label`` datasets.
+        all_classes_as_tags (bool): Skip TagCLIP: a CAM for every class.
+        tag_ratio (float, optional): Relative tag threshold; None: the tagger's.
+        crf (dict, optional): ``DenseCRF`` options; needs ``ori_img``.
+        quirks (str | dict | Quirks): For both models and the CRF
+            (docs/modes.md).
         text_cache_dir (str, optional): Text-embedding cache of both models.
         autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision of
             both models' ViT calls.
@@ -198,10 +193,9 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
         """Set the foreground vocabulary of both models.
 
         Args:
-            class_names: CAM-stage names (a preset such as ``'voc-cam'`` or a
-                list); output channel ``c (+1)`` is class ``c``.
-            tag_class_names: Tagger names in the same order (e.g. ``'voc'``
-                without CLIP-ES's renames); defaults to ``class_names``.
+            class_names: CAM-stage names, a preset (``'voc-cam'``) or a list.
+            tag_class_names: Tagger names in the same order; default
+                ``class_names``.
 
         Raises:
             ValueError: When the two vocabularies differ in length.
@@ -267,13 +261,11 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
 
         Args:
             image (Tensor): (3, H, W) normalised image.
-            boxes (Sequence[tuple]): ``(y1, y2, x1, x2)`` windows, all of one
-                size ``(h, w)``.
+            boxes (Sequence[tuple]): ``(y1, y2, x1, x2)`` windows of one size.
             tags (list[int]): Foreground classes to draw (K).
 
         Yields:
-            tuple: Index of the chunk's first window and its (b, K, h, w)
-            CAMs at window resolution.
+            tuple: The chunk's first window index and its (b, K, h, w) CAMs.
         """
         K = len(tags)
         step = max(1, self.test_cfg['cam_batch_pairs'] // max(K, 1))

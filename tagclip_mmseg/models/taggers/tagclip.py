@@ -62,25 +62,17 @@ class TagCLIP(FrozenCLIPModel):
             foreground classes; a preset name ('voc', 'coco', 'none') or a list.
         templates (str | Sequence[str]): ``'tagclip'`` (the paper's 85),
             ``'clip-es'`` or a list.
-        vote_k (int): DMAR vote count: a patch pair is kept when at least
-            ``vote_k`` layers attend above their mean (1 to the CLIP's depth).
+        vote_k (int): DMAR vote count (1 to the CLIP's depth).
         avg_layers (Sequence[int]): 0-based layers averaged for DMAR
             (``(8, 9, 10)`` VOC/COCO, ``range(11)`` COCO-Stuff).
-        self_attn_mask_value (float): Off-diagonal additive mask of the last
-            layer in the coarse pass (-100; <= 0).
+        self_attn_mask_value (float): Coarse pass's last-layer mask (<= 0).
         cwr (bool): Run class-wise reidentification.
-        cwr_ratio (float): Candidate threshold ``r`` relative to the global
-            min/max of the refined scores, in [0, 1].
-        cwr_region_thr (float): Region threshold on the min-max normalised
-            refined map of a candidate, in [0, 1).
-        cwr_crop_size (int, optional): Crop side; defaults to the CLIP input
-            resolution (224 for ViT-B/16).
-        cwr_mask_value (float): Additive mask on [CLS]-to-outside keys (-1000;
-            <= 0).
-        fusion_lambda (float): Weight of the local score in the fusion, in
-            [0, 1].
-        tag_ratio (float): Per-image relative tag threshold ``r``, in [0, 1]
-            (1 tags the top class only).
+        cwr_ratio (float): Relative candidate threshold, in [0, 1].
+        cwr_region_thr (float): Region threshold of a candidate, in [0, 1).
+        cwr_crop_size (int, optional): Crop side; default the CLIP input size.
+        cwr_mask_value (float): [CLS]-to-outside attention mask (<= 0).
+        fusion_lambda (float): Weight of the local score, in [0, 1].
+        tag_ratio (float): Relative tag threshold, in [0, 1].
         quirks (str | dict | Quirks): ``'reference'`` (default), ``'fixed'``
             or single fields; reads ``cwr_early_exit``, ``box_clamp`` and
             ``pos_embed_fp16`` (docs/modes.md).
@@ -131,8 +123,7 @@ class TagCLIP(FrozenCLIPModel):
             self.set_vocabulary(class_names, self.background_words)
 
     def classifier(self, vocabulary: Optional[Vocabulary] = None) -> Tensor:
-        """(R, E) text-row embeddings, foreground first (R = C_fg + C_bg under
-        ``synonyms='joined'``, one row per name under ``'max'``).
+        """(R, E) text-row embeddings, foreground first.
 
         Args:
             vocabulary (Vocabulary, optional): This call's vocabulary
