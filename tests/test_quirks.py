@@ -101,6 +101,8 @@ def test_removed_mode_keyword_is_refused(tiny_clip_path, tmp_path, mode, preset)
         _labeler(tiny_clip_path, tmp_path, mode=mode)
     new = _tagger(tiny_clip_path, tmp_path, quirks=preset)
     assert new.quirks == resolve_quirks(preset)
+    same = _tagger(tiny_clip_path, tmp_path, quirks=resolve_quirks(preset))
+    assert resume_fingerprint(same) == resume_fingerprint(new)
     images = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     out = new.tag(images)
     for key in ('p_coarse', 'p_ref', 'p_final', 'tags', 'cwr_done'):

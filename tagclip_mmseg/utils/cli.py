@@ -9,7 +9,6 @@ environment variable) reaches every tool at once.
 import argparse
 import os
 import os.path as osp
-import sys
 import textwrap
 from typing import Callable, List, Optional, Sequence
 

@@ -214,11 +214,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         return dtype
 
     def autocast_context(self, device: torch.device) -> ContextManager:
-        """``torch.autocast`` for ``device`` when enabled, else a no-op.
-
-        The models enter it around their ViT calls only, inside a
-        :func:`full_precision` region; entering it around a whole call
-        changes nothing else.
+        """``torch.autocast`` for ``device`` when enabled, else a no-op; the
+        models enter it around their ViT calls only.
 
         Raises:
             ValueError: If this torch has no autocast to that dtype on
@@ -234,9 +231,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
 
     @property
     def round_pos_embed_fp16(self) -> bool:
-        """Whether this model's ViT calls round a resampled positional
-        embedding to fp16 (``quirks.pos_embed_fp16``, docs/modes.md). Passed
-        per call: the CLIP may be shared with a model of other quirks."""
+        """``quirks.pos_embed_fp16``, passed per ViT call (a shared CLIP may
+        serve models of other quirks)."""
         return self.quirks.pos_embed_fp16
 
     def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
@@ -244,8 +240,7 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         non-negative, sorted and unique.
 
         Raises:
-            ValueError: Naming the argument and the CLIP's depth, e.g. for a
-                config written for ViT-B/16 run on a shallower checkpoint.
+            ValueError: Naming the argument and the CLIP's depth.
         """
         n = self.clip.visual.num_layers
         if not layers or any(not -n <= int(i) < n for i in layers):
@@ -257,11 +252,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
     def set_vocabulary(self,
                        class_names: Union[str, Sequence[ClassName]],
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
-        """Set the foreground classes (and optionally background words).
-
-        Checked as :meth:`resolve_vocabulary` does, while the model is built,
-        not at the first image.
-        """
+        """Set the foreground classes (and optionally background words),
+        checked by :meth:`resolve_vocabulary`."""
         self.class_names, self.background_words = self.resolve_vocabulary(
             class_names, background_words)
 
@@ -276,10 +268,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
                            ) -> Vocabulary:
         """A checked :class:`Vocabulary` for this model, without setting it.
 
-        Every check that the text encoder would otherwise fail at the first
-        image runs here: names that are not strings, duplicates (also those
-        differing only in case or spacing, which CLIP reads as one text) and
-        prompts too long for CLIP's context.
+        Checks names, duplicates (as CLIP reads the text) and prompt lengths
+        now rather than at the first image.
 
         Args:
             class_names: Foreground classes or a preset name.
@@ -343,10 +333,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
                         templates: Sequence[str]) -> Tensor:
         """L2-normalised (R, E) text-row embeddings on the model's device.
 
-        One row per class under ``synonyms='joined'``, one per name under
-        ``'max'`` (see :meth:`class_probs`). Computed once per (vocabulary,
-        templates, rule) and kept in memory; the on-disk cache makes later
-        launches and other ranks skip the text encoder entirely.
+        One row per class (``synonyms='joined'``) or per name (``'max'``);
+        kept in memory and in the on-disk cache.
         """
         key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), tuple(templates),
                self.synonyms)
