@@ -47,7 +47,7 @@ def make_tiny_clip(seed: int = 0, path=None, **overrides):
     """A tiny random CLIP in OpenAI naming (fp32, eval mode), saved to ``path``
     when given; every parameter is perturbed so that round-trip tests would
     notice one that failed to load."""
-    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH, random_clip
+    from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH, random_clip
     return random_clip(seed, path, jitter=0.02, **{**TINY_CLIP_ARCH, **overrides})
 
 
@@ -278,8 +278,8 @@ def deep_tiny_clip_path(tmp_path_factory):
 
 @pytest.fixture
 def tiny_clip_arch():
-    """A copy of :data:`~tagclip_mmseg.testing.random_clip.TINY_CLIP_ARCH`."""
-    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH
+    """A copy of :data:`~tagclip_mmseg.models.clip.random_clip.TINY_CLIP_ARCH`."""
+    from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH
     return dict(TINY_CLIP_ARCH)
 
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tagclip_mmseg.datasets import (COCO_CATEGORY_IDS, COCO_CLASSES, COCOMultiLabelDataset,
-                                    COCOObjectTaggedSegDataset, voc_palette)
+from tagclip_mmseg.datasets import COCOMultiLabelDataset, COCOObjectTaggedSegDataset
+from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES, voc_palette
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 

@@ -139,6 +139,7 @@ def minimal_cfgs(tmp, tiny_ckpt, deep_ckpt):
         ('HOOKS', 'RunProgressHook'): dict(),
         ('HOOKS', 'TagResumeHook'): dict(),
         ('HOOKS', 'PseudoLabelResumeHook'): dict(),
+        ('HOOKS', 'WriterRunHook'): dict(),
         # A test loop needs a runner; these stand-ins hold what its __init__ reads.
         ('LOOPS', 'ResumableTestLoop'): dict(
             runner=SimpleNamespace(visualizer=SimpleNamespace()), evaluator=SimpleNamespace(),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmseg.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 import tagclip_mmseg  # noqa: F401  (registers everything)
-from tagclip_mmseg.datasets import COCOSTUFF_27_CLASSES, VOC_CLASSES
+from tagclip_mmseg.utils import COCOSTUFF_27_CLASSES, VOC_CLASSES
 
 TAG_META_KEYS = ('sample_idx', 'img_path', 'img_id', 'ori_shape', 'img_shape', 'load_error')
 SEG_META_KEYS = ('img_path', 'seg_map_path', 'img_id', 'ori_shape', 'img_shape', 'tags',

@@ -1,12 +1,11 @@
 """The "image_id idx idx ..." label-file reader and writer."""
 import pytest
 
-from tagclip_mmseg.datasets.categories import (COCO_CATEGORY_IDS, COCO_CLASSES,
-                                               COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES,
-                                               COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171,
-                                               VOC_CLASSES, voc_palette)
 from tagclip_mmseg.datasets.label_files import (LabelFileError, format_label_line, read_id_list,
                                                 read_label_file, write_label_file)
+from tagclip_mmseg.utils.class_names import (COCO_CATEGORY_IDS, COCO_CLASSES, COCOSTUFF_27_CLASSES,
+                                             COCOSTUFF_171_CLASSES, COCOSTUFF_182_TO_27,
+                                             COCOSTUFF_182_TO_171, VOC_CLASSES, voc_palette)
 
 
 def _write(tmp_path, text, name='labels.txt'):

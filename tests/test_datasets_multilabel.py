@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagclip_mmseg.datasets import (COCO_CATEGORY_IDS, COCO_CLASSES, COCOMultiLabelDataset,
-                                    COCOStuffMultiLabelDataset, LabelFileError,
-                                    MultiLabelImageFolder, VOCMultiLabelDataset)
+from tagclip_mmseg.datasets import (COCOMultiLabelDataset, COCOStuffMultiLabelDataset,
+                                    LabelFileError, MultiLabelImageFolder, VOCMultiLabelDataset)
+from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES
 
 
 def _image(path, h=20, w=30, fmt=None):

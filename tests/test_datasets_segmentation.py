@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagclip_mmseg.datasets import (COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES,
-                                    COCOObjectTaggedSegDataset, COCOStuff27TaggedSegDataset,
-                                    LabelFileError, TaggedSegDataset, VOCTaggedSegDataset,
-                                    voc_palette)
+from tagclip_mmseg.datasets import (COCOObjectTaggedSegDataset, COCOStuff27TaggedSegDataset,
+                                    LabelFileError, TaggedSegDataset, VOCTaggedSegDataset)
+from tagclip_mmseg.utils import COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES, voc_palette
 
 
 def _image(path, h=20, w=30):

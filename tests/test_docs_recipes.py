@@ -182,7 +182,7 @@ def _write_photos(folder: str, names: List[str]) -> None:
 def _write_coco_annotations(root: str) -> None:
     """``annotations/instances_<split>.json`` of two images, one instance each,
     for the splits the COCO-object converter recipe names."""
-    from tagclip_mmseg.datasets import COCO_CATEGORY_IDS, COCO_CLASSES
+    from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES
     categories = [dict(id=i, name=n) for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
     for split in ('val2017', 'train2014', 'val2014'):
@@ -220,7 +220,7 @@ def _sandbox(root: str) -> Dict[str, str]:
     ``data/coco/annotations`` (tiny instance files) and ``data/coco_stuff164k``
     (two images and their stuffthingmaps).
     """
-    from tagclip_mmseg.testing.random_clip import NARROW_CLIP_ARCH, random_clip
+    from tagclip_mmseg.models.clip.random_clip import NARROW_CLIP_ARCH, random_clip
     home = osp.join(root, 'home')
     checkpoint = osp.join(home, '.cache', 'clip', 'ViT-B-16.pt')
     os.makedirs(osp.dirname(checkpoint))

@@ -7,7 +7,10 @@ the plain way: its own forward of the last block, its own ``backward`` of its
 probability.
 No test looks at wall time.
 """
+import argparse
 import copy
+import importlib
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -21,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagclip_mmseg.models.clip import LastBlockGrad
-from tagclip_mmseg.models.ops import minmax_normalize
 from tagclip_mmseg.testing import models as testing_models
+from tagclip_mmseg.utils import minmax_normalize
 
 FG = ['cat', 'dog', 'person', 'car', 'tree house']
 BG = ['ground', 'sky']
@@ -290,3 +293,70 @@ def test_benchmark_autocast_without_references(tmp_path):
     assert any(line.startswith('tag fast / backbone') for line in lines)
     assert any(line.startswith('CAMs fast 2 tags / backbone') for line in lines)
     assert not any('faithful' in line for line in lines[1:]), proc.stdout
+
+
+@pytest.fixture
+def benchmark_module():
+    """Import a module of ``tools/benchmark/`` by path, as ``tools_benchmark.<name>``."""
+    folder = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'benchmark')
+    spec = importlib.util.spec_from_file_location(
+        'tools_benchmark', osp.join(folder, '__init__.py'), submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules['tools_benchmark'] = package
+    spec.loader.exec_module(package)
+    yield lambda name: importlib.import_module(f'tools_benchmark.{name}')
+    for name in [k for k in sys.modules if k.split('.')[0] == 'tools_benchmark']:
+        del sys.modules[name]
+
+
+def test_benchmark_verdicts_come_from_the_targets_table(benchmark_module, monkeypatch, capsys):
+    """A figure is PASS or MISS by its row of the table, on either side of the bound."""
+    targets, timer = benchmark_module('targets'), benchmark_module('timer')
+    # Rows of both directions, with their bounds moved to values no code repeats.
+    monkeypatch.setitem(targets.TARGETS, 'cam_per_tag', targets.Target('<=', 0.37))
+    monkeypatch.setitem(targets.TARGETS, 'crf_scaling', targets.Target('>=', 2.25))
+    bench = timer.Bench(argparse.Namespace(device='cpu'))
+    for value in (0.36, 0.38):
+        bench.ratio('per tag', value, 'cam_per_tag')
+    for value in (2.5, 2.0):
+        bench.ratio('workers', value, 'crf_scaling')
+    bench.ratio('no target', 99.)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines] == ['PASS', 'MISS', 'PASS', 'MISS', 'x']
+    assert 'target <= 0.37 x' in lines[1] and 'target >= 2.25 x' in lines[3]
+    assert targets.meets('cam_per_tag', 0.37) and not targets.meets('crf_scaling', 2.24)
+    with pytest.raises(KeyError, match='no benchmark target'):
+        targets.meets('tag_speed', 1.)
+
+
+def test_benchmark_tiny_profile_fills_only_unset_options(benchmark_module):
+    """``--tiny`` takes its profile for options left unset, and keeps the given ones."""
+    cli = benchmark_module('cli')
+    tiny = cli.PROFILES['tiny']
+    args = cli.parse_args(['--tiny', '--crf-images', '7', '--size', '80x112'])
+    assert (args.crf_images, args.size) == (7, (80, 112))
+    assert (args.large_size, args.repeats, args.e2e_images) == (
+        tiny['large_size'], tiny['repeats'], tiny['e2e_images'])
+    # the full profile's value, given explicitly, is kept under --tiny
+    full = cli.PROFILES['full']
+    args = cli.parse_args(['--tiny', '--large-size', '{}x{}'.format(*full['large_size'])])
+    assert args.large_size == full['large_size'] != tiny['large_size']
+
+
+def test_benchmark_e2e_config_has_the_timed_model_settings(benchmark_module, tmp_path):
+    """The folder config that tools/test.py runs gets the in-process tagger's settings."""
+    from mmengine.config import Config
+    cli, e2e, inputs = (benchmark_module(name) for name in ('cli', 'e2e', 'inputs'))
+    args = cli.parse_args(['--tiny', '--quirks', 'fixed', '--dtype', 'bf16', '--autocast',
+                           'fp16', '--e2e-batch-size', '3', '--loader-workers', '0'])
+    bench = benchmark_module('timer').Bench(args)
+    ckpt = str(tmp_path / 'clip.pth')
+    cfg = Config.fromfile(e2e.write_config(bench, ckpt, str(tmp_path)))
+    settings = inputs.model_settings(args, ckpt, str(tmp_path / 'text_cache'))
+    assert settings == dict(clip=dict(checkpoint=ckpt, dtype='bf16'), quirks='fixed',
+                            text_cache_dir=str(tmp_path / 'text_cache'), autocast='fp16')
+    for key, value in settings.items():
+        assert cfg.model[key] == value, key
+    assert cfg.model.type == 'TagCLIP' and cfg.model.vote_k == Config.fromfile(
+        e2e.FOLDER_CONFIG).model.vote_k  # the rest of the model is the config's
+    assert (cfg.test_dataloader.batch_size, cfg.test_dataloader.num_workers) == (3, 0)

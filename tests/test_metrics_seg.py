@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tagclip_mmseg.datasets.label_maps import apply_label_lut, label_lut
 from tagclip_mmseg.evaluation import CLSSegIoUMetric, class_histograms, iou_from_histograms
+from tagclip_mmseg.utils.label_maps import apply_label_lut, label_lut
 
 
 def _seg_sample(pred, gt=None, img_id='x', **meta):
@@ -71,7 +71,7 @@ def test_label_maps():
     assert apply_label_lut(torch.tensor([0, 5, 3]), lut).tolist() == [0, 1, 255]
     lut = label_lut([0, -1, 1], fill=255)  # -1: "must not occur" -> ignore
     assert apply_label_lut(torch.tensor([0, 1, 2]), lut).tolist() == [0, 255, 1]
-    from tagclip_mmseg.datasets.categories import COCOSTUFF_171_TO_27
+    from tagclip_mmseg.utils.class_names import COCOSTUFF_171_TO_27
     named = label_lut('cocostuff171_to_27', fill=255)
     assert named.numel() == len(COCOSTUFF_171_TO_27) and int(named.max()) == 26
     with pytest.raises(ValueError, match='unknown index map'):

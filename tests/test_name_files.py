@@ -214,7 +214,7 @@ def test_tagging_tool_background_line(photo_folder, tiny_tool_options, tool_runn
 
 def test_pseudo_label_tool_checks_the_class_count(photo_folder, tiny_tool_options, tool_runner,
                                                   pl_list_config, tmp_path):
-    from tagclip_mmseg.datasets.categories import VOC_CLASSES
+    from tagclip_mmseg.utils.class_names import VOC_CLASSES
     tags = tmp_path / 'tags.txt'
     tags.write_text('photo0 2\nphoto1\n')
     voc21 = tmp_path / 'cls_voc21.txt'

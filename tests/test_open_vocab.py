@@ -32,9 +32,9 @@ from mmseg.structures import SegDataSample
 from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
 from tagclip_mmseg.models.segmentors import TagCLIPSegmentor, slide_windows
 from tagclip_mmseg.models.taggers import TagCLIP
-from tagclip_mmseg.utils.quirks import Quirks
-from tagclip_mmseg.datasets import COCO_CATEGORY_IDS
+from tagclip_mmseg.utils import COCO_CATEGORY_IDS
 from tagclip_mmseg.utils import load_config, set_clip_checkpoint, set_open_vocab_protocol
+from tagclip_mmseg.utils.quirks import Quirks
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'open_vocab')

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tagclip_mmseg.models.ops import (AttentionVote, affinity_from_attention, caa_refine,
-                                      dmar_class_boxes, dmar_refine, minmax_normalize)
+                                      dmar_class_boxes, dmar_refine)
 from tagclip_mmseg.testing.reference import binarize_reference as ref_binarize
 from tagclip_mmseg.testing.reference import boxes_union_reference
+from tagclip_mmseg.utils import minmax_normalize
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 

@@ -15,9 +15,10 @@ import torch
 
 from tagclip_mmseg.models.ops import (RegionBox, binarize_like_reference, boxes_from_scores,
                                       component_boxes_union, connected_components,
-                                      minmax_normalize, quantize_like_reference, region_bbox)
+                                      quantize_like_reference, region_bbox)
 from tagclip_mmseg.testing.reference import binarize_reference as ref_binarize
 from tagclip_mmseg.testing.reference import boxes_union_reference
+from tagclip_mmseg.utils import minmax_normalize
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 SIZES = [(1, 1), (1, 9), (7, 1), (5, 5), (6, 11), (24, 32), (17, 13)]

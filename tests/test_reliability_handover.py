@@ -555,3 +555,21 @@ def test_ranks_stop_when_the_launcher_dies_early_under_a_subreaper(tmp_path, too
     assert len(report['ranks']) == 2, log[-3000:]
     assert report['survivors'] == [], f'ranks outlived their launcher:\n{log[-3000:]}'
     assert log.count('is gone; stopping') == 2, log[-3000:]
+
+
+def test_writer_run_hook_refuses_a_live_owner_and_undoes_its_other_locks(tmp_path, live_process):
+    """A second run stops in before_test, before any writer touches its output."""
+    from types import SimpleNamespace
+
+    from tagclip_mmseg.engine import WriterRunHook
+    from tagclip_mmseg.evaluation import PseudoLabelWriter, TagFileWriter
+    from tagclip_mmseg.utils.run_lock import OutputInUseError
+    (tmp_path / 'masks').mkdir()
+    write_lock(tmp_path / 'masks' / '.lock', live_process.pid)
+    runner = SimpleNamespace(test_evaluator=SimpleNamespace(metrics=[
+        TagFileWriter(out_file=str(tmp_path / 'tags.txt')),
+        PseudoLabelWriter(out_dir=str(tmp_path / 'masks'))]))
+    with pytest.raises(OutputInUseError, match=f'pid {live_process.pid}'):
+        WriterRunHook().before_test(runner)
+    assert not (tmp_path / 'tags.txt.lock').exists()
+    assert json.loads((tmp_path / 'masks' / '.lock').read_text())['pid'] == live_process.pid

@@ -125,7 +125,7 @@ def test_image_too_small_to_score_gets_no_tag(tiny_clip, size):
 
 
 def test_relative_threshold_tags_nothing_on_equal_or_nan_scores():
-    from tagclip_mmseg.models.ops import relative_threshold_mask
+    from tagclip_mmseg.utils import relative_threshold_mask
     scores = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.3, 0.3], [float('nan')] * 3,
                            [0.1, 0.7, 0.2]])
     mask = relative_threshold_mask(scores, 0.35)
@@ -167,6 +167,7 @@ def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
         photos, tmp_path, tiny_tool_options, tool_runner):
     from mmcv.transforms import Compose
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     import tagclip_mmseg  # noqa: F401
     ids = sorted(ODD_IDS + ('rotated photo', 'one pixel'))
@@ -197,8 +198,11 @@ def test_user_photos_keep_ids_and_orientation_through_tags_masks_and_training(
         assert np.asarray(mask).tolist() == [[0]]  # no tag: background
     # 3. a training data pipeline (docs/add_dataset.md: upright_train_pipeline)
     seg_cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplab', V2_VOC))
-    load = Compose([t for t in seg_cfg.upright_train_pipeline
-                    if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')])
+    # The config's names resolve in mmseg's scope (a Runner sets it; here no
+    # Runner is left), else `LoadAnnotations` is mmcv's box loader.
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        load = Compose([t for t in seg_cfg.upright_train_pipeline
+                        if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')])
     loaded = load(dict(img_path=str(photos / 'rotated photo.jpg'),
                        seg_map_path=str(out / 'rotated photo.png'), reduce_zero_label=False,
                        seg_fields=[]))

@@ -38,10 +38,11 @@ from mmseg.structures import SegDataSample
 from PIL import Image
 
 from tagclip_mmseg.evaluation import TagFileWriter
-from tagclip_mmseg.resume import (ResumableTestLoop, SkipTagged, TagJournal, TagResumeHook,
-                                  decode_scores, encode_scores, journal_path, journal_paths,
-                                  predict_or_restore, read_journals, require_resumable_loop,
-                                  resume_fingerprint)
+from tagclip_mmseg.models.taggers import TagCLIP
+from tagclip_mmseg.records import (TagJournal, decode_scores, encode_scores, journal_path,
+                                   journal_paths, read_journals)
+from tagclip_mmseg.resume import (ResumableTestLoop, SkipTagged, TagResumeHook, predict_or_restore,
+                                  require_resumable_loop, resume_fingerprint)
 from tagclip_mmseg.testing.models import build_tagger
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -92,7 +93,7 @@ def test_torn_last_line_is_ignored_and_not_merged_into_the_next_record(tmp_path)
 
 
 def test_journal_of_other_settings_is_ignored_then_replaced(tmp_path, monkeypatch):
-    from tagclip_mmseg.resume import journal as tag_journal
+    from tagclip_mmseg.records import journal as tag_journal
     logged = []
     monkeypatch.setattr(tag_journal, 'print_log', lambda msg, **kwargs: logged.append(msg))
     out = str(tmp_path / 'tags.txt')
@@ -269,6 +270,7 @@ class _SpyModel(BaseModel):
     """
 
     num_classes = NUM_CLASSES
+    fill_sample = staticmethod(TagCLIP.fill_sample)  # what restored tagging samples get
 
     def __init__(self) -> None:
         super().__init__()

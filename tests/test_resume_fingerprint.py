@@ -25,8 +25,9 @@ from PIL import Image
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.evaluation import PseudoLabelWriter, TagFileWriter
-from tagclip_mmseg.resume import (NOT_RESULT_SETTINGS, SkipExisting, SkipTagged, journal_path,
-                                  model_settings, resume_fingerprint, settings_of)
+from tagclip_mmseg.records import journal_path
+from tagclip_mmseg.resume import (NOT_RESULT_SETTINGS, SkipExisting, SkipTagged, model_settings,
+                                  resume_fingerprint, settings_of)
 from tagclip_mmseg.testing.models import build_labeler, build_tagger
 from tagclip_mmseg.utils import file_sha256, init_args, init_parameters
 

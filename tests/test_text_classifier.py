@@ -7,13 +7,13 @@ import torch.nn.functional as F
 
 from tagclip_mmseg.models.clip import get_tokenizer, load_clip, tokenize
 from tagclip_mmseg.models.clip.prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES,
-                                          COCO_CLASSES, COCO_STUFF_CAM_RENAMES,
-                                          COCO_STUFF_CLASSES, IMAGENET_TEMPLATES,
-                                          TAGCLIP_SCENE_TEMPLATES, TAGCLIP_TEMPLATES,
-                                          VOC_BACKGROUND, VOC_CAM_RENAMES, VOC_CLASSES,
-                                          apply_renames)
+                                               COCO_STUFF_CAM_RENAMES, COCO_STUFF_CLASSES,
+                                               IMAGENET_TEMPLATES, TAGCLIP_SCENE_TEMPLATES,
+                                               TAGCLIP_TEMPLATES, VOC_BACKGROUND, VOC_CAM_RENAMES,
+                                               apply_renames)
 from tagclip_mmseg.models.clip.text_classifier import (CACHE_ENV, build_text_classifier,
                                                   default_text_cache_dir)
+from tagclip_mmseg.utils.class_names import COCO_CLASSES, VOC_CLASSES
 
 NAMES = ['cat', 'dog', ['person with clothes', 'people', 'human']]
 TEMPLATES = ['a photo of a {}.', 'a clean origami {}.', 'there is a {} in the scene.']

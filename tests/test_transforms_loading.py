@@ -10,7 +10,8 @@ from PIL import Image, ImageOps
 
 from tagclip_mmseg.datasets import image_io, transforms
 from tagclip_mmseg.datasets.image_io import ImageLoadError, load_rgb_image, read_image_size
-from tagclip_mmseg.datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, patch_grid
+from tagclip_mmseg.datasets.transforms import LoadImageRobust, ResizeToPatchMultiple
+from tagclip_mmseg.utils.token_grid import patch_grid
 
 
 def _save(path, img: Image.Image, **kwargs) -> str:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tagclip_mmseg.datasets.categories import voc_palette
 from tagclip_mmseg.evaluation import PseudoLabelWriter, format_summary
-from tagclip_mmseg.resume import SkipExisting, read_label_png, remove_stale_temp_files
+from tagclip_mmseg.records import read_label_png, remove_stale_temp_files
+from tagclip_mmseg.resume import SkipExisting
+from tagclip_mmseg.utils.class_names import voc_palette
 
 
 def voc_colormap():
@@ -111,7 +112,7 @@ def test_unwritable_out_dir(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('x')
     with pytest.raises(PermissionError, match='a_file'):
-        PseudoLabelWriter(out_dir=str(blocker / 'pseudo'))
+        PseudoLabelWriter(out_dir=str(blocker / 'pseudo')).begin_run()
 
 
 @pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0,
@@ -122,7 +123,7 @@ def test_read_only_out_dir(tmp_path):
     folder.chmod(0o500)
     try:
         with pytest.raises(PermissionError):
-            PseudoLabelWriter(out_dir=str(folder))
+            PseudoLabelWriter(out_dir=str(folder)).begin_run()
     finally:
         folder.chmod(0o700)
 
@@ -134,6 +135,7 @@ def test_crash_during_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt('killed between write and rename')
 
     writer = PseudoLabelWriter(out_dir=str(tmp_path))
+    writer.begin_run()
     monkeypatch.setattr(io_mod.os, 'replace', killed)
     with pytest.raises(KeyboardInterrupt):
         writer.process({}, [_sample(_mask(0), 'a')])
@@ -151,7 +153,7 @@ def test_stale_temp_files_are_removed_at_start(tmp_path):
     old = time.time() - 3600
     os.utime(stale, (old, old))
     os.utime(foreign, (old, old))
-    PseudoLabelWriter(out_dir=str(tmp_path))
+    PseudoLabelWriter(out_dir=str(tmp_path)).begin_run()
     assert not stale.exists()
     assert young.exists() and foreign.exists()
     assert remove_stale_temp_files(str(tmp_path), min_age_s=0) == [str(young)]

@@ -1,4 +1,4 @@
-"""TagFileWriter: file formats, ordering, skipped images, determinism."""
+"""TagFileWriter: file formats, ordering, skipped images, determinism; the writers' run lock."""
 import json
 
 import pytest
@@ -70,7 +70,7 @@ def test_unwritable_output(tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('x')
     with pytest.raises(PermissionError):
-        TagFileWriter(out_file=str(blocker / 'tags.txt'))
+        TagFileWriter(out_file=str(blocker / 'tags.txt')).begin_run()
 
 
 def test_missing_tags_is_an_error(tmp_path):
@@ -95,3 +95,86 @@ def test_through_config_and_evaluator(tmp_path):
     out = evaluator.evaluate(len(samples))
     assert out['tags/num_images'] == 3 and 'tagging/mAP' in out
     assert (tmp_path / 'tags.txt').read_text().startswith('2007_000033 0\n')
+
+
+def _stale_temp(folder, name):
+    import os
+    import time
+    path = folder / f'.{name}.abcd1234.tmp'
+    path.write_bytes(b'partial')
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    return path
+
+
+def test_writer_constructors_touch_nothing(tmp_path):
+    """Building the writers (as Runner does from a config) creates, locks and deletes nothing."""
+    from tagclip_mmseg.evaluation import PseudoLabelWriter
+    tags_temp = _stale_temp(tmp_path, 'tags.txt')
+    masks_temp = _stale_temp(tmp_path, 'a.png')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    TagFileWriter(out_file=str(tmp_path / 'new' / 'tags.txt'))
+    TagFileWriter(out_file=str(tmp_path / 'tags.txt'))
+    PseudoLabelWriter(out_dir=str(tmp_path))
+    PseudoLabelWriter(out_dir=str(tmp_path / 'masks'))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert tags_temp.exists() and masks_temp.exists()
+
+
+def test_writer_run_hook_holds_the_locks_from_before_to_after_test(tmp_path):
+    from types import SimpleNamespace
+
+    from tagclip_mmseg.engine import WriterRunHook
+    from tagclip_mmseg.evaluation import PseudoLabelWriter
+    tags = TagFileWriter(out_file=str(tmp_path / 'tags.txt'))
+    masks = PseudoLabelWriter(out_dir=str(tmp_path / 'masks'))
+    stale = _stale_temp(tmp_path, 'tags.txt')
+    runner = SimpleNamespace(test_evaluator=SimpleNamespace(metrics=[tags, masks, object()]))
+    hook = WriterRunHook()
+    hook.before_test(runner)
+    assert (tmp_path / 'tags.txt.lock').exists() and (tmp_path / 'masks' / '.lock').exists()
+    assert not stale.exists()  # the temporaries go once the lock is held
+    hook.after_test(runner)
+    assert not (tmp_path / 'tags.txt.lock').exists()
+    assert not (tmp_path / 'masks' / '.lock').exists()
+
+
+def test_failing_run_releases_the_writer_lock(tmp_path):
+    """mmengine calls no hook when a test run raises; ResumableTestLoop calls on_test_error."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    from mmpretrain.structures import DataSample
+
+    from tagclip_mmseg.engine import WriterRunHook
+    from tagclip_mmseg.resume.loop import TEST_ERROR_EVENT
+    assert hasattr(WriterRunHook, TEST_ERROR_EVENT)
+    lock = tmp_path / 'tags.txt.lock'
+    seen = []
+
+    class FailingModel(BaseModel):
+
+        def forward(self, inputs, data_samples=None, mode='predict'):
+            seen.append(lock.exists())
+            raise RuntimeError('the model failed')
+
+    class Images(torch.utils.data.Dataset):
+        metainfo = dict(classes=('a', 'b'))
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return dict(inputs=torch.zeros(3, 4, 4),
+                        data_samples=DataSample(metainfo=dict(img_id=f'img{i}')))
+
+    runner = Runner(
+        model=FailingModel(), work_dir=str(tmp_path / 'work'), default_scope='mmseg',
+        test_dataloader=dict(dataset=Images(), batch_size=1,
+                             sampler=dict(type='DefaultSampler', shuffle=False)),
+        test_cfg=dict(type='ResumableTestLoop'),
+        test_evaluator=[dict(type='TagFileWriter', out_file=str(tmp_path / 'tags.txt'))],
+        custom_hooks=[dict(type='WriterRunHook')], default_hooks=dict(), env_cfg=dict())
+    with pytest.raises(RuntimeError, match='the model failed'):
+        runner.test()
+    assert seen == [True]  # held while the run went on
+    assert not lock.exists()

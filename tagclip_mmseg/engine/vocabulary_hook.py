@@ -1,11 +1,7 @@
 """Hand the test dataset's class vocabulary to an open-vocabulary model.
 
-An open-vocabulary tagger has no fixed classes: the dataset defines them
-(``metainfo=dict(classes=..., background_words=...)``). Rather than repeating
-the list in the model config, this hook copies it into the model before the
-test loop starts. A vocabulary given explicitly in the model config (or by a
-tool's ``--classes FILE``) wins; it must then have as many classes as the
-dataset, whose labels, masks and metrics count them.
+A vocabulary given in the model config (or by ``--classes FILE``) wins, and must
+then have as many classes as the dataset.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -48,9 +44,9 @@ class VocabularyHook(Hook):
 def check_class_count(model, meta: dict) -> None:
     """Refuse a model vocabulary whose size differs from the dataset's.
 
-    The dataset's count is that of ``tag_classes`` (pseudo-label datasets)
-    or ``classes``; the model's is ``num_classes`` (with the background
-    channel for ``TagCLIPSegmentor``).
+    Args:
+        model: The model; its ``num_classes`` is compared.
+        meta: The dataset metainfo (``tag_classes`` or ``classes``).
 
     Raises:
         ValueError: Naming both counts and the name-file rule that most

@@ -1,11 +1,6 @@
 """TagCLIP and CLIP-ES models built in one line, for tests and tools.
 
-Tests, ``tools/benchmark.py`` and ``tools/batch_invariance.py`` all build the
-two models straight from a CLIP (no config, no runner) and always in eval
-mode; they differ only in settings. :func:`build_tagger` and
-:func:`build_labeler` are that one construction, and :data:`VOC_TAGGER` /
-:data:`VOC_LABELER` the settings the tools time and compare (TagCLIP and
-CLIP-ES on the VOC vocabulary).
+:data:`VOC_TAGGER` / :data:`VOC_LABELER` are the settings the tools time.
 """
 import os
 import os.path as osp

@@ -1,11 +1,4 @@
-"""Command-line pieces shared by ``tools/train.py``, ``tools/test.py`` and
-``tools/generate_pseudo_labels.py``.
-
-All three take a config, ``--cfg-options``, a ``--launcher`` and the local
-rank that ``torch.distributed.launch`` passes, and load the config the same
-way; keeping that here means a fix (a new launcher spelling, the local-rank
-environment variable) reaches every tool at once.
-"""
+"""Command-line pieces shared by the train, test and pseudo-label tools."""
 import argparse
 import os
 import os.path as osp

@@ -1,10 +1,7 @@
 """Constructor arguments of built objects, kept with their defaults filled in.
 
-A resumed run may reuse earlier outputs only when every setting that decides
-them is unchanged. Typing those settings into a list per model lets a new
-argument be forgotten; instead, objects record the arguments they were built
-with (:class:`RecordsInitArgs`), and whoever fingerprints them
-(``tagclip_mmseg.resume.fingerprint``) takes all of them but an explicit few.
+Resume fingerprints take all of them but an explicit few, so no new argument
+can be forgotten.
 """
 import functools
 import inspect

@@ -1,8 +1,8 @@
 """One switch for the reference implementation's quirks (docs/modes.md).
 
-Every model, the CRF and the tagging metric take ``quirks=`` (a preset name,
-a dict of fields or a :class:`Quirks`), resolve it once in ``__init__`` and
-branch on its named fields.
+Every model, the CRF and the tagging metric take ``quirks=``: a preset name
+(``'reference'`` or ``'fixed'``), a dict of fields or a :class:`Quirks`
+(docs/method.md, "Reference quirks").
 """
 import dataclasses
 from dataclasses import dataclass
@@ -15,9 +15,8 @@ __all__ = ['Quirks', 'QuirksLike', 'QUIRK_PRESETS', 'resolve_quirks']
 class Quirks:
     """Which quirks of the reference implementation to reproduce.
 
-    ``True`` reproduces the reference (the default of every field, so
-    ``Quirks()`` is :meth:`reference`); ``False`` fixes it. Each field is one
-    row of the table in docs/modes.md.
+    ``True`` (every field's default) reproduces the reference; ``False`` fixes
+    it. docs/modes.md, "The fields" describes each.
     """
 
     #: Tagger: a degenerate CWR box stops CWR for the image's later candidates.

@@ -1,9 +1,7 @@
 """What differs between the torch releases the project supports.
 
-Each difference is a feature check (does this torch have it), never a version
-comparison, so a release that backports a feature is used as it is. The one
-version comparison is :func:`check_torch_version`, which names the tested range
-at import. docs/compatibility.md, "The tested range", lists the differences.
+Feature checks, never version comparisons, except :func:`check_torch_version`
+(docs/compatibility.md, "The tested range").
 """
 import _compat_pickle
 import codecs
@@ -79,14 +77,14 @@ def check_mmcv_ops(import_ops: Optional[Callable[[], Any]] = None) -> None:
             versions and how to get an mmcv that matches this torch.
     """
     def default() -> Any:
-        import mmcv.ops
+        import mmcv.ops  # the check itself: loading the compiled ops may fail
         return mmcv.ops
 
     try:
         (import_ops or default)()
     except (ImportError, OSError) as e:
         try:
-            import mmcv
+            import mmcv  # only to name its version in the error
             mmcv_version = mmcv.__version__
         except ImportError:
             raise ImportError('tagclip_mmseg needs mmcv 2.1.0 with its compiled ops; install it '
@@ -158,7 +156,7 @@ def _load_restricted(f: Any, map_location: MapLocation,
                      safe_globals: Iterable[SafeGlobal]) -> Any:
     """``torch.load`` through a restricted unpickler: torch's own
     ``weights_only`` allowlist plus ``safe_globals``."""
-    from torch import _weights_only_unpickler
+    from torch import _weights_only_unpickler  # private module, read only on this path
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
     # numpy arrays pickled with protocol 2 store their bytes through
     # _codecs.encode; torch >= 2.4 allows it by default too.
@@ -175,10 +173,8 @@ def load_weights_only(f: Any, map_location: MapLocation = None,
                       safe_globals: Iterable[SafeGlobal] = ()) -> Any:
     """``torch.load(weights_only=True)`` that also admits ``safe_globals``.
 
-    Uses ``torch.serialization.safe_globals`` where this torch has it
-    (:func:`has_named_safe_globals`), else an unpickler that resolves only
-    torch's allowlisted globals and ``safe_globals``, so no other global (and
-    no code) is reached from the file on any supported torch.
+    No other global (and no code) is reached from the file on any supported
+    torch.
 
     Args:
         f: A path or a binary file object.

@@ -16,14 +16,14 @@ from torch import Tensor, nn
 
 from mmseg.registry import MODELS
 
+from ...utils.class_names import ClassName
 from ...utils.init_args import RecordsInitArgs
 from ...utils.quirks import Quirks, QuirksLike, resolve_quirks
 from ...utils.torch_compat import autocast_supports
+from ..ops.synonyms import class_softmax
 from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
-from .prompts import ClassName
-from ..ops.synonyms import class_softmax
 from .text_classifier import (build_text_classifier, check_synonyms, class_prompt_names, text_rows,
                               tokenize_prompts)
 

@@ -1,17 +1,7 @@
 """CLIP's byte-level BPE tokenizer, with no download.
 
-OpenAI's CLIP was trained on text cleaned with ``ftfy``, HTML-unescaped,
-whitespace-collapsed and lower-cased, then split into words by a regular
-expression and encoded with byte-pair merges learnt on lower-case text. Any
-deviation (a different cleaning step, a different merge order) changes the
-token ids and silently degrades zero-shot accuracy, so this module reproduces
-that procedure exactly; ``tests/test_tokenizer.py`` checks it against golden
-ids and against open_clip's tokenizer.
-
-The merges file (``bpe_simple_vocab_16e6.txt.gz``, 49 152 lines) is the one
-OpenAI published; the mmsegmentation wheel ships a copy in ``mmseg/utils``,
-which is found through :mod:`importlib.util`, so nothing is fetched from
-the network.
+Reproduces OpenAI's cleaning and merges exactly (a deviation silently changes
+token ids); the merges file is the copy the mmsegmentation wheel ships.
 """
 import functools
 import gzip
@@ -74,10 +64,8 @@ def default_bpe_path() -> str:
 def _byte_symbols() -> Dict[int, str]:
     """Byte value -> the character BPE uses for it, in vocabulary-id order.
 
-    Printable Latin-1 bytes stand for themselves and come first; the other 68
-    bytes follow in increasing order, drawn as ``chr(256 + n)`` so that no BPE
-    symbol is whitespace or a control character. The insertion order of the
-    returned dict is the order of the first 256 vocabulary ids.
+    Printable Latin-1 bytes stand for themselves; the rest are
+    ``chr(256 + n)``.
     """
     # '!'..'~', then Latin-1 '¡'..'¬' and '®'..'ÿ' (soft hyphen 0xAD excluded).
     printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
@@ -203,9 +191,6 @@ class SimpleTokenizer:
              context_length: int = CONTEXT_LENGTH,
              truncate: bool = False) -> Tensor:
         """Frame encoded texts as ``[SOT, ids..., EOT, 0, ...]`` rows.
-
-        Separate from :meth:`__call__` so that callers who need the token
-        counts first (to name an over-long class, say) encode only once.
 
         Args:
             ids (Sequence[Sequence[int]]): Outputs of :meth:`encode`.

@@ -14,15 +14,15 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from ...datasets.label_maps import LabelMap, label_lut
 from ...utils.checks import check_finite, check_range
+from ...utils.class_names import ClassName
+from ...utils.label_maps import LabelMap, label_lut
 from ...utils.quirks import QuirksLike
 from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..clip.last_block_grad import LastBlockGrad
+from ..clip.presets import resolve_background, resolve_templates
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
                    normalize_grad_cam)
-from ..clip.presets import resolve_background, resolve_templates
-from ..clip.prompts import ClassName
 from .crf import Label, PendingLabel, collect_pending_labels, set_label
 
 __all__ = ['CLIPESPseudoLabeler', 'TagPairs', 'tag_pairs']

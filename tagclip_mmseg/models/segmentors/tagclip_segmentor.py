@@ -15,15 +15,16 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor, nn
 
-from ...datasets.transforms import patch_grid
 from ...utils.checks import check_range
+from ...utils.class_names import ClassName
 from ...utils.quirks import Quirks, QuirksLike, resolve_quirks
+from ...utils.thresholds import relative_threshold_mask
+from ...utils.token_grid import patch_grid
 from ..clip import build_clip
 from ..clip.frozen_model import FrozenModel, full_precision
-from ..ops import relative_threshold_mask
-from ..pseudo_labelers.crf import collect_pending_labels, set_label
 from ..clip.presets import resolve_background, resolve_classes
-from ..clip.prompts import ClassName, text_key
+from ..clip.prompts import text_key
+from ..pseudo_labelers.crf import collect_pending_labels, set_label
 
 __all__ = ['TagCLIPSegmentor', 'slide_windows']
 

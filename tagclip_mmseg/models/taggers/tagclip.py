@@ -13,12 +13,13 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ...utils.checks import check_finite, check_range
+from ...utils.class_names import ClassName
+from ...utils.normalize import minmax_normalize
 from ...utils.quirks import QuirksLike
+from ...utils.thresholds import relative_threshold, relative_threshold_mask
 from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
-from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
-                   minmax_normalize, region_bbox, relative_threshold, relative_threshold_mask)
 from ..clip.presets import resolve_background, resolve_templates
-from ..clip.prompts import ClassName
+from ..ops import AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine, region_bbox
 
 __all__ = ['TagCLIP', 'TagCLIPOutput']
 

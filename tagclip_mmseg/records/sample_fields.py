@@ -1,10 +1,7 @@
-"""Uniform read access to the per-image outputs the metrics and writers receive.
+"""Read access to per-image outputs, as data samples or their ``to_dict()`` form.
 
-mmengine's ``Evaluator.process`` hands metrics ``data_sample.to_dict()``: plain
-dicts whose nested ``PixelData``/``LabelData`` became dicts too, while unit
-tests and tools may pass the data samples themselves. These helpers read both
-shapes so that every metric handles inputs the same way, and they define the
-one rule for naming an image's output files.
+mmengine's ``Evaluator`` hands metrics plain dicts; tests and tools pass data
+samples. Also the one rule for naming an image's output files.
 """
 import os.path as osp
 from typing import Any, List, Mapping, Optional, Union
@@ -28,11 +25,7 @@ def get_field(sample: Sample, key: str, default: Any = None) -> Any:
 
 
 def pixel_data(field: Any) -> Optional[torch.Tensor]:
-    """The tensor inside a ``PixelData`` (or its ``to_dict()`` form).
-
-    Returns ``None`` for a missing field, and tensors or arrays unchanged, so
-    callers can pass whatever the model put there.
-    """
+    """The tensor inside a ``PixelData`` or its dict; ``None`` for a missing field."""
     if field is None:
         return None
     if isinstance(field, Mapping):
@@ -45,11 +38,7 @@ def pixel_data(field: Any) -> Optional[torch.Tensor]:
 
 
 def image_id(sample: Sample) -> str:
-    """The id that names an image's output files (``<id>.png``, tags lines).
-
-    The dataset's ``img_id`` when present, otherwise the image file name
-    without its extension (what mmseg's own ``IoUMetric`` uses), so ids stay
-    stable between the tagger, the pseudo-labeler and resume checks.
+    """The id that names an image's output files: ``img_id``, else the file stem.
 
     Raises:
         KeyError: When the sample has neither ``img_id`` nor ``img_path``.
@@ -71,8 +60,7 @@ def load_error(sample: Sample) -> Optional[str]:
 
 
 def missing_images(dataset_meta: Optional[Mapping], folder: str) -> List[dict]:
-    """The images the dataset listed but could not find (``img_id``,
-    ``img_path``, ``reason``), every id checked to stay inside ``folder``.
+    """The images the dataset listed but could not find, ids checked against ``folder``.
 
     Raises:
         UnsafePathError: For an id that would leave ``folder``.

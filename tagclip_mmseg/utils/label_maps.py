@@ -1,11 +1,7 @@
 """Label-space maps and their look-up tables: the one place that builds them.
 
-A label map sends each old label to a new one (COCO-Stuff 182 ids -> 171
-indices, 171 -> 27 coarse classes, a labeler's output index -> saved label).
-Configs name a map (they cannot import Python constants), datasets turn GT
-mask values into tags, the pseudo-labeler maps its class indices and the
-mIoU metric maps predictions and GT: all of them go through
-:func:`label_lut`, so "uncovered" and "must not occur" (-1) mean the same
+A label map sends each old label to a new one (e.g. COCO-Stuff 182 ids ->
+171); every user goes through :func:`label_lut`, so -1 means the same
 everywhere.
 """
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -13,7 +9,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .categories import COCOSTUFF_171_TO_27, COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171
+from .class_names import COCOSTUFF_171_TO_27, COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171
 
 __all__ = ['LabelMap', 'LABEL_INDEX_MAPS', 'resolve_index_map', 'label_lut', 'apply_label_lut']
 

@@ -1,19 +1,7 @@
-"""Outputs of an earlier run, read back; temporaries of a killed one, removed.
+"""Outputs of an earlier run read back; temporaries of a killed one removed.
 
-Every output is written atomically (``tagclip_mmseg.utils.io``), so a final
-``<img_id>.png`` is complete, and a write in progress exists only under
-atomic_open's temporary name ``.<file name>.<8 random chars>.tmp``. A resumed
-run reads finished masks and CAM files back (:func:`read_label_png`,
-:func:`read_cam_file`: a damaged one counts as missing and is recomputed), and
-the writers (and the COCO converter) remove the temporaries that a kill left
-behind (:func:`remove_stale_temp_files`).
-
-A mask is kept only for the version of the image it was made from: before
-writing ``<img_id>.png`` the writer appends to its rank's
-``.sources.rank<k>.jsonl`` the id, the ``[size, mtime_ns]`` of the image and
-the SHA-256 of the PNG (:class:`SourceLog`); an image edited since (or a mask
-without such a line) is recomputed (:func:`read_sources`). The PNG is named by
-its content, so a copied folder still resumes.
+Also the record of which image version each mask came from (:class:`SourceLog`);
+see docs/resume.md, "Pseudo-label folders".
 """
 import glob
 import json
@@ -44,9 +32,8 @@ def read_label_png(path: str) -> Optional[np.ndarray]:
     """Read an index PNG written by the pseudo-label writer, if it is complete.
 
     Returns:
-        The ``(H, W)`` uint8 label array, or ``None`` when the file is missing,
-        truncated, undecodable or not a one-channel index image. A damaged
-        file is logged; the caller recomputes it and the writer replaces it.
+        The ``(H, W)`` uint8 label array, or ``None`` (logged) when the file
+        is missing, truncated, undecodable or not an index image.
     """
     if not osp.isfile(path):
         return None
@@ -85,12 +72,15 @@ def remove_stale_temp_files(folder: str,
                             min_age_s: float = 60.0) -> List[str]:
     """Delete atomic-write temporaries that a killed run left in ``folder``.
 
-    Only atomic_open's names ``.<file name>.<8 mkstemp chars>.tmp`` are touched,
-    where the file name ends with one of ``extensions`` or is one of
-    ``names``, and only when older than ``min_age_s``: a temporary exists for
-    milliseconds while a file is written, so an old one belongs to a dead
-    process, while a young one may belong to another rank of the current run
-    and is left alone (a later run removes it).
+    Only ``.<file name>.<8 mkstemp chars>.tmp`` names whose file name ends with
+    one of ``extensions`` or is one of ``names``, older than ``min_age_s`` (a
+    young one may belong to another rank of this run).
+
+    Args:
+        folder: The output folder.
+        extensions: File name endings whose temporaries are removed.
+        names: Exact file names whose temporaries are removed.
+        min_age_s: Minimum age of a removed temporary.
 
     Returns:
         The removed paths.
@@ -136,9 +126,8 @@ class SourceLog:
         self._file: Optional[IO[str]] = None
 
     def append(self, img_id: str, img_path: Optional[str], png_sha256: str) -> None:
-        """Record that the PNG of SHA-256 ``png_sha256``, about to be written,
-        comes from ``img_path``'s current version (a kill before the PNG
-        exists leaves a record that matches nothing)."""
+        """Record that the PNG ``png_sha256``, about to be written, comes from
+        ``img_path`` as it is now."""
         if self._file is None:
             self._file = open(self.path, 'a', encoding='utf-8')
             self._file.write('\n')  # a line torn by a kill stays apart from the next one
@@ -156,11 +145,7 @@ class SourceLog:
 
 
 def read_sources(out_dir: str) -> Dict[str, Set[Tuple]]:
-    """``img_id`` -> every recorded ``(image stamp, PNG SHA-256)`` of ``out_dir``.
-
-    A mask is current when the present stamp of its image and the hash of its
-    PNG are one of its pairs; lines cut off by a kill are skipped.
-    """
+    """``img_id`` -> every recorded ``(image stamp, PNG SHA-256)`` of ``out_dir``."""
     sources: Dict[str, Set[Tuple]] = {}
     for path in glob.glob(osp.join(glob.escape(out_dir), '.sources.rank*.jsonl')):
         with open(path, 'rb') as f:

@@ -1,30 +1,8 @@
-"""Journal of a tagging run: each image's result on disk as soon as it exists.
+"""Journal of a tagging run: each tagged image on disk as soon as it exists.
 
-The tags files are written once, at the end of a run (they are sorted and
-gathered from all ranks), so a tagging run killed after hours would lose all
-its work. Each rank therefore appends every tagged image to its own journal
-``<out_file>.journal.rank<k>.jsonl`` while it runs; a restarted run reads the
-journals of every rank (any world size) and reuses those images instead of
-computing them again (``SkipTagged``). The writer removes the journals once
-the final files are written.
-
-Format: JSON lines. The first line is a header naming the format and a
-fingerprint of everything that determines the results (model, vocabulary,
-weights, image pipeline); a journal whose header differs belongs to another
-run and is ignored, and overwritten by the next writer of that rank. Every
-other line is one image: ``img_id``, ``img_path``, ``img_stamp`` (the image
-file's ``[size, mtime_ns]`` when it was tagged: an image edited since is
-tagged again), ``ori_shape``, ``tags`` (foreground indices) and ``scores``,
-the exact score vector as ``[numpy dtype string, base64 of its little-endian bytes]``, compact and
-lossless, so that a resumed image scores exactly as a computed one in the
-metrics and the files.
-
-Crash safety: each line is flushed to the operating system as it is written,
-which is all a killed process needs (its data survive it in the page cache);
-``fsync`` runs every ``fsync_interval_s`` and on close, bounding what a power
-loss can take to the last few seconds without paying a disk flush per image.
-A kill in the middle of a line leaves a torn last line, and a power loss may
-leave zeros; readers skip any line that is not a complete record.
+Each rank appends to ``<out_file>.journal.rank<k>.jsonl``; a restarted run with
+the same fingerprint reuses the records (``SkipTagged``). Format and crash
+safety: docs/resume.md, "The tagging journal".
 """
 import base64
 import glob
@@ -103,11 +81,10 @@ def _read_header(path: str) -> Optional[dict]:
 
 
 class TagJournal:
-    """Append-only journal of one rank (see the module docstring).
+    """Append-only journal of one rank.
 
-    The file is opened on the first :meth:`append`: an existing journal with
-    the same header is continued (a previous run of this rank was killed), any
-    other one is replaced.
+    Opened on the first :meth:`append`: a journal with the same header is
+    continued, any other one replaced.
 
     Args:
         path: The journal file (:func:`journal_path`).
@@ -173,15 +150,12 @@ def _valid_record(record: Any) -> bool:
 
 
 def read_journals(out_file: str, fingerprint: Optional[str]) -> Dict[str, dict]:
-    """Every complete record of the journals of ``out_file`` with this header.
+    """Every complete record of the journals of ``out_file`` (any rank) with this header.
 
-    Journals of every rank are merged (a run may resume with another number of
-    processes); journals of another fingerprint are ignored and logged, and
-    so are lines that are not complete records (cut off by a kill).
+    Journals of another fingerprint and torn lines are skipped and logged.
 
     Returns:
-        ``img_id`` -> record (see the module docstring); of two records of
-        one image (tagged again after an edit), the later one.
+        ``img_id`` -> record; of two records of one image, the later one.
     """
     expected = _header(fingerprint)
     records: Dict[str, dict] = {}

@@ -1,29 +1,26 @@
 """Class lists, palettes and label-space maps of the benchmark datasets.
 
-Names follow TagCLIP's classifier vocabulary (docs/method.md §3.1): VOC names verbatim,
-COCO in the standard category order with VOC-style names for the shared
-classes, COCO-Stuff-171 with COCO thing names except ``pottedplant`` and
-``diningtable``.
-
-COCO-Stuff has three label spaces, all derived here from one table
-(:data:`COCOSTUFF_182`, the official 182-entry dictionary with its
-super-categories):
-
-* **182 ids** (0-based; 0 = person, 181 = wood; 255 = unlabeled): the values
-  stored in the official ground-truth PNGs and TagCLIP's split file.
-* **171 indices**: the 182 ids without the 11 that have no annotations
-  (street sign, hat, shoe, eye glasses, plate, mirror, window, desk, door,
-  blender, hair brush); the vocabulary TagCLIP tags and CLIP-ES labels.
-* **27 coarse classes**: the super-categories, used by the COCO-Stuff-27
-  segmentation benchmark (the standard fine-to-coarse table).
+Names follow TagCLIP's classifier vocabulary (docs/method.md, "TagCLIP's
+classifier text"). COCO-Stuff's 182 ids (the GT PNGs), 171 indices (without
+the 11 unannotated ids) and 27 coarse classes all derive from
+:data:`COCOSTUFF_182`.
 """
-from typing import List, Tuple
+from typing import List, Sequence, Tuple, Union
 
 __all__ = [
     'VOC_CLASSES', 'COCO_CLASSES', 'COCO_CATEGORY_IDS', 'COCOSTUFF_182', 'COCOSTUFF_UNUSED_IDS',
     'COCOSTUFF_171_CLASSES', 'COCOSTUFF_27_CLASSES', 'COCOSTUFF_182_TO_171', 'COCOSTUFF_182_TO_27',
-    'COCOSTUFF_171_TO_27', 'COCOSTUFF_182_TO_OBJECT', 'voc_palette'
+    'COCOSTUFF_171_TO_27', 'COCOSTUFF_182_TO_OBJECT', 'voc_palette', 'ClassName', 'class_key'
 ]
+
+#: A class is one name, or several synonyms that CLIP-ES joins with ','.
+ClassName = Union[str, Sequence[str]]
+
+
+def class_key(name: ClassName) -> str:
+    """Display name of a class: the name, or the first of its synonyms."""
+    return name if isinstance(name, str) else name[0]
+
 
 VOC_CLASSES: Tuple[str, ...] = (
     'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',

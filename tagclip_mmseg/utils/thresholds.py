@@ -1,9 +1,4 @@
-"""TagCLIP's per-image relative threshold, shared by the tagger and the metric.
-
-The tagger turns fused scores into tags with it (docs/method.md §4.6) and the metric
-binarises scores with it for CP/CR/OF1 (docs/method.md §5), so both use this one
-definition.
-"""
+"""TagCLIP's per-image relative threshold, shared by the tagger and the metric."""
 import torch
 
 __all__ = ['relative_threshold', 'relative_threshold_mask']
@@ -23,21 +18,17 @@ def relative_threshold(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 def relative_threshold_mask(scores: torch.Tensor,
                             ratio: float = 0.5,
                             fallback_argmax: bool = True) -> torch.Tensor:
-    """Binarise scores with TagCLIP's per-image relative threshold (docs/method.md §4.6).
+    """Binarise scores with TagCLIP's per-image relative threshold.
 
-    ``t_i = min_c s_ic + ratio * (max_c s_ic - min_c s_ic)``; class c is a tag of
-    image i when ``s_ic > t_i`` (strictly).
+    Class c tags image i when ``s_ic > min_c s_ic + ratio * (max_c s_ic -
+    min_c s_ic)`` (docs/method.md, "Tag decision").
 
     Args:
         scores: ``(N, C)`` or ``(C,)`` scores.
         ratio: ``r`` in the formula: 0.5 for VOC/COCO, 0.1 for COCO-Stuff.
         fallback_argmax: Tag the arg-max class when nothing passes but that
-            class still scores above the image's lowest score (possible only
-            with ``ratio >= 1``). An image whose scores are all equal (e.g.
-            an image too small to score, or NaN scores) gets no tag: with
-            nothing to single a class out, the reference's arg-max would tag
-            class 0 on no evidence. The tagger uses the fallback; the
-            reference's F1 evaluation does not.
+            class scores above the image's lowest score; all-equal scores get
+            no tag.
 
     Returns:
         A bool tensor shaped like ``scores``.
