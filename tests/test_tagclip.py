@@ -321,7 +321,7 @@ def test_tag_output_is_a_dataclass_like_the_vit_output(tiny_clip_path, tmp_path)
 
 
 def test_relative_threshold_hand_computed():
-    from tagclip_mmseg.models.ops import relative_threshold, relative_threshold_mask
+    from tagclip_mmseg.utils.thresholds import relative_threshold, relative_threshold_mask
     scores = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.2, 0.6]])
     # 0.1 + 0.3 * 0.8 = 0.34; 0.2 + 0.3 * 0.4 = 0.32
     torch.testing.assert_close(relative_threshold(scores, 0.3), torch.tensor([[0.34], [0.32]]))
