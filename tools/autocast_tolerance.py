@@ -99,22 +99,22 @@ def build_models(clip, autocast: Optional[str], quirks: str, cache_dir: str):
             build_labeler(clip, quirks, **VOC_LABELER, **common))
 
 
-def compare_tags(ref: dict, amp: dict) -> Dict[str, float]:
+def compare_tags(ref, amp) -> Dict[str, float]:
     """Compare one image's fp32 and mixed-precision :meth:`TagCLIP.tag` outputs.
 
     ``ref`` and ``amp`` are the two outputs for a batch of one.
     """
-    s, a = ref['p_final'][0].float(), amp['p_final'][0].float()
+    s, a = ref.p_final[0].float(), amp.p_final[0].float()
     both = (s > 0) & (a > 0)
-    same_cwr = both & (ref['cwr_done'][0] == amp['cwr_done'][0])
+    same_cwr = both & (ref.cwr_done[0] == amp.cwr_done[0])
     log = (a / s).log().abs()
     zero = log.new_zeros(())
     return dict(
         log_same_cwr=float(torch.where(same_cwr, log, zero).max()),
         log_all=float(torch.where(both, log, zero).max()),
         abs=float((a - s).abs().max()),
-        tag_flips=int((ref['tags'][0] != amp['tags'][0]).sum()),
-        cwr_flips=int((ref['cwr_done'][0] != amp['cwr_done'][0]).sum()),
+        tag_flips=int((ref.tags[0] != amp.tags[0]).sum()),
+        cwr_flips=int((ref.cwr_done[0] != amp.cwr_done[0]).sum()),
         nonzero=int(both.sum()))
 
 
@@ -152,7 +152,7 @@ def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'r
             row = dict(photo=osp.basename(path), size=tuple(image.shape[-2:]),
                        **compare_tags(ref, amp))
             if cams:
-                tags = ref['tags'][0].nonzero().flatten().tolist()
+                tags = ref.tags[0].nonzero().flatten().tolist()
                 row.update(compare_cams(labeler, labeler_amp, image, tags))
             rows.append(row)
             if on_row is not None:

@@ -119,7 +119,7 @@ def run_tagger(tagger, images: torch.Tensor, batch: int) -> Dict[str, torch.Tens
         with tagger.autocast_context(chunk.device):
             out = tagger.tag(chunk)
         for k in keys:
-            parts[k].append(out[k].float().cpu())
+            parts[k].append(getattr(out, k).float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

@@ -15,7 +15,7 @@ from mmseg.registry import METRICS
 
 from ..records import get_field, image_id, load_error
 from ..utils.class_names import class_key
-from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ..utils.quirks import Quirks, QuirksLike, resolve_quirks
 from ..utils.thresholds import relative_threshold_mask
 
 __all__ = [
@@ -115,8 +115,6 @@ class TaggingMetric(BaseMetric):
             and ``'tags'`` (keys ``CP_tags``, ...; the model's ``pred_label``).
         quirks: ``'reference'`` (default), ``'fixed'``, a dict of fields
             or a ``Quirks``; the metric reads ``empty_class_zero``.
-        empty_class_mode: Deprecated: ``'faithful'`` is
-            ``quirks=dict(empty_class_zero=True)``, ``'clean'`` ``False``.
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'tagging'``.
     """
@@ -128,8 +126,7 @@ class TaggingMetric(BaseMetric):
                  modes: Sequence[str] = ('relative', 'fixed'),
                  quirks: QuirksLike = 'reference',
                  collect_device: str = 'cpu',
-                 prefix: Optional[str] = None,
-                 empty_class_mode: Optional[str] = None) -> None:
+                 prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         unknown = set(modes) - set(MODES)
         if unknown:
@@ -138,9 +135,7 @@ class TaggingMetric(BaseMetric):
         self.thr = float(thr)
         self.modes = tuple(modes)
         #: Resolved quirk switches; only ``empty_class_zero`` matters here.
-        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__,
-                                                    'empty_class_mode', empty_class_mode,
-                                                    field='empty_class_zero')
+        self.quirks: Quirks = resolve_quirks(quirks)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep each image's scores and one-hot labels (one record per image)."""

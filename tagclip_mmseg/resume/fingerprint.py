@@ -44,8 +44,6 @@ NOT_RESULT_SETTINGS: Dict[str, str] = {
     'placeholder_size': 'the stand-in image of a resumed sample, never computed',
     'on_error': 'whether an unreadable image stops the run; computed results are the same',
     'keep_ori_img': 'keeps a copy of the image for display',
-    'mode': "deprecated spelling of quirks, whose resolved value counts",
-    'image_mode': "deprecated spelling of the CRF's quirks, whose resolved value counts",
     'PackInputs': 'packs results; computes nothing',
     'PackSegInputs': 'packs results; computes nothing',
     'LoadAnnotations': 'loads ground truth, which no prediction sees',

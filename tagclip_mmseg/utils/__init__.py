@@ -17,8 +17,8 @@ from .name_files import (NameFile, NameFileError, read_background_words, read_cl
                          read_name_file)
 from .normalize import compute_dtype, minmax_normalize
 from .paths import UnsafePathError, safe_join
-from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_legacy_quirks, resolve_quirks
-from .thresholds import relative_threshold_mask
+from .quirks import QUIRK_PRESETS, Quirks, QuirksLike, resolve_quirks
+from .thresholds import relative_threshold, relative_threshold_mask
 from .token_grid import check_patch_args, group_indices, patch_grid
 from .torch_compat import (autocast_supports, check_mmcv_ops, check_torch_version,
                            has_named_safe_globals, is_autocast_enabled, load_weights_only)
@@ -31,7 +31,7 @@ __all__ = [
     'init_cpu_distributed', 'cache_root', 'file_sha256', 'file_stamp', 'RecordsInitArgs',
     'init_args', 'init_parameters', 'UnsafePathError', 'safe_join', 'error_sentence',
     'refused_globals', 'unreadable_reason', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS',
-    'resolve_quirks', 'resolve_legacy_quirks', 'add_quirks_args', 'quirks_from_args',
+    'resolve_quirks', 'add_quirks_args', 'quirks_from_args',
     'check_range', 'check_finite', 'NonFiniteError',
     'add_vocabulary_args', 'apply_vocabulary_args', 'vocabulary_args_to_argv',
     'set_config_vocabulary', 'NameFile', 'NameFileError', 'read_name_file', 'read_class_names',
@@ -42,6 +42,6 @@ __all__ = [
     'COCOSTUFF_182_TO_171', 'COCOSTUFF_182_TO_27', 'COCOSTUFF_171_TO_27',
     'COCOSTUFF_182_TO_OBJECT', 'voc_palette', 'ClassName', 'class_key', 'LABEL_INDEX_MAPS',
     'resolve_index_map', 'LabelMap', 'label_lut', 'apply_label_lut', 'compute_dtype',
-    'minmax_normalize', 'relative_threshold_mask', 'check_patch_args', 'group_indices',
+    'minmax_normalize', 'relative_threshold', 'relative_threshold_mask', 'check_patch_args', 'group_indices',
     'patch_grid'
 ]

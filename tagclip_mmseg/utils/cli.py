@@ -2,7 +2,6 @@
 import argparse
 import os
 import os.path as osp
-import sys
 import textwrap
 from typing import Callable, List, Optional, Sequence
 
@@ -12,7 +11,7 @@ from mmengine.registry import Registry
 from .config import set_config_vocabulary, set_data_root, set_open_vocab_protocol
 from .dist import stop_with_launcher
 from .name_files import read_name_file
-from .quirks import LEGACY_MODES, QUIRK_PRESETS
+from .quirks import QUIRK_PRESETS
 
 __all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir',
            'add_quirks_args', 'quirks_from_args', 'add_vocabulary_args', 'apply_vocabulary_args',
@@ -102,34 +101,18 @@ def default_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> 
 
 
 def add_quirks_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--quirks reference|fixed`` and its deprecated alias ``--mode``.
-
-    Both default to ``None`` so that :func:`quirks_from_args` can tell a flag
-    given from one left out.
-    """
+    """Add ``--quirks reference|fixed`` (default ``None``: not given)."""
     parser.add_argument('--quirks', choices=QUIRK_PRESETS,
                         help="reference quirks preset of the models, docs/modes.md "
                         "(default: 'reference', the published behaviour)")
-    parser.add_argument('--mode', choices=LEGACY_MODES,
-                        help='deprecated alias of --quirks: faithful = reference, clean = fixed')
 
 
 def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The preset named by ``--quirks`` or the deprecated ``--mode``.
+    """The preset named by ``--quirks``, ``'reference'`` when not given.
 
-    Sets ``args.quirks`` to it and drops ``args.mode``; a deprecated flag
-    prints a note on stderr, and contradicting flags stop the parser.
+    Also sets ``args.quirks`` to it.
     """
-    quirks = args.quirks
-    if args.mode is not None:
-        legacy = 'reference' if args.mode == 'faithful' else 'fixed'
-        print(f'warning: --mode {args.mode} is deprecated; use --quirks {legacy}',
-              file=sys.stderr)
-        if quirks is not None and quirks != legacy:
-            parser.error(f'--mode {args.mode} contradicts --quirks {quirks}; give only --quirks')
-        quirks = legacy
-    args.quirks = quirks or 'reference'
-    del args.mode
+    args.quirks = args.quirks or 'reference'
     return args.quirks
 
 

@@ -1,7 +1,18 @@
 """TagCLIP's per-image relative threshold, shared by the tagger and the metric."""
 import torch
 
-__all__ = ['relative_threshold_mask']
+__all__ = ['relative_threshold', 'relative_threshold_mask']
+
+
+def relative_threshold(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``t = min + ratio * (max - min)`` of each row of ``(N, M)`` scores.
+
+    Returns:
+        The ``(N, 1)`` thresholds.
+    """
+    low = scores.min(dim=1, keepdim=True).values
+    high = scores.max(dim=1, keepdim=True).values
+    return low + ratio * (high - low)
 
 
 def relative_threshold_mask(scores: torch.Tensor,
@@ -24,11 +35,10 @@ def relative_threshold_mask(scores: torch.Tensor,
     """
     squeeze = scores.dim() == 1
     scores = scores.unsqueeze(0) if squeeze else scores
-    low = scores.min(dim=1, keepdim=True).values
-    high = scores.max(dim=1, keepdim=True).values
-    mask = scores > low + ratio * (high - low)
+    mask = scores > relative_threshold(scores, ratio)
     if fallback_argmax:
-        empty = ~mask.any(dim=1) & (high > low).squeeze(1)
+        spread = scores.max(dim=1).values > scores.min(dim=1).values
+        empty = ~mask.any(dim=1) & spread
         top = torch.zeros_like(mask).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
         mask = mask | (top & empty[:, None])
     return mask[0] if squeeze else mask

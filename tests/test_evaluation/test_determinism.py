@@ -157,18 +157,18 @@ def test_tagger_outputs_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path
     model = _tagger(deep_tiny_clip_path, work_dir=tmp_path, quirks=quirks)
     single = [model.tag(images[i:i + 1]) for i in range(len(images))]
     batched = model.tag(images)
-    margins = torch.cat([tag_decision_margin(o, model.tag_ratio, model.cwr_ratio,
+    margins = torch.cat([tag_decision_margin(vars(o), model.tag_ratio, model.cwr_ratio,
                                              model.cwr_region_thr) for o in single])
     tied = {str(i) for i in range(len(images)) if margins[i] < DECISION_TIE}
     for key in ('p_coarse', 'p_hat', 'p_ref', 'p_local', 'p_global', 'p_final'):
-        one = torch.cat([o[key] for o in single])
-        delta = (one - batched[key]).abs().flatten(1).amax(1)
+        one = torch.cat([getattr(o, key) for o in single])
+        delta = (one - getattr(batched, key)).abs().flatten(1).amax(1)
         loose = [i for i in range(len(images)) if delta[i] > SCORE_ATOL and str(i) not in tied]
         assert not loose, (key, delta.tolist(), margins.tolist())
-    records = [{str(i): (o['p_final'][0].tolist(), o['tags'][0].nonzero().flatten().tolist())
+    records = [{str(i): (o.p_final[0].tolist(), o.tags[0].nonzero().flatten().tolist())
                 for i, o in enumerate(single)},
-               {str(i): (batched['p_final'][i].tolist(),
-                         batched['tags'][i].nonzero().flatten().tolist())
+               {str(i): (batched.p_final[i].tolist(),
+                         batched.tags[i].nonzero().flatten().tolist())
                 for i in range(len(images))}]
     assert compare_tag_scores(*records, model.tag_ratio, tied_images=sorted(tied)) == []
 

@@ -182,7 +182,7 @@ def test_tagging_metric_rejects_bad_config():
         TaggingMetric(modes=('topk', ))
     with pytest.raises(ValueError, match='quirks'):
         TaggingMetric(quirks='skip')
-    with pytest.raises(ValueError, match='empty_class_mode'):
+    with pytest.raises(TypeError, match='empty_class_mode'):
         TaggingMetric(empty_class_mode='skip')
 
 

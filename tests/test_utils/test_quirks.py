@@ -1,4 +1,4 @@
-"""The one quirk switch: presets, the resolver, the deprecated keywords.
+"""The one quirk switch: presets, the resolver, the removed keywords.
 
 Per-quirk behaviour is tested where the quirk lives
 (test_models/test_taggers/test_tagclip_cwr.py: ``box_clamp`` and
@@ -6,10 +6,9 @@ Per-quirk behaviour is tested where the quirk lives
 ``grad_cam_double_norm``; test_models/test_clip/test_pos_embed.py:
 ``pos_embed_fp16``; test_evaluation/test_multilabel_metrics.py:
 ``empty_class_zero``; test_models/test_pseudo_labelers/test_crf.py:
-``crf_reference_image``). Here: what ``quirks=`` accepts, that the old
-``mode=`` / ``image_mode=`` / ``empty_class_mode=`` still work with a
-``DeprecationWarning`` and give the same outputs, and that a contradiction
-is refused.
+``crf_reference_image``). Here: what ``quirks=`` accepts, and that the
+removed ``mode=`` / ``image_mode=`` / ``empty_class_mode=`` / ``--mode`` are
+refused with an error that names them.
 """
 import argparse
 import dataclasses
@@ -97,33 +96,33 @@ def test_models_store_the_resolved_quirks(tiny_clip_path, tmp_path):
 
 
 @pytest.mark.parametrize('mode, preset', [('faithful', 'reference'), ('clean', 'fixed')])
-def test_deprecated_mode_warns_and_gives_the_same_outputs(tiny_clip_path, tmp_path, mode, preset):
-    with pytest.warns(DeprecationWarning, match=f"mode='{mode}'.*quirks='{preset}'"):
-        old = _tagger(tiny_clip_path, tmp_path, mode=mode)
+def test_removed_mode_keyword_is_refused(tiny_clip_path, tmp_path, mode, preset):
+    with pytest.raises(TypeError, match="'mode'"):
+        _tagger(tiny_clip_path, tmp_path, mode=mode)
+    with pytest.raises(TypeError, match="'mode'"):
+        _labeler(tiny_clip_path, tmp_path, mode=mode)
     new = _tagger(tiny_clip_path, tmp_path, quirks=preset)
-    assert old.quirks == new.quirks == resolve_quirks(preset)
-    assert resume_fingerprint(old) == resume_fingerprint(new)
+    assert new.quirks == resolve_quirks(preset)
+    same = _tagger(tiny_clip_path, tmp_path, quirks=resolve_quirks(preset))
+    assert resume_fingerprint(same) == resume_fingerprint(new)
     images = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    a, b = old.tag(images), new.tag(images)
+    out = new.tag(images)
     for key in ('p_coarse', 'p_ref', 'p_final', 'tags', 'cwr_done'):
-        assert torch.equal(a[key], b[key]), key
-    with pytest.warns(DeprecationWarning, match='quirks='):
-        old_lab = _labeler(tiny_clip_path, tmp_path, mode=mode)
+        assert torch.equal(getattr(out, key), getattr(new.tag(images), key)), key
     new_lab = _labeler(tiny_clip_path, tmp_path, quirks=preset)
-    cams_old, _ = old_lab.compute_cams(images, [[0, 2], [1]])
-    cams_new, _ = new_lab.compute_cams(images, [[0, 2], [1]])
-    assert torch.equal(cams_old, cams_new)
+    assert new_lab.quirks == resolve_quirks(preset)
+    cams, _ = new_lab.compute_cams(images, [[0, 2], [1]])
+    assert cams.shape[:2] == (2, 2)
 
 
-def test_conflicting_old_and_new_keywords_are_refused(tiny_clip_path, tmp_path):
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='contradicts'):
+def test_removed_mode_keyword_is_refused_with_quirks(tiny_clip_path, tmp_path):
+    with pytest.raises(TypeError, match="'mode'"):
         _tagger(tiny_clip_path, tmp_path, quirks='fixed', mode='faithful')
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='contradicts'):
+    with pytest.raises(TypeError, match="'mode'"):
         _tagger(tiny_clip_path, tmp_path, quirks=dict(box_clamp=False), mode='faithful')
-    with pytest.warns(DeprecationWarning):  # agreeing spellings are accepted
-        assert _tagger(tiny_clip_path, tmp_path, quirks='fixed',
-                       mode='clean').quirks == Quirks.fixed()
-    with pytest.raises(ValueError, match='mode must be one of'):
+    with pytest.raises(TypeError, match="'mode'"):
+        _tagger(tiny_clip_path, tmp_path, quirks='fixed', mode='clean')
+    with pytest.raises(TypeError, match="'mode'"):
         _tagger(tiny_clip_path, tmp_path, mode='fast')
 
 
@@ -149,9 +148,8 @@ def test_the_labelers_crf_follows_its_quirks(tiny_clip_path, tmp_path):
     # an explicit CRF setting wins
     own = _labeler(tiny_clip_path, tmp_path, quirks='fixed', crf=dict(quirks='reference'))
     assert own.crf.quirks.crf_reference_image
-    with pytest.warns(DeprecationWarning, match='image_mode'):
-        old = _labeler(tiny_clip_path, tmp_path, quirks='fixed', crf=dict(image_mode='faithful'))
-    assert old.crf.quirks.crf_reference_image
+    with pytest.raises(TypeError, match="'image_mode'"):
+        _labeler(tiny_clip_path, tmp_path, quirks='fixed', crf=dict(image_mode='faithful'))
 
 
 def test_segmentor_shares_one_resolved_quirks(tiny_clip, tmp_path):
@@ -160,17 +158,18 @@ def test_segmentor_shares_one_resolved_quirks(tiny_clip, tmp_path):
                   tagger=dict(TAGGER), labeler=dict(LABELER))
     seg = TagCLIPSegmentor(quirks=dict(pos_embed_fp16=False), **common)
     assert seg.quirks == seg.tagger.quirks == seg.labeler.quirks == Quirks(pos_embed_fp16=False)
-    with pytest.warns(DeprecationWarning, match="quirks='fixed'"):
-        old = TagCLIPSegmentor(mode='clean', **common)
-    assert old.tagger.quirks == old.labeler.quirks == Quirks.fixed()
-    with pytest.raises(ValueError, match='mode'):
+    with pytest.raises(TypeError, match="'mode'"):
+        TagCLIPSegmentor(mode='clean', **common)
+    fixed = TagCLIPSegmentor(quirks='fixed', **common)
+    assert fixed.tagger.quirks == fixed.labeler.quirks == Quirks.fixed()
+    with pytest.raises(TypeError, match="'mode'"):
         TagCLIPSegmentor(**dict(common, tagger=dict(TAGGER, mode='clean')))
     with pytest.raises(ValueError, match='quirks'):
         TagCLIPSegmentor(**dict(common, labeler=dict(LABELER, quirks='fixed')))
 
 
 # --------------------------------------------------------- CRF and metric
-def test_crf_image_mode_is_deprecated():
+def test_crf_image_mode_is_refused():
     pytest.importorskip('pydensecrf')
     from tagclip_mmseg.models.pseudo_labelers import DenseCRF
     gen = np.random.default_rng(0)
@@ -178,12 +177,12 @@ def test_crf_image_mode_is_deprecated():
     probs = gen.random((3, 12, 16)).astype(np.float32)
     probs /= probs.sum(0, keepdims=True)
     for old_value, preset in (('faithful', 'reference'), ('clean', 'fixed')):
-        with pytest.warns(DeprecationWarning, match='crf_reference_image'):
-            old = DenseCRF(image_mode=old_value)
+        with pytest.raises(TypeError, match="'image_mode'"):
+            DenseCRF(image_mode=old_value)
         new = DenseCRF(quirks=preset)
-        assert old.quirks.crf_reference_image == new.quirks.crf_reference_image
-        np.testing.assert_array_equal(old.marginals(probs, rgb), new.marginals(probs, rgb))
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='contradicts'):
+        assert new.quirks.crf_reference_image == (preset == 'reference')
+        np.testing.assert_array_equal(new.marginals(probs, rgb), new.marginals(probs, rgb))
+    with pytest.raises(TypeError, match="'image_mode'"):
         DenseCRF(quirks='fixed', image_mode='faithful')
 
 
@@ -203,33 +202,37 @@ def _evaluate(metric):
 
 
 @pytest.mark.parametrize('old_value, preset', [('faithful', 'reference'), ('clean', 'fixed')])
-def test_metric_empty_class_mode_is_deprecated(old_value, preset):
-    with pytest.warns(DeprecationWarning, match='empty_class_zero'):
-        old = TaggingMetric(empty_class_mode=old_value)
+def test_metric_empty_class_mode_is_refused(old_value, preset):
+    with pytest.raises(TypeError, match="'empty_class_mode'"):
+        TaggingMetric(empty_class_mode=old_value)
     new = TaggingMetric(quirks=preset)
-    assert old.quirks.empty_class_zero == new.quirks.empty_class_zero
-    assert _evaluate(old) == _evaluate(new)
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='contradicts'):
+    assert new.quirks.empty_class_zero == (old_value == 'faithful')
+    assert _evaluate(new) == _evaluate(TaggingMetric(quirks=preset))
+    with pytest.raises(TypeError, match="'empty_class_mode'"):
         TaggingMetric(quirks='fixed' if preset == 'reference' else dict(empty_class_zero=True),
                       empty_class_mode=old_value)
 
 
 # ---------------------------------------------------------------------- CLI
 @pytest.mark.parametrize('argv, expected', [
-    ([], 'reference'), (['--quirks', 'fixed'], 'fixed'), (['--mode', 'clean'], 'fixed'),
-    (['--mode', 'faithful', '--quirks', 'reference'], 'reference')])
-def test_quirks_flag_and_its_deprecated_alias(argv, expected, capsys):
+    ([], 'reference'), (['--quirks', 'fixed'], 'fixed'), (['--mode', 'clean'], None),
+    (['--mode', 'faithful', '--quirks', 'reference'], None)])
+def test_quirks_flag_and_the_removed_alias(argv, expected, capsys):
     parser = argparse.ArgumentParser()
     add_quirks_args(parser)
+    if expected is None:
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert 'unrecognized arguments: --mode' in capsys.readouterr().err
+        return
     args = parser.parse_args(argv)
     assert quirks_from_args(parser, args) == expected == args.quirks
     assert not hasattr(args, 'mode')
-    assert ('deprecated' in capsys.readouterr().err) == ('--mode' in argv)
 
 
-def test_conflicting_quirks_flags_stop_the_parser(capsys):
+def test_removed_mode_flag_stops_the_parser(capsys):
     parser = argparse.ArgumentParser()
     add_quirks_args(parser)
     with pytest.raises(SystemExit):
-        quirks_from_args(parser, parser.parse_args(['--mode', 'clean', '--quirks', 'reference']))
-    assert 'contradicts' in capsys.readouterr().err
+        parser.parse_args(['--mode', 'clean'])
+    assert '--mode' in capsys.readouterr().err

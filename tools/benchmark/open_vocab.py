@@ -41,7 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--all-classes-as-tags', action='store_true',
                         help='a CAM for every class (the most work per window)')
     parser.add_argument('--inference', choices=['slide', 'whole'],
-                        help="override the config's test_cfg.mode")
+                        help="override the config's test_cfg.inference")
     parser.add_argument('--tiny', action='store_true', help='tiny random CLIP (seconds)')
     parser.add_argument('--work-dir', help='checkpoint and text cache (default: a temp dir)')
     parser.add_argument('--seed', type=int, default=0)
@@ -62,7 +62,7 @@ def build_model(args: argparse.Namespace, work_dir: str) -> Tuple[torch.nn.Modul
         if args.tiny:
             model_cfg[part].update(TINY_MODEL[part])
     if args.inference:
-        model_cfg.test_cfg['mode'] = args.inference
+        model_cfg.test_cfg['inference'] = args.inference
     model = MODELS.build(model_cfg).to(args.device).eval()
     if model.class_names is None:
         dataset = DATASETS.get(cfg.test_dataloader.dataset.type)
@@ -105,10 +105,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     h, w = data['inputs'][0].shape[-2:]
     tcfg = model.test_cfg
     windows = len(slide_windows(h, w, tcfg['crop_size'], tcfg['stride'])) \
-        if tcfg['mode'] == 'slide' else 1
+        if tcfg['inference'] == 'slide' else 1
     mib = 1 << 20
     print(f'config {args.config}: image {args.size[0]}x{args.size[1]} -> input {h}x{w}, '
-          f"{tcfg['mode']} inference, {windows} windows, {len(out.tags)} tags, "
+          f"{tcfg['inference']} inference, {windows} windows, {len(out.tags)} tags, "
           f'{model.num_classes} output channels')
     print(f'time {seconds:.2f} s; {meter.what} {peak / mib:.0f} MiB, of which '
           f'{(peak - base) / mib:.0f} MiB above the loaded model')

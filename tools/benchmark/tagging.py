@@ -20,7 +20,7 @@ def tagging_fns(tagger, images: torch.Tensor, suffix: str,
         faithful (bool): Add the per-image reference.
     """
     from tagclip_mmseg.testing.reference import reference_tagclip
-    crops = int(tagger.tag(images)['cwr_done'].sum())
+    crops = int(tagger.tag(images).cwr_done.sum())
     s = tagger.cwr_crop_size
     crop_batch = torch.zeros(max(crops, 1), 3, s, s, device=images.device, dtype=images.dtype)
 

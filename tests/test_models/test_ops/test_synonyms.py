@@ -80,7 +80,7 @@ def test_max_rule_embeddings_and_coarse_scores_by_hand(tiny_clip, tmp_path):
     assert winner.any() and (~winner).any()
     # Every later step sees one score per class.
     out = tagger.tag(images)
-    assert out['p_final'].shape == (2, 2) and out['p_coarse'].shape[-1] == 3
+    assert out.p_final.shape == (2, 2) and out.p_coarse.shape[-1] == 3
 
 
 def test_grad_cam_target_is_the_class_score_after_the_max(tiny_clip, tmp_path):

@@ -98,7 +98,7 @@ def test_tagger_in_the_same_pass(tiny_clip_path, tmp_path):
     torch.manual_seed(5)
     images = torch.randn(2, 3, 32, 48)
     out = model.predict(list(images), samples)
-    expected = model.tagger.tag(images)['tags']  # the tagger on its own
+    expected = model.tagger.tag(images).tags  # the tagger on its own
     for s, tags in zip(out, expected):
         assert s.metainfo['tags'] == tags.nonzero().flatten().tolist()
         assert isinstance(s.pred_sem_seg, PixelData)
@@ -257,3 +257,43 @@ def test_weak_tag_cam_is_normalised_like_the_reference(tiny_clip_path, tmp_path,
     for i, s in enumerate(samples):
         ref_cams, _ = reference_cams(model, images[i], tag_lists[i], ori_hw)
         torch.testing.assert_close(s.cams.float(), ref_cams, atol=2e-3, rtol=0)
+
+
+def test_tag_pairs_hand_computed():
+    from tagclip_mmseg.models.pseudo_labelers.clip_es import tag_pairs
+    pairs = tag_pairs([[2, 0], [], [1]], torch.device('cpu'))
+    assert pairs.img.tolist() == [0, 0, 2]
+    assert pairs.cls.tolist() == [2, 0, 1]
+    assert pairs.slot.tolist() == [0, 1, 0]
+    assert all(t.numel() == 0 for t in tag_pairs([[], []], torch.device('cpu')))
+
+
+def test_labeler_without_vocabulary_until_one_is_set(tiny_clip_path, tmp_path):
+    """``class_names=None`` is allowed, as for the tagger; a call before a
+    vocabulary arrives says what to do."""
+    model = testing_models.build_labeler(tiny_clip_path, 'reference', tmp_path,
+                                         background_words=BG, caa_layers=(0, 1, 2))
+    assert model.class_names is None and model.num_classes == 0
+    images = torch.randn(1, 3, 32, 32)
+    with pytest.raises(RuntimeError, match='no vocabulary.*VocabularyHook'):
+        model.predict(list(images), make_samples([[0]], (32, 32)))
+    model.set_vocabulary(FG)
+    out = model.predict(list(images), make_samples([[0]], (32, 32)))[0]
+    assert out.pred_sem_seg.data.shape == (1, 32, 32)
+
+
+def test_labeler_tensor_mode_returns_logits(tiny_clip_path, tmp_path):
+    """(B, C + 1, H, W) at the input size: channel 0 is ``1 - max`` of the
+    tag CAMs, channel ``c + 1`` the CAM of tag ``c``, zeros elsewhere."""
+    model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
+    images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(6))
+    tag_lists = [[1, 3], [4]]
+    logits = model(images, make_samples(tag_lists, (32, 48)), mode='tensor')
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, len(FG) + 1, 32, 48)
+    cams, _ = model.compute_cams(images, tag_lists)
+    for b, tags in enumerate(tag_lists):
+        up = model.upsample(cams[b][:len(tags)], (32, 48))
+        torch.testing.assert_close(logits[b, [t + 1 for t in tags]], up)
+        torch.testing.assert_close(logits[b, 0], 1 - up.amax(0))
+        untagged = [c + 1 for c in range(len(FG)) if c not in tags]
+        assert not logits[b, untagged].any()

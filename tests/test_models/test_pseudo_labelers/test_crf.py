@@ -130,7 +130,7 @@ def test_confidence_ignore_and_errors():
         DenseCRF()(probs, SegDataSample())
     with pytest.raises(ValueError, match='quirks'):
         DenseCRF(quirks='bgr')
-    with pytest.raises(ValueError, match='image_mode'):
+    with pytest.raises(TypeError, match='image_mode'):
         DenseCRF(image_mode='bgr')
 
 

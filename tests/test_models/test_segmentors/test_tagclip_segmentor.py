@@ -17,6 +17,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_config_builds(path, deep_tiny_clip_path, tmp_path):
     assert model.quirks == Quirks.reference() and not model.all_classes_as_tags
     assert model.labeler.quirks == model.tagger.quirks == Quirks.reference()
     assert model.tag_ratio is None
-    assert model.test_cfg['mode'] == 'slide'
+    assert model.test_cfg['inference'] == 'slide'
     assert model.test_cfg['crop_size'] == (224, 224) and model.test_cfg['stride'] == (112, 112)
     # Built on mmseg's dataset bases: the dataset, pipeline and IoUMetric.
     ds_cfg = cfg.test_dataloader.dataset
@@ -266,7 +267,7 @@ def _forced(monkeypatch, tags, grid_cols):
         calls['tag'] += 1
         mask = torch.zeros(images.shape[0], self.num_classes, dtype=torch.bool)
         mask[:, tags] = True
-        return dict(tags=mask, p_final=mask.float())
+        return SimpleNamespace(tags=mask, p_final=mask.float())
 
     def compute_cams(self, images, tag_lists):
         p = self.clip.visual.patch_size
@@ -327,7 +328,7 @@ def test_forced_cams_give_the_known_miou(benchmark, tmp_path, tiny_tool_options,
     rng = np.random.default_rng(0)
     data_root = write_dataset(tmp_path, benchmark, images=[_image(rng, size, size)], masks=[raw])
     options = tiny_options(tiny_tool_options['checkpoint'], tmp_path, data_root,
-                           short_side=size, **{'model.test_cfg.mode': 'whole'})
+                           short_side=size, **{'model.test_cfg.inference': 'whole'})
     metrics = run_test_tool(tool_runner, benchmark, options, tmp_path / 'work')
     expected = iou_oracle(gt, pred, num_classes)
     assert calls['tag'] == 1
@@ -377,7 +378,7 @@ def test_coco_object_from_stuffthingmaps_end_to_end(tmp_path, tiny_tool_options,
     _run_converter(tool_runner, data_root)
     calls = _forced(monkeypatch, [DOG - 1], {DOG - 1: (0, 1, 1, 1)})
     options = tiny_options(tiny_tool_options['checkpoint'], tmp_path, data_root, short_side=64,
-                           **{'model.test_cfg.mode': 'whole'})
+                           **{'model.test_cfg.inference': 'whole'})
     metrics = run_test_tool(tool_runner, 'coco-object', options, tmp_path / 'work')
     x = np.arange(64)[None].repeat(64, 0)
     pred = np.where(x < 16, 0, DOG)
@@ -504,7 +505,7 @@ def tiny_model_cfg(tiny_clip, tmp_path):
                         cwr_crop_size=64),
             labeler=dict(class_names=['cat', 'dog', 'car'], background_words=['sky', 'road'],
                          templates=['a photo of a {}.'], caa_layers=[0, 1, 2]),
-            test_cfg=dict(mode='whole', crop_size=64, stride=40))
+            test_cfg=dict(inference='whole', crop_size=64, stride=40))
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(cfg.get(key), dict):
                 cfg[key] = {**cfg[key], **value}
@@ -583,8 +584,8 @@ def test_without_background_argmax_over_tag_maps(tiny_model_cfg, monkeypatch):
 @pytest.mark.classic
 def test_slide_equals_whole_when_the_image_fits_one_window(tiny_model_cfg):
     image = _normalised(48, 64, seed=3)
-    whole = tiny_model_cfg(test_cfg=dict(mode='whole')).predict([image.clone()])[0]
-    slide = tiny_model_cfg(test_cfg=dict(mode='slide', crop_size=64, stride=40)).predict(
+    whole = tiny_model_cfg(test_cfg=dict(inference='whole')).predict([image.clone()])[0]
+    slide = tiny_model_cfg(test_cfg=dict(inference='slide', crop_size=64, stride=40)).predict(
         [image.clone()])[0]
     assert whole.tags == slide.tags and whole.tags  # something was tagged
     assert torch.equal(whole.seg_logits.data, slide.seg_logits.data)
@@ -594,7 +595,7 @@ def test_slide_equals_whole_when_the_image_fits_one_window(tiny_model_cfg):
 @pytest.mark.classic
 def test_slide_averages_overlapping_windows(tiny_model_cfg, monkeypatch):
     """Each window's CAM is its window index; overlaps hold the mean."""
-    model = tiny_model_cfg(test_cfg=dict(mode='slide', crop_size=32, stride=16,
+    model = tiny_model_cfg(test_cfg=dict(inference='slide', crop_size=32, stride=16,
                                          cam_batch_pairs=2))
     counter = dict(n=0)
 
@@ -616,7 +617,7 @@ def test_slide_averages_overlapping_windows(tiny_model_cfg, monkeypatch):
 
 def test_tags_once_per_image_and_all_classes_option(tiny_model_cfg, monkeypatch):
     calls = _forced(monkeypatch, [1], {c: (1, 0, 0, 0) for c in range(3)})
-    model = tiny_model_cfg(test_cfg=dict(mode='slide', crop_size=32, stride=16))
+    model = tiny_model_cfg(test_cfg=dict(inference='slide', crop_size=32, stride=16))
     assert model.predict([_normalised(48, 80)])[0].tags == [1]
     assert calls['tag'] == 1  # once for the image, not per window
     every = tiny_model_cfg(all_classes_as_tags=True)
@@ -629,7 +630,7 @@ def test_tag_ratio_overrides_the_taggers_threshold(tiny_model_cfg, monkeypatch):
     scores = torch.tensor([[0.10, 0.40, 0.90]])
 
     def tag(self, images):
-        return dict(tags=torch.tensor([[False, False, True]]), p_final=scores)
+        return SimpleNamespace(tags=torch.tensor([[False, False, True]]), p_final=scores)
 
     monkeypatch.setattr(TagCLIP, 'tag', tag)
     image = _normalised(32, 32)
@@ -657,11 +658,44 @@ def test_vocabulary_from_the_dataset(tiny_model_cfg):
     assert no_bg.labeler.background_words == ('road', )
 
 
+def test_old_test_cfg_mode_key_names_its_new_name(tiny_model_cfg):
+    with pytest.raises(ValueError, match="'mode' is now 'inference'"):
+        tiny_model_cfg(test_cfg=dict(mode='slide'))
+    with pytest.raises(ValueError, match=r"unknown test_cfg keys \['windows'\]"):
+        tiny_model_cfg(test_cfg=dict(windows=2))
+
+
+def test_tensor_mode_returns_input_size_logits(tiny_model_cfg):
+    """``forward(mode='tensor')`` returns a (B, C, H, W) tensor, as mmseg's
+    segmentors do: ``predict``'s logits when the original size is the input's."""
+    model = tiny_model_cfg()
+    images = torch.stack([_normalised(32, 48, seed=s) for s in (1, 2)])
+    logits = model(images, mode='tensor')
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, model.num_classes, 32, 48)
+    samples = model.predict(list(images))
+    for b, sample in enumerate(samples):
+        torch.testing.assert_close(logits[b], sample.seg_logits.data)
+    with pytest.raises(ValueError, match='one size'):
+        model._forward([_normalised(32, 48), _normalised(32, 64)])
+
+
+def test_segmentor_shares_the_frozen_plumbing(tiny_model_cfg):
+    """One base: no placeholder vocabulary, eval mode kept, nothing to train."""
+    from tagclip_mmseg.models.clip.frozen_model import FrozenModel
+    model = tiny_model_cfg(labeler=dict(class_names=None), tagger=dict(class_names=None))
+    assert isinstance(model, FrozenModel) and isinstance(model.labeler, FrozenModel)
+    assert model.labeler.class_names is None and model.class_names is None
+    assert model.train() is model
+    assert not any(m.training for m in model.modules())
+    with pytest.raises(RuntimeError, match='training-free'):
+        model.train_step({}, None)
+
+
 def test_bad_arguments_say_what_to_do(tiny_model_cfg):
     with pytest.raises(ValueError, match='same classes'):
         tiny_model_cfg(labeler=dict(class_names=None))
     with pytest.raises(ValueError, match="'whole' or 'slide'"):
-        tiny_model_cfg(test_cfg=dict(mode='sliding'))
+        tiny_model_cfg(test_cfg=dict(inference='sliding'))
     with pytest.raises(ValueError, match='on TagCLIPSegmentor itself'):
         tiny_model_cfg(labeler=dict(crf=dict()))
     with pytest.raises(ValueError, match='share class indices'):

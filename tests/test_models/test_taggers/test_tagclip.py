@@ -71,12 +71,12 @@ def assert_matches_reference(tagger, images, keys=('p_coarse', 'p_ref', 'p_local
     for i in range(len(images)):
         ref = reference_tagclip(tagger, images[i])
         for key in keys:
-            torch.testing.assert_close(out[key][i], ref[key], atol=1e-4, rtol=1e-4)
-        assert torch.equal(out['cwr_done'][i], ref['cwr_done'])
-        assert torch.equal(out['tags'][i], ref['tags'])
+            torch.testing.assert_close(getattr(out, key)[i], ref[key], atol=1e-4, rtol=1e-4)
+        assert torch.equal(out.cwr_done[i], ref['cwr_done'])
+        assert torch.equal(out.tags[i], ref['tags'])
         mirrored |= bool((candidates(ref['p_ref'], ref['p_local'], tagger.cwr_ratio)
                           != candidates(ref['p_ref'], ref['p_local'], 1 - tagger.cwr_ratio)).any())
-    assert out['cwr_done'].any(), 'no class reidentified: the case does not test CWR'
+    assert out.cwr_done.any(), 'no class reidentified: the case does not test CWR'
     assert mirrored, 'no candidate set depends on the side cwr_ratio is measured from'
     return out
 
@@ -104,8 +104,8 @@ def test_batch_equals_single(tiny_clip_path, tmp_path):
     tagger = build_tagger(tiny_clip_path, 'reference', tmp_path, vote_k=2)
     torch.manual_seed(2)
     images = torch.randn(4, 3, 64, 64)
-    batched = tagger.tag(images)['p_final']
-    single = torch.cat([tagger.tag(images[i:i + 1])['p_final'] for i in range(4)])
+    batched = tagger.tag(images).p_final
+    single = torch.cat([tagger.tag(images[i:i + 1]).p_final for i in range(4)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
@@ -115,9 +115,9 @@ def test_cwr_changes_scores_and_can_be_disabled(tiny_clip_path, tmp_path):
     torch.manual_seed(3)
     images = torch.randn(2, 3, 64, 96)
     a, b = on.tag(images), off.tag(images)
-    torch.testing.assert_close(b['p_final'], b['p_local'])
-    assert a['cwr_done'].any()
-    assert not torch.allclose(a['p_final'], b['p_final'])
+    torch.testing.assert_close(b.p_final, b.p_local)
+    assert a.cwr_done.any()
+    assert not torch.allclose(a.p_final, b.p_final)
 
 
 def test_vocabulary_errors(tiny_clip_path, tmp_path):
@@ -144,12 +144,12 @@ def test_open_vocabulary_and_synonyms(tiny_clip_path, tmp_path):
     tagger.set_vocabulary(['espresso cup', ['person', 'people', 'human'], 'über-bike'], [])
     torch.manual_seed(4)
     out = tagger.tag(torch.randn(1, 3, 32, 48))
-    scores = out['p_final'][0]
+    scores = out.p_final[0]
     assert scores.shape == (3, )
     assert len(set(scores.tolist())) == 3  # distinct: no argmax fallback, no ties
     # docs/method.md §4.6: above min + r * (max - min), here with r = 0.3
     expected = scores > scores.min() + 0.3 * (scores.max() - scores.min())
-    assert torch.equal(out['tags'][0], expected)
+    assert torch.equal(out.tags[0], expected)
     # a synonym list is one class whose text embedding is the mean over the
     # synonyms' prompts: changing one synonym changes that class's embedding only
     text = tagger.classifier()
@@ -167,11 +167,11 @@ def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path, quirks):
     images between the stages")."""
     tagger = build_tagger(tiny_clip_path, quirks, tmp_path, tag_ratio=0.3)
     out = tagger.tag(torch.randn(2, 3, 16, 16))
-    assert out['grid_hw'] == (1, 1)
-    assert torch.equal(out['p_ref'], torch.zeros(2, 1, len(VOC_FG) + len(BG)))
-    assert torch.equal(out['p_final'], torch.zeros(2, len(VOC_FG)))
-    assert not out['cwr_done'].any()
-    assert not out['tags'].any()
+    assert out.grid_hw == (1, 1)
+    assert torch.equal(out.p_ref, torch.zeros(2, 1, len(VOC_FG) + len(BG)))
+    assert torch.equal(out.p_final, torch.zeros(2, len(VOC_FG)))
+    assert not out.cwr_done.any()
+    assert not out.tags.any()
 
 
 #: Figures of ``python tools/autocast_tolerance.py --test-clip`` (docs/performance.md,
@@ -264,8 +264,8 @@ def test_bf16_autocast_scores_and_thresholds_run_in_fp32(tiny_clip_path, tmp_pat
     assert set(seen) == {torch.bfloat16}
     precision_spy.assert_fp32(['dmar_refine', 'minmax_normalize', 'relative_threshold_mask',
                                'softmax'])
-    assert out['cwr_done'].any()  # the crop softmax and the fusion ran
-    for scores in (out['p_final'], out['p_coarse'], samples[0].pred_score):
+    assert out.cwr_done.any()  # the crop softmax and the fusion ran
+    for scores in (out.p_final, out.p_coarse, samples[0].pred_score):
         assert scores.dtype == torch.float32
         assert not torch.equal(scores.bfloat16().float(), scores)
 
@@ -329,3 +329,58 @@ def test_image_too_small_to_score_gets_no_tag(tiny_clip, size):
     scores = sample.pred_score
     assert torch.isfinite(scores).all()
     assert sample.pred_label.numel() == 0, (scores, sample.pred_label)
+
+
+def test_tensor_mode_returns_the_fused_scores(tiny_clip_path, tmp_path):
+    """``forward(mode='tensor')`` gives (B, C) scores, not data samples."""
+    tagger = build_tagger(tiny_clip_path, 'reference', tmp_path, vote_k=2)
+    images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    out = tagger(images, mode='tensor')
+    assert isinstance(out, torch.Tensor) and out.shape == (2, len(VOC_FG))
+    torch.testing.assert_close(out, tagger.tag(images).p_final)
+    with pytest.raises(RuntimeError, match='training-free'):
+        tagger(images, mode='loss')
+    tagger.train()
+    assert not any(m.training for m in tagger.modules())
+
+
+def test_tag_output_is_a_dataclass_like_the_vit_output(tiny_clip_path, tmp_path):
+    import dataclasses
+
+    from tagclip_mmseg.models.clip.model import ViTOutput
+    from tagclip_mmseg.models.taggers import TagCLIPOutput
+    assert dataclasses.is_dataclass(TagCLIPOutput) and dataclasses.is_dataclass(ViTOutput)
+    assert not issubclass(TagCLIPOutput, dict)
+    tagger = build_tagger(tiny_clip_path, 'reference', tmp_path, vote_k=2)
+    out = tagger.tag(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4)))
+    assert {f.name for f in dataclasses.fields(out)} == {
+        'p_coarse', 'p_hat', 'p_ref', 'p_local', 'p_global', 'p_final', 'tags', 'cwr_done',
+        'grid_hw'}
+
+
+def test_relative_threshold_hand_computed():
+    from tagclip_mmseg.utils.thresholds import relative_threshold, relative_threshold_mask
+    scores = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.2, 0.6]])
+    # 0.1 + 0.3 * 0.8 = 0.34; 0.2 + 0.3 * 0.4 = 0.32
+    torch.testing.assert_close(relative_threshold(scores, 0.3), torch.tensor([[0.34], [0.32]]))
+    assert relative_threshold_mask(scores, 0.3).tolist() == [[False, True, True],
+                                                             [False, False, True]]
+
+
+def test_cwr_candidates_use_the_shared_relative_threshold(tiny_clip_path, tmp_path,
+                                                          monkeypatch):
+    """CWR's candidate threshold is ``ops.relative_threshold`` over every
+    refined column, with the tagger's ``cwr_ratio``."""
+    from tagclip_mmseg.models.taggers import tagclip as tagclip_module
+    seen = []
+    real = tagclip_module.relative_threshold
+
+    def spy(scores, ratio):
+        seen.append((tuple(scores.shape), ratio))
+        return real(scores, ratio)
+
+    monkeypatch.setattr(tagclip_module, 'relative_threshold', spy)
+    tagger = build_tagger(tiny_clip_path, 'reference', tmp_path, vote_k=2, cwr_ratio=0.35)
+    out = tagger.tag(torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(5)))
+    n, c_all = out.p_ref.shape[1:]
+    assert seen == [((2, n * c_all), 0.35)]
