@@ -41,7 +41,8 @@ FOOLBOX_PHOTOS = ('foolbox_imagenet_00_243.jpg', 'foolbox_imagenet_01_559.jpg',
 def make_tiny_clip(seed: int = 0, path=None, **overrides):
     """A tiny random CLIP in OpenAI naming (fp32, eval mode), saved to ``path``
     when given; every parameter is perturbed so that round-trip tests would
-    notice one that failed to load."""
+    notice one that failed to load.
+    """
     from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH, random_clip
     return random_clip(seed, path, jitter=0.02, **{**TINY_CLIP_ARCH, **overrides})
 
@@ -54,7 +55,8 @@ def tiny_clip():
 @pytest.fixture
 def tiny_clip_path(tmp_path):
     """A plain state_dict checkpoint on disk with the weights of :func:`tiny_clip`
-    (same seed)."""
+    (same seed).
+    """
     path = str(tmp_path / 'tiny_clip.pth')
     make_tiny_clip(path=path)
     return path
@@ -63,7 +65,8 @@ def tiny_clip_path(tmp_path):
 @pytest.fixture(scope='session')
 def real_images_dir():
     """``tests/data/real_images`` (``images/``, ``masks/``): part of the
-    repository, so a missing folder is an error, never a skip."""
+    repository, so a missing folder is an error, never a skip.
+    """
     assert osp.isdir(osp.join(REAL_IMAGES, 'images')), (
         f'{REAL_IMAGES} is missing: it ships with the repository (tests/data/)')
     return REAL_IMAGES
@@ -237,7 +240,8 @@ class ToolRunner:
     @staticmethod
     def env(**overrides):
         """:func:`tool_env` of this checkout: its code first on ``PYTHONPATH``,
-        CPU only, one thread per process, unbuffered output."""
+        CPU only, one thread per process, unbuffered output.
+        """
         return tool_env(REPO_ROOT, **overrides)
 
     def subprocess(self, script, *args, check=True, timeout=600, peak_rss=False, nproc=1):
@@ -432,7 +436,8 @@ def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: flo
     """docs/method.md §5, written out independently of the package: non-interpolated AP
     per class (classes without positives count as 0 in the mean) and pooled
     precision/recall/F1 of the per-image relative threshold, in percent.
-    Scores must be distinct within a class (no tie handling here)."""
+    Scores must be distinct within a class (no tie handling here).
+    """
     num_classes = scores.shape[1]
     ap = np.zeros(num_classes)
     for c in range(num_classes):
@@ -458,7 +463,8 @@ def write_image_split(root, ids, write_image, tags_of):
     """A VOC-style tagged split under ``root``: ``JPEGImages/<id>.jpg`` written by
     ``write_image(index, img_id, path)`` in id order, then ``list.txt`` (the
     ids) and ``tags.txt`` (``img_id t1 t2 ...`` lines, ``tags_of(img_id)``
-    called in id order after every image is written). Returns ``root``."""
+    called in id order after every image is written). Returns ``root``.
+    """
     (root / 'JPEGImages').mkdir()
     for index, img_id in enumerate(ids):
         write_image(index, img_id, root / 'JPEGImages' / f'{img_id}.jpg')
@@ -476,7 +482,8 @@ def image_split():
 
 def write_random_split(root, ids, seed: int, max_side: int, min_tags: int):
     """:func:`write_image_split` of random JPEGs, 24 to ``max_side`` pixels a
-    side, each tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded)."""
+    side, each tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded).
+    """
     rng = np.random.default_rng(seed)
     tags = {}
 

@@ -25,10 +25,10 @@ from mmengine.config import Config
 from mmengine.infer import BaseInferencer
 from mmengine.logging import print_log
 from mmpretrain.structures import DataSample
-from torch import nn
-
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch import nn
+
 from ..datasets.image_io import ImageLoadError
 from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, image_grid
 from ..models.clip.frozen_model import Vocabulary
@@ -38,10 +38,9 @@ from ..utils.class_names import ClassName
 from ..utils.token_grid import group_indices
 from ..visualization import mask_label_names, save_result_images, unique_stems
 from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
-from .model_configs import (cam_class_names, class_key, config_vocabulary,
-                            default_background_words, default_tagger_cfg, labeler_cfg_for,
-                            labeler_config, load_model_config, set_text_cache_dir, split_models,
-                            to_plain_dict)
+from .model_configs import (cam_class_names, class_key, config_vocabulary, default_background_words,
+                            default_tagger_cfg, labeler_cfg_for, labeler_config, load_model_config,
+                            set_text_cache_dir, split_models, to_plain_dict)
 
 __all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS', 'check_vocabulary_argument']
 
@@ -67,7 +66,8 @@ InputsType = Union[InputItem, Sequence[InputItem]]
 
 def check_vocabulary_argument(name: str, value) -> None:
     """Fail with the argument's name for a vocabulary that is not a preset
-    name or a list of names (``None`` means "the default" and passes)."""
+    name or a list of names (``None`` means "the default" and passes).
+    """
     if value is None:
         return
     try:
@@ -249,7 +249,8 @@ class TagCLIPInferencer(BaseInferencer):
         """The CLIP-ES labeler, built on first use; it reuses the tagger's
         CLIP module (no second load) when both ask for the same checkpoint
         and dtype. Quirks need not agree: the CLIP holds none (the
-        positional-embedding rounding is a per-call argument)."""
+        positional-embedding rounding is a per-call argument).
+        """
         with self._labeler_lock:
             if self._labeler is None:
                 device = self._device

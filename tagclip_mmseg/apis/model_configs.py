@@ -11,8 +11,8 @@ import os.path as osp
 from typing import List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
-
 from mmseg.registry import DATASETS
+
 from ..models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
 from ..models.clip.presets import cam_class_names, default_background_words
 from ..utils.class_names import class_key
@@ -31,7 +31,8 @@ _CONFIG_GROUPS = ('tagclip', 'pseudo_labelers')
 
 def config_roots() -> List[str]:
     """Folders searched for config names: the repository's ``configs/`` and
-    the copy an installed package keeps in ``tagclip_mmseg/.mim/configs``."""
+    the copy an installed package keeps in ``tagclip_mmseg/.mim/configs``.
+    """
     package = osp.dirname(osp.dirname(osp.abspath(__file__)))
     roots = [osp.join(osp.dirname(package), 'configs'), osp.join(package, '.mim', 'configs')]
     return [r for r in roots if osp.isdir(r)]

@@ -10,15 +10,15 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
-
 from mmseg.registry import DATASETS
+
 from ..utils.class_names import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
 from ..utils.label_maps import resolve_index_map
 from .image_io import IMG_EXTENSIONS
 from .label_files import read_id_list, read_label_file
-from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, join_root,
-                    locate_image, missing_image_record, read_metainfo_name_files,
-                    report_missing, scan_images, validate_classes)
+from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, join_root, locate_image,
+                    missing_image_record, read_metainfo_name_files, report_missing, scan_images,
+                    validate_classes)
 
 __all__ = [
     'MultiLabelImageFolder', 'MultiLabelListDataset', 'VOCMultiLabelDataset',

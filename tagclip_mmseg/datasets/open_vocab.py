@@ -6,9 +6,9 @@ VOC20 and COCO-Object, defined as the protocol's projects define them
 from typing import List
 
 from mmengine import fileio
-
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
+
 from ..utils.class_names import COCO_CLASSES, VOC_CLASSES, voc_palette
 
 __all__ = ['PascalVOC20Dataset', 'COCOObjectDataset']
@@ -45,7 +45,7 @@ class COCOObjectDataset(BaseSegDataset):
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
 
     def load_data_list(self) -> List[dict]:
-        """mmseg's listing, checked for a mask per image.
+        """Mmseg's listing, checked for a mask per image.
 
         Raises:
             FileNotFoundError: When a listed image has no mask.
@@ -57,7 +57,7 @@ class COCOObjectDataset(BaseSegDataset):
             root = self.data_root or 'DATA_ROOT'
             raise FileNotFoundError(
                 f'{len(missing)} of the {len(data_list)} images have no COCO-Object mask, e.g. '
-                f'{missing[0]}; build the masks from COCO-Stuff\'s stuffthingmaps with '
+                f"{missing[0]}; build the masks from COCO-Stuff's stuffthingmaps with "
                 f'`python tools/dataset_converters/coco_object.py {root}` (README "Data", '
                 'docs/open_vocab.md "COCO-Object masks")')
         return data_list

@@ -18,9 +18,9 @@ from typing import Dict, Iterator, List, Optional, Sized, Tuple
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.logging import print_log
+from mmseg.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
-from mmseg.registry import DATA_SAMPLERS
 from ..utils.token_grid import group_indices
 from .image_io import ImageLoadError
 from .transforms import LoadImageRobust, ResizeToPatchMultiple, image_grid
@@ -52,8 +52,8 @@ def _pipeline_transform(dataset, cls):
 def _pick(name: str, given, from_pipeline, default):
     """An explicit setting, checked against the pipeline's, else the pipeline's."""
     if given is not None and from_pipeline is not None and given != from_pipeline:
-        raise ValueError(f'{name}={given!r} differs from the dataset pipeline\'s '
-                         f'{from_pipeline!r}; leave it unset to use the pipeline\'s value')
+        raise ValueError(f"{name}={given!r} differs from the dataset pipeline's "
+                         f"{from_pipeline!r}; leave it unset to use the pipeline's value")
     if given is not None:
         return given
     return default if from_pipeline is None else from_pipeline

@@ -10,10 +10,10 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from mmengine.logging import print_log
-from PIL import Image
-
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
+from PIL import Image
+
 from ..utils.class_names import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES,
                                  COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES,
                                  voc_palette)

@@ -10,9 +10,9 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmengine.logging import print_log
+from mmseg.registry import TRANSFORMS
 from PIL import Image
 
-from mmseg.registry import TRANSFORMS
 from ..utils.init_args import RecordsInitArgs
 from ..utils.token_grid import check_patch_args, patch_grid
 from .image_io import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, read_image_size

@@ -23,13 +23,15 @@ MISSING_IMAGES_KEY = 'missing_images'
 
 def skipped_list_path(tags_file: str) -> str:
     """Where the tagger lists the images it skipped: ``<tags file without
-    extension>.skipped.txt`` (``TagFileWriter``'s default, read by stage 2)."""
+    extension>.skipped.txt`` (``TagFileWriter``'s default, read by stage 2).
+    """
     return osp.splitext(tags_file)[0] + '.skipped.txt'
 
 
 def read_skipped_list(path: str) -> Dict[str, str]:
     """``{img_id: reason}`` from a skipped list (``img_id<TAB>img_path<TAB>reason``
-    lines); ``{}`` when the file does not exist."""
+    lines); ``{}`` when the file does not exist.
+    """
     if not osp.isfile(path):
         return {}
     skipped: Dict[str, str] = {}
@@ -149,7 +151,8 @@ def image_suffixes(suffix, name: str = 'img_suffix') -> Tuple[str, ...]:
 
 def locate_image(folder: str, img_id: str, suffixes: Sequence[str]) -> str:
     """``folder/<img_id><suffix>`` for the first of ``suffixes`` whose file
-    exists; the first suffix's path when none does (reported as missing)."""
+    exists; the first suffix's path when none does (reported as missing).
+    """
     candidates = [osp.join(folder, img_id + s) for s in suffixes]
     return next((p for p in candidates if osp.isfile(p)), candidates[0])
 

@@ -34,7 +34,7 @@ MapLocation = Optional[Union[str, torch.device, Callable]]
 
 
 def _numpy_globals() -> List[Any]:
-    """numpy's pickling helpers and dtypes, under numpy 1 and numpy 2 names."""
+    """Numpy's pickling helpers and dtypes, under numpy 1 and numpy 2 names."""
     try:  # numpy >= 2 moved the core module to numpy._core
         from numpy._core import multiarray
     except ImportError:  # pragma: no cover - numpy 1
@@ -83,7 +83,7 @@ def _raise_load_error(path: str, what: str, e: BaseException) -> None:
 
 
 def load_from_local_weights_only(filename: str, map_location: MapLocation = None) -> Any:
-    """mmengine's local-file loader with an explicit ``weights_only=True``.
+    """Mmengine's local-file loader with an explicit ``weights_only=True``.
 
     Args:
         filename: The checkpoint file.
@@ -113,7 +113,7 @@ def load_url_weights_only(url: str,
                           progress: bool = True,
                           check_hash: bool = False,
                           file_name: Optional[str] = None) -> Any:
-    """mmengine's ``load_url`` (download once, cache, load) with ``weights_only=True``.
+    """Mmengine's ``load_url`` (download once, cache, load) with ``weights_only=True``.
 
     Args:
         url: The checkpoint's address.
@@ -168,4 +168,3 @@ def safe_checkpoint_loading() -> Iterator[None]:
     finally:
         CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)
         mmengine_checkpoint.load_url = previous_url_loader
-

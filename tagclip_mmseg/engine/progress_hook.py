@@ -8,8 +8,8 @@ from typing import Optional
 
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
-
 from mmseg.registry import HOOKS
+
 from ..evaluation.summary import format_duration
 
 __all__ = ['RunProgressHook']

@@ -5,7 +5,6 @@ then have as many classes as the dataset.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-
 from mmseg.registry import HOOKS
 
 __all__ = ['VocabularyHook', 'check_class_count']
@@ -59,6 +58,6 @@ def check_class_count(model, meta: dict) -> None:
         raise ValueError(
             f'the model has {model.num_classes} classes but the test dataset has {len(classes)} '
             f'({", ".join(map(str, list(classes)[:3]))}, ...): give one name per dataset class, '
-            'in its order. A name file whose line 1 holds background words (the peers\' '
+            "in its order. A name file whose line 1 holds background words (the peers' "
             'cls_voc21.txt, cls_context60.txt, cls_coco_object.txt) needs --background-line '
             "(first_line='background' in Python); a dataset with a background class counts it")

@@ -218,7 +218,8 @@ class TaggingMetric(BaseMetric):
 def _onehot(sample, label_key: str, num_classes: int,
             score_key: Optional[str] = None) -> Optional[torch.Tensor]:
     """``(C,)`` bool from class indices at ``label_key`` (or a one-hot at
-    ``score_key``); ``None`` when the sample has neither."""
+    ``score_key``); ``None`` when the sample has neither.
+    """
     label = get_field(sample, label_key)
     if label is not None:
         if isinstance(label, Mapping) or hasattr(label, 'label'):  # mmcls-style LabelData

@@ -19,8 +19,8 @@ from mmseg.registry import METRICS
 
 from ..datasets.label_files import format_label_line
 from ..datasets.utils import skipped_list_path
-from ..records import (TagJournal, encode_scores, get_field, image_id, journal_path,
-                       journal_paths, load_error, remove_stale_temp_files)
+from ..records import (TagJournal, encode_scores, get_field, image_id, journal_path, journal_paths,
+                       load_error, remove_stale_temp_files)
 from ..utils.checks import check_finite
 from ..utils.hashing import file_stamp
 from ..utils.io import atomic_write_text
@@ -175,4 +175,3 @@ class TagFileWriter(OutputWriter):
         if skipped:
             logger.warning(f'{len(skipped)} images failed to load; see {self.skipped_file}')
         return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))
-

@@ -127,7 +127,8 @@ class SourceLog:
 
     def append(self, img_id: str, img_path: Optional[str], png_sha256: str) -> None:
         """Record that the PNG ``png_sha256``, about to be written, comes from
-        ``img_path`` as it is now."""
+        ``img_path`` as it is now.
+        """
         if self._file is None:
             self._file = open(self.path, 'a', encoding='utf-8')
             self._file.write('\n')  # a line torn by a kill stays apart from the next one

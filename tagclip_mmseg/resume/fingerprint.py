@@ -19,9 +19,8 @@ import json
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from torch import nn
-
 from mmseg.registry import MODELS, TRANSFORMS
+from torch import nn
 
 from ..utils.init_args import init_args, init_parameters
 from .skip import SkipExisting, SkipTagged
@@ -75,7 +74,8 @@ def _type_name(type_: Any) -> str:
 
 def _module_identity(module: nn.Module) -> Dict[str, Any]:
     """A module built elsewhere (a CLIP): its checkpoint's content hash, or
-    the hash of its weights when it was not loaded from a file."""
+    the hash of its weights when it was not loaded from a file.
+    """
     weights = getattr(module, 'checkpoint_fingerprint', None)
     if weights is None:
         digest = hashlib.sha256()

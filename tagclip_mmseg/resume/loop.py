@@ -117,4 +117,3 @@ def require_resumable_loop(runner, transform: str) -> None:
                          f'{type(loop).__name__}, which would run the model on its placeholder '
                          "images: set test_cfg = dict(type='ResumableTestLoop') (see "
                          'configs/_base_/default_runtime_training_free.py)')
-

@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Optional
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-
 from mmseg.registry import HOOKS
 
 from ..evaluation.pseudo_label_writer import PseudoLabelWriter
@@ -171,4 +170,3 @@ class PseudoLabelResumeHook(Hook):
             for path, settings in self._records:
                 _write(path, settings, 'resumable')
         self._records = []
-

@@ -19,7 +19,8 @@ __all__ = ['binarize_reference', 'boxes_union_reference', 'reference_tagclip', '
 def binarize_reference(v: np.ndarray, thresh: float, relative: bool) -> np.ndarray:
     """The reference's foreground test: quantise to uint8, then
     ``cv2.THRESH_BINARY`` at ``thresh * 255``, or at ``thresh * max`` of the
-    quantised map when ``relative``."""
+    quantised map when ``relative``.
+    """
     q = (v.astype(np.float32) * 255).astype(np.uint8)
     level = int(thresh * q.max()) if relative else int(thresh * 255)
     return cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1] > 0
@@ -27,7 +28,8 @@ def binarize_reference(v: np.ndarray, thresh: float, relative: bool) -> np.ndarr
 
 def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
     """Union of bounding rectangles of external contours (OpenCV), as the
-    reference; ``clamp`` applies the right/bottom clamping quirk."""
+    reference; ``clamp`` applies the right/bottom clamping quirk.
+    """
     h, w = fg.shape
     box = np.zeros((h, w), np.float32)
     contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
@@ -147,7 +149,8 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
 
 def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
     """CLIP-ES box of one CAM: uint8 map above ``ratio * max``, union of
-    contour rectangles."""
+    contour rectangles.
+    """
     return boxes_union_reference(binarize_reference(cam, ratio, relative=True), clamp)
 
 

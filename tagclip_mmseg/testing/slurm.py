@@ -126,7 +126,7 @@ class LocalSlurm:
         try:
             socket.gethostbyname(host)
         except OSError as err:
-            raise RuntimeError(f'this host\'s name {host!r} does not resolve ({err}); add it '
+            raise RuntimeError(f"this host's name {host!r} does not resolve ({err}); add it "
                                'to /etc/hosts') from err
         with open(self.conf, 'w') as f:
             f.write(_CONF.format(
@@ -145,7 +145,8 @@ class LocalSlurm:
 
     def stop(self, timeout: float = 30.) -> None:
         """Cancel the partition's jobs, then stop the daemons this object started
-        (SIGTERM, then SIGKILL after ``timeout`` seconds each)."""
+        (SIGTERM, then SIGKILL after ``timeout`` seconds each).
+        """
         ctld = self._procs.get('slurmctld')
         if ctld is not None and ctld.poll() is None:
             try:

@@ -33,7 +33,7 @@ VOCABULARY_FLAGS = ('classes', 'classes_sep', 'background_line', 'background_wor
 
 #: The name-file rules, for every tool's --help.
 NAME_FILE_HELP = (
-    'Name file: one class per line, in the dataset\'s order; the synonyms of a class on its '
+    "Name file: one class per line, in the dataset's order; the synonyms of a class on its "
     'line, separated by SEP; spaces inside names are kept (espresso cup). Without SEP, lines '
     'are split on "; " when any line contains "; ", else on ",". ADE-847-style files of the '
     '"; " peers (ProxyCLIP, Trident, CorrCLIP: one name with commas per line, "building, '
@@ -57,7 +57,8 @@ def parse_runner_args(parser: argparse.ArgumentParser,
                       argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse, and export the local rank as ``LOCAL_RANK`` unless a launcher
     already did (mmengine reads it from the environment). Under torchrun, a
-    rank stops when its launcher dies (:func:`stop_with_launcher`)."""
+    rank stops when its launcher dies (:func:`stop_with_launcher`).
+    """
     args = parser.parse_args(argv)
     if args.launcher == 'pytorch':
         stop_with_launcher()
@@ -93,7 +94,8 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def default_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
     """Set ``cfg.work_dir`` by priority: the flag, the config, then
-    ``./work_dirs/<config name>`` (mmseg's rule)."""
+    ``./work_dirs/<config name>`` (mmseg's rule).
+    """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
@@ -118,7 +120,8 @@ def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 class FlagHelpFormatter(argparse.HelpFormatter):
     """argparse's formatter without line breaks inside words such as
-    ``--classes-sep``, so that a flag named in the help stays whole."""
+    ``--classes-sep``, so that a flag named in the help stays whole.
+    """
 
     def _split_lines(self, text: str, width: int) -> List[str]:
         return textwrap.wrap(' '.join(text.split()), width, break_on_hyphens=False)
@@ -130,21 +133,22 @@ class FlagHelpFormatter(argparse.HelpFormatter):
 
 def add_vocabulary_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--classes FILE``, ``--classes-sep``, ``--background-line``,
-    ``--background-words FILE`` and ``--background-words-sep``."""
+    ``--background-words FILE`` and ``--background-words-sep``.
+    """
     parser.formatter_class = FlagHelpFormatter
     group = parser.add_argument_group('vocabulary from name files', NAME_FILE_HELP)
     group.add_argument('--classes', metavar='FILE',
-                       help='class names of the model (replaces the config\'s)')
+                       help="class names of the model (replaces the config's)")
     group.add_argument('--classes-sep', metavar='SEP',
                        help='separator of synonyms in --classes FILE (default: detected)')
     group.add_argument('--background-line', action='store_true',
                        help='line 1 of --classes FILE is the background class 0, as in the '
-                       'peers\' cls_voc21.txt, cls_context60.txt and cls_coco_object.txt: its '
+                       "peers' cls_voc21.txt, cls_context60.txt and cls_coco_object.txt: its "
                        'names become the background words (unless --background-words is '
                        'given) and lines 2.. are the classes')
     group.add_argument('--background-words', metavar='FILE',
                        help='softmax competitors of the model, every name of the file '
-                       '(replaces the config\'s)')
+                       "(replaces the config's)")
     group.add_argument('--background-words-sep', metavar='SEP',
                        help='separator in --background-words FILE (default: detected)')
 

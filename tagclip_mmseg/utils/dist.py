@@ -41,7 +41,7 @@ def export_slurm_environment() -> None:
     """
     missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ]
     if missing:
-        raise RuntimeError(f'--launcher slurm expects srun\'s environment, but {missing} are not '
+        raise RuntimeError(f"--launcher slurm expects srun's environment, but {missing} are not "
                            'set; start the tool with srun or tools/slurm_test.sh')
     if 'MASTER_ADDR' not in os.environ:
         nodes = subprocess.run(['scontrol', 'show', 'hostnames', os.environ['SLURM_NODELIST']],
@@ -69,7 +69,7 @@ def init_cpu_distributed(launcher: str, backend: str = 'gloo') -> str:
     if launcher == 'slurm':
         export_slurm_environment()
     if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
-        raise RuntimeError('--launcher pytorch expects torchrun\'s RANK/WORLD_SIZE environment; '
+        raise RuntimeError("--launcher pytorch expects torchrun's RANK/WORLD_SIZE environment; "
                            'start the tool with torchrun or tools/dist_test.sh')
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)

@@ -50,7 +50,7 @@ OFFLINE_ENVS = ('TAGCLIP_MMSEG_OFFLINE', 'HF_HUB_OFFLINE')
 #: ``--help`` text of every command-line flag that takes CLIP weights.
 CHECKPOINT_HELP = ('CLIP weights: a file or folder, an OpenAI model name (ViT-B/32, ViT-B/16, '
                    'ViT-L/14, ViT-L/14@336px) or an http(s) URL, fetched and verified once '
-                   '(#sha256=HEX pins a URL\'s hash; TAGCLIP_MMSEG_OFFLINE=1 forbids fetching)')
+                   "(#sha256=HEX pins a URL's hash; TAGCLIP_MMSEG_OFFLINE=1 forbids fetching)")
 
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 _CHUNK = 1 << 20

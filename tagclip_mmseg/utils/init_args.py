@@ -71,5 +71,6 @@ class RecordsInitArgs:
 
 def init_args(obj: Any) -> Optional[Dict[str, Any]]:
     """The arguments ``obj`` was built with (see :class:`RecordsInitArgs`), or
-    ``None`` for an object that does not record them."""
+    ``None`` for an object that does not record them.
+    """
     return getattr(obj, '_init_args', None) if isinstance(obj, RecordsInitArgs) else None

@@ -149,13 +149,15 @@ def read_background_words(path: Union[str, os.PathLike],
                           sep: Optional[str] = None,
                           first_line: str = 'class') -> List[str]:
     """Background words of a name file: every name, or line 1's with
-    ``first_line='background'`` (see :func:`read_name_file`)."""
+    ``first_line='background'`` (see :func:`read_name_file`).
+    """
     return read_name_file(path, sep, first_line).background_words()
 
 
 def is_name_file_path(value) -> bool:
     """Whether ``value`` names a name file: a path object, or a string that
-    ends in ``.txt`` or is an existing file."""
+    ends in ``.txt`` or is an existing file.
+    """
     return isinstance(value, os.PathLike) or (isinstance(value, str) and (
         value.endswith('.txt') or osp.isfile(osp.expanduser(value))))
 

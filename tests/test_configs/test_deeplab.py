@@ -169,7 +169,8 @@ def test_deeplabv2_lr_multipliers():
 
 def tiny_training_cfg(path: str, data: dict, work_dir: str) -> Config:
     """The config with a shrunk model, 64x64 crops of the tiny tree, two
-    iterations and no validation; schedule, optimizer and loss stay."""
+    iterations and no validation; schedule, optimizer and loss stay.
+    """
     cfg = load(path)
     cfg.model = shrink_model(cfg.model)
     cfg.model.data_preprocessor.size = (64, 64)
@@ -196,7 +197,8 @@ def tiny_training_cfg(path: str, data: dict, work_dir: str) -> Config:
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
 def test_config_trains_a_few_iterations(path, tiny_pseudo_seg_data, tmp_path):
     """Two iterations of each config's own training loop, optimizer, schedule
-    and loss (gradient accumulation included) change the decode head."""
+    and loss (gradient accumulation included) change the decode head.
+    """
     from mmengine.runner import Runner
     runner = Runner.from_cfg(tiny_training_cfg(path, tiny_pseudo_seg_data, str(tmp_path)))
     head = {k: v.detach().clone() for k, v in runner.model.decode_head.state_dict().items()}

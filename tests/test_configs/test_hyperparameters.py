@@ -33,7 +33,8 @@ VIT_B16_RESOLUTION = 224
 
 def markdown_tables(path: str) -> List[List[List[str]]]:
     """Every table of a markdown file as rows of stripped cells (header
-    first, the |---| line dropped)."""
+    first, the |---| line dropped).
+    """
     tables, rows = [], []
     for line in open(path, encoding='utf-8').read().splitlines() + ['']:
         if line.startswith('|'):
@@ -75,7 +76,8 @@ def defaults(fn) -> Dict[str, object]:
 
 def resolved(fn, cfg: dict) -> dict:
     """The keyword arguments a build of ``cfg`` passes to ``fn`` (a class or
-    function), with its defaults filled in."""
+    function), with its defaults filled in.
+    """
     return {**defaults(fn), **{k: v for k, v in cfg.items() if k != 'type'}}
 
 

@@ -68,7 +68,7 @@ def test_tags_from_file(voc, tmp_path):
     tags = tmp_path / 'tags.txt'
     tags.write_text('a 14 8\nb\nzzz 3\n')  # zzz is outside the split: ignored
     common = dict(data_root=str(voc), ann_file='val.txt', tag_source='file', tags_file=str(tags))
-    with pytest.raises(ValueError, match="1 images have no line.*Did the tagger finish"):
+    with pytest.raises(ValueError, match='1 images have no line.*Did the tagger finish'):
         VOCTaggedSegDataset(**common)
     ds = VOCTaggedSegDataset(**common, on_untagged='empty')
     assert [(d['img_id'], d['tags']) for d in _infos(ds)] == [('a', [14, 8]), ('b', []),
@@ -166,7 +166,8 @@ def test_cocostuff27(tmp_path):
 @pytest.mark.parametrize('img_suffix', [['.jpg', '.png'], ('.jpg', '.png')])
 def test_img_suffix_list(tmp_path, img_suffix):
     """A list (or tuple) of extensions, as mmengine's datasets accept: a
-    folder scan picks up every one, a split list takes the first that exists."""
+    folder scan picks up every one, a split list takes the first that exists.
+    """
     from tagclip_mmseg.datasets import MultiLabelListDataset
     _image(tmp_path / 'img' / 'a.jpg')
     _image(tmp_path / 'img' / 'b.png')

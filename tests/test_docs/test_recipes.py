@@ -185,7 +185,8 @@ def _write_photos(folder: str, names: List[str]) -> None:
 
 def _write_coco_annotations(root: str) -> None:
     """``annotations/instances_<split>.json`` of two images, one instance each,
-    for the splits the COCO-object converter recipe names."""
+    for the splits the COCO-object converter recipe names.
+    """
     from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES
     categories = [dict(id=i, name=n) for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
@@ -201,7 +202,8 @@ def _write_coco_annotations(root: str) -> None:
 def _write_stuffthingmaps(root: str) -> None:
     """COCO-Stuff 164k's layout: ``images/val2017/<id>.jpg`` and its
     stuffthingmap ``annotations/val2017/<id>.png`` (0 person, 100 a stuff
-    class, 255 unlabeled), for two images."""
+    class, 255 unlabeled), for two images.
+    """
     import numpy as np
     from PIL import Image
     ids = ['000000000001', '000000000002']

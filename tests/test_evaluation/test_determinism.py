@@ -15,9 +15,9 @@ import pytest
 import torch
 from mmseg.structures import SegDataSample
 
-from tagclip_mmseg.evaluation.determinism import (PIXEL_TIE, SCORE_ATOL, cam_box_margin,
-                                                  compare_tag_scores, tag_decision_margin,
-                                                  unexplained_label_flips, DECISION_TIE)
+from tagclip_mmseg.evaluation.determinism import (DECISION_TIE, PIXEL_TIE, SCORE_ATOL,
+                                                  cam_box_margin, compare_tag_scores,
+                                                  tag_decision_margin, unexplained_label_flips)
 from tagclip_mmseg.testing.checkout import repo_root
 from tagclip_mmseg.testing.models import build_labeler, build_tagger
 
@@ -90,7 +90,8 @@ def test_tag_decision_margin_hand_computed():
 def test_cam_box_margin_hand_computed():
     """255 * (0.2, 0.5, 0.9999999) -> q = (51, 127, 254); ratio 0.4 -> level
     trunc(101.6) = 101; boundary 102: gaps |51 - 102| = 51 and |127.5 - 102| =
-    25.5 -> 0.1 (the max is left out)."""
+    25.5 -> 0.1 (the max is left out).
+    """
     cams = torch.tensor([[[0.2, 0.5, 0.9999999]]])
     torch.testing.assert_close(cam_box_margin(cams, 0.4), torch.tensor([25.5 / 255]))
     # Second tag: q_max 254 again, 255 * v = 102.01 is 0.01 from the boundary 102.
@@ -206,7 +207,8 @@ def _labels_and_probs(model, images, tags, hw):
 def test_masks_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks):
     """A pixel may flip only where two channels tie, or on an image whose CAM
     box decision is tied; through ``predict`` too (one image per forward on
-    the CPU against a forced batch of 8)."""
+    the CPU against a forced batch of 8).
+    """
     images = _photos(8)
     tags = [[0, 2], [1], [3, 4, 6], [5], [0, 1, 2, 3], [6], [2, 4], [1, 5]]
     hw = (45, 70)

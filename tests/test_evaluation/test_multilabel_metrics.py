@@ -61,8 +61,9 @@ def test_ap_empty_class_is_nan():
 
 
 def test_ap_matches_mmpretrain_average_precision():
-    """mmpretrain's AveragePrecision is docs/method.md's AP (no ties) and keeps
-    classes without positives as 0 in the mean (our quirks='reference')."""
+    """Mmpretrain's AveragePrecision is docs/method.md's AP (no ties) and keeps
+    classes without positives as 0 in the mean (our quirks='reference').
+    """
     pytest.importorskip('mmpretrain.evaluation')
     from mmpretrain.evaluation import AveragePrecision
     g = torch.Generator().manual_seed(3)

@@ -11,8 +11,8 @@ from PIL import Image
 from tagclip_mmseg.evaluation import PseudoLabelWriter, format_summary
 from tagclip_mmseg.records import read_label_png, remove_stale_temp_files
 from tagclip_mmseg.resume import SkipExisting
-from tagclip_mmseg.utils.class_names import voc_palette
 from tagclip_mmseg.testing.checkout import repo_root, tool_env
+from tagclip_mmseg.utils.class_names import voc_palette
 
 
 def voc_colormap():
@@ -247,7 +247,7 @@ def test_format_summary():
     assert '(n/a images/s)' in format_summary({'written': 0}, 0)
 
 
-_DIST_SCRIPT = r'''
+_DIST_SCRIPT = r"""
 import json, sys
 import numpy as np, torch, torch.distributed as dist
 from mmengine.evaluator import Evaluator
@@ -270,7 +270,7 @@ evaluator = Evaluator([PseudoLabelWriter(out_dir=out_dir)])
 evaluator.process(samples)
 print(json.dumps(evaluator.evaluate(num)))
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow

@@ -93,8 +93,8 @@ def test_skipped_and_missing_gt_are_counted():
 
 
 def test_precomputed_mask_from_metainfo():
-    from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
     sample = SegDataSample(metainfo=dict(img_id='a', precomputed=True,
                                          pred_seg_map=np.array([[0, 1]], np.uint8)))
     sample.gt_sem_seg = PixelData(data=torch.tensor([[[0, 1]]]))

@@ -179,7 +179,7 @@ def test_writer_run_hook_holds_the_locks_from_before_to_after_test(tmp_path):
 
 
 def test_failing_run_releases_the_writer_lock(tmp_path):
-    """mmengine calls no hook when a test run raises; ResumableTestLoop calls on_test_error."""
+    """Mmengine calls no hook when a test run raises; ResumableTestLoop calls on_test_error."""
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
     from mmpretrain.structures import DataSample

@@ -16,8 +16,9 @@ def test_stack_imports(module):
 
 
 def test_plugin_registers_into_mmseg():
-    import tagclip_mmseg
     from mmseg.registry import DATASETS, METRICS, MODELS
+
+    import tagclip_mmseg
     assert tagclip_mmseg.__version__
     assert MODELS.get('TagCLIP') is not None
     assert MODELS.get('CLIPESPseudoLabeler') is not None

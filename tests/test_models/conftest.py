@@ -5,7 +5,8 @@ import pytest
 class PrecisionSpy:
     """Records, per spied call, the dtypes of its floating-point tensor
     arguments and whether CPU autocast was on: the mixed-precision tests check
-    where values are compared, not only the output's dtype."""
+    where values are compared, not only the output's dtype.
+    """
 
     def __init__(self, monkeypatch) -> None:
         self.monkeypatch = monkeypatch
@@ -29,7 +30,8 @@ class PrecisionSpy:
 
     def softmax_over(self, size: int) -> None:
         """Spy on ``Tensor.softmax`` of tensors whose last dim is ``size``
-        (the class axis; attention maps have the token count there)."""
+        (the class axis; attention maps have the token count there).
+        """
         import torch
         softmax = torch.Tensor.softmax
 
@@ -42,7 +44,8 @@ class PrecisionSpy:
 
     def assert_fp32(self, names) -> None:
         """Each of ``names`` was called, and every call saw fp32 inputs with
-        autocast off."""
+        autocast off.
+        """
         import torch
         assert {c[0] for c in self.calls} >= set(names), self.calls
         bad = [c for c in self.calls if c[2] or any(d != torch.float32 for d in c[1])]

@@ -157,7 +157,8 @@ def test_killed_tagging_run_resumed_with_other_bgr_to_rgb_recomputes(tiny_clip, 
 # ----------------------------------------------- 3: checkpoint content hash
 def _patched_copy(src, dst, key):
     """``src`` with 1 added to the fp32 tensor ``key`` in place: the same size,
-    header and first and last MiB, other content."""
+    header and first and last MiB, other content.
+    """
     data = bytearray(open(src, 'rb').read())
     size = struct.unpack('<Q', data[:8])[0]
     start, end = json.loads(data[8:8 + size])[key]['data_offsets']
@@ -171,7 +172,8 @@ def _patched_copy(src, dst, key):
 
 def test_checkpoints_equal_in_name_size_and_mtime_differ(tmp_path, tiny_clip):
     """As ``tar -x``, ``cp -p`` and ``rsync -a`` leave them; the change sits
-    in the middle of the file (a text-encoder weight, so the embeddings differ)."""
+    in the middle of the file (a text-encoder weight, so the embeddings differ).
+    """
     from tagclip_mmseg.models.clip import checkpoint_fingerprint, load_clip, save_clip_state_dict
     from tagclip_mmseg.models.clip.text_classifier import build_text_classifier
     a, b = str(tmp_path / 'a' / 'clip.safetensors'), str(tmp_path / 'b' / 'clip.safetensors')

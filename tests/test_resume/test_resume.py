@@ -687,7 +687,8 @@ def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp
 def test_tags_of_two_processes_equal_one(images, tag_reference, tmp_path, tiny_tool_options,
                                          tool_runner, tag_files_agree, tag_ratio):
     """The tags files of a 2-process run (torchrun, gloo on CPU) equal one
-    process's under the determinism contract."""
+    process's under the determinism contract.
+    """
     tool_runner.subprocess('tools/test.py', *tag_args(images, tmp_path, tiny_tool_options),
                            nproc=2)
     tag_files_agree({name: (tmp_path / name).read_bytes() for name in TAG_FILES}, tag_reference,

@@ -31,7 +31,7 @@ def run_session(tmp_path, source, strict=True):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-DATA_SKIP = '''
+DATA_SKIP = """
     import pytest
 
     def test_needs_photos():
@@ -39,7 +39,7 @@ DATA_SKIP = '''
 
     def test_passes():
         pass
-'''
+"""
 
 
 def test_data_skip_fails_the_session_and_is_listed(tmp_path):
@@ -57,7 +57,7 @@ def test_policy_is_off_without_the_option(tmp_path):
 
 
 def test_cuda_skip_xfail_and_passes_are_fine(tmp_path):
-    code, out = run_session(tmp_path, '''
+    code, out = run_session(tmp_path, """
         import pytest
 
         @pytest.mark.skipif(True, reason='needs a CUDA device')
@@ -73,41 +73,41 @@ def test_cuda_skip_xfail_and_passes_are_fine(tmp_path):
 
         def test_passes():
             pass
-    ''')
+    """)
     assert code == 0, out
     assert '2 skipped' in out and '1 xfailed' in out and 'skip policy' not in out
 
 
 def test_missing_dependency_at_collection_fails(tmp_path):
-    code, out = run_session(tmp_path, '''
+    code, out = run_session(tmp_path, """
         import pytest
 
         pytest.importorskip('a_package_that_is_not_installed')
 
         def test_never_runs():
             pass
-    ''')
+    """)
     assert code == 1, out
     assert "SKIPPED test_generated.py: could not import 'a_package_that_is_not_installed'" in out
 
 
 def test_bad_skip_does_not_hide_a_failure(tmp_path):
-    code, out = run_session(tmp_path, DATA_SKIP + '''
+    code, out = run_session(tmp_path, DATA_SKIP + """
     def test_fails():
         assert False
-''')
+""")
     assert code == 1, out
     assert '1 failed' in out and 'skip policy' in out
 
 
 def test_root_skip_is_fine_only_as_root(tmp_path):
-    code, out = run_session(tmp_path, '''
+    code, out = run_session(tmp_path, """
         import pytest
 
         @pytest.mark.skipif(True, reason='running as root: root ignores directory permissions')
         def test_permissions():
             pass
-    ''')
+    """)
     assert code == (0 if ROOT else 1), out
 
 

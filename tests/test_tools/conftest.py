@@ -92,7 +92,8 @@ class SaveRankWeightsHook(Hook):
 
 def assert_ranks_trained_alike(work_dir, world_size: int = 2) -> None:
     """Every rank of a :func:`rank_weights_config` run was wrapped in DDP, ended
-    with the same weights as rank 0, and changed the decode head."""
+    with the same weights as rank 0, and changed the decode head.
+    """
     import torch
     runs = [torch.load(osp.join(work_dir, f'rank{r}_weights.pth'), weights_only=True)
             for r in range(world_size)]
@@ -117,7 +118,8 @@ def rank_weights_config(tmp_path, tiny_config):
     before and after training (``initial``, ``final``), its model wrapper's
     class name (``wrapper``) and the world size to
     ``<work_dir>/rank<r>_weights.pth``. Returns ``(config, pythonpath)``: the
-    hook's module is found through ``pythonpath``."""
+    hook's module is found through ``pythonpath``.
+    """
     hook_dir = tmp_path / 'rank_hook'
     hook_dir.mkdir()
     (hook_dir / 'rank_weights_hook.py').write_text(RANK_WEIGHTS_HOOK)

@@ -16,8 +16,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tagclip_mmseg.datasets import COCOMultiLabelDataset, COCOObjectTaggedSegDataset
-from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES, voc_palette
 from tagclip_mmseg.testing.checkout import repo_root
+from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES, voc_palette
 
 REPO = repo_root(__file__)
 
@@ -246,7 +246,7 @@ def _stuffthingmaps():
 
 @pytest.fixture
 def stuff_root(tmp_path):
-    """mmseg's COCO-Stuff 164k layout, plus a converted COCO-Stuff mask to ignore."""
+    """Mmseg's COCO-Stuff 164k layout, plus a converted COCO-Stuff mask to ignore."""
     for stem, (stuffthingmap, _) in _stuffthingmaps().items():
         for sub, suffix, obj in (
                 ('images', '.jpg', Image.new('RGB', stuffthingmap.shape[::-1], (90, 80, 70))),

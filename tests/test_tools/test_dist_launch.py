@@ -75,7 +75,7 @@ def _alive(pid: int) -> bool:
 #: ``tools/dist_test.sh`` with 2 ranks, SIGKILLs the launcher as soon as both
 #: ranks exist (they are still importing, before any rank guard), then waits
 #: (bounded) for the adopted ranks and prints a JSON report.
-SUBREAPER_SCRIPT = r'''
+SUBREAPER_SCRIPT = r"""
 import ctypes, json, os, signal, subprocess, sys, time
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -131,7 +131,7 @@ for pid, _ in children_of(os.getpid()):  # anything else torchrun left to us
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
 print(json.dumps(dict(ranks=ranks, survivors=survivors, statuses=list(statuses.values()))))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -139,7 +139,8 @@ print(json.dumps(dict(ranks=ranks, survivors=survivors, statuses=list(statuses.v
 def test_ranks_stop_when_the_launcher_dies_early_under_a_subreaper(tmp_path, tool_runner):
     """Launcher SIGKILLed before the ranks arm their guard, under a child
     subreaper: the ranks are adopted by the subreaper (not by init), notice
-    that their parent is not the launcher recorded at start, and stop."""
+    that their parent is not the launcher recorded at start, and stop.
+    """
     script = tmp_path / 'subreaper.py'
     script.write_text(SUBREAPER_SCRIPT)
     stderr = tmp_path / 'launcher.stderr'

@@ -20,7 +20,6 @@ from tagclip_mmseg.testing.checkout import repo_root, tool_env
 from tagclip_mmseg.testing.images import (FOLDER_CONFIG, FOLDER_IDS, random_photo,
                                           scores_file_option, write_folder_images)
 
-
 ROOT = repo_root(__file__)
 TAG_CONFIG = 'configs/tagclip/tagclip_vit-b16_voc07-test.py'
 PL_CONFIG = 'configs/pseudo_labelers/clip-es_vit-b16_voc12-val_tagclip-tags.py'
@@ -144,7 +143,8 @@ def reference_miou(preds, gts, num_classes: int) -> dict:
     """docs/method.md §7 from a plain confusion matrix: GT pixels outside the classes
     (255) are ignored, a prediction outside them is a miss of the GT class;
     ``mIoU`` averages the classes present in the GT, ``mIoU_mmseg`` every
-    class with a non-empty union (percent)."""
+    class with a non-empty union (percent).
+    """
     conf = np.zeros((num_classes, num_classes), np.int64)  # rows GT, columns prediction
     gt_count = np.zeros(num_classes, np.int64)
     for pred, gt in zip(preds, gts):

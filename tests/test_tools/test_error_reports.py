@@ -142,7 +142,7 @@ def test_tagging_label_file_with_blank_lines_and_tabs(data, tmp_path, tiny_tool_
 @pytest.mark.parametrize('tags_text, error, fragments', [
     ('apple 7\nboat 20\ncloud\n', 'LabelFileError', ['tags.txt:2', 'outside the 20 classes']),
     ('apple 7\nboat 3,14\ncloud\n', 'LabelFileError', ['tags.txt:2', 'commas are not separators']),
-    ('apple 7\nboat;3\ncloud 1\n', 'ValueError', ["no line in", "'boat'", 'Did the tagger finish']),
+    ('apple 7\nboat;3\ncloud 1\n', 'ValueError', ['no line in', "'boat'", 'Did the tagger finish']),
     ('apple 7\nboat x\ncloud\n', 'LabelFileError', ['tags.txt:2', "'x'", 'not an integer']),
 ], ids=['unknown-class-id', 'commas', 'semicolon', 'not-a-number'])
 def test_pseudo_label_tag_file_errors(tags_text, error, fragments, data, tmp_path,

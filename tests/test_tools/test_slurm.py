@@ -34,7 +34,8 @@ SCRIPT_ENV = dict(GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1', GRES='',
 # ------------------------------------------------------------ srun's environment
 def test_slurm_environment_becomes_torch_rendezvous(monkeypatch, tmp_path):
     """RANK/WORLD_SIZE/LOCAL_RANK from srun's variables; MASTER_ADDR is the first
-    node of the job (from ``scontrol show hostnames``) unless set."""
+    node of the job (from ``scontrol show hostnames``) unless set.
+    """
     fake = tmp_path / 'scontrol'
     fake.write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] && '
                     'printf "gpu07\\ngpu08\\n"\n')
@@ -57,7 +58,7 @@ def test_slurm_environment_becomes_torch_rendezvous(monkeypatch, tmp_path):
     export_slurm_environment()
     assert (os.environ['MASTER_ADDR'], os.environ['MASTER_PORT']) == ('10.1.2.3', '29500')
     monkeypatch.delenv('SLURM_PROCID')
-    with pytest.raises(RuntimeError, match=r"SLURM_PROCID.*srun"):
+    with pytest.raises(RuntimeError, match=r'SLURM_PROCID.*srun'):
         export_slurm_environment()
 
 

@@ -181,14 +181,14 @@ def test_redirects_only_to_http_and_never_down_from_https(online, ckpt_bytes):
 
 
 #: A process that loads a CLIP by URL and prints a digest of its weights.
-_LOAD_AND_DIGEST = '''
+_LOAD_AND_DIGEST = """
 import hashlib, sys
 from tagclip_mmseg.models.clip.checkpoint import load_clip
 digest = hashlib.sha256()
 for value in load_clip(sys.argv[1]).state_dict().values():
     digest.update(value.numpy().tobytes())
 print('DIGEST', digest.hexdigest())
-'''
+"""
 
 
 @pytest.mark.slow
@@ -214,6 +214,7 @@ def test_four_processes_at_once_fetch_once(online, ckpt_bytes, tool_runner):
 @pytest.mark.slow
 def test_demo_fetches_verifies_and_tags(online, tool_runner, tmp_path):
     from tagclip_mmseg.apis import write_pipeline_check_checkpoint
+
     # The demo's configs index 12 vision layers: serve the narrow 12-layer CLIP.
     with open(write_pipeline_check_checkpoint(str(tmp_path / 'narrow.pth')), 'rb') as f:
         ckpt_bytes = f.read()
@@ -234,7 +235,8 @@ def test_demo_fetches_verifies_and_tags(online, tool_runner, tmp_path):
 def test_a_url_works_wherever_a_checkpoint_is_accepted(online, tiny_tool_options, tool_runner,
                                                        tmp_path):
     """The inferencer, the converter and ``tools/test.py --clip-checkpoint``
-    share one fetched copy."""
+    share one fetched copy.
+    """
     import importlib.util
 
     import numpy as np

@@ -12,13 +12,13 @@ import pytest
 
 from tagclip_mmseg.models.clip.presets import resolve_background, resolve_classes
 from tagclip_mmseg.models.clip.tokenizer import get_tokenizer
-from tagclip_mmseg.utils.name_files import (NameFileError, read_background_words,
-                                            read_class_names, read_name_file)
+from tagclip_mmseg.utils.name_files import (NameFileError, read_background_words, read_class_names,
+                                            read_name_file)
 
 
 def peers_reader(path, sep):
     """The peers' ``get_cls_idx``, verbatim in behaviour: one list of names per line."""
-    with open(path, 'r') as f:
+    with open(path) as f:
         name_sets = f.readlines()
     return [[name.replace('\n', '') for name in line.split(sep)] for line in name_sets]
 

@@ -12,8 +12,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from tagclip_mmseg.utils import refused_globals
-from tagclip_mmseg.utils import torch_compat
+from tagclip_mmseg.utils import refused_globals, torch_compat
 from tagclip_mmseg.utils.torch_compat import (TORCH_MIN, TORCH_NEWEST_TESTED, autocast_supports,
                                               check_mmcv_ops, check_torch_version,
                                               has_named_safe_globals, is_autocast_enabled,
@@ -155,7 +154,8 @@ def test_is_autocast_enabled_per_device_type():
 
 def observed_autocast_dtype(dtype):
     """The dtype of a matmul under ``torch.autocast('cpu', dtype)`` (None:
-    refused)."""
+    refused).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:
@@ -177,8 +177,9 @@ def test_autocast_check_is_false_for_a_missing_device():
 
 
 def test_refusals_are_recognised_by_structure_whatever_torch_says(tmp_path):
-    """torch 2.1-2.3, 2.4+ and 2.9 word a refusal differently: the file's own
-    pickle opcodes decide, not the message."""
+    """Torch 2.1-2.3, 2.4+ and 2.9 word a refusal differently: the file's own
+    pickle opcodes decide, not the message.
+    """
     import os
     path = str(tmp_path / 'evil.pth')
     torch.save({'x': OpenMarker(str(tmp_path / 'never'))}, path)

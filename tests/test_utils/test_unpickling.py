@@ -71,11 +71,8 @@ def test_clip_loader_says_why_a_file_did_not_load(tmp_path, tiny_clip):
 
 
 def test_mmengine_loader_says_why_a_file_did_not_load(tmp_path, tiny_clip):
-    from tagclip_mmseg.engine import (
-        UnreadableCheckpointError,
-        UnsafeCheckpointError,
-        load_from_local_weights_only,
-    )
+    from tagclip_mmseg.engine import (UnreadableCheckpointError, UnsafeCheckpointError,
+                                      load_from_local_weights_only)
     files, marker = bad_files(tmp_path, tiny_clip)
     for kind, (path, words) in files.items():
         expected = UnsafeCheckpointError if 'asks to call' in words else UnreadableCheckpointError
@@ -87,7 +84,8 @@ def test_mmengine_loader_says_why_a_file_did_not_load(tmp_path, tiny_clip):
 
 def test_refusal_is_read_from_the_file_not_from_the_wording(tmp_path, tiny_clip):
     """Any torch wording (2.1's "Unsupported global", 2.9's "whose module posix
-    is blocked", or one not written yet) gives the same explanation."""
+    is blocked", or one not written yet) gives the same explanation.
+    """
     from tagclip_mmseg.utils import refused_globals, unreadable_reason
     files, _ = bad_files(tmp_path, tiny_clip)
     reworded = pickle.UnpicklingError('a wording no torch version has used')
@@ -131,7 +129,8 @@ BAD_CLIPS = {
 @pytest.fixture(params=sorted(BAD_CLIPS))
 def bad_clip(request, tmp_path, tiny_clip):
     """``(path, marker, expected fragments)``: a CLIP state dict plus a pickled
-    call that creates ``marker``, a JPEG, or a truncated checkpoint."""
+    call that creates ``marker``, a JPEG, or a truncated checkpoint.
+    """
     marker = tmp_path / 'code_ran'
     path = tmp_path / f'{request.param}.pth'
     state = tiny_clip.state_dict()
@@ -160,7 +159,8 @@ def assert_says_why(message: str, path: str, fragments) -> None:
 def test_bad_clip_checkpoint_is_explained_and_never_runs(bad_clip, tmp_path, tiny_tool_options,
                                                          tool_runner, capsys):
     """The inferencer, the demo and ``tools/test.py --clip-checkpoint``; a file
-    that calls a function, a JPEG and a truncated file."""
+    that calls a function, a JPEG and a truncated file.
+    """
     from tagclip_mmseg.apis import TagCLIPInferencer
     from tagclip_mmseg.models.clip import CheckpointError
     path, marker, fragments = bad_clip
@@ -193,6 +193,7 @@ def test_bad_clip_checkpoint_is_explained_and_never_runs(bad_clip, tmp_path, tin
 @pytest.mark.classic
 def test_checkpoint_messages_name_the_cause(tmp_path, tiny_clip):
     from tagclip_mmseg.models.clip import CheckpointError, load_clip
+
     # A wrong-shaped tensor: its name and both shapes, as a CheckpointError.
     state = dict(tiny_clip.state_dict())
     key = 'visual.transformer.resblocks.1.mlp.c_fc.weight'

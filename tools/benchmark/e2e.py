@@ -18,7 +18,8 @@ FOLDER_CONFIG = osp.join(ROOT, 'configs', 'tagclip', 'tagclip_vit-b16_folder.py'
 
 def write_photos(folder: str, count: int, hw: Tuple[int, int]) -> None:
     """Write ``count`` JPEGs at ``hw`` from the demo photos (mirrored every
-    other round, so that no two files are equal)."""
+    other round, so that no two files are equal).
+    """
     from PIL import Image
     os.makedirs(folder, exist_ok=True)
     photos = demo_photos()
@@ -33,9 +34,11 @@ def write_photos(folder: str, count: int, hw: Tuple[int, int]) -> None:
 def photo_batch(folder: str, patch: int, device: torch.device,
                 dtype: torch.dtype) -> torch.Tensor:
     """The folder's photos as the tagging pipeline and data preprocessor give
-    them to the model: bicubic resize to the patch multiple, CLIP-normalised."""
+    them to the model: bicubic resize to the patch multiple, CLIP-normalised.
+    """
     import numpy as np
     from PIL import Image
+
     from tagclip_mmseg.models.clip.data_preprocessor import CLIP_MEAN, CLIP_STD
     rows = []
     for name in sorted(os.listdir(folder)):
@@ -56,6 +59,7 @@ def write_config(bench: Bench, ckpt: str, work_dir: str) -> str:
     built in this process, so both time the same model.
     """
     from mmengine.config import Config
+
     from tagclip_mmseg.testing.models import VOC_TAGGER
     args = bench.args
     cfg = Config.fromfile(FOLDER_CONFIG)

@@ -12,9 +12,8 @@ import zipfile
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.fetch import DEFAULT_CLIP_NAME, OPENAI_CLIP_URLS, resolve_checkpoint
 from ...utils.hashing import file_sha256
@@ -477,7 +476,8 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
 def _check_shapes(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor],
                   path: str) -> None:
     """Name every tensor whose shape disagrees with the inferred layout
-    (``load_state_dict`` would raise a bare ``size mismatch`` RuntimeError)."""
+    (``load_state_dict`` would raise a bare ``size mismatch`` RuntimeError).
+    """
     wrong = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}'
              for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
     if wrong:

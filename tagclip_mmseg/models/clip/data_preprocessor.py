@@ -7,9 +7,9 @@ from typing import Dict, List, Sequence, Union
 
 import torch
 from mmengine.model import BaseDataPreprocessor
+from mmseg.registry import MODELS
 from torch import Tensor
 
-from mmseg.registry import MODELS
 from ...utils.init_args import RecordsInitArgs
 from ...utils.token_grid import group_indices
 

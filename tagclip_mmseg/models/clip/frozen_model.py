@@ -12,9 +12,8 @@ from typing import (ContextManager, Dict, Iterator, List, NamedTuple, Optional, 
 import torch
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.class_names import ClassName
 from ...utils.init_args import RecordsInitArgs
@@ -32,7 +31,8 @@ __all__ = ['FrozenModel', 'FrozenCLIPModel', 'Vocabulary', 'full_precision']
 
 def full_precision(device: Union[str, torch.device]) -> ContextManager:
     """``torch.autocast`` switched off on ``device``: what runs inside
-    computes in its inputs' dtype, whatever region encloses it."""
+    computes in its inputs' dtype, whatever region encloses it.
+    """
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
@@ -232,7 +232,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
     @property
     def round_pos_embed_fp16(self) -> bool:
         """``quirks.pos_embed_fp16``, passed per ViT call (a shared CLIP may
-        serve models of other quirks)."""
+        serve models of other quirks).
+        """
         return self.quirks.pos_embed_fp16
 
     def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
@@ -253,7 +254,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
                        class_names: Union[str, Sequence[ClassName]],
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
         """Set the foreground classes (and optionally background words),
-        checked by :meth:`resolve_vocabulary`."""
+        checked by :meth:`resolve_vocabulary`.
+        """
         self.class_names, self.background_words = self.resolve_vocabulary(
             class_names, background_words)
 
@@ -418,7 +420,8 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
 
     def forward_batch_size(self, device: torch.device, group_size: int) -> int:
         """Images per forward for a group of ``group_size`` equal-size images
-        (see ``images_per_forward``)."""
+        (see ``images_per_forward``).
+        """
         if self.images_per_forward is not None:
             return int(self.images_per_forward)
         return 1 if torch.device(device).type == 'cpu' else max(group_size, 1)

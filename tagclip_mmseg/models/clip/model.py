@@ -12,9 +12,8 @@ from typing import Callable, Container, Dict, Iterable, List, Mapping, Optional,
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.torch_compat import is_autocast_enabled
 
@@ -211,7 +210,8 @@ class CLIPAttention(nn.Module):
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block in OpenAI's naming (``ln_1``, ``attn``,
-    ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``)."""
+    ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``).
+    """
 
     def __init__(self, d_model: int, n_head: int) -> None:
         super().__init__()

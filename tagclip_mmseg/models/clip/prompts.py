@@ -17,7 +17,8 @@ __all__ = [
 
 def text_key(text: str) -> str:
     """``text`` as CLIP's tokenizer reads it (lower case, collapsed spaces):
-    two names with the same key get the same embedding."""
+    two names with the same key get the same embedding.
+    """
     return ' '.join(text.lower().split())
 
 # --------------------------------------------------------------------------

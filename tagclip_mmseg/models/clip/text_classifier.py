@@ -34,7 +34,8 @@ _CACHE_FORMAT = 1
 
 def default_text_cache_dir() -> str:
     """``$TAGCLIP_MMSEG_CACHE/text_embeddings``, else
-    ``~/.cache/tagclip_mmseg/text_embeddings``."""
+    ``~/.cache/tagclip_mmseg/text_embeddings``.
+    """
     return osp.join(cache_root(), 'text_embeddings')
 
 
@@ -169,10 +170,10 @@ def tokenize_prompts(class_names: Sequence[ClassName], templates: Sequence[str],
         detail = ', '.join(repr(class_names[c]) for c in classes[:5])
         if not truncate:
             raise ValueError(
-                f'class name(s) {detail} make prompts longer than CLIP\'s {context_length}-token '
+                f"class name(s) {detail} make prompts longer than CLIP's {context_length}-token "
                 f'context (e.g. {prompts[too_long[0]]!r}); shorten them, or cut the prompts with '
                 'truncate_prompts=True (model config, TagCLIPInferencer(truncate_prompts=True) '
-                'or the demo\'s --truncate-prompts)')
+                "or the demo's --truncate-prompts)")
         warnings.warn(f'truncating prompts of class(es) {detail} to {context_length} tokens')
     return tokenizer.pack(ids, context_length, truncate=True)
 

@@ -79,7 +79,8 @@ def _byte_symbols() -> Dict[int, str]:
 @functools.lru_cache(maxsize=4)
 def _load_merges(bpe_path: str) -> Tuple[Tuple[str, str], ...]:
     """Read the merges (cached: the file is 1.3 MB of gzip and every
-    tokenizer instance needs the same list)."""
+    tokenizer instance needs the same list).
+    """
     try:
         with gzip.open(bpe_path, 'rt', encoding='utf-8') as f:
             lines = f.read().split('\n')
@@ -88,14 +89,15 @@ def _load_merges(bpe_path: str) -> Tuple[Tuple[str, str], ...]:
     # Line 0 is a version header; the vocabulary uses exactly _NUM_MERGES merges.
     merges = tuple(tuple(line.split()) for line in lines[1:_NUM_MERGES + 1])
     if len(merges) != _NUM_MERGES or any(len(m) != 2 for m in merges):
-        raise ValueError(f'{bpe_path!r} is not CLIP\'s BPE merges file (expected '
+        raise ValueError(f"{bpe_path!r} is not CLIP's BPE merges file (expected "
                          f'{_NUM_MERGES} pairs after the header line)')
     return merges
 
 
 def _clean(text: str) -> str:
     """OpenAI's text normalisation: fix mojibake, unescape HTML twice,
-    collapse whitespace, lower-case."""
+    collapse whitespace, lower-case.
+    """
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(' ', text).strip().lower()

@@ -59,7 +59,8 @@ class AttentionVote:
     @property
     def count(self) -> Optional[Tensor]:
         """uint8 (B, N, N): per pair, the number of layers above their mean
-        (``None`` before the first update or without a vote)."""
+        (``None`` before the first update or without a vote).
+        """
         return self._count
 
     @property
@@ -106,7 +107,8 @@ class AttentionVote:
 
     def finalize(self) -> Tensor:
         """Return ``W`` (B, N, N), float32 (float64 for float64 maps), and
-        reset the accumulator (its buffers become the result)."""
+        reset the accumulator (its buffers become the result).
+        """
         missing = self.avg_layers - self._seen
         if missing:
             raise RuntimeError(f'averaged layers {sorted(missing)} were never streamed (seen '

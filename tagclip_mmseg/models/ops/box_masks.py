@@ -94,7 +94,8 @@ def binarize_like_reference(maps: Tensor,
 
 def _box_min3(labels: Tensor, background: int) -> Tensor:
     """Minimum over each pixel's closed 3x3 neighbourhood of (M, H, W) labels
-    (separable: a 1x3 then a 3x1 minimum, out-of-image counts as background)."""
+    (separable: a 1x3 then a 3x1 minimum, out-of-image counts as background).
+    """
     p = F.pad(labels, (1, 1), value=background)
     rows = torch.minimum(torch.minimum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
     p = F.pad(rows, (0, 0, 1, 1), value=background)

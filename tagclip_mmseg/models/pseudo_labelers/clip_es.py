@@ -10,10 +10,10 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch import Tensor
+
 from ...utils.checks import check_finite, check_range
 from ...utils.class_names import ClassName
 from ...utils.label_maps import LabelMap, label_lut
@@ -163,7 +163,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
     def tensor_batch(self, images: Tensor, data_samples: list) -> Tensor:
         """(B, C, H, W) :meth:`seg_logits` at the input size:
-        ``forward(mode='tensor')``."""
+        ``forward(mode='tensor')``.
+        """
         tag_lists = self.batch_tags(images, data_samples)
         cams, _ = self.compute_cams(images, tag_lists)
         size = tuple(images.shape[-2:])
@@ -323,7 +324,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  rows: Optional[slice] = None) -> Tensor:
         """Bilinear (``align_corners=False``) upsampling of (K, hp, wp) maps
         to ``size``, or to its output ``rows``; rounded to fp16 with
-        ``quirks.cam_fp16``."""
+        ``quirks.cam_fp16``.
+        """
         K, hp, wp = cams.shape
         zero = torch.zeros(1, dtype=torch.long, device=cams.device)
         ry = bilinear_resize_matrices(zero, zero + hp, hp, size[0])[0]  # (H, hp)
@@ -335,7 +337,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
     def banded_label(self, cams: Tensor, tags: List[int], size: Tuple[int, int]) -> Tensor:
         """Label map at ``size``, computed in bands of about 16 MB of rows so
-        that the peak memory does not grow with the image."""
+        that the peak memory does not grow with the image.
+        """
         H, W = size
         band = max(1, (1 << 22) // max(W * (cams.shape[0] + 1), 1))
         label = torch.empty(H, W, dtype=torch.long, device=cams.device)
@@ -363,7 +366,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         """(K, h, w) full-size CAMs -> (h, w) long label map, CRF-refined when
         configured (the CRF reads ``sample``'s original image). With
         ``wait=False`` a CRF with workers returns a ``PendingLabel`` for
-        ``set_label`` and ``collect_pending_labels``."""
+        ``set_label`` and ``collect_pending_labels``.
+        """
         H, W = cams.shape[-2:]
         tag_t = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
         if self.with_background:
@@ -381,4 +385,3 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             return self.crf.label(probs, classes, sample) if wait else self.crf.submit(
                 probs, classes, sample)
         return classes[probs.argmax(dim=0)]
-

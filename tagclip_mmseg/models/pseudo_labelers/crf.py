@@ -15,9 +15,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 from mmengine.structures import PixelData
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.checks import check_range
 from ...utils.init_args import RecordsInitArgs
@@ -38,7 +37,8 @@ CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
 def crf_reference_image(rgb: np.ndarray) -> np.ndarray:
     """The reference's bilateral image (``Quirks.crf_reference_image``):
-    BGR minus the Caffe mean, cast to uint8 with wrap-around."""
+    BGR minus the Caffe mean, cast to uint8 with wrap-around.
+    """
     bgr = rgb[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
     return np.ascontiguousarray(bgr.astype(np.int64).astype(np.uint8))
 
@@ -129,7 +129,8 @@ class DenseCRF(RecordsInitArgs, nn.Module):
                data_sample) -> Union[Tensor, 'PendingLabel']:
         """Like :meth:`label`, but with ``workers > 0`` hand the image to the
         pool and return its :class:`PendingLabel` at once (the label map,
-        computed now, without workers)."""
+        computed now, without workers).
+        """
         probs_np, rgb = _crf_inputs(probs, data_sample)
         lut_np = lut.detach().cpu().numpy().astype(np.int64)
         args = (self.params, probs_np, rgb, lut_np)
@@ -140,7 +141,8 @@ class DenseCRF(RecordsInitArgs, nn.Module):
 
 class PendingLabel:
     """A label map that a CRF worker is computing; it keeps the image's
-    arrays so that an image whose worker died runs once more."""
+    arrays so that an image whose worker died runs once more.
+    """
 
     def __init__(self, pool: '_CRFPool', args: tuple, device: torch.device) -> None:
         self._pool, self._args, self.device = pool, args, device
@@ -174,7 +176,8 @@ Label = Union[Tensor, PendingLabel]
 
 def set_label(data_sample, label: Label) -> None:
     """Set ``pred_sem_seg`` to a (H, W) label map, or keep a
-    :class:`PendingLabel` for :func:`collect_pending_labels`."""
+    :class:`PendingLabel` for :func:`collect_pending_labels`.
+    """
     if isinstance(label, PendingLabel):
         data_sample.set_field(label, PENDING_LABEL_KEY)
     else:
@@ -184,7 +187,8 @@ def set_label(data_sample, label: Label) -> None:
 def collect_pending_labels(data_samples: Sequence, device: Optional[str] = None) -> None:
     """Wait for every pending CRF of ``data_samples`` and set their
     ``pred_sem_seg`` (on ``device``, default the submitter's); the last step
-    of a ``predict`` that used :func:`set_label`."""
+    of a ``predict`` that used :func:`set_label`.
+    """
     for sample in data_samples:
         pending = sample.get(PENDING_LABEL_KEY)
         if pending is None:
@@ -215,7 +219,8 @@ def _crf_inputs(probs: Tensor, data_sample):
 def crf_marginals(probs: np.ndarray, rgb: np.ndarray, iterations: int, gaussian: dict,
                   bilateral: dict, reference_image: bool) -> np.ndarray:
     """Mean-field marginals (C, H, W) for probabilities and an RGB image
-    (:func:`crf_reference_image` of it with ``reference_image``)."""
+    (:func:`crf_reference_image` of it with ``reference_image``).
+    """
     dcrf = _backend()
     C, H, W = probs.shape
     if rgb.shape[:2] != (H, W):
@@ -307,7 +312,8 @@ _POOLS: 'weakref.WeakSet[_CRFPool]' = weakref.WeakSet()
 
 def shutdown_crf_pools() -> None:
     """Stop every CRF worker pool of this process (they restart on next
-    use); also runs at interpreter exit."""
+    use); also runs at interpreter exit.
+    """
     for pool in list(_POOLS):
         pool.shutdown()
 

@@ -36,7 +36,8 @@ DEFAULT_TEST_CFG = dict(inference='whole', crop_size=224, stride=112, cam_batch_
 def slide_windows(height: int, width: int, crop: Tuple[int, int],
                   stride: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
     """Windows ``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` grid
-    (the last window of a row or column ends at the border)."""
+    (the last window of a row or column ends at the border).
+    """
     (h_crop, w_crop), (h_stride, w_stride) = crop, stride
     h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
     w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
@@ -58,7 +59,8 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 def _without(words: Sequence[str], names: Sequence[ClassName]) -> Tuple[str, ...]:
     """Background words that are not also a name (or synonym) of a class,
-    so that no word is on both sides of the softmax."""
+    so that no word is on both sides of the softmax.
+    """
     keys = {text_key(s) for n in names for s in ([n] if isinstance(n, str) else n)}
     return tuple(w for w in words if text_key(w) not in keys)
 
@@ -247,7 +249,8 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
 
     def image_tags(self, image: Tensor) -> List[int]:
         """Foreground tag indices of one normalised (3, H, W) image, tagged
-        whole (at most ``test_cfg.tag_max_tokens`` tokens)."""
+        whole (at most ``test_cfg.tag_max_tokens`` tokens).
+        """
         if self.all_classes_as_tags:
             return list(range(self.labeler.num_classes))
         out = self.tagger.tag(self._to_patch_grid(image[None], self.test_cfg['tag_max_tokens']))

@@ -9,9 +9,9 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from mmpretrain.structures import DataSample
+from mmseg.registry import MODELS
 from torch import Tensor
 
-from mmseg.registry import MODELS
 from ...utils.checks import check_finite, check_range
 from ...utils.class_names import ClassName
 from ...utils.normalize import minmax_normalize
@@ -135,7 +135,8 @@ class TagCLIP(FrozenCLIPModel):
 
     def softmax_names(self, vocabulary: Optional[Vocabulary] = None) -> Tuple[ClassName, ...]:
         """Foreground classes then background words: the classes of every
-        softmax (C_all), of ``vocabulary`` or the model's own."""
+        softmax (C_all), of ``vocabulary`` or the model's own.
+        """
         voc = self.call_vocabulary(vocabulary)
         return voc.class_names + voc.background_words
 
@@ -154,7 +155,8 @@ class TagCLIP(FrozenCLIPModel):
     @staticmethod
     def fill_sample(sample, scores: Tensor, tags: Tensor) -> None:
         """Set a sample's prediction: float scores and the sorted indices of
-        its (C,) boolean ``tags``. Also used to restore a resumed sample."""
+        its (C,) boolean ``tags``. Also used to restore a resumed sample.
+        """
         if not isinstance(sample, DataSample):
             raise TypeError('TagCLIP expects mmpretrain DataSample inputs (pack with '
                             f'mmpretrain.PackInputs); got {type(sample).__name__}')

@@ -39,7 +39,8 @@ def assert_same_outputs(a: CLIP, b: CLIP, images: torch.Tensor, atol: float = 0.
 class _OpenAIArchive(nn.Module):
     """Holds a CLIP's modules and parameters under OpenAI's names, plus the
     three int buffers OpenAI's TorchScript archives carry, so that its trace
-    has the state dict of a real ``ViT-B-16.pt``."""
+    has the state dict of a real ``ViT-B-16.pt``.
+    """
 
     def __init__(self, clip: CLIP) -> None:
         super().__init__()
@@ -160,7 +161,8 @@ def test_open_clip_checkpoint(tmp_path, images):
 
 def test_open_clip_custom_text_layout(tmp_path, tiny_clip, images):
     """CustomTextCLIP nests the text tower under 'text.' and may use a Linear
-    text projection."""
+    text projection.
+    """
     sd = {}
     for k, v in tiny_clip.state_dict().items():
         if k == 'text_projection':

@@ -162,7 +162,8 @@ def test_token_mean_grad_matches_autograd(tiny_clip_path, tmp_path):
 def test_token_mean_grad_follows_the_attention_chunk_budget(tiny_clip_path, tmp_path):
     """The backward walks heads in the attention module's chunks
     (``CLIPAttention.head_chunk``): one head at a time gives the same result
-    as all heads at once."""
+    as all heads at once.
+    """
     model = build_labeler(tiny_clip_path, work_dir=tmp_path, caa_layers=(0, 1, 2))
     torch.manual_seed(4)
     hidden = hidden_states(model, torch.randn(2, 3, 48, 48))
@@ -257,7 +258,8 @@ CRF_FIGURES = ['dense CRF in process', 'dense CRF, 1 worker', 'dense CRF, 2 work
 @pytest.mark.slow
 def test_benchmark_batching_crf_and_tools_parts(tmp_path):
     """The tiny configuration of the batch-size, CRF-worker and tools/test.py
-    figures (two tiny tools/test.py runs in subprocesses)."""
+    figures (two tiny tools/test.py runs in subprocesses).
+    """
     proc = subprocess.run(
         [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--work-dir',
          str(tmp_path / 'bench'), '--parts', 'batching', 'crf', 'e2e'],

@@ -17,7 +17,8 @@ from tagclip_mmseg.models.clip import resample_pos_embed
 def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) interpolation matrix of ``align_corners=False``: output
     ``i`` samples ``src = (i + 0.5) * n_in / n_out - 0.5``, clamped at 0,
-    between ``floor(src)`` and the next index (clamped at ``n_in - 1``)."""
+    between ``floor(src)`` and the next index (clamped at ``n_in - 1``).
+    """
     m = np.zeros((n_out, n_in))
     for i in range(n_out):
         src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
@@ -31,7 +32,8 @@ def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
 
 def numpy_resample(pos: np.ndarray, hw) -> np.ndarray:
     """(1 + g*g, D) -> (1 + h*w, D) in float64: [CLS] row kept, grid
-    resampled separably (rows, then columns)."""
+    resampled separably (rows, then columns).
+    """
     g = int(round(np.sqrt(pos.shape[0] - 1)))
     grid = pos[1:].astype(np.float64).reshape(g, g, -1)
     out = np.einsum('hi,wj,ijd->hwd', bilinear_weights(g, hw[0]), bilinear_weights(g, hw[1]),
@@ -45,7 +47,8 @@ def fp16(x: np.ndarray) -> np.ndarray:
 
 def test_two_by_two_to_three_by_three_by_hand():
     """2 -> 3 samples at -1/6 (clamped to 0), 1/2 and 7/6 (clamped to 1):
-    the outer rows/columns copy the grid, the middle ones average it."""
+    the outer rows/columns copy the grid, the middle ones average it.
+    """
     a, b, c, d = 0.1, 0.2, 0.3, 0.7
     cls = 0.123
     pos = torch.tensor([[cls], [a], [b], [c], [d]])
@@ -84,7 +87,8 @@ def test_resample_matches_numpy_weights_and_rounds_to_fp16():
 def embedding_seen_by_ln_pre(model, hw) -> np.ndarray:
     """The positional embedding a model's own forward adds for an (h, w)-patch
     input: with a zero image the bias-free patch convolution gives zeros, so
-    the patch rows entering ``ln_pre`` are the embedding itself."""
+    the patch rows entering ``ln_pre`` are the embedding itself.
+    """
     from tagclip_mmseg.models.taggers import TagCLIP
     vit = model.clip.visual
     seen = []
@@ -132,7 +136,8 @@ def test_models_round_the_embedding_with_the_quirk_only(tiny_clip_path, tmp_path
 
 def test_one_clip_shared_by_a_reference_and_a_fixed_model(tiny_clip_path, tmp_path):
     """Building a fixed model on a reference model's CLIP changes nothing for
-    the reference one: the rounding is a per-call argument, not module state."""
+    the reference one: the rounding is a per-call argument, not module state.
+    """
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP
     tagger = TagCLIP(clip=dict(checkpoint=tiny_clip_path), class_names=['cat', 'dog'],

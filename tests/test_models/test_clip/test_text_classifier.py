@@ -12,7 +12,7 @@ from tagclip_mmseg.models.clip.prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND
                                                TAGCLIP_TEMPLATES, VOC_BACKGROUND, VOC_CAM_RENAMES,
                                                apply_renames)
 from tagclip_mmseg.models.clip.text_classifier import (CACHE_ENV, build_text_classifier,
-                                                  default_text_cache_dir)
+                                                       default_text_cache_dir)
 from tagclip_mmseg.utils.class_names import COCO_CLASSES, VOC_CLASSES
 
 NAMES = ['cat', 'dog', ['person with clothes', 'people', 'human']]
@@ -81,7 +81,8 @@ class ShapeRecordingCLIP(CountingCLIP):
 def test_prompts_run_only_to_their_batch_longest_token(tiny_clip):
     """Cutting each batch at its longest prompt is exact under the causal mask:
     every prompt's embedding equals the one computed on the full 77-token
-    context, including a prompt that fills the whole context."""
+    context, including a prompt that fills the whole context.
+    """
     tok = get_tokenizer()
     context = tiny_clip.context_length
     # 'cat' x 75 encodes to 75 tokens: with SOT and EOT it fills the context.

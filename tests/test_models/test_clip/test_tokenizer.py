@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tagclip_mmseg.models.clip.tokenizer import (CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN,
-                                                 SimpleTokenizer, default_bpe_path,
-                                                 get_tokenizer, tokenize)
+                                                 SimpleTokenizer, default_bpe_path, get_tokenizer,
+                                                 tokenize)
 
 # Ids of OpenAI's tokenizer (cross-checked against open_clip below).
 GOLDEN = {

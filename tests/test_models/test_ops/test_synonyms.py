@@ -122,7 +122,7 @@ def test_text_cache_key_includes_the_rule(tiny_clip, tmp_path):
 
 
 def test_rule_validation_and_duplicates(tiny_clip, tmp_path):
-    with pytest.raises(ValueError, match="synonyms must be one of"):
+    with pytest.raises(ValueError, match='synonyms must be one of'):
         build_tagger(tiny_clip, class_names=FLAT, synonyms='mean', **TAGGER)
     # A name shared by two classes would be one embedding twice in the softmax.
     with pytest.raises(ValueError, match='duplicate'):

@@ -10,8 +10,8 @@ from functools import partial
 import pytest
 import torch
 from mmengine.structures import PixelData
-
 from mmseg.structures import SegDataSample
+
 from tagclip_mmseg.resume import predict_or_restore
 from tagclip_mmseg.testing import models as testing_models
 from tagclip_mmseg.testing.reference import reference_cams
@@ -58,7 +58,7 @@ def test_labeler_matches_reference(tiny_clip_path, tmp_path, quirks, caa_layers)
 
 
 def test_labeler_runs_under_no_grad(tiny_clip_path, tmp_path):
-    """mmengine's test loop wraps everything in no_grad; Grad-CAM must still work."""
+    """Mmengine's test loop wraps everything in no_grad; Grad-CAM must still work."""
     model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -120,7 +120,8 @@ def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
 @pytest.mark.classic
 def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
     """Under ``autocast='bf16'`` the hand-written Grad-CAM backward and the
-    label maps still work; CAMs stay in [0, 1]."""
+    label maps still work; CAMs stay in [0, 1].
+    """
     torch.manual_seed(0)
     images = list(torch.randn(2, 3, 32, 48))
     tag_lists = [[0, 2], [1]]
@@ -140,7 +141,8 @@ def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
 
 def test_bf16_run_first_leaves_the_fp32_cam_prompt_cache_exact(tiny_clip_path, tmp_path):
     """The CAM prompts' cache: a bf16 run on a cold cache, then fp32 on it,
-    equals fp32 on a cold cache."""
+    equals fp32 on a cold cache.
+    """
     images = list(torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(5)))
     tag_lists = [[0, 2], [1]]
     shared, cold = str(tmp_path / 'shared'), str(tmp_path / 'cold')
@@ -160,7 +162,8 @@ def test_bf16_run_first_leaves_the_fp32_cam_prompt_cache_exact(tiny_clip_path, t
 def test_bf16_autocast_cam_head_runs_in_fp32(tiny_clip_path, tmp_path, precision_spy):
     """Under ``autocast='bf16'`` the ViT runs in bf16, but the tag softmax, the
     CAM normalisation, the affinity, the refinement and the label argmax
-    see fp32 inputs with autocast off; the in-pass tagger inherits the option."""
+    see fp32 inputs with autocast off; the in-pass tagger inherits the option.
+    """
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.pseudo_labelers import clip_es as module
     images = list(torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(6)))
@@ -270,7 +273,8 @@ def test_tag_pairs_hand_computed():
 
 def test_labeler_without_vocabulary_until_one_is_set(tiny_clip_path, tmp_path):
     """``class_names=None`` is allowed, as for the tagger; a call before a
-    vocabulary arrives says what to do."""
+    vocabulary arrives says what to do.
+    """
     model = testing_models.build_labeler(tiny_clip_path, 'reference', tmp_path,
                                          background_words=BG, caa_layers=(0, 1, 2))
     assert model.class_names is None and model.num_classes == 0
@@ -284,7 +288,8 @@ def test_labeler_without_vocabulary_until_one_is_set(tiny_clip_path, tmp_path):
 
 def test_labeler_tensor_mode_returns_logits(tiny_clip_path, tmp_path):
     """(B, C + 1, H, W) at the input size: channel 0 is ``1 - max`` of the
-    tag CAMs, channel ``c + 1`` the CAM of tag ``c``, zeros elsewhere."""
+    tag CAMs, channel ``c + 1`` the CAM of tag ``c``, zeros elsewhere.
+    """
     model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(6))
     tag_lists = [[1, 3], [4]]

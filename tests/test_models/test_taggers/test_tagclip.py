@@ -65,7 +65,8 @@ def assert_matches_reference(tagger, images, keys=('p_coarse', 'p_ref', 'p_local
     """The batched tagger equals the per-image loop reference, and the case
     exercises what the hyperparameters change: some class is reidentified
     (so lambda matters) and some candidate set depends on which side of the
-    [min, max] range ``cwr_ratio`` is measured from."""
+    [min, max] range ``cwr_ratio`` is measured from.
+    """
     out = tagger.tag(images)
     mirrored = False
     for i in range(len(images)):
@@ -164,7 +165,8 @@ def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path, quirks):
     mask, W, every refined score and every local score are 0, no class is a
     CWR candidate and all scores tie: nothing supports a tag, so none is given
     (the reference's arg-max fallback would tag class 0; README, "Files and
-    images between the stages")."""
+    images between the stages").
+    """
     tagger = build_tagger(tiny_clip_path, quirks, tmp_path, tag_ratio=0.3)
     out = tagger.tag(torch.randn(2, 3, 16, 16))
     assert out.grid_hw == (1, 1)
@@ -196,7 +198,8 @@ def test_bf16_autocast_within_the_measured_tolerance(deep_tiny_clip_path, real_i
     """``autocast='bf16'`` against fp32 on a full-size photo over 1000 px and
     on the small photo that gave the largest measured score ratio: scores,
     CAMs and masks stay within the measured figures (times the margin), and
-    the tags are equal (as they were on all 16 measured photos)."""
+    the tags are equal (as they were on all 16 measured photos).
+    """
     from tagclip_mmseg.models.clip import load_clip
     tool = _autocast_tolerance_tool()
     names = ('foolbox_imagenet_10_541.jpg', 'foolbox_imagenet_00_243.jpg')
@@ -213,7 +216,8 @@ def test_bf16_autocast_within_the_measured_tolerance(deep_tiny_clip_path, real_i
 @pytest.mark.slow
 def test_autocast_tolerance_tool_prints_every_figure(capsys):
     """``tools/autocast_tolerance.py`` on one small photo, with ``--speed``:
-    a line per photo, the summary lines and the three timing lines."""
+    a line per photo, the summary lines and the three timing lines.
+    """
     tool = _autocast_tolerance_tool()
     tool.main(['--test-clip', '--num-images', '1', '--speed', '1', '--speed-photo',
                'foolbox_imagenet_00_243.jpg'])
@@ -230,7 +234,8 @@ def test_autocast_tolerance_tool_prints_every_figure(capsys):
 def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_clip_path, tmp_path):
     """A bf16 run on a cold cache, then an fp32 run on that cache, gives
     exactly what fp32 gives on a cold cache: the text encoder never runs
-    under autocast, so the bf16 run writes the fp32 embeddings."""
+    under autocast, so the bf16 run writes the fp32 embeddings.
+    """
     images = list(torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(3)))
     shared, cold = str(tmp_path / 'shared'), str(tmp_path / 'cold')
     build_tagger(tiny_clip_path, 'reference', text_cache_dir=shared, autocast='bf16')(images)
@@ -248,7 +253,8 @@ def test_bf16_autocast_scores_and_thresholds_run_in_fp32(tiny_clip_path, tmp_pat
     """Under ``autocast='bf16'`` the ViT runs in bf16, but the class softmaxes,
     DMAR, the CWR region threshold and the tag threshold see fp32 inputs with
     autocast off, also when the caller wraps the call in autocast; the
-    fused scores are therefore not bf16 values."""
+    fused scores are therefore not bf16 values.
+    """
     from tagclip_mmseg.models.taggers import tagclip as module
     images = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(4))
     amp = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast='bf16', cwr_ratio=0.2)
@@ -283,7 +289,8 @@ def test_bad_autocast_value_is_refused(tiny_clip_path, tmp_path, value):
 @pytest.mark.classic
 def test_fp16_autocast_runs_or_names_the_missing_feature(tiny_clip_path, tmp_path):
     """CPU autocast to fp16 is missing from older torch (2.1 raises an internal
-    error): the model then says so and names the dtype that works."""
+    error): the model then says so and names the dtype that works.
+    """
     model = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast='fp16')
     images = list(torch.randn(1, 3, 48, 64))
     if autocast_supports('cpu', torch.float16):
@@ -300,10 +307,10 @@ def test_vocabulary_errors_are_raised_when_the_model_is_built(tiny_clip):
             avg_layers=[0, 1], vote_k=2)
         with pytest.raises(ValueError, match=r"class_names: duplicate.*'Dog'.*'dog '"):
             model(clip=tiny_clip, class_names=['Dog', 'cat', 'dog '], **kwargs)
-        with pytest.raises(ValueError, match=r"class_names: class 0 \(None\)"):
+        with pytest.raises(ValueError, match=r'class_names: class 0 \(None\)'):
             model(clip=tiny_clip, class_names=[None, 'dog'], **kwargs)
         long_name = 'enormous ' * 80
-        with pytest.raises(ValueError, match="77-token context.*truncate_prompts=True"):
+        with pytest.raises(ValueError, match='77-token context.*truncate_prompts=True'):
             model(clip=tiny_clip, class_names=['cat', long_name], **kwargs)
         with pytest.warns(UserWarning, match='truncating'):
             built = model(clip=tiny_clip, class_names=['cat', long_name], truncate_prompts=True,
@@ -370,7 +377,8 @@ def test_relative_threshold_hand_computed():
 def test_cwr_candidates_use_the_shared_relative_threshold(tiny_clip_path, tmp_path,
                                                           monkeypatch):
     """CWR's candidate threshold is ``ops.relative_threshold`` over every
-    refined column, with the tagger's ``cwr_ratio``."""
+    refined column, with the tagger's ``cwr_ratio``.
+    """
     from tagclip_mmseg.models.taggers import tagclip as tagclip_module
     seen = []
     real = tagclip_module.relative_threshold
