@@ -2,7 +2,8 @@
 #   make test   set up .venv with the pinned stack and run the test suite
 #   make demo   set up .venv and run the main job on the bundled demo images
 # Both are idempotent: set-up is redone only when requirements/ or setup.py change.
-# CI also runs `make lint` and `make test-classic` (the oldest supported stack).
+# CI also runs `make lint` (`make lint-fix` applies its automatic fixes) and
+# `make test-classic` (the oldest supported stack).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,7 +26,7 @@ CLASSIC_STAMP   = $(CLASSIC_VENV)/.tagclip-installed
 MMCV_CACHE_ROOT ?= $(HOME)/.cache/pip-tagclip-mmcv
 torch_pin = $(shell sed -n 's/^torch==\([0-9.]*\).*/\1/p' $(1))
 
-.PHONY: all setup test test-fast demo lint setup-classic test-classic clean
+.PHONY: all setup test test-fast demo lint lint-fix setup-classic test-classic clean
 
 all: test
 
@@ -51,6 +52,7 @@ endef
 $(STAMP): setup.py requirements/*.txt
 	$(call install_stack,$(PYTHON),$(VENV),requirements/constraints.txt)
 	$(call install_rest,$(VENV),requirements/constraints.txt)
+	$(PIP) install -c requirements/constraints.txt -r requirements/lint.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -64,9 +66,22 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo/image_demo.py demo/images --out-dir demo/outputs
 
-# The oldest Python setup.py's python_requires admits.
+# The hooks of .pre-commit-config.yaml run .venv's programs (requirements/lint.txt).
+LINT_PATH = PATH="$(abspath $(VENV))/bin:$$PATH"
+
+# pre-commit's checks (ruff, isort, codespell, whitespace; settings in
+# pyproject.toml and setup.cfg) over every tracked file, the oldest Python
+# setup.py's python_requires admits (vermin), and the layer order of
+# README.md, "Layout" (lint-imports; contracts in setup.cfg, [importlinter]).
 lint: $(STAMP)
+	$(LINT_PATH) $(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 	$(VENV)/bin/vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
+	$(VENV)/bin/lint-imports
+
+# The automatic fixes of `make lint` (ruff's safe fixes, import order,
+# unambiguous spelling, whitespace), then what is left to fix by hand.
+lint-fix: $(STAMP)
+	$(LINT_PATH) .ci/lint_fix.sh
 
 # The classic stack is an existing OpenMMLab environment (torch and mmcv)
 # first: installing the package into it, as a user would (`pip install .` and

@@ -57,7 +57,7 @@ setup(
     extras_require={
         # transformers < 4.40: later releases break `import mmpretrain.models`.
         'tests': [
-            'pytest', 'pytest-timeout', 'vermin', 'scikit-learn', 'open_clip_torch', 'transformers<4.40',
+            'pytest', 'pytest-timeout', 'scikit-learn', 'open_clip_torch', 'transformers<4.40',
             'pydensecrf2'
         ],
         'crf': ['pydensecrf2'],

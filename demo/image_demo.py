@@ -1,4 +1,4 @@
-"""Tag images with TagCLIP, draw CLIP-ES CAMs and pseudo masks, and build a web page.
+r"""Tag images with TagCLIP, draw CLIP-ES CAMs and pseudo masks, and build a web page.
 
 Examples::
 
@@ -6,7 +6,7 @@ Examples::
     python demo/image_demo.py demo/images --out-dir demo/outputs
 
     # your own vocabulary and weights, on a GPU
-    python demo/image_demo.py photos/ --classes cat dog "traffic light" \\
+    python demo/image_demo.py photos/ --classes cat dog "traffic light" \
         --checkpoint ~/weights/ViT-B-16.pt --device cuda --out-dir out
 
     # a name file: one class per line, synonyms after ',' (or '; ')
@@ -40,7 +40,7 @@ from tagclip_mmseg.models.clip.presets import resolve_background, resolve_classe
 from tagclip_mmseg.utils import atomic_write_text, ensure_writable_dir, iter_dicts
 from tagclip_mmseg.utils.cli import NAME_FILE_HELP, FlagHelpFormatter
 from tagclip_mmseg.utils.fetch import (CHECKPOINT_HELP, DEFAULT_CLIP_NAME, OPENAI_CLIP_URLS,
-                                      FetchError, resolve_checkpoint)
+                                       FetchError, resolve_checkpoint)
 from tagclip_mmseg.utils.name_files import is_name_file_path, read_name_file
 from tagclip_mmseg.visualization import ReportEntry, write_index_html
 
@@ -58,17 +58,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument('--classes', nargs='+', metavar='NAME',
                        help='class names (quote names with spaces), or one name file. Default: '
-                       'the config\'s classes, else the 20 PASCAL VOC classes')
+                       "the config's classes, else the 20 PASCAL VOC classes")
     vocab.add_argument('--classes-file', metavar='FILE', help='a name file (as --classes FILE)')
     parser.add_argument('--classes-sep', metavar='SEP',
                         help='separator of synonyms in the classes name file (default: detected)')
     parser.add_argument('--background-line', action='store_true',
                         help='line 1 of the classes name file is the background class (the '
-                        'peers\' cls_voc21.txt): its names become the background words unless '
+                        "peers' cls_voc21.txt): its names become the background words unless "
                         '--background-words is given')
     parser.add_argument('--background-words', nargs='*', metavar='WORD',
                         help='softmax competitors such as sky, road, wall, or one name file '
-                        '(give the flag alone for none). Default: VOC\'s 25 words minus any '
+                        "(give the flag alone for none). Default: VOC's 25 words minus any "
                         'that is a class')
     parser.add_argument('--background-words-sep', metavar='SEP',
                         help='separator in the background-words name file (default: detected)')
@@ -77,13 +77,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--config', help='a configs/tagclip/ or configs/pseudo_labelers/ config '
                         '(path or name) for the model settings')
     parser.add_argument('--checkpoint',
-                        help=f'{CHECKPOINT_HELP}. Default: the config\'s, else '
+                        help=f"{CHECKPOINT_HELP}. Default: the config's, else "
                         f'{DEFAULT_CLIP_CHECKPOINT} (fetched as {DEFAULT_CLIP_NAME} when '
                         'missing)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='cpu, cuda or cuda:N (default: cuda when available)')
     parser.add_argument('--truncate-prompts', action='store_true',
-                        help='cut prompts of class names longer than CLIP\'s 77-token context '
+                        help="cut prompts of class names longer than CLIP's 77-token context "
                         '(with a warning) instead of stopping')
     parser.add_argument('--batch-size', type=int, default=1,
                         help='images per forward; only equal-size images share a batch')

@@ -5,8 +5,8 @@ hook into mmseg's registries (default scope ``mmseg``). Configs load it with::
 
     custom_imports = dict(imports=['tagclip_mmseg'], allow_failed_imports=False)
 """
-from .version import __version__  # noqa: F401
 from .utils.torch_compat import check_mmcv_ops, check_torch_version
+from .version import __version__  # noqa: F401
 
 # Before mmseg is imported: it imports mmcv's compiled ops, which fail with an
 # undefined symbol under a torch they were not built for.

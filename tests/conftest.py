@@ -3,37 +3,32 @@
 No test downloads anything; checkpoints are built here with random weights.
 """
 import contextlib
-import importlib.util
 import os
 import os.path as osp
 
 import numpy as np
 import pytest
 
+from tagclip_mmseg.testing import skip_policy
+from tagclip_mmseg.testing.checkout import repo_root, tool_env
+
 # No test may reach the internet: a missing default checkpoint would otherwise
 # be fetched from OpenAI. Set before any tool starts, so subprocesses inherit
 # it; the fetch tests lift it for their loopback server only.
 os.environ['TAGCLIP_MMSEG_OFFLINE'] = '1'
 
-
-def _load_skip_policy():
-    """``tests/skip_policy.py`` by path: ``tests/`` is not on ``sys.path``
-    (``--import-mode=importlib``)."""
-    path = osp.join(osp.dirname(osp.abspath(__file__)), 'skip_policy.py')
-    spec = importlib.util.spec_from_file_location('tagclip_tests_skip_policy', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+#: Repository root of this checkout: the tools resolve configs relative to it,
+#: and a fresh interpreter imports ``tagclip_mmseg`` from it (:func:`tool_env`).
+REPO_ROOT = repo_root(__file__)
 
 
 # ``--strict-skips``: fail the session on a skip other than "no CUDA" or "root".
-_skip_policy = _load_skip_policy()
-pytest_addoption = _skip_policy.pytest_addoption
-pytest_configure = _skip_policy.pytest_configure
+pytest_addoption = skip_policy.pytest_addoption
+pytest_configure = skip_policy.pytest_configure
 
 #: Real photos (and one VOC mask) that ship with the tests; see
 #: ``tests/data/SOURCES.md`` for their origin and licences.
-REAL_IMAGES = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'real_images')
+REAL_IMAGES = osp.join(REPO_ROOT, 'tests', 'data', 'real_images')
 
 #: The first photos of :data:`REAL_IMAGES` in name order, 128x128 ImageNet
 #: samples: tests that need "a few real photos" take them from here by name, so
@@ -46,8 +41,9 @@ FOOLBOX_PHOTOS = ('foolbox_imagenet_00_243.jpg', 'foolbox_imagenet_01_559.jpg',
 def make_tiny_clip(seed: int = 0, path=None, **overrides):
     """A tiny random CLIP in OpenAI naming (fp32, eval mode), saved to ``path``
     when given; every parameter is perturbed so that round-trip tests would
-    notice one that failed to load."""
-    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH, random_clip
+    notice one that failed to load.
+    """
+    from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH, random_clip
     return random_clip(seed, path, jitter=0.02, **{**TINY_CLIP_ARCH, **overrides})
 
 
@@ -59,7 +55,8 @@ def tiny_clip():
 @pytest.fixture
 def tiny_clip_path(tmp_path):
     """A plain state_dict checkpoint on disk with the weights of :func:`tiny_clip`
-    (same seed)."""
+    (same seed).
+    """
     path = str(tmp_path / 'tiny_clip.pth')
     make_tiny_clip(path=path)
     return path
@@ -68,7 +65,8 @@ def tiny_clip_path(tmp_path):
 @pytest.fixture(scope='session')
 def real_images_dir():
     """``tests/data/real_images`` (``images/``, ``masks/``): part of the
-    repository, so a missing folder is an error, never a skip."""
+    repository, so a missing folder is an error, never a skip.
+    """
     assert osp.isdir(osp.join(REAL_IMAGES, 'images')), (
         f'{REAL_IMAGES} is missing: it ships with the repository (tests/data/)')
     return REAL_IMAGES
@@ -141,129 +139,6 @@ def tiny_pseudo_seg_data(tmp_path_factory, real_photo_paths):
                 coco_pseudo=str(folders['coco_pseudo']), ids=ids)
 
 
-# ------------------------------------------------------- tiny training runs
-#: The DeepLab-v2 VOC config that :func:`tiny_config` shrinks.
-V2_VOC = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'deeplab',
-                  'deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321.py')
-
-#: A tiny derived config: ResNet-18 at 1/8 width, 64x64 crops, a few iterations; everything
-#: else (MSC segmentor, ASPP-v2 head, frozen BN, gradient accumulation, pseudo-label dataset,
-#: IoU metric) is the real config.
-TINY_CONFIG = """
-_base_ = [{base!r}]
-data_root = {data_root!r}
-crop_size = (64, 64)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(depth=18, stem_channels=8, base_channels=8, init_cfg=None),
-    decode_head=dict(in_channels=64))
-train_pipeline = [
-    dict(t, crop_size=crop_size) if t['type'] == 'RandomCrop' else t
-    for t in _base_.train_pipeline
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, data_prefix=dict(seg_map_path={pseudo!r}),
-                 pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-# Poly decay over 8 iterations: the rate stays > 0 for the updates at iterations 2 and 4.
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=8, by_epoch=False)]
-train_cfg = dict(max_iters=4, val_interval=2)
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=-1))
-env_cfg = dict(cudnn_benchmark=False)
-randomness = dict(seed=0)
-"""
-
-
-def write_tiny_config(path, data_root: str, pseudo: str) -> str:
-    """Write :data:`TINY_CONFIG` for a VOC tree and a pseudo-mask folder to ``path``."""
-    with open(path, 'w') as f:
-        f.write(TINY_CONFIG.format(base=V2_VOC, data_root=str(data_root), pseudo=str(pseudo)))
-    return str(path)
-
-
-@pytest.fixture(scope='session')
-def tiny_config_writer():
-    """:func:`write_tiny_config` (conftest cannot be imported)."""
-    return write_tiny_config
-
-
-@pytest.fixture
-def tiny_config(tmp_path, tiny_pseudo_seg_data) -> str:
-    """:data:`TINY_CONFIG` on :func:`tiny_pseudo_seg_data`'s VOC tree, written to ``tmp_path``."""
-    return write_tiny_config(tmp_path / 'tiny_deeplabv2.py', tiny_pseudo_seg_data['voc_root'],
-                             tiny_pseudo_seg_data['voc_pseudo'])
-
-
-RANK_WEIGHTS_HOOK = """
-import torch
-from mmengine.dist import get_rank, get_world_size
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmseg.registry import HOOKS
-
-
-@HOOKS.register_module()
-class SaveRankWeightsHook(Hook):
-    \"\"\"Each rank saves its parameters before and after training, and how it was wrapped.\"\"\"
-
-    def before_train(self, runner):
-        self.initial = self.weights(runner)
-
-    def after_train(self, runner):
-        torch.save(dict(wrapper=type(runner.model).__name__, world_size=get_world_size(),
-                        initial=self.initial, final=self.weights(runner)),
-                   f'{runner.work_dir}/rank{get_rank()}_weights.pth')
-
-    @staticmethod
-    def weights(runner):
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        # parameters only: BN running statistics are per rank by design
-        return {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
-"""
-
-
-def assert_ranks_trained_alike(work_dir, world_size: int = 2) -> None:
-    """Every rank of a :func:`rank_weights_config` run was wrapped in DDP, ended
-    with the same weights as rank 0, and changed the decode head."""
-    import torch
-    runs = [torch.load(osp.join(work_dir, f'rank{r}_weights.pth'), weights_only=True)
-            for r in range(world_size)]
-    for rank, run in enumerate(runs):
-        assert (run['wrapper'], run['world_size']) == ('MMDistributedDataParallel', world_size)
-        differ = [k for k, v in run['final'].items() if not torch.equal(v, runs[0]['final'][k])]
-        assert not differ, f'rank {rank} ended with other weights than rank 0: {differ[:5]}'
-    trained = [k for k, v in runs[0]['final'].items()
-               if k.startswith('decode_head') and not torch.equal(v, runs[0]['initial'][k])]
-    assert trained, 'no training step changed the decode head'
-
-
-@pytest.fixture(scope='session')
-def ranks_trained_alike():
-    """:func:`assert_ranks_trained_alike` (conftest cannot be imported)."""
-    return assert_ranks_trained_alike
-
-
-@pytest.fixture
-def rank_weights_config(tmp_path, tiny_config):
-    """:func:`tiny_config` plus a hook with which every rank saves its parameters
-    before and after training (``initial``, ``final``), its model wrapper's
-    class name (``wrapper``) and the world size to
-    ``<work_dir>/rank<r>_weights.pth``. Returns ``(config, pythonpath)``: the
-    hook's module is found through ``pythonpath``."""
-    hook_dir = tmp_path / 'rank_hook'
-    hook_dir.mkdir()
-    (hook_dir / 'rank_weights_hook.py').write_text(RANK_WEIGHTS_HOOK)
-    path = tmp_path / 'tiny_deeplabv2_rank_weights.py'
-    path.write_text(f'_base_ = [{tiny_config!r}]\n'
-                    "custom_imports = dict(imports=['tagclip_mmseg', 'rank_weights_hook'], "
-                    'allow_failed_imports=False)\n'
-                    "custom_hooks = [dict(type='SaveRankWeightsHook')]\n")
-    return str(path), str(hook_dir)
-
-
 @pytest.fixture(scope='session')
 def deep_tiny_clip_path(tmp_path_factory):
     """A tiny CLIP with ViT-B/16's 12 vision layers, saved as a state dict.
@@ -276,13 +151,6 @@ def deep_tiny_clip_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def tiny_clip_arch():
-    """A copy of :data:`~tagclip_mmseg.testing.random_clip.TINY_CLIP_ARCH`."""
-    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH
-    return dict(TINY_CLIP_ARCH)
-
-
 @pytest.fixture(scope='session')
 def tiny_clip_factory():
     """:func:`make_tiny_clip`, for tests that need several different tiny CLIPs."""
@@ -290,62 +158,7 @@ def tiny_clip_factory():
 
 
 
-class PrecisionSpy:
-    """Records, per spied call, the dtypes of its floating-point tensor
-    arguments and whether CPU autocast was on: the mixed-precision tests check
-    where values are compared, not only the output's dtype."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.monkeypatch = monkeypatch
-        self.calls = []
-
-    def record(self, name, args) -> None:
-        import torch
-        dtypes = tuple(a.dtype for a in args
-                       if isinstance(a, torch.Tensor) and a.is_floating_point())
-        self.calls.append((name, dtypes, torch.is_autocast_enabled('cpu')))
-
-    def wrap(self, owner, name: str) -> None:
-        """Spy on ``owner.name`` (a module's function or a class's method)."""
-        fn = getattr(owner, name)
-
-        def spy(*args, **kwargs):
-            self.record(name, args)
-            return fn(*args, **kwargs)
-
-        self.monkeypatch.setattr(owner, name, spy)
-
-    def softmax_over(self, size: int) -> None:
-        """Spy on ``Tensor.softmax`` of tensors whose last dim is ``size``
-        (the class axis; attention maps have the token count there)."""
-        import torch
-        softmax = torch.Tensor.softmax
-
-        def spy(t, *args, **kwargs):
-            if t.shape[-1] == size:
-                self.record('softmax', (t, ))
-            return softmax(t, *args, **kwargs)
-
-        self.monkeypatch.setattr(torch.Tensor, 'softmax', spy)
-
-    def assert_fp32(self, names) -> None:
-        """Each of ``names`` was called, and every call saw fp32 inputs with
-        autocast off."""
-        import torch
-        assert {c[0] for c in self.calls} >= set(names), self.calls
-        bad = [c for c in self.calls if c[2] or any(d != torch.float32 for d in c[1])]
-        assert not bad, bad
-
-
-@pytest.fixture
-def precision_spy(monkeypatch):
-    """A :class:`PrecisionSpy`; its spies are undone after the test."""
-    return PrecisionSpy(monkeypatch)
-
-
 # ------------------------------------------------------- tools, end to end
-#: Repository root: the tools resolve configs relative to it.
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _manager_classes():
@@ -425,12 +238,11 @@ class ToolRunner:
         return [sys.executable, '-c', wrapper, script, *args]
 
     @staticmethod
-    def env():
-        """CPU only, one thread per process, unbuffered output."""
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',
-                   PYTHONUNBUFFERED='1')
-        env.pop('LOCAL_RANK', None)
-        return env
+    def env(**overrides):
+        """:func:`tool_env` of this checkout: its code first on ``PYTHONPATH``,
+        CPU only, one thread per process, unbuffered output.
+        """
+        return tool_env(REPO_ROOT, **overrides)
 
     def subprocess(self, script, *args, check=True, timeout=600, peak_rss=False, nproc=1):
         """Run in a fresh interpreter; return the CompletedProcess (text output)."""
@@ -624,7 +436,8 @@ def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: flo
     """docs/method.md §5, written out independently of the package: non-interpolated AP
     per class (classes without positives count as 0 in the mean) and pooled
     precision/recall/F1 of the per-image relative threshold, in percent.
-    Scores must be distinct within a class (no tie handling here)."""
+    Scores must be distinct within a class (no tie handling here).
+    """
     num_classes = scores.shape[1]
     ap = np.zeros(num_classes)
     for c in range(num_classes):
@@ -650,7 +463,8 @@ def write_image_split(root, ids, write_image, tags_of):
     """A VOC-style tagged split under ``root``: ``JPEGImages/<id>.jpg`` written by
     ``write_image(index, img_id, path)`` in id order, then ``list.txt`` (the
     ids) and ``tags.txt`` (``img_id t1 t2 ...`` lines, ``tags_of(img_id)``
-    called in id order after every image is written). Returns ``root``."""
+    called in id order after every image is written). Returns ``root``.
+    """
     (root / 'JPEGImages').mkdir()
     for index, img_id in enumerate(ids):
         write_image(index, img_id, root / 'JPEGImages' / f'{img_id}.jpg')
@@ -668,7 +482,8 @@ def image_split():
 
 def write_random_split(root, ids, seed: int, max_side: int, min_tags: int):
     """:func:`write_image_split` of random JPEGs, 24 to ``max_side`` pixels a
-    side, each tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded)."""
+    side, each tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded).
+    """
     rng = np.random.default_rng(seed)
     tags = {}
 

@@ -15,7 +15,7 @@ photos it prints:
   that differ (same tags in both runs).
 
 This is how the mixed-precision tolerance in ``docs/performance.md`` was
-measured, and ``tests/test_tagclip.py`` checks a photo against it. With
+measured, and ``tests/test_models/test_taggers/test_tagclip.py`` checks a photo against it. With
 ``--speed N`` it also times both models' ``predict`` (tagging; CAMs of two
 tags) on one photo in both precisions, round-robin, and prints the speed-up::
 
@@ -93,27 +93,28 @@ def load_photo(path: str, patch_size: int = 16) -> torch.Tensor:
 
 def build_models(clip, autocast: Optional[str], quirks: str, cache_dir: str):
     """The tools' VOC tagger and labeler (``tagclip_mmseg.testing.models``)."""
-    from tagclip_mmseg.testing.models import (VOC_LABELER, VOC_TAGGER, build_labeler,
-                                              build_tagger)
+    from tagclip_mmseg.testing.models import VOC_LABELER, VOC_TAGGER, build_labeler, build_tagger
     common = dict(text_cache_dir=cache_dir, autocast=autocast)
     return (build_tagger(clip, quirks, **VOC_TAGGER, **common),
             build_labeler(clip, quirks, **VOC_LABELER, **common))
 
 
-def compare_tags(ref: dict, amp: dict) -> Dict[str, float]:
-    """Figures of one image's fp32 (``ref``) and mixed-precision (``amp``)
-    :meth:`TagCLIP.tag` outputs (batch of one)."""
-    s, a = ref['p_final'][0].float(), amp['p_final'][0].float()
+def compare_tags(ref, amp) -> Dict[str, float]:
+    """Compare one image's fp32 and mixed-precision :meth:`TagCLIP.tag` outputs.
+
+    ``ref`` and ``amp`` are the two outputs for a batch of one.
+    """
+    s, a = ref.p_final[0].float(), amp.p_final[0].float()
     both = (s > 0) & (a > 0)
-    same_cwr = both & (ref['cwr_done'][0] == amp['cwr_done'][0])
+    same_cwr = both & (ref.cwr_done[0] == amp.cwr_done[0])
     log = (a / s).log().abs()
     zero = log.new_zeros(())
     return dict(
         log_same_cwr=float(torch.where(same_cwr, log, zero).max()),
         log_all=float(torch.where(both, log, zero).max()),
         abs=float((a - s).abs().max()),
-        tag_flips=int((ref['tags'][0] != amp['tags'][0]).sum()),
-        cwr_flips=int((ref['cwr_done'][0] != amp['cwr_done'][0]).sum()),
+        tag_flips=int((ref.tags[0] != amp.tags[0]).sum()),
+        cwr_flips=int((ref.cwr_done[0] != amp.cwr_done[0]).sum()),
         nonzero=int(both.sum()))
 
 
@@ -135,8 +136,10 @@ def compare_cams(labeler_ref, labeler_amp, image: torch.Tensor,
 def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'reference',
             cams: bool = True, device: str = 'cpu',
             on_row: Optional[Callable[[dict], None]] = None) -> List[Dict[str, float]]:
-    """Figures of every photo in ``paths`` (see the module docstring);
-    ``on_row`` gets each photo's figures as soon as they are measured."""
+    """Measure the figures of every photo in ``paths`` (see the module docstring).
+
+    ``on_row`` gets each photo's figures as soon as they are measured.
+    """
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         tagger, labeler = build_models(clip, None, quirks, cache)
@@ -149,7 +152,7 @@ def measure(clip, paths: Sequence[str], autocast: str = 'bf16', quirks: str = 'r
             row = dict(photo=osp.basename(path), size=tuple(image.shape[-2:]),
                        **compare_tags(ref, amp))
             if cams:
-                tags = ref['tags'][0].nonzero().flatten().tolist()
+                tags = ref.tags[0].nonzero().flatten().tolist()
                 row.update(compare_cams(labeler, labeler_amp, image, tags))
             rows.append(row)
             if on_row is not None:
@@ -166,10 +169,11 @@ def plain_forward(model, image: torch.Tensor) -> torch.Tensor:
 
 def time_predict(clip, path: str, repeats: int, autocast: str = 'bf16',
                  quirks: str = 'reference', device: str = 'cpu') -> Dict[str, float]:
-    """Fastest of ``repeats`` round-robin runs (after one warm-up) of
-    the plain ViT forward (``vit``), ``predict`` of the tagger (``tag``)
-    and of the labeler (``cam``, two tags), fp32 and ``autocast``, in
-    s/image."""
+    """Time fp32 and ``autocast`` runs in s/image: the fastest of ``repeats``.
+
+    Round-robin runs (after one warm-up) of the plain ViT forward (``vit``),
+    ``predict`` of the tagger (``tag``) and of the labeler (``cam``, two tags).
+    """
     from mmseg.structures import SegDataSample
     with tempfile.TemporaryDirectory() as cache:
         models = dict(fp32=build_models(clip, None, quirks, cache),
@@ -206,7 +210,7 @@ def print_row(r: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from tagclip_mmseg.models.clip import load_clip
-    from tagclip_mmseg.testing.random_clip import TINY_CLIP_ARCH, random_clip
+    from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH, random_clip
     args = parse_args(argv)
     paths = photo_paths(args.images, args.num_images)
     with tempfile.TemporaryDirectory() as work_dir:
@@ -218,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             else:
                 random_clip(0, ckpt)
         clip = load_clip(ckpt).to(args.device)
-        weights = ('tests\' 12-layer tiny random CLIP' if args.test_clip else
+        weights = ("tests' 12-layer tiny random CLIP" if args.test_clip else
                    'ViT-B/16-shaped random CLIP' if args.checkpoint is None else args.checkpoint)
         print(f'# {weights} | fp32 against {args.autocast} autocast | quirks {args.quirks} | '
               f'{len(paths)} photos at full size | torch {torch.__version__}, '

@@ -97,9 +97,8 @@ def load_images(folder: str, num: int, size: str) -> torch.Tensor:
 
 def build_models(args: argparse.Namespace, work_dir: str):
     from tagclip_mmseg.models.clip import load_clip
-    from tagclip_mmseg.testing.models import (VOC_LABELER, VOC_TAGGER, build_labeler,
-                                              build_tagger)
-    from tagclip_mmseg.testing.random_clip import NARROW_CLIP_ARCH, random_clip
+    from tagclip_mmseg.models.clip.random_clip import NARROW_CLIP_ARCH, random_clip
+    from tagclip_mmseg.testing.models import VOC_LABELER, VOC_TAGGER, build_labeler, build_tagger
 
     ckpt = args.checkpoint
     if ckpt is None:
@@ -120,7 +119,7 @@ def run_tagger(tagger, images: torch.Tensor, batch: int) -> Dict[str, torch.Tens
         with tagger.autocast_context(chunk.device):
             out = tagger.tag(chunk)
         for k in keys:
-            parts[k].append(out[k].float().cpu())
+            parts[k].append(getattr(out, k).float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

@@ -29,8 +29,8 @@ from mmseg.registry import DATASETS, MODELS
 
 import tagclip_mmseg  # noqa: F401  (registers everything)
 from tagclip_mmseg.engine import safe_checkpoint_loading
-from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.evaluation.summary import format_summary
+from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                                  ensure_writable_dir, init_cpu_distributed, load_config,
                                  parse_runner_args, set_clip_checkpoint, set_in_dicts_of_type,
@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Write pseudo masks (PNG) for a dataset')
     parser.add_argument('config', help='pseudo-label config (configs/pseudo_labelers/...)')
     parser.add_argument('--out', required=True, help='output folder of the PNG masks')
-    parser.add_argument('--clip-checkpoint', help=f'{CHECKPOINT_HELP} (default: the config\'s, '
+    parser.add_argument('--clip-checkpoint', help=f"{CHECKPOINT_HELP} (default: the config's, "
                         'usually ~/.cache/clip/ViT-B-16.pt)')
     parser.add_argument('--tags', help='tags file ("image_id idx idx ..."), for configs whose '
                         "dataset has tag_source='file'")

@@ -1,4 +1,4 @@
-"""Run the whole pipeline for one dataset: tags -> pseudo masks -> segmenter -> mIoU.
+r"""Run the whole pipeline for one dataset: tags -> pseudo masks -> segmenter -> mIoU.
 
 Each step runs one of the project's tools in a subprocess and is skipped when
 its output already exists, so the same command line can simply be started
@@ -28,10 +28,10 @@ from an existing ``--tags-file``.
 
 Example::
 
-    python tools/run_pipeline.py --work-dir work_dirs/pipeline/voc12 \\
-        --tag-config configs/tagclip/TAG.py \\
-        --pseudo-config configs/pseudo_labelers/PSEUDO.py \\
-        --seg-config configs/deeplab/DEEPLAB.py \\
+    python tools/run_pipeline.py --work-dir work_dirs/pipeline/voc12 \
+        --tag-config configs/tagclip/TAG.py \
+        --pseudo-config configs/pseudo_labelers/PSEUDO.py \
+        --seg-config configs/deeplab/DEEPLAB.py \
         --gpus 4
 
 with e.g. ``DEEPLAB = deeplabv2_r101-d8-msc_1xb5-accum2-20k_voc12aug-pseudo-321x321``.
@@ -78,7 +78,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--clip-checkpoint',
                         help=f'{CHECKPOINT_HELP}, for tagging and pseudo labels')
     parser.add_argument('--gpus', type=int, default=1,
-                        help='processes per step (torchrun when > 1). The segmenter config\'s '
+                        help="processes per step (torchrun when > 1). The segmenter config's "
                         'batch size is per GPU: the DeepLab-v2 recipe is for one GPU, so adapt '
                         'it with --train-options when training on several')
     parser.add_argument('--port', type=int, default=29500, help='torchrun master port')

@@ -14,11 +14,12 @@ The interface of mmsegmentation 1.2.2's ``tools/test.py`` with three changes:
   code when unpickled is refused.
 * Distributed runs default to ``model_wrapper_cfg =
   MMSeparateDistributedDataParallel``. Plain DDP refuses a module without any
-  trainable parameter (docs/compatibility.md trap 13), which is exactly what a frozen
-  CLIP model is; the separate wrapper only wraps children that have
-  trainable parameters and forwards ``test_step`` to the model. Testing never
-  synchronises gradients, so this is as correct for a trained segmenter. A
-  ``model_wrapper_cfg`` in the config takes precedence.
+  trainable parameter (docs/compatibility.md, "Traps": DDP of a training-free
+  model), which is exactly what a frozen CLIP model is; the separate wrapper
+  only wraps children that have trainable parameters and forwards
+  ``test_step`` to the model. Testing never synchronises gradients, so this is
+  as correct for a trained segmenter. A ``model_wrapper_cfg`` in the config
+  takes precedence.
 
 Examples::
 
@@ -75,7 +76,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--clip-checkpoint',
         help=f'{CHECKPOINT_HELP}, for training-free configs (sets every '
-        'model.*.clip.checkpoint; default: the config\'s, usually ~/.cache/clip/ViT-B-16.pt)')
+        "model.*.clip.checkpoint; default: the config's, usually ~/.cache/clip/ViT-B-16.pt)")
     add_vocabulary_args(parser)
     return parse_runner_args(parser)
 
@@ -145,7 +146,7 @@ def main() -> None:
     if vocabulary:
         print(vocabulary, flush=True)
     # CPU-only machines: torchrun + --launcher pytorch starts gloo here
-    # (docs/compatibility.md trap 12).
+    # (docs/compatibility.md, "Traps": launchers without a GPU).
     cfg.launcher = init_cpu_distributed(cfg.launcher)
 
     if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:

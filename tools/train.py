@@ -6,15 +6,17 @@ The interface of mmsegmentation 1.2.2's ``tools/train.py``, plus:
   config also lists it in ``custom_imports``);
 * every checkpoint (``--resume``, ``load_from``, ``init_cfg`` Pretrained) is
   loaded with ``weights_only=True``; mmengine's own training checkpoints still
-  resume because exactly their data types are allowlisted (docs/compatibility.md trap 6;
-  see ``tagclip_mmseg/engine/checkpoint_compat.py``). A file that would run
-  code when unpickled is refused;
+  resume because exactly their data types are allowlisted (docs/compatibility.md,
+  "Traps": ``--resume`` under torch >= 2.6; see
+  ``tagclip_mmseg/engine/checkpoint_compat.py``). A file that would run code
+  when unpickled is refused;
 * ``--resume`` optionally takes a checkpoint path; bare ``--resume`` resumes
   from the last checkpoint of the work dir, as in mmseg;
 * ``--launcher pytorch|slurm`` also trains on CPU-only machines: the process
   group is gloo there (in place of the nccl of mmseg's default runtime; nccl
-  with CUDA; another ``env_cfg.dist_cfg.backend`` is kept), started here because mmengine's launchers need CUDA, and the
-  model is wrapped in DDP without device ids (docs/compatibility.md trap 12).
+  with CUDA; another ``env_cfg.dist_cfg.backend`` is kept), started here
+  because mmengine's launchers need CUDA, and the model is wrapped in DDP
+  without device ids (docs/compatibility.md, "Traps": launchers without a GPU).
 
 Examples::
 
@@ -83,7 +85,7 @@ def set_resume(cfg: Config, resume: str) -> None:
     else:
         if not osp.isfile(resume):
             raise FileNotFoundError(f'--resume {resume!r} is not a file; pass a checkpoint '
-                                    'path, or --resume alone to use the work dir\'s latest.')
+                                    "path, or --resume alone to use the work dir's latest.")
         cfg.resume = True
         cfg.load_from = resume
 

@@ -23,12 +23,14 @@ default_hooks = dict(
 # PseudoLabelResumeHook: a pseudo-label folder records the settings of its
 # masks (settings.json) and is resumed only with the same ones (no-op without
 # a PseudoLabelWriter).
+# WriterRunHook: each tag or mask writer holds its output's lock from
+# before_test to after_test (also when the run fails).
 custom_hooks = [
     dict(type='RunProgressHook'), dict(type='VocabularyHook'), dict(type='TagResumeHook'),
-    dict(type='PseudoLabelResumeHook')
+    dict(type='PseudoLabelResumeHook'), dict(type='WriterRunHook')
 ]
 # The CLIP is frozen: plain DDP would refuse a model without trainable
-# parameters (docs/compatibility.md trap 13).
+# parameters (docs/compatibility.md, "Traps": DDP of a training-free model).
 model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')
 # ResumableTestLoop: the model computes only the images it must; images
 # restored from disk (SkipTagged, SkipExisting) or that failed to load

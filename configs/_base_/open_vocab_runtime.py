@@ -60,5 +60,5 @@ for _name, _sizes in open_vocab_sizes[open_vocab_protocol].items():
             [dict(t, scale=(t['scale'][0], _sizes[0])) if t['type'] == 'Resize' else t
              for t in pipeline]
             for pipeline in (open_vocab_test_pipeline, open_vocab_crf_pipeline))
-        open_vocab_slide[_name] = dict(mode='slide', crop_size=_sizes[1], stride=_sizes[2])
+        open_vocab_slide[_name] = dict(inference='slide', crop_size=_sizes[1], stride=_sizes[2])
 del _name, _sizes

@@ -1,9 +1,9 @@
-# DeepLab-v2 ResNet-101 MSC trained on pseudo masks of COCO 2014 train
-# (81 classes), validated on COCO 2017 val. CLIP-ES does not publish its COCO
-# schedule (its Appendix D); this is the common setting of the same ecosystem
-# (LPCAM, RIB; docs/method.md §9 "COCO"): batch 10 on one GPU, 100k iterations,
-# LR 2e-4 from an ImageNet initialisation, 321x321 crops. Everything else as
-# the VOC config. Validation: COCO 2017 val (see the dataset base).
+# DeepLab-v2 ResNet-101 MSC trained on pseudo masks of COCO 2014 train (81 classes), validated on
+# COCO 2017 val. CLIP-ES does not publish its COCO schedule (its Appendix D); this is the common
+# setting of the same ecosystem (LPCAM, RIB; docs/method.md, "Stage 3: training DeepLab-v2 on pseudo
+# masks", COCO): batch 10 on one GPU, 100k iterations, LR 2e-4 from an ImageNet initialisation,
+# 321x321 crops. Everything else as the VOC config. Validation: COCO 2017 val (see the dataset
+# base).
 #
 #   python tools/train.py configs/deeplab/THIS.py
 #   python tools/test.py configs/deeplab/THIS.py work_dirs/THIS/iter_100000.pth

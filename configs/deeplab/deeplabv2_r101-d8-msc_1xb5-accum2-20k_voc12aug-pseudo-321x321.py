@@ -1,5 +1,6 @@
-# DeepLab-v2 ResNet-101 MSC trained on pseudo masks of VOC 2012 train_aug,
-# validated on VOC 2012 val: the CLIP-ES segmentation protocol (docs/method.md §9).
+# DeepLab-v2 ResNet-101 MSC trained on pseudo masks of VOC 2012 train_aug, validated on VOC 2012
+# val: the CLIP-ES segmentation protocol (docs/method.md, "Stage 3: training DeepLab-v2 on pseudo
+# masks").
 # One GPU, batch 5 with 2-step gradient accumulation (effective batch 10),
 # 20k optimiser updates (40k loader iterations), 321x321 crops.
 #

@@ -1,6 +1,6 @@
 # CLS-SEG on VOC2012 val with dense CRF (needs the crf extra). Paper: 68.7 mIoU.
 _base_ = ['./clip-es_vit-b16_voc12-val_tagclip-tags.py']
-# Dense CRF of CLIP-ES (docs/method.md §6.5).
+# Dense CRF of CLIP-ES (docs/method.md, "Dense CRF (optional)").
 model = dict(
     crf=dict(
         iterations=10,

@@ -1,5 +1,6 @@
-# TagCLIP tags for COCO-Stuff val (4172 images, 171 classes): no background
-# words, DMAR averages blocks 1-11, relative thresholds 0.1 (docs/method.md §3.1, 4).
+# TagCLIP tags for COCO-Stuff val (4172 images, 171 classes): no background words, DMAR averages
+# blocks 1-11, relative thresholds 0.1 (docs/method.md, "TagCLIP's classifier text", "TagCLIP, step
+# by step").
 _base_ = [
     '../_base_/models/tagclip_vit-b16.py', '../_base_/datasets/tagging_pipeline.py',
     '../_base_/default_runtime_training_free.py'

@@ -10,22 +10,8 @@
     #   'scores': {'cat': 0.41, 'dog': 0.12, 'person': 0.08}, 'error': None}]
     inferencer('photos/', return_cams=True, return_mask=True)
 
-Call chain of one call (each step is a method, as in mmengine's
-``BaseInferencer``):
-
-.. code:: text
-
-    __call__ / iter_results
-      expand_inputs            paths, folders, arrays -> flat list
-      preprocess               read sizes, group equal token grids, load + resize
-      forward                  TagCLIP.test_step -> scores, tags
-                               [CLIPESPseudoLabeler.test_step -> CAMs, mask]
-      visualize                (out_dir) tag picture, CAM heat maps, mask overlay
-      postprocess              attach the pictures' paths
-
-Images are grouped by their token grid *before* loading, so equal-size images
-share a batch even when they are far apart in the input list, and results come
-back in input order.
+A call runs ``preprocess`` (group by token grid, load), ``forward``,
+``visualize`` and ``postprocess``, as mmengine's ``BaseInferencer`` does.
 """
 import copy
 import logging
@@ -39,22 +25,22 @@ from mmengine.config import Config
 from mmengine.infer import BaseInferencer
 from mmengine.logging import print_log
 from mmpretrain.structures import DataSample
-from torch import nn
-
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch import nn
+
 from ..datasets.image_io import ImageLoadError
-from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, group_indices, image_grid
+from ..datasets.transforms import LoadImageRobust, ResizeToPatchMultiple, image_grid
 from ..models.clip.frozen_model import Vocabulary
 from ..models.clip.presets import resolve_background, resolve_classes
-from ..models.clip.prompts import ClassName
 from ..models.clip.text_classifier import class_prompt_names
+from ..utils.class_names import ClassName
+from ..utils.token_grid import group_indices
 from ..visualization import mask_label_names, save_result_images, unique_stems
 from .inputs import CHANNEL_ORDERS, InputItem, array_to_rgb, expand_inputs
-from .model_configs import (cam_class_names, class_key, config_vocabulary,
-                            default_background_words, default_tagger_cfg, labeler_cfg_for,
-                            labeler_config, load_model_config, set_text_cache_dir, split_models,
-                            to_plain_dict)
+from .model_configs import (cam_class_names, class_key, config_vocabulary, default_background_words,
+                            default_tagger_cfg, labeler_cfg_for, labeler_config, load_model_config,
+                            set_text_cache_dir, split_models, to_plain_dict)
 
 __all__ = ['TagCLIPInferencer', 'DEFAULT_MAX_TOKENS', 'check_vocabulary_argument']
 
@@ -71,10 +57,8 @@ def _predict(model: nn.Module, data: dict, **settings) -> list:
     data = model.data_preprocessor(data, False)
     return model.predict(data['inputs'], data['data_samples'], **settings)
 
-#: Default token budget per image (a 1024 x 1024 image at patch 16). TagCLIP
-#: keeps N x N attention maps, so a 12-megapixel photo at full size (~47k
-#: tokens) would need tens of GB; larger images are scaled down (with a
-#: warning) and results are still returned at the original size.
+#: Default token budget per image (1024 x 1024 at patch 16): TagCLIP keeps
+#: N x N attention maps; larger images are scaled down with a warning.
 DEFAULT_MAX_TOKENS = 4096
 
 InputsType = Union[InputItem, Sequence[InputItem]]
@@ -82,7 +66,8 @@ InputsType = Union[InputItem, Sequence[InputItem]]
 
 def check_vocabulary_argument(name: str, value) -> None:
     """Fail with the argument's name for a vocabulary that is not a preset
-    name or a list of names (``None`` means "the default" and passes)."""
+    name or a list of names (``None`` means "the default" and passes).
+    """
     if value is None:
         return
     try:
@@ -104,10 +89,8 @@ class TagCLIPInferencer(BaseInferencer):
             and CLIP-ES's reference settings for ViT-B/16 (their layer
             indices assume 12 layers; other CLIPs need a config).
         checkpoint (str, optional): CLIP weights: a path, an OpenAI model
-            name (``'ViT-B/16'``) or an ``http(s)`` URL, fetched and verified
-            on first use. Replaces the config's checkpoint; with
-            ``model=None`` defaults to ``~/.cache/clip/ViT-B-16.pt`` (fetched
-            as ``'ViT-B/16'`` when missing).
+            name (``'ViT-B/16'``) or an ``http(s)`` URL. Replaces the
+            config's; with ``model=None`` defaults to ``'ViT-B/16'``.
         device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...;
             None picks CUDA when available.
         batch_size (int): Images per forward (equal-size images only).
@@ -139,13 +122,8 @@ class TagCLIPInferencer(BaseInferencer):
         truncate_prompts (bool): Cut prompts of class names too long for
             CLIP's 77-token context (with a warning) instead of refusing them.
 
-    Every vocabulary error (a name that is not a string, duplicates, a name
-    too long for the context) is raised here, while the models are built,
-    not at the first image.
-
-    Calls may run at the same time (threads, interleaved :meth:`iter_results`
-    generators): a call's ``classes``, ``background_words`` and
-    ``return_cams`` are passed down to the models' ``predict``, never set on
+    Vocabulary errors are raised here, not at the first image. Calls may run
+    concurrently: per-call settings are passed to ``predict``, never set on
     the shared models.
     """
 
@@ -271,7 +249,8 @@ class TagCLIPInferencer(BaseInferencer):
         """The CLIP-ES labeler, built on first use; it reuses the tagger's
         CLIP module (no second load) when both ask for the same checkpoint
         and dtype. Quirks need not agree: the CLIP holds none (the
-        positional-embedding rounding is a per-call argument)."""
+        positional-embedding rounding is a per-call argument).
+        """
         with self._labeler_lock:
             if self._labeler is None:
                 device = self._device
@@ -311,12 +290,7 @@ class TagCLIPInferencer(BaseInferencer):
     def _call_vocabularies(self, classes: Optional[Sequence[ClassName]],
                            background_words: Optional[Sequence[str]],
                            with_labeler: bool) -> '_CallVocabulary':
-        """The vocabularies of one call, checked, for the tagger and the labeler.
-
-        Nothing is set on the shared models: each call passes its own down to
-        ``predict``, so concurrent calls (threads, interleaved
-        :meth:`iter_results` generators) never see each other's classes.
-        """
+        """The vocabularies of one call, checked, for the tagger and the labeler."""
         tagger = self.model
         labeler = self.labeler if with_labeler else None
         if classes is None and background_words is None:
@@ -429,9 +403,7 @@ class TagCLIPInferencer(BaseInferencer):
                    channel_order: str = 'rgb') -> Iterator[List[dict]]:
         """Yield batches of loaded images that share one token grid.
 
-        Sizes come from file headers, so only one batch of pixels is held in
-        memory at a time. With ``on_error='raise'`` an unreadable file stops
-        the call here, before any model runs.
+        Sizes come from file headers, so one batch of pixels is held at a time.
         """
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -543,9 +515,6 @@ class TagCLIPInferencer(BaseInferencer):
                   title: Optional[str] = None,
                   vocabulary: Optional['_CallVocabulary'] = None) -> List[Optional[list]]:
         """Write each image's pictures under ``out_dir`` (nothing without it).
-
-        ``vocabulary`` is the call's (default: the tagger's own); it names the
-        mask's labels.
 
         Returns:
             list: Per image, the (caption, relative path) pairs written, or

@@ -1,12 +1,8 @@
 """What the inferencer accepts as images, turned into one uniform list.
 
-Inputs are file paths, folders (their image files, sorted, not recursive,
-found by the datasets' own scan :func:`~tagclip_mmseg.datasets.utils.list_images`) or
-numpy arrays. Arrays are **RGB** by default, as PIL, matplotlib and
-``load_rgb_image`` produce; ``mmcv.imread`` and ``cv2.imread`` produce
-**BGR**, so pass ``channel_order='bgr'`` for those. Mixing the two up does not
-fail, it silently swaps red and blue, which changes CLIP's scores (a blue sky
-turns orange), hence the explicit argument.
+File paths, folders (not recursive) or numpy arrays, **RGB** by default; pass
+``channel_order='bgr'`` for ``mmcv.imread``/``cv2.imread`` arrays, since a
+swap would silently change CLIP's scores.
 """
 import os
 import os.path as osp

@@ -1,12 +1,8 @@
 """Turn what a user hands the inferencer into a tagger and a labeler config.
 
-A user may give a config file (``configs/tagclip/*.py`` for tagging,
-``configs/pseudo_labelers/*.py`` for tags + masks), the bare name of one, or
-nothing at all (then only keyword arguments such as ``classes`` define the
-models). In every case the result is the same pair: a ``TagCLIP`` config and,
-for CAMs and masks, a ``CLIPESPseudoLabeler`` config that shares the CLIP
-checkpoint, vocabulary (with CLIP-ES's CAM-stage renames for the benchmark
-vocabularies, docs/method.md §3.2) and background words.
+A config file, its bare name or nothing becomes a ``TagCLIP`` config and a
+``CLIPESPseudoLabeler`` config that share checkpoint, vocabulary and
+background words.
 """
 import copy
 import glob
@@ -15,11 +11,11 @@ import os.path as osp
 from typing import List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
-
 from mmseg.registry import DATASETS
+
 from ..models.clip.checkpoint import DEFAULT_CLIP_CHECKPOINT
 from ..models.clip.presets import cam_class_names, default_background_words
-from ..models.clip.prompts import class_key
+from ..utils.class_names import class_key
 from ..utils.config import iter_dicts, set_clip_checkpoint
 
 __all__ = [
@@ -35,7 +31,8 @@ _CONFIG_GROUPS = ('tagclip', 'pseudo_labelers')
 
 def config_roots() -> List[str]:
     """Folders searched for config names: the repository's ``configs/`` and
-    the copy an installed package keeps in ``tagclip_mmseg/.mim/configs``."""
+    the copy an installed package keeps in ``tagclip_mmseg/.mim/configs``.
+    """
     package = osp.dirname(osp.dirname(osp.abspath(__file__)))
     roots = [osp.join(osp.dirname(package), 'configs'), osp.join(package, '.mim', 'configs')]
     return [r for r in roots if osp.isdir(r)]
@@ -104,9 +101,8 @@ def _type_name(cfg) -> str:
 def split_models(model_cfg: dict) -> Tuple[dict, Optional[dict]]:
     """(tagger config, labeler config or None) of a config's ``model``.
 
-    A pseudo-label config whose labeler embeds a tagger is split in two, so
-    that the inferencer can report the tagger's scores, which the labeler
-    alone does not keep.
+    A labeler that embeds a tagger is split in two, so its scores can be
+    reported.
 
     Raises:
         ValueError: For a model that is neither, or a labeler without tagger.
@@ -156,10 +152,8 @@ def labeler_config(labeler, checkpoint: Optional[str] = None) -> dict:
 def config_vocabulary(cfg: Config) -> Tuple[Optional[list], Optional[list]]:
     """Classes and background words a config's test dataset defines.
 
-    Tagging configs may leave ``class_names`` out of the model and let the
-    ``VocabularyHook`` copy the dataset's metainfo; the inferencer has no
-    dataset, so it reads the same place: ``metainfo`` of the test dataset in
-    the config, else the dataset class's ``METAINFO``.
+    The test dataset's ``metainfo`` in the config, else its class's
+    ``METAINFO`` (what ``VocabularyHook`` would copy).
     """
     dataset = cfg.get('test_dataloader', {}).get('dataset') or {}
     while dataset.get('dataset') is not None:  # wrappers (RepeatDataset, ...)
@@ -175,7 +169,7 @@ def config_vocabulary(cfg: Config) -> Tuple[Optional[list], Optional[list]]:
 
 
 def default_tagger_cfg(checkpoint: Optional[str]) -> dict:
-    """A TagCLIP config with the reference settings (docs/method.md §4) and no vocabulary."""
+    """A TagCLIP config with the reference settings and no vocabulary."""
     return dict(type=TAGGER_TYPE, clip=dict(checkpoint=checkpoint or DEFAULT_CLIP_CHECKPOINT))
 
 

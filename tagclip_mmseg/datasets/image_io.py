@@ -1,34 +1,8 @@
 """Robust image decoding with PIL: any mode in, RGB uint8 out.
 
-Every image that reaches the models goes through :func:`load_rgb_image`, and
-every grid prediction (the sampler's) through :func:`read_image_size`, so the
-two agree on the size of an image by construction.
-
-Choices made here, and why:
-
-* **PIL, not OpenCV.** TagCLIP's reference resizes a PIL image with PIL's
-  bicubic filter; decoding with the same library keeps inputs bit-identical.
-* **Modes.** ``L``/``1``/``P``/``CMYK``/``YCbCr``/``LAB``/``HSV`` go through
-  PIL's ``convert('RGB')`` (grayscale is replicated to three channels, as the
-  reference's ``convert('RGB')`` does). Images with alpha (``RGBA``, ``LA``,
-  ``PA``, ``P`` with transparency) are converted the same way, which *drops*
-  the alpha channel instead of compositing onto a background: it is what the
-  reference does, and the colour stored under transparent pixels is kept.
-  16-bit and 32-bit integer images (``I;16*``, ``I``) are *rescaled*
-  (``round(v * 255 / 65535)``) rather than clipped: PIL's own conversion
-  clips at 255, which turns most 16-bit photographs white. Float images
-  (``F``) are min-max normalised, as they have no fixed range.
-* **EXIF orientation.** Phone photos store pixels sideways plus an
-  Orientation tag; the transpose of :func:`PIL.ImageOps.exif_transpose`
-  turns them upright.
-  Benchmark annotations (COCO, VOC) are defined on the *stored* pixels, so
-  the transpose is a switch (``exif_transpose``) that benchmark configs turn
-  off for parity; user folders keep it on.
-* **Very large images.** PIL refuses images above ~179 MP (and warns above
-  ~89 MP) to guard against decompression bombs. Large scans and panoramas
-  are legitimate inputs here, so the check is replaced by an explicit
-  ``max_pixels`` limit (default :data:`DEFAULT_MAX_PIXELS`, 256 MP, about
-  0.8 GB as RGB) that is applied to the header size before decoding.
+Every image the models see goes through :func:`load_rgb_image`, and every
+grid prediction through :func:`read_image_size`, so the two agree on sizes
+(docs/implementation.md, "Image decoding").
 """
 import os
 import os.path as osp
@@ -44,10 +18,8 @@ __all__ = [
     'pil_to_rgb_array'
 ]
 
-#: File extensions taken for images when a folder is scanned (lower case):
-#: formats PIL decodes and that :func:`load_rgb_image` turns into RGB, so a
-#: folder scan (datasets and inferencer alike) never lists a file the loader
-#: cannot read for its format alone.
+#: File extensions a folder scan takes for images (lower case): formats
+#: :func:`load_rgb_image` reads.
 IMG_EXTENSIONS: Tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
                                    '.webp', '.ppm', '.pgm', '.pbm')
 
@@ -68,9 +40,7 @@ _ORIENTATION_TRANSPOSE = {
 }
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
-# ``Image.MAX_IMAGE_PIXELS`` is a module global read inside ``Image.open``;
-# it is lifted only for the duration of one open, under a lock, so the rest of
-# the process keeps PIL's default protection.
+# ``Image.MAX_IMAGE_PIXELS`` is lifted for one open only, under a lock.
 _MAX_PIXELS_LOCK = threading.Lock()
 
 
@@ -205,8 +175,7 @@ def load_rgb_image(path: str,
                    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode any image file to an RGB uint8 (H, W, 3) array.
 
-    The whole file is decoded (``load()``), so truncated or corrupt data
-    fails here with a clear reason instead of later inside a model.
+    The whole file is decoded, so corrupt data fails here, not in a model.
 
     Args:
         path (str): Image file.

@@ -1,22 +1,8 @@
 """Read and write image-level label files (``image_id idx idx ...``).
 
-TagCLIP ships its split lists in this format and writes its tags in it, and
-CLIP-ES reads the tags back, so one reader serves ground-truth lists, tag
-files and pseudo-label inputs alike:
-
-* one image per line: its id, then 0-based foreground class indices;
-* any whitespace separates fields (spaces or tabs); a line with only an id
-  means "no labels"; blank lines are skipped;
-* ids are percent-escaped (:func:`encode_image_id`): every whitespace
-  character (Unicode ones included), ``%`` and ``,`` is written as the
-  ``%XX`` of its UTF-8 bytes, so any file name round-trips (``IMG 0001.jpg``
-  is the line ``IMG%200001 3 17``) and ids without those characters, all of
-  VOC's and COCO's, are written as they are;
-* anything else is an error that names the file and line: commas, non-integer
-  or out-of-range indices, duplicate image ids.
-
-Duplicate indices on one line are merged (order of first appearance kept):
-they carry no extra meaning and some tools emit them.
+One reader serves ground-truth lists, tag files and pseudo-label inputs; the
+format is in README.md, "Files and images between the stages". Duplicate
+indices on a line are merged.
 """
 import os
 import os.path as osp
@@ -45,9 +31,8 @@ def _needs_escape(char: str) -> bool:
 def encode_image_id(img_id: str) -> str:
     """An image id as one whitespace-free field of a label file.
 
-    Whitespace (spaces, tabs, Unicode spaces), ``%``, ``,`` and unprintable
-    characters become the ``%XX`` of their UTF-8 bytes; everything else,
-    non-ASCII letters included, is kept, so plain ids stay readable.
+    Whitespace, ``%``, ``,`` and unprintable characters become the ``%XX`` of
+    their UTF-8 bytes; everything else is kept.
 
     Raises:
         ValueError: For an empty id, which no line could hold.
@@ -175,8 +160,7 @@ def write_label_file(path: PathLike,
                      ) -> None:
     """Write ``{image_id: indices}`` (or ``(id, indices)`` pairs) atomically.
 
-    A crash while writing leaves the previous file (or none), never a
-    truncated one; see :mod:`tagclip_mmseg.utils.io`.
+    A crash leaves the previous file (or none), never a truncated one.
 
     Raises:
         ValueError: For ids that cannot be written (see

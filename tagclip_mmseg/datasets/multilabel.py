@@ -1,23 +1,8 @@
 """Multi-label classification datasets for tagging (and its mAP/F1 evaluation).
 
-Every data info holds ``img_path``, ``img_id`` (the id in the label file, or
-the image path relative to the image folder without extension) and, when
-labels are known, ``gt_label`` (sorted 0-based class indices). Pack them with
-``mmpretrain.PackInputs`` and add ``img_id`` (and ``load_error``) to its
-``meta_keys``.
-
-Which dataset for which benchmark:
-
-* VOC2007 test: :class:`VOCMultiLabelDataset` on TagCLIP's list file
-  ``imageset/voc2007/test_cls.txt`` (4952 images). The list, not the XML
-  annotations, is what TagCLIP's numbers use; mmpretrain's ``VOC`` reads the
-  XML and treats ``difficult`` objects differently (docs/method.md §14.5).
-* COCO2014 val: :class:`COCOMultiLabelDataset` on ``instances_val2014.json``
-  (40137 images with at least one annotation), or TagCLIP's list file with
-  :class:`MultiLabelListDataset`.
-* COCO-Stuff: :class:`COCOStuffMultiLabelDataset` on TagCLIP's
-  ``imageset/cocostuff/val.txt`` (ids in 182-space, mapped to 171 classes).
-* Any folder of images: :class:`MultiLabelImageFolder`.
+Data infos hold ``img_path``, ``img_id`` and, when known, ``gt_label``
+(sorted 0-based class indices); which dataset serves which benchmark is in
+docs/method.md, "Datasets".
 """
 import json
 import os.path as osp
@@ -25,15 +10,15 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
-
 from mmseg.registry import DATASETS
-from .categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
+
+from ..utils.class_names import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
+from ..utils.label_maps import resolve_index_map
 from .image_io import IMG_EXTENSIONS
 from .label_files import read_id_list, read_label_file
-from .label_maps import resolve_index_map
-from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, join_root,
-                    locate_image, missing_image_record, read_metainfo_name_files,
-                    report_missing, scan_images, validate_classes)
+from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, join_root, locate_image,
+                    missing_image_record, read_metainfo_name_files, report_missing, scan_images,
+                    validate_classes)
 
 __all__ = [
     'MultiLabelImageFolder', 'MultiLabelListDataset', 'VOCMultiLabelDataset',
@@ -45,9 +30,6 @@ IndexMap = Union[None, str, Sequence[int]]
 
 class _MultiLabelDataset(BaseDataset):
     """Shared behaviour: validated classes, ``get_cat_ids``, missing-file skips.
-
-    A class of ``metainfo['classes']`` is a name or a list of synonyms
-    (stored as a tuple), which the tagger joins in its prompts.
 
     Args:
         on_missing (str): What to do with entries whose image file does not
@@ -89,8 +71,7 @@ class _MultiLabelDataset(BaseDataset):
                    expected: Optional[Dict[str, str]] = None) -> List[dict]:
         """Data infos for ``ids`` whose image exists in ``paths``.
 
-        The others are listed in ``metainfo['missing_images']``, with the path
-        they were expected at (``expected``) when it is known.
+        The others are listed in ``metainfo['missing_images']``.
         """
         missing = [i for i in ids if i not in paths]
         self.num_missing = report_missing(missing, 'listed images do not exist', self.on_missing,
@@ -112,12 +93,8 @@ class _MultiLabelDataset(BaseDataset):
 class MultiLabelImageFolder(_MultiLabelDataset):
     """Images found (recursively) in a folder, with optional labels.
 
-    * Without ``ann_file`` every image in the folder is used, unlabelled
-      (e.g. tagging your own photos).
-    * With ``ann_file`` (a label file, ``image_id idx ...``; ids are paths
-      relative to the folder without extension) the file defines the image
-      set; images on disk that it does not list are ignored.
-    * ``id_list`` (a file with one id per line) restricts either set further.
+    Without ``ann_file`` every image is used, unlabelled; with it, the label
+    file defines the image set. ``id_list`` restricts either further.
 
     Args:
         ann_file (str): Optional label file. Defaults to ''.
@@ -180,9 +157,6 @@ class MultiLabelImageFolder(_MultiLabelDataset):
 class MultiLabelListDataset(_MultiLabelDataset):
     """Images named by a label file: ``<img_dir>/<image_id><img_suffix>``.
 
-    The label file (``image_id idx idx ...``) lists the images and their
-    classes in file order, like TagCLIP's ``imageset/*`` lists.
-
     Args:
         ann_file (str): The label file (joined to ``data_root`` if relative).
         metainfo (dict, optional): ``classes``; subclasses give defaults.
@@ -226,9 +200,7 @@ class MultiLabelListDataset(_MultiLabelDataset):
 class VOCMultiLabelDataset(MultiLabelListDataset):
     """PASCAL VOC (2007 or 2012) multi-label classification from a list file.
 
-    Defaults: the 20 VOC classes, images in ``<data_root>/JPEGImages``. For
-    VOC2007 test use ``data_root='data/VOCdevkit/VOC2007'`` and TagCLIP's
-    ``imageset/voc2007/test_cls.txt`` as ``ann_file``.
+    Defaults: the 20 VOC classes, images in ``<data_root>/JPEGImages``.
     """
     METAINFO = dict(classes=VOC_CLASSES)
 
@@ -241,9 +213,8 @@ class VOCMultiLabelDataset(MultiLabelListDataset):
 class COCOStuffMultiLabelDataset(MultiLabelListDataset):
     """COCO-Stuff multi-label classification over TagCLIP's 171 classes.
 
-    TagCLIP's ``imageset/cocostuff/val.txt`` (4172 val2017 images) stores
-    0-based 182-space ids, translated here to the 171 classes; pass
-    ``label_index_map=None`` for a file already in 171-space.
+    TagCLIP's list stores 182-space ids, mapped here to the 171 classes;
+    pass ``label_index_map=None`` for a file already in 171-space.
     """
     METAINFO = dict(classes=COCOSTUFF_171_CLASSES)
 
@@ -256,10 +227,8 @@ class COCOStuffMultiLabelDataset(MultiLabelListDataset):
 class COCOMultiLabelDataset(_MultiLabelDataset):
     """COCO multi-label classification from an instances json.
 
-    An image's labels are the categories of its annotations, mapped to
-    contiguous indices in ascending category-id order (the standard COCO
-    order; names from :data:`COCO_CLASSES`, docs/method.md §3.1). Images without any
-    annotation are left out, as in TagCLIP's lists (val2014: 40137 of 40504).
+    Labels are the annotations' categories in ascending category-id order;
+    images without annotations are left out, as in TagCLIP's lists.
 
     Args:
         ann_file (str): ``instances_*.json`` (joined to ``data_root`` if

@@ -1,26 +1,15 @@
 """The two benchmarks of the open-vocabulary protocol that mmseg lacks.
 
-The training-free open-vocabulary segmentation protocol (SCLIP, NACLIP,
-ProxyCLIP, ...; docs/open_vocab.md) evaluates eight benchmarks through mmseg
-datasets. Six are mmseg's own; these two are defined the way those projects
-define them, so their data folders work unchanged:
-
-* **VOC20**: PASCAL VOC 2012 val without the background class. The masks are
-  VOC's own ``SegmentationClass`` PNGs read with ``reduce_zero_label=True``:
-  background (0) and the 255 border are ignored, class ``k`` becomes ``k-1``.
-* **COCO-Object**: COCO 2017 val with background + the 80 thing classes,
-  masks ``<id>_instanceTrainIds.png`` (0 background, 1..80 the things in COCO
-  category order) that ``tools/dataset_converters/coco_object.py`` converts
-  from COCO-Stuff's stuffthingmaps, as the protocol's projects do, under
-  ``data/coco_stuff164k/annotations/val2017``.
+VOC20 and COCO-Object, defined as the protocol's projects define them
+(docs/open_vocab.md).
 """
 from typing import List
 
 from mmengine import fileio
-
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
-from .categories import COCO_CLASSES, VOC_CLASSES, voc_palette
+
+from ..utils.class_names import COCO_CLASSES, VOC_CLASSES, voc_palette
 
 __all__ = ['PascalVOC20Dataset', 'COCOObjectDataset']
 
@@ -47,10 +36,7 @@ class PascalVOC20Dataset(BaseSegDataset):
 class COCOObjectDataset(BaseSegDataset):
     """COCO-Object: background + 80 COCO things, ``*_instanceTrainIds.png`` masks.
 
-    Class names are the project's COCO names (``COCO_CLASSES``, in COCO's
-    category order); the metric only uses their count and order. Every image
-    needs its mask: a missing one stops the listing with the converter's
-    command instead of a bare ``FileNotFoundError`` in the middle of a run.
+    A missing mask stops the listing with the converter's command.
     """
     METAINFO = dict(classes=('background', ) + COCO_CLASSES, palette=voc_palette(81))
 
@@ -59,7 +45,7 @@ class COCOObjectDataset(BaseSegDataset):
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
 
     def load_data_list(self) -> List[dict]:
-        """mmseg's listing, checked for a mask per image.
+        """Mmseg's listing, checked for a mask per image.
 
         Raises:
             FileNotFoundError: When a listed image has no mask.
@@ -71,7 +57,7 @@ class COCOObjectDataset(BaseSegDataset):
             root = self.data_root or 'DATA_ROOT'
             raise FileNotFoundError(
                 f'{len(missing)} of the {len(data_list)} images have no COCO-Object mask, e.g. '
-                f'{missing[0]}; build the masks from COCO-Stuff\'s stuffthingmaps with '
+                f"{missing[0]}; build the masks from COCO-Stuff's stuffthingmaps with "
                 f'`python tools/dataset_converters/coco_object.py {root}` (README "Data", '
                 'docs/open_vocab.md "COCO-Object masks")')
         return data_list

@@ -1,11 +1,4 @@
-"""Ground-truth masks that may or may not exist.
-
-The pseudo-label stage runs both on benchmarks (GT masks give mIoU) and on
-plain folders of photos (no masks). mmseg's ``LoadAnnotations`` needs
-``seg_map_path`` and fails with ``KeyError`` without it, so one pipeline
-could not serve both; :class:`LoadOptionalAnnotations` loads the mask when
-the dataset gave a path and leaves the sample alone otherwise.
-"""
+"""Ground-truth masks that may or may not exist (benchmarks and photo folders)."""
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
 

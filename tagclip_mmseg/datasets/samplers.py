@@ -1,12 +1,7 @@
 """Batch images of equal token grids together.
 
-TagCLIP and CLIP-ES see every image at its own size (rounded up to the patch
-size), so two images share a forward pass only when their token grids are
-equal; padding would change the results. Batching in dataset order yields
-mostly mixed-size batches that the models must split up again.
-:class:`GridGroupedSampler` orders each rank's indices by grid, and
-:class:`GridBatchSampler` cuts batches inside a grid, so that every batch is
-one backbone call. In a config::
+Padding would change the results, so images share a forward pass only when
+their token grids are equal. In a config::
 
     test_dataloader = dict(
         batch_size=8,
@@ -14,16 +9,8 @@ one backbone call. In a config::
         batch_sampler=dict(type='GridBatchSampler'),
         dataset=...)
 
-(mmengine's ``Runner.build_dataloader`` builds ``batch_sampler`` from
-``DATA_SAMPLERS`` with the sampler and ``batch_size``.)
-
-Grids come from image headers (size and EXIF orientation, no decoding) and
-:func:`~tagclip_mmseg.datasets.transforms.patch_grid`, with the patch size,
-token budget and EXIF switch read from the dataset's pipeline
-(``ResizeToPatchMultiple``, ``LoadImageRobust``). A file whose header cannot
-be read gets the one-patch grid of the loader's placeholder. If a prediction
-is ever wrong (a file that decodes to another size), batches only become
-mixed: the models still group inputs by shape, so results never change.
+Grids are predicted from image headers with the pipeline's settings; a wrong
+prediction only mixes a batch, since the models group inputs by shape too.
 """
 import logging
 from typing import Dict, Iterator, List, Optional, Sized, Tuple
@@ -31,11 +18,12 @@ from typing import Dict, Iterator, List, Optional, Sized, Tuple
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.logging import print_log
+from mmseg.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
-from mmseg.registry import DATA_SAMPLERS
+from ..utils.token_grid import group_indices
 from .image_io import ImageLoadError
-from .transforms import LoadImageRobust, ResizeToPatchMultiple, group_indices, image_grid
+from .transforms import LoadImageRobust, ResizeToPatchMultiple, image_grid
 
 __all__ = ['ImageGrids', 'GridGroupedSampler', 'GridBatchSampler']
 
@@ -64,8 +52,8 @@ def _pipeline_transform(dataset, cls):
 def _pick(name: str, given, from_pipeline, default):
     """An explicit setting, checked against the pipeline's, else the pipeline's."""
     if given is not None and from_pipeline is not None and given != from_pipeline:
-        raise ValueError(f'{name}={given!r} differs from the dataset pipeline\'s '
-                         f'{from_pipeline!r}; leave it unset to use the pipeline\'s value')
+        raise ValueError(f"{name}={given!r} differs from the dataset pipeline's "
+                         f"{from_pipeline!r}; leave it unset to use the pipeline's value")
     if given is not None:
         return given
     return default if from_pipeline is None else from_pipeline
@@ -129,12 +117,8 @@ class ImageGrids:
 class GridGroupedSampler(Sampler):
     """Distributed sampler that orders indices so equal token grids are adjacent.
 
-    All indices are grouped by grid (groups in ascending token count, indices
-    ascending inside a group; with ``shuffle`` both orders are permuted with
-    ``seed + epoch``), then dealt out round-robin: rank ``r`` of ``w`` gets
-    positions ``r, r + w, ...``. Every index goes to exactly one rank, with no
-    padding duplicates (mmengine's ``round_up=False``), each rank's share is
-    still grouped, and each rank gets an equal share of every grid.
+    Indices are grouped by grid, then dealt out round-robin to the ranks,
+    with no padding duplicates.
 
     Args:
         dataset (Sized): The dataset.
@@ -188,12 +172,8 @@ class GridGroupedSampler(Sampler):
 class GridBatchSampler(Sampler):
     """Batch sampler whose batches hold images of one token grid.
 
-    Indices from ``sampler`` go into a bucket per grid; a bucket is yielded
-    as soon as it holds ``batch_size`` indices, and the partial buckets at
-    the end (in order of first appearance) unless ``drop_last``. With
-    :class:`GridGroupedSampler` the buckets fill one grid at a time, so at
-    most one short batch per grid and rank remains; with any other sampler
-    (e.g. ``DefaultSampler``) batches are still uniform.
+    A bucket per grid is yielded when full, and the partial ones at the end
+    unless ``drop_last``.
 
     Args:
         sampler (Sampler): Yields dataset indices; must expose ``dataset``.

@@ -1,29 +1,8 @@
 """Segmentation datasets that carry image-level tags, for pseudo-label generation.
 
-CLIP-ES labels an image only with the classes it is told are present: its
-*tags*. :class:`TaggedSegDataset` attaches them to every data info as
-``tags`` (0-based indices into ``metainfo['tag_classes']``, in the order
-given; ``[]`` means "nothing present": the labeler outputs all background),
-from one of three sources:
-
-* ``tag_source='file'``: a tags file (``image_id idx idx ...``), e.g. the
-  TagCLIP tagger's output;
-* ``tag_source='gt'``: ground-truth tags, from ``tags_file`` when given (e.g.
-  a split list with labels), otherwise derived from each GT mask (its values
-  other than background and ``ignore_index``, in tag-vocabulary indices);
-* ``tag_source='none'``: no ``tags`` key; the model computes tags itself
-  (e.g. the tagger in the same pass).
-
-The image list is ``ann_file`` (the first field of each line, so a label file
-also works) or, without it, every ``img_suffix`` file under the image folder.
-``img_id`` is that id. A GT mask (``data_prefix['seg_map_path']``) is loaded
-by mmseg's ``LoadAnnotations`` at the original image size; predictions are
-upsampled to it.
-
-Pack with ``PackSegInputs`` and add ``img_id``, ``tags`` and ``load_error``
-(and ``ori_img`` for a CRF) to its ``meta_keys``. These datasets also serve
-as ordinary mmseg datasets for training a segmenter on the pseudo masks
-(``tag_source='none'``, ``seg_map_path`` = the pseudo-label folder).
+Each data info gets ``tags``: 0-based indices into
+``metainfo['tag_classes']``, from a tags file, the ground truth, or none (the
+model tags itself). They also serve as plain mmseg datasets for training.
 """
 import logging
 import os.path as osp
@@ -31,14 +10,15 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from mmengine.logging import print_log
-from PIL import Image
-
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
-from .categories import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES,
-                         COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES, voc_palette)
+from PIL import Image
+
+from ..utils.class_names import (COCO_CLASSES, COCOSTUFF_27_CLASSES, COCOSTUFF_171_CLASSES,
+                                 COCOSTUFF_182_TO_27, COCOSTUFF_182_TO_171, VOC_CLASSES,
+                                 voc_palette)
+from ..utils.label_maps import label_lut, resolve_index_map
 from .label_files import read_id_list, read_label_file
-from .label_maps import label_lut, resolve_index_map
 from .utils import (MISSING_IMAGES_KEY, check_choice, image_suffixes, locate_image,
                     missing_image_record, read_metainfo_name_files, read_skipped_list,
                     report_missing, scan_images, skipped_list_path, validate_classes)
@@ -53,7 +33,7 @@ TAG_SOURCES = ('file', 'gt', 'none')
 
 @DATASETS.register_module()
 class TaggedSegDataset(BaseSegDataset):
-    """Images (+ optional GT masks) with image-level tags; see the module doc.
+    """Images (+ optional GT masks) with image-level tags.
 
     ``metainfo`` holds ``classes`` (the segmentation classes, background
     first when there is one) and ``tag_classes`` (the vocabulary the tags
@@ -125,11 +105,7 @@ class TaggedSegDataset(BaseSegDataset):
         return meta
 
     def _update_palette(self) -> list:
-        """VOC-style colours for class lists that come without a palette.
-
-        mmseg would draw random colours; the VOC colour map keeps pseudo-label
-        PNGs of custom vocabularies looking like VOC annotations.
-        """
+        """VOC-style colours for class lists that come without a palette."""
         if not self._metainfo.get('palette'):
             return voc_palette(len(self._metainfo['classes']))
         return super()._update_palette()
@@ -138,9 +114,7 @@ class TaggedSegDataset(BaseSegDataset):
     def mask_tag_lut(self) -> np.ndarray:
         """256-entry table: value stored in a GT mask -> tag index, -1 for none.
 
-        Mask values are segmentation class indices (through ``label_map``
-        when classes were subset); a class gives a tag when its name is in
-        ``tag_classes``, so background and ``ignore_index`` give none.
+        A class gives a tag when its name is in ``tag_classes``.
         """
         classes, tag_classes = self._metainfo['classes'], self._metainfo['tag_classes']
         tag_index = {name: i for i, name in enumerate(tag_classes)}
@@ -291,8 +265,7 @@ class VOCTaggedSegDataset(TaggedSegDataset):
 class COCOObjectTaggedSegDataset(TaggedSegDataset):
     """COCO-object: background + the 80 COCO classes; masks hold 0..80 (255 ignored).
 
-    mmseg has no such dataset (only the 171-class COCO-Stuff); TagCLIP and
-    CLIP-ES evaluate on COCO 2017 val with these masks.
+    TagCLIP and CLIP-ES evaluate on COCO 2017 val with these masks.
     """
     METAINFO = dict(classes=('background', ) + COCO_CLASSES, palette=voc_palette(81))
 
@@ -301,12 +274,8 @@ class COCOObjectTaggedSegDataset(TaggedSegDataset):
 class COCOStuff27TaggedSegDataset(TaggedSegDataset):
     """COCO-Stuff with the 27 coarse classes; tags over TagCLIP's 171 classes.
 
-    GT masks are the official 182-id maps (0-based, 255 unlabeled);
-    ``LoadAnnotations`` maps them to the 27 super-categories through the data
-    info's ``label_map``. Tags index the 171 fine classes; the labeler's
-    171-class masks are mapped to 27 the same way for evaluation. TagCLIP's
-    ``imageset/cocostuff/val.txt`` is in 182-space: use it with
-    ``tags_index_map='cocostuff182_to_171'``.
+    GT masks (182 ids) are mapped to 27 classes through ``label_map``; use
+    TagCLIP's 182-space list with ``tags_index_map='cocostuff182_to_171'``.
     """
     METAINFO = dict(
         classes=COCOSTUFF_27_CLASSES,

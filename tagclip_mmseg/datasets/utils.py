@@ -16,23 +16,22 @@ __all__ = [
 ]
 
 
-#: Metainfo key of the images a dataset lists but leaves out (file missing, a
-#: directory, no tags...): a list of :func:`missing_image_record` dicts. The
-#: test loop hands metainfo to the metrics, so the writers' run summaries
-#: (skipped/failed lists) name these images too, not only those that failed
-#: to decode.
+#: Metainfo key of the images a dataset lists but leaves out: a list of
+#: :func:`missing_image_record` dicts, which the writers' summaries name.
 MISSING_IMAGES_KEY = 'missing_images'
 
 
 def skipped_list_path(tags_file: str) -> str:
     """Where the tagger lists the images it skipped: ``<tags file without
-    extension>.skipped.txt`` (``TagFileWriter``'s default, read by stage 2)."""
+    extension>.skipped.txt`` (``TagFileWriter``'s default, read by stage 2).
+    """
     return osp.splitext(tags_file)[0] + '.skipped.txt'
 
 
 def read_skipped_list(path: str) -> Dict[str, str]:
     """``{img_id: reason}`` from a skipped list (``img_id<TAB>img_path<TAB>reason``
-    lines); ``{}`` when the file does not exist."""
+    lines); ``{}`` when the file does not exist.
+    """
     if not osp.isfile(path):
         return {}
     skipped: Dict[str, str] = {}
@@ -48,9 +47,7 @@ def missing_image_record(img_id: str, img_path: Optional[str] = None,
                          reason: Optional[str] = None) -> dict:
     """``dict(img_id, img_path, reason)`` for a listed image that is left out.
 
-    Without ``reason``, it is read from the file system: the same words
-    ``LoadImageRobust`` uses, so a summary reads alike whichever stage
-    noticed the problem.
+    Without ``reason``, it is read from the file system in the loader's words.
     """
     if reason is None:
         if img_path is None:
@@ -67,13 +64,9 @@ def missing_image_record(img_id: str, img_path: Optional[str] = None,
 def read_metainfo_name_files(metainfo: Optional[dict]) -> Optional[dict]:
     """``metainfo`` with its name files read by the project's one reader.
 
-    ``classes`` given as a name file (a ``.txt`` path or ``dict(file=...,
-    sep=..., first_line=...)``) become the first name of each class (the
-    dataset's label names; ``'background'`` first when the file's line 1 is
-    the background line) and ``class_names`` holds the classes with their
-    synonyms, which ``VocabularyHook`` hands to the model. A
-    ``background_words`` name file becomes its list of words. Without this,
-    mmengine would read a path itself, one name per line.
+    ``classes`` given as a name file become the first name of each class, and
+    ``class_names`` keeps the synonyms for ``VocabularyHook``; a
+    ``background_words`` name file becomes its list of words.
     """
     if not metainfo:
         return metainfo
@@ -158,7 +151,8 @@ def image_suffixes(suffix, name: str = 'img_suffix') -> Tuple[str, ...]:
 
 def locate_image(folder: str, img_id: str, suffixes: Sequence[str]) -> str:
     """``folder/<img_id><suffix>`` for the first of ``suffixes`` whose file
-    exists; the first suffix's path when none does (reported as missing)."""
+    exists; the first suffix's path when none does (reported as missing).
+    """
     candidates = [osp.join(folder, img_id + s) for s in suffixes]
     return next((p for p in candidates if osp.isfile(p)), candidates[0])
 
@@ -174,11 +168,8 @@ def list_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS,
                 recursive: bool = True) -> List[str]:
     """Image files in ``folder``, sorted: the one folder scan of the package.
 
-    Datasets and the inferencer see the same files: names ending in one of
-    ``suffixes`` (case-insensitive), hidden files and folders ignored (editor
-    and macOS ``._*`` droppings are not images), symlinked sub-folders not
-    followed (a link loop would never end), symlinked files kept (a dangling
-    one then fails in the loader with a reason, rather than vanishing).
+    Hidden files and folders are ignored and symlinked sub-folders not
+    followed (a link loop would never end); symlinked files are kept.
 
     Args:
         folder (str): The folder.
@@ -206,9 +197,8 @@ def list_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS,
 def scan_images(folder: str, suffixes: Sequence[str] = IMG_EXTENSIONS) -> Dict[str, str]:
     """Images under ``folder`` (:func:`list_images`, recursive), keyed by image id.
 
-    The id is the path relative to ``folder`` without its extension, with
-    ``/`` separators: the file stem for a flat folder. The result is sorted by
-    id.
+    The id is the ``/``-separated path relative to ``folder`` without its
+    extension; sorted by id.
 
     Raises:
         FileNotFoundError: ``folder`` is not a directory, or holds no file

@@ -1,36 +1,11 @@
-"""Load mmengine checkpoints without running code from the file (docs/compatibility.md trap 6).
+"""Load mmengine checkpoints without running code from the file.
 
-``torch.load(weights_only=False)`` unpickles arbitrary Python objects, so a
-checkpoint whose pickle calls ``os.system`` runs that call. Every checkpoint
-this project reads is therefore loaded with ``weights_only=True``.
-
-An mmengine *training* checkpoint holds more than tensors: the message hub's
-:class:`~mmengine.logging.HistoryBuffer` objects and numpy scalars and arrays
-in the log history. ``weights_only=True`` refuses those, so mmengine 0.10.7's
-``--resume`` (and ``load_from`` / ``tools/test.py`` with such a file) fails
-under torch >= 2.6 (open-mmlab/mmengine#1655). Rather than loading those files
-unsafely, :func:`safe_checkpoint_loading` allowlists exactly the data types
-they contain (:data:`MMENGINE_CHECKPOINT_GLOBALS`, found with
-``torch.serialization.get_unsafe_globals_in_checkpoint`` on a real training
-checkpoint); none of them runs code when unpickled. Before torch 2.6 torch's
-own allowlist cannot take them, and
-:func:`~tagclip_mmseg.utils.torch_compat.load_weights_only` uses an unpickler
-restricted to the same list instead. The one callable such a
-file needs, ``getattr`` (a history buffer's statistics methods are pickled as
-``getattr(HistoryBuffer, 'mean')``), is replaced by a version that only
-returns ``HistoryBuffer``'s own public methods.
-
-Remote ``init_cfg`` / ``load_from`` URLs (``http://``, ``open-mmlab://``,
-``torchvision://``...) all end in mmengine's ``load_url``, which calls
-``torch.hub.load_state_dict_from_url`` with its default ``weights_only=False``:
-inside the block, :func:`load_url_weights_only` takes its place, so downloaded
-files are held to the same rule as local ones.
-
-Nothing happens on ``import tagclip_mmseg``: the tools enter
-:func:`safe_checkpoint_loading` around the runner, which also makes the local
-loader pass ``weights_only=True`` explicitly (so neither an older torch nor
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` turns the protection off) and restores
-mmengine's loader on exit.
+Local and downloaded checkpoints load with ``weights_only=True`` plus an
+allowlist of exactly the types an mmengine training checkpoint holds
+(:data:`MMENGINE_CHECKPOINT_GLOBALS`), so ``--resume`` works under torch >= 2.6
+(open-mmlab/mmengine#1655) without unsafe loading. Nothing happens at import:
+the tools enter :func:`safe_checkpoint_loading`. See docs/compatibility.md,
+"Traps" (the ``tools/train.py --resume`` row).
 """
 import contextlib
 import inspect
@@ -59,7 +34,7 @@ MapLocation = Optional[Union[str, torch.device, Callable]]
 
 
 def _numpy_globals() -> List[Any]:
-    """numpy's pickling helpers and dtypes, under numpy 1 and numpy 2 names."""
+    """Numpy's pickling helpers and dtypes, under numpy 1 and numpy 2 names."""
     try:  # numpy >= 2 moved the core module to numpy._core
         from numpy._core import multiarray
     except ImportError:  # pragma: no cover - numpy 1
@@ -70,16 +45,8 @@ def _numpy_globals() -> List[Any]:
 
 
 def _history_buffer_getattr(owner: Any, name: str) -> Any:
-    """``getattr`` as a pickle may call it, limited to a history buffer's
-    statistics methods.
-
-    A pickled :class:`HistoryBuffer` refers to its statistics functions
-    (``HistoryBuffer.mean``...) as ``getattr(HistoryBuffer, 'mean')``;
-    allowing the real ``getattr`` would let a file reach any attribute of
-    any allowed object.
-    """
-    # Its public methods (the statistics are registered per process, on the
-    # first instance, so the registry may still be empty while loading).
+    """``getattr`` limited to ``HistoryBuffer``'s public methods, as its pickles call it."""
+    # Not the statistics registry: it may still be empty while loading.
     if owner is HistoryBuffer and not name.startswith('_') and \
             inspect.isfunction(vars(HistoryBuffer).get(name)):
         return getattr(owner, name)
@@ -87,10 +54,8 @@ def _history_buffer_getattr(owner: Any, name: str) -> Any:
         f'Unsupported global: getattr({owner!r}, {name!r}) is not a history buffer method.')
 
 
-#: Non-container types in mmengine 0.10.7 training checkpoints: the message
-#: hub's history buffers (with the ``getattr`` their statistics methods are
-#: pickled with, restricted) and the numpy values they and the log history
-#: hold.
+#: Non-container types of mmengine 0.10.7 training checkpoints (history
+#: buffers, a restricted ``getattr``, numpy values).
 MMENGINE_CHECKPOINT_GLOBALS: List[Any] = [
     HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *_numpy_globals()
 ]
@@ -105,11 +70,7 @@ class UnreadableCheckpointError(RuntimeError):
 
 
 def _raise_load_error(path: str, what: str, e: BaseException) -> None:
-    """Raise the error that says why ``path`` (described as ``what``) did not load.
-
-    Decided from the file (:mod:`tagclip_mmseg.utils.unpickling`), not from
-    the wording of ``e``, which changes between torch versions.
-    """
+    """Raise why ``path`` (``what``) did not load, read from the file, not from ``e``'s wording."""
     refused = refused_globals(path, e)
     if refused is not None:
         raise UnsafeCheckpointError(
@@ -122,10 +83,11 @@ def _raise_load_error(path: str, what: str, e: BaseException) -> None:
 
 
 def load_from_local_weights_only(filename: str, map_location: MapLocation = None) -> Any:
-    """mmengine's local-file loader with an explicit ``weights_only=True``.
+    """Mmengine's local-file loader with an explicit ``weights_only=True``.
 
-    mmengine logs the name after ``load_from_``: "Loads checkpoint by
-    local_weights_only backend".
+    Args:
+        filename: The checkpoint file.
+        map_location: As ``torch.load``'s.
 
     Raises:
         FileNotFoundError: If ``filename`` is not a file.
@@ -151,8 +113,15 @@ def load_url_weights_only(url: str,
                           progress: bool = True,
                           check_hash: bool = False,
                           file_name: Optional[str] = None) -> Any:
-    """mmengine's ``load_url`` (download once, cache, load) with
-    ``weights_only=True``.
+    """Mmengine's ``load_url`` (download once, cache, load) with ``weights_only=True``.
+
+    Args:
+        url: The checkpoint's address.
+        model_dir: Cache folder; default torch hub's ``checkpoints``.
+        map_location: As ``torch.load``'s.
+        progress: Show a download progress bar.
+        check_hash: Check the hash prefix in the file name.
+        file_name: Name of the cached file; default the URL's.
 
     Raises:
         UnsafeCheckpointError: If the downloaded file stores objects other
@@ -177,11 +146,9 @@ def load_url_weights_only(url: str,
 
 @contextlib.contextmanager
 def safe_checkpoint_loading() -> Iterator[None]:
-    """Within the block, mmengine loads local checkpoints with
-    ``weights_only=True`` and accepts mmengine's own training checkpoints.
+    """Within the block mmengine loads every checkpoint with ``weights_only=True``.
 
-    Restores the previous local loader and allowlist on exit, so nothing
-    outlives the block (the tools wrap ``runner.train()`` / ``runner.test()``).
+    The previous loaders are restored on exit (the tools wrap the runner).
     """
     previous = CheckpointLoader._get_checkpoint_loader('')
     if os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes',
@@ -201,4 +168,3 @@ def safe_checkpoint_loading() -> Iterator[None]:
     finally:
         CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)
         mmengine_checkpoint.load_url = previous_url_loader
-

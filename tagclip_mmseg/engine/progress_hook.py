@@ -1,18 +1,15 @@
 """Progress of long training-free runs: images done, images/s, ETA, summary.
 
-mmengine's ``LoggerHook`` reports iterations; a user tagging 100k images
-wants images, a rate and an ETA. This hook counts images on every rank (batch
-sizes vary with the grid-grouped batches), reports from rank 0 at a fixed time
-interval, and logs one summary line at the end. Counts are per-rank estimates
-scaled by the world size; the writers' summaries hold the exact totals.
+Counts are per-rank estimates scaled by the world size; the writers'
+summaries hold the exact totals.
 """
 import time
 from typing import Optional
 
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
-
 from mmseg.registry import HOOKS
+
 from ..evaluation.summary import format_duration
 
 __all__ = ['RunProgressHook']

@@ -1,15 +1,10 @@
 """Hand the test dataset's class vocabulary to an open-vocabulary model.
 
-An open-vocabulary tagger has no fixed classes: the dataset defines them
-(``metainfo=dict(classes=..., background_words=...)``). Rather than repeating
-the list in the model config, this hook copies it into the model before the
-test loop starts. A vocabulary given explicitly in the model config (or by a
-tool's ``--classes FILE``) wins; it must then have as many classes as the
-dataset, whose labels, masks and metrics count them.
+A vocabulary given in the model config (or by ``--classes FILE``) wins, and must
+then have as many classes as the dataset.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-
 from mmseg.registry import HOOKS
 
 __all__ = ['VocabularyHook', 'check_class_count']
@@ -48,9 +43,9 @@ class VocabularyHook(Hook):
 def check_class_count(model, meta: dict) -> None:
     """Refuse a model vocabulary whose size differs from the dataset's.
 
-    The dataset's count is that of ``tag_classes`` (pseudo-label datasets)
-    or ``classes``; the model's is ``num_classes`` (with the background
-    channel for ``TagCLIPSegmentor``).
+    Args:
+        model: The model; its ``num_classes`` is compared.
+        meta: The dataset metainfo (``tag_classes`` or ``classes``).
 
     Raises:
         ValueError: Naming both counts and the name-file rule that most
@@ -63,6 +58,6 @@ def check_class_count(model, meta: dict) -> None:
         raise ValueError(
             f'the model has {model.num_classes} classes but the test dataset has {len(classes)} '
             f'({", ".join(map(str, list(classes)[:3]))}, ...): give one name per dataset class, '
-            'in its order. A name file whose line 1 holds background words (the peers\' '
+            "in its order. A name file whose line 1 holds background words (the peers' "
             'cls_voc21.txt, cls_context60.txt, cls_coco_object.txt) needs --background-line '
             "(first_line='background' in Python); a dataset with a background class counts it")

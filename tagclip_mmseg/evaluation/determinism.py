@@ -1,26 +1,7 @@
-"""The determinism contract, as checks (see docs/determinism.md).
+"""The determinism contract as checks that return the violations.
 
-BLAS, oneDNN and cuBLAS choose kernels by matrix shape, instruction set and
-thread count, so the same image can round differently when it shares a batch
-with other images, runs in another process, is resumed, or runs on another
-CPU or GPU. The project therefore promises equality *up to a stated
-tolerance*, not bit for bit:
-
-* **Scores** (``pred_score``, ``scores.jsonl``) agree within
-  :data:`SCORE_ATOL` (absolute; scores are probabilities in [0, 1]).
-* **Tags** are identical, except a class whose score lies within
-  :data:`SCORE_ATOL` of its image's relative threshold in either run.
-* **Discrete decisions inside TagCLIP** (DMAR box pixels, CWR candidates and
-  regions) can sit at a tie as well; an image with such a tie (relative
-  margin below :data:`DECISION_TIE`, see :func:`tag_decision_margin`) may
-  differ by more than the tolerance. Attention-vote ties are not tracked:
-  one flipped vote moves a single entry of the averaged attention.
-* **Mask pixels** differ only where the two best channels (the background
-  channel included) are within :data:`PIXEL_TIE` in either run, or on an
-  image whose CAM box decision is tied (:func:`cam_box_margin`).
-
-The functions here turn that into checks that return the violations, so
-tests, and users comparing two runs of their own, get the offending images.
+Scores agree within :data:`SCORE_ATOL`, tags and mask pixels except at ties;
+see docs/determinism.md, "The contract".
 """
 import json
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -28,21 +9,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..models.ops import minmax_normalize
+from ..utils.normalize import minmax_normalize
 
 __all__ = [
     'SCORE_ATOL', 'DECISION_TIE', 'PIXEL_TIE', 'tag_decision_margin', 'cam_box_margin',
     'compare_tag_scores', 'read_scores_file', 'unexplained_label_flips'
 ]
 
-#: Largest score difference the contract allows (fp32; measured differences
-#: are below 1e-6 on CPUs, see docs/determinism.md).
+#: Largest score difference the contract allows (docs/determinism.md, "Measured").
 SCORE_ATOL = 1e-4
-#: A discrete decision whose value is within this relative margin of its
-#: threshold may flip between runs.
+#: Relative margin to a threshold within which a discrete decision may flip.
 DECISION_TIE = 1e-4
-#: Two mask channels closer than this may swap; with ``quirks.cam_fp16`` CAMs
-#: are stored in fp16, whose spacing just below 1 is 4.9e-4.
+#: Two mask channels closer than this may swap (fp16 CAMs: spacing 4.9e-4 below 1).
 PIXEL_TIE = 2e-3
 
 
@@ -56,12 +34,8 @@ def tag_decision_margin(out: Mapping[str, Tensor], tag_ratio: float, cwr_ratio: 
                         cwr_region_thr: float) -> Tensor:
     """Per image, the smallest relative margin of TagCLIP's discrete decisions.
 
-    Covers the tag threshold (relative to the image's score range), the CWR
-    candidate threshold (relative to the refined scores' range), the CWR
-    region threshold of each candidate and the DMAR box binarisation (the
-    uint8 level of each class map and its threshold, in units of the
-    normalised map). A margin below :data:`DECISION_TIE` means a rounding
-    difference can flip that decision.
+    Covers the tag threshold, the CWR candidate and region thresholds and the
+    DMAR box binarisation; below :data:`DECISION_TIE` a rounding can flip one.
 
     Args:
         out (Mapping[str, Tensor]): :meth:`TagCLIP.tag`'s output (``p_hat``,
@@ -90,8 +64,7 @@ def tag_decision_margin(out: Mapping[str, Tensor], tag_ratio: float, cwr_ratio: 
     cand = p_local > theta
     region = (minmax_normalize(p_ref[..., :c_fg], dim=1) - cwr_region_thr).abs()  # (B, N, C)
     region = region.masked_fill(~cand[:, None, :], float('inf')).flatten(1).amin(1)
-    # DMAR boxes: floor(255 v) > trunc(255 * mean(v)), v the normalised map;
-    # a constant map normalises to exact zeros whatever the rounding.
+    # DMAR boxes: floor(255 v) > trunc(255 * mean(v)); a constant map is exact.
     maps = p_hat.transpose(1, 2)  # (B, C, N)
     flat_map = (maps.amax(-1) == maps.amin(-1))[..., None]
     v = minmax_normalize(maps, dim=-1)
@@ -107,10 +80,8 @@ def tag_decision_margin(out: Mapping[str, Tensor], tag_ratio: float, cwr_ratio: 
 def cam_box_margin(cams: Tensor, ratio: float, valid: Optional[Tensor] = None) -> Tensor:
     """Per image, the smallest margin of CLIP-ES's CAM box binarisation.
 
-    A CAM pixel is inside the box when ``floor(255 v) > trunc(ratio * max q)``;
-    the margin is the distance of ``255 v`` to the boundary of that level, in
-    units of the normalised map. The maximum itself is left out: the
-    ``max + 1e-7`` division pins it just below 1 by construction.
+    The distance of ``255 v`` to the box level ``trunc(ratio * max q)``, in
+    units of the normalised map; the maximum itself is left out.
 
     Args:
         cams (Tensor): (B, K, N) normalised Grad-CAMs.

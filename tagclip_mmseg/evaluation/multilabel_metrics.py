@@ -1,39 +1,9 @@
 """Multi-label tagging metrics with TagCLIP's per-image relative threshold.
 
-TagCLIP turns a score vector into tags with a threshold relative to each
-image's own score range (docs/method.md §4.6), which mmpretrain's ``MultiLabelMetric``
-(one fixed threshold for all images) cannot express. Per-image min-max
-normalisation followed by a fixed threshold would give the same F1 but would
-change the cross-image ranking that mAP needs, so :class:`TaggingMetric`
-evaluates the raw scores itself: mAP, and CP/CR/CF1/OP/OR/OF1 under the
-relative threshold, a fixed threshold, and optionally the model's own tags.
-
-Definitions (all in percent, like mmpretrain):
-
-* Per class c over the binarised predictions: ``P_c = TP/(TP+FP)``,
-  ``R_c = TP/(TP+FN)``, with 0/0 taken as 0 (scikit-learn's
-  ``zero_division=0`` and the reference's ``eps``).
-* ``CP``/``CR`` are the means of ``P_c``/``R_c``; ``CF1 = 2 CP CR/(CP+CR)``, the
-  multi-label literature's (and TagCLIP's ``utils.compute_F1``) definition.
-  ``macro_F1`` is the mean of per-class F1, which is what mmpretrain and
-  scikit-learn call the macro F1-score; the two differ in general.
-* ``OP``/``OR``/``OF1`` pool TP/FP/FN over all images and classes (micro).
-* AP per class is non-interpolated: the mean, over the positives, of the
-  precision at each positive's rank (docs/method.md §5). This is also what mmpretrain's
-  ``AveragePrecision`` computes.
-
-Ties: when several images have exactly the same score for a class, their
-order is undefined in the reference (and in mmpretrain), so the AP depends on
-the sort. Here every image of a tie group is ranked at the end of its group
-(precision is read after the whole group), which is order-independent and
-equals scikit-learn's ``average_precision_score``. Without ties all three
-agree exactly.
-
-Classes with no positives (``quirks.empty_class_zero``, docs/modes.md): the
-reference keeps them as 0 in the class means (``quirks='reference'``,
-docs/method.md §12 #5: an AP of 0, and P=R=0 for the per-class terms);
-``quirks='fixed'`` leaves them out of every class mean. On VOC07 test and
-COCO14 val every class has positives and both agree.
+mmpretrain's ``MultiLabelMetric`` has one fixed threshold for all images, and
+min-max normalising first would change mAP's cross-image ranking, so
+:class:`TaggingMetric` evaluates the raw scores itself. Definitions, ties and
+classes without positives: docs/metrics.md, "Tagging metrics".
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -43,10 +13,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..models.clip.prompts import class_key
-from ..models.ops.thresholds import relative_threshold_mask
-from ..utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
-from .sample_fields import get_field, image_id, load_error
+from ..records import get_field, image_id, load_error
+from ..utils.class_names import class_key
+from ..utils.quirks import Quirks, QuirksLike, resolve_quirks
+from ..utils.thresholds import relative_threshold_mask
 
 __all__ = [
     'relative_threshold_mask', 'average_precision', 'precision_recall_f1', 'TaggingMetric'
@@ -129,13 +99,11 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 @METRICS.register_module()
 class TaggingMetric(BaseMetric):
-    """mAP and CP/CR/CF1/OP/OR/OF1 of a multi-label tagger (docs/method.md §5).
+    """mAP and CP/CR/CF1/OP/OR/OF1 of a multi-label tagger (docs/metrics.md, "Tagging metrics").
 
-    Reads, per image, ``pred_score`` (``(C,)``), the ground truth ``gt_label``
-    (fg indices) or ``gt_score`` (one-hot) and, for ``mode='tags'``,
-    ``pred_label`` (the tags the model emitted). Images whose metainfo has a
-    ``load_error`` are counted in ``num_skipped`` and not scored; images
-    without ground truth are counted in ``num_unlabeled``.
+    Reads ``pred_score``, ``gt_label`` or ``gt_score`` and, for ``'tags'``,
+    ``pred_label``; images with a ``load_error`` count in ``num_skipped``,
+    images without ground truth in ``num_unlabeled``.
 
     Args:
         ratio: ``r`` of the relative threshold (0.5 VOC/COCO, 0.1 COCO-Stuff).
@@ -146,10 +114,7 @@ class TaggingMetric(BaseMetric):
             fallback, as its F1 code), ``'fixed'`` (keys ``CP_thr0.5``, ...)
             and ``'tags'`` (keys ``CP_tags``, ...; the model's ``pred_label``).
         quirks: ``'reference'`` (default), ``'fixed'``, a dict of fields
-            or a ``Quirks``; the metric reads ``empty_class_zero`` (see the
-            module docstring). Unrelated to ``modes``' fixed threshold.
-        empty_class_mode: Deprecated: ``'faithful'`` is
-            ``quirks=dict(empty_class_zero=True)``, ``'clean'`` ``False``.
+            or a ``Quirks``; the metric reads ``empty_class_zero``.
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'tagging'``.
     """
@@ -161,8 +126,7 @@ class TaggingMetric(BaseMetric):
                  modes: Sequence[str] = ('relative', 'fixed'),
                  quirks: QuirksLike = 'reference',
                  collect_device: str = 'cpu',
-                 prefix: Optional[str] = None,
-                 empty_class_mode: Optional[str] = None) -> None:
+                 prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         unknown = set(modes) - set(MODES)
         if unknown:
@@ -171,9 +135,7 @@ class TaggingMetric(BaseMetric):
         self.thr = float(thr)
         self.modes = tuple(modes)
         #: Resolved quirk switches; only ``empty_class_zero`` matters here.
-        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__,
-                                                    'empty_class_mode', empty_class_mode,
-                                                    field='empty_class_zero')
+        self.quirks: Quirks = resolve_quirks(quirks)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep each image's scores and one-hot labels (one record per image)."""
@@ -256,7 +218,8 @@ class TaggingMetric(BaseMetric):
 def _onehot(sample, label_key: str, num_classes: int,
             score_key: Optional[str] = None) -> Optional[torch.Tensor]:
     """``(C,)`` bool from class indices at ``label_key`` (or a one-hot at
-    ``score_key``); ``None`` when the sample has neither."""
+    ``score_key``); ``None`` when the sample has neither.
+    """
     label = get_field(sample, label_key)
     if label is not None:
         if isinstance(label, Mapping) or hasattr(label, 'label'):  # mmcls-style LabelData

@@ -1,53 +1,31 @@
 """Writes pseudo masks (and optionally CAMs) as the test loop produces them.
 
-Why a metric and not a hook: mmengine calls ``BaseMetric.process`` on every
-rank with that rank's outputs, and ``compute_metrics`` once on rank 0 with the
-records gathered from all ranks. So each rank writes the PNGs of its own
-share, exactly once and as soon as they exist (nothing big is held or sent
-between ranks), and rank 0 gets the counts of the whole split to summarise.
-It also means ``dist_test.sh``/slurm parallelise generation with no extra
-code, and that ``CLSSegIoUMetric`` can sit next to it in ``test_evaluator``.
-
-Files in ``out_dir`` (all written atomically, all byte-deterministic):
-
-* ``<img_id>.png``: the mask at the original image size, class indices (0 =
-  background) and 255 = ignore, palette (``'P'``) PNG with the VOC colormap
-  by default, or plain ``'L'``. mmseg's ``LoadAnnotations`` reads both as
-  indices, so the folder can be a segmentation dataset's ``seg_map_path``.
-* ``<img_id>.npz`` (``save_cams=True``): ``attn_highres`` float16 ``(K, H, W)``
-  CAMs and ``keys`` int64 ``(K,)`` tag indices, CLIP-ES's names; CAMs with
-  NaN or inf are refused, never written. An ``.npz``
-  rather than CLIP-ES's pickled-dict ``.npy`` so that it loads without
-  ``allow_pickle``.
-* ``summary.json`` and ``failed.txt``: counts, and each image that failed to
-  load with the reason (``img_id<TAB>img_path<TAB>reason``), including the
-  images the dataset lists but left out (``metainfo['missing_images']``:
-  file missing, a directory, no tags...), so that ``written + skipped +
-  failed`` accounts for every listed image.
+Each rank writes its own share in ``process``; rank 0 writes ``summary.json``
+and ``failed.txt`` (``img_id<TAB>img_path<TAB>reason``) from the gathered
+records, so ``written + skipped + failed`` covers every listed image. Every
+file is atomic and byte-deterministic; see docs/resume.md, "Output writers".
 """
-import io
 import hashlib
+import io
 import json
 import os.path as osp
-import time
 import zipfile
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from mmengine.dist import get_rank, is_main_process
-from mmengine.evaluator import BaseMetric
+from mmengine.dist import get_rank
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 from PIL import Image
 
-from ..datasets.categories import voc_palette
-from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from ..records import (SourceLog, get_field, image_id, load_error, pixel_data,
+                       remove_stale_temp_files, sources_path)
 from ..utils.checks import check_finite
+from ..utils.class_names import voc_palette
+from ..utils.io import atomic_write_bytes, atomic_write_text
 from ..utils.paths import safe_join
-from ..utils.run_lock import RunLock
-from ..resume.files import SourceLog, remove_stale_temp_files, sources_path
-from .sample_fields import get_field, image_id, load_error, missing_images, pixel_data
+from .output_writer import OutputWriter
 from .summary import format_summary
 
 __all__ = ['encode_label_png', 'encode_npz', 'PseudoLabelWriter']
@@ -64,9 +42,7 @@ def encode_label_png(mask: np.ndarray, palette: Optional[np.ndarray] = None) -> 
             ``'L'``.
 
     Returns:
-        The encoded file. Pillow writes no time stamp or other varying
-        chunk, and the compression settings are fixed, so equal inputs give
-        equal bytes.
+        The encoded file; equal inputs give equal bytes.
     """
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise ValueError(f'label map must be (H, W) uint8, got {mask.dtype} {mask.shape}')
@@ -79,10 +55,13 @@ def encode_label_png(mask: np.ndarray, palette: Optional[np.ndarray] = None) -> 
 
 
 def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An uncompressed ``.npz`` with fixed zip time stamps (deterministic bytes).
+    """An uncompressed ``.npz`` with fixed zip time stamps (``np.savez`` stamps the time).
 
-    ``np.savez`` stamps entries with the current time, so two identical runs
-    would differ byte-wise; this writes the same format with a constant date.
+    Args:
+        arrays: Name -> array.
+
+    Returns:
+        The encoded file.
     """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, 'w', compression=zipfile.ZIP_STORED) as zf:
@@ -94,7 +73,7 @@ def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 @METRICS.register_module()
-class PseudoLabelWriter(BaseMetric):
+class PseudoLabelWriter(OutputWriter):
     """Write each image's ``pred_sem_seg`` as ``<out_dir>/<img_id>.png``.
 
     Per image (one record each, gathered to rank 0):
@@ -105,8 +84,8 @@ class PseudoLabelWriter(BaseMetric):
     * otherwise the mask (and the CAMs) are written -> ``written``.
 
     Args:
-        out_dir: Output folder; created if needed. A folder that cannot be
-            written raises ``PermissionError`` here, before any work is done.
+        out_dir: Output folder; created before the first image (a folder that
+            cannot be written raises ``PermissionError`` then).
         palette: ``'voc'`` (default: the 256-entry VOC colormap), ``'dataset'``
             (``dataset_meta['palette']`` for the classes, the VOC colormap for
             the other entries, so 255 keeps its colour), an explicit list of
@@ -114,13 +93,9 @@ class PseudoLabelWriter(BaseMetric):
         save_cams: Also write ``<img_id>.npz`` with the sample's ``cams``
             (float16 ``(K, H, W)``) and its ``tags`` metainfo as ``keys``.
         stale_temp_age_s: Temporaries older than this in ``out_dir`` are
-            removed at start-up (see ``remove_stale_temp_files``).
+            removed by :meth:`begin_run`.
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'pseudo_label'``.
-
-    From construction to the summary, rank 0 holds ``<out_dir>/.lock``
-    (``utils.run_lock``): a second run into the same folder stops at once, and
-    a lock left by a killed run is taken over with a log line.
 
     Returned keys: ``written``, ``skipped``, ``failed``.
     """
@@ -133,27 +108,29 @@ class PseudoLabelWriter(BaseMetric):
                  stale_temp_age_s: float = 60.0,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
-        super().__init__(collect_device=collect_device, prefix=prefix)
+        out_dir = osp.abspath(osp.expanduser(out_dir))
+        super().__init__(out_dir, out_dir, collect_device, prefix)
         if isinstance(palette, str) and palette not in ('voc', 'dataset'):
             raise ValueError(f"palette must be 'voc', 'dataset', a list of RGB triples or "
                              f'None, got {palette!r}')
-        self.out_dir = ensure_writable_dir(out_dir)
+        self.out_dir = out_dir
         self.palette_spec = palette
         self.save_cams = save_cams
+        self.stale_temp_age_s = float(stale_temp_age_s)
         self._palette: Optional[np.ndarray] = None
-        self._start: Optional[float] = None
         self._sources: Optional[SourceLog] = None
-        # One live run per output: refuse before touching files another run writes.
-        self._lock = RunLock(self.out_dir) if is_main_process() else None
-        if self._lock is not None:
-            self._lock.acquire()
-            remove_stale_temp_files(self.out_dir, min_age_s=stale_temp_age_s)
+
+    def output_folders(self) -> List[str]:
+        """The output folder."""
+        return [self.out_dir]
+
+    def remove_temp_files(self) -> None:
+        """Remove stale temporaries from ``out_dir``."""
+        remove_stale_temp_files(self.out_dir, min_age_s=self.stale_temp_age_s)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Write the files of this batch on this rank; record each outcome."""
-        if self._start is None:  # the first batch: refuse bad ids before any work is kept
-            self._start = time.perf_counter()
-            missing_images(self.dataset_meta, self.out_dir)
+        self.start_batch()
         for sample in data_samples:
             img_id = image_id(sample)
             safe_join(self.out_dir, img_id, '.png')  # refuse an id that leaves out_dir
@@ -212,8 +189,7 @@ class PseudoLabelWriter(BaseMetric):
         return self._palette
 
     def evaluate(self, size: int) -> dict:
-        """Write what is left and gather as the bases do; then close this rank's
-        record of mask sources."""
+        """Gather as ``BaseMetric`` does, then close this rank's record of mask sources."""
         try:
             return super().evaluate(size)
         finally:
@@ -223,10 +199,8 @@ class PseudoLabelWriter(BaseMetric):
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
         """Count outcomes over all ranks, write the summary files, log one line."""
-        elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
-        self._start = None
-        left_out = missing_images(self.dataset_meta, self.out_dir)
-        results = list(results) + [dict(m, status='failed') for m in left_out]
+        elapsed = self.stop_timer()
+        results = list(results) + [dict(m, status='failed') for m in self.left_out()]
         counts = {k: sum(r['status'] == k for r in results)
                   for k in ('written', 'skipped', 'failed')}
         failed = sorted((r for r in results if r['status'] == 'failed'),
@@ -243,8 +217,6 @@ class PseudoLabelWriter(BaseMetric):
         if failed:
             logger.warning(f'{len(failed)} images failed (load errors, CRF failures); see '
                            f'{osp.join(self.out_dir, "failed.txt")}')
-        if self._lock is not None:
-            self._lock.release()
         return counts
 
 

@@ -1,26 +1,8 @@
-"""mIoU of pseudo masks as TagCLIP reports it ("CLS-SEG", docs/method.md §7), beside mmseg's.
+"""mIoU of pseudo masks as TagCLIP reports it ("CLS-SEG"), beside mmseg's.
 
-Two means over the same per-class IoU:
-
-* ``mIoU`` (the paper's): the mean over the classes that occur in the ground
-  truth of the split. A class that is predicted but absent from the GT is left
-  out (the reference's ``valid = hist.sum(axis=1) > 0``).
-* ``mIoU_mmseg`` (mmseg 1.2.2 ``IoUMetric``): the NaN-mean of
-  ``intersect / union``, so a class that is predicted but absent has IoU 0 and
-  counts; only classes absent from both are left out.
-
-They agree whenever every class occurs in the GT (VOC, COCO val).
-
-Pixels: GT values outside ``[0, num_classes)`` (255) are ignored. A prediction
-outside ``[0, num_classes)`` (e.g. 255 "uncertain" in a pseudo mask) at a
-valid GT pixel is a miss for the GT class and a prediction of no class, which
-is what mmseg's histograms do (the reference would crash on it).
-
-Accumulation: per image only the three histograms IoU needs are kept (the
-diagonal of the confusion matrix and its two marginals, ``3 x C`` integers)
-rather than a ``C x C`` matrix: they give the same IoU, keep the cross-rank
-gather small for 171 classes, and as one record per image they let
-mmengine drop the samples that ``DefaultSampler`` pads onto the last ranks.
+``mIoU`` averages over the classes in the ground truth, ``mIoU_mmseg`` is
+mmseg's NaN-mean; per image only ``3 x C`` histograms are kept. See
+docs/metrics.md, "CLS-SEG mIoU" and docs/method.md, "Segmentation evaluation".
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -30,8 +12,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..datasets.label_maps import LabelMap, apply_label_lut, label_lut
-from .sample_fields import get_field, image_id, load_error, pixel_data
+from ..records import get_field, image_id, load_error, pixel_data
+from ..utils.label_maps import LabelMap, apply_label_lut, label_lut
 
 __all__ = ['class_histograms', 'iou_from_histograms', 'CLSSegIoUMetric']
 
@@ -82,19 +64,18 @@ def iou_from_histograms(hist: torch.Tensor) -> Dict[str, np.ndarray]:
 
 @METRICS.register_module()
 class CLSSegIoUMetric(BaseMetric):
-    """mIoU of predicted masks, the paper's way and mmseg's way (docs/method.md §7).
+    """mIoU of predicted masks, the paper's way and mmseg's way.
 
-    Reads ``pred_sem_seg`` (or, for a resumed image whose mask was read back
-    from disk, the ``pred_seg_map`` metainfo set by ``SkipExisting``) and
-    ``gt_sem_seg``. Images with a ``load_error`` or without GT are counted in
-    ``num_skipped`` and not scored.
+    Reads ``pred_sem_seg`` (or a resumed image's ``pred_seg_map``) and
+    ``gt_sem_seg``; images with a ``load_error`` or without GT count in
+    ``num_skipped``.
 
     Args:
         num_classes: Number of evaluated classes (after the label maps). Taken
             from ``dataset_meta['classes']`` when ``None``.
         pred_label_map: Optional map applied to predictions before scoring,
             e.g. ``'cocostuff171_to_27'`` (see
-            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
+            :func:`~tagclip_mmseg.utils.label_maps.label_lut`).
         gt_label_map: Optional map applied to the GT, e.g. COCO-Stuff's
             182-id maps -> 27.
         class_names: Names for the log table; default the dataset's classes

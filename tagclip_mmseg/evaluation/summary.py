@@ -17,16 +17,14 @@ def format_summary(counts: Mapping[str, int], elapsed_s: float, unit: str = 'ima
     """Summarise a finished run in one line.
 
     Args:
-        counts: Outcome name -> number of images, in display order, e.g.
-            ``{'written': 10, 'skipped': 2, 'failed': 1}``. Every image is in
-            exactly one outcome, so the total is their sum.
+        counts: Outcome name -> number of images, in display order; the
+            total is their sum.
         elapsed_s: Wall time of the run in seconds.
         unit: What was counted.
 
     Returns:
-        E.g. ``'13 images: 10 written, 2 skipped, 1 failed in 4.2s (3.10 images/s)'``.
-        The rate is over all handled images, so a resumed run that mostly
-        skips reports a high rate; read it together with the counts.
+        E.g. ``'13 images: 10 written, 2 skipped, 1 failed in 4.2s (3.10 images/s)'``
+        (the rate counts skipped images too).
     """
     total = sum(int(v) for v in counts.values())
     parts = ', '.join(f'{int(v)} {k}' for k, v in counts.items())

@@ -1,73 +1,42 @@
-"""Writes the tagger's output files at the end of a test run.
+"""Writes the tagger's output files (tags, scores, skipped list) at the end of a run.
 
-A metric rather than a hook so that mmengine gathers the per-image records of
-all ranks to rank 0, which writes each file once (records are small: a score
-vector and a few indices per image).
-
-Files (all written atomically, sorted by image id, byte-deterministic):
-
-* ``out_file``: one line per image, ``"<img_id> idx idx ..."`` with the
-  0-based foreground indices in ascending order, the format of TagCLIP's
-  ``--save_file`` and of the split files (docs/method.md §4.6). An image without tags is
-  a line with only its id. Ids are escaped as every label file's
-  (``datasets.label_files.format_label_line``: ``IMG 0001`` is written
-  ``IMG%200001``), so any file name reads back as it was.
-* ``scores_file`` (optional): JSON lines ``{"img_id": ..., "scores": [...],
-  "tags": [...]}``, scores rounded to ``score_decimals``. Non-finite scores
-  (NaN, inf: broken weights or an overflow) are refused when they arrive,
-  never written: they are not JSON, and their tags would mean nothing.
-* ``skipped_file``: ``img_id<TAB>img_path<TAB>reason`` for every image that
-  failed to load, and every image the dataset lists but left out
-  (``metainfo['missing_images']``: file missing, a directory...); such
-  images are not in the other files.
-
-While the run goes on, each rank also appends every image it tags to a
-journal (``tagclip_mmseg.resume.journal``: ``<out_file>.journal.rank<k>.jsonl``), so that a
-killed run restarted with the same settings resumes where it stopped
-(``SkipTagged``, armed by ``TagResumeHook``). Images that failed to load are
-not journaled: they are retried, which is cheap and picks up a repaired file.
-The journals are removed once the final files are written.
-
-From construction to the final files, rank 0 holds ``<out_file>.lock``
-(``utils.run_lock``): a second run into the same tags file stops before it
-touches the journals, and a lock left by a killed run is taken over.
+Rank 0 writes each file once, atomically, sorted by image id. Each rank also
+journals every image it tags (``records.journal``) so a killed run resumes;
+the journals are removed once the files are written. File formats:
+docs/resume.md, "The tagging journal" and README.md, "Files and images between
+the stages".
 """
 import contextlib
 import json
 import os
 import os.path as osp
-import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from mmengine.dist import get_rank, is_main_process
-from mmengine.evaluator import BaseMetric
+from mmengine.dist import get_rank
 from mmengine.logging import MMLogger
 from mmseg.registry import METRICS
 
 from ..datasets.label_files import format_label_line
 from ..datasets.utils import skipped_list_path
+from ..records import (TagJournal, encode_scores, get_field, image_id, journal_path, journal_paths,
+                       load_error, remove_stale_temp_files)
 from ..utils.checks import check_finite
-from ..utils.io import atomic_write_text, ensure_writable_dir
 from ..utils.hashing import file_stamp
+from ..utils.io import atomic_write_text
 from ..utils.paths import safe_join
-from ..utils.run_lock import RunLock
-from ..resume.files import remove_stale_temp_files
-from ..resume.journal import TagJournal, encode_scores, journal_path, journal_paths
-from .sample_fields import get_field, image_id, load_error, missing_images
+from .output_writer import OutputWriter
 from .summary import format_summary
 
 __all__ = ['TagFileWriter']
 
 
 @METRICS.register_module()
-class TagFileWriter(BaseMetric):
+class TagFileWriter(OutputWriter):
     """Write the tags file (and optional per-class scores) of a tagging run.
 
-    Reads ``pred_label`` (tags, fg indices) and ``pred_score`` of each image;
-    images whose metainfo has a ``load_error`` are listed in ``skipped_file``;
-    images with ``precomputed`` (restored from a journal by ``SkipTagged``)
-    are written like the others and counted as resumed.
+    Reads each image's ``pred_label`` and ``pred_score``; images with a
+    ``load_error`` go to ``skipped_file``, ``precomputed`` ones count as resumed.
 
     Args:
         out_file: The tags file.
@@ -76,8 +45,7 @@ class TagFileWriter(BaseMetric):
             ``<out_file without extension>.skipped.txt``.
         score_decimals: Decimals kept in ``scores_file``.
         fsync_interval_s: Longest time between two ``fsync`` calls of the
-            journal (lines are flushed to the OS, which survives a killed
-            process, at once; ``fsync`` guards against a power loss).
+            journal (each line is flushed to the OS at once).
         collect_device: ``'cpu'`` or ``'gpu'``, for gathering across ranks.
         prefix: Key prefix, default ``'tags'``.
 
@@ -94,8 +62,8 @@ class TagFileWriter(BaseMetric):
                  fsync_interval_s: float = 10.0,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
-        super().__init__(collect_device=collect_device, prefix=prefix)
         self.out_file = osp.abspath(out_file)
+        super().__init__(self.out_file, osp.dirname(self.out_file), collect_device, prefix)
         self.scores_file = None if scores_file is None else osp.abspath(scores_file)
         self.skipped_file = osp.abspath(skipped_file or skipped_list_path(out_file))
         self.score_decimals = int(score_decimals)
@@ -104,20 +72,19 @@ class TagFileWriter(BaseMetric):
         #: ``TagResumeHook`` (``None``: journals are written but never resumed).
         self.fingerprint: Optional[str] = None
         self._journal: Optional[TagJournal] = None
-        self._start: Optional[float] = None
-        folders = {osp.dirname(p) for p in self._paths()}
-        for folder in sorted(folders):  # fail now, not after hours of tagging
-            ensure_writable_dir(folder)
-        # One live run per output: refuse before touching files another run writes.
-        self._lock = RunLock(self.out_file) if is_main_process() else None
-        if self._lock is not None:
-            self._lock.acquire()
-            for folder in sorted(folders):
-                remove_stale_temp_files(folder, extensions=(), names=[
-                    osp.basename(p) for p in self._paths() if osp.dirname(p) == folder])
 
     def _paths(self) -> List[str]:
         return [p for p in (self.out_file, self.scores_file, self.skipped_file) if p]
+
+    def output_folders(self) -> List[str]:
+        """The folders of the tags, scores and skipped files."""
+        return [osp.dirname(p) for p in self._paths()]
+
+    def remove_temp_files(self) -> None:
+        """Remove stale temporaries of this writer's files."""
+        for folder in sorted(set(self.output_folders())):
+            remove_stale_temp_files(folder, extensions=(), names=[
+                osp.basename(p) for p in self._paths() if osp.dirname(p) == folder])
 
     def set_fingerprint(self, fingerprint: Optional[str]) -> None:
         """Set the journal header's identity of the run (before the first image)."""
@@ -127,9 +94,7 @@ class TagFileWriter(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep each image's id, tags and rounded scores; journal the new ones."""
-        if self._start is None:  # the first batch: refuse bad ids before any work is kept
-            self._start = time.perf_counter()
-            missing_images(self.dataset_meta, osp.dirname(self.out_file))
+        self.start_batch()
         for sample in data_samples:
             img_id = image_id(sample)
             # Ids become paths downstream (pseudo labels): none may leave the folder.
@@ -176,11 +141,10 @@ class TagFileWriter(BaseMetric):
     def compute_metrics(self, results: List[dict]) -> Dict[str, int]:
         """Sort by image id, write the files (rank 0), log one summary line."""
         logger = MMLogger.get_current_instance()
-        elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
-        self._start = None
+        elapsed = self.stop_timer()
         by_id: Dict[str, dict] = {}
         left_out = [dict(img_id=m['img_id'], img_path=m['img_path'], error=m['reason'])
-                    for m in missing_images(self.dataset_meta, osp.dirname(self.out_file))]
+                    for m in self.left_out()]
         for record in list(results) + left_out:
             if record['img_id'] in by_id:
                 logger.warning(f'image id {record["img_id"]} occurs twice; keeping the first')
@@ -199,8 +163,7 @@ class TagFileWriter(BaseMetric):
         atomic_write_text(self.skipped_file, ''.join(
             f'{r["img_id"]}\t{r["img_path"]}\t{" ".join(str(r["error"]).split())}\n'
             for r in skipped))
-        # Only now that the files hold every image are the journals obsolete;
-        # a kill before this line resumes everything and writes the same files.
+        # Only now are the journals obsolete.
         for path in journal_paths(self.out_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -211,7 +174,4 @@ class TagFileWriter(BaseMetric):
         logger.info(f'tags written to {self.out_file}: ' + format_summary(counts, elapsed))
         if skipped:
             logger.warning(f'{len(skipped)} images failed to load; see {self.skipped_file}')
-        if self._lock is not None:
-            self._lock.release()
         return dict(num_images=len(tagged), num_resumed=resumed, num_skipped=len(skipped))
-

@@ -19,9 +19,8 @@ import json
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from torch import nn
-
 from mmseg.registry import MODELS, TRANSFORMS
+from torch import nn
 
 from ..utils.init_args import init_args, init_parameters
 from .skip import SkipExisting, SkipTagged
@@ -44,8 +43,6 @@ NOT_RESULT_SETTINGS: Dict[str, str] = {
     'placeholder_size': 'the stand-in image of a resumed sample, never computed',
     'on_error': 'whether an unreadable image stops the run; computed results are the same',
     'keep_ori_img': 'keeps a copy of the image for display',
-    'mode': "deprecated spelling of quirks, whose resolved value counts",
-    'image_mode': "deprecated spelling of the CRF's quirks, whose resolved value counts",
     'PackInputs': 'packs results; computes nothing',
     'PackSegInputs': 'packs results; computes nothing',
     'LoadAnnotations': 'loads ground truth, which no prediction sees',
@@ -77,7 +74,8 @@ def _type_name(type_: Any) -> str:
 
 def _module_identity(module: nn.Module) -> Dict[str, Any]:
     """A module built elsewhere (a CLIP): its checkpoint's content hash, or
-    the hash of its weights when it was not loaded from a file."""
+    the hash of its weights when it was not loaded from a file.
+    """
     weights = getattr(module, 'checkpoint_fingerprint', None)
     if weights is None:
         digest = hashlib.sha256()

@@ -1,19 +1,8 @@
 """A test loop that hands the model only the images it must compute.
 
-mmengine's ``TestLoop`` passes every data batch to ``model.test_step``. A
-resumed run's batches also hold samples whose output already exists
-(``precomputed``, from ``SkipTagged``/``SkipExisting``) and samples whose image
-failed to load (``load_error``); computing them would waste time on a
-placeholder image, so :class:`ResumableTestLoop` splits each batch:
-
-1. the samples to compute go to ``model.test_step`` as one smaller batch (no
-   call when there are none);
-2. the others are filled by :mod:`.restore` (the output read back, or an empty
-   prediction);
-3. all samples, in input order, go to the evaluator and the hooks, with the
-   whole data batch, exactly as ``TestLoop`` would hand them over.
-
-Batches without such samples go to ``test_step`` unchanged.
+Samples restored from disk or whose image failed to load are filled by
+:mod:`.restore`; the evaluator and the hooks still get every sample, in input
+order, with the whole data batch, as ``TestLoop`` hands them over.
 """
 from typing import Any, Dict, List, Sequence
 
@@ -24,7 +13,13 @@ from mmseg.registry import LOOPS
 
 from .restore import COMPUTE, fill_prediction, sample_status
 
-__all__ = ['ResumableTestLoop', 'predict_or_restore', 'select_samples', 'require_resumable_loop']
+__all__ = [
+    'TEST_ERROR_EVENT', 'ResumableTestLoop', 'predict_or_restore', 'select_samples',
+    'require_resumable_loop'
+]
+
+#: Hook method ``ResumableTestLoop`` calls when a test run raises.
+TEST_ERROR_EVENT = 'on_test_error'
 
 
 def select_samples(data_batch: Dict[str, Any], indices: Sequence[int]) -> Dict[str, Any]:
@@ -63,11 +58,10 @@ def predict_or_restore(model, data_batch: Dict[str, Any]) -> List[Any]:
     if len(todo) == len(samples):
         return model.test_step(data_batch)
     core = model.module if is_model_wrapper(model) else model
-    num_classes = getattr(core, 'num_classes', None)
     outputs = list(samples)
     for i, s in enumerate(status):
         if s != COMPUTE:
-            fill_prediction(samples[i], num_classes)
+            fill_prediction(samples[i], core)
     if todo:
         computed = model.test_step(select_samples(data_batch, todo))
         if len(computed) != len(todo):
@@ -82,12 +76,20 @@ def predict_or_restore(model, data_batch: Dict[str, Any]) -> List[Any]:
 class ResumableTestLoop(TestLoop):
     """``TestLoop`` whose model sees only the samples it must compute.
 
-    Set it as ``test_cfg = dict(type='ResumableTestLoop')`` in runtimes whose
-    pipelines may short-cut images (``SkipTagged``, ``SkipExisting``) or skip
-    unreadable ones (``LoadImageRobust(on_error='skip')``). The training-free
-    models return predictions only (no test losses), so the evaluator gets the
-    outputs as they are.
+    Set it as ``test_cfg = dict(type='ResumableTestLoop')`` where pipelines may
+    short-cut images (``SkipTagged``, ``SkipExisting``) or skip unreadable ones.
+    A run that raises calls the hooks' :data:`TEST_ERROR_EVENT` before the
+    error propagates (mmengine calls no hook then), so writers release their
+    locks.
     """
+
+    def run(self) -> dict:
+        """Run ``TestLoop.run``; on an error call :data:`TEST_ERROR_EVENT`, then re-raise."""
+        try:
+            return super().run()
+        except BaseException:
+            self.runner.call_hook(TEST_ERROR_EVENT)
+            raise
 
     @torch.no_grad()
     def run_iter(self, idx: int, data_batch: Dict[str, Any]) -> None:
@@ -115,4 +117,3 @@ def require_resumable_loop(runner, transform: str) -> None:
                          f'{type(loop).__name__}, which would run the model on its placeholder '
                          "images: set test_cfg = dict(type='ResumableTestLoop') (see "
                          'configs/_base_/default_runtime_training_free.py)')
-

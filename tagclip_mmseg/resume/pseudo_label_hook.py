@@ -1,24 +1,9 @@
 """Keep a pseudo-label folder to one set of settings.
 
-``SkipExisting`` keeps every complete mask it finds in the writer's
-``out_dir``; that is right only when the masks were made with the settings of
-this run. So the folder records them: ``<out_dir>/settings.json`` holds the
-labeler's settings (every constructor argument, :mod:`.fingerprint`:
-vocabulary, prompts, layers, thresholds, CRF, weights, quirks, data
-preprocessor), the settings of the transforms that prepare the pixels
-(orientation, resizing, token cap) and a digest of every image's tags. A run
-that would keep masks of other settings stops before computing anything and
-names what changed; ``tools/generate_pseudo_labels.py --overwrite`` (no
-``SkipExisting``: every mask is recomputed) or a new ``--out`` starts fresh.
-
-``state`` guards the one case where equal settings do not mean valid masks:
-an ``--overwrite`` run records the new settings as ``'overwriting'`` before
-its first image and as ``'resumable'`` once every image is written, so a
-killed overwrite, whose folder mixes old and new masks, is not resumed.
-
-Folders that hold masks but no record (written by hand or an older version)
-are refused too: nothing says what made them. Configs without a
-``PseudoLabelWriter`` are left alone.
+``<out_dir>/settings.json`` records what made the masks (:mod:`.fingerprint`);
+a resuming run with other settings, an interrupted ``--overwrite`` or masks
+without a record stop before any image. See docs/resume.md, "Pseudo-label
+folders".
 """
 import glob
 import hashlib
@@ -29,9 +14,9 @@ from typing import Any, Dict, List, Optional
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-
 from mmseg.registry import HOOKS
 
+from ..evaluation.pseudo_label_writer import PseudoLabelWriter
 from ..utils.io import atomic_write_text
 from .fingerprint import model_settings, pipeline_settings
 from .loop import require_resumable_loop
@@ -55,17 +40,22 @@ def _tags_digest(dataset) -> Optional[str]:
 
 
 def pseudo_label_settings(model, dataset, pipeline: List[Any]) -> Dict[str, Any]:
-    """What decides the masks of a run (see the module docstring), as JSON values."""
+    """What decides the masks of a run (model, pixel transforms, tags digest), as JSON."""
     return json.loads(json.dumps(dict(
         format=_FORMAT, model=model_settings(model), pixels=pipeline_settings(pipeline),
         tags=_tags_digest(dataset)), sort_keys=True, default=repr))
 
 
 def settings_changes(old: Any, new: Any, name: str = '') -> List[str]:
-    """One line per setting that differs, named by its path (``model.caa_layers``).
+    """One line per setting that differs, named by its innermost path (``model.caa_layers``).
 
-    Dicts are compared key by key and equal-length lists item by item, so a
-    line names the innermost setting that changed; ``state`` is not a setting.
+    Args:
+        old: The recorded settings.
+        new: This run's settings.
+        name: Path of ``old`` and ``new`` in the record.
+
+    Returns:
+        The lines; ``state`` is not a setting.
     """
     if old == new:
         return []
@@ -119,8 +109,6 @@ class PseudoLabelResumeHook(Hook):
 
     def before_test(self, runner) -> None:
         """Check the folder's record against this run's settings, then write it."""
-        # Imported here: the writer imports from this package.
-        from ..evaluation.pseudo_label_writer import PseudoLabelWriter
         self._records = []
         writers = [m for m in runner.test_evaluator.metrics if isinstance(m, PseudoLabelWriter)]
         if not writers:
@@ -132,9 +120,7 @@ class PseudoLabelResumeHook(Hook):
         if resuming:
             require_resumable_loop(runner, 'SkipExisting')
         settings = pseudo_label_settings(model, dataset, pipeline)
-        # Rank 0 checks and records before any rank writes a mask (another
-        # rank's first masks would otherwise look like a folder without a
-        # record), and every rank stops with its verdict.
+        # Rank 0 checks and records before any rank writes a mask; every rank stops with it.
         problem = [None]
         if is_main_process():
             try:
@@ -174,10 +160,13 @@ class PseudoLabelResumeHook(Hook):
                 'the old and the new settings. Run with --overwrite again (or write to a new '
                 '--out)')
 
-    def after_test(self, runner) -> None:
-        """Every image is written: the folder can be resumed from now on."""
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        """Every image is written: the folder can be resumed from now on.
+
+        ``after_test_epoch`` (after the evaluator) rather than ``after_test``,
+        so that ``WriterRunHook`` still holds the lock.
+        """
         if is_main_process():
             for path, settings in self._records:
                 _write(path, settings, 'resumable')
         self._records = []
-

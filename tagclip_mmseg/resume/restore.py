@@ -1,26 +1,14 @@
 """Predictions of samples that the model does not compute.
 
-Two kinds of sample reach the test loop without needing the model:
-
-* *restored*: ``precomputed`` in the metainfo (``SkipTagged`` or
-  ``SkipExisting`` found the image's output of an earlier run); the output
-  travels in ``pred_record`` (journaled scores and tags) or ``pred_seg_map``
-  (the mask read back from disk);
-* *failed*: ``load_error`` in the metainfo (``LoadImageRobust(on_error='skip')``
-  could not read the image); it gets an empty prediction so that writers and
-  metrics count it.
-
-The functions here turn either into the prediction fields a computed sample
-would carry (``pred_score``/``pred_label`` of an mmpretrain ``DataSample``,
-``pred_sem_seg`` of a ``SegDataSample``), exactly as the models fill them.
+A *restored* sample (``precomputed``: its output read back by ``SkipTagged`` or
+``SkipExisting``) or a *failed* one (``load_error``) gets the prediction
+fields a computed sample would carry, filled as the model fills them.
 """
-from typing import Optional
+from typing import Any
 
 import torch
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
-
-from ..models.taggers import TagCLIP
 
 __all__ = [
     'COMPUTE', 'RESTORE', 'FAILED', 'sample_status', 'restore_prediction', 'empty_prediction',
@@ -32,11 +20,7 @@ COMPUTE, RESTORE, FAILED = 'compute', 'restore', 'failed'
 
 
 def sample_status(sample) -> str:
-    """:data:`FAILED`, :data:`RESTORE` or :data:`COMPUTE` for a data sample.
-
-    A failed load wins over ``precomputed``: a sample has no output to restore
-    when its image could not be read.
-    """
+    """:data:`FAILED`, :data:`RESTORE` or :data:`COMPUTE` (a failed load wins)."""
     meta = getattr(sample, 'metainfo', None) or {}
     if meta.get('load_error'):
         return FAILED
@@ -45,19 +29,23 @@ def sample_status(sample) -> str:
     return COMPUTE
 
 
-def _need_classes(num_classes: Optional[int]) -> int:
-    if num_classes is None:
-        raise ValueError('restoring a tagging sample needs the number of classes of the model')
-    return int(num_classes)
+def _tagger(model: Any) -> int:
+    """The vocabulary size of ``model``, checked to fill tagging samples."""
+    if getattr(model, 'num_classes', None) is None or not callable(
+            getattr(model, 'fill_sample', None)):
+        raise ValueError(f'restoring a tagging sample needs a tagger with num_classes and '
+                         f'fill_sample(sample, scores, tags), got {type(model).__name__}')
+    return int(model.num_classes)
 
 
-def restore_prediction(sample, num_classes: Optional[int] = None) -> None:
+def restore_prediction(sample, model: Any = None) -> None:
     """Set the output an earlier run wrote for this sample.
 
     Args:
         sample: A ``precomputed`` sample with ``pred_seg_map`` (a
             ``SegDataSample``) or ``pred_record`` (a ``DataSample``).
-        num_classes: The tagger's vocabulary size (tagging samples only).
+        model: For tagging samples, the tagger: its ``num_classes`` and
+            ``fill_sample(sample, scores, tags)`` are used.
 
     Raises:
         KeyError: When a tagging sample has no ``pred_record`` (not packed).
@@ -72,7 +60,7 @@ def restore_prediction(sample, num_classes: Optional[int] = None) -> None:
     if record is None:
         raise KeyError('a precomputed sample has no pred_record: list "pred_record" (and '
                        '"precomputed") in PackInputs meta_keys after SkipTagged')
-    n = _need_classes(num_classes)
+    n = _tagger(model)
     scores = torch.as_tensor(record['pred_score'])
     labels = torch.as_tensor(record['pred_label'], dtype=torch.long)
     if scores.numel() != n or bool((labels >= n).any()):
@@ -81,34 +69,39 @@ def restore_prediction(sample, num_classes: Optional[int] = None) -> None:
                          'delete the tagging journals (<out_file>.journal.rank*.jsonl)')
     tags = torch.zeros(n, dtype=torch.bool)
     tags[labels] = True
-    TagCLIP.fill_sample(sample, scores, tags)
+    model.fill_sample(sample, scores, tags)
 
 
-def empty_prediction(sample, num_classes: Optional[int] = None) -> None:
-    """Mark a sample whose image failed to load: no tags, or an all-ignore mask.
+def empty_prediction(sample, model: Any = None) -> None:
+    """Mark a sample whose image failed to load: no tags, or an all-255 mask.
 
-    A mask has the sample's ``ori_shape`` and is 255 (ignored) everywhere;
-    tagging samples get zero scores for ``num_classes`` classes and no tags.
+    Args:
+        sample: The failed sample.
+        model: For tagging samples, the tagger (see :func:`restore_prediction`).
     """
     if isinstance(sample, SegDataSample):
         H, W = sample.metainfo.get('ori_shape', (1, 1))[:2]
         sample.set_data(
             dict(pred_sem_seg=PixelData(data=torch.full((1, H, W), 255, dtype=torch.long))))
         return
-    n = _need_classes(num_classes)
-    TagCLIP.fill_sample(sample, torch.zeros(n), torch.zeros(n, dtype=torch.bool))
+    n = _tagger(model)
+    model.fill_sample(sample, torch.zeros(n), torch.zeros(n, dtype=torch.bool))
 
 
-def fill_prediction(sample, num_classes: Optional[int] = None) -> None:
+def fill_prediction(sample, model: Any = None) -> None:
     """Restore or empty ``sample`` according to :func:`sample_status`.
+
+    Args:
+        sample: A restored or failed sample.
+        model: For tagging samples, the tagger (see :func:`restore_prediction`).
 
     Raises:
         ValueError: For a sample the model must compute.
     """
     status = sample_status(sample)
     if status == RESTORE:
-        restore_prediction(sample, num_classes)
+        restore_prediction(sample, model)
     elif status == FAILED:
-        empty_prediction(sample, num_classes)
+        empty_prediction(sample, model)
     else:
         raise ValueError('this sample is neither precomputed nor failed: the model computes it')

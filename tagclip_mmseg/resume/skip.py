@@ -1,18 +1,8 @@
 """Dataset transforms that short-cut images a killed run already finished.
 
-On a rerun:
-
-* :class:`SkipExisting`, first in a pseudo-label pipeline, marks images whose
-  mask is already on disk as ``precomputed``, reads the mask back (so mIoU
-  still counts the image) and skips loading and resizing the image;
-* :class:`SkipTagged` does the same in a tagging pipeline for images found in
-  the tag writer's journals (:mod:`.journal`), restoring their exact scores.
-
-Both transforms put the same things in the results of a finished image:
-``precomputed=True``, a tiny black placeholder ``img`` (it collates and costs
-nothing) and the finished output (``pred_seg_map`` or ``pred_record``).
-``ResumableTestLoop`` (:mod:`.loop`) keeps such samples away from the model
-and turns that output into the sample's prediction (:mod:`.restore`).
+A finished image gets ``precomputed=True``, its output (``pred_seg_map`` or
+``pred_record``) and a tiny placeholder ``img``; ``ResumableTestLoop`` keeps it
+away from the model. See docs/resume.md.
 """
 from typing import Callable, Dict, Optional, Sequence, Union
 
@@ -23,12 +13,11 @@ from mmengine.logging import print_log
 from mmseg.registry import TRANSFORMS
 
 from ..datasets.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, read_image_size
-from ..evaluation.sample_fields import image_id
+from ..records import (decode_scores, image_id, read_cam_file, read_journals, read_label_png,
+                       read_sources)
 from ..utils.hashing import file_sha256, file_stamp
 from ..utils.init_args import RecordsInitArgs
 from ..utils.paths import safe_join
-from .files import read_cam_file, read_label_png, read_sources
-from .journal import decode_scores, read_journals
 
 __all__ = ['SkipExisting', 'SkipTagged']
 
@@ -74,38 +63,10 @@ class _SkipFinished(RecordsInitArgs, BaseTransform):
 class SkipExisting(_SkipFinished):
     """Skip images whose pseudo mask already exists; load and prepare the rest.
 
-    Put it first in the pseudo-label test pipeline and give it the transforms
-    that load and resize the image. For an image whose ``<out_dir>/<img_id>.png``
-    is complete and has the size of the image (read from its header, turned
-    as the wrapped loader turns it; a mask of another size is recomputed, one
-    of an unreadable image kept) and, with ``require_cams``, whose
-    ``<img_id>.npz`` loads, it
-    sets ``precomputed=True``, ``pred_seg_map`` (the mask read back),
-    ``ori_shape`` (the mask's size) and a ``placeholder_size`` square black
-    ``img``, and does not run ``transforms``. Every other image gets
-    ``precomputed=False`` and goes through ``transforms``.
-
-    Downstream, list ``'precomputed'`` and ``'pred_seg_map'`` in
-    ``PackSegInputs``'s ``meta_keys``: ``ResumableTestLoop`` returns
-    ``pred_seg_map`` as its prediction without calling the model, the writer
-    counts the image as skipped, and ``CLSSegIoUMetric`` scores the mask read
-    from disk. Ground truth for
-    mIoU is loaded by a ``LoadAnnotations`` after this transform either way.
-
-    A mask is kept only if it was made with this run's settings: that is
-    checked once per folder, before any image, by ``PseudoLabelResumeHook``
-    (``<out_dir>/settings.json``); and only if it was made from the image as
-    it is now: the writer's ``.sources.rank*.jsonl`` must pair the image's
-    present size and modification time with the mask's content hash.
-
-    Example::
-
-        test_pipeline = [
-            dict(type='SkipExisting', out_dir='work_dirs/pseudo',
-                 transforms=[dict(type='LoadImageFromFile'), ...resize...]),
-            dict(type='LoadAnnotations'),
-            dict(type='PackSegInputs', meta_keys=(..., 'precomputed', 'pred_seg_map')),
-        ]
+    Put it first in the pseudo-label test pipeline, wrapping the transforms
+    that load and resize the image; list ``'precomputed'`` and
+    ``'pred_seg_map'`` in ``PackSegInputs``'s ``meta_keys``. Which masks are
+    kept: docs/resume.md, "Pseudo-label folders".
 
     Args:
         out_dir: The pseudo-label writer's ``out_dir``.
@@ -147,9 +108,7 @@ class SkipExisting(_SkipFinished):
         return None if mask is None else dict(pred_seg_map=mask, ori_shape=mask.shape)
 
     def _same_source(self, img_id: str, img_path: Optional[str], png_path: str) -> bool:
-        """Whether the mask was written from the image as it is now: the
-        writer recorded the image's size and modification time with the
-        mask's hash. A missing image keeps its mask, as for the size check."""
+        """Whether the mask was written from the image as it is now (a missing image: yes)."""
         image = file_stamp(img_path)
         if image is None:
             return True
@@ -159,14 +118,7 @@ class SkipExisting(_SkipFinished):
             self._sources.get(img_id, ())
 
     def _image_size(self, results: dict) -> Optional[tuple]:
-        """(H, W) of the image as the wrapped loader decodes it.
-
-        The loader's ``exif_transpose`` decides the orientation (so a mask
-        written under the other rule is recomputed); a loader without the
-        switch (mmcv's) turns photos upright. ``None`` when the image cannot
-        be read: the mask is then kept unchecked, as the image would not give
-        a new one.
-        """
+        """(H, W) of the image as the wrapped loader turns it; ``None`` if unreadable."""
         if not results.get('img_path'):
             return None
         loader = next((t for t in self.transforms if hasattr(t, 'exif_transpose')), None)
@@ -187,32 +139,12 @@ class SkipExisting(_SkipFinished):
 class SkipTagged(_SkipFinished):
     """Skip images that a killed tagging run already tagged; load the rest.
 
-    Put it first in the tagging test pipeline and give it the transforms that
-    load and resize the image. It knows nothing until :meth:`set_journal`
-    points it at the tag writer's journals; ``TagResumeHook`` does that
-    before the test loop starts, with the writer's ``out_file`` (so the path
-    lives in one place of the config) and a fingerprint of the model and of
-    the pipeline (:mod:`.fingerprint`). Journals of other settings are ignored.
-
-    An image found in a journal, with the same ``img_path`` and the same file
-    size and modification time as when it was tagged, gets
-    ``precomputed=True``, ``pred_record`` (``pred_score``: the exact score
-    tensor; ``pred_label``: the tag indices), its ``ori_shape`` and a
-    placeholder ``img``; the wrapped transforms do not run. Every other image
-    gets ``precomputed=False`` and goes through ``transforms``. List
-    ``'precomputed'`` and ``'pred_record'`` in ``PackInputs``'s ``meta_keys``:
-    ``ResumableTestLoop`` restores the prediction (the model never sees the
-    image), the writer counts the image as resumed, and the metrics score it
-    like a computed one.
-
-    Example::
-
-        test_pipeline = [
-            dict(type='SkipTagged', transforms=[
-                dict(type='LoadImageRobust'), dict(type='ResizeToPatchMultiple')]),
-            dict(type='mmpretrain.PackInputs',
-                 meta_keys=(..., 'precomputed', 'pred_record')),
-        ]
+    Put it first in the tagging test pipeline, wrapping the transforms that
+    load and resize the image; list ``'precomputed'`` and ``'pred_record'`` in
+    ``PackInputs``'s ``meta_keys``. ``TagResumeHook`` points it at the
+    journals (:meth:`set_journal`); an image is reused only with the same
+    ``img_path``, size and modification time. See docs/resume.md, "The
+    tagging journal".
 
     Args:
         transforms: Configs (or callables) run only for images to compute.
@@ -227,10 +159,11 @@ class SkipTagged(_SkipFinished):
         self._records: Dict[str, dict] = {}
 
     def set_journal(self, out_file: str, fingerprint: str) -> int:
-        """Read the journals of ``out_file`` written with ``fingerprint``.
+        """Read the journals of ``out_file`` written with ``fingerprint`` (before loading).
 
-        Called once per process before the images are loaded (dataloader
-        workers inherit the records).
+        Args:
+            out_file: The tag writer's ``out_file``.
+            fingerprint: This run's settings (``resume_fingerprint``).
 
         Returns:
             How many images can be resumed.

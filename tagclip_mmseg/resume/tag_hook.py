@@ -1,26 +1,15 @@
 """Connect a tagging run's journal writer and its resume transform.
 
-``TagFileWriter`` (a metric) journals every tagged image; ``SkipTagged`` (a
-transform of the dataset pipeline) reuses journaled images on a restart. They
-must agree on two things that neither can know from its own config:
-
-* where the journals are: the writer's ``out_file``, which users override on
-  the command line (``test_evaluator.N.out_file=...``); the path is kept in
-  one place, the writer, and handed to the transform here;
-* which journals are valid: a fingerprint of every setting of the model
-  (vocabulary, weights, data preprocessor...: only known once
-  ``VocabularyHook`` has set the vocabulary) and of the image pipeline
-  (:mod:`.fingerprint`), so that a journal left by a run with other settings
-  is ignored instead of leaking its results into this one.
-
-Both are set in ``before_test``, after ``VocabularyHook`` and before the
-dataloader starts its workers (they inherit the journal records read here).
-Configs without a ``TagFileWriter`` are left alone.
+``TagFileWriter`` journals, ``SkipTagged`` reuses; this hook hands the writer's
+``out_file`` and the run's fingerprint (:mod:`.fingerprint`) to both in
+``before_test``, after ``VocabularyHook`` and before the dataloader workers
+start. See docs/resume.md, "The tagging journal".
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from ..evaluation.tag_writer import TagFileWriter
 from .fingerprint import resume_fingerprint
 from .loop import require_resumable_loop
 from .skip import SkipTagged
@@ -44,8 +33,6 @@ class TagResumeHook(Hook):
 
     def before_test(self, runner) -> None:
         """Fingerprint the run, hand it to the writer and arm ``SkipTagged``."""
-        # Imported here: the writer imports the journal from this package.
-        from ..evaluation.tag_writer import TagFileWriter
         writers = [m for m in runner.test_evaluator.metrics if isinstance(m, TagFileWriter)]
         pipeline = getattr(getattr(runner.test_dataloader.dataset, 'pipeline', None),
                            'transforms', None) or []
@@ -75,12 +62,7 @@ class TagResumeHook(Hook):
 
     @staticmethod
     def _check_packed(after: list) -> None:
-        """Fail when a resumed image's result would not reach the model.
-
-        Without ``precomputed`` in the packed metainfo ``ResumableTestLoop``
-        would hand the black placeholder image to the model instead of
-        restoring the journaled result.
-        """
+        """Fail when ``PackInputs`` after ``SkipTagged`` drops the resume meta keys."""
         if not any(set(RESUME_META_KEYS) <= set(getattr(t, 'meta_keys', ()) or ())
                    for t in after):
             raise ValueError(f'SkipTagged needs {RESUME_META_KEYS} in the meta_keys of the '

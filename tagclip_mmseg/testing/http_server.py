@@ -4,7 +4,9 @@ Only ``127.0.0.1`` is ever bound. Behaviours a test may switch on: honour or
 ignore ``Range``, drop the connection after N bytes (once), answer slowly,
 redirect, or answer 404.
 """
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 
@@ -64,7 +66,6 @@ class FileServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
-                import time
                 with server._lock:
                     server.requests.append(dict(path=self.path, range=self.headers['Range']))
                     drop, server.drop_after = server.drop_after, None
@@ -92,7 +93,6 @@ class FileServer:
                     self.wfile.write(body[:drop])
                     self.wfile.flush()
                     self.close_connection = True
-                    import socket
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 self.wfile.write(body)

@@ -1,11 +1,6 @@
 """TagCLIP and CLIP-ES models built in one line, for tests and tools.
 
-Tests, ``tools/benchmark.py`` and ``tools/batch_invariance.py`` all build the
-two models straight from a CLIP (no config, no runner) and always in eval
-mode; they differ only in settings. :func:`build_tagger` and
-:func:`build_labeler` are that one construction, and :data:`VOC_TAGGER` /
-:data:`VOC_LABELER` the settings the tools time and compare (TagCLIP and
-CLIP-ES on the VOC vocabulary).
+:data:`VOC_TAGGER` / :data:`VOC_LABELER` are the settings the tools time.
 """
 import os
 import os.path as osp
@@ -61,5 +56,6 @@ def build_labeler(clip: ClipLike, quirks: Optional[QuirksLike] = None,
                   work_dir: Union[None, str, os.PathLike] = None,
                   **settings: Any) -> CLIPESPseudoLabeler:
     """A :class:`~tagclip_mmseg.models.pseudo_labelers.CLIPESPseudoLabeler`
-    in eval mode; arguments as :func:`build_tagger`."""
+    in eval mode; arguments as :func:`build_tagger`.
+    """
     return _build(CLIPESPseudoLabeler, clip, quirks, work_dir, settings)

@@ -1,14 +1,7 @@
 """Per-image reference implementations of TagCLIP and CLIP-ES, with loops.
 
-These follow docs/method.md (sections 4 and 6) literally, the way the reference
-code works: one image at a time, all attention maps kept, one OpenCV contour
-search per class on the CPU, one forward per CWR crop and one backward per
-tag. They are the yardstick of the vectorised models: the tests check that
-``TagCLIP`` and ``CLIPESPseudoLabeler`` agree with them, and
-``tools/benchmark.py`` times them as the "faithful per-image path".
-They run on whatever device the image is on, with the reference's round
-trips to the host for OpenCV. They are deliberately slow; never use them for
-a dataset run.
+They follow docs/method.md literally, one image, class and tag at a time, as
+the yardstick of the vectorised models. Deliberately slow.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -26,7 +19,8 @@ __all__ = ['binarize_reference', 'boxes_union_reference', 'reference_tagclip', '
 def binarize_reference(v: np.ndarray, thresh: float, relative: bool) -> np.ndarray:
     """The reference's foreground test: quantise to uint8, then
     ``cv2.THRESH_BINARY`` at ``thresh * 255``, or at ``thresh * max`` of the
-    quantised map when ``relative``."""
+    quantised map when ``relative``.
+    """
     q = (v.astype(np.float32) * 255).astype(np.uint8)
     level = int(thresh * q.max()) if relative else int(thresh * 255)
     return cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1] > 0
@@ -34,7 +28,8 @@ def binarize_reference(v: np.ndarray, thresh: float, relative: bool) -> np.ndarr
 
 def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
     """Union of bounding rectangles of external contours (OpenCV), as the
-    reference; ``clamp`` applies the right/bottom clamping quirk."""
+    reference; ``clamp`` applies the right/bottom clamping quirk.
+    """
     h, w = fg.shape
     box = np.zeros((h, w), np.float32)
     contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
@@ -49,7 +44,7 @@ def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
 
 
 def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
-    """docs/method.md §4.1-4.6 for ONE normalised image (3, H, W), with loops.
+    """TagCLIP (docs/method.md, "TagCLIP, step by step") for ONE image, with loops.
 
     Every hyperparameter is read from ``model`` (the settings of the model
     under test, so the two cannot drift apart); only the CLIP weights and the
@@ -80,7 +75,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
     # 4.1 coarse pass: self-only last layer
     self_only = torch.full((n + 1, n + 1), float(model.self_attn_mask_value), device=dev)
     self_only.fill_diagonal_(0)
-    # Quirk 6: the resampled positional embedding is rounded to fp16.
+    # Mixed-precision quirk: the resampled positional embedding is rounded to fp16.
     out = vit.forward_attention(image[None], attn_masks={vit.num_layers - 1: self_only},
                                 round_pos_embed_fp16=quirks.pos_embed_fp16)
     z = F.normalize(out.tokens[0].float(), dim=-1)
@@ -154,13 +149,16 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
 
 def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
     """CLIP-ES box of one CAM: uint8 map above ``ratio * max``, union of
-    contour rectangles."""
+    contour rectangles.
+    """
     return boxes_union_reference(binarize_reference(cam, ratio, relative=True), clamp)
 
 
 def reference_cams(model, image: Tensor, tags: Sequence[int], ori_hw: Tuple[int, int],
                    quirks: Optional[Quirks] = None) -> Tuple[Tensor, Tensor]:
-    """docs/method.md §6.1-6.4 for one image, one tag at a time.
+    """CLIP-ES for one image, one tag at a time.
+
+    docs/method.md, "CLIP-ES pseudo masks from tags".
 
     ``quirks`` (default: the model's) decides ``pos_embed_fp16``,
     ``grad_cam_double_norm``, ``box_clamp`` and ``cam_fp16``.

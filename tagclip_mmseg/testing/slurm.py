@@ -1,14 +1,11 @@
 """A one-node Slurm cluster on this machine, for the tests of the Slurm scripts.
 
-munged, slurmctld and slurmd run from a temporary folder (their own munge key,
-socket, state, spool and logs) with a ``slurm.conf`` written there, reached
-through ``SLURM_CONF``. The daemons are reached at 127.0.0.1, on ports that
-were free at start; nothing outside this machine is contacted. No systemd
-and no cgroups: processes are tracked with ``proctrack/linuxproc`` and
-``task/none``. Debian: ``apt-get install slurm-wlm munge``.
+The daemons run from a temporary folder on 127.0.0.1, without systemd or
+cgroups. Debian: ``apt-get install slurm-wlm munge``.
 """
 import os
 import os.path as osp
+import pwd
 import shutil
 import signal
 import socket
@@ -129,7 +126,7 @@ class LocalSlurm:
         try:
             socket.gethostbyname(host)
         except OSError as err:
-            raise RuntimeError(f'this host\'s name {host!r} does not resolve ({err}); add it '
+            raise RuntimeError(f"this host's name {host!r} does not resolve ({err}); add it "
                                'to /etc/hosts') from err
         with open(self.conf, 'w') as f:
             f.write(_CONF.format(
@@ -148,7 +145,8 @@ class LocalSlurm:
 
     def stop(self, timeout: float = 30.) -> None:
         """Cancel the partition's jobs, then stop the daemons this object started
-        (SIGTERM, then SIGKILL after ``timeout`` seconds each)."""
+        (SIGTERM, then SIGKILL after ``timeout`` seconds each).
+        """
         ctld = self._procs.get('slurmctld')
         if ctld is not None and ctld.poll() is None:
             try:
@@ -221,5 +219,4 @@ class LocalSlurm:
 
 
 def _user_name() -> str:
-    import pwd
     return pwd.getpwuid(os.getuid()).pw_name

@@ -1,12 +1,7 @@
 """The value checks shared by every model setting and every model output.
 
-* :func:`check_range`: a ratio, threshold, weight or count must lie in its
-  interval; the message names the setting and the interval. Models call it
-  at build time, so a bad config fails before any image is read.
-* :func:`check_finite`: scores and CAMs must be finite. NaN compares false
-  everywhere, so NaN scores silently become "no tags" and then an
-  all-background mask with a plausible mIoU; the models refuse them where
-  they are computed and the writers where they arrive, with this one check.
+NaN compares false everywhere, so NaN scores would silently become "no tags";
+models and writers refuse them with :func:`check_finite`.
 """
 import math
 import numbers

@@ -1,15 +1,7 @@
-"""Command-line pieces shared by ``tools/train.py``, ``tools/test.py`` and
-``tools/generate_pseudo_labels.py``.
-
-All three take a config, ``--cfg-options``, a ``--launcher`` and the local
-rank that ``torch.distributed.launch`` passes, and load the config the same
-way; keeping that here means a fix (a new launcher spelling, the local-rank
-environment variable) reaches every tool at once.
-"""
+"""Command-line pieces shared by the train, test and pseudo-label tools."""
 import argparse
 import os
 import os.path as osp
-import sys
 import textwrap
 from typing import Callable, List, Optional, Sequence
 
@@ -19,7 +11,7 @@ from mmengine.registry import Registry
 from .config import set_config_vocabulary, set_data_root, set_open_vocab_protocol
 from .dist import stop_with_launcher
 from .name_files import read_name_file
-from .quirks import LEGACY_MODES, QUIRK_PRESETS
+from .quirks import QUIRK_PRESETS
 
 __all__ = ['add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir',
            'add_quirks_args', 'quirks_from_args', 'add_vocabulary_args', 'apply_vocabulary_args',
@@ -41,7 +33,7 @@ VOCABULARY_FLAGS = ('classes', 'classes_sep', 'background_line', 'background_wor
 
 #: The name-file rules, for every tool's --help.
 NAME_FILE_HELP = (
-    'Name file: one class per line, in the dataset\'s order; the synonyms of a class on its '
+    "Name file: one class per line, in the dataset's order; the synonyms of a class on its "
     'line, separated by SEP; spaces inside names are kept (espresso cup). Without SEP, lines '
     'are split on "; " when any line contains "; ", else on ",". ADE-847-style files of the '
     '"; " peers (ProxyCLIP, Trident, CorrCLIP: one name with commas per line, "building, '
@@ -65,7 +57,8 @@ def parse_runner_args(parser: argparse.ArgumentParser,
                       argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse, and export the local rank as ``LOCAL_RANK`` unless a launcher
     already did (mmengine reads it from the environment). Under torchrun, a
-    rank stops when its launcher dies (:func:`stop_with_launcher`)."""
+    rank stops when its launcher dies (:func:`stop_with_launcher`).
+    """
     args = parser.parse_args(argv)
     if args.launcher == 'pytorch':
         stop_with_launcher()
@@ -101,7 +94,8 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def default_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
     """Set ``cfg.work_dir`` by priority: the flag, the config, then
-    ``./work_dirs/<config name>`` (mmseg's rule)."""
+    ``./work_dirs/<config name>`` (mmseg's rule).
+    """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
@@ -109,40 +103,25 @@ def default_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> 
 
 
 def add_quirks_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--quirks reference|fixed`` and its deprecated alias ``--mode``.
-
-    Both default to ``None`` so that :func:`quirks_from_args` can tell a flag
-    given from one left out.
-    """
+    """Add ``--quirks reference|fixed`` (default ``None``: not given)."""
     parser.add_argument('--quirks', choices=QUIRK_PRESETS,
                         help="reference quirks preset of the models, docs/modes.md "
                         "(default: 'reference', the published behaviour)")
-    parser.add_argument('--mode', choices=LEGACY_MODES,
-                        help='deprecated alias of --quirks: faithful = reference, clean = fixed')
 
 
 def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The preset named by ``--quirks`` or the deprecated ``--mode``.
+    """The preset named by ``--quirks``, ``'reference'`` when not given.
 
-    Sets ``args.quirks`` to it and drops ``args.mode``; a deprecated flag
-    prints a note on stderr, and contradicting flags stop the parser.
+    Also sets ``args.quirks`` to it.
     """
-    quirks = args.quirks
-    if args.mode is not None:
-        legacy = 'reference' if args.mode == 'faithful' else 'fixed'
-        print(f'warning: --mode {args.mode} is deprecated; use --quirks {legacy}',
-              file=sys.stderr)
-        if quirks is not None and quirks != legacy:
-            parser.error(f'--mode {args.mode} contradicts --quirks {quirks}; give only --quirks')
-        quirks = legacy
-    args.quirks = quirks or 'reference'
-    del args.mode
+    args.quirks = args.quirks or 'reference'
     return args.quirks
 
 
 class FlagHelpFormatter(argparse.HelpFormatter):
     """argparse's formatter without line breaks inside words such as
-    ``--classes-sep``, so that a flag named in the help stays whole."""
+    ``--classes-sep``, so that a flag named in the help stays whole.
+    """
 
     def _split_lines(self, text: str, width: int) -> List[str]:
         return textwrap.wrap(' '.join(text.split()), width, break_on_hyphens=False)
@@ -154,21 +133,22 @@ class FlagHelpFormatter(argparse.HelpFormatter):
 
 def add_vocabulary_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--classes FILE``, ``--classes-sep``, ``--background-line``,
-    ``--background-words FILE`` and ``--background-words-sep``."""
+    ``--background-words FILE`` and ``--background-words-sep``.
+    """
     parser.formatter_class = FlagHelpFormatter
     group = parser.add_argument_group('vocabulary from name files', NAME_FILE_HELP)
     group.add_argument('--classes', metavar='FILE',
-                       help='class names of the model (replaces the config\'s)')
+                       help="class names of the model (replaces the config's)")
     group.add_argument('--classes-sep', metavar='SEP',
                        help='separator of synonyms in --classes FILE (default: detected)')
     group.add_argument('--background-line', action='store_true',
                        help='line 1 of --classes FILE is the background class 0, as in the '
-                       'peers\' cls_voc21.txt, cls_context60.txt and cls_coco_object.txt: its '
+                       "peers' cls_voc21.txt, cls_context60.txt and cls_coco_object.txt: its "
                        'names become the background words (unless --background-words is '
                        'given) and lines 2.. are the classes')
     group.add_argument('--background-words', metavar='FILE',
                        help='softmax competitors of the model, every name of the file '
-                       '(replaces the config\'s)')
+                       "(replaces the config's)")
     group.add_argument('--background-words-sep', metavar='SEP',
                        help='separator in --background-words FILE (default: detected)')
 

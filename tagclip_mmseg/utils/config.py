@@ -1,9 +1,6 @@
 """Small edits of loaded configs shared by the command-line tools.
 
-The tools expose a few settings as flags (the CLIP checkpoint, the output
-folder of pseudo labels, the error policy) that live in several places of a
-config; these helpers find and set every occurrence so a flag can never update
-one place and miss another.
+Each helper sets every occurrence, so a flag never misses one.
 """
 import inspect
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -46,11 +43,8 @@ def set_clip_checkpoint(cfg: Config, path: str) -> int:
 def set_data_root(cfg: Config, path: str) -> int:
     """Set ``data_root`` at the top level and in every dict that has one.
 
-    A config's ``data_root`` variable is copied into its dataset dicts when
-    the file is read, so setting the top-level key alone (what
-    ``--cfg-options data_root=...`` does) would not move the datasets; and
-    ``--cfg-options`` splits values on spaces and commas. ``--data-root``
-    takes the path verbatim.
+    ``data_root`` is copied into the dataset dicts when the file is read, so
+    ``--cfg-options data_root=...`` alone would not move them.
 
     Returns:
         int: How many dataset-level dicts were updated.
@@ -84,11 +78,8 @@ def set_in_dicts_of_type(cfg: Config, types: List[str], key: str, value: Any,
 def set_open_vocab_protocol(cfg: Config, protocol: str) -> Tuple[int, int, int]:
     """Give an open-vocabulary config the sizes ``protocol`` uses for its benchmark.
 
-    The configs in ``configs/open_vocab`` name their benchmark
-    (``open_vocab_benchmark``) and carry the table of sizes per project
-    (``open_vocab_sizes``, ``configs/_base_/open_vocab_runtime.py``). This sets
-    the shorter side of every ``Resize`` of the test pipeline and the model's
-    slide window and stride from the table, and ``open_vocab_protocol``.
+    Sets every test ``Resize``'s shorter side and the slide window and
+    stride from the config's ``open_vocab_sizes`` table.
 
     Args:
         cfg: A loaded open-vocabulary config.
@@ -125,9 +116,8 @@ def set_open_vocab_protocol(cfg: Config, protocol: str) -> Tuple[int, int, int]:
 def type_accepts(registry: Registry, type_name: Any, arg: str) -> bool:
     """Whether the registered class ``type_name`` takes ``arg`` in ``__init__``.
 
-    Follows ``**kwargs`` up the class hierarchy (a subclass that passes them on
-    accepts what its base accepts), so a flag is applied only to the config
-    dicts whose class would not reject it. An unknown type accepts nothing.
+    Follows ``**kwargs`` up the class hierarchy; an unknown type accepts
+    nothing.
     """
     cls = registry.get(type_name) if isinstance(type_name, str) else type_name
     if not inspect.isclass(cls):
@@ -148,20 +138,9 @@ def set_config_vocabulary(cfg: Config, registry: Registry, classes: Optional[Seq
                           resolve_background: Optional[Callable] = None) -> Tuple[int, List[str]]:
     """Give every model of the config ``classes`` and/or ``background_words``.
 
-    Models that take ``class_names`` (the tagger, the labeler and its
-    in-pass tagger) get them directly; models built from a ``labeler`` and
-    a ``tagger`` (the open-vocabulary segmentor) get them in both. With
-    ``classes`` but no ``background_words``, each model keeps its configured
-    background words (resolved with ``resolve_background``). Background
-    words that are also names of a class are left out (the peers' COCO-Object
-    file has 'bed' on both sides; VOC's words include 'sky'), as the
-    inferencer and ``TagCLIPSegmentor`` do. With ``classes``, a
-    class list that the test dataset's config spells out
-    (``metainfo.classes``, e.g. the folder configs) is replaced too, by the
-    first name of each class (after its ``'background'``, if it has one), so
-    that the dataset counts the same classes; datasets that define their
-    classes themselves (the benchmarks) keep them, and ``VocabularyHook``
-    checks that the counts agree.
+    Background words that are also class names are left out. A class list
+    spelled out in the test dataset's ``metainfo`` is replaced too, so the
+    dataset counts the same classes.
 
     Returns:
         tuple: How many model dicts were updated (0: the config has no model

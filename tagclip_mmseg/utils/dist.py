@@ -1,21 +1,8 @@
 """Distributed launch on machines without a GPU.
 
-mmengine's ``pytorch`` and ``slurm`` launchers call ``torch.cuda.set_device``,
-so ``torchrun ... --launcher pytorch`` or ``srun ... --launcher slurm`` fails
-on a CPU-only machine (docs/compatibility.md trap 12). A CPU run over several
-processes is still useful (CI, laptops, CPU clusters): this helper starts a
-gloo process group from torchrun's or srun's environment instead.
-mmengine's Runner skips its own initialisation when a group exists, so its
-samplers, result collection and DDP wrapper use this one.
-
-torchrun starts its ranks in their own sessions, so killing the launcher
-(even ``tools/dist_test.sh``, which ``exec``s torchrun) would leave them
-running, writing into the output a restarted run is about to use.
-:func:`stop_with_launcher` makes each rank ask the kernel for SIGTERM when
-its parent dies. A launcher that died before that request is noticed by
-comparing the parent's pid with the launcher's, not with 1: under a child
-subreaper (``systemd --user``, ``tini -s``, job managers) an orphan is
-adopted by the subreaper, not by init.
+mmengine's launchers call ``torch.cuda.set_device``; this starts a gloo group
+from torchrun's or srun's environment instead (docs/compatibility.md, "Traps":
+launchers without a GPU).
 """
 import ctypes
 import os
@@ -50,13 +37,11 @@ def _launcher_pid() -> int:
 def export_slurm_environment() -> None:
     """Set torch's rendezvous variables from srun's, as mmengine's slurm launcher does.
 
-    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` come from ``SLURM_PROCID``,
-    ``SLURM_NTASKS`` and ``SLURM_LOCALID``; ``MASTER_ADDR`` (the first node
-    of the job) and ``MASTER_PORT`` (29500) only where they are not set.
+    ``MASTER_ADDR`` and ``MASTER_PORT`` are set only where unset.
     """
     missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ]
     if missing:
-        raise RuntimeError(f'--launcher slurm expects srun\'s environment, but {missing} are not '
+        raise RuntimeError(f"--launcher slurm expects srun's environment, but {missing} are not "
                            'set; start the tool with srun or tools/slurm_test.sh')
     if 'MASTER_ADDR' not in os.environ:
         nodes = subprocess.run(['scontrol', 'show', 'hostnames', os.environ['SLURM_NODELIST']],
@@ -84,7 +69,7 @@ def init_cpu_distributed(launcher: str, backend: str = 'gloo') -> str:
     if launcher == 'slurm':
         export_slurm_environment()
     if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
-        raise RuntimeError('--launcher pytorch expects torchrun\'s RANK/WORLD_SIZE environment; '
+        raise RuntimeError("--launcher pytorch expects torchrun's RANK/WORLD_SIZE environment; "
                            'start the tool with torchrun or tools/dist_test.sh')
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
@@ -94,10 +79,9 @@ def init_cpu_distributed(launcher: str, backend: str = 'gloo') -> str:
 def stop_with_launcher() -> bool:
     """End this rank with SIGTERM when torchrun (its parent) dies.
 
-    Only under torchrun (``TORCHELASTIC_RUN_ID`` set) on Linux; elsewhere a
-    no-op. A rank whose launcher is already gone (its parent is no longer
-    the launcher's pid, :data:`LAUNCHER_PID_ENV` or the parent at import)
-    exits at once.
+    Only under torchrun on Linux. torchrun's ranks run in their own sessions,
+    so they would outlive a killed launcher; a rank whose launcher is already
+    gone (compared by pid, since a subreaper may adopt orphans) exits at once.
 
     Returns:
         bool: Whether the parent-death signal was set.

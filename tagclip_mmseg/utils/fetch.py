@@ -1,11 +1,6 @@
 """Fetch CLIP checkpoints by name or URL: verified, resumable, once per machine.
 
-A checkpoint argument may be a local path, one of OpenAI's model names as
-``clip.load`` spells them (``'ViT-B/16'``) or an ``http(s)://`` URL.
-:func:`resolve_checkpoint` turns any of them into a local file, fetching it
-first when needed. The rules (cache folders, mirror, offline mode, the lock
-and the hash checks) are described in ``docs/clip_checkpoints.md``, section
-"Fetching weights".
+See docs/clip_checkpoints.md, "Fetching weights".
 """
 import http.client
 import os
@@ -21,6 +16,7 @@ import warnings
 from typing import IO, Callable, Dict, Optional, Tuple
 
 from filelock import FileLock
+from torch.hub import get_dir
 
 from .hashing import file_sha256, remember_sha256
 
@@ -54,7 +50,7 @@ OFFLINE_ENVS = ('TAGCLIP_MMSEG_OFFLINE', 'HF_HUB_OFFLINE')
 #: ``--help`` text of every command-line flag that takes CLIP weights.
 CHECKPOINT_HELP = ('CLIP weights: a file or folder, an OpenAI model name (ViT-B/32, ViT-B/16, '
                    'ViT-L/14, ViT-L/14@336px) or an http(s) URL, fetched and verified once '
-                   '(#sha256=HEX pins a URL\'s hash; TAGCLIP_MMSEG_OFFLINE=1 forbids fetching)')
+                   "(#sha256=HEX pins a URL's hash; TAGCLIP_MMSEG_OFFLINE=1 forbids fetching)")
 
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 _CHUNK = 1 << 20
@@ -121,7 +117,6 @@ def fetch_target(spec: str) -> Tuple[str, str]:
         folder = osp.expanduser(CLIP_CACHE_DIR)
     elif is_url(spec):
         url = spec
-        from torch.hub import get_dir
         folder = osp.join(get_dir(), 'checkpoints')
     else:
         raise ValueError(f'{spec!r} is neither a model name ({", ".join(OPENAI_CLIP_URLS)}) '

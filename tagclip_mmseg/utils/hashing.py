@@ -1,15 +1,8 @@
 """Content hashes of files, computed once per version of a file.
 
-Caches derived from a file (text embeddings of a CLIP checkpoint, resume
-records of an image) must follow its bytes, not its name: two files with the
-same name, size and modification time (``tar -x``, ``cp -p`` and
-``rsync -a`` preserve them) may differ. Hashing a 335 MB checkpoint on every
-start would cost more than the caches save, so the hash is kept, in memory and
-(for files of 64 MiB or more; smaller ones are read again faster than a record
-is found) in ``$TAGCLIP_MMSEG_CACHE/file_sha256``, under the file's identity:
-real path, size, inode, modification and status-change times. Any write to the file
-changes its status-change time (which no tool can set back), so an edited
-file is hashed again.
+Hashes are kept in memory and, for files of 64 MiB or more, in
+``$TAGCLIP_MMSEG_CACHE/file_sha256``, keyed by :func:`file_identity`; any
+write changes a file's status-change time, so an edited file is hashed again.
 """
 import hashlib
 import os
@@ -38,8 +31,7 @@ def cache_root() -> str:
 def file_identity(path: str) -> Tuple[str, int, int, int, int, int]:
     """``(realpath, size, inode, device, mtime_ns, ctime_ns)`` of ``path``.
 
-    Equal identities mean equal bytes for every ordinary way of replacing or
-    editing a file.
+    Equal identities mean equal bytes.
     """
     real = osp.realpath(path)
     st = os.stat(real)
@@ -48,7 +40,8 @@ def file_identity(path: str) -> Tuple[str, int, int, int, int, int]:
 
 def file_stamp(path: Optional[str]) -> Optional[List[int]]:
     """``[size, mtime_ns]`` of a file (links followed), or ``None`` if it cannot
-    be read. Cheap enough for every image of a dataset; an edit changes it."""
+    be read. Cheap enough for every image of a dataset; an edit changes it.
+    """
     if not path:
         return None
     try:
@@ -109,7 +102,8 @@ def file_sha256(path: str, use_cache: bool = True) -> str:
 
 def remember_sha256(path: str, digest: str) -> None:
     """Record the known hash of a file just written (e.g. a verified fetch),
-    so that :func:`file_sha256` does not read it again."""
+    so that :func:`file_sha256` does not read it again.
+    """
     _remember(file_identity(osp.expanduser(os.fspath(path))), digest)
 
 

@@ -1,10 +1,7 @@
 """Constructor arguments of built objects, kept with their defaults filled in.
 
-A resumed run may reuse earlier outputs only when every setting that decides
-them is unchanged. Typing those settings into a list per model lets a new
-argument be forgotten; instead, objects record the arguments they were built
-with (:class:`RecordsInitArgs`), and whoever fingerprints them
-(``tagclip_mmseg.resume.fingerprint``) takes all of them but an explicit few.
+Resume fingerprints take all of them but an explicit few, so no new argument
+can be forgotten.
 """
 import functools
 import inspect
@@ -74,5 +71,6 @@ class RecordsInitArgs:
 
 def init_args(obj: Any) -> Optional[Dict[str, Any]]:
     """The arguments ``obj`` was built with (see :class:`RecordsInitArgs`), or
-    ``None`` for an object that does not record them."""
+    ``None`` for an object that does not record them.
+    """
     return getattr(obj, '_init_args', None) if isinstance(obj, RecordsInitArgs) else None

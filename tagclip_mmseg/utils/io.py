@@ -1,10 +1,7 @@
 """Crash-safe file writing.
 
-Long jobs are killed (preemption, OOM, SIGKILL) at arbitrary points. Every file
-the project writes goes through these helpers: data lands in a temporary file
-in the destination folder, is flushed and fsynced, then ``os.replace``d onto the
-final name, which is atomic on POSIX file systems. A reader therefore sees
-either the old file, no file, or the complete new file, never a truncated one.
+Data lands in a fsynced temporary file, then ``os.replace``s the final name:
+a reader sees the old file, no file or the new one, never a truncated one.
 """
 import contextlib
 import os

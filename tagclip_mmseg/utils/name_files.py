@@ -1,13 +1,7 @@
 """Read class and background-word name files, as the peers write them.
 
-One class per line, in order; the synonyms of a class on its line, split on
-one literal separator. The open-vocabulary segmenters this project compares
-with use three: ``', '`` (SCLIP, NACLIP, SC-CLIP, ResCLIP), ``'; '``
-(ProxyCLIP, Trident, CorrCLIP, whose ADE-847 lines hold WordNet names with
-commas inside, ``building, edifice``) and ``','`` (ClearCLIP). Every tool, the
-demo, the inferencer and the configs read such files through
-:func:`read_name_file`; why the rules are what they are is in
-docs/add_dataset.md, "Name files".
+One class per line, synonyms split on one literal separator
+(docs/add_dataset.md, "Name files").
 """
 import os
 import os.path as osp
@@ -20,9 +14,8 @@ __all__ = [
     'read_background_words', 'detect_separator', 'name_file_spec', 'is_name_file_path'
 ]
 
-#: What line 1 of a name file is: a class like the others, or the background
-#: class 0 of the peers' ``cls_voc21.txt`` / ``cls_context60.txt`` /
-#: ``cls_coco_object.txt`` (its names are then the background words).
+#: What line 1 of a name file is: a class, or the background (its names are
+#: then the background words).
 FIRST_LINE_CHOICES = ('class', 'background')
 
 #: A class is one name, or a list of synonyms.
@@ -36,8 +29,7 @@ class NameFileError(ValueError):
 def detect_separator(lines: Sequence[str]) -> str:
     """``'; '`` when any line contains it, else ``','``.
 
-    ADE-847-style files of the ``'; '`` peers have one name with commas per
-    line and no ``'; '`` at all: they need the separator given explicitly.
+    ADE-847-style files need the separator given explicitly.
     """
     return '; ' if any('; ' in line for line in lines) else ','
 
@@ -78,10 +70,8 @@ def read_name_file(path: Union[str, os.PathLike],
                    first_line: str = 'class') -> NameFile:
     """Read a name file: one class per line, synonyms split on ``sep``.
 
-    Lines end in LF, CRLF or CR; the last may have no newline. Whitespace
-    around each name is stripped; line order is kept. A name that appears
-    twice is kept (the peers keep SCLIP's ``bed`` as background word and as
-    class) with one warning naming the lines.
+    Names are stripped and kept in order; a repeated name is kept with a
+    warning.
 
     Args:
         path (str | PathLike): The file (UTF-8; a BOM is ignored).
@@ -159,13 +149,15 @@ def read_background_words(path: Union[str, os.PathLike],
                           sep: Optional[str] = None,
                           first_line: str = 'class') -> List[str]:
     """Background words of a name file: every name, or line 1's with
-    ``first_line='background'`` (see :func:`read_name_file`)."""
+    ``first_line='background'`` (see :func:`read_name_file`).
+    """
     return read_name_file(path, sep, first_line).background_words()
 
 
 def is_name_file_path(value) -> bool:
     """Whether ``value`` names a name file: a path object, or a string that
-    ends in ``.txt`` or is an existing file."""
+    ends in ``.txt`` or is an existing file.
+    """
     return isinstance(value, os.PathLike) or (isinstance(value, str) and (
         value.endswith('.txt') or osp.isfile(osp.expanduser(value))))
 
@@ -173,11 +165,8 @@ def is_name_file_path(value) -> bool:
 def name_file_spec(value) -> Optional[NameFile]:
     """A :class:`NameFile` when ``value`` names one, else None.
 
-    Configs and Python calls accept a name file where a vocabulary is
-    expected: a path (``'names.txt'``; separator detected) or a dict
-    ``dict(file='cls_ade847.txt', sep='; ', first_line='class')``. A string
-    counts as a path when it is an existing file or ends in ``.txt``; other
-    strings are left to the caller (preset names).
+    A path (an existing file or ``*.txt``) or ``dict(file=..., sep=...,
+    first_line=...)``; other strings are left to the caller.
 
     Raises:
         NameFileError: A dict without ``file`` or with unknown keys.

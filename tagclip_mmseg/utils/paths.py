@@ -1,8 +1,7 @@
 """Turn an image id into a path that stays inside its output folder.
 
-Ids come from split lists, tags files and file names, which a user (or an
-attacker) writes; ``../../victim/escape`` or ``/etc/x`` must never become a
-file outside ``--out``. Every writer goes through :func:`safe_join`.
+Ids come from files a user (or an attacker) writes; every writer goes through
+:func:`safe_join`.
 """
 import os
 import os.path as osp
@@ -18,10 +17,8 @@ class UnsafePathError(ValueError):
 def safe_join(root: Union[str, os.PathLike], rel: str, suffix: str = '') -> str:
     """``root/rel + suffix``, refused unless it stays inside ``root``.
 
-    ``root`` itself may be (or lie under) a symbolic link: it is resolved
-    first. ``rel`` may name subfolders (``2007/000032``), but must be
-    relative, must not climb with ``..`` and must not leave ``root`` through
-    a symbolic link inside it.
+    ``rel`` may name subfolders but not climb out, also not through a
+    symbolic link.
 
     Args:
         root (str | os.PathLike): The output folder.

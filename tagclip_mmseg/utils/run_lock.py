@@ -1,16 +1,7 @@
 """One live run per output: a lock file with the owner's pid and host.
 
-A restarted run that writes into the output of a run still going (ranks left
-behind by a killed launcher, a second terminal) would interleave journals and
-masks with it, and the old run's clean-up would remove files the new one
-relies on. So the run that writes an output first creates a lock file
-(:func:`lock_path_for`) holding its pid, host and start time, and a second
-run refuses to start while that owner is alive.
-
-A lock whose owner is gone (a run killed with SIGKILL never removes it) is
-*stale*: on the same host a dead pid is detected and the lock taken over with
-a log line. A lock from another host cannot be checked from here; the error
-says which file to delete once that run is known to be gone.
+A second run refuses to start while the owner is alive; a stale lock on the
+same host is taken over, one from another host must be deleted by hand.
 """
 import atexit
 import json
@@ -31,7 +22,8 @@ class OutputInUseError(RuntimeError):
 
 def lock_path_for(output: str) -> str:
     """``<folder>/.lock`` inside a folder output (its parent may be read-only),
-    ``<file>.lock`` next to a file output."""
+    ``<file>.lock`` next to a file output.
+    """
     output = os.path.normpath(os.path.abspath(os.path.expanduser(output)))
     if os.path.isdir(output):
         return os.path.join(output, '.lock')

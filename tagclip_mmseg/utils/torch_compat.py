@@ -1,9 +1,7 @@
 """What differs between the torch releases the project supports.
 
-Each difference is a feature check (does this torch have it), never a version
-comparison, so a release that backports a feature is used as it is. The one
-version comparison is :func:`check_torch_version`, which names the tested range
-at import. docs/compatibility.md, "The tested range", lists the differences.
+Feature checks, never version comparisons, except :func:`check_torch_version`
+(docs/compatibility.md, "The tested range").
 """
 import _compat_pickle
 import codecs
@@ -79,21 +77,21 @@ def check_mmcv_ops(import_ops: Optional[Callable[[], Any]] = None) -> None:
             versions and how to get an mmcv that matches this torch.
     """
     def default() -> Any:
-        import mmcv.ops
+        import mmcv.ops  # the check itself: loading the compiled ops may fail
         return mmcv.ops
 
     try:
         (import_ops or default)()
     except (ImportError, OSError) as e:
         try:
-            import mmcv
+            import mmcv  # only to name its version in the error
             mmcv_version = mmcv.__version__
         except ImportError:
             raise ImportError('tagclip_mmseg needs mmcv 2.1.0 with its compiled ops; install it '
                               '(README, "Installation")') from e
         raise ImportError(
             f'mmcv {mmcv_version} is installed, but its compiled ops do not load with torch '
-            f'{torch.__version__} ({type(e).__name__}: {e}). mmcv\'s ops are compiled against '
+            f"{torch.__version__} ({type(e).__name__}: {e}). mmcv's ops are compiled against "
             'one torch release (and mmcv-lite has none): install the prebuilt mmcv wheel made '
             'for this torch and CUDA (mim install mmcv==2.1.0), or rebuild mmcv against this '
             'torch: pip uninstall -y mmcv && MMCV_WITH_OPS=1 pip install --no-build-isolation '
@@ -116,7 +114,8 @@ def _probe_getattr(owner: Any, name: str) -> Any:  # pragma: no cover - never ca
 def has_named_safe_globals() -> bool:
     """Whether ``torch.serialization.safe_globals`` exists and accepts
     ``(object, 'dotted.name')`` entries (torch >= 2.6; ``add_safe_globals``
-    arrived in 2.4, the context manager in 2.5, names later)."""
+    arrived in 2.4, the context manager in 2.5, names later).
+    """
     if not hasattr(torch.serialization, 'safe_globals'):
         return False
     buf = io.BytesIO()
@@ -132,7 +131,8 @@ def has_named_safe_globals() -> bool:
 
 def _restricted_pickle_module(allowed: Dict[str, Any]) -> types.ModuleType:
     """A ``pickle_module`` for ``torch.load`` whose unpickler resolves only
-    the globals in ``allowed`` (Python's "restricting globals" recipe)."""
+    the globals in ``allowed`` (Python's "restricting globals" recipe).
+    """
 
     class Unpickler(pickle.Unpickler):
 
@@ -157,8 +157,9 @@ def _restricted_pickle_module(allowed: Dict[str, Any]) -> types.ModuleType:
 def _load_restricted(f: Any, map_location: MapLocation,
                      safe_globals: Iterable[SafeGlobal]) -> Any:
     """``torch.load`` through a restricted unpickler: torch's own
-    ``weights_only`` allowlist plus ``safe_globals``."""
-    from torch import _weights_only_unpickler
+    ``weights_only`` allowlist plus ``safe_globals``.
+    """
+    from torch import _weights_only_unpickler  # private module, read only on this path
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
     # numpy arrays pickled with protocol 2 store their bytes through
     # _codecs.encode; torch >= 2.4 allows it by default too.
@@ -175,10 +176,8 @@ def load_weights_only(f: Any, map_location: MapLocation = None,
                       safe_globals: Iterable[SafeGlobal] = ()) -> Any:
     """``torch.load(weights_only=True)`` that also admits ``safe_globals``.
 
-    Uses ``torch.serialization.safe_globals`` where this torch has it
-    (:func:`has_named_safe_globals`), else an unpickler that resolves only
-    torch's allowlisted globals and ``safe_globals``, so no other global (and
-    no code) is reached from the file on any supported torch.
+    No other global (and no code) is reached from the file on any supported
+    torch.
 
     Args:
         f: A path or a binary file object.
@@ -204,7 +203,8 @@ def load_weights_only(f: Any, map_location: MapLocation = None,
 
 def is_autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (``torch.is_autocast_enabled``
-    takes a device type only since torch 2.4)."""
+    takes a device type only since torch 2.4).
+    """
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # older torch: one function per device type
@@ -217,7 +217,8 @@ def is_autocast_enabled(device_type: str) -> bool:
 def autocast_supports(device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``torch.autocast(device_type, dtype=dtype)`` really runs in
     ``dtype`` (CPU autocast knows only bfloat16 before torch 2.3; unsupported
-    pairs raise or disable autocast with a warning)."""
+    pairs raise or disable autocast with a warning).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:

@@ -1,19 +1,15 @@
 """Say why a weights file could not be loaded, from the file, not from torch's wording.
 
-``torch.load(weights_only=True)`` raises :class:`pickle.UnpicklingError` both
-when a file asks to call a function or build an object while it is unpickled
-(which could run code; the loader refuses) and when the bytes are not a
-pickle at all, with wording that changes between torch versions. So the
-decision is made on the file's structure: its pickle is read opcode by opcode
-(:mod:`pickletools`, which runs nothing) and the globals it names are
-compared with what torch's weights-only loader allows. The advice in
-torch's message (retrying with ``weights_only=False``) is never repeated.
+The pickle is read opcode by opcode (:mod:`pickletools`, which runs nothing)
+and its globals compared with torch's weights-only allowlist.
 """
 import io
 import pickle
 import pickletools
 import zipfile
 from typing import List, Optional, Set
+
+from torch import serialization
 
 __all__ = ['error_sentence', 'pickle_globals', 'refused_globals', 'unreadable_reason']
 
@@ -81,7 +77,8 @@ def _main_pickles(path: str) -> List[bytes]:
 def pickle_globals(path: str) -> Optional[List[str]]:
     """Every ``module.name`` the pickles of a ``torch.save`` file (or a plain
     pickle) name, read without running anything; ``None`` when the file does
-    not start with a complete pickle (damaged, or not a pickle)."""
+    not start with a complete pickle (damaged, or not a pickle).
+    """
     try:
         blobs = _main_pickles(path)
     except (OSError, zipfile.BadZipFile, RuntimeError):
@@ -104,15 +101,15 @@ def pickle_globals(path: str) -> Optional[List[str]]:
 def _allowed_globals() -> Set[str]:
     """What torch's weights-only loader accepts in this process (feature-checked:
     the helpers differ between torch versions; without torch's own list,
-    every global under ``torch`` and ``collections`` counts as allowed)."""
+    every global under ``torch`` and ``collections`` counts as allowed).
+    """
     allowed: Set[str] = set()
     try:
-        from torch import _weights_only_unpickler as wou
+        from torch import _weights_only_unpickler as wou  # private; absent in some torch
         allowed.update(wou._get_allowed_globals())
     except (ImportError, AttributeError):
         allowed.update(_TORCH_OWN)
-    import torch.serialization as ser
-    for g in getattr(ser, 'get_safe_globals', list)():
+    for g in getattr(serialization, 'get_safe_globals', list)():
         obj, name = (g[0], g[1]) if isinstance(g, tuple) else (g, None)
         allowed.add(name or f'{getattr(obj, "__module__", "")}.{getattr(obj, "__qualname__", "")}')
     return allowed
@@ -121,7 +118,8 @@ def _allowed_globals() -> Set[str]:
 def refused_globals(path: str, e: BaseException) -> Optional[List[str]]:
     """The functions or classes a file asks to call while unpickled, when that
     is why the weights-only loader raised ``e``; ``None`` for any other
-    failure (a damaged file, not a checkpoint...)."""
+    failure (a damaged file, not a checkpoint...).
+    """
     if not isinstance(e, pickle.UnpicklingError):
         return None
     names = pickle_globals(path)

@@ -1,16 +1,7 @@
 """Pictures of what TagCLIP and CLIP-ES found in an image.
 
-Three kinds, all RGB uint8 (H, W, 3) arrays computed from the original image
-and a prediction, with no file I/O (see :mod:`.report` for writing):
-
-* :func:`draw_tag_panel`: the image with its tags and scores in a corner box;
-* :func:`overlay_heatmap`: one CAM blended over the image in a jet colour map;
-* :func:`overlay_mask`: a pseudo mask blended in the VOC palette, with a
-  legend strip of the classes present below the image.
-
-Text is drawn with PIL and the DejaVu Sans font that matplotlib (an mmengine
-dependency) ships, so labels stay legible at any image size; without it PIL's
-built-in bitmap font is used.
+RGB uint8 arrays, with no file I/O (:mod:`.report` writes them). Text uses
+matplotlib's DejaVu Sans when available.
 """
 import functools
 from typing import List, Mapping, Optional, Sequence, Tuple
@@ -19,7 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..datasets.categories import voc_palette
+from ..utils.class_names import voc_palette
 
 __all__ = [
     'IGNORE_INDEX', 'draw_tag_panel', 'overlay_heatmap', 'overlay_mask', 'mask_label_names',
@@ -38,18 +29,14 @@ _MUTED = (190, 190, 190)
 def _font(size: int) -> ImageFont.ImageFont:
     """A TrueType font of ``size`` pixels, or PIL's default bitmap font."""
     try:
-        from matplotlib import font_manager
+        from matplotlib import font_manager  # optional dependency
         return ImageFont.truetype(font_manager.findfont('DejaVu Sans'), size)
     except Exception:  # noqa: BLE001  (no matplotlib, no font file, no FreeType)
         return ImageFont.load_default()
 
 
 def _text_size(image_hw: Tuple[int, int]) -> int:
-    """Font size that scales with the image: 1/20 of the shorter side.
-
-    Pages show pictures scaled down to about 360 pixels, so smaller text
-    would be unreadable there.
-    """
+    """Font size that scales with the image: 1/20 of the shorter side."""
     return int(np.clip(min(image_hw) / 20, 11, 48))
 
 
@@ -134,8 +121,8 @@ def default_palette() -> np.ndarray:
 def mask_label_names(class_names: Sequence[str], with_background: bool = True) -> dict:
     """Label value -> display name for a CLIP-ES mask over ``class_names``.
 
-    CLIP-ES writes 0 for background and ``c + 1`` for class ``c``; without a
-    background channel the labels are the class indices themselves.
+    0 is background and ``c + 1`` class ``c``, or the class index itself
+    without a background channel.
     """
     offset = 1 if with_background else 0
     names = {i + offset: n for i, n in enumerate(class_names)}

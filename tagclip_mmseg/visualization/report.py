@@ -1,10 +1,7 @@
 """Write the pictures of a prediction to disk and an ``index.html`` over them.
 
-The page is a static HTML5 file with relative links, so the output folder can
-be copied, zipped or served as is. Every name that reaches the page (file
-names, class names, error messages) is HTML-escaped, and every link is
-URL-quoted, so a class called ``<b>`` or a file called ``a&b #1.jpg`` cannot
-break it.
+The page has relative links; every name is HTML-escaped and every link
+URL-quoted.
 """
 import html
 import os

@@ -89,10 +89,10 @@ def main() -> None:
         print(f'{folder:48} {doc:6d} {code:6d} {doc / max(code, 1):8.2f}')
     print(f'{"total":48} {total_doc:6d} {total_code:6d} {total_doc / max(total_code, 1):8.2f}')
     if args.largest:
-        print(f'\nlargest files (lines):')
+        print('\nlargest files (lines):')
         for n, name in sorted(sizes, reverse=True)[:args.largest]:
             print(f'{n:6d}  {name}')
-        print(f'\nlargest functions (lines):')
+        print('\nlargest functions (lines):')
         for n, name in sorted(funcs, reverse=True)[:args.largest]:
             print(f'{n:6d}  {name}')
 

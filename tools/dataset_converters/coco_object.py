@@ -1,4 +1,4 @@
-"""Build COCO-object semantic masks (background + 80 classes).
+r"""Build COCO-object semantic masks (background + 80 classes).
 
 COCO-Object is COCO with background and the 80 thing classes; mmseg ships no
 converter for it. Two sources:
@@ -29,7 +29,7 @@ Mask values:
 
 * ``0``: background (no annotation covers the pixel);
 * ``1..80``: the COCO category, ``1 + `` its position in the ascending
-  category ids (:data:`~tagclip_mmseg.datasets.categories.COCO_CATEGORY_IDS`,
+  category ids (:data:`~tagclip_mmseg.utils.class_names.COCO_CATEGORY_IDS`,
   the order of ``COCO_CLASSES`` and of ``COCOMultiLabelDataset``'s labels);
   so mask value ``v`` is tag index ``v - 1``;
 * crowd annotations (``iscrowd=1``, RLE) are painted as their class by
@@ -59,7 +59,7 @@ run resumes where it stopped.
 Examples::
 
     python tools/dataset_converters/coco_object.py           # data/coco_stuff164k, val2017
-    python tools/dataset_converters/coco_object.py data/coco --from-instances \\
+    python tools/dataset_converters/coco_object.py data/coco --from-instances \
         --splits train2014 val2014 val2017 --nproc 8
 """
 import argparse
@@ -76,13 +76,12 @@ from mmengine.utils import ProgressBar
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tagclip_mmseg.datasets.categories import (COCO_CATEGORY_IDS, COCOSTUFF_182_TO_OBJECT,
-                                               voc_palette)
 from tagclip_mmseg.datasets.label_files import write_label_file
-from tagclip_mmseg.datasets.label_maps import label_lut
 from tagclip_mmseg.evaluation.pseudo_label_writer import encode_label_png
-from tagclip_mmseg.resume import remove_stale_temp_files
+from tagclip_mmseg.records import remove_stale_temp_files
+from tagclip_mmseg.utils.class_names import COCO_CATEGORY_IDS, COCOSTUFF_182_TO_OBJECT, voc_palette
 from tagclip_mmseg.utils.io import atomic_write_bytes, ensure_writable_dir
+from tagclip_mmseg.utils.label_maps import label_lut
 
 __all__ = [
     'IGNORE_INDEX', 'CROWD_MODES', 'OBJECT_SUFFIX', 'category_values', 'annotation_rle',

@@ -1,8 +1,8 @@
-# COCO-object (background + 80 classes) with pseudo masks of COCO 2014 train
-# as labels, validated on COCO 2017 val with the 81-class masks (the split
-# TagCLIP evaluates COCO-object on; docs/method.md §7): the COCO data of the
-# CLIP-ES DeepLab-v2 protocol (docs/method.md §9, deeplab-pytorch style
-# augmentation of pseudo_seg_321x321_pipeline.py).
+# COCO-object (background + 80 classes) with pseudo masks of COCO 2014 train as labels, validated on
+# COCO 2017 val with the 81-class masks (the split TagCLIP evaluates COCO-object on; docs/method.md,
+# "Segmentation evaluation"): the COCO data of the CLIP-ES DeepLab-v2 protocol (docs/method.md,
+# "Stage 3: training DeepLab-v2 on pseudo masks"; deeplab-pytorch style augmentation of
+# pseudo_seg_321x321_pipeline.py).
 #
 # Layout (shared with configs/pseudo_labelers/ and configs/tagclip/):
 #   data/coco/train2014/<id>.jpg, data/coco/train2014_ids.txt
@@ -15,11 +15,10 @@
 # Listed images without a pseudo mask are skipped with a warning. The usual
 # WSSS COCO benchmark is COCO 2014 val (40,137 images): point val_dataloader
 # at val2014 and SegmentationClass/val2014 for it.
-# mmseg joins a *relative* seg_map_path to data_root, so the default folder
-# is absolute: <repo>/work_dirs/pseudo_labels/coco14_train, spelled with
-# mmengine's {{fileDirname}} (this file's folder; classic configs cannot
-# import os.path under Python >= 3.11, docs/compatibility.md trap 10). Pass an absolute path to
-# override it:
+# mmseg joins a *relative* seg_map_path to data_root, so the default folder is absolute:
+# <repo>/work_dirs/pseudo_labels/coco14_train, spelled with mmengine's {{fileDirname}} (this file's
+# folder; classic configs cannot import os.path under Python >= 3.11, docs/compatibility.md,
+# "Traps": pure-Python configs). Pass an absolute path to override it:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
 _base_ = ['./pseudo_seg_321x321_pipeline.py']
 

@@ -1,7 +1,7 @@
-# What the CLIP-ES DeepLab-v2 protocol (docs/method.md §9, deeplab-pytorch) does
-# to any dataset: train on pseudo masks with deeplab-pytorch's augmentation,
-# validate on full images with the real masks. Dataset configs that inherit
-# this file add the dataset type, paths, batch size and dataset options.
+# What the CLIP-ES DeepLab-v2 protocol (docs/method.md, "Stage 3: training DeepLab-v2 on pseudo
+# masks"; deeplab-pytorch) does to any dataset: train on pseudo masks with deeplab-pytorch's
+# augmentation, validate on full images with the real masks. Dataset configs that inherit this file
+# add the dataset type, paths, batch size and dataset options.
 crop_size = (321, 321)
 # Orientation (README.md, "Image orientation"): VOC / COCO masks, real and
 # pseudo, refer to the pixels as stored, so the benchmark pipelines read them

@@ -1,9 +1,9 @@
-# Image pipeline of the tagging configs: robust PIL loading (any mode; a bad
-# file becomes a counted skip), bicubic resize to the patch multiple (docs/method.md §2.3),
-# mmpretrain packing. Orientation (README.md, "Image orientation"): this is the
-# benchmarks' pipeline, which keeps the stored pixels (exif_transpose=False)
-# because VOC / COCO / COCO-Stuff labels and masks refer to them, in all three
-# stages; tagclip_vit-b16_folder.py (your own photos) turns them upright.
+# Image pipeline of the tagging configs: robust PIL loading (any mode; a bad file becomes a counted
+# skip), bicubic resize to the patch multiple (docs/method.md, "Input size and positional-embedding
+# resampling"), mmpretrain packing. Orientation (README.md, "Image orientation"): this is the
+# benchmarks' pipeline, which keeps the stored pixels (exif_transpose=False) because VOC / COCO /
+# COCO-Stuff labels and masks refer to them, in all three stages; tagclip_vit-b16_folder.py (your
+# own photos) turns them upright.
 # SkipTagged first (resume): an image that a killed run already tagged (found
 # in the TagFileWriter's journals, <out_file>.journal.rank*.jsonl) is neither
 # loaded nor computed; its exact scores are restored by ResumableTestLoop.

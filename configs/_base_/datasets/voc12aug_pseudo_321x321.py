@@ -1,6 +1,6 @@
-# PASCAL VOC 2012 train_aug (10,582 images) with pseudo masks as labels, and
-# VOC 2012 val (1,449 images) with the real masks for validation: the data of
-# the CLIP-ES DeepLab-v2 protocol (docs/method.md §9, deeplab-pytorch voc12.yaml).
+# PASCAL VOC 2012 train_aug (10,582 images) with pseudo masks as labels, and VOC 2012 val (1,449
+# images) with the real masks for validation: the data of the CLIP-ES DeepLab-v2 protocol
+# (docs/method.md, "Stage 3: training DeepLab-v2 on pseudo masks"; deeplab-pytorch voc12.yaml).
 #
 # Layout (mmseg's, after tools/dataset_converters/voc_aug.py):
 #   data/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
@@ -11,11 +11,11 @@
 #   <pseudo_label_dir>/<id>.png   one palette or L-mode PNG per train_aug id,
 #       classes 0..20, 255 = ignore (low-confidence pixels), as written by
 #       tools/generate_pseudo_labels.py
-# mmseg joins a *relative* seg_map_path to data_root, so the default folder
-# is absolute: <repo>/work_dirs/pseudo_labels/voc12_train_aug, spelled with
-# mmengine's {{fileDirname}} (this file's folder) because classic configs
-# cannot import os.path under Python >= 3.11 (docs/compatibility.md trap 10). To use another
-# folder, pass an absolute path:
+# mmseg joins a *relative* seg_map_path to data_root, so the default folder is absolute:
+# <repo>/work_dirs/pseudo_labels/voc12_train_aug, spelled with mmengine's {{fileDirname}} (this
+# file's folder) because classic configs cannot import os.path under Python >= 3.11
+# (docs/compatibility.md, "Traps": pure-Python configs). To use another folder, pass an absolute
+# path:
 #   --cfg-options train_dataloader.dataset.data_prefix.seg_map_path=/abs/dir
 _base_ = ['./pseudo_seg_321x321_pipeline.py']
 

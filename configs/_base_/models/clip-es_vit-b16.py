@@ -1,6 +1,6 @@
-# CLIP-ES pseudo-labeler on OpenAI's CLIP ViT-B/16 (docs/method.md §6), VOC
-# setting of TagCLIP's copy. Tags come from the dataset (tag_source) unless a
-# tagger is given.
+# CLIP-ES pseudo-labeler on OpenAI's CLIP ViT-B/16 (docs/method.md, "CLIP-ES pseudo masks from
+# tags"), VOC setting of TagCLIP's copy. Tags come from the dataset (tag_source) unless a tagger is
+# given.
 model = dict(
     type='CLIPESPseudoLabeler',
     # CLIP-ES runs the CLIP in fp16 on the GPU; use dtype='fp32' on a CPU.

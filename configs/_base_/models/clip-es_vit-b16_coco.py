@@ -1,4 +1,5 @@
-# CLIP-ES pseudo-labeler, COCO-object setting of TagCLIP's copy (docs/method.md §6.3):
+# CLIP-ES pseudo-labeler, COCO-object setting of TagCLIP's copy (docs/method.md, "Class-aware
+# attention affinity (CAA)"):
 # CLIP-ES's COCO class names, COCO background words, CAA over blocks 5-12 and
 # a box threshold of 0.7.
 _base_ = ['./clip-es_vit-b16.py']

@@ -1,5 +1,6 @@
-# DeepLab-v2 ResNet-101 with multi-scale inputs (deeplab-pytorch's
-# DeepLabV2_ResNet101_MSC), the segmenter of the CLIP-ES protocol (docs/method.md §9).
+# DeepLab-v2 ResNet-101 with multi-scale inputs (deeplab-pytorch's DeepLabV2_ResNet101_MSC), the
+# segmenter of the CLIP-ES protocol (docs/method.md, "Stage 3: training DeepLab-v2 on pseudo
+# masks").
 #
 # * Backbone: 7x7-stem ResNet-101 with the stride on the first 1x1 conv of a
 #   block ('caffe' style, like the Caffe-converted ImageNet weights of
@@ -55,4 +56,3 @@ model = dict(
             type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True)),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
-

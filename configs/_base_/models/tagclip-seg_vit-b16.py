@@ -21,7 +21,7 @@ model = dict(
     all_classes_as_tags=False,      # True: skip TagCLIP, a CAM for every class
     tag_ratio=None,                 # a per-benchmark relative tag threshold
     crf=None,                       # see tagclip_vit-b16_voc21_crf.py
-    # TagCLIP (paper defaults of the class; docs/method.md §8). class_names left
+    # TagCLIP (paper defaults of the class; docs/method.md, "Hyperparameters"). class_names left
     # out = the dataset's classes (VocabularyHook), background 0 dropped.
     tagger=dict(templates='tagclip', background_words='voc'),
     # CLIP-ES CAMs, TagCLIP's VOC setting: CAA over blocks 5-11, box 0.4.
@@ -31,7 +31,7 @@ model = dict(
         caa_layers=(4, 5, 6, 7, 8, 9, 10),
         caa_box_thr=0.4),
     test_cfg=dict(
-        mode='slide',               # or 'whole'
+        inference='slide',          # or 'whole'
         crop_size=224,
         stride=112,
         cam_batch_pairs=64,         # windows x tags per Grad-CAM call (memory)

@@ -1,5 +1,5 @@
 # TagCLIP on OpenAI's CLIP ViT-B/16, with the paper's hyperparameters
-# (docs/method.md §8). Classes come from the dataset metainfo (VocabularyHook)
+# (docs/method.md, "Hyperparameters"). Classes come from the dataset metainfo (VocabularyHook)
 # unless class_names is set here.
 model = dict(
     type='TagCLIP',

@@ -1,4 +1,5 @@
-# DeepLab-v2 schedule of the CLIP-ES protocol on VOC (docs/method.md §9):
+# DeepLab-v2 schedule of the CLIP-ES protocol on VOC (docs/method.md, "Stage 3: training DeepLab-v2
+# on pseudo masks"):
 # deeplab-pytorch voc12.yaml with CLIP-ES's learning rate.
 #
 # * Batch 5 with gradients accumulated over 2 batches (ITER_SIZE 2): an

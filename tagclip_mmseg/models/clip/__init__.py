@@ -1,7 +1,7 @@
+from .last_block_grad import LastBlockGrad
 from .model import (CLIP, AttnCallback, CLIPAttention, LayerMasks, LayerNorm, QuickGELU,
                     ResidualAttentionBlock, Transformer, VisionTransformer, ViTOutput,
                     resample_pos_embed)
-from .last_block_grad import LastBlockGrad
 
 __all__ = [
     'CLIP', 'AttnCallback', 'CLIPAttention', 'LayerMasks', 'LayerNorm', 'QuickGELU',
@@ -11,13 +11,15 @@ __all__ = [
 from .checkpoint import (DEFAULT_CLIP_CHECKPOINT, CheckpointError, build_clip,
                          checkpoint_fingerprint, hf_to_openai_state_dict, infer_clip_arch,
                          load_clip, load_clip_state_dict, resolve_dtype, save_clip_state_dict)
+from .random_clip import NARROW_CLIP_ARCH, TINY_CLIP_ARCH, random_clip
 from .tokenizer import (CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN, SimpleTokenizer, default_bpe_path,
                         get_tokenizer, tokenize)
 
 __all__ += [
     'DEFAULT_CLIP_CHECKPOINT', 'CheckpointError', 'build_clip', 'checkpoint_fingerprint',
     'hf_to_openai_state_dict', 'infer_clip_arch', 'load_clip', 'load_clip_state_dict',
-    'resolve_dtype', 'save_clip_state_dict', 'CONTEXT_LENGTH', 'EOT_TOKEN', 'SOT_TOKEN',
+    'resolve_dtype', 'save_clip_state_dict', 'NARROW_CLIP_ARCH', 'TINY_CLIP_ARCH', 'random_clip',
+    'CONTEXT_LENGTH', 'EOT_TOKEN', 'SOT_TOKEN',
     'SimpleTokenizer', 'default_bpe_path', 'get_tokenizer', 'tokenize'
 ]
 

@@ -1,18 +1,7 @@
 """Load CLIP ViT weights from any common checkpoint format into :class:`CLIP`.
 
-Users arrive with whatever they have on disk: OpenAI's TorchScript archive
-(what ``clip.load('ViT-B/16')`` caches at ``~/.cache/clip/ViT-B-16.pt``), a
-plain state dict re-saved from it, an open_clip checkpoint, or a Hugging Face
-``CLIPModel`` folder. Every format is turned into one state dict in OpenAI's
-parameter naming (:func:`load_clip_state_dict`), the architecture is read off
-the tensor shapes (:func:`infer_clip_arch`, as OpenAI's ``build_model`` does),
-and :func:`load_clip` builds a frozen :class:`CLIP` from the two.
-
-A checkpoint may also be one of OpenAI's model names (``'ViT-B/16'``) or an
-``http(s)`` URL: :func:`~tagclip_mmseg.utils.fetch.resolve_checkpoint` fetches
-and verifies it first. A missing local file is a :class:`FileNotFoundError`
-that says where to get one, and anything unreadable or not a CLIP ViT is a
-:class:`CheckpointError` naming the file and the problem.
+OpenAI TorchScript archives, state dicts, open_clip and Hugging Face
+checkpoints, model names and URLs (docs/clip_checkpoints.md).
 """
 import hashlib
 import json
@@ -23,9 +12,8 @@ import zipfile
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.fetch import DEFAULT_CLIP_NAME, OPENAI_CLIP_URLS, resolve_checkpoint
 from ...utils.hashing import file_sha256
@@ -147,11 +135,11 @@ def _read_file(path: str, weights_only: bool) -> Any:
     """Deserialise one weights file on the CPU."""
     try:
         if path.endswith('.safetensors'):
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # optional dependency
             return load_file(path, device='cpu')
         if _is_torchscript(path):
             # OpenAI's archives are TorchScript; torch.load(weights_only=True)
-            # rejects them (docs/compatibility.md trap 7).
+            # rejects them (docs/compatibility.md, "Traps": TorchScript archives).
             return torch.jit.load(path, map_location='cpu').state_dict()
         return torch.load(path, map_location='cpu', weights_only=weights_only)
     except FileNotFoundError:
@@ -227,10 +215,8 @@ def hf_to_openai_state_dict(sd: Mapping[str, Tensor],
                             path: str = '<state dict>') -> Dict[str, Tensor]:
     """Rename a Hugging Face ``CLIPModel`` state dict to OpenAI's naming.
 
-    Hugging Face splits attention into ``q_proj``/``k_proj``/``v_proj``; OpenAI
-    (``nn.MultiheadAttention``) stacks them as ``in_proj`` in q, k, v order.
-    Projections are ``nn.Linear`` weights (out, in) in Hugging Face and plain
-    (in, out) matrices in OpenAI, hence the transposes.
+    Stacks ``q_proj``/``k_proj``/``v_proj`` into ``in_proj`` and transposes the
+    projections.
 
     Raises:
         CheckpointError: For keys this map does not know (e.g. a vision-only
@@ -321,12 +307,8 @@ def _check_finite(sd: Mapping[str, Tensor], path: str) -> None:
 def load_clip_state_dict(path: str, weights_only: bool = True) -> Dict[str, Tensor]:
     """Read a CLIP ViT checkpoint of any supported format, in OpenAI naming.
 
-    Supported: OpenAI TorchScript archives; ``torch.save`` state dicts
-    (``.pt``/``.pth``/``.bin``, possibly wrapped in ``state_dict``/``model``
-    and ``module.``-prefixed); open_clip checkpoints; Hugging Face
-    ``CLIPModel`` weights (``pytorch_model.bin``, ``model.safetensors``,
-    sharded, or the folder itself); ``.safetensors`` in OpenAI naming.
-    Tensors keep the checkpoint's dtype (OpenAI's are fp16).
+    Tensors keep the checkpoint's dtype (docs/clip_checkpoints.md lists the
+    formats).
 
     Args:
         path (str): File or folder (``~`` is expanded), OpenAI model name or
@@ -375,10 +357,7 @@ def _count_blocks(keys: Sequence[str], prefix: str) -> int:
 def infer_clip_arch(state_dict: Mapping[str, Any], path: str = '<state dict>') -> Dict[str, int]:
     """Read :class:`CLIP`'s constructor arguments off a state dict's shapes.
 
-    Follows OpenAI's ``build_model``: widths from the embeddings, layer counts
-    from the block indices, ``image_resolution = patch * grid`` and 64-wide
-    heads. Values may be tensors (meta tensors are fine), shapes or anything
-    with ``.shape``, so the rule can be checked for ViT-L without allocating it.
+    Follows OpenAI's ``build_model``. Values may be anything with ``.shape``.
 
     Returns:
         dict[str, int]: ``embed_dim``, ``image_resolution``, ``vision_layers``,
@@ -444,10 +423,8 @@ def resolve_dtype(dtype: DTypeLike) -> torch.dtype:
 def checkpoint_fingerprint(path: str) -> str:
     """The identity of a checkpoint's weights, for caches derived from them.
 
-    Hashes each weight file's whole content (:func:`~tagclip_mmseg.utils.file_sha256`,
-    computed once per version of the file) with its name, so two files equal
-    in name, size and modification time but not in content never share a
-    cache entry; a copy elsewhere shares them.
+    Hashes each weight file's content with its name, so a copy elsewhere
+    shares cache entries and an edited file does not.
 
     Args:
         path (str): File or checkpoint folder, as for :func:`load_clip_state_dict`.
@@ -468,19 +445,14 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
               weights_only: bool = True) -> CLIP:
     """Build a frozen :class:`CLIP` from a checkpoint of any supported format.
 
-    The architecture comes from the weights, so ViT-B/32, B/16, L/14 and
-    L/14@336 checkpoints all work without configuration. The model is in eval
-    mode with ``requires_grad=False`` everywhere (CLIP stays frozen; Grad-CAM
-    differentiates with respect to activations only). Its
-    ``checkpoint_fingerprint`` attribute identifies the weights for the text
-    embedding cache.
+    The architecture comes from the weights; the model is in eval mode with
+    ``requires_grad=False`` and a ``checkpoint_fingerprint`` attribute.
 
     Args:
         checkpoint (str): Checkpoint file or folder, OpenAI model name
             (``'ViT-B/16'``) or ``http(s)`` URL (fetched and verified first).
         dtype (str | torch.dtype): ``'fp32'`` (TagCLIP classification),
-            ``'fp16'`` (CLIP-ES CAMs on GPU) or ``'bf16'``. fp16 checkpoints
-            load into fp32 modules and vice versa.
+            ``'fp16'`` (CLIP-ES CAMs on GPU) or ``'bf16'``.
         device (str | torch.device): Where to put the model.
         weights_only (bool): See :func:`load_clip_state_dict`.
 
@@ -504,7 +476,8 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
 def _check_shapes(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor],
                   path: str) -> None:
     """Name every tensor whose shape disagrees with the inferred layout
-    (``load_state_dict`` would raise a bare ``size mismatch`` RuntimeError)."""
+    (``load_state_dict`` would raise a bare ``size mismatch`` RuntimeError).
+    """
     wrong = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}'
              for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
     if wrong:
@@ -519,10 +492,8 @@ MODELS.register_module(name='PretrainedCLIP', module=load_clip)
 def build_clip(cfg: Union[nn.Module, str, Mapping[str, Any]]) -> nn.Module:
     """Turn a model's ``clip`` argument into a CLIP module.
 
-    Models accept the CLIP in whichever form is convenient: an already built
-    module (tests, notebooks), a checkpoint path, ``dict(checkpoint=...,
-    dtype=..., device=...)`` (arguments of :func:`load_clip`), or a registry
-    config such as ``dict(type='PretrainedCLIP', checkpoint=...)``.
+    Accepts a module, a checkpoint path, ``dict(checkpoint=..., ...)``
+    (arguments of :func:`load_clip`) or a registry config.
     """
     if isinstance(cfg, nn.Module):
         return cfg
@@ -540,9 +511,8 @@ def build_clip(cfg: Union[nn.Module, str, Mapping[str, Any]]) -> nn.Module:
 def save_clip_state_dict(state_dict: Mapping[str, Tensor], path: str, fp16: bool = False) -> None:
     """Write a CLIP state dict in OpenAI naming, atomically.
 
-    The format follows the extension: ``.safetensors``, or ``torch.save`` for
-    ``.pth``/``.pt``/``.bin``. The result loads with :func:`load_clip` and
-    with plain ``torch.load(weights_only=True)``.
+    The extension picks the format: ``.safetensors``, or ``torch.save`` for
+    ``.pth``/``.pt``/``.bin``.
 
     Args:
         state_dict (Mapping[str, Tensor]): Parameters in OpenAI naming.
@@ -560,7 +530,7 @@ def save_clip_state_dict(state_dict: Mapping[str, Tensor], path: str, fp16: bool
         # Own, contiguous storage: safetensors refuses shared or strided tensors.
         tensors[key] = value.contiguous().clone()
     if path.endswith('.safetensors'):
-        from safetensors.torch import save
+        from safetensors.torch import save  # optional dependency
         atomic_write_bytes(path, save(tensors, metadata={'format': 'pt', 'naming': 'openai-clip'}))
     elif path.endswith(('.pth', '.pt', '.bin')):
         with atomic_open(path, 'wb') as f:

@@ -1,20 +1,17 @@
 """Normalisation of variable-size images for the training-free CLIP models.
 
-mmpretrain's and mmseg's preprocessors pad a batch to a common size, which
-would change TagCLIP's and CLIP-ES's results (padding tokens take part in
-attention). This preprocessor only moves and normalises: images of different
-sizes stay a list, and the models group equal sizes into batches themselves
-(:func:`group_by_shape`).
+Padding would change the results, so images of different sizes stay a list
+and the models group equal sizes themselves.
 """
 from typing import Dict, List, Sequence, Union
 
 import torch
 from mmengine.model import BaseDataPreprocessor
+from mmseg.registry import MODELS
 from torch import Tensor
 
-from mmseg.registry import MODELS
-from ...datasets.transforms import group_indices
 from ...utils.init_args import RecordsInitArgs
+from ...utils.token_grid import group_indices
 
 __all__ = ['CLIPDataPreprocessor', 'group_by_shape', 'CLIP_MEAN', 'CLIP_STD']
 
@@ -24,11 +21,7 @@ CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 
 
 def group_by_shape(images: Sequence[Tensor]) -> List[List[int]]:
-    """Indices of ``images`` grouped by (H, W), in order of first appearance.
-
-    One backbone call then serves each group with no padding, so batching
-    never changes a result.
-    """
+    """Indices of ``images`` grouped by (H, W), in order of first appearance."""
     return list(group_indices(tuple(img.shape[-2:]) for img in images).values())
 
 

@@ -1,40 +1,38 @@
 """What the training-free CLIP models share.
 
-Both the TagCLIP tagger and the CLIP-ES pseudo-labeler wrap a frozen CLIP,
-turn a vocabulary into text embeddings (cached on disk), take variable-size
-images as a list, run them in equal-size groups and must pass through
-mmengine's test loop untouched. That plumbing lives here once; subclasses only
-implement :meth:`FrozenCLIPModel.predict_batch`. Every image handed to
-:meth:`FrozenCLIPModel.predict` is computed: reusing outputs of an earlier run
-and skipping unreadable images is the test loop's job (``tagclip_mmseg.resume``).
+:class:`FrozenModel` is the plumbing of every frozen model, the segmentor
+included (eval mode, no training, mmengine's forward modes);
+:class:`FrozenCLIPModel` adds the vocabulary, the text embeddings and the
+equal-size image groups of the tagger and the labeler.
 """
 from contextlib import nullcontext
-from typing import ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (ContextManager, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
+from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from mmseg.registry import MODELS
-
+from ...utils.class_names import ClassName
 from ...utils.init_args import RecordsInitArgs
-from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ...utils.quirks import Quirks, QuirksLike, resolve_quirks
 from ...utils.torch_compat import autocast_supports
+from ..ops.synonyms import class_softmax
 from .checkpoint import build_clip, resolve_dtype
 from .data_preprocessor import group_by_shape
 from .presets import CLASS_PRESETS, resolve_background, resolve_classes
-from .prompts import ClassName
-from ..ops.synonyms import class_softmax
 from .text_classifier import (build_text_classifier, check_synonyms, class_prompt_names, text_rows,
                               tokenize_prompts)
 
-__all__ = ['FrozenCLIPModel', 'Vocabulary', 'full_precision']
+__all__ = ['FrozenModel', 'FrozenCLIPModel', 'Vocabulary', 'full_precision']
 
 
 def full_precision(device: Union[str, torch.device]) -> ContextManager:
     """``torch.autocast`` switched off on ``device``: what runs inside
-    computes in its inputs' dtype, whatever region encloses it."""
+    computes in its inputs' dtype, whatever region encloses it.
+    """
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
@@ -52,12 +50,86 @@ class Vocabulary(NamedTuple):
     background_words: Tuple[str, ...]
 
 
-class FrozenCLIPModel(RecordsInitArgs, BaseModel):
-    """Base of the training-free models.
+class FrozenModel:
+    """Mixin of the training-free models: frozen, eval mode, no training.
 
-    The CLIP weights are loaded in ``__init__`` (not ``init_weights``): the
-    test loop never calls ``init_weights`` (docs/compatibility.md trap 14), and a model
-    that silently ran on random weights would be worse than one that fails.
+    ``forward`` follows mmengine's modes: ``'predict'`` fills data samples,
+    ``'tensor'`` returns the subclass's :meth:`_forward` tensor and
+    ``'loss'`` refuses. Subclasses have a ``clip`` and a ``sample_type``.
+    """
+
+    #: The data-sample class :meth:`predict` fills; ``forward`` without data
+    #: samples makes one per image, with ``ori_shape`` the input size.
+    sample_type: type = BaseDataElement
+
+    def train(self, mode: bool = True) -> nn.Module:
+        """Stay in eval mode whatever the runner asks: every weight is frozen."""
+        return super().train(False)
+
+    def loss(self, inputs, data_samples) -> dict:
+        """Refuse: there is nothing to train."""
+        raise RuntimeError(f'{type(self).__name__} is training-free: run it with tools/test.py '
+                           '(no checkpoint needed), not tools/train.py.')
+
+    def train_step(self, data, optim_wrapper):
+        """Refuse, as :meth:`loss` does."""
+        return self.loss(None, None)
+
+    def forward(self,
+                inputs: Union[Tensor, List[Tensor]],
+                data_samples: Optional[list] = None,
+                mode: str = 'predict'):
+        """Dispatch mmengine's forward ``mode`` ('predict', 'tensor', 'loss')."""
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        inputs, data_samples = self.image_list(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._forward(inputs, data_samples)
+        raise ValueError(f'unknown mode {mode!r}; expected "predict", "tensor" or "loss"')
+
+    def image_list(self, inputs: Union[Tensor, List[Tensor]],
+                   data_samples: Optional[list] = None) -> Tuple[List[Tensor], list]:
+        """(3, H, W) images as a list and one data sample each.
+
+        Missing samples are made of ``sample_type`` with ``ori_shape`` the
+        input size.
+
+        Raises:
+            ValueError: When the counts differ.
+        """
+        if isinstance(inputs, Tensor):
+            inputs = list(inputs) if inputs.dim() == 4 else [inputs]
+        if data_samples is None:
+            data_samples = [self.sample_type(metainfo=dict(ori_shape=tuple(x.shape[-2:])))
+                            for x in inputs]
+        if len(data_samples) != len(inputs):
+            raise ValueError(f'got {len(inputs)} images but {len(data_samples)} data samples')
+        return inputs, data_samples
+
+    def clip_input(self, images: Tensor) -> Tensor:
+        """Images in the CLIP's dtype; the caller runs in :func:`full_precision`."""
+        return images.to(self.clip.dtype)
+
+    @staticmethod
+    def stack_outputs(outputs: List[Tensor]) -> Tensor:
+        """One tensor of per-image outputs (``forward(mode='tensor')``).
+
+        Raises:
+            ValueError: When the images differed in size; use ``predict``.
+        """
+        if len({tuple(o.shape) for o in outputs}) > 1:
+            raise ValueError("forward(mode='tensor') needs images of one size; use "
+                             "mode='predict' for images of different sizes")
+        return torch.stack(outputs)
+
+
+class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
+    """Base of the training-free CLIP models (tagger, labeler).
+
+    The CLIP weights are loaded in ``__init__``, not ``init_weights``, which
+    the test loop never calls (docs/compatibility.md, "Traps").
 
     Args:
         clip (dict | nn.Module): ``checkpoint`` (path; default OpenAI's
@@ -65,39 +137,24 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
             :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
             CLIP, which lets a tagger and a labeler share one.
         quirks (str | dict | Quirks): Which quirks of the reference
-            implementation to reproduce (docs/method.md §12, docs/modes.md):
-            ``'reference'`` (all, for the published numbers), ``'fixed'``
-            (none), a dict of :class:`~tagclip_mmseg.utils.Quirks` fields
-            or a ``Quirks``. Resolved once into ``self.quirks``.
-        mode (str, optional): Deprecated spelling of ``quirks``:
-            ``'faithful'`` is ``'reference'``, ``'clean'`` is ``'fixed'``.
+            implementation to reproduce (docs/modes.md): ``'reference'``
+            (all), ``'fixed'`` (none), a dict of
+            :class:`~tagclip_mmseg.utils.Quirks` fields or a ``Quirks``.
         text_cache_dir (str, optional): Folder of the text-embedding cache;
             ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
             ``~/.cache/tagclip_mmseg``).
-        autocast (str, optional): ``'bf16'`` or ``'fp16'`` runs the ViT's
-            forward (and Grad-CAM's backward through its last block) under
-            :func:`torch.autocast` on the images' device: fp32 weights,
-            matrix products in half precision. Text embeddings, softmaxes,
-            DMAR, CWR, CAM refinement and every threshold stay in fp32
-            (docs/performance.md, "Mixed precision and GPUs"). Meant for GPUs
-            (bf16 on Ampere or newer); scores differ from fp32 by the
-            tolerance stated there, so tags near the threshold can change.
-            ``None`` (default) computes in the CLIP's own dtype, which is
-            what the equality tests pin.
-        images_per_forward (int, optional): How many equal-size images of a
-            data batch go through the network together. ``None`` (default)
-            picks by device: one at a time on the CPU, where batched
-            attention maps overflow the caches and cost more per image than
-            single images (docs/performance.md), the whole group elsewhere.
-            Results do not depend on it beyond the rounding that the
-            determinism contract allows (docs/determinism.md).
+        autocast (str, optional): ``'bf16'`` or ``'fp16'`` runs the ViT
+            calls under :func:`torch.autocast`; everything after them stays
+            in fp32 (docs/performance.md, "Mixed precision and GPUs").
+            ``None`` (default) computes in the CLIP's own dtype.
+        images_per_forward (int, optional): Equal-size images per network
+            pass; ``None`` (default): one on the CPU, the whole group
+            elsewhere (docs/performance.md).
         truncate_prompts (bool): Cut prompts longer than CLIP's context (77
             tokens) with a warning instead of refusing the vocabulary.
         synonyms (str): How a class with synonyms is scored: ``'joined'``
-            (default; one prompt with the names joined by ',', as TagCLIP's
-            and CLIP-ES's class names) or ``'max'`` (one embedding per name,
-            one softmax over all names, each class the max of its names', as
-            SCLIP and its peers; docs/method.md, "Synonyms").
+            (default; one prompt, names joined by ',') or ``'max'`` (each
+            class the max of its names'; docs/method.md, "Synonyms").
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor``.
         init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
@@ -110,7 +167,6 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
     def __init__(self,
                  clip: Union[None, dict, nn.Module] = None,
                  quirks: QuirksLike = 'reference',
-                 mode: Optional[str] = None,
                  text_cache_dir: Optional[str] = None,
                  autocast: Optional[str] = None,
                  images_per_forward: Optional[int] = None,
@@ -118,13 +174,12 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
                  synonyms: str = 'joined',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        # Built through mmseg's registry so that direct construction (tests,
-        # the inferencer) works without a default scope being set.
+        # mmseg's registry: direct construction works without a default scope.
         if data_preprocessor is None or isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor or dict(type='CLIPDataPreprocessor'))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         #: The resolved quirk switches; code branches on its named fields.
-        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'mode', mode)
+        self.quirks: Quirks = resolve_quirks(quirks)
         self.autocast_dtype = self._resolve_autocast(autocast)
         if images_per_forward is not None and (not isinstance(images_per_forward, int)
                                                or isinstance(images_per_forward, bool)
@@ -159,11 +214,8 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
         return dtype
 
     def autocast_context(self, device: torch.device) -> ContextManager:
-        """``torch.autocast`` for ``device`` when enabled, else a no-op.
-
-        The models enter it around their ViT calls only, inside a
-        :func:`full_precision` region; entering it around a whole call
-        changes nothing else.
+        """``torch.autocast`` for ``device`` when enabled, else a no-op; the
+        models enter it around their ViT calls only.
 
         Raises:
             ValueError: If this torch has no autocast to that dtype on
@@ -177,15 +229,11 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
                              "(the CPU has 'bf16') or autocast=None")
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
-    #: The data-sample class :meth:`predict` fills; ``forward`` without data
-    #: samples makes empty ones of it.
-    sample_type: type = BaseDataElement
-
     @property
     def round_pos_embed_fp16(self) -> bool:
-        """Whether this model's ViT calls round a resampled positional
-        embedding to fp16 (``quirks.pos_embed_fp16``, docs/modes.md). Passed
-        per call: the CLIP may be shared with a model of other quirks."""
+        """``quirks.pos_embed_fp16``, passed per ViT call (a shared CLIP may
+        serve models of other quirks).
+        """
         return self.quirks.pos_embed_fp16
 
     def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
@@ -193,8 +241,7 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
         non-negative, sorted and unique.
 
         Raises:
-            ValueError: Naming the argument and the CLIP's depth, e.g. for a
-                config written for ViT-B/16 run on a shallower checkpoint.
+            ValueError: Naming the argument and the CLIP's depth.
         """
         n = self.clip.visual.num_layers
         if not layers or any(not -n <= int(i) < n for i in layers):
@@ -206,10 +253,8 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
     def set_vocabulary(self,
                        class_names: Union[str, Sequence[ClassName]],
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
-        """Set the foreground classes (and optionally background words).
-
-        Checked as :meth:`resolve_vocabulary` does, while the model is built,
-        not at the first image.
+        """Set the foreground classes (and optionally background words),
+        checked by :meth:`resolve_vocabulary`.
         """
         self.class_names, self.background_words = self.resolve_vocabulary(
             class_names, background_words)
@@ -225,10 +270,8 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
                            ) -> Vocabulary:
         """A checked :class:`Vocabulary` for this model, without setting it.
 
-        Every check that the text encoder would otherwise fail at the first
-        image runs here: names that are not strings, duplicates (also those
-        differing only in case or spacing, which CLIP reads as one text) and
-        prompts too long for CLIP's context.
+        Checks names, duplicates (as CLIP reads the text) and prompt lengths
+        now rather than at the first image.
 
         Args:
             class_names: Foreground classes or a preset name.
@@ -270,6 +313,18 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
                              self.truncate_prompts)
         return Vocabulary(names, tuple(words))
 
+    def call_vocabulary(self, vocabulary: Optional[Vocabulary] = None) -> Vocabulary:
+        """``vocabulary``, or the model's own when ``None``.
+
+        Raises:
+            RuntimeError: When neither has class names yet.
+        """
+        voc = vocabulary or self.vocabulary
+        if voc.class_names is None:
+            raise RuntimeError(f'{type(self).__name__} has no vocabulary: set class_names in '
+                               'the config, or add VocabularyHook to read it from the dataset')
+        return voc
+
     @property
     def num_classes(self) -> int:
         """Size of the foreground vocabulary (0 before one is set)."""
@@ -280,10 +335,8 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
                         templates: Sequence[str]) -> Tensor:
         """L2-normalised (R, E) text-row embeddings on the model's device.
 
-        One row per class under ``synonyms='joined'``, one per name under
-        ``'max'`` (see :meth:`class_probs`). Computed once per (vocabulary,
-        templates, rule) and kept in memory; the on-disk cache makes later
-        launches and other ranks skip the text encoder entirely.
+        One row per class (``synonyms='joined'``) or per name (``'max'``);
+        kept in memory and in the on-disk cache.
         """
         key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), tuple(templates),
                self.synonyms)
@@ -325,58 +378,50 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
             self._row_classes[key] = rows
         return class_softmax(logits, rows, len(class_names), support)
 
-    # ------------------------------------------------------------- plumbing
-    def train(self, mode: bool = True) -> 'FrozenCLIPModel':
-        """Keep CLIP in eval mode whatever the runner asks (it is frozen)."""
-        super().train(mode)
-        self.clip.eval()
-        return self
-
-    def forward(self,
-                inputs: Union[Tensor, List[Tensor]],
-                data_samples: Optional[list] = None,
-                mode: str = 'predict'):
-        if mode == 'loss':
-            raise RuntimeError(f'{type(self).__name__} is training-free: run it with '
-                               'tools/test.py (no checkpoint needed), not tools/train.py.')
-        if isinstance(inputs, Tensor):
-            inputs = list(inputs) if inputs.dim() == 4 else [inputs]
-        if data_samples is None:
-            data_samples = [self.sample_type() for _ in inputs]
-        if len(data_samples) != len(inputs):
-            raise ValueError(f'got {len(inputs)} images but {len(data_samples)} data samples')
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self.predict(inputs, data_samples)
-        raise ValueError(f'unknown mode {mode!r}; expected "predict" or "tensor"')
+    # ------------------------------------------------------------- batches
+    def batches(self, inputs: List[Tensor]) -> Iterator[List[int]]:
+        """Indices of equal-size images, ``images_per_forward`` at a time."""
+        for idx in group_by_shape(inputs):
+            step = self.forward_batch_size(inputs[idx[0]].device, len(idx))
+            for s in range(0, len(idx), step):
+                yield idx[s:s + step]
 
     def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
         """Run :meth:`predict_batch` on equal-size groups; keep input order.
 
-        Every sample is computed. Samples restored from disk or whose image
-        failed to load never get here: ``ResumableTestLoop`` fills them.
-        Each batch runs in a :func:`full_precision` region; the subclasses
-        enter :meth:`autocast_context` around their ViT calls.
+        Every sample is computed: resumed samples and unreadable images are
+        the test loop's (``ResumableTestLoop``).
 
         Args:
             inputs (list[Tensor]): Normalised (3, H, W) images.
             data_samples (list): One per image, filled in place.
             **settings: Per-call settings of :meth:`predict_batch` (e.g. a
                 ``vocabulary``); they live in this call only.
+
+        Returns:
+            list: ``data_samples``.
         """
-        for idx in group_by_shape(inputs):
-            step = self.forward_batch_size(inputs[idx[0]].device, len(idx))
-            for s in range(0, len(idx), step):
-                chunk = idx[s:s + step]
-                batch = torch.stack([inputs[i] for i in chunk]).to(self.clip.dtype)
-                with full_precision(batch.device):
-                    self.predict_batch(batch, [data_samples[i] for i in chunk], **settings)
+        for chunk in self.batches(inputs):
+            batch = self.clip_input(torch.stack([inputs[i] for i in chunk]))
+            with full_precision(batch.device):
+                self.predict_batch(batch, [data_samples[i] for i in chunk], **settings)
         return data_samples
+
+    def _forward(self, inputs: List[Tensor], data_samples: list) -> Tensor:
+        """Stacked per-image :meth:`tensor_batch` outputs, in input order."""
+        out: List[Optional[Tensor]] = [None] * len(inputs)
+        for chunk in self.batches(inputs):
+            batch = self.clip_input(torch.stack([inputs[i] for i in chunk]))
+            with full_precision(batch.device):
+                result = self.tensor_batch(batch, [data_samples[i] for i in chunk])
+            for i, r in zip(chunk, result):
+                out[i] = r
+        return self.stack_outputs(out)
 
     def forward_batch_size(self, device: torch.device, group_size: int) -> int:
         """Images per forward for a group of ``group_size`` equal-size images
-        (see ``images_per_forward``)."""
+        (see ``images_per_forward``).
+        """
         if self.images_per_forward is not None:
             return int(self.images_per_forward)
         return 1 if torch.device(device).type == 'cpu' else max(group_size, 1)
@@ -385,6 +430,6 @@ class FrozenCLIPModel(RecordsInitArgs, BaseModel):
         """Fill ``data_samples`` in place for a batch of equal-size images."""
         raise NotImplementedError
 
-    def train_step(self, data, optim_wrapper):
-        raise RuntimeError(f'{type(self).__name__} is training-free and has nothing to train; '
-                           'use tools/test.py.')
+    def tensor_batch(self, images: Tensor, data_samples: list) -> Tensor:
+        """The ``forward(mode='tensor')`` output of a batch of equal-size images."""
+        raise NotImplementedError

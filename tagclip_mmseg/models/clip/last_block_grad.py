@@ -1,13 +1,7 @@
 """Grad-CAM's backward through the last ViT block, batched over tags.
 
-CLIP-ES (docs/method.md §6) needs, for every tag of an image, the mean over
-patch tokens of the gradient of the tag's probability with respect to the last
-block's ``ln_1`` output. :class:`LastBlockGrad` runs that block once per image
-and backpropagates all tags together, forming only that token mean. It lives
-next to the network because it re-derives the block's forward: it splits the
-input projection with :meth:`CLIPAttention.split_qkv` and walks heads in
-chunks of :meth:`CLIPAttention.head_chunk`, so a change to the attention's
-layout or memory budget reaches both.
+It re-derives the block's forward through :meth:`CLIPAttention.split_qkv` and
+:meth:`CLIPAttention.head_chunk`, so it lives next to the network.
 """
 import math
 from typing import List, Optional, Tuple
@@ -23,7 +17,8 @@ __all__ = ['LastBlockGrad']
 
 def _layer_norm_parts(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     """``(x - mean) / std`` and ``1 / std`` over the last dim (a LayerNorm's
-    saved state, for its backward)."""
+    saved state, for its backward).
+    """
     mean = x.mean(dim=-1, keepdim=True)
     rstd = torch.rsqrt(x.var(dim=-1, unbiased=False, keepdim=True) + eps)
     return (x - mean) * rstd, rstd
@@ -38,30 +33,9 @@ def _layer_norm_backward(cot: Tensor, xhat: Tensor, rstd: Tensor, weight: Tensor
 class LastBlockGrad:
     """The last ViT block and the pooled head, with a tag-batched backward.
 
-    Forward, once per image, in float32 without an autograd graph::
-
-        g = ln_1(x);  q, k, v = split(g W_in^T + b_in);  O = softmax(q k^T s) v
-        x1 = x + O W_o^T + b_o;  h = ln_2(x1) W_fc^T + b_fc
-        y = x1 + act(h) W_cp^T + b_cp;  f = mean_n ln_post(y_n) @ proj
-
-    (``n`` runs over the patch tokens, ``s = 1 / sqrt(head_dim)``.) Given K
-    cotangents on ``f`` per image, :meth:`token_mean_grad` returns Grad-CAM's
-    ``alpha_k = mean_n dL_k / dg_n`` without ever forming ``dL_k / dg``:
-
-    * the cotangent entering ``ln_post`` is the same vector for every token,
-      so ``dy`` has the form ``rstd_n (e' - c_n yhat_n)``; its MLP product
-      splits into a per-tag vector times a per-image matrix (shared by all
-      tags) plus one per-tag ``(N, 4D) @ (4D, D)`` product;
-    * the mean over tokens commutes with the input projection, so only the
-      token sums of ``dq``, ``dk``, ``dv`` are needed; of the attention
-      backward that leaves one ``P^T dO`` product per tag, the rest is
-      ``O(N D)`` because the attention rows sum to one;
-    * the attention probabilities ``P`` are recomputed head chunk by head
-      chunk (like the maps of the forward), so memory stays bounded.
-
-    Parameters are frozen, so no parameter gradient is ever needed. The
-    activation's derivative comes from autograd on the block's own
-    activation module, so any elementwise activation works.
+    Runs the block once per image in float32; :meth:`token_mean_grad` returns
+    Grad-CAM's ``alpha_k = mean_n dL_k / dg_n`` for K tags without forming
+    ``dL_k / dg`` (docs/implementation.md, "Grad-CAM's tag-batched backward").
 
     Args:
         vit: The vision transformer (its last block, ``ln_post``, ``proj``).
@@ -155,22 +129,13 @@ class LastBlockGrad:
         return alpha, (attn_sum / H if need_attn else None)
 
     def _head_chunks(self, B: int, L: int) -> List[Tuple[int, int]]:
-        """Head ranges whose (B, h, L, L) float32 probabilities fit the
-        attention module's chunk budget (:meth:`CLIPAttention.head_chunk`)."""
+        """Head ranges within :meth:`CLIPAttention.head_chunk`'s budget."""
         H = self.attn.num_heads
         step = self.attn.head_chunk(B, L)
         return [(h0, min(H, h0 + step)) for h0 in range(0, H, step)]
 
     def _attention_sums(self, d_out: Tensor, heads: slice) -> Tuple[Tensor, Tensor]:
-        """Patch-token sums of dq, dk, dv for some heads.
-
-        With ``dO`` zero on the [CLS] row (the pooled embedding ignores it),
-        ``delta_m = <dO_m, O_m>`` and ``dS = P * (dO V^T - delta)``:
-
-        * ``sum_{n>0} dv_n = sum_m (1 - P[m, 0]) dO_m``;
-        * ``sum_{n>0} dS[m, n] = -dS[m, 0]`` (rows of dS sum to zero), so
-          ``sum_{n>0} dk_n = s sum_m P[m, 0] (delta_m - <dO_m, v_0>) q_m``;
-        * ``sum_m dq_m = s sum_n (<v_n, (P^T dO)_n> - (P^T delta)_n) k_n``.
+        """Patch-token sums of dq, dk, dv for some heads (see the class docs).
 
         Args:
             d_out (Tensor): (B, h, K, N, d) cotangent of the patch rows of O.

@@ -1,30 +1,9 @@
 """CLIP in OpenAI's parameter naming, with the hooks TagCLIP and CLIP-ES need.
 
-The modules mirror OpenAI's ``clip/model.py`` parameter for parameter, so an
-OpenAI checkpoint (or any checkpoint converted to its naming by
-:mod:`tagclip_mmseg.models.clip.checkpoint`) loads with ``load_state_dict`` and
-no key juggling. What differs is the vision tower, which can:
-
-* take any input whose sides are multiples of the patch size (the positional
-  embedding grid is resampled bilinearly, the [CLS] row kept);
-* apply an additive attention mask per layer (self-only attention in the last
-  layer for TagCLIP's patch classification, a [CLS]-row mask in every layer
-  for class-wise reidentification);
-* report the head-averaged attention probabilities of chosen layers, either as
-  a list or streamed to a callback so that callers can reduce them layer by
-  layer without keeping every ``N x N`` map alive
-  (:meth:`VisionTransformer.forward_attention`);
-* stop before a block and hand back the residual stream entering it, so
-  Grad-CAM can differentiate through the last block only
-  (:meth:`VisionTransformer.forward_until`, and
-  :class:`~tagclip_mmseg.models.clip.last_block_grad.LastBlockGrad` for the
-  backward);
-* update only the [CLS] token in the last block
-  (:meth:`VisionTransformer.forward_cls`).
-
-Layers whose maps nobody asked for run
-:func:`torch.nn.functional.scaled_dot_product_attention`, i.e. as fast as a
-plain ViT.
+OpenAI checkpoints load with ``load_state_dict`` as they are. The vision tower
+takes any multiple of the patch size, per-layer additive masks, reports chosen
+layers' attention maps and can stop before a block or update [CLS] alone;
+layers whose maps nobody asked for run the fused attention kernel.
 """
 import math
 from collections import OrderedDict
@@ -33,9 +12,8 @@ from typing import Callable, Container, Dict, Iterable, List, Mapping, Optional,
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.torch_compat import is_autocast_enabled
 
@@ -72,10 +50,8 @@ class QuickGELU(nn.Module):
 class CLIPAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
 
-    Keeping ``in_proj_weight``/``in_proj_bias``/``out_proj`` lets OpenAI
-    checkpoints load unchanged, while the forward can return the head-averaged
-    probabilities, which ``nn.MultiheadAttention`` only gives on its slow path
-    and never before masking.
+    Unlike ``nn.MultiheadAttention`` it can return the head-averaged
+    probabilities, also before masking.
 
     Args:
         embed_dim (int): Token width.
@@ -92,8 +68,7 @@ class CLIPAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
-        #: Budget for the transient logits of one head chunk (see
-        #: :meth:`_attend_with_weights`); a plain attribute, not a parameter.
+        #: Budget for the transient logits of one head chunk.
         self.max_chunk_bytes = 256 * 1024**2
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
@@ -112,13 +87,10 @@ class CLIPAttention(nn.Module):
                 (B, heads, L, L).
             need_weights (bool): Also return head-averaged probabilities.
             weights_before_mask (bool): Return the probabilities of the
-                *unmasked* logits, which is what TagCLIP's DMAR vote uses for
-                the self-only last layer (docs/method.md §2.5). The output always
-                uses the masked probabilities.
+                unmasked logits (TagCLIP's vote, docs/method.md, "The attention
+                maps DMAR and CAA read"); the output always uses the mask.
             num_queries (int, optional): Only the first ``num_queries`` tokens
-                query (all tokens are still keys and values); the output then
-                has ``num_queries`` rows. The last block of a forward that only
-                wants the [CLS] token needs nothing else.
+                query; all tokens stay keys and values.
 
         Returns:
             tuple: Output (B, L, D) (or (B, num_queries, D)) and the (B, L, L)
@@ -148,18 +120,12 @@ class CLIPAttention(nn.Module):
                   dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Input projection split into per-head queries, keys and values.
 
-        The one place that knows ``in_proj``'s (q, k, v) x head layout, shared
-        by the forward and by the hand-written Grad-CAM backward
-        (:class:`~tagclip_mmseg.models.clip.last_block_grad.LastBlockGrad`).
-
         Args:
             x (Tensor): Tokens (B, L, D).
             num_queries (int, optional): Project only the first
-                ``num_queries`` tokens to queries (keys and values keep all
-                ``L``), see :meth:`forward`.
+                ``num_queries`` tokens to queries, see :meth:`forward`.
             dtype (torch.dtype, optional): Compute with the projection cast to
-                this dtype (the Grad-CAM backward works in float32 whatever
-                the model's dtype); ``None`` uses the parameters as they are.
+                this dtype; ``None`` uses the parameters as they are.
 
         Returns:
             tuple: ``q`` (B, H, Q, d) with ``Q = num_queries or L``, ``k`` and
@@ -184,10 +150,7 @@ class CLIPAttention(nn.Module):
     def head_chunk(self, batch: int, tokens: int, itemsize: int = 4) -> int:
         """How many heads' (batch, h, tokens, tokens) maps fit :attr:`max_chunk_bytes`.
 
-        Both the maps of the forward and the recomputed probabilities of the
-        Grad-CAM backward walk the heads in chunks of this size, so one budget
-        bounds both. Elements count at least 4 bytes: the softmax and the head
-        sum work in float32 or wider.
+        Elements count at least 4 bytes: the softmax works in float32 or wider.
 
         Args:
             batch (int): Images.
@@ -204,16 +167,9 @@ class CLIPAttention(nn.Module):
                              weights_before_mask: bool) -> Tuple[Tensor, Tensor]:
         """Attention that also returns head-averaged probabilities.
 
-        Heads are processed in chunks so that the transient (B, h, L, L)
-        logits stay under :attr:`max_chunk_bytes`; at 4,846 tokens (a
-        1352x900 image) all twelve heads at once would take 1.1 GB per copy.
-        At that size every pass over the maps costs about as much as the
-        matmuls, and every fresh chunk-sized allocation is page-faulted in
-        again, so the logits and probabilities live in two buffers reused by
-        all chunks, the softmax writes into its buffer and the head sum is
-        accumulated in place. When the maps are wanted before the mask, the
-        masked output goes through the fused kernel instead of a second
-        softmax.
+        Heads run in chunks of :meth:`head_chunk` through two reused buffers
+        (docs/performance.md, "Tagging at 4,846 tokens: where the extra two
+        thirds of a forward go").
         """
         B, H, L, d = q.shape
         step = self.head_chunk(B, L, q.element_size())
@@ -254,7 +210,8 @@ class CLIPAttention(nn.Module):
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block in OpenAI's naming (``ln_1``, ``attn``,
-    ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``)."""
+    ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``).
+    """
 
     def __init__(self, d_model: int, n_head: int) -> None:
         super().__init__()
@@ -281,13 +238,7 @@ class ResidualAttentionBlock(nn.Module):
                             need_weights: bool = False,
                             weights_before_mask: bool = True,
                             num_queries: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """Run the block given ``normed = ln_1(x)``.
-
-        Grad-CAM differentiates with respect to ``ln_1``'s output; splitting
-        the block here lets a caller make that tensor a leaf without copying
-        the block's logic. With ``num_queries`` only the first tokens are
-        updated and returned (see :meth:`CLIPAttention.forward`).
-        """
+        """Run the block given ``normed = ln_1(x)``, Grad-CAM's activation."""
         a, w = self.attn(normed, attn_mask, need_weights, weights_before_mask, num_queries)
         if num_queries is not None:
             x = x[:, :num_queries]
@@ -316,16 +267,14 @@ def resample_pos_embed(pos_embed: Tensor,
                        round_to_fp16: bool = False) -> Tensor:
     """Resample a (1 + g*g, D) positional embedding to ``grid_hw``.
 
-    The [CLS] row is kept; the square patch grid is resampled bilinearly with
-    ``align_corners=False``. When the grid is unchanged the original is
-    returned untouched (bilinear resampling to the same size is the identity,
-    and returning the original avoids even rounding differences).
+    The [CLS] row is kept; the grid is resampled bilinearly
+    (``align_corners=False``), and returned untouched when unchanged.
 
     Args:
         pos_embed (Tensor): (1 + g*g, D) embedding.
         grid_hw (tuple[int, int]): Target token grid (rows, cols).
         round_to_fp16 (bool): Round the *resampled* embedding to fp16 and back,
-            a quirk of the reference implementations (docs/method.md §2.2).
+            as the reference does (docs/method.md, "Numeric precision").
 
     Returns:
         Tensor: (1 + h*w, D) embedding in ``pos_embed``'s dtype.
@@ -352,14 +301,12 @@ class ViTOutput:
     """What the attention-reporting stages of :class:`VisionTransformer` return.
 
     Attributes:
-        tokens (Tensor): All tokens after ``ln_post`` and ``proj``, (B, L, E),
-            from :meth:`VisionTransformer.forward_attention`; ``None`` from
-            :meth:`VisionTransformer.forward_until`.
-        attn_maps (list[Tensor]): Head-averaged attention probabilities of
-            the reported layers in layer order, each (B, L, L); empty when
-            they went to a callback instead.
-        hidden (Tensor): Residual stream entering the stop block, (B, L, D),
-            from :meth:`VisionTransformer.forward_until`.
+        tokens (Tensor): All tokens after ``ln_post`` and ``proj``, (B, L, E)
+            (``forward_attention`` only).
+        attn_maps (list[Tensor]): (B, L, L) maps of the reported layers, in
+            layer order; empty with a callback.
+        hidden (Tensor): (B, L, D) stream entering the stop block
+            (``forward_until`` only).
         grid_hw (tuple): Token grid (rows, cols).
     """
     tokens: Optional[Tensor] = None
@@ -371,21 +318,10 @@ class ViTOutput:
 class VisionTransformer(nn.Module):
     """CLIP's image tower (``visual.*``), with one forward per use.
 
-    Each stage takes only the options its use needs:
-
-    * :meth:`forward`: the plain forward, optionally with additive masks;
-      every layer runs the fused kernel.
-    * :meth:`forward_attention`: also reports chosen layers' attention maps
-      (TagCLIP's DMAR vote, CLIP-ES's affinity layers).
-    * :meth:`forward_until`: stops before a block and returns the residual
-      stream entering it (Grad-CAM through the last block).
-    * :meth:`forward_cls`: the [CLS] embedding only, under per-layer masks
-      (TagCLIP's reidentification crops).
-
-    All of them embed with :meth:`embed` and run the blocks with
-    :meth:`_run_blocks`. ``round_pos_embed_fp16`` is an argument of each
-    stage, never module state, because one CLIP can serve a faithful and a
-    clean model at once.
+    :meth:`forward` (plain), :meth:`forward_attention` (also reports maps),
+    :meth:`forward_until` (stops before a block, for Grad-CAM) and
+    :meth:`forward_cls` ([CLS] only, for CWR crops). Options are per call, so
+    one CLIP serves a faithful and a clean model at once.
     """
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
@@ -414,8 +350,7 @@ class VisionTransformer(nn.Module):
               round_pos_embed_fp16: bool = False) -> Tuple[Tensor, Tuple[int, int]]:
         """Patchify, prepend [CLS], add positional embedding, ``ln_pre``.
 
-        ``round_pos_embed_fp16`` rounds a resampled positional embedding to
-        fp16 (a reference quirk, see :func:`resample_pos_embed`).
+        ``round_pos_embed_fp16``: see :func:`resample_pos_embed`.
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
@@ -440,11 +375,7 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x) @ self.proj
 
     def layer_index(self, index: int, what: str = 'layer') -> int:
-        """``index`` as a 0-based layer, negative indices counting from the end.
-
-        Raises:
-            ValueError: When ``index`` does not name a layer of this tower.
-        """
+        """``index`` as a 0-based layer, negative indices counting from the end."""
         n = self.num_layers
         if not -n <= int(index) < n:
             raise ValueError(f'{what} {index} must index the {n} layers of this vision tower '
@@ -469,13 +400,10 @@ class VisionTransformer(nn.Module):
             x (Tensor): Embedded tokens (B, L, D).
             end (int): Number of blocks to run.
             masks (Mapping[int, Tensor]): Additive masks by 0-based layer.
-            map_layers (Container[int]): Layers whose head-averaged maps go
-                to ``on_map``; the others run the fused kernel.
+            map_layers (Container[int]): Layers whose maps go to ``on_map``.
             on_map (callable, optional): ``on_map(layer, probs)``.
-            weights_before_mask (bool): Report the unmasked probabilities of
-                masked layers (see :meth:`CLIPAttention.forward`).
-            cls_last (bool): The last block updates the [CLS] token alone
-                and returns (B, 1, D).
+            weights_before_mask (bool): See :meth:`CLIPAttention.forward`.
+            cls_last (bool): The last block updates the [CLS] token alone.
 
         Returns:
             Tensor: The residual stream after block ``end - 1``.
@@ -504,14 +432,11 @@ class VisionTransformer(nn.Module):
         """Encode images into per-token embeddings, every layer fused.
 
         Args:
-            x (Tensor): Normalised images (B, 3, H, W), sides multiples of the
-                patch size.
-            attn_masks (Mapping[int, Tensor], optional): Additive attention
-                masks by layer index (negative indices count from the end),
-                each broadcastable to (B, heads, L, L); use shape (B, 1, L, L)
-                for per-image masks.
-            round_pos_embed_fp16 (bool): Round a resampled positional
-                embedding to fp16 (reference quirk; see :meth:`embed`).
+            x (Tensor): Normalised images (B, 3, H, W).
+            attn_masks (Mapping[int, Tensor], optional): Additive masks by
+                layer index (negative counts from the end), each
+                broadcastable to (B, heads, L, L).
+            round_pos_embed_fp16 (bool): See :func:`resample_pos_embed`.
 
         Returns:
             Tensor: All tokens after ``ln_post`` and ``proj``, (B, L, E).
@@ -528,23 +453,15 @@ class VisionTransformer(nn.Module):
                           round_pos_embed_fp16: bool = False) -> ViTOutput:
         """The forward that also reports attention maps.
 
-        Only the reported layers pay for explicit attention; the others run
-        the fused kernel, exactly as in :meth:`forward`.
-
         Args:
             x (Tensor): Normalised images (B, 3, H, W).
             attn_layers (Iterable[int], optional): Layers whose maps are
-                reported (negative indices count from the end); ``None``
-                reports every layer (TagCLIP's vote needs all of them).
+                reported; ``None`` reports every layer.
             attn_callback (callable, optional): Called as ``cb(layer, probs)``
                 for each reported layer, in layer order, instead of keeping
-                the maps: callers reduce them on the fly, so only one
-                ``N x N`` map lives at a time.
+                the maps.
             attn_masks (Mapping[int, Tensor], optional): As in :meth:`forward`.
-            weights_before_mask (bool): For masked layers, report the unmasked
-                probabilities (TagCLIP's vote over the self-only last layer,
-                docs/method.md §2.5) rather than the masked ones; the tokens
-                always use the masked attention.
+            weights_before_mask (bool): See :meth:`CLIPAttention.forward`.
             round_pos_embed_fp16 (bool): See :meth:`embed`.
 
         Returns:
@@ -568,16 +485,11 @@ class VisionTransformer(nn.Module):
                       round_pos_embed_fp16: bool = False) -> ViTOutput:
         """Run the blocks before ``block`` and return the stream entering it.
 
-        Grad-CAM differentiates through the last block only; CLIP-ES's
-        affinity layers among the blocks that run can be reported on the way.
-
         Args:
             x (Tensor): Normalised images (B, 3, H, W).
-            block (int): The block to stop before (negative counts from the
-                end; ``num_layers`` runs every block but not the head).
+            block (int): The block to stop before (``num_layers``: all).
             attn_layers (Iterable[int]): Layers whose maps are reported, as in
-                :meth:`forward_attention`; layers at or after ``block`` do not
-                run and report nothing. None by default.
+                :meth:`forward_attention`; none by default.
             attn_callback (callable, optional): As in :meth:`forward_attention`.
             round_pos_embed_fp16 (bool): See :meth:`embed`.
 
@@ -596,17 +508,11 @@ class VisionTransformer(nn.Module):
                     x: Tensor,
                     attn_masks: Optional[LayerMasks] = None,
                     round_pos_embed_fp16: bool = False) -> Tensor:
-        """The [CLS] embedding alone, under optional per-layer masks.
-
-        The last block updates only the [CLS] token (one query instead of
-        ``L``), which saves most of that block: TagCLIP's reidentification
-        crops read nothing else. Equal to ``forward(x, attn_masks)[:, 0]`` up
-        to rounding.
+        """The [CLS] embedding alone; equals ``forward(x, attn_masks)[:, 0]``.
 
         Args:
             x (Tensor): Normalised images (B, 3, H, W).
-            attn_masks (Mapping[int, Tensor], optional): As in :meth:`forward`
-                (e.g. a [CLS]-row mask in every layer).
+            attn_masks (Mapping[int, Tensor], optional): As in :meth:`forward`.
             round_pos_embed_fp16 (bool): See :meth:`embed`.
 
         Returns:
@@ -619,11 +525,9 @@ class VisionTransformer(nn.Module):
 
 @MODELS.register_module(name='OpenAICLIP')
 class CLIP(nn.Module):
-    """OpenAI's CLIP (vision transformer image tower only) in its own naming.
+    """OpenAI's CLIP (ViT image tower only) with OpenAI's constructor arguments.
 
-    The constructor takes the same arguments as OpenAI's ``CLIP``; build one
-    from a checkpoint with :func:`tagclip_mmseg.models.clip.load_clip`, which
-    reads the architecture off the state dict.
+    Build one from a checkpoint with :func:`~tagclip_mmseg.models.clip.load_clip`.
     """
 
     def __init__(self,

@@ -1,20 +1,15 @@
 """Named vocabularies and template sets, so configs can say ``'voc'``.
 
-Configs may spell a vocabulary out (any open vocabulary works) or name one of
-the benchmark presets below; the names keep the published configs short
-without hiding anything: each preset is the tuple defined in
-:mod:`tagclip_mmseg.models.clip.prompts`. This module is the only place that
-names and resolves them; the inferencer's defaults for a user vocabulary
-(:func:`cam_class_names`, :func:`default_background_words`) are read from
-the same tables.
+Each preset is a tuple of :mod:`~tagclip_mmseg.models.clip.prompts` or
+:mod:`~tagclip_mmseg.utils.class_names`.
 """
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ...utils.class_names import COCO_CLASSES, VOC_CLASSES, ClassName, class_key
 from ...utils.name_files import name_file_spec
-from .prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES, COCO_CLASSES,
-                      COCO_STUFF_BACKGROUND, COCO_STUFF_CAM_RENAMES, COCO_STUFF_CLASSES,
-                      TAGCLIP_TEMPLATES, VOC_BACKGROUND, VOC_CAM_RENAMES, VOC_CLASSES, ClassName,
-                      apply_renames, class_key)
+from .prompts import (CLIPES_TEMPLATES, COCO_BACKGROUND, COCO_CAM_RENAMES, COCO_STUFF_BACKGROUND,
+                      COCO_STUFF_CAM_RENAMES, COCO_STUFF_CLASSES, TAGCLIP_TEMPLATES, VOC_BACKGROUND,
+                      VOC_CAM_RENAMES, apply_renames)
 
 __all__ = ['TEMPLATE_PRESETS', 'CAM_RENAME_PRESETS', 'CLASS_PRESETS', 'BACKGROUND_PRESETS',
            'resolve_templates', 'resolve_classes', 'resolve_background', 'cam_class_names',
@@ -25,7 +20,7 @@ TEMPLATE_PRESETS: Dict[str, Tuple[str, ...]] = {
     'clip-es': CLIPES_TEMPLATES,
 }
 
-#: CLIP-ES's CAM-stage renames of each benchmark vocabulary (docs/method.md §3.2).
+#: CLIP-ES's CAM-stage renames of each benchmark vocabulary.
 CAM_RENAME_PRESETS: Dict[str, Mapping[str, str]] = {
     'voc': VOC_CAM_RENAMES,
     'coco': COCO_CAM_RENAMES,
@@ -72,8 +67,7 @@ def resolve_templates(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 def resolve_classes(value: Union[str, Sequence[ClassName]]) -> Tuple[ClassName, ...]:
     """A class preset name, a name file or a list of names/synonym lists -> tuple.
 
-    A name file is a path (``'classes.txt'``) or ``dict(file=..., sep=...,
-    first_line=...)``; see :func:`~tagclip_mmseg.utils.name_files.read_name_file`.
+    See :func:`~tagclip_mmseg.utils.name_files.name_file_spec`.
     """
     return _resolve(value, CLASS_PRESETS, 'class vocabulary', lambda f: f.classes())
 
@@ -90,10 +84,7 @@ def resolve_background(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 def cam_class_names(classes: Sequence[ClassName]) -> List[ClassName]:
     """Class names for the CAM stage: CLIP-ES's renames for benchmark vocabularies.
 
-    When every class belongs to VOC, COCO or COCO-Stuff, the renames of that
-    set apply (``person`` -> ``person with clothes,people,human``, ...), as in
-    the pseudo-label configs. Other vocabularies are used as given: the
-    renames were tuned for those benchmarks' wording.
+    Other vocabularies are used as given.
     """
     keys = {class_key(c) for c in classes}
     for name, renames in CAM_RENAME_PRESETS.items():
@@ -105,10 +96,7 @@ def cam_class_names(classes: Sequence[ClassName]) -> List[ClassName]:
 def default_background_words(classes: Sequence[ClassName]) -> Tuple[str, ...]:
     """TagCLIP's VOC background words, minus any that is also a class.
 
-    Background words are softmax competitors that soak up scene content (sky,
-    road, wall...) so that it is not attributed to a foreground class; the
-    VOC list is generic enough for everyday photos. A word the user also
-    asks for as a class (``'sign'``, ``'keyboard'``...) is dropped.
+    The VOC list is generic enough for everyday photos.
     """
     taken = {class_key(c) for c in classes}
     return tuple(w for w in BACKGROUND_PRESETS['voc'] if w not in taken)

@@ -1,41 +1,24 @@
 """Prompt templates and text vocabularies of TagCLIP and CLIP-ES.
 
-Everything here is data from the method specification (sections 3.1 and 3.2):
-the 80 ImageNet prompt templates of OpenAI's CLIP notebook
-"Prompt_Engineering_for_ImageNet" plus TagCLIP's scene templates, CLIP-ES's
-origami template, the background words that compete in the softmax, and the
-CAM-stage class renames. Strings are kept exactly as the reference spells
-them (the ``'sknowboard'`` typo included), because the text embeddings, and
-so the reported numbers, depend on them.
-
-The foreground class lists live with the datasets
-(:mod:`tagclip_mmseg.datasets.categories`, which also holds the COCO-Stuff
-182/171/27 label spaces); they are re-exported here so that a vocabulary can
-be assembled from one module.
+Strings are kept exactly as the reference spells them, typos included
+(docs/method.md, "Text classifiers and vocabularies"); the class lists live in
+:mod:`tagclip_mmseg.utils.class_names`.
 """
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Sequence, Tuple
 
-from ...datasets.categories import COCO_CLASSES, COCOSTUFF_171_CLASSES, VOC_CLASSES
+from ...utils.class_names import COCOSTUFF_171_CLASSES, ClassName
 
 __all__ = [
     'IMAGENET_TEMPLATES', 'TAGCLIP_SCENE_TEMPLATES', 'TAGCLIP_TEMPLATES', 'CLIPES_TEMPLATES',
-    'VOC_CLASSES', 'COCO_CLASSES', 'COCO_STUFF_CLASSES', 'VOC_BACKGROUND', 'COCO_BACKGROUND',
-    'COCO_STUFF_BACKGROUND', 'VOC_CAM_RENAMES', 'COCO_CAM_RENAMES', 'COCO_STUFF_CAM_RENAMES',
-    'ClassName', 'apply_renames', 'class_key', 'text_key'
+    'COCO_STUFF_CLASSES', 'VOC_BACKGROUND', 'COCO_BACKGROUND', 'COCO_STUFF_BACKGROUND',
+    'VOC_CAM_RENAMES', 'COCO_CAM_RENAMES', 'COCO_STUFF_CAM_RENAMES', 'apply_renames', 'text_key'
 ]
-
-#: A class is one name, or several synonyms that CLIP-ES joins with ','.
-ClassName = Union[str, Sequence[str]]
-
-
-def class_key(name: ClassName) -> str:
-    """Display name of a class: the name, or the first of its synonyms."""
-    return name if isinstance(name, str) else name[0]
 
 
 def text_key(text: str) -> str:
     """``text`` as CLIP's tokenizer reads it (lower case, collapsed spaces):
-    two names with the same key get the same embedding."""
+    two names with the same key get the same embedding.
+    """
     return ' '.join(text.lower().split())
 
 # --------------------------------------------------------------------------
@@ -126,7 +109,7 @@ IMAGENET_TEMPLATES: Tuple[str, ...] = (
     'a tattoo of the {}.',
 )
 
-#: TagCLIP's five scene templates (docs/method.md §3.1).
+#: TagCLIP's five scene templates.
 TAGCLIP_SCENE_TEMPLATES: Tuple[str, ...] = (
     'there is a {} in the scene.',
     'there is the {} in the scene.',
@@ -138,11 +121,11 @@ TAGCLIP_SCENE_TEMPLATES: Tuple[str, ...] = (
 #: The 85 templates of TagCLIP's classifier.
 TAGCLIP_TEMPLATES: Tuple[str, ...] = IMAGENET_TEMPLATES + TAGCLIP_SCENE_TEMPLATES
 
-#: CLIP-ES's single CAM-stage template (docs/method.md §3.2).
+#: CLIP-ES's single CAM-stage template.
 CLIPES_TEMPLATES: Tuple[str, ...] = ('a clean origami {}.', )
 
 # --------------------------------------------------------------------------
-# Vocabularies (docs/method.md §3.1)
+# Vocabularies (docs/method.md, "TagCLIP's classifier text")
 # --------------------------------------------------------------------------
 
 #: TagCLIP's 171 COCO-Stuff classes (alias of the datasets' list).
@@ -157,11 +140,11 @@ VOC_BACKGROUND: Tuple[str, ...] = (
 #: COCO's background words: VOC's without 'keyboard' (a COCO class) and 'sign'.
 COCO_BACKGROUND: Tuple[str, ...] = tuple(w for w in VOC_BACKGROUND if w not in ('keyboard', 'sign'))
 
-#: COCO-Stuff's CAM-stage background (docs/method.md §3.2); its classifier has none.
+#: COCO-Stuff's CAM-stage background; its classifier has none.
 COCO_STUFF_BACKGROUND: Tuple[str, ...] = ('background', )
 
 # --------------------------------------------------------------------------
-# CAM-stage renames (docs/method.md §3.2)
+# CAM-stage renames (docs/method.md, "CLIP-ES's CAM text")
 # --------------------------------------------------------------------------
 
 VOC_CAM_RENAMES: Dict[str, str] = {

@@ -1,15 +1,7 @@
 """Class-name x prompt-template text embeddings, with an on-disk cache.
 
-Both stages classify image tokens against one embedding per class: the mean
-of the L2-normalised CLIP text embeddings of every prompt ("a photo of a
-{}.", ...) filled with the class name, normalised again (docs/method.md §3.1). With
-TagCLIP's 85 templates, COCO-Stuff's 171 classes are 14 535 prompts: seconds
-on a GPU, minutes on a CPU, and the same result every run. The result is
-therefore cached on disk, keyed by everything it depends on (the checkpoint's
-identity, class names, templates, dtype), and written atomically so that
-several ranks starting together can share the cache. The text encoder runs
-with autocast switched off, so a mixed-precision run (a model's ``autocast``
-option) computes, writes and reads the same entries as a plain one.
+The cache is keyed by the checkpoint's identity, names, templates and dtype
+(docs/method.md, "Offline: text embeddings").
 """
 import hashlib
 import json
@@ -21,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...utils.class_names import ClassName
 from ...utils.hashing import CACHE_ENV, cache_root
 from ...utils.io import atomic_open
+from .prompts import text_key
 from .tokenizer import get_tokenizer
-from .prompts import ClassName, text_key
 
 __all__ = [
     'build_text_classifier', 'default_text_cache_dir', 'class_prompt_names', 'tokenize_prompts',
@@ -41,16 +34,15 @@ _CACHE_FORMAT = 1
 
 def default_text_cache_dir() -> str:
     """``$TAGCLIP_MMSEG_CACHE/text_embeddings``, else
-    ``~/.cache/tagclip_mmseg/text_embeddings``."""
+    ``~/.cache/tagclip_mmseg/text_embeddings``.
+    """
     return osp.join(cache_root(), 'text_embeddings')
 
 
 def class_prompt_names(class_names: Sequence[ClassName]) -> List[str]:
     """Validate a vocabulary and return the string put in each template.
 
-    A class is a name or a list of synonyms; synonyms are joined with ','
-    inside one prompt, as CLIP-ES does ("a clean origami person with
-    clothes,people,human.").
+    Synonyms are joined with ',' inside one prompt, as CLIP-ES does.
 
     Raises:
         ValueError: Empty vocabulary, a non-string or empty name, or two
@@ -161,11 +153,7 @@ def _write_cache(path: str, key_text: str, embeddings: Tensor) -> None:
 
 def tokenize_prompts(class_names: Sequence[ClassName], templates: Sequence[str],
                      context_length: int = 77, truncate: bool = False) -> Tensor:
-    """Token rows of every prompt, class-major (class ``c``'s prompts are rows
-    ``c * len(templates)`` to ``(c + 1) * len(templates) - 1``).
-
-    Cheap (no text encoder), so models run it when the vocabulary is set:
-    a bad vocabulary fails while the model is built, not at the first image.
+    """Token rows of every prompt, class-major.
 
     Raises:
         ValueError: Invalid vocabulary or templates, or a prompt longer than
@@ -182,10 +170,10 @@ def tokenize_prompts(class_names: Sequence[ClassName], templates: Sequence[str],
         detail = ', '.join(repr(class_names[c]) for c in classes[:5])
         if not truncate:
             raise ValueError(
-                f'class name(s) {detail} make prompts longer than CLIP\'s {context_length}-token '
+                f"class name(s) {detail} make prompts longer than CLIP's {context_length}-token "
                 f'context (e.g. {prompts[too_long[0]]!r}); shorten them, or cut the prompts with '
                 'truncate_prompts=True (model config, TagCLIPInferencer(truncate_prompts=True) '
-                'or the demo\'s --truncate-prompts)')
+                "or the demo's --truncate-prompts)")
         warnings.warn(f'truncating prompts of class(es) {detail} to {context_length} tokens')
     return tokenizer.pack(ids, context_length, truncate=True)
 
@@ -193,10 +181,7 @@ def tokenize_prompts(class_names: Sequence[ClassName], templates: Sequence[str],
 def _encode_prompts(clip: nn.Module, tokens: Tensor, batch_size: int) -> Tensor:
     """L2-normalised text embeddings of token rows, (P, E) in fp32.
 
-    A row's length runs to its end-of-text token, the largest id (where
-    ``encode_text`` reads the feature), inclusive. Autocast is switched off:
-    the embeddings are cached under a key without it, so they must be the
-    CLIP dtype's own whatever region the caller runs in.
+    Autocast is off: the cache key does not include it.
     """
     lengths = tokens.argmax(dim=-1) + 1
     device = next(clip.parameters()).device
@@ -213,12 +198,8 @@ def _encode_prompts(clip: nn.Module, tokens: Tensor, batch_size: int) -> Tensor:
 def _length_batches(lengths: Tensor, batch_size: int) -> List[Tuple[Tensor, int]]:
     """Batches of prompt indices of similar length, each with its longest length.
 
-    Under the text transformer's causal mask no token after a prompt's
-    end-of-text token reaches that token's features, so a batch only needs to
-    run up to its longest prompt: prompts are 8 to 20 tokens long against a
-    77-token context, which makes the first launch about 4 times cheaper.
-    Sorting by length (stable, so ties keep their order) keeps every batch
-    short; the caller scatters the results back to the original order.
+    Exact under the causal mask (docs/performance.md, "First launch: prompts
+    cut at their batch's longest token").
     """
     order = torch.sort(lengths, stable=True).indices
     return [(rows, int(lengths[rows].max())) for rows in order.split(batch_size)]
@@ -233,14 +214,10 @@ def build_text_classifier(clip: nn.Module,
                           truncate: bool = False,
                           use_cache: bool = True,
                           synonyms: str = 'joined') -> Tensor:
-    """One unit-norm text embedding per class, or per name (docs/method.md §3.1).
+    """One unit-norm text embedding per text row (:func:`text_rows`).
 
-    Per text row (:func:`text_rows`: a class, or with ``synonyms='max'`` each
-    name of a class), every template is filled with the text, the prompts are
-    encoded and L2-normalised, averaged, and the mean L2-normalised. All
-    prompts of all classes go through the text encoder together in batches of
-    ``batch_size`` prompts of similar token length, each batch cut to its
-    longest prompt (exact under the causal mask; see :func:`_length_batches`).
+    The mean of the normalised prompt embeddings, normalised again
+    (docs/method.md, "TagCLIP's classifier text").
 
     Args:
         clip (nn.Module): A CLIP with ``encode_text`` (and ``context_length``).
@@ -251,9 +228,8 @@ def build_text_classifier(clip: nn.Module,
         cache_dir (str, optional): Cache folder; defaults to
             :func:`default_text_cache_dir`.
         checkpoint_id (str, optional): Identity of the CLIP weights for the
-            cache key; defaults to the ``checkpoint_fingerprint`` that
-            :func:`~tagclip_mmseg.models.clip.load_clip` sets. Without either,
-            nothing is cached (the weights could be anything).
+            cache key; defaults to the CLIP's ``checkpoint_fingerprint``.
+            Without either, nothing is cached.
         batch_size (int): Prompts per text-encoder forward.
         truncate (bool): Truncate prompts longer than the context (with a
             warning) instead of raising.

@@ -1,17 +1,7 @@
 """CLIP's byte-level BPE tokenizer, with no download.
 
-OpenAI's CLIP was trained on text cleaned with ``ftfy``, HTML-unescaped,
-whitespace-collapsed and lower-cased, then split into words by a regular
-expression and encoded with byte-pair merges learnt on lower-case text. Any
-deviation (a different cleaning step, a different merge order) changes the
-token ids and silently degrades zero-shot accuracy, so this module reproduces
-that procedure exactly; ``tests/test_tokenizer.py`` checks it against golden
-ids and against open_clip's tokenizer.
-
-The merges file (``bpe_simple_vocab_16e6.txt.gz``, 49 152 lines) is the one
-OpenAI published; the mmsegmentation wheel ships a copy in ``mmseg/utils``,
-which is found through :mod:`importlib.util`, so nothing is fetched from
-the network.
+Reproduces OpenAI's cleaning and merges exactly (a deviation silently changes
+token ids); the merges file is the copy the mmsegmentation wheel ships.
 """
 import functools
 import gzip
@@ -74,10 +64,8 @@ def default_bpe_path() -> str:
 def _byte_symbols() -> Dict[int, str]:
     """Byte value -> the character BPE uses for it, in vocabulary-id order.
 
-    Printable Latin-1 bytes stand for themselves and come first; the other 68
-    bytes follow in increasing order, drawn as ``chr(256 + n)`` so that no BPE
-    symbol is whitespace or a control character. The insertion order of the
-    returned dict is the order of the first 256 vocabulary ids.
+    Printable Latin-1 bytes stand for themselves; the rest are
+    ``chr(256 + n)``.
     """
     # '!'..'~', then Latin-1 '¡'..'¬' and '®'..'ÿ' (soft hyphen 0xAD excluded).
     printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
@@ -91,7 +79,8 @@ def _byte_symbols() -> Dict[int, str]:
 @functools.lru_cache(maxsize=4)
 def _load_merges(bpe_path: str) -> Tuple[Tuple[str, str], ...]:
     """Read the merges (cached: the file is 1.3 MB of gzip and every
-    tokenizer instance needs the same list)."""
+    tokenizer instance needs the same list).
+    """
     try:
         with gzip.open(bpe_path, 'rt', encoding='utf-8') as f:
             lines = f.read().split('\n')
@@ -100,14 +89,15 @@ def _load_merges(bpe_path: str) -> Tuple[Tuple[str, str], ...]:
     # Line 0 is a version header; the vocabulary uses exactly _NUM_MERGES merges.
     merges = tuple(tuple(line.split()) for line in lines[1:_NUM_MERGES + 1])
     if len(merges) != _NUM_MERGES or any(len(m) != 2 for m in merges):
-        raise ValueError(f'{bpe_path!r} is not CLIP\'s BPE merges file (expected '
+        raise ValueError(f"{bpe_path!r} is not CLIP's BPE merges file (expected "
                          f'{_NUM_MERGES} pairs after the header line)')
     return merges
 
 
 def _clean(text: str) -> str:
     """OpenAI's text normalisation: fix mojibake, unescape HTML twice,
-    collapse whitespace, lower-case."""
+    collapse whitespace, lower-case.
+    """
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(' ', text).strip().lower()
@@ -203,9 +193,6 @@ class SimpleTokenizer:
              context_length: int = CONTEXT_LENGTH,
              truncate: bool = False) -> Tensor:
         """Frame encoded texts as ``[SOT, ids..., EOT, 0, ...]`` rows.
-
-        Separate from :meth:`__call__` so that callers who need the token
-        counts first (to name an over-long class, say) encode only once.
 
         Args:
             ids (Sequence[Sequence[int]]): Outputs of :meth:`encode`.

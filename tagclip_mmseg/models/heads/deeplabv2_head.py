@@ -1,11 +1,7 @@
-"""DeepLab-v2 ASPP classifier (the CLIP-ES segmentation protocol, docs/method.md §9).
+"""DeepLab-v2 ASPP classifier of the CLIP-ES segmentation protocol.
 
-mmseg ships ASPP heads of DeepLab-v3 (parallel conv-BN-ReLU branches that are
-concatenated, then a bottleneck and a 1x1 classifier). DeepLab-v2's ASPP is
-simpler and different in kind: every branch is already a classifier, a 3x3
-convolution with its own dilation that maps the backbone features straight to
-class logits, and the branch outputs are summed. There is no normalisation,
-no activation and no shared 1x1 classifier.
+See docs/method.md, "Stage 3: training DeepLab-v2 on pseudo masks (CLIP-ES
+protocol)" and docs/implementation.md, "The DeepLab-v2 head".
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -21,29 +17,10 @@ __all__ = ['DeepLabV2Head']
 class DeepLabV2Head(BaseDecodeHead):
     """ASPP-v2: the sum of parallel dilated 3x3 classifiers.
 
-    ``logits = sum_d conv3x3_d(x)`` with one convolution per dilation ``d``
-    (6, 12, 18 and 24 by default), each mapping ``in_channels`` to
-    ``num_classes`` with a bias and ``padding = d`` so that the output keeps
-    the feature size.
-
-    How this fits :class:`BaseDecodeHead`: the base class always builds a 1x1
-    ``conv_seg`` classifier after ``channels`` hidden channels. Here the
-    branches *are* the classifier, so ``conv_seg`` is deleted (an unused layer
-    would also hold parameters without gradients, which breaks DDP unless
-    ``find_unused_parameters`` is set) and :meth:`cls_seg` is redefined as the
-    branch sum. ``channels`` is therefore not an argument: it equals the input
-    channels. ``dropout_ratio`` (on the input features, as in the base class)
-    defaults to 0 because DeepLab-v2's ASPP has no dropout. Everything else
-    (losses, ``ignore_index``, ``align_corners``, ``in_index``,
-    ``input_transform='resize_concat'``) behaves as in every mmseg head.
-
-    Initialisation follows deeplab-pytorch: weights ~ N(0, 0.01), biases 0,
-    applied by ``init_weights`` through ``init_cfg`` like mmseg's own heads.
-
-    The protocol trains the branches faster than the backbone: weights at
-    10x the base learning rate, biases at 20x without weight decay. That is an
-    optimiser setting, so it lives in the config (``paramwise_cfg``) and is
-    not hard-wired here; see ``configs/_base_/schedules/schedule_deeplabv2_20k.py``.
+    ``logits = sum_d conv3x3_d(x)``, one biased convolution per dilation. The
+    branches are the classifier, so the base class's ``conv_seg`` is deleted
+    (an unused layer breaks DDP) and ``channels`` is not an argument. The
+    branch learning rates live in the config's ``paramwise_cfg``.
 
     Args:
         in_channels (int | Sequence[int]): Channels of the selected feature

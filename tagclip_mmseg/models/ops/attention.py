@@ -1,26 +1,16 @@
 """Attention-based refinements: TagCLIP's DMAR and CLIP-ES's affinity (CAA).
 
-Both methods propagate per-patch scores with the ViT's own patch-to-patch
-attention, restricted to "source" patches inside a class-wise box mask:
-
-* DMAR (docs/method.md §4.2-4.3): ``W = vote(A^1..A^12) * mean_{l in Psi} A^l``, then
-  ``P_ref[:, c] = W @ (b_c * P_coarse[:, c])``.
-* CAA (docs/method.md §6.3): ``T = square(sym(sinkhorn(mean_l A^l)))``, then
-  ``R_k = T @ (b_k * cam_k)`` and a min-max normalisation.
-
-Because the box is a mask on the *keys* (columns), it folds into the right-hand
-side, and all classes or tags are refined by one batched matmul instead of a
-per-class loop. The attention vote is streamed layer by layer
-(:class:`AttentionVote`) so that only a uint8 count and one float sum are kept
-instead of twelve ``N x N`` maps.
+The box is a mask on the keys, so it folds into the right-hand side and all
+classes are refined by one batched matmul (docs/implementation.md, "Attention
+refinements in one matmul").
 """
 from typing import Iterable, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ...utils.normalize import compute_dtype, minmax_normalize
 from .box_masks import boxes_from_scores
-from .normalize import compute_dtype, minmax_normalize
 
 __all__ = [
     'AttentionVote', 'dmar_class_boxes', 'dmar_refine', 'affinity_from_attention', 'caa_refine'
@@ -28,21 +18,13 @@ __all__ = [
 
 
 class AttentionVote:
-    """Streaming DMAR attention vote and layer average (docs/method.md §4.2).
+    """Streaming DMAR attention vote and layer average.
 
-    Feed it every layer's head-averaged attention, e.g. with
-    ``vit(x, attn_callback=vote.update)``; then :meth:`finalize` returns
-
-    ``W = (#{l : B^l > mean(B^l)} >= vote_min) * mean_{l in avg_layers} B^l``
-
-    where ``B^l`` is the patch block of layer ``l`` (the [CLS] row and column
-    dropped, rows not renormalised). Every streamed layer votes. Only a uint8
-    vote count and a float32 running sum are kept, about 5 bytes per patch
-    pair instead of 48 for twelve stored fp32 maps.
-
-    With ``vote_min=None`` no vote is taken and :meth:`finalize` returns the
-    plain layer average, which is what CLIP-ES's affinity needs (docs/method.md §6.3
-    step 1, e.g. ``avg_layers=range(4, 11)``).
+    Feed it every layer's map (``attn_callback=vote.update``); :meth:`finalize`
+    returns ``W = (#{l : B^l > mean(B^l)} >= vote_min) * mean_{l in avg_layers}
+    B^l`` over the patch blocks ``B^l`` (docs/method.md, "DMAR part 1: the
+    attention vote and the averaged attention"). ``vote_min=None`` gives the
+    plain average CLIP-ES's affinity uses.
 
     Args:
         avg_layers (Iterable[int]): 0-based layer indices averaged (Psi).
@@ -77,7 +59,8 @@ class AttentionVote:
     @property
     def count(self) -> Optional[Tensor]:
         """uint8 (B, N, N): per pair, the number of layers above their mean
-        (``None`` before the first update or without a vote)."""
+        (``None`` before the first update or without a vote).
+        """
         return self._count
 
     @property
@@ -124,7 +107,8 @@ class AttentionVote:
 
     def finalize(self) -> Tensor:
         """Return ``W`` (B, N, N), float32 (float64 for float64 maps), and
-        reset the accumulator (its buffers become the result)."""
+        reset the accumulator (its buffers become the result).
+        """
         missing = self.avg_layers - self._seen
         if missing:
             raise RuntimeError(f'averaged layers {sorted(missing)} were never streamed (seen '
@@ -146,12 +130,10 @@ def _check_grid(n: int, grid_hw: Tuple[int, int], what: str) -> Tuple[int, int]:
 def dmar_class_boxes(p_hat: Tensor,
                      grid_hw: Tuple[int, int],
                      box_clamp: bool = True) -> Tensor:
-    """DMAR class-wise box masks from first-pass scores (docs/method.md §4.3 step 2).
+    """DMAR class-wise box masks from first-pass scores.
 
-    Per class: min-max normalise the column over patches, binarise at the
-    map's mean with the uint8 rule, paint the union of the blobs' rectangles.
-    A class whose ``max(p_hat) <= 0`` gets an empty box, and so does a
-    constant column (normalised to zeros, nothing exceeds the threshold).
+    A class whose ``max(p_hat) <= 0`` or whose column is constant gets an
+    empty box.
 
     Args:
         p_hat (Tensor): First-pass refined scores (B, N, C).
@@ -178,12 +160,11 @@ def dmar_refine(W: Tensor,
                 grid_hw: Tuple[int, int],
                 box_clamp: bool = True,
                 return_first_pass: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """DMAR refinement of coarse patch probabilities (docs/method.md §4.3).
+    """DMAR refinement: ``P_ref[:, c] = W @ (b_c * P_coarse[:, c])``.
 
-    ``P_hat = W @ P_coarse``; ``b_c`` = :func:`dmar_class_boxes` of ``P_hat``;
-    ``P_ref[:, c] = (W * 1 b_c^T) @ P_coarse[:, c] = W @ (b_c * P_coarse[:, c])``
-    for all classes in one batched matmul. The source is the *coarse* score.
-    A class with an empty box gets a zero column.
+    ``b_c`` are the :func:`dmar_class_boxes` of ``P_hat = W @ P_coarse``
+    (docs/method.md, "DMAR part 2: first refinement and the class-wise box
+    mask").
 
     Args:
         W (Tensor): Masked averaged attention (B, N, N), rows = queries
@@ -211,14 +192,10 @@ def dmar_refine(W: Tensor,
 
 
 def affinity_from_attention(attn_avg: Tensor, rounds: int = 3) -> Tensor:
-    """CLIP-ES's class-aware attention affinity transform (docs/method.md §6.3 steps 2-4).
+    """CLIP-ES's attention affinity: ``T = square(sym(sinkhorn(A)))``.
 
-    Alternately divide by column sums and by row sums ``rounds`` times
-    (Sinkhorn-style balancing), symmetrise ``(T + T^T) / 2`` and take one
-    random-walk step ``T @ T``. Computed once per image and shared by all
-    tags. Sums are floored at the smallest normal float, so an all-zero
-    row or column stays zero instead of turning into NaN (softmax attention
-    is strictly positive, so real inputs are unaffected).
+    See docs/method.md, "Class-aware attention affinity (CAA)". An all-zero
+    row or column stays zero rather than NaN.
 
     Args:
         attn_avg (Tensor): Averaged patch attention (..., N, N), e.g.
@@ -248,14 +225,10 @@ def caa_refine(T: Tensor,
                box_clamp: bool = True,
                valid: Optional[Tensor] = None,
                eps: float = 1e-7) -> Tensor:
-    """Refine Grad-CAMs with the affinity, all tags at once (docs/method.md §6.3 step 5).
+    """Refine Grad-CAMs with the affinity, all tags at once.
 
-    Per tag ``k``: ``b_k`` = union of blob rectangles of the CAM thresholded
-    at ``box_thresh * max`` of the uint8-quantised CAM
-    (:func:`binarize_like_reference` with ``relative_to_max=True``);
-    ``R_k = (T * 1 b_k^T) @ cam_k = T @ (b_k * cam_k)``; then
-    ``(R_k - min) / (max(R_k - min) + eps)`` at patch resolution. Resizing
-    to the image size is the caller's job (it comes after normalisation).
+    ``R_k = T @ (b_k * cam_k)``, min-max normalised at patch resolution, with
+    ``b_k`` the box mask of the CAM at ``box_thresh * max``.
 
     Args:
         T (Tensor): Affinity (B, N, N) from :func:`affinity_from_attention`.

@@ -1,29 +1,8 @@
 """Box masks from score maps, batched on the device.
 
-TagCLIP (DMAR, docs/method.md §4.3) and CLIP-ES (CAA, docs/method.md §6.3)
-both turn a score map into a "box mask": quantise the map to uint8, threshold it, find every connected
-blob (OpenCV ``findContours``) and paint the union of the blobs' bounding
-rectangles. The reference does this per class on the CPU with OpenCV, one
-GPU->CPU copy per class. Here the same result is computed for a whole
-``(..., H, W)`` stack at once:
-
-* :func:`binarize_like_reference` reproduces the uint8 quantisation and
-  OpenCV's ``THRESH_BINARY`` rule;
-* :func:`connected_components` labels 8-connected blobs by min-label
-  propagation (3x3 minimum, segmented ``cummin`` along rows and columns,
-  pointer jumping);
-* :func:`component_boxes_union` reduces each blob's extent with
-  ``scatter_reduce`` and paints all rectangles with a 2-D difference array and
-  two cumulative sums.
-
-Why the union over *all* components equals OpenCV's union over *external*
-contours: a blob nested in another blob's hole lies inside the outer blob's
-bounding rectangle, so it adds nothing to the union. ``findContours`` traces
-foreground 8-connected, which is why the labelling uses 8-connectivity.
-
-The reference clamps each rectangle's exclusive right/bottom limit to
-``size - 1`` (docs/method.md §12, quirk 2); ``box_clamp=True`` reproduces it
-(the ``box_clamp`` field of :class:`~tagclip_mmseg.utils.Quirks`, docs/modes.md).
+The reference's OpenCV threshold, ``findContours`` and ``boundingRect`` per
+class, for a whole ``(..., H, W)`` stack at once (docs/implementation.md,
+"Box masks on the device").
 """
 from typing import NamedTuple, Tuple, Union
 
@@ -40,9 +19,7 @@ __all__ = [
 class RegionBox(NamedTuple):
     """A tight bounding box per map, in grid units with exclusive ends.
 
-    Every field has the batch shape of the masks it was computed from.
-    ``x1``/``y1``/``x2``/``y2`` are int64 and all zero where ``valid`` is
-    False (empty mask, or a box that clamping made zero-width/height).
+    Coordinates are int64 and zero where ``valid`` is False.
     """
     x1: Tensor
     y1: Tensor
@@ -60,10 +37,8 @@ def _check_maps(maps: Tensor, name: str) -> None:
 def quantize_like_reference(maps: Tensor) -> Tensor:
     """The reference's ``(v * 255).astype(np.uint8)`` on maps in [0, 1].
 
-    The product is taken in float32 (the reference's numpy dtype) and
-    truncated. NaN becomes 0, which is what the cast gives on x86; values
-    outside [0, 1] saturate to 0/255 (numpy would wrap; such inputs are a
-    caller bug, normalise first).
+    Computed in float32 and truncated; NaN becomes 0 (as on x86), values
+    outside [0, 1] saturate.
 
     Args:
         maps (Tensor): Floating maps, any shape, values in [0, 1].
@@ -87,21 +62,10 @@ def binarize_like_reference(maps: Tensor,
                             relative_to_max: bool = False) -> Tensor:
     """Foreground mask of score maps, exactly as the reference computes it.
 
-    With ``q = floor(255 * v)`` the uint8 map, a pixel is foreground when
-    ``q > level`` (OpenCV ``THRESH_BINARY``), where
-
-    * ``relative_to_max=False`` (DMAR, docs/method.md §4.3 step 2):
-      ``level = int(thresh * 255)``; ``thresh`` is usually the per-map mean of
-      the normalised map.
-    * ``relative_to_max=True`` (CAA, docs/method.md §6.3 step 5.1):
-      ``level = int(thresh * max(q))``, the ratio (0.4 VOC, 0.7 COCO) applied
-      to the maximum of the *quantised* map. CLIP-ES CAMs are divided by
-      ``max + 1e-7``, so ``max(q)`` is usually 254, not 255.
-
-    ``int`` truncates, hence ``torch.trunc``. The product is computed in the
-    dtype the reference uses: float64 for a Python-float ``thresh`` (Python
-    float times a numpy uint8/float), the tensor's own dtype (at least
-    float32) for a tensor ``thresh`` (numpy float32 times 255 stays float32).
+    With ``q = floor(255 * v)``, a pixel is foreground when ``q > level``:
+    ``level = int(thresh * 255)`` (DMAR) or ``int(thresh * max(q))`` with
+    ``relative_to_max`` (CAA), in the reference's dtype (docs/implementation.md,
+    "Box masks on the device").
 
     Args:
         maps (Tensor): Normalised maps (..., H, W), values in [0, 1], any
@@ -130,7 +94,8 @@ def binarize_like_reference(maps: Tensor,
 
 def _box_min3(labels: Tensor, background: int) -> Tensor:
     """Minimum over each pixel's closed 3x3 neighbourhood of (M, H, W) labels
-    (separable: a 1x3 then a 3x1 minimum, out-of-image counts as background)."""
+    (separable: a 1x3 then a 3x1 minimum, out-of-image counts as background).
+    """
     p = F.pad(labels, (1, 1), value=background)
     rows = torch.minimum(torch.minimum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
     p = F.pad(rows, (0, 0, 1, 1), value=background)
@@ -148,11 +113,8 @@ def _run_starts(fg: Tensor, dim: int) -> Tensor:
 def _run_min(labels: Tensor, fg: Tensor, dim: int, background: int) -> Tensor:
     """Minimum label over each maximal foreground run along ``dim``.
 
-    A segmented scan through plain ``cummin``: subtracting ``run_id *
-    background`` makes every key of a later run smaller than all keys of the
-    earlier runs, so the running minimum restarts at each run. Done forwards
-    and backwards, this spreads a label along a whole straight run in one
-    step instead of one pixel per iteration.
+    A segmented ``cummin``: offsetting keys by ``run_id * background`` restarts
+    the running minimum at each run.
     """
 
     def forward(lab: Tensor, mask: Tensor) -> Tensor:
@@ -166,22 +128,8 @@ def _run_min(labels: Tensor, fg: Tensor, dim: int, background: int) -> Tensor:
 def connected_components(mask: Tensor, connectivity: int = 8) -> Tensor:
     """Label connected foreground blobs of every map in a batch, on its device.
 
-    Each foreground pixel starts with its own label (1 + raster index) and
-    labels are lowered until every blob carries its minimum, with no loop over
-    maps or blobs. One iteration takes
-
-    * the 3x3 neighbourhood minimum (8-connectivity only: it carries labels
-      across diagonal contacts),
-    * the minimum over each horizontal, then each vertical foreground run (a
-      segmented ``cummin``, see :func:`_run_min`), which covers 4-neighbours
-      and crosses a straight run in one step,
-    * two pointer jumps: a pixel adopts the current label of the pixel its
-      label names, which lies in the same blob.
-
-    At the fixed point every blob carries the label of its first pixel in
-    raster order. Convergence is checked with one scalar device->host sync per
-    iteration; compact blobs need a handful of iterations, tortuous ones about
-    as many as they have turns.
+    Min-label propagation with no loop over maps or blobs
+    (docs/implementation.md, "Box masks on the device").
 
     Args:
         mask (Tensor): Bool tensor (..., H, W).
@@ -227,18 +175,14 @@ def connected_components(mask: Tensor, connectivity: int = 8) -> Tensor:
 def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
     """Union of the bounding rectangles of all 8-connected blobs, per map.
 
-    Equals painting ``[y, y + h) x [x, x + w)`` for every OpenCV
-    ``boundingRect`` of ``findContours(RETR_EXTERNAL)`` (see the module
-    docstring). Extents are reduced per blob with ``scatter_reduce`` and the
-    rectangles are painted through a difference array plus two cumulative
-    sums, so the cost does not depend on the number of blobs or maps.
+    Equals painting every OpenCV ``boundingRect`` of
+    ``findContours(RETR_EXTERNAL)``.
 
     Args:
         mask (Tensor): Bool foreground (..., H, W).
         box_clamp (bool): Clamp each exclusive right/bottom limit to
-            ``W - 1`` / ``H - 1`` like the reference, so a rectangle touching
-            the right or bottom edge loses its last column or row (a blob only
-            in the last column or row then paints nothing).
+            ``W - 1`` / ``H - 1`` like the reference (docs/method.md,
+            "Reference quirks", box clamping).
 
     Returns:
         Tensor: Bool box mask (..., H, W); empty where ``mask`` is empty.
@@ -250,8 +194,7 @@ def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
         return torch.zeros_like(mask)
     num = mask.numel() // hw
     flat = labels.view(num, hw)
-    # Each blob reduces into the slot of its first pixel; background goes to
-    # an extra dummy slot ``hw`` that is dropped afterwards.
+    # Background reduces into a dummy slot ``hw``, dropped afterwards.
     slot = torch.where(flat > 0, flat - 1, hw)
     pix = torch.arange(hw, device=mask.device)
     rows = (pix // W).expand(num, hw)
@@ -268,9 +211,7 @@ def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
         x2 = x2.clamp(max=W - 1)
         y2 = y2.clamp(max=H - 1)
     valid = ((x2 > x1) & (y2 > y1)).int()
-    # 2-D difference array on an (H + 1) x (W + 1) grid: +1 at the top-left
-    # and bottom-right corners, -1 at the other two; the 2-D prefix sum then
-    # counts how many rectangles cover each pixel.
+    # 2-D difference array: its prefix sum counts the rectangles over a pixel.
     stride = W + 1
     corners = torch.cat([y1 * stride + x1, y1 * stride + x2, y2 * stride + x1, y2 * stride + x2],
                         dim=1)
@@ -285,9 +226,7 @@ def boxes_from_scores(maps: Tensor,
                       thresh: Union[float, Tensor],
                       relative_to_max: bool = False,
                       box_clamp: bool = True) -> Tensor:
-    """Box mask of normalised score maps: :func:`binarize_like_reference`
-    followed by :func:`component_boxes_union` (docs/method.md §4.3 steps 2-3, 6.3 step
-    5.1).
+    """Box mask of normalised score maps (binarise, then union of blob boxes).
 
     Args:
         maps (Tensor): Normalised maps (..., H, W) in [0, 1].
@@ -303,14 +242,10 @@ def boxes_from_scores(maps: Tensor,
 
 
 def region_bbox(mask: Tensor, box_clamp: bool = True) -> RegionBox:
-    """Tight bounding box of all foreground pixels of each map (CWR, docs/method.md §4.5
-    step 2a-2b).
+    """Tight bounding box of all foreground pixels of each map (CWR's region).
 
-    ``x1``/``y1`` are the first active column/row, ``x2``/``y2`` the last
-    active one plus one. With ``box_clamp`` the exclusive ends are clamped
-    to ``W - 1`` / ``H - 1`` as in the reference. The box is invalid (the
-    reference's "degenerate box" that stops CWR) when the mask is empty or
-    ``x1 == x2`` or ``y1 == y2`` after clamping.
+    The box is invalid when the mask is empty or, after clamping, has zero
+    width or height.
 
     Args:
         mask (Tensor): Bool (..., H, W).
@@ -335,8 +270,7 @@ def region_bbox(mask: Tensor, box_clamp: bool = True) -> RegionBox:
 
 
 def _extent(active: Tensor, size: int) -> Tuple[Tensor, Tensor]:
-    """First active index and last active index + 1 along the last dim
-    (``(size, 0)`` for an empty line)."""
+    """First active index and last active index + 1 along the last dim."""
     idx = torch.arange(size, device=active.device)
     first = torch.where(active, idx, size).amin(dim=-1)
     end = torch.where(active, idx + 1, 0).amax(dim=-1)

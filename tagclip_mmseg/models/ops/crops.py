@@ -1,12 +1,7 @@
 """Batched crop-and-resize that matches ``F.interpolate`` on each crop.
 
-Class-wise reidentification crops a different box out of the image for every
-candidate class and resizes it to the CLIP input size. Doing that one crop at a
-time costs a kernel launch (and on GPU a sync) per class. Here each crop's
-bilinear (``align_corners=False``) or nearest resize is written as a pair of
-sparse interpolation matrices, so every crop of a batch is resized by two
-batched matrix products and the result equals ``F.interpolate`` applied to the
-crop, up to float summation order.
+Each crop's resize is a pair of interpolation matrices, so all of CWR's crops
+are resized by two batched matrix products.
 """
 from typing import Tuple
 
@@ -20,10 +15,7 @@ __all__ = ['bilinear_resize_matrices', 'nearest_resize_indices', 'crop_resize_bi
 def bilinear_resize_matrices(start: Tensor, length: Tensor, full: int, out: int) -> Tensor:
     """Rows of a 1-D bilinear resize of ``[start, start + length)`` to ``out``.
 
-    Mirrors PyTorch's ``upsample_bilinear2d`` index rule with
-    ``align_corners=False`` and no explicit scale: ``src = (i + 0.5) * n / out
-    - 0.5`` clamped at 0, neighbours ``floor(src)`` and the next pixel (clamped
-    to the crop).
+    PyTorch's ``upsample_bilinear2d`` rule with ``align_corners=False``.
 
     Args:
         start (Tensor): (K,) first pixel of each crop.

@@ -1,10 +1,6 @@
 """Class probabilities from text rows: the one softmax both synonym rules share.
 
-Under ``synonyms='joined'`` every class is one text row and this is a plain
-softmax. Under ``synonyms='max'`` (the peers' rule) a class has one row per
-name: the softmax runs over all rows of all classes (background words
-included) and each class takes the largest of its rows' probabilities, so
-DMAR, CWR, the thresholds and Grad-CAM see one score per class, as before.
+See docs/method.md, "Synonyms".
 """
 from typing import Optional
 
@@ -29,9 +25,7 @@ def class_softmax(logits: Tensor,
             softmax (others get probability 0).
 
     Returns:
-        Tensor: (..., C) probabilities. Under the max rule its gradient
-        reaches, for each class, the row that attains the max (shared
-        equally between tied rows).
+        Tensor: (..., C) probabilities.
     """
     if support is not None:
         row_support = support if row_classes is None else support[..., row_classes]

@@ -1,107 +1,98 @@
 """CLIP-ES pseudo-labeler: image tags -> Grad-CAMs -> affinity-refined masks.
 
-docs/method.md §6, for a batch of equal-size images and their tag lists:
-
-1. Blocks 1..L-1 run without gradients; the head-averaged attention of the
-   configured CAA layers is summed on the fly.
-2. The last block runs once per image from its ``ln_1`` output ``G``. The
-   image embedding (mean of the patch tokens after ``ln_post``, then ``proj``)
-   is classified against the image's tags plus background words; the target of
-   tag ``k`` is its softmax probability (with ``synonyms='max'``, the class
-   score after the max over its names, so the gradient flows through the name
-   that attains it; docs/method.md, "Synonyms").
-3. Grad-CAM: ``ReLU(sum_d mean_hw(dy_k/dG_d) * G_d)``, min-max normalised.
-   The gradients of all of an image's tags are backpropagated together
-   through the last block by a hand-written backward that only forms what
-   Grad-CAM uses, the token mean
-   (:class:`~tagclip_mmseg.models.clip.last_block_grad.LastBlockGrad`); an extra tag
-   costs a fraction of a block forward, not a forward plus a backward.
-4. Class-aware attention affinity (Sinkhorn-balanced, symmetrised, squared
-   attention; computed once per image) refines each CAM inside its box mask.
-5. Maps are normalised at patch resolution, upsampled to the original size,
-   a background channel ``1 - max`` is added, and the argmax gives the mask.
-
-With the ``autocast`` option only the ViT (blocks 1..L-1, the last block and
-its hand-written backward) runs under autocast; the softmax head, the CAMs,
-their normalisation, the affinity, the refinement and the argmax run in fp32.
-
-Grad-CAM runs inside mmengine's test loop, which wraps everything in
-``torch.no_grad()``; the two small autograd steps it keeps (the softmax head
-and the activation's derivative) are therefore explicitly wrapped in
-``torch.enable_grad()`` (docs/compatibility.md trap 14).
+Grad-CAM of every tag from one pass of the last block, class-aware attention
+affinity (CAA), then the background channel and the argmax
+(docs/method.md, "CLIP-ES pseudo masks from tags"). Grad-CAM runs under the
+test loop's ``torch.no_grad()``, so its two autograd steps enable gradients
+themselves (docs/compatibility.md, "Traps").
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from ...datasets.label_maps import LabelMap, label_lut
+from torch import Tensor
+
 from ...utils.checks import check_finite, check_range
+from ...utils.class_names import ClassName
+from ...utils.label_maps import LabelMap, label_lut
 from ...utils.quirks import QuirksLike
 from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
 from ..clip.last_block_grad import LastBlockGrad
+from ..clip.presets import resolve_background, resolve_templates
 from ..ops import (AttentionVote, affinity_from_attention, bilinear_resize_matrices, caa_refine,
                    normalize_grad_cam)
-from ..clip.presets import resolve_templates
-from ..clip.prompts import ClassName
 from .crf import Label, PendingLabel, collect_pending_labels, set_label
 
-__all__ = ['CLIPESPseudoLabeler']
+__all__ = ['CLIPESPseudoLabeler', 'TagPairs', 'tag_pairs']
+
+
+class TagPairs(NamedTuple):
+    """The (image, tag) pairs of a batch, each a (P,) long tensor."""
+
+    #: Image of each pair.
+    img: Tensor
+    #: Tag class of each pair.
+    cls: Tensor
+    #: Position of the tag in its image's list.
+    slot: Tensor
+
+
+def tag_pairs(tag_lists: List[List[int]], device: torch.device) -> TagPairs:
+    """One pair per tag of every image, in list order."""
+    flat = [(b, c, k) for b, t in enumerate(tag_lists) for k, c in enumerate(t)]
+    img, cls, slot = (torch.tensor(col, dtype=torch.long, device=device)
+                      for col in (zip(*flat) if flat else ((), (), ())))
+    return TagPairs(img, cls, slot)
 
 
 @MODELS.register_module()
 class CLIPESPseudoLabeler(FrozenCLIPModel):
     """CLIP-ES CAMs and pseudo masks from image-level tags.
 
-    Tags come from the data samples' ``tags`` metainfo (a tags file or the
-    ground-truth labels, chosen in the dataset config) or, when ``tagger`` is
-    given, from a TagCLIP model run on the same images in the same pass.
+    Tags come from the samples' ``tags`` metainfo or from an in-pass
+    ``tagger``.
 
     Args:
-        class_names (str | Sequence[str | Sequence[str]]): Foreground
-            vocabulary for the CAM prompts, e.g. the preset ``'voc-cam'``
-            (CLIP-ES's renamed classes such as 'person with
-            clothes,people,human') or a list; indices match the tag indices.
+        class_names (str | Sequence[str | Sequence[str]], optional):
+            Foreground vocabulary for the CAM prompts, e.g. the preset
+            ``'voc-cam'`` or a list; indices match the tag indices. ``None``
+            until :meth:`set_vocabulary` is called (``VocabularyHook``).
         background_words (str | Sequence[str]): Softmax competitors (a preset
             name or a list).
         templates (str | Sequence[str]): CAM prompt templates: ``'clip-es'``
             (``'a clean origami {}.'``) or a list.
         caa_layers (Sequence[int]): 0-based layers averaged for the affinity
-            (``range(4, 11)`` for VOC in TagCLIP's setting, ``range(4, 12)``
-            for COCO and COCO-Stuff).
-        caa_box_thr (float): Box threshold relative to each CAM's max (0.4 VOC,
-            0.7 COCO), in [0, 1].
-        with_background (bool): Add the ``1 - max`` background channel; off for
-            COCO-Stuff, where labels are the argmax over tag maps.
-        label_map (Sequence[int] | str, optional): Maps the output class index
-            (after the background offset) to the saved label (e.g. 171 -> 27
-            classes); a list or a name such as ``'cocostuff171_to_27'`` (see
-            :func:`~tagclip_mmseg.datasets.label_maps.label_lut`).
-        quirks (str | dict | Quirks): ``'reference'`` (default) or
-            ``'fixed'``, or single fields; this model reads ``box_clamp``,
-            ``pos_embed_fp16``, ``cam_fp16`` and ``grad_cam_double_norm``, and
-            its CRF ``crf_reference_image`` (docs/modes.md).
+            (``range(4, 11)`` VOC, ``range(4, 12)`` COCO).
+        caa_box_thr (float): Box threshold relative to each CAM's max, in
+            [0, 1] (0.4 VOC, 0.7 COCO).
+        with_background (bool): Add the ``1 - max`` background channel; off
+            for COCO-Stuff.
+        label_map (Sequence[int] | str, optional): Output class index (after
+            the background offset) -> saved label: a list or a name such as
+            ``'cocostuff171_to_27'``.
+        quirks (str | dict | Quirks): ``'reference'`` (default), ``'fixed'``
+            or single fields; reads ``box_clamp``, ``pos_embed_fp16``,
+            ``cam_fp16`` and ``grad_cam_double_norm``, its CRF
+            ``crf_reference_image`` (docs/modes.md).
         tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
             used instead of the samples' ``tags``; it takes this model's
-            quirks, synonym rule and ``autocast`` unless it sets ``quirks`` (or
-            the deprecated ``mode``), ``synonyms`` or ``autocast``.
+            ``quirks``, ``synonyms`` and ``autocast`` unless it sets them.
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
-        crf (dict, optional): Dense CRF post-processing options, see
-            :class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`. Unless
-            they set ``quirks`` (or the deprecated ``image_mode``), the CRF
-            follows this model's quirks: one switch for the whole labeler.
-        **kwargs: ``clip``, ``text_cache_dir``, ``data_preprocessor``,
-            ``init_cfg`` (and the deprecated ``mode``) of
-            :class:`FrozenCLIPModel`.
+        crf (dict, optional): Dense CRF options
+            (:class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`); it
+            follows this model's quirks unless it sets ``quirks``.
+        **kwargs: ``clip``, ``text_cache_dir``, ``autocast``,
+            ``images_per_forward``, ``truncate_prompts``, ``synonyms``,
+            ``data_preprocessor`` and ``init_cfg`` of
+            :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`.
     """
 
     sample_type = SegDataSample
 
     def __init__(self,
-                 class_names: Union[str, Sequence[ClassName]],
+                 class_names: Union[None, str, Sequence[ClassName]] = None,
                  background_words: Union[str, Sequence[str]] = (),
                  templates: Union[str, Sequence[str]] = 'clip-es',
                  caa_layers: Sequence[int] = tuple(range(4, 11)),
@@ -115,7 +106,9 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  **kwargs) -> None:
         super().__init__(quirks=quirks, **kwargs)
         self.templates = resolve_templates(templates)  # before the vocabulary: it checks prompts
-        self.set_vocabulary(class_names, background_words)
+        self.background_words = resolve_background(background_words)
+        if class_names is not None:
+            self.set_vocabulary(class_names, self.background_words)
         self.caa_layers = self.layer_indices('caa_layers', caa_layers)
         self.caa_box_thr = check_range('caa_box_thr', caa_box_thr, 0, 1)
         self.with_background = with_background
@@ -125,28 +118,24 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.tagger = None
         if tagger is not None:
             tagger = dict(tagger)
-            if 'quirks' not in tagger and 'mode' not in tagger:
-                tagger = dict(tagger, quirks=self.quirks)
-            tagger = dict(tagger, synonyms=tagger.get('synonyms', self.synonyms))
-            tagger.setdefault('autocast', self.autocast_dtype)
+            tagger = dict(dict(quirks=self.quirks, synonyms=self.synonyms,
+                               autocast=self.autocast_dtype), **tagger)
             self.tagger = MODELS.build(tagger)
-        if self.tagger is not None and self.tagger.num_classes not in (0, len(self.class_names)):
+        sizes = {self.num_classes, self.tagger.num_classes if self.tagger else 0} - {0}
+        if len(sizes) > 1:
             raise ValueError(f'the tagger has {self.tagger.num_classes} classes but the labeler '
-                             f'has {len(self.class_names)}; they must share class indices')
+                             f'has {self.num_classes}; they must share class indices')
         self.crf = None
         if crf is not None:
             crf = dict(crf)
-            if 'quirks' not in crf and 'image_mode' not in crf:
-                crf['quirks'] = self.quirks
+            crf.setdefault('quirks', self.quirks)
             self.crf = MODELS.build(dict(type='DenseCRF', **crf))
 
     # ------------------------------------------------------------ inference
     def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
-        """Masks (and CAMs) of every image; a CRF in worker processes runs
-        the images in parallel, and this waits for them before returning.
+        """Masks (and CAMs) of every image; waits for CRF workers.
 
-        ``settings`` are :meth:`predict_batch`'s per-call ``vocabulary`` and
-        ``return_cams``.
+        ``settings``: :meth:`predict_batch`'s ``vocabulary`` and ``return_cams``.
         """
         super().predict(inputs, data_samples, **settings)
         collect_pending_labels(data_samples, device='cpu')
@@ -166,19 +155,34 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             return_cams (bool, optional): This call's ``return_cams``;
                 default the model's.
         """
-        if self.tagger is not None:
-            if vocabulary is not None:
-                raise ValueError('a per-call vocabulary needs a labeler without an in-pass '
-                                 'tagger (give the tags in the samples)')
-            tags = self.tagger.tag(images)['tags'].cpu()  # one host copy per batch
-            tag_lists = [t.nonzero().flatten().tolist() for t in tags]
-        else:
-            num_classes = len((vocabulary or self.vocabulary).class_names)
-            tag_lists = [self._sample_tags(s, num_classes) for s in data_samples]
+        tag_lists = self.batch_tags(images, data_samples, vocabulary)
         cams, grid_hw = self.compute_cams(images, tag_lists, vocabulary)
         return_cams = self.return_cams if return_cams is None else return_cams
         for i, sample in enumerate(data_samples):
             self._fill(sample, cams[i][:len(tag_lists[i])], tag_lists[i], grid_hw, return_cams)
+
+    def tensor_batch(self, images: Tensor, data_samples: list) -> Tensor:
+        """(B, C, H, W) :meth:`seg_logits` at the input size:
+        ``forward(mode='tensor')``.
+        """
+        tag_lists = self.batch_tags(images, data_samples)
+        cams, _ = self.compute_cams(images, tag_lists)
+        size = tuple(images.shape[-2:])
+        return torch.stack([
+            self.seg_logits(self.upsample(c[:len(t)], size), t) for c, t in zip(cams, tag_lists)
+        ])
+
+    def batch_tags(self, images: Tensor, data_samples: list,
+                   vocabulary: Optional[Vocabulary] = None) -> List[List[int]]:
+        """Tag indices per image: the in-pass tagger's, else the samples'."""
+        if self.tagger is not None:
+            if vocabulary is not None:
+                raise ValueError('a per-call vocabulary needs a labeler without an in-pass '
+                                 'tagger (give the tags in the samples)')
+            tags = self.tagger.tag(images).tags.cpu()  # one host copy per batch
+            return [t.nonzero().flatten().tolist() for t in tags]
+        num_classes = len(self.call_vocabulary(vocabulary).class_names)
+        return [self._sample_tags(s, num_classes) for s in data_samples]
 
     def _sample_tags(self, sample, num_classes: int) -> List[int]:
         tags = sample.metainfo.get('tags')
@@ -207,8 +211,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             image's tag count are zero) and the token grid.
 
         Raises:
-            NonFiniteError: When a CAM holds NaN or inf (an fp16 overflow,
-                broken weights), rather than returning a mask from it.
+            NonFiniteError: When a CAM holds NaN or inf.
         """
         with full_precision(images.device):
             return self._compute_cams(images, tag_lists, vocabulary)
@@ -227,10 +230,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         k_max = max((len(t) for t in tag_lists), default=0)
         if k_max == 0:
             return images.new_zeros(B, 0, hp, wp, dtype=torch.float32), out.grid_hw
-        pair_img = torch.tensor([b for b, t in enumerate(tag_lists) for _ in t], device=images.device)
-        pair_cls = torch.tensor([c for t in tag_lists for c in t], device=images.device)
-        pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=images.device)
-        cams, last_attn = self.grad_cam(out.hidden, pair_img, pair_cls, tag_lists, vocabulary)
+        pair_img, pair_cls, pair_slot = pairs = tag_pairs(tag_lists, images.device)
+        cams, last_attn = self._grad_cam(out.hidden, pairs, tag_lists, vocabulary)
         if last_attn is not None:
             avg.update(last, last_attn)
         affinity = affinity_from_attention(avg.finalize())
@@ -248,13 +249,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  ) -> Tuple[Tensor, Optional[Tensor]]:
         """Grad-CAM of every (image, tag) pair from one forward of the last block.
 
-        The last block runs once per image; the gradients of all of an image's
-        tag probabilities with respect to its ``ln_1`` output are then
-        backpropagated together by :class:`LastBlockGrad`. Grad-CAM only
-        needs each gradient's mean over the patch tokens, which lets that
-        backward skip the input projection, most of the attention backward and
-        half of the MLP backward: an extra tag costs well under half a block
-        forward, instead of a block forward plus a backward per tag.
+        All of an image's tags share one hand-written backward
+        (:class:`LastBlockGrad`; docs/performance.md, "Grad-CAM for many tags").
 
         Args:
             hidden (Tensor): (B, L, D) residual stream entering the last block.
@@ -270,19 +266,19 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             and the last block's (B, L, L)
             attention (``None`` when it is not a CAA layer).
         """
+        pairs = TagPairs(pair_img, pair_cls, tag_pairs(tag_lists, hidden.device).slot)
         with full_precision(hidden.device):  # also when called on its own under autocast
-            return self._grad_cam(hidden, pair_img, pair_cls, tag_lists, vocabulary)
+            return self._grad_cam(hidden, pairs, tag_lists, vocabulary)
 
-    def _grad_cam(self, hidden: Tensor, pair_img: Tensor, pair_cls: Tensor,
-                  tag_lists: List[List[int]], vocabulary: Optional[Vocabulary]
-                  ) -> Tuple[Tensor, Optional[Tensor]]:
+    def _grad_cam(self, hidden: Tensor, pairs: TagPairs, tag_lists: List[List[int]],
+                  vocabulary: Optional[Vocabulary]) -> Tuple[Tensor, Optional[Tensor]]:
         vit = self.clip.visual
-        voc = vocabulary or self.vocabulary
+        voc = self.call_vocabulary(vocabulary)
         names = voc.class_names + voc.background_words
         text = self.text_embeddings(names, self.templates)
         B, device = hidden.shape[0], hidden.device
         k_max = max(len(t) for t in tag_lists)
-        pair_slot = torch.tensor([k for t in tag_lists for k in range(len(t))], device=device)
+        pair_img, pair_cls, pair_slot = pairs
         # Softmax support of each image: its tags plus every background word.
         support = torch.zeros(B, len(names), dtype=torch.bool, device=device)
         support[pair_img, pair_cls] = True
@@ -326,14 +322,9 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
     def upsample(self, cams: Tensor, size: Tuple[int, int],
                  rows: Optional[slice] = None) -> Tensor:
-        """Bilinear upsampling of (K, hp, wp) maps to ``size`` (or to the
-        output rows ``rows`` of it).
-
-        ``align_corners=False``, like the OpenCV ``INTER_LINEAR`` resize of the
-        reference, written as two interpolation matrices so that a band of
-        output rows can be produced on its own (:meth:`banded_label`). With
-        ``quirks.cam_fp16`` the result is rounded to fp16, as the reference
-        stores its CAMs.
+        """Bilinear (``align_corners=False``) upsampling of (K, hp, wp) maps
+        to ``size``, or to its output ``rows``; rounded to fp16 with
+        ``quirks.cam_fp16``.
         """
         K, hp, wp = cams.shape
         zero = torch.zeros(1, dtype=torch.long, device=cams.device)
@@ -345,11 +336,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         return up.half().float() if self.quirks.cam_fp16 else up
 
     def banded_label(self, cams: Tensor, tags: List[int], size: Tuple[int, int]) -> Tensor:
-        """Label map at ``size``, computed in bands of rows.
-
-        A full-size float stack of an 8000x6000 photo takes about 0.2 GB per
-        tag plus the background channel and the argmax's copies; bands of
-        about 16 MB keep the peak flat whatever the image size.
+        """Label map at ``size``, computed in bands of about 16 MB of rows so
+        that the peak memory does not grow with the image.
         """
         H, W = size
         band = max(1, (1 << 22) // max(W * (cams.shape[0] + 1), 1))
@@ -359,14 +347,26 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             label[rows] = self.cams_to_label(self.upsample(cams, size, rows), tags, None)
         return label
 
-    def cams_to_label(self, cams: Tensor, tags: List[int], sample, wait: bool = True) -> Label:
-        """(K, h, w) full-size CAMs -> (h, w) long label map (CRF-refined when
-        configured; the CRF reads the original image from ``sample``).
+    def seg_logits(self, cams: Tensor, tags: List[int]) -> Tensor:
+        """(C, h, w) scores from (K, h, w) CAMs of ``tags``.
 
-        With ``wait=False`` a CRF with workers returns a
-        :class:`~tagclip_mmseg.models.pseudo_labelers.crf.PendingLabel`:
-        the caller hands it to ``set_label`` and calls
-        ``collect_pending_labels`` before its ``predict`` returns.
+        Each CAM goes to its class channel (zeros for untagged classes); with
+        ``with_background`` channel 0 is ``1 - max`` and class ``c`` is
+        channel ``c + 1``.
+        """
+        offset = int(self.with_background)
+        logits = cams.new_zeros(self.num_classes + offset, *cams.shape[-2:])
+        if tags:
+            logits[torch.as_tensor(tags, device=cams.device) + offset] = cams
+        if self.with_background:
+            logits[0] = 1 - cams.amax(dim=0) if cams.shape[0] else 1
+        return logits
+
+    def cams_to_label(self, cams: Tensor, tags: List[int], sample, wait: bool = True) -> Label:
+        """(K, h, w) full-size CAMs -> (h, w) long label map, CRF-refined when
+        configured (the CRF reads ``sample``'s original image). With
+        ``wait=False`` a CRF with workers returns a ``PendingLabel`` for
+        ``set_label`` and ``collect_pending_labels``.
         """
         H, W = cams.shape[-2:]
         tag_t = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
@@ -385,4 +385,3 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             return self.crf.label(probs, classes, sample) if wait else self.crf.submit(
                 probs, classes, sample)
         return classes[probs.argmax(dim=0)]
-

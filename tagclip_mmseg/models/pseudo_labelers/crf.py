@@ -1,19 +1,8 @@
-"""Dense CRF post-processing of CAM probabilities (docs/method.md §6.5).
+"""Dense CRF post-processing of CAM probabilities.
 
-Optional: needs the ``crf`` extra (``pip install -e .[crf]``, which installs
-``pydensecrf2``, a maintained build of Krähenbühl's dense CRF bindings that
-compiles with Cython 3). The CRF runs on the CPU, one image at a time, as in
-the reference; it is the one stage here that is not batched on the device.
-
-It is also the slow stage of pseudo-label generation (about a second per
-VOC-size image on one core), so with ``workers > 0`` each image's CRF is
-submitted to a pool of worker processes as soon as its CAMs exist: the
-CRFs of a batch run in parallel, and alongside the CAMs of the batch's
-later images. The model still waits for its own batch before ``predict``
-returns (:func:`collect_pending_labels`), so every consumer (mmseg's
-``IoUMetric``, the visualisation hook, user code) gets final masks. The
-workers run the same function on the same arrays as the serial path, so the
-masks are identical.
+docs/method.md, "Dense CRF (optional)". Needs the ``crf`` extra
+(``pydensecrf2``); runs on the CPU, in process or in worker processes
+(docs/performance.md, "How the CRF workers run").
 """
 import atexit
 import multiprocessing
@@ -26,13 +15,12 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 from mmengine.structures import PixelData
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ...utils.checks import check_range
 from ...utils.init_args import RecordsInitArgs
-from ...utils.quirks import Quirks, QuirksLike, resolve_legacy_quirks
+from ...utils.quirks import Quirks, QuirksLike, resolve_quirks
 
 __all__ = ['DenseCRF', 'PendingLabel', 'crf_reference_image', 'crf_label_map',
            'shutdown_crf_pools', 'set_label', 'collect_pending_labels']
@@ -48,10 +36,8 @@ CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
 
 def crf_reference_image(rgb: np.ndarray) -> np.ndarray:
-    """The image the reference gives the bilateral term (quirk 4).
-
-    It is the BGR image minus the Caffe mean, cast to uint8, so negative values
-    wrap around modulo 256. Reproduced exactly for the published numbers.
+    """The reference's bilateral image (``Quirks.crf_reference_image``):
+    BGR minus the Caffe mean, cast to uint8 with wrap-around.
     """
     bgr = rgb[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
     return np.ascontiguousarray(bgr.astype(np.int64).astype(np.uint8))
@@ -68,22 +54,14 @@ class DenseCRF(RecordsInitArgs, nn.Module):
         bilateral_sxy (float): Appearance kernel spatial width (67; > 0).
         bilateral_srgb (float): Appearance kernel colour width (3; > 0).
         bilateral_compat (float): Appearance weight (4; >= 0).
-        confidence_thr (float, optional): Pixels whose largest marginal is below
-            this (in [0, 1]) become ignore (-1 here, 255 in the saved mask);
-            CLIP-ES uses 0.95 for training masks, ``None`` keeps every pixel.
-        quirks (str | dict | Quirks): The CRF reads ``crf_reference_image``:
-            ``True`` (``'reference'``) feeds the reference's wrapped
-            mean-subtracted BGR image, ``False`` (``'fixed'``) the raw RGB
-            image (docs/modes.md). A labeler passes its own quirks unless its
-            ``crf`` dict sets them.
-        image_mode (str, optional): Deprecated: ``'faithful'`` is
-            ``quirks=dict(crf_reference_image=True)``, ``'clean'`` ``False``.
-        workers (int): 0 runs the CRF in the model's forward, image after
-            image. ``N > 0`` runs it in a pool of ``N`` worker processes
-            (started on first use, stopped by :func:`shutdown_crf_pools`
-            and at interpreter exit): the images of a batch run in parallel,
-            and the model waits for them before its ``predict`` returns.
-            About one worker per free CPU core.
+        confidence_thr (float, optional): Pixels whose largest marginal is
+            below this (in [0, 1]) become ignore (-1 here, 255 saved); CLIP-ES
+            uses 0.95 for training masks, ``None`` keeps every pixel.
+        quirks (str | dict | Quirks): Reads ``crf_reference_image``
+            (docs/modes.md).
+        workers (int): 0 runs the CRF in process; ``N > 0`` in a pool of
+            ``N`` worker processes (about one per free CPU core), which the
+            model waits for before its ``predict`` returns.
     """
 
     def __init__(self,
@@ -95,12 +73,10 @@ class DenseCRF(RecordsInitArgs, nn.Module):
                  bilateral_compat: float = 4.,
                  confidence_thr: Optional[float] = None,
                  quirks: QuirksLike = 'reference',
-                 workers: int = 0,
-                 image_mode: Optional[str] = None) -> None:
+                 workers: int = 0) -> None:
         super().__init__()
         #: Resolved quirk switches; only ``crf_reference_image`` matters here.
-        self.quirks: Quirks = resolve_legacy_quirks(quirks, type(self).__name__, 'image_mode',
-                                                    image_mode, field='crf_reference_image')
+        self.quirks: Quirks = resolve_quirks(quirks)
         self.iterations = check_range('crf.iterations', iterations, 1, integer=True)
         self.gaussian = dict(sxy=check_range('crf.gaussian_sxy', gaussian_sxy, 0, low_open=True),
                              compat=check_range('crf.gaussian_compat', gaussian_compat, 0))
@@ -153,7 +129,8 @@ class DenseCRF(RecordsInitArgs, nn.Module):
                data_sample) -> Union[Tensor, 'PendingLabel']:
         """Like :meth:`label`, but with ``workers > 0`` hand the image to the
         pool and return its :class:`PendingLabel` at once (the label map,
-        computed now, without workers)."""
+        computed now, without workers).
+        """
         probs_np, rgb = _crf_inputs(probs, data_sample)
         lut_np = lut.detach().cpu().numpy().astype(np.int64)
         args = (self.params, probs_np, rgb, lut_np)
@@ -163,12 +140,8 @@ class DenseCRF(RecordsInitArgs, nn.Module):
 
 
 class PendingLabel:
-    """A label map that a CRF worker is computing.
-
-    It lives in the process that submitted it, inside one ``predict`` call
-    (:func:`set_label` to :func:`collect_pending_labels`). It keeps the
-    image's arrays until the result is read, so that an image whose worker
-    died is run once more in a fresh pool.
+    """A label map that a CRF worker is computing; it keeps the image's
+    arrays so that an image whose worker died runs once more.
     """
 
     def __init__(self, pool: '_CRFPool', args: tuple, device: torch.device) -> None:
@@ -203,7 +176,8 @@ Label = Union[Tensor, PendingLabel]
 
 def set_label(data_sample, label: Label) -> None:
     """Set ``pred_sem_seg`` to a (H, W) label map, or keep a
-    :class:`PendingLabel` for :func:`collect_pending_labels`."""
+    :class:`PendingLabel` for :func:`collect_pending_labels`.
+    """
     if isinstance(label, PendingLabel):
         data_sample.set_field(label, PENDING_LABEL_KEY)
     else:
@@ -213,7 +187,8 @@ def set_label(data_sample, label: Label) -> None:
 def collect_pending_labels(data_samples: Sequence, device: Optional[str] = None) -> None:
     """Wait for every pending CRF of ``data_samples`` and set their
     ``pred_sem_seg`` (on ``device``, default the submitter's); the last step
-    of a ``predict`` that used :func:`set_label`."""
+    of a ``predict`` that used :func:`set_label`.
+    """
     for sample in data_samples:
         pending = sample.get(PENDING_LABEL_KEY)
         if pending is None:
@@ -243,10 +218,8 @@ def _crf_inputs(probs: Tensor, data_sample):
 
 def crf_marginals(probs: np.ndarray, rgb: np.ndarray, iterations: int, gaussian: dict,
                   bilateral: dict, reference_image: bool) -> np.ndarray:
-    """Mean-field marginals (C, H, W) for probabilities and an RGB image.
-
-    ``reference_image`` gives the bilateral term :func:`crf_reference_image`
-    (``Quirks.crf_reference_image``) instead of the RGB image itself.
+    """Mean-field marginals (C, H, W) for probabilities and an RGB image
+    (:func:`crf_reference_image` of it with ``reference_image``).
     """
     dcrf = _backend()
     C, H, W = probs.shape
@@ -266,10 +239,8 @@ def crf_marginals(probs: np.ndarray, rgb: np.ndarray, iterations: int, gaussian:
 def crf_label_map(params: Dict[str, Any], probs: np.ndarray, rgb: np.ndarray,
                   lut: np.ndarray, ignore: int = 255) -> np.ndarray:
     """``lut`` of the CRF's argmax per pixel, ``ignore`` where the largest
-    marginal is below ``params['confidence_thr']``.
-
-    The one implementation of CRF labelling, run in process or in a worker
-    (a module-level function of numpy arrays, so it pickles).
+    marginal is below ``params['confidence_thr']``; run in process or in a
+    worker.
 
     Returns:
         np.ndarray: (H, W) int64.
@@ -286,13 +257,8 @@ def crf_label_map(params: Dict[str, Any], probs: np.ndarray, rgb: np.ndarray,
 class _CRFPool:
     """A lazily started process pool that restarts after a worker dies.
 
-    Workers are forked where the platform can: a spawned worker would import
-    torch, mmseg and this package again (tens of seconds on a busy machine)
-    to run a function of numpy arrays. A forked child must not use torch
-    (its thread pools and any CUDA context do not survive a fork), and
-    :func:`crf_label_map` never does; Python 3.11's pool forks all workers
-    at the first submit, before its own manager thread starts. Every live
-    pool is known to :func:`shutdown_crf_pools`, and to interpreter exit.
+    Workers are forked where possible (a spawned one would import torch
+    again); :func:`crf_label_map` never uses torch in the child.
     """
 
     def __init__(self, workers: int) -> None:
@@ -345,10 +311,8 @@ _POOLS: 'weakref.WeakSet[_CRFPool]' = weakref.WeakSet()
 
 
 def shutdown_crf_pools() -> None:
-    """Stop every CRF worker pool of this process (they restart on next use).
-
-    It runs at interpreter exit, so no worker outlives the run; call it
-    earlier to free the workers' memory once a model is done.
+    """Stop every CRF worker pool of this process (they restart on next
+    use); also runs at interpreter exit.
     """
     for pool in list(_POOLS):
         pool.shutdown()

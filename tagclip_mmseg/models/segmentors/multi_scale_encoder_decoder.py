@@ -1,15 +1,7 @@
-"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2 (docs/method.md §9).
+"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2.
 
-DeepLab-v2 as trained by CLIP-ES runs the whole network on the image at
-several scales (1.0, 0.5 and 0.75), brings every scale's logits to the size of
-the 1.0-scale logits and fuses them by a pixel-wise max. It is supervised on
-all of them at once: the training loss is the sum of one loss per scale plus
-one on the fused map, each against the labels nearest-resized to that output's
-own size. Only the fused map is used at test time.
-
-mmseg's test-time augmentation (``SegTTAModel``) averages *probabilities* of
-independent forward passes at test time only; it can express neither the max
-fusion nor the joint training, hence this segmentor.
+Scales' logits fused by a pixel-wise max, trained on every scale at once
+(docs/method.md, "Stage 3: training DeepLab-v2 on pseudo masks").
 """
 from typing import List, Sequence, Tuple
 
@@ -29,33 +21,16 @@ __all__ = ['MultiScaleEncoderDecoder']
 class MultiScaleEncoderDecoder(EncoderDecoder):
     """Encoder-decoder over multi-scale inputs with max fusion (DeepLab MSC).
 
-    For an input batch ``x`` and each scale ``s``, the backbone and decode
-    head run on ``x`` resized by ``s`` (bilinear); the logits of every scale
-    are resized (bilinear) to the size of the ``s = 1.0`` logits and fused by
-    an element-wise max over scales.
-
-    * ``loss``: one decode loss per scale and one for the fused logits,
-      summed (mmengine adds every ``loss`` key). Each output is compared with
-      the ground truth *nearest-resized to that output's size* (the
-      DeepLab-v2 recipe; mmseg heads instead upsample the logits to the
-      label size). Resizing uses ``'nearest-exact'``, the pixel-centre rule
-      of PIL's ``NEAREST`` that deeplab-pytorch used. Keys are prefixed
-      ``decode_s<scale>.`` and ``decode_max.``, e.g. ``decode_s0.5.loss_ce``.
-      The loss functions, ``ignore_index``, optional pixel sampler and the
-      ``acc_seg`` metric all come from the decode head's own
-      :meth:`loss_by_feat`. An auxiliary head, if configured, is trained on
-      the 1.0-scale features only.
-    * ``predict`` / ``_forward``: the fused logits only. Whole and slide
-      inference, padding removal and resizing to the original image work as
-      in :class:`EncoderDecoder`, because only :meth:`encode_decode` is
-      redefined.
+    The network runs on the input resized by each scale; every scale's
+    logits are resized to the 1.0-scale size and fused by a max. ``loss``
+    sums one decode loss per scale and one on the fused logits (keys
+    ``decode_s<scale>.*`` and ``decode_max.*``), each against labels
+    nearest-resized to that output's size; an auxiliary head sees the
+    1.0-scale features only. ``predict`` uses the fused logits.
 
     Args:
-        scales (Sequence[float]): Input scales; must contain 1.0 (the
-            reference size). Defaults to (1.0, 0.5, 0.75).
-        **kwargs: :class:`EncoderDecoder` arguments (``backbone``,
-            ``decode_head``, ``data_preprocessor``, ``train_cfg``,
-            ``test_cfg``, ...).
+        scales (Sequence[float]): Input scales, including 1.0.
+        **kwargs: :class:`EncoderDecoder` arguments.
 
     Raises:
         ValueError: If ``scales`` lacks 1.0, has repeats or a scale <= 0.
@@ -81,14 +56,13 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
         return feats
 
     def fuse_logits(self, scale_logits: Sequence[Tensor]) -> Tensor:
-        """Resize every scale's logits to the 1.0-scale size; pixel-wise max.
+        """Pixel-wise max of every scale's logits at the 1.0-scale size.
 
         Args:
-            scale_logits (Sequence[Tensor]): (N, C, h_s, w_s) logits, one per
-                entry of ``self.scales`` in that order.
+            scale_logits (Sequence[Tensor]): (N, C, h_s, w_s), in ``scales`` order.
 
         Returns:
-            Tensor: (N, C, h, w) fused logits at the 1.0-scale size.
+            Tensor: (N, C, h, w) fused logits.
         """
         size = scale_logits[self._ref_index].shape[2:]
         aligned = [
@@ -99,15 +73,13 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
         return torch.stack(aligned).amax(dim=0)
 
     def multi_scale_logits(self, inputs: Tensor) -> List[Tensor]:
-        """Decode-head logits of every scale followed by the fused logits.
+        """Decode-head logits of every scale, then the fused logits.
 
         Args:
             inputs (Tensor): (N, 3, H, W) normalised images.
 
         Returns:
-            list[Tensor]: ``len(self.scales) + 1`` logit maps at feature
-            resolution: one per scale (in ``self.scales`` order), then the
-            max-fused map.
+            list[Tensor]: One map per scale, then the fused map.
         """
         return self._decode(self._scale_features(inputs))
 
@@ -127,12 +99,7 @@ class MultiScaleEncoderDecoder(EncoderDecoder):
 
     @staticmethod
     def _labels_resized_to(seg_label: Tensor, size: torch.Size) -> SampleList:
-        """Data samples whose ``gt_sem_seg`` is ``seg_label`` nearest-resized.
-
-        At the output's size the head's own loss (which bilinearly resizes the
-        logits to the label size) becomes an identity resize, so the head's
-        loss code is reused unchanged.
-        """
+        """Data samples whose ``gt_sem_seg`` is ``seg_label`` nearest-resized."""
         labels = F.interpolate(seg_label.float(), size=size, mode='nearest-exact').long()
         return [SegDataSample(gt_sem_seg=PixelData(data=label)) for label in labels]
 

@@ -1,57 +1,53 @@
 """TagCLIP: local-to-global multi-label classification with a frozen CLIP.
 
-The pipeline of docs/method.md §4.1-4.6, for a batch of equal-size images:
-
-1. **Coarse patch classification.** One ViT pass with the last layer's
-   attention restricted to self, so each output token keeps its own spatial
-   content; every token is classified against foreground classes followed by
-   background words (softmax over all of them).
-2. **DMAR.** The same pass streams every layer's head-averaged attention into
-   an :class:`~tagclip_mmseg.models.ops.AttentionVote` (vote mask x averaged
-   attention ``W``); scores are propagated with ``W`` under a class-wise box
-   mask, then max-pooled over patches (local scores).
-3. **CWR.** Each confident class is cropped out (its refined-score region),
-   resized to the CLIP input size and re-classified by the [CLS] token, whose
-   attention is restricted to the region in every layer; the global score is
-   fused with the local one.
-4. **Tags.** Classes above TagCLIP's per-image relative threshold.
-
-All crops of a batch go through one forward, all box masks are computed on the
-device, and the attention maps are reduced layer by layer instead of kept.
-With the ``autocast`` option only the two ViT forwards (coarse pass, crops)
-run under autocast; everything after them runs in fp32 on fp32 inputs.
-``quirks='reference'`` reproduces the reference implementation's quirks
-(docs/method.md §12) so published numbers can be matched; ``quirks='fixed'``
-fixes them, and a dict switches single quirks (docs/modes.md).
+Coarse patch classification, DMAR, CWR and the relative tag threshold
+(docs/method.md, "TagCLIP, step by step"), batched over equal-size images.
 """
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmpretrain.structures import DataSample
+from mmseg.registry import MODELS
 from torch import Tensor
 
-from mmseg.registry import MODELS
 from ...utils.checks import check_finite, check_range
+from ...utils.class_names import ClassName
+from ...utils.normalize import minmax_normalize
 from ...utils.quirks import QuirksLike
+from ...utils.thresholds import relative_threshold, relative_threshold_mask
 from ..clip.frozen_model import FrozenCLIPModel, Vocabulary, full_precision
-from ..ops import (AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine,
-                   minmax_normalize, region_bbox, relative_threshold_mask)
 from ..clip.presets import resolve_background, resolve_templates
-from ..clip.prompts import ClassName
+from ..ops import AttentionVote, crop_resize_bilinear, crop_resize_nearest, dmar_refine, region_bbox
 
 __all__ = ['TagCLIP', 'TagCLIPOutput']
 
 
-class TagCLIPOutput(dict):
-    """Intermediate tensors of one batch, for tests and analysis.
+@dataclass
+class TagCLIPOutput:
+    """What :meth:`TagCLIP.tag` returns for a batch (fp32).
 
-    Keys: ``p_coarse`` (B, N, C_all), ``p_hat`` (B, N, C_all; DMAR's first
-    pass), ``p_ref`` (B, N, C_all), ``p_local``
-    (B, C_fg), ``p_global`` (B, C_fg) (CWR's crop scores; 0 where a class was
-    not reidentified), ``p_final`` (B, C_fg), ``tags`` (B, C_fg) bool,
-    ``cwr_done`` (B, C_fg) bool, ``grid_hw``.
+    Attributes:
+        p_coarse (Tensor): (B, N, C_all) coarse patch probabilities.
+        p_hat (Tensor): (B, N, C_all) DMAR's first pass.
+        p_ref (Tensor): (B, N, C_all) refined patch probabilities.
+        p_local (Tensor): (B, C_fg) local scores.
+        p_global (Tensor): (B, C_fg) CWR crop scores; 0 where not done.
+        p_final (Tensor): (B, C_fg) fused scores.
+        tags (Tensor): (B, C_fg) bool tags.
+        cwr_done (Tensor): (B, C_fg) bool, which classes CWR reidentified.
+        grid_hw (tuple): Token grid (rows, cols).
     """
+    p_coarse: Tensor
+    p_hat: Tensor
+    p_ref: Tensor
+    p_local: Tensor
+    p_global: Tensor
+    p_final: Tensor
+    tags: Tensor
+    cwr_done: Tensor
+    grid_hw: Tuple[int, int]
 
 
 @MODELS.register_module()
@@ -60,45 +56,32 @@ class TagCLIP(FrozenCLIPModel):
 
     Args:
         class_names (str | Sequence[str | Sequence[str]], optional):
-            Foreground vocabulary (a preset name such as ``'voc'``, or a list
-            whose entries may be synonym lists). ``None`` until
-            :meth:`set_vocabulary` is called (the ``VocabularyHook`` does it
-            from the test dataset's metainfo).
-        background_words (str | Sequence[str]): Softmax competitors appended
-            after the foreground classes (their scores are discarded); a preset
-            name ('voc', 'coco', 'none') or a list.
-        templates (str | Sequence[str]): Prompt templates: ``'tagclip'`` (the
-            85 of the paper), ``'clip-es'`` or a list.
-        synonyms (str): ``'joined'`` (default) or ``'max'``: how a class with
-            synonyms is scored (see :class:`FrozenCLIPModel`); every step
-            after the softmax sees one score per class either way.
-        vote_k (int): DMAR vote count: a patch pair is kept when at least
-            ``vote_k`` layers attend above their mean (1 to the CLIP's depth).
-        avg_layers (Sequence[int]): 0-based layers whose attention is
-            averaged for DMAR (``(8, 9, 10)`` for VOC/COCO, ``range(11)`` for
-            COCO-Stuff).
-        self_attn_mask_value (float): Off-diagonal additive mask of the last
-            layer in the coarse pass (-100; <= 0).
+            Foreground vocabulary: a preset name such as ``'voc'`` or a list
+            (entries may be synonym lists). ``None`` until
+            :meth:`set_vocabulary` (``VocabularyHook``).
+        background_words (str | Sequence[str]): Softmax competitors after the
+            foreground classes; a preset name ('voc', 'coco', 'none') or a list.
+        templates (str | Sequence[str]): ``'tagclip'`` (the paper's 85),
+            ``'clip-es'`` or a list.
+        vote_k (int): DMAR vote count (1 to the CLIP's depth).
+        avg_layers (Sequence[int]): 0-based layers averaged for DMAR
+            (``(8, 9, 10)`` VOC/COCO, ``range(11)`` COCO-Stuff).
+        self_attn_mask_value (float): Coarse pass's last-layer mask (<= 0).
         cwr (bool): Run class-wise reidentification.
-        cwr_ratio (float): Candidate threshold ``r`` relative to the global
-            min/max of the refined scores, in [0, 1].
-        cwr_region_thr (float): Region threshold on the min-max normalised
-            refined map of a candidate, in [0, 1).
-        cwr_crop_size (int, optional): Crop side; defaults to the CLIP input
-            resolution (224 for ViT-B/16).
-        cwr_mask_value (float): Additive mask on [CLS]-to-outside keys (-1000;
-            <= 0).
-        fusion_lambda (float): Weight of the local score in the fusion, in
-            [0, 1].
-        tag_ratio (float): Per-image relative tag threshold ``r``, in [0, 1]
-            (1 tags the top class only).
-        quirks (str | dict | Quirks): ``'reference'`` (default) or
-            ``'fixed'``, or single fields; this model reads ``cwr_early_exit``,
-            ``box_clamp`` and ``pos_embed_fp16`` (docs/modes.md).
+        cwr_ratio (float): Relative candidate threshold, in [0, 1].
+        cwr_region_thr (float): Region threshold of a candidate, in [0, 1).
+        cwr_crop_size (int, optional): Crop side; default the CLIP input size.
+        cwr_mask_value (float): [CLS]-to-outside attention mask (<= 0).
+        fusion_lambda (float): Weight of the local score, in [0, 1].
+        tag_ratio (float): Relative tag threshold, in [0, 1].
+        quirks (str | dict | Quirks): ``'reference'`` (default), ``'fixed'``
+            or single fields; reads ``cwr_early_exit``, ``box_clamp`` and
+            ``pos_embed_fp16`` (docs/modes.md).
         cwr_batch_size (int): Crops per forward in CWR; bounds memory.
-        **kwargs: ``clip``, ``text_cache_dir``, ``data_preprocessor``,
-            ``init_cfg`` (and the deprecated ``mode``) of
-            :class:`FrozenCLIPModel`.
+        **kwargs: ``clip``, ``text_cache_dir``, ``autocast``,
+            ``images_per_forward``, ``truncate_prompts``, ``synonyms``,
+            ``data_preprocessor`` and ``init_cfg`` of
+            :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`.
     """
 
     sample_type = DataSample
@@ -141,38 +124,39 @@ class TagCLIP(FrozenCLIPModel):
             self.set_vocabulary(class_names, self.background_words)
 
     def classifier(self, vocabulary: Optional[Vocabulary] = None) -> Tensor:
-        """(R, E) text-row embeddings, foreground first (R = C_fg + C_bg under
-        ``synonyms='joined'``, one row per name under ``'max'``).
+        """(R, E) text-row embeddings, foreground first.
 
         Args:
             vocabulary (Vocabulary, optional): This call's vocabulary
                 (:meth:`resolve_vocabulary`); default the model's own.
         """
-        voc = vocabulary or self.vocabulary
-        if voc.class_names is None:
-            raise RuntimeError('TagCLIP has no vocabulary: set class_names in the config, '
-                               'or add VocabularyHook to read it from the dataset metainfo')
+        voc = self.call_vocabulary(vocabulary)
         return self.text_embeddings(voc.class_names + voc.background_words, self.templates)
 
     def softmax_names(self, vocabulary: Optional[Vocabulary] = None) -> Tuple[ClassName, ...]:
         """Foreground classes then background words: the classes of every
-        softmax (C_all), of ``vocabulary`` or the model's own."""
-        voc = vocabulary or self.vocabulary
+        softmax (C_all), of ``vocabulary`` or the model's own.
+        """
+        voc = self.call_vocabulary(vocabulary)
         return voc.class_names + voc.background_words
 
     # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list,
                       vocabulary: Optional[Vocabulary] = None) -> None:
         out = self.tag(images, vocabulary)
-        # One device->host copy per batch, not two per image.
-        scores, tags = out['p_final'].float().cpu(), out['tags'].cpu()
+        scores, tags = out.p_final.float().cpu(), out.tags.cpu()  # one host copy per batch
         for i, sample in enumerate(data_samples):
             self.fill_sample(sample, scores[i], tags[i])
+
+    def tensor_batch(self, images: Tensor, data_samples: list) -> Tensor:
+        """(B, C) fused scores: ``forward(mode='tensor')``."""
+        return self.tag(images).p_final
 
     @staticmethod
     def fill_sample(sample, scores: Tensor, tags: Tensor) -> None:
         """Set a sample's prediction: float scores and the sorted indices of
-        its (C,) boolean ``tags``. Also used to restore a resumed sample."""
+        its (C,) boolean ``tags``. Also used to restore a resumed sample.
+        """
         if not isinstance(sample, DataSample):
             raise TypeError('TagCLIP expects mmpretrain DataSample inputs (pack with '
                             f'mmpretrain.PackInputs); got {type(sample).__name__}')
@@ -192,12 +176,11 @@ class TagCLIP(FrozenCLIPModel):
             TagCLIPOutput: Scores, tags and intermediates, fp32.
 
         Raises:
-            NonFiniteError: When a score is NaN or inf (an fp16 overflow,
-                broken weights), rather than tagging nothing.
+            NonFiniteError: When a score is NaN or inf.
         """
         with full_precision(images.device):
             text = self.classifier(vocabulary)
-            c_fg = len((vocabulary or self.vocabulary).class_names)
+            c_fg = len(self.call_vocabulary(vocabulary).class_names)
             p_coarse, w, grid_hw = self.coarse_pass(images, text, vocabulary)
             p_ref, p_hat = dmar_refine(w, p_coarse, grid_hw, box_clamp=self.quirks.box_clamp,
                                        return_first_pass=True)
@@ -248,17 +231,14 @@ class TagCLIP(FrozenCLIPModel):
         B, N, _ = p_ref.shape
         c_fg = p_local.shape[1]
         hp, wp = grid_hw
-        flat = p_ref.flatten(1)
-        theta = flat.amin(1, keepdim=True) + self.cwr_ratio * (
-            flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True))
-        cand = p_local > theta  # (B, C_fg)
+        # Candidates: above the relative threshold over all refined columns.
+        cand = p_local > relative_threshold(p_ref.flatten(1), self.cwr_ratio)  # (B, C_fg)
         region = minmax_normalize(p_ref[..., :c_fg], dim=1) > self.cwr_region_thr  # (B, N, C_fg)
         region = region.permute(0, 2, 1).reshape(B * c_fg, hp, wp)
         x1, y1, x2, y2, valid = region_bbox(region, box_clamp=self.quirks.box_clamp)
         valid = valid.view(B, c_fg)
         if self.quirks.cwr_early_exit:
-            # Quirk 1: a degenerate box for one candidate stops CWR for the
-            # remaining candidates of that image (classes in increasing order).
+            # A degenerate box stops CWR for the image's later candidates.
             stopped = (cand & ~valid).cumsum(dim=1) > 0  # bool cumsum counts in int64
             done = cand & valid & ~stopped
         else:
