@@ -21,7 +21,7 @@ __all__ = [
 
 #: The oldest and the newest torch minor releases the suite passes on.
 TORCH_MIN: Tuple[int, int] = (2, 1)
-TORCH_NEWEST_TESTED: Tuple[int, int] = (2, 9)
+TORCH_NEWEST_TESTED: Tuple[int, int] = (2, 13)
 
 #: One ``torch.serialization.safe_globals`` entry: an object, or an object
 #: with the dotted name a pickle refers to it by.
