@@ -76,7 +76,8 @@ LINT_PATH = PATH="$(abspath $(VENV))/bin:$$PATH"
 lint: $(STAMP)
 	$(LINT_PATH) $(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 	$(VENV)/bin/vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
-	$(VENV)/bin/lint-imports
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
+	$(PY) tools/analysis_tools/check_doc_links.py
 
 # The automatic fixes of `make lint` (ruff's safe fixes, import order,
 # unambiguous spelling, whitespace), then what is left to fix by hand.
