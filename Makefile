@@ -18,22 +18,27 @@ CLASSIC_PYTHON ?= python3.11
 CLASSIC_VENV   ?= .venv-classic
 CLASSIC_PY      = $(CLASSIC_VENV)/bin/python
 CLASSIC_STAMP   = $(CLASSIC_VENV)/.tagclip-installed
-# pip's wheel cache is keyed by mmcv's version only, so a stack with another
-# torch keeps its own cache (else it gets an mmcv built against the wrong torch).
-CLASSIC_PIP_CACHE ?= $(HOME)/.cache/pip-tagclip-classic
+
+# pip's wheel cache is keyed by mmcv's version only, so an mmcv wheel built
+# against one torch would be served to a venv with another (whose ops then fail
+# to load). mmcv's build therefore gets one cache per torch, named after the
+# torch pin of the stack's constraints file.
+MMCV_CACHE_ROOT ?= $(HOME)/.cache/pip-tagclip-mmcv
+torch_pin = $(shell sed -n 's/^torch==\([0-9.]*\).*/\1/p' $(1))
 
 .PHONY: all setup test test-fast demo lint lint-fix setup-classic test-classic clean
 
 all: test
 
 # $(call install_stack,PYTHON,VENV,CONSTRAINTS): a venv with torch, mmcv built
-# from its source distribution (pip's wheel cache makes it fast after the
-# first build on a machine), and nothing else.
+# from its source distribution (the per-torch wheel cache makes it fast after
+# the first build on a machine), and nothing else.
 define install_stack
 	test -x $(2)/bin/python || $(1) -m venv $(2)
 	$(2)/bin/python -m pip install -q --upgrade "pip<26"
 	$(2)/bin/python -m pip install -c $(3) -r requirements/build.txt
-	MAX_JOBS=$${MAX_JOBS:-2} $(2)/bin/python -m pip install --no-build-isolation -c $(3) -r requirements/mmcv.txt
+	PIP_CACHE_DIR=$(MMCV_CACHE_ROOT)-torch$(call torch_pin,$(3)) MAX_JOBS=$${MAX_JOBS:-2} \
+	  $(2)/bin/python -m pip install --no-build-isolation -c $(3) -r requirements/mmcv.txt
 endef
 
 # $(call install_rest,VENV,CONSTRAINTS): the runtime and test dependencies,
@@ -71,7 +76,8 @@ LINT_PATH = PATH="$(abspath $(VENV))/bin:$$PATH"
 lint: $(STAMP)
 	$(LINT_PATH) $(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 	$(VENV)/bin/vermin --no-tips -t=3.8- --eval-annotations --violations tagclip_mmseg tools demo setup.py
-	$(VENV)/bin/lint-imports
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
+	$(PY) tools/analysis_tools/check_doc_links.py
 
 # The automatic fixes of `make lint` (ruff's safe fixes, import order,
 # unambiguous spelling, whitespace), then what is left to fix by hand.
@@ -82,7 +88,6 @@ lint-fix: $(STAMP)
 # first: installing the package into it, as a user would (`pip install .` and
 # `pip install -e .`, dependencies resolved), must leave torch, torchvision,
 # mmcv and numpy as they were (.ci/check_install_keeps_stack.sh).
-$(CLASSIC_STAMP): export PIP_CACHE_DIR = $(CLASSIC_PIP_CACHE)
 $(CLASSIC_STAMP): setup.py requirements/*.txt
 	$(call install_stack,$(CLASSIC_PYTHON),$(CLASSIC_VENV),requirements/constraints-classic.txt)
 	.ci/check_install_keeps_stack.sh $(CLASSIC_PY)

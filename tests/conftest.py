@@ -39,9 +39,9 @@ FOOLBOX_PHOTOS = ('foolbox_imagenet_00_243.jpg', 'foolbox_imagenet_01_559.jpg',
                   'foolbox_imagenet_06_609.jpg', 'foolbox_imagenet_07_609.jpg')
 
 def make_tiny_clip(seed: int = 0, path=None, **overrides):
-    """A tiny random CLIP in OpenAI naming (fp32, eval mode), saved to ``path``
-    when given; every parameter is perturbed so that round-trip tests would
-    notice one that failed to load.
+    """A tiny random CLIP in OpenAI naming (fp32, eval mode), saved to ``path`` when given.
+
+    Every parameter is perturbed so that round-trip tests would notice one that failed to load.
     """
     from tagclip_mmseg.models.clip.random_clip import TINY_CLIP_ARCH, random_clip
     return random_clip(seed, path, jitter=0.02, **{**TINY_CLIP_ARCH, **overrides})
@@ -54,9 +54,7 @@ def tiny_clip():
 
 @pytest.fixture
 def tiny_clip_path(tmp_path):
-    """A plain state_dict checkpoint on disk with the weights of :func:`tiny_clip`
-    (same seed).
-    """
+    """A plain state_dict checkpoint with the weights of :func:`tiny_clip` (same seed)."""
     path = str(tmp_path / 'tiny_clip.pth')
     make_tiny_clip(path=path)
     return path
@@ -64,8 +62,9 @@ def tiny_clip_path(tmp_path):
 
 @pytest.fixture(scope='session')
 def real_images_dir():
-    """``tests/data/real_images`` (``images/``, ``masks/``): part of the
-    repository, so a missing folder is an error, never a skip.
+    """``tests/data/real_images`` (``images/``, ``masks/``).
+
+    Part of the repository, so a missing folder is an error, never a skip.
     """
     assert osp.isdir(osp.join(REAL_IMAGES, 'images')), (
         f'{REAL_IMAGES} is missing: it ships with the repository (tests/data/)')
@@ -174,8 +173,9 @@ def _manager_classes():
 
 @contextlib.contextmanager
 def own_mmengine_instances():
-    """Drop the mmengine visualizers, loggers, message hubs and scopes made
-    inside the block when it ends, as a process of their own would.
+    """Drop the mmengine objects made inside the block when it ends.
+
+    Visualizers, loggers, message hubs and scopes go, as they would with a process of their own.
 
     They live in global registries keyed by name: mmseg's runtime names every
     visualizer ``'visualizer'``, so without this a second Runner in one
@@ -239,8 +239,9 @@ class ToolRunner:
 
     @staticmethod
     def env(**overrides):
-        """:func:`tool_env` of this checkout: its code first on ``PYTHONPATH``,
-        CPU only, one thread per process, unbuffered output.
+        """:func:`tool_env` of this checkout.
+
+        Its code first on ``PYTHONPATH``, CPU only, one thread per process, unbuffered output.
         """
         return tool_env(REPO_ROOT, **overrides)
 
@@ -307,8 +308,9 @@ class ToolRunner:
 
 @pytest.fixture(scope='session')
 def tool_runner():
-    """A :class:`ToolRunner` (``subprocess``, ``popen``, ``inprocess``,
-    ``kill_when``, ``kill_seed``).
+    """A :class:`ToolRunner` fixture.
+
+    Its modes: ``subprocess``, ``popen``, ``inprocess``, ``kill_when``, ``kill_seed``.
 
     Test modules cannot import conftest (``--import-mode=importlib``), hence a
     fixture.
@@ -433,10 +435,11 @@ def masks_agree():
 
 
 def reference_tagging_metrics(scores: np.ndarray, labels: np.ndarray, ratio: float) -> dict:
-    """docs/method.md §5, written out independently of the package: non-interpolated AP
-    per class (classes without positives count as 0 in the mean) and pooled
-    precision/recall/F1 of the per-image relative threshold, in percent.
-    Scores must be distinct within a class (no tie handling here).
+    """docs/method.md, "Classification evaluation", written out independently of the package.
+
+    Non-interpolated AP per class (classes without positives count as 0 in the mean) and pooled
+    precision/recall/F1 of the per-image relative threshold, in percent. Scores must be distinct
+    within a class (no tie handling here).
     """
     num_classes = scores.shape[1]
     ap = np.zeros(num_classes)
@@ -460,10 +463,11 @@ def tagging_metrics_oracle():
 
 
 def write_image_split(root, ids, write_image, tags_of):
-    """A VOC-style tagged split under ``root``: ``JPEGImages/<id>.jpg`` written by
-    ``write_image(index, img_id, path)`` in id order, then ``list.txt`` (the
-    ids) and ``tags.txt`` (``img_id t1 t2 ...`` lines, ``tags_of(img_id)``
-    called in id order after every image is written). Returns ``root``.
+    """A VOC-style tagged split under ``root``.
+
+    ``JPEGImages/<id>.jpg`` written by ``write_image(index, img_id, path)`` in id order, then
+    ``list.txt`` (the ids) and ``tags.txt`` (``img_id t1 t2 ...`` lines, ``tags_of(img_id)`` called
+    in id order after every image is written). Returns ``root``.
     """
     (root / 'JPEGImages').mkdir()
     for index, img_id in enumerate(ids):
@@ -481,8 +485,9 @@ def image_split():
 
 
 def write_random_split(root, ids, seed: int, max_side: int, min_tags: int):
-    """:func:`write_image_split` of random JPEGs, 24 to ``max_side`` pixels a
-    side, each tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded).
+    """:func:`write_image_split` of random JPEGs, 24 to ``max_side`` pixels a side.
+
+    Each is tagged with ``min_tags`` to 3 of VOC's 20 classes (seeded).
     """
     rng = np.random.default_rng(seed)
     tags = {}

@@ -1,4 +1,4 @@
-"""Time and size the fast (batched) paths against the faithful per-image ones.
+r"""Time and size the fast (batched) paths against the faithful per-image ones.
 
 Random CLIP weights (ViT-B/16-shaped, or tiny with ``--tiny``), so nothing is
 downloaded; one line per figure, with PASS/MISS where ``benchmark/targets.py``
@@ -8,7 +8,7 @@ the figures.
 Examples::
 
     python tools/benchmark.py --repeats 3       # the figures of docs/performance.md
-    python tools/benchmark.py --device cuda --autocast bf16 --batch-size 32 \\
+    python tools/benchmark.py --device cuda --autocast bf16 --batch-size 32 \
         --parts backbone tag cam memory
     python tools/benchmark.py --tiny            # smoke run in seconds
 """

@@ -65,9 +65,7 @@ InputsType = Union[InputItem, Sequence[InputItem]]
 
 
 def check_vocabulary_argument(name: str, value) -> None:
-    """Fail with the argument's name for a vocabulary that is not a preset
-    name or a list of names (``None`` means "the default" and passes).
-    """
+    """Fail, naming the argument, unless ``value`` is None, a preset name or a list of names."""
     if value is None:
         return
     try:
@@ -82,48 +80,27 @@ class TagCLIPInferencer(BaseInferencer):
     """Open-vocabulary tags, CAMs and pseudo masks for images.
 
     Args:
-        model (str | Config | dict, optional): A tagging config
-            (``configs/tagclip/*.py``), a pseudo-label config with a tagger
-            (``configs/pseudo_labelers/*.py``; its labeler is then used for
-            CAMs and masks), the bare name of either, or None for TagCLIP's
-            and CLIP-ES's reference settings for ViT-B/16 (their layer
-            indices assume 12 layers; other CLIPs need a config).
+        model (str | Config | dict, optional): A tagging or pseudo-label
+            config (or its bare name); None for the ViT-B/16 reference settings.
         checkpoint (str, optional): CLIP weights: a path, an OpenAI model
-            name (``'ViT-B/16'``) or an ``http(s)`` URL. Replaces the
-            config's; with ``model=None`` defaults to ``'ViT-B/16'``.
-        device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...;
-            None picks CUDA when available.
+            name or an ``http(s)`` URL; replaces the config's.
+        device (str, optional): ``'cpu'``, ``'cuda'``...; None picks CUDA when available.
         batch_size (int): Images per forward (equal-size images only).
         classes (str | Sequence[str | Sequence[str]], optional): The
-            vocabulary; a list entry is a synonym list, a string names a
-            preset (``'voc'``, ``'coco'``, ``'cocostuff'``) or a name file
-            (``'my_classes.txt'``, or ``dict(file=..., sep='; ')``; see
-            :func:`~tagclip_mmseg.utils.read_name_file`). Required unless
-            the config names its classes (in the model or its test dataset's
-            metainfo).
-        background_words (str | Sequence[str], optional): Softmax
-            competitors, a preset name (``'voc'``, ``'coco'``) or a name
-            file (every name in it). None takes
-            the config's; without a config, TagCLIP's VOC background words
-            minus any word that is also a class. ``[]`` disables them.
-        with_cams (bool): Build the CLIP-ES labeler now rather than on the
-            first call that asks for CAMs or masks.
+            vocabulary: synonym lists, a preset name or a name file
+            (:func:`~tagclip_mmseg.utils.read_name_file`). None: the config's.
+        background_words (str | Sequence[str], optional): Softmax competitors,
+            a preset or a name file; None: the config's; ``[]`` disables them.
+        with_cams (bool): Build the CLIP-ES labeler now, not on first use.
         labeler (str | Config | dict, optional): A pseudo-label config (or
-            the labeler's model dict) whose settings replace the default
-            labeler's; an explicit ``classes`` replaces its vocabulary by
-            the CAM-stage names of ``classes``.
-        text_cache_dir (str, optional): Folder of the text-embedding cache
-            (None: ``$TAGCLIP_MMSEG_CACHE`` or ``~/.cache/tagclip_mmseg``).
-        max_tokens (int, optional): Token budget per image; see
-            :data:`DEFAULT_MAX_TOKENS`. None disables it.
-        on_error (str): What an unreadable image file does: ``'raise'``
-            (before any model runs) or ``'skip'`` (its result has ``error``
-            set and no tags).
-        truncate_prompts (bool): Cut prompts of class names too long for
-            CLIP's 77-token context (with a warning) instead of refusing them.
+            model dict) replacing the default labeler's settings.
+        text_cache_dir (str, optional): Folder of the text-embedding cache.
+        max_tokens (int, optional): Token budget per image; None disables it.
+        on_error (str): ``'raise'`` or ``'skip'`` for an unreadable image file.
+        truncate_prompts (bool): Cut prompts too long for CLIP's context
+            (with a warning) instead of refusing them.
 
-    Vocabulary errors are raised here, not at the first image. Calls may run
-    concurrently: per-call settings are passed to ``predict``, never set on
+    Calls may run concurrently: per-call settings go to ``predict``, never to
     the shared models.
     """
 
@@ -225,11 +202,7 @@ class TagCLIPInferencer(BaseInferencer):
 
     @staticmethod
     def _runtime_cfg(model_cfg: dict, device: str) -> dict:
-        """A plain copy of ``model_cfg`` adapted to ``device``.
-
-        fp16 matmuls are slow or unsupported on CPUs; results in fp32 differ
-        from the fp16 reference only by rounding.
-        """
+        """A plain copy of ``model_cfg`` adapted to ``device`` (fp32 instead of fp16 on CPU)."""
         model_cfg = to_plain_dict(model_cfg)
         clip = model_cfg.get('clip')
         if not str(device).startswith('cuda') and isinstance(clip, dict) and str(
@@ -246,11 +219,7 @@ class TagCLIPInferencer(BaseInferencer):
 
     @property
     def labeler(self) -> nn.Module:
-        """The CLIP-ES labeler, built on first use; it reuses the tagger's
-        CLIP module (no second load) when both ask for the same checkpoint
-        and dtype. Quirks need not agree: the CLIP holds none (the
-        positional-embedding rounding is a per-call argument).
-        """
+        """The CLIP-ES labeler, built on first use; shares the tagger's CLIP when configs agree."""
         with self._labeler_lock:
             if self._labeler is None:
                 device = self._device
@@ -279,6 +248,7 @@ class TagCLIPInferencer(BaseInferencer):
 
     @property
     def patch_size(self) -> int:
+        """The CLIP's ViT patch size."""
         return self.model.clip.visual.patch_size
 
     # -------------------------------------------------------------- vocabulary
@@ -332,29 +302,17 @@ class TagCLIPInferencer(BaseInferencer):
         """Tag ``inputs`` and return one result per image, in input order.
 
         Args:
-            inputs (str | np.ndarray | Sequence): An image path, a folder (its
-                image files, sorted), an array, or a list of paths and arrays.
-                Arrays are uint8 (H, W, 3), **RGB** unless ``channel_order``
-                says otherwise.
+            inputs (str | np.ndarray | Sequence): An image path, a folder, a
+                uint8 (H, W, 3) array, or a list of paths and arrays.
             classes (Sequence, optional): A vocabulary for this call only.
-            background_words (Sequence[str], optional): Background words for
-                this call only (default: the inferencer's, minus any word that
-                is one of ``classes``).
+            background_words (Sequence[str], optional): Background words for this call only.
             batch_size (int, optional): Overrides the constructor's.
-            return_cams (bool): Add ``cams``: (K, H, W) float32 in [0, 1], one
-                CLIP-ES map per tag (rows in ``tags`` order), at the original
-                image size.
-            return_mask (bool): Add ``mask``: (H, W) pseudo mask at the
-                original size; 0 background, ``c + 1`` class ``c``, 255
-                ignore (a labeler configured without background or with a
-                ``label_map`` writes its own label space). uint8 for
-                vocabularies below 255 classes, else int32.
-            channel_order (str): ``'rgb'`` or ``'bgr'`` (``mmcv.imread`` and
-                ``cv2.imread`` arrays) for array inputs; files are always
-                decoded to RGB.
-            out_dir (str, optional): Also write each image's pictures (tags,
-                CAM heat maps, mask overlay) to ``out_dir/<image name>/`` and
-                list them under ``visualization``.
+            return_cams (bool): Add ``cams``: (K, H, W) float32 CLIP-ES maps in ``tags`` order.
+            return_mask (bool): Add ``mask``: (H, W) pseudo mask, 0 background,
+                ``c + 1`` class ``c``, 255 ignore.
+            channel_order (str): ``'rgb'`` or ``'bgr'`` for array inputs.
+            out_dir (str, optional): Also write each image's pictures to
+                ``out_dir/<image name>/`` and list them under ``visualization``.
             title (str, optional): First line of the drawn tag panel.
 
         Returns:
@@ -379,13 +337,8 @@ class TagCLIPInferencer(BaseInferencer):
                      channel_order: str = 'rgb',
                      out_dir: Optional[str] = None,
                      title: Optional[str] = None) -> Iterator[Tuple[int, dict]]:
-        """Like :meth:`__call__`, but yield ``(index, result)`` as batches finish.
-
-        Batches follow image size, not input order; use this to report
-        progress or to write results without holding all of them.
-        """
+        """Like :meth:`__call__`, but yield ``(index, result)`` as batches finish."""
         items = expand_inputs(inputs)
-        # Checked before the first image; this call's own, never set on the models.
         vocabulary = self._call_vocabularies(classes, background_words,
                                              with_labeler=return_cams or return_mask)
         chunks = self.preprocess(items, batch_size or self.batch_size,
@@ -407,8 +360,6 @@ class TagCLIPInferencer(BaseInferencer):
         """
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
-        # Arrays are validated (and BGR flipped) up front, so a bad array fails
-        # before any model runs; an RGB uint8 array is used without a copy.
         inputs = [array_to_rgb(x, channel_order) if isinstance(x, np.ndarray) else x
                   for x in inputs]
         names = [osp.splitext(osp.basename(x))[0] if isinstance(x, str) else f'array_{i}'

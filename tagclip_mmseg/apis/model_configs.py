@@ -30,9 +30,7 @@ _CONFIG_GROUPS = ('tagclip', 'pseudo_labelers')
 
 
 def config_roots() -> List[str]:
-    """Folders searched for config names: the repository's ``configs/`` and
-    the copy an installed package keeps in ``tagclip_mmseg/.mim/configs``.
-    """
+    """Folders searched for config names: ``configs/`` and ``tagclip_mmseg/.mim/configs``."""
     package = osp.dirname(osp.dirname(osp.abspath(__file__)))
     roots = [osp.join(osp.dirname(package), 'configs'), osp.join(package, '.mim', 'configs')]
     return [r for r in roots if osp.isdir(r)]

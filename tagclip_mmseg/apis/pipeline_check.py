@@ -1,8 +1,4 @@
-"""A random-weight CLIP for checking that the pipeline runs end to end.
-
-The demo runs on it offline; its tags and masks are meaningless, and the demo
-says so.
-"""
+"""A random-weight CLIP for checking offline that the pipeline runs end to end."""
 from ..models.clip.random_clip import NARROW_CLIP_ARCH, random_clip
 
 __all__ = ['PIPELINE_CHECK_ARCH', 'write_pipeline_check_checkpoint']

@@ -1,8 +1,6 @@
 """Read and write image-level label files (``image_id idx idx ...``).
 
-One reader serves ground-truth lists, tag files and pseudo-label inputs; the
-format is in README.md, "Files and images between the stages". Duplicate
-indices on a line are merged.
+The format is in README.md, "Files and images between the stages".
 """
 import os
 import os.path as osp
@@ -29,10 +27,7 @@ def _needs_escape(char: str) -> bool:
 
 
 def encode_image_id(img_id: str) -> str:
-    """An image id as one whitespace-free field of a label file.
-
-    Whitespace, ``%``, ``,`` and unprintable characters become the ``%XX`` of
-    their UTF-8 bytes; everything else is kept.
+    """An image id as one field of a label file (whitespace, ``%``, ``,`` become ``%XX``).
 
     Raises:
         ValueError: For an empty id, which no line could hold.
@@ -69,13 +64,10 @@ def read_label_file(path: PathLike,
 
     Args:
         path (str | PathLike): The file.
-        num_classes (int, optional): Size of the vocabulary the indices refer
-            to (after ``index_map``); indices outside ``[0, num_classes)`` are
-            errors. None skips the range check.
-        index_map (Sequence[int], optional): Translate the file's indices,
-            ``index_map[i]`` being the dataset index of file index ``i`` and
-            -1 marking indices that must not occur (e.g. COCO-Stuff's
-            182-space ids -> 171 classes).
+        num_classes (int, optional): Vocabulary size for the range check
+            (after ``index_map``); None skips it.
+        index_map (Sequence[int], optional): Dataset index of each file
+            index; -1 marks indices that must not occur.
 
     Returns:
         dict[str, list[int]]: Labels per image id; ``[]`` for an id-only line.
@@ -125,8 +117,6 @@ def read_label_file(path: PathLike,
 def read_id_list(path: PathLike) -> List[str]:
     """Read image ids from a split list: the first field of each non-blank line.
 
-    Extra fields are allowed (a label file is also a valid id list).
-
     Raises:
         LabelFileError: With ``file:line`` for duplicate ids or commas in ids.
     """
@@ -146,8 +136,7 @@ def read_id_list(path: PathLike) -> List[str]:
 
 
 def format_label_line(img_id: str, indices: Iterable[int]) -> str:
-    """One line of a label file, without the newline; the id is escaped
-    (:func:`encode_image_id`) so that :func:`read_label_file` gets it back.
+    """One line of a label file, without the newline; the id is escaped (:func:`encode_image_id`).
 
     Raises:
         ValueError: For an empty id.

@@ -1,8 +1,6 @@
 """Multi-label classification datasets for tagging (and its mAP/F1 evaluation).
 
-Data infos hold ``img_path``, ``img_id`` and, when known, ``gt_label``
-(sorted 0-based class indices); which dataset serves which benchmark is in
-docs/method.md, "Datasets".
+Which dataset serves which benchmark is in docs/method.md, "Datasets".
 """
 import json
 import os.path as osp
@@ -32,8 +30,7 @@ class _MultiLabelDataset(BaseDataset):
     """Shared behaviour: validated classes, ``get_cat_ids``, missing-file skips.
 
     Args:
-        on_missing (str): What to do with entries whose image file does not
-            exist: ``'skip'`` (warn and count) or ``'raise'``.
+        on_missing (str): ``'skip'`` (warn and count) or ``'raise'`` for a missing image.
         label_index_map (str | Sequence[int], optional): Translate label
             indices of a label file (see :func:`read_label_file`).
         **kwargs: :class:`mmengine.dataset.BaseDataset` arguments.

@@ -1,8 +1,4 @@
-"""The two benchmarks of the open-vocabulary protocol that mmseg lacks.
-
-VOC20 and COCO-Object, defined as the protocol's projects define them
-(docs/open_vocab.md).
-"""
+"""VOC20 and COCO-Object, the open-vocabulary benchmarks mmseg lacks (docs/open_vocab.md)."""
 from typing import List
 
 from mmengine import fileio

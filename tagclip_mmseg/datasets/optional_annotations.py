@@ -7,13 +7,13 @@ __all__ = ['LoadOptionalAnnotations']
 
 @TRANSFORMS.register_module()
 class LoadOptionalAnnotations(LoadAnnotations):
-    """mmseg's ``LoadAnnotations`` when the sample has a ``seg_map_path``;
-    a no-op when it has none (a dataset without ground truth).
+    """mmseg's ``LoadAnnotations``, a no-op for a sample without ``seg_map_path``.
 
     Takes ``LoadAnnotations``' arguments.
     """
 
     def transform(self, results: dict) -> dict:
+        """Load the annotation if the sample has one."""
         if results.get('seg_map_path') is None:
             return results
         return super().transform(results)

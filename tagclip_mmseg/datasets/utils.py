@@ -22,16 +22,12 @@ MISSING_IMAGES_KEY = 'missing_images'
 
 
 def skipped_list_path(tags_file: str) -> str:
-    """Where the tagger lists the images it skipped: ``<tags file without
-    extension>.skipped.txt`` (``TagFileWriter``'s default, read by stage 2).
-    """
+    """Where the tagger lists skipped images: ``<tags file stem>.skipped.txt``."""
     return osp.splitext(tags_file)[0] + '.skipped.txt'
 
 
 def read_skipped_list(path: str) -> Dict[str, str]:
-    """``{img_id: reason}`` from a skipped list (``img_id<TAB>img_path<TAB>reason``
-    lines); ``{}`` when the file does not exist.
-    """
+    """``{img_id: reason}`` from a skipped list; ``{}`` when the file does not exist."""
     if not osp.isfile(path):
         return {}
     skipped: Dict[str, str] = {}
@@ -135,8 +131,7 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
 
 
 def image_suffixes(suffix, name: str = 'img_suffix') -> Tuple[str, ...]:
-    """A dataset's image extension(s) as a tuple: one string, or a list or
-    tuple of them (as mmengine's datasets accept).
+    """A dataset's image extension(s) (a string, list or tuple) as a tuple.
 
     Raises:
         ValueError: Naming ``name`` when ``suffix`` is neither.
@@ -150,9 +145,7 @@ def image_suffixes(suffix, name: str = 'img_suffix') -> Tuple[str, ...]:
 
 
 def locate_image(folder: str, img_id: str, suffixes: Sequence[str]) -> str:
-    """``folder/<img_id><suffix>`` for the first of ``suffixes`` whose file
-    exists; the first suffix's path when none does (reported as missing).
-    """
+    """``folder/<img_id><suffix>`` for the first existing suffix, else the first suffix."""
     candidates = [osp.join(folder, img_id + s) for s in suffixes]
     return next((p for p in candidates if osp.isfile(p)), candidates[0])
 

@@ -91,11 +91,9 @@ def load_from_local_weights_only(filename: str, map_location: MapLocation = None
 
     Raises:
         FileNotFoundError: If ``filename`` is not a file.
-        UnsafeCheckpointError: If the file stores objects other than tensors,
-            containers and :data:`MMENGINE_CHECKPOINT_GLOBALS` (e.g. a pickle
-            that calls a function); nothing from the file was run.
-        UnreadableCheckpointError: If the file is damaged or not a
-            checkpoint (an image, a web page...).
+        UnsafeCheckpointError: If the file stores objects beyond
+            :data:`MMENGINE_CHECKPOINT_GLOBALS`; nothing from it was run.
+        UnreadableCheckpointError: If the file is damaged or not a checkpoint.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
@@ -124,10 +122,8 @@ def load_url_weights_only(url: str,
         file_name: Name of the cached file; default the URL's.
 
     Raises:
-        UnsafeCheckpointError: If the downloaded file stores objects other
-            than weights; nothing from it was run.
-        UnreadableCheckpointError: If the downloaded file is damaged or not
-            a checkpoint.
+        UnsafeCheckpointError: If the file stores objects other than weights.
+        UnreadableCheckpointError: If the file is damaged or not a checkpoint.
     """
     import torch.hub
     try:
@@ -146,10 +142,7 @@ def load_url_weights_only(url: str,
 
 @contextlib.contextmanager
 def safe_checkpoint_loading() -> Iterator[None]:
-    """Within the block mmengine loads every checkpoint with ``weights_only=True``.
-
-    The previous loaders are restored on exit (the tools wrap the runner).
-    """
+    """Within the block mmengine loads every checkpoint with ``weights_only=True``."""
     previous = CheckpointLoader._get_checkpoint_loader('')
     if os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes',
                                                                            'true'):

@@ -33,6 +33,7 @@ class RunProgressHook(Hook):
         self._total: Optional[int] = None
 
     def before_test(self, runner) -> None:
+        """Start the clock and read the dataset size."""
         self._start = self._last = time.time()
         self._done = 0
         try:
@@ -41,6 +42,7 @@ class RunProgressHook(Hook):
             self._total = None
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        """Count the batch; log a progress line every ``interval_s`` seconds."""
         n = len(outputs) if outputs is not None else 1
         self._done += n * get_world_size()
         now = time.time()
@@ -49,6 +51,7 @@ class RunProgressHook(Hook):
             runner.logger.info(self.progress_line(now))
 
     def progress_line(self, now: float) -> str:
+        """Images done, rate and ETA at time ``now``."""
         elapsed = max(now - self._start, 1e-9)
         rate = self._done / elapsed
         done = min(self._done, self._total) if self._total else self._done
@@ -60,6 +63,7 @@ class RunProgressHook(Hook):
         return f'progress: {done} images, {rate:.2f} images/s'
 
     def after_test(self, runner) -> None:
+        """Log the total count, time and rate."""
         elapsed = time.time() - self._start
         total = self._total if self._total is not None else self._done
         rate = total / elapsed if elapsed > 0 else 0.0

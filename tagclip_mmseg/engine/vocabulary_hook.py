@@ -24,6 +24,7 @@ class VocabularyHook(Hook):
         self.override = override
 
     def before_test(self, runner) -> None:
+        """Give the model the test dataset's vocabulary."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if not hasattr(model, 'set_vocabulary'):
             return
@@ -48,8 +49,7 @@ def check_class_count(model, meta: dict) -> None:
         meta: The dataset metainfo (``tag_classes`` or ``classes``).
 
     Raises:
-        ValueError: Naming both counts and the name-file rule that most
-            often explains them.
+        ValueError: Naming both counts.
     """
     classes = meta.get('tag_classes') or meta.get('classes')
     if not classes or not isinstance(getattr(model, 'num_classes', None), int):

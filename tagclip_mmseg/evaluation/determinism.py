@@ -120,7 +120,8 @@ def compare_tag_scores(a: Mapping[str, Tuple[Sequence[float], Sequence[int]]],
     """Check two tagging runs against the contract; return the violations.
 
     Args:
-        a, b: ``{img_id: (scores, tags)}``, e.g. from :func:`read_scores_file`.
+        a (Mapping): ``{img_id: (scores, tags)}``, e.g. from :func:`read_scores_file`.
+        b (Mapping): The second run, as ``a``.
         tag_ratio (float): The tagger's ``tag_ratio`` (to locate threshold
             ties from the scores alone).
         atol (float): Score tolerance.
@@ -162,9 +163,10 @@ def unexplained_label_flips(labels_a: Tensor, labels_b: Tensor, probs_a: Tensor,
     """Mask pixels whose labels differ although no two channels tie there.
 
     Args:
-        labels_a, labels_b (Tensor): (H, W) label maps of two runs.
-        probs_a, probs_b (Tensor): (C, H, W) the channels the labels are the
-            argmax of (background first), from the same runs.
+        labels_a (Tensor): (H, W) label map of the first run.
+        labels_b (Tensor): (H, W) label map of the second run.
+        probs_a (Tensor): (C, H, W) channels ``labels_a`` is the argmax of (background first).
+        probs_b (Tensor): (C, H, W) channels ``labels_b`` is the argmax of.
         tie (float): Channel gap under which a pixel may flip.
 
     Returns:

@@ -217,9 +217,7 @@ class TaggingMetric(BaseMetric):
 
 def _onehot(sample, label_key: str, num_classes: int,
             score_key: Optional[str] = None) -> Optional[torch.Tensor]:
-    """``(C,)`` bool from class indices at ``label_key`` (or a one-hot at
-    ``score_key``); ``None`` when the sample has neither.
-    """
+    """``(C,)`` bool from ``label_key`` indices or a ``score_key`` one-hot, else ``None``."""
     label = get_field(sample, label_key)
     if label is not None:
         if isinstance(label, Mapping) or hasattr(label, 'label'):  # mmcls-style LabelData
@@ -244,11 +242,9 @@ def _stack(tensors: List[torch.Tensor], name: str) -> torch.Tensor:
 
 
 def _fg_class_names(meta: Optional[dict], num_classes: int) -> Tuple[str, ...]:
-    """Foreground class names from the dataset meta (the first of a class's
-    synonyms), else indices.
+    """Foreground class names from the dataset meta, else indices.
 
-    Segmentation datasets list 'background' first; the tagger scores only the
-    foreground classes, so a list one longer than the scores drops its first.
+    A list one longer than the scores starts with 'background' and drops it.
     """
     classes = tuple(class_key(c) for c in (meta or {}).get('classes', ()))
     if len(classes) == num_classes + 1:

@@ -126,9 +126,7 @@ class SourceLog:
         self._file: Optional[IO[str]] = None
 
     def append(self, img_id: str, img_path: Optional[str], png_sha256: str) -> None:
-        """Record that the PNG ``png_sha256``, about to be written, comes from
-        ``img_path`` as it is now.
-        """
+        """Record that the PNG ``png_sha256``, about to be written, comes from ``img_path``."""
         if self._file is None:
             self._file = open(self.path, 'a', encoding='utf-8')
             self._file.write('\n')  # a line torn by a kill stays apart from the next one

@@ -73,9 +73,7 @@ def _type_name(type_: Any) -> str:
 
 
 def _module_identity(module: nn.Module) -> Dict[str, Any]:
-    """A module built elsewhere (a CLIP): its checkpoint's content hash, or
-    the hash of its weights when it was not loaded from a file.
-    """
+    """A module's checkpoint content hash, or the hash of its weights if not loaded from a file."""
     weights = getattr(module, 'checkpoint_fingerprint', None)
     if weights is None:
         digest = hashlib.sha256()

@@ -12,8 +12,7 @@ __all__ = ['repo_root', 'tool_env']
 
 
 def repo_root(path: str) -> str:
-    """The repository that holds ``path``: the nearest folder above it with
-    both ``setup.py`` and the ``tagclip_mmseg`` package.
+    """The nearest folder above ``path`` with ``setup.py`` and the ``tagclip_mmseg`` package.
 
     Args:
         path (str): A file or folder inside the checkout (a test's ``__file__``).

@@ -47,8 +47,7 @@ def write_folder_images(folder: str, ids: Sequence[str] = FOLDER_IDS, seed: int 
 
 
 def scores_file_option(tags_file: str) -> List[str]:
-    """The ``--cfg-options`` item that keeps :data:`FOLDER_CONFIG`'s scores file
-    next to ``tags_file`` (not in the repository).
+    """The ``--cfg-options`` item that puts :data:`FOLDER_CONFIG`'s scores next to ``tags_file``.
 
     Args:
         tags_file (str): The tags file the run writes.

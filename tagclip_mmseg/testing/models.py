@@ -55,7 +55,5 @@ def build_tagger(clip: ClipLike, quirks: Optional[QuirksLike] = None,
 def build_labeler(clip: ClipLike, quirks: Optional[QuirksLike] = None,
                   work_dir: Union[None, str, os.PathLike] = None,
                   **settings: Any) -> CLIPESPseudoLabeler:
-    """A :class:`~tagclip_mmseg.models.pseudo_labelers.CLIPESPseudoLabeler`
-    in eval mode; arguments as :func:`build_tagger`.
-    """
+    """A ``CLIPESPseudoLabeler`` in eval mode; arguments as :func:`build_tagger`."""
     return _build(CLIPESPseudoLabeler, clip, quirks, work_dir, settings)

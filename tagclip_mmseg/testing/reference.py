@@ -13,23 +13,21 @@ from torch import Tensor
 
 from ..utils.quirks import Quirks
 
-__all__ = ['binarize_reference', 'boxes_union_reference', 'reference_tagclip', 'cam_box_reference', 'reference_cams']
+__all__ = [
+    'binarize_reference', 'boxes_union_reference', 'reference_tagclip', 'cam_box_reference',
+    'reference_cams'
+]
 
 
 def binarize_reference(v: np.ndarray, thresh: float, relative: bool) -> np.ndarray:
-    """The reference's foreground test: quantise to uint8, then
-    ``cv2.THRESH_BINARY`` at ``thresh * 255``, or at ``thresh * max`` of the
-    quantised map when ``relative``.
-    """
+    """Quantise to uint8, then threshold at ``thresh * 255`` (``thresh * max`` if ``relative``)."""
     q = (v.astype(np.float32) * 255).astype(np.uint8)
     level = int(thresh * q.max()) if relative else int(thresh * 255)
     return cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1] > 0
 
 
 def boxes_union_reference(fg: np.ndarray, clamp: bool) -> np.ndarray:
-    """Union of bounding rectangles of external contours (OpenCV), as the
-    reference; ``clamp`` applies the right/bottom clamping quirk.
-    """
+    """Union of external contours' bounding rectangles; ``clamp`` clamps right/bottom."""
     h, w = fg.shape
     box = np.zeros((h, w), np.float32)
     contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
@@ -148,9 +146,7 @@ def reference_tagclip(model, image: Tensor) -> Dict[str, Tensor]:
 
 
 def cam_box_reference(cam: np.ndarray, ratio: float, clamp: bool) -> np.ndarray:
-    """CLIP-ES box of one CAM: uint8 map above ``ratio * max``, union of
-    contour rectangles.
-    """
+    """CLIP-ES box of one CAM: union of contour rectangles above ``ratio * max``."""
     return boxes_union_reference(binarize_reference(cam, ratio, relative=True), clamp)
 
 

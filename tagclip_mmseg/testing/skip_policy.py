@@ -104,6 +104,7 @@ class SkipPolicy:
 
 
 def pytest_addoption(parser) -> None:
+    """Add the strict-skips option."""
     parser.addoption(
         STRICT_SKIPS_OPTION, action='store_true', default=False,
         help='fail the session if a test skips for a reason other than a missing CUDA '
@@ -111,6 +112,7 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_configure(config) -> None:
+    """Register the skip policy when the option is set."""
     if config.getoption(STRICT_SKIPS_OPTION) and not config.pluginmanager.has_plugin(
             _PLUGIN_NAME):
         config.pluginmanager.register(SkipPolicy(), _PLUGIN_NAME)

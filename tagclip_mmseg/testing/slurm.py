@@ -144,9 +144,7 @@ class LocalSlurm:
         self._wait(self._node_idle, timeout, 'the node did not become idle')
 
     def stop(self, timeout: float = 30.) -> None:
-        """Cancel the partition's jobs, then stop the daemons this object started
-        (SIGTERM, then SIGKILL after ``timeout`` seconds each).
-        """
+        """Cancel the partition's jobs, then SIGTERM (later SIGKILL) the daemons it started."""
         ctld = self._procs.get('slurmctld')
         if ctld is not None and ctld.poll() is None:
             try:

@@ -42,6 +42,6 @@ __all__ = [
     'COCOSTUFF_182_TO_171', 'COCOSTUFF_182_TO_27', 'COCOSTUFF_171_TO_27',
     'COCOSTUFF_182_TO_OBJECT', 'voc_palette', 'ClassName', 'class_key', 'LABEL_INDEX_MAPS',
     'resolve_index_map', 'LabelMap', 'label_lut', 'apply_label_lut', 'compute_dtype',
-    'minmax_normalize', 'relative_threshold', 'relative_threshold_mask', 'check_patch_args', 'group_indices',
-    'patch_grid'
+    'minmax_normalize', 'relative_threshold', 'relative_threshold_mask', 'check_patch_args',
+    'group_indices', 'patch_grid'
 ]

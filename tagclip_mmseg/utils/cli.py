@@ -55,10 +55,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
 
 def parse_runner_args(parser: argparse.ArgumentParser,
                       argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse, and export the local rank as ``LOCAL_RANK`` unless a launcher
-    already did (mmengine reads it from the environment). Under torchrun, a
-    rank stops when its launcher dies (:func:`stop_with_launcher`).
-    """
+    """Parse, and export ``LOCAL_RANK`` unless a launcher already did."""
     args = parser.parse_args(argv)
     if args.launcher == 'pytorch':
         stop_with_launcher()
@@ -68,8 +65,7 @@ def parse_runner_args(parser: argparse.ArgumentParser,
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """``args.config`` with ``--cfg-options`` merged in, then ``--data-root``
-    and ``--launcher`` set.
+    """``args.config`` with ``--cfg-options``, ``--data-root`` and ``--launcher`` applied.
 
     ``open_vocab_protocol=NAME`` among the options switches an open-vocabulary
     config to that project's sizes (:func:`set_open_vocab_protocol`) before
@@ -93,9 +89,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def default_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
-    """Set ``cfg.work_dir`` by priority: the flag, the config, then
-    ``./work_dirs/<config name>`` (mmseg's rule).
-    """
+    """Set ``cfg.work_dir``: the flag, the config, then ``./work_dirs/<config name>``."""
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
@@ -119,9 +113,7 @@ def quirks_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 class FlagHelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter without line breaks inside words such as
-    ``--classes-sep``, so that a flag named in the help stays whole.
-    """
+    """argparse's formatter without line breaks inside flags such as ``--classes-sep``."""
 
     def _split_lines(self, text: str, width: int) -> List[str]:
         return textwrap.wrap(' '.join(text.split()), width, break_on_hyphens=False)
@@ -132,9 +124,7 @@ class FlagHelpFormatter(argparse.HelpFormatter):
 
 
 def add_vocabulary_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--classes FILE``, ``--classes-sep``, ``--background-line``,
-    ``--background-words FILE`` and ``--background-words-sep``.
-    """
+    """Add ``--classes``, ``--background-line``, ``--background-words`` and their ``-sep`` flags."""
     parser.formatter_class = FlagHelpFormatter
     group = parser.add_argument_group('vocabulary from name files', NAME_FILE_HELP)
     group.add_argument('--classes', metavar='FILE',

@@ -22,8 +22,8 @@ from .hashing import file_sha256, remember_sha256
 
 __all__ = [
     'OPENAI_CLIP_URLS', 'CLIP_CACHE_DIR', 'DEFAULT_CLIP_NAME', 'MIRROR_ENV', 'OFFLINE_ENVS',
-    'CHECKPOINT_HELP', 'FetchError', 'is_url', 'is_offline', 'expected_sha256', 'clip_url', 'fetch_target',
-    'fetch', 'resolve_checkpoint'
+    'CHECKPOINT_HELP', 'FetchError', 'is_url', 'is_offline', 'expected_sha256', 'clip_url',
+    'fetch_target', 'fetch', 'resolve_checkpoint'
 ]
 
 #: OpenAI's CLIP ViT archives, as ``clip.load`` fetches them; the path segment

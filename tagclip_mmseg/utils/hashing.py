@@ -39,9 +39,7 @@ def file_identity(path: str) -> Tuple[str, int, int, int, int, int]:
 
 
 def file_stamp(path: Optional[str]) -> Optional[List[int]]:
-    """``[size, mtime_ns]`` of a file (links followed), or ``None`` if it cannot
-    be read. Cheap enough for every image of a dataset; an edit changes it.
-    """
+    """``[size, mtime_ns]`` of a file (links followed), or ``None`` if it cannot be read."""
     if not path:
         return None
     try:
@@ -101,9 +99,7 @@ def file_sha256(path: str, use_cache: bool = True) -> str:
 
 
 def remember_sha256(path: str, digest: str) -> None:
-    """Record the known hash of a file just written (e.g. a verified fetch),
-    so that :func:`file_sha256` does not read it again.
-    """
+    """Record the known hash of a file just written, so :func:`file_sha256` skips reading it."""
     _remember(file_identity(osp.expanduser(os.fspath(path))), digest)
 
 

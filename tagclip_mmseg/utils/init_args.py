@@ -70,7 +70,5 @@ class RecordsInitArgs:
 
 
 def init_args(obj: Any) -> Optional[Dict[str, Any]]:
-    """The arguments ``obj`` was built with (see :class:`RecordsInitArgs`), or
-    ``None`` for an object that does not record them.
-    """
+    """The arguments ``obj`` was built with (:class:`RecordsInitArgs`), else ``None``."""
     return getattr(obj, '_init_args', None) if isinstance(obj, RecordsInitArgs) else None

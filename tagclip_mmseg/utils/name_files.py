@@ -148,16 +148,12 @@ def read_class_names(path: Union[str, os.PathLike],
 def read_background_words(path: Union[str, os.PathLike],
                           sep: Optional[str] = None,
                           first_line: str = 'class') -> List[str]:
-    """Background words of a name file: every name, or line 1's with
-    ``first_line='background'`` (see :func:`read_name_file`).
-    """
+    """Background words of a name file (see :func:`read_name_file`)."""
     return read_name_file(path, sep, first_line).background_words()
 
 
 def is_name_file_path(value) -> bool:
-    """Whether ``value`` names a name file: a path object, or a string that
-    ends in ``.txt`` or is an existing file.
-    """
+    """Whether ``value`` is a path object, or a string ending in ``.txt`` or naming a file."""
     return isinstance(value, os.PathLike) or (isinstance(value, str) and (
         value.endswith('.txt') or osp.isfile(osp.expanduser(value))))
 

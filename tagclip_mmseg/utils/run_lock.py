@@ -21,9 +21,7 @@ class OutputInUseError(RuntimeError):
 
 
 def lock_path_for(output: str) -> str:
-    """``<folder>/.lock`` inside a folder output (its parent may be read-only),
-    ``<file>.lock`` next to a file output.
-    """
+    """``<folder>/.lock`` inside a folder output, ``<file>.lock`` next to a file output."""
     output = os.path.normpath(os.path.abspath(os.path.expanduser(output)))
     if os.path.isdir(output):
         return os.path.join(output, '.lock')

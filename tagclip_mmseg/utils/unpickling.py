@@ -75,10 +75,7 @@ def _main_pickles(path: str) -> List[bytes]:
 
 
 def pickle_globals(path: str) -> Optional[List[str]]:
-    """Every ``module.name`` the pickles of a ``torch.save`` file (or a plain
-    pickle) name, read without running anything; ``None`` when the file does
-    not start with a complete pickle (damaged, or not a pickle).
-    """
+    """Every ``module.name`` a pickle or ``torch.save`` file names, else ``None`` (not a pickle)."""
     try:
         blobs = _main_pickles(path)
     except (OSError, zipfile.BadZipFile, RuntimeError):
@@ -99,10 +96,7 @@ def pickle_globals(path: str) -> Optional[List[str]]:
 
 
 def _allowed_globals() -> Set[str]:
-    """What torch's weights-only loader accepts in this process (feature-checked:
-    the helpers differ between torch versions; without torch's own list,
-    every global under ``torch`` and ``collections`` counts as allowed).
-    """
+    """What torch's weights-only loader accepts in this process (feature-checked)."""
     allowed: Set[str] = set()
     try:
         from torch import _weights_only_unpickler as wou  # private; absent in some torch
@@ -116,10 +110,7 @@ def _allowed_globals() -> Set[str]:
 
 
 def refused_globals(path: str, e: BaseException) -> Optional[List[str]]:
-    """The functions or classes a file asks to call while unpickled, when that
-    is why the weights-only loader raised ``e``; ``None`` for any other
-    failure (a damaged file, not a checkpoint...).
-    """
+    """The globals that made the weights-only loader raise ``e``; ``None`` for other failures."""
     if not isinstance(e, pickle.UnpicklingError):
         return None
     names = pickle_globals(path)

@@ -131,9 +131,10 @@ def test_per_call_vocabulary_is_restored(inferencer):
 
 
 def _scores_without_vocabulary_swaps(inferencer, monkeypatch):
-    """Make every forward wait until two calls are inside one (a barrier in
-    TagCLIP.tag), so that a vocabulary swapped on the shared model would be
-    seen by the other call.
+    """Make every forward wait until two calls are inside one.
+
+    A barrier in TagCLIP.tag, so that a vocabulary swapped on the shared model would be seen by the
+    other call.
     """
     import threading
     barrier = threading.Barrier(2, timeout=120)
@@ -176,8 +177,9 @@ def test_two_threads_with_different_vocabularies(inferencer, monkeypatch):
 
 
 def test_interleaved_generators_closed_out_of_order(inferencer):
-    """Two iter_results generators in one thread: each keeps its vocabulary,
-    and closing them out of order leaves the configured one in place.
+    """Two iter_results generators in one thread.
+
+    Each keeps its vocabulary, and closing them out of order leaves the configured one in place.
     """
     imgs = random_images([(32, 48), (48, 32)], seed=6)
     first, second = ['car', 'tree'], ['sun', 'moon', 'star']
@@ -291,8 +293,9 @@ def test_repository_configs_by_name(deep_tiny_clip_path, tmp_path):
 
 
 def test_crf_workers_return_the_final_masks(tiny_clip_path, tmp_path):
-    """With the CRF in worker processes the inferencer waits for each mask:
-    the same masks as the in-process CRF, never the 255 placeholder.
+    """With the CRF in worker processes the inferencer waits for each mask.
+
+    The same masks as the in-process CRF, never the 255 placeholder.
     """
     pytest.importorskip('pydensecrf.densecrf')
     cache = str(tmp_path / 'cache')

@@ -36,7 +36,7 @@ def shrink_model(model_cfg: ConfigDict) -> ConfigDict:
     cfg.backbone.update(depth=18, stem_channels=8, base_channels=8, init_cfg=None,
                         pretrained=None)
     for d in iter_dicts(cfg):
-        # docs/compatibility.md trap 15: a bare MODELS.build keeps SyncBN
+        # docs/compatibility.md, "Traps": a bare MODELS.build keeps SyncBN
         if d.get('type') == 'SyncBN':
             d['type'] = 'BN'
         for key in ('in_channels', 'c1_in_channels'):
@@ -111,7 +111,10 @@ def test_config_builds_datasets(path, tiny_pseudo_seg_data):
 
 @pytest.mark.parametrize('path', [V2_VOC, V2_COCO], ids=osp.basename)
 def test_deeplabv2_configs_follow_the_protocol(path):
-    """docs/method.md §9's table (VOC) and 'common setting' (COCO)."""
+    """The table (VOC) and 'common setting' (COCO) of docs/method.md.
+
+    Both are in "Stage 3: training DeepLab-v2 on pseudo masks (CLIP-ES protocol)".
+    """
     cfg = load(path)
     model = cfg.model
     assert model.type == 'MultiScaleEncoderDecoder' and tuple(model.scales) == (1.0, 0.5, 0.75)
@@ -168,8 +171,9 @@ def test_deeplabv2_lr_multipliers():
 
 
 def tiny_training_cfg(path: str, data: dict, work_dir: str) -> Config:
-    """The config with a shrunk model, 64x64 crops of the tiny tree, two
-    iterations and no validation; schedule, optimizer and loss stay.
+    """The config with a shrunk model, 64x64 crops, two iterations, no validation.
+
+    The crops come from the tiny tree; schedule, optimizer and loss stay.
     """
     cfg = load(path)
     cfg.model = shrink_model(cfg.model)
@@ -196,8 +200,9 @@ def tiny_training_cfg(path: str, data: dict, work_dir: str) -> Config:
 @pytest.mark.classic
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
 def test_config_trains_a_few_iterations(path, tiny_pseudo_seg_data, tmp_path):
-    """Two iterations of each config's own training loop, optimizer, schedule
-    and loss (gradient accumulation included) change the decode head.
+    """Two iterations of each config's own training loop change the decode head.
+
+    The config's optimizer, schedule and loss (gradient accumulation included) are used.
     """
     from mmengine.runner import Runner
     runner = Runner.from_cfg(tiny_training_cfg(path, tiny_pseudo_seg_data, str(tmp_path)))

@@ -25,15 +25,17 @@ ROOT = repo_root(__file__)
 TABLE = osp.join(ROOT, 'docs', 'hyperparameters.md')
 CONFIGS = sorted(
     osp.relpath(p, osp.join(ROOT, 'configs'))
-    for d in ('tagclip', 'pseudo_labelers') for p in glob.glob(osp.join(ROOT, 'configs', d, '*.py')))
+    for d in ('tagclip', 'pseudo_labelers')
+    for p in glob.glob(osp.join(ROOT, 'configs', d, '*.py')))
 NA = '—'
 #: Input resolution of OpenAI's ViT-B/16, the CLIP of every published config.
 VIT_B16_RESOLUTION = 224
 
 
 def markdown_tables(path: str) -> List[List[List[str]]]:
-    """Every table of a markdown file as rows of stripped cells (header
-    first, the |---| line dropped).
+    """Every table of a markdown file as rows of stripped cells.
+
+    The header comes first; the |---| line is dropped.
     """
     tables, rows = [], []
     for line in open(path, encoding='utf-8').read().splitlines() + ['']:
@@ -75,8 +77,9 @@ def defaults(fn) -> Dict[str, object]:
 
 
 def resolved(fn, cfg: dict) -> dict:
-    """The keyword arguments a build of ``cfg`` passes to ``fn`` (a class or
-    function), with its defaults filled in.
+    """The keyword arguments a build of ``cfg`` passes to ``fn``.
+
+    ``fn`` is a class or function; its defaults are filled in.
     """
     return {**defaults(fn), **{k: v for k, v in cfg.items() if k != 'type'}}
 

@@ -165,8 +165,9 @@ def test_cocostuff27(tmp_path):
 
 @pytest.mark.parametrize('img_suffix', [['.jpg', '.png'], ('.jpg', '.png')])
 def test_img_suffix_list(tmp_path, img_suffix):
-    """A list (or tuple) of extensions, as mmengine's datasets accept: a
-    folder scan picks up every one, a split list takes the first that exists.
+    """A list (or tuple) of extensions, as mmengine's datasets accept.
+
+    A folder scan picks up every one, a split list takes the first that exists.
     """
     from tagclip_mmseg.datasets import MultiLabelListDataset
     _image(tmp_path / 'img' / 'a.jpg')

@@ -184,8 +184,9 @@ def _write_photos(folder: str, names: List[str]) -> None:
 
 
 def _write_coco_annotations(root: str) -> None:
-    """``annotations/instances_<split>.json`` of two images, one instance each,
-    for the splits the COCO-object converter recipe names.
+    """``annotations/instances_<split>.json`` of two images, one instance each.
+
+    For the splits the COCO-object converter recipe names.
     """
     from tagclip_mmseg.utils import COCO_CATEGORY_IDS, COCO_CLASSES
     categories = [dict(id=i, name=n) for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
@@ -200,9 +201,10 @@ def _write_coco_annotations(root: str) -> None:
 
 
 def _write_stuffthingmaps(root: str) -> None:
-    """COCO-Stuff 164k's layout: ``images/val2017/<id>.jpg`` and its
-    stuffthingmap ``annotations/val2017/<id>.png`` (0 person, 100 a stuff
-    class, 255 unlabeled), for two images.
+    """COCO-Stuff 164k's layout.
+
+    ``images/val2017/<id>.jpg`` and its stuffthingmap ``annotations/val2017/<id>.png`` (0 person,
+    100 a stuff class, 255 unlabeled), for two images.
     """
     import numpy as np
     from PIL import Image

@@ -88,9 +88,9 @@ def test_tag_decision_margin_hand_computed():
 
 
 def test_cam_box_margin_hand_computed():
-    """255 * (0.2, 0.5, 0.9999999) -> q = (51, 127, 254); ratio 0.4 -> level
-    trunc(101.6) = 101; boundary 102: gaps |51 - 102| = 51 and |127.5 - 102| =
-    25.5 -> 0.1 (the max is left out).
+    """255 * (0.2, 0.5, 0.9999999) -> q = (51, 127, 254); ratio 0.4 -> level trunc(101.6) = 101.
+
+    Boundary 102: gaps |51 - 102| = 51 and |127.5 - 102| = 25.5 -> 0.1 (the max is left out).
     """
     cams = torch.tensor([[[0.2, 0.5, 0.9999999]]])
     torch.testing.assert_close(cam_box_margin(cams, 0.4), torch.tensor([25.5 / 255]))
@@ -205,9 +205,9 @@ def _labels_and_probs(model, images, tags, hw):
 
 @pytest.mark.parametrize('quirks', ['reference', 'fixed'])
 def test_masks_do_not_depend_on_the_batch(deep_tiny_clip_path, tmp_path, quirks):
-    """A pixel may flip only where two channels tie, or on an image whose CAM
-    box decision is tied; through ``predict`` too (one image per forward on
-    the CPU against a forced batch of 8).
+    """A pixel may flip only where two channels tie, or on an image whose CAM box decision is tied.
+
+    Through ``predict`` too (one image per forward on the CPU against a forced batch of 8).
     """
     images = _photos(8)
     tags = [[0, 2], [1], [3, 4, 6], [5], [0, 1, 2, 3], [6], [2, 4], [1, 5]]

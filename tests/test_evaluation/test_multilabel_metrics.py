@@ -61,8 +61,9 @@ def test_ap_empty_class_is_nan():
 
 
 def test_ap_matches_mmpretrain_average_precision():
-    """Mmpretrain's AveragePrecision is docs/method.md's AP (no ties) and keeps
-    classes without positives as 0 in the mean (our quirks='reference').
+    """Mmpretrain's AveragePrecision is docs/method.md's AP (no ties).
+
+    It keeps classes without positives as 0 in the mean (our quirks='reference').
     """
     pytest.importorskip('mmpretrain.evaluation')
     from mmpretrain.evaluation import AveragePrecision

@@ -3,9 +3,10 @@ import pytest
 
 
 class PrecisionSpy:
-    """Records, per spied call, the dtypes of its floating-point tensor
-    arguments and whether CPU autocast was on: the mixed-precision tests check
-    where values are compared, not only the output's dtype.
+    """Records the dtypes of each spied call's float tensor arguments and autocast.
+
+    Whether CPU autocast was on is kept too: the mixed-precision tests check where values are
+    compared, not only the output's dtype.
     """
 
     def __init__(self, monkeypatch) -> None:
@@ -29,8 +30,9 @@ class PrecisionSpy:
         self.monkeypatch.setattr(owner, name, spy)
 
     def softmax_over(self, size: int) -> None:
-        """Spy on ``Tensor.softmax`` of tensors whose last dim is ``size``
-        (the class axis; attention maps have the token count there).
+        """Spy on ``Tensor.softmax`` of tensors whose last dim is ``size``.
+
+        That is the class axis; attention maps have the token count there.
         """
         import torch
         softmax = torch.Tensor.softmax
@@ -43,9 +45,7 @@ class PrecisionSpy:
         self.monkeypatch.setattr(torch.Tensor, 'softmax', spy)
 
     def assert_fp32(self, names) -> None:
-        """Each of ``names`` was called, and every call saw fp32 inputs with
-        autocast off.
-        """
+        """Each of ``names`` was called, and every call saw fp32 inputs with autocast off."""
         import torch
         assert {c[0] for c in self.calls} >= set(names), self.calls
         bad = [c for c in self.calls if c[2] or any(d != torch.float32 for d in c[1])]

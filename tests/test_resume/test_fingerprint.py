@@ -1,5 +1,6 @@
-"""What a resumed run may reuse: derived settings, whole-file checkpoint hashes,
-edited images (issue "Reliability, round 3", items 2, 3 and 8).
+"""What a resumed run may reuse.
+
+Derived settings, whole-file checkpoint hashes and edited images.
 
 * The fingerprint takes every constructor argument of every model and
   transform of this package but the one list ``NOT_RESULT_SETTINGS``; the
@@ -156,8 +157,9 @@ def test_killed_tagging_run_resumed_with_other_bgr_to_rgb_recomputes(tiny_clip, 
 
 # ----------------------------------------------- 3: checkpoint content hash
 def _patched_copy(src, dst, key):
-    """``src`` with 1 added to the fp32 tensor ``key`` in place: the same size,
-    header and first and last MiB, other content.
+    """``src`` with 1 added to the fp32 tensor ``key`` in place.
+
+    The same size, header and first and last MiB, other content.
     """
     data = bytearray(open(src, 'rb').read())
     size = struct.unpack('<Q', data[:8])[0]
@@ -171,8 +173,9 @@ def _patched_copy(src, dst, key):
 
 
 def test_checkpoints_equal_in_name_size_and_mtime_differ(tmp_path, tiny_clip):
-    """As ``tar -x``, ``cp -p`` and ``rsync -a`` leave them; the change sits
-    in the middle of the file (a text-encoder weight, so the embeddings differ).
+    """As ``tar -x``, ``cp -p`` and ``rsync -a`` leave them.
+
+    The change sits in the middle of the file (a text-encoder weight, so the embeddings differ).
     """
     from tagclip_mmseg.models.clip import checkpoint_fingerprint, load_clip, save_clip_state_dict
     from tagclip_mmseg.models.clip.text_classifier import build_text_classifier

@@ -1,5 +1,6 @@
-"""A pseudo-label folder is resumed only with the settings that made it, and
-only masks of the image's size are kept.
+"""A pseudo-label folder is resumed only with the settings that made it.
+
+Only masks of the image's size are kept.
 """
 import json
 

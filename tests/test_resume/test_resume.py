@@ -160,7 +160,8 @@ def test_resumed_run_writes_the_same_bytes_and_metrics(tmp_path, tagging_metrics
     ids = [f'img{i}' for i in range(8)]
     reference, ref_metrics = _evaluate(tmp_path / 'ref',
                                        [_sample(i, s) for s, i in enumerate(ids)])
-    # the metrics themselves: docs/method.md §5 computed independently from the samples
+    # the metrics themselves: docs/method.md, "Classification evaluation", computed
+    # independently from the samples
     scores = np.stack([_sample(i, s).pred_score.numpy() for s, i in enumerate(ids)])
     labels = np.zeros(scores.shape, bool)
     labels[np.arange(len(ids)), np.arange(len(ids)) % NUM_CLASSES] = True
@@ -435,7 +436,8 @@ def test_pseudo_label_on_error_raise_also_raises_on_missing_images(tmp_path):
         'tools_generate_pseudo_labels', osp.join(REPO, 'tools', 'generate_pseudo_labels.py'))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    config = osp.join(REPO, 'configs', 'pseudo_labelers', 'clip-es_vit-b16_voc12-val_tagclip-tags.py')
+    config = osp.join(REPO, 'configs', 'pseudo_labelers',
+                      'clip-es_vit-b16_voc12-val_tagclip-tags.py')
     for on_error in ('raise', 'skip'):
         args = Namespace(config=config, out=str(tmp_path / 'out'), on_error=on_error,
                          overwrite=False, save_cams=False, tags=None, clip_checkpoint=None,
@@ -686,8 +688,9 @@ def test_killed_tagging_run_resumes_to_the_same_files(images, tag_reference, tmp
 @pytest.mark.slow
 def test_tags_of_two_processes_equal_one(images, tag_reference, tmp_path, tiny_tool_options,
                                          tool_runner, tag_files_agree, tag_ratio):
-    """The tags files of a 2-process run (torchrun, gloo on CPU) equal one
-    process's under the determinism contract.
+    """The tags files of a 2-process run equal one process's.
+
+    The run uses torchrun with gloo on CPU; equality is under the determinism contract.
     """
     tool_runner.subprocess('tools/test.py', *tag_args(images, tmp_path, tiny_tool_options),
                            nproc=2)

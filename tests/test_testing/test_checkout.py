@@ -33,8 +33,9 @@ def test_repo_root_is_the_folder_with_setup_and_the_package(tmp_path):
 
 @pytest.mark.parametrize('other', [None, 'elsewhere'])
 def test_tool_env_imports_the_package_of_this_checkout(tmp_path, monkeypatch, other):
-    """Whatever PYTHONPATH the caller had, this checkout comes first; the run
-    starts outside the repository, so only the environment can point at it.
+    """Whatever PYTHONPATH the caller had, this checkout comes first.
+
+    The run starts outside the repository, so only the environment can point at it.
     """
     if other is None:
         monkeypatch.delenv('PYTHONPATH', raising=False)

@@ -91,8 +91,9 @@ class SaveRankWeightsHook(Hook):
 
 
 def assert_ranks_trained_alike(work_dir, world_size: int = 2) -> None:
-    """Every rank of a :func:`rank_weights_config` run was wrapped in DDP, ended
-    with the same weights as rank 0, and changed the decode head.
+    """Every rank of a :func:`rank_weights_config` run trained alike.
+
+    Each was wrapped in DDP, ended with the same weights as rank 0, and changed the decode head.
     """
     import torch
     runs = [torch.load(osp.join(work_dir, f'rank{r}_weights.pth'), weights_only=True)
@@ -114,11 +115,11 @@ def ranks_trained_alike():
 
 @pytest.fixture
 def rank_weights_config(tmp_path, tiny_config):
-    """:func:`tiny_config` plus a hook with which every rank saves its parameters
-    before and after training (``initial``, ``final``), its model wrapper's
-    class name (``wrapper``) and the world size to
-    ``<work_dir>/rank<r>_weights.pth``. Returns ``(config, pythonpath)``: the
-    hook's module is found through ``pythonpath``.
+    """:func:`tiny_config` plus a hook that saves every rank's parameters.
+
+    The hook saves the parameters before and after training (``initial``, ``final``), the model
+    wrapper's class name (``wrapper``) and the world size to ``<work_dir>/rank<r>_weights.pth``.
+    Returns ``(config, pythonpath)``: the hook's module is found through ``pythonpath``.
     """
     hook_dir = tmp_path / 'rank_hook'
     hook_dir.mkdir()

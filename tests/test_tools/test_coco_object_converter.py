@@ -1,5 +1,6 @@
-"""tools/dataset_converters/coco_object.py on fabricated stuffthingmaps and
-on a fabricated instances json (``--from-instances``).
+"""tools/dataset_converters/coco_object.py on fabricated inputs.
+
+Fabricated stuffthingmaps and a fabricated instances json (``--from-instances``).
 
 Polygon rectangles ``[x0, y0, x1, y0, x1, y1, x0, y1]`` cover rows
 ``y0..y1-1`` and columns ``x0..x1-1`` in pycocotools, so the expected masks

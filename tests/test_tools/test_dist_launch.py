@@ -137,9 +137,10 @@ print(json.dumps(dict(ranks=ranks, survivors=survivors, statuses=list(statuses.v
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='subreapers are Linux')
 def test_ranks_stop_when_the_launcher_dies_early_under_a_subreaper(tmp_path, tool_runner):
-    """Launcher SIGKILLed before the ranks arm their guard, under a child
-    subreaper: the ranks are adopted by the subreaper (not by init), notice
-    that their parent is not the launcher recorded at start, and stop.
+    """Launcher SIGKILLed before the ranks arm their guard, under a child subreaper.
+
+    The ranks are adopted by the subreaper (not by init), notice that their parent is not the
+    launcher recorded at start, and stop.
     """
     script = tmp_path / 'subreaper.py'
     script.write_text(SUBREAPER_SCRIPT)

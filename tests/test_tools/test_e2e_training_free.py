@@ -88,8 +88,8 @@ def test_tagging_through_tools_test(tiny_data, tagging_metrics_oracle):
     assert 'tagging/mAP' in out and 'tagging/OF1' in out
     lines = (root / 'tags.txt').read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == sorted(IMAGES)
-    # the metrics the tool reports equal docs/method.md §5 computed here from the scores
-    # it wrote (float32 values, written in full) and the label file
+    # the metrics the tool reports equal docs/method.md, "Classification evaluation", computed
+    # here from the scores it wrote (float32 values, written in full) and the label file
     records = {r['img_id']: r for r in map(json.loads,
                                            (root / 'scores.jsonl').read_text().splitlines())}
     truth = dict((line.split()[0], [int(c) for c in line.split()[1:]])
@@ -103,7 +103,7 @@ def test_tagging_through_tools_test(tiny_data, tagging_metrics_oracle):
     reported = json.loads(open(dump).read().splitlines()[-1])
     for key, value in tagging_metrics_oracle(scores, labels, 0.3).items():
         assert reported[key] == pytest.approx(value, abs=1e-9), key
-    # tags: the same relative threshold, with the argmax fallback (docs/method.md §4.6)
+    # tags: the same relative threshold, with the argmax fallback (docs/method.md, "Tag decision")
     for line in lines:
         name, tags = line.split()[0], [int(c) for c in line.split()[1:]]
         s = np.array(records[name]['scores'], np.float32)
@@ -140,10 +140,11 @@ def read_outputs(out_dir):
 
 
 def reference_miou(preds, gts, num_classes: int) -> dict:
-    """docs/method.md §7 from a plain confusion matrix: GT pixels outside the classes
-    (255) are ignored, a prediction outside them is a miss of the GT class;
-    ``mIoU`` averages the classes present in the GT, ``mIoU_mmseg`` every
-    class with a non-empty union (percent).
+    """Segmentation evaluation from a plain confusion matrix.
+
+    GT pixels outside the classes (255) are ignored, a prediction outside them is a miss of the GT
+    class; ``mIoU`` averages the classes present in the GT, ``mIoU_mmseg`` every class with a
+    non-empty union (percent). See docs/method.md, 'Segmentation evaluation ("CLS-SEG")'.
     """
     conf = np.zeros((num_classes, num_classes), np.int64)  # rows GT, columns prediction
     gt_count = np.zeros(num_classes, np.int64)
@@ -166,7 +167,8 @@ def test_pseudo_labels_write_resume_and_evaluate(tiny_data, tags_file):
     assert 'mIoU' in log and 'mIoU_mmseg' in log
     assert f'{len(IMAGES)} written' in log
     first = read_outputs(out_dir)
-    # the reported mIoUs equal docs/method.md §7 computed here from the written masks
+    # the reported mIoUs equal docs/method.md, 'Segmentation evaluation ("CLS-SEG")', computed
+    # here from the written masks
     [dump] = glob.glob(str(out_dir / 'logs' / '*' / '*.json'))
     reported = json.loads(open(dump).read().splitlines()[-1])
     expected = reference_miou(

@@ -33,8 +33,9 @@ SCRIPT_ENV = dict(GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1', GRES='',
 
 # ------------------------------------------------------------ srun's environment
 def test_slurm_environment_becomes_torch_rendezvous(monkeypatch, tmp_path):
-    """RANK/WORLD_SIZE/LOCAL_RANK from srun's variables; MASTER_ADDR is the first
-    node of the job (from ``scontrol show hostnames``) unless set.
+    """RANK/WORLD_SIZE/LOCAL_RANK from srun's variables.
+
+    MASTER_ADDR is the first node of the job (from ``scontrol show hostnames``) unless set.
     """
     fake = tmp_path / 'scontrol'
     fake.write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] && '

@@ -85,9 +85,11 @@ def test_train_resume_and_test_end_to_end(tiny_config, tmp_path):
 
 @pytest.mark.classic
 def test_training_checkpoints_load_weights_only_with_the_mmengine_allowlist(tmp_path):
-    """docs/compatibility.md trap 6: a training checkpoint is more than weights; torch refuses it
-    with weights_only=True (the default since torch 2.6), and the tools load it
-    with weights_only=True plus an allowlist.
+    """A training checkpoint is more than weights: it loads with an allowlist.
+
+    Torch refuses it with weights_only=True (the default since torch 2.6), and the tools load it
+    with weights_only=True plus an allowlist (docs/compatibility.md, "Traps": --resume under
+    torch >= 2.6).
     """
     import numpy as np
     from mmengine.logging import HistoryBuffer
@@ -191,8 +193,9 @@ def bad_checkpoints(tmp_path, marker) -> dict:
 @pytest.mark.classic
 def test_bad_checkpoint_is_explained_and_never_runs_in_train_and_test(tmp_path, tiny_config,
                                                                       tool_runner):
-    """tools/test.py CONFIG CHECKPOINT, tools/train.py --resume and load_from,
-    each with a file that calls a function, a JPEG and a truncated file.
+    """tools/test.py and tools/train.py (--resume, load_from) refuse bad files.
+
+    Each gets a file that calls a function, a JPEG and a truncated file.
     """
     from tagclip_mmseg import engine
     marker = tmp_path / 'code_ran'
@@ -298,8 +301,9 @@ def test_run_pipeline_reads_newest_test_metrics(tmp_path):
 def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_data,
                                                       tiny_tool_options, pl_list_config,
                                                       tiny_config_writer):
-    """Tags -> pseudo masks -> training -> mIoU on a folder with one corrupt photo:
-    stage 1 lists it as skipped, stage 2 skips it too, training never sees it.
+    """Tags -> pseudo masks -> training -> mIoU on a folder with one corrupt photo.
+
+    Stage 1 lists it as skipped, stage 2 skips it too, training never sees it.
     """
     import json
     import shutil
@@ -329,10 +333,11 @@ def test_run_pipeline_end_to_end_with_a_corrupt_image(tmp_path, tiny_pseudo_seg_
 
 @pytest.mark.classic
 def test_downloaded_checkpoints_load_weights_only_too(tmp_path):
-    """Remote ``load_from`` / ``init_cfg`` URLs (http, open-mmlab://, ...) end in
-    mmengine's ``load_url``; inside the tools' block it refuses a pickle that
-    would run code, and still loads weights. ``file://`` stands in for a
-    server: ``torch.hub`` downloads it the same way.
+    """Remote ``load_from`` / ``init_cfg`` URLs end in mmengine's ``load_url``.
+
+    That covers http, open-mmlab://, ...; inside the tools' block it refuses a pickle that would run
+    code, and still loads weights. ``file://`` stands in for a server: ``torch.hub`` downloads it
+    the same way.
     """
     from mmengine.runner import checkpoint as mmengine_checkpoint
 
@@ -374,8 +379,10 @@ def test_run_pipeline_passes_name_files_to_tags_and_pseudo_steps(tmp_path, capsy
 @pytest.mark.slow
 def test_cpu_training_under_torchrun_is_distributed(rank_weights_config, tmp_path,
                                                     ranks_trained_alike):
-    """torchrun, 2 CPU processes: gloo, DDP without device ids, both ranks train alike
-    (docs/compatibility.md trap 12).
+    """torchrun, 2 CPU processes.
+
+    Gloo, DDP without device ids, both ranks train alike (docs/compatibility.md,
+    "Traps": launchers on a machine without a GPU).
     """
     import socket
     config, hook_path = rank_weights_config
@@ -402,8 +409,10 @@ def test_cpu_training_under_torchrun_is_distributed(rank_weights_config, tmp_pat
 
 
 def test_setup_distributed_picks_the_backend_and_a_cpu_ddp(monkeypatch, tmp_path):
-    """Without CUDA: gloo started here, launcher kept (so the Runner wraps DDP),
-    DDP without device ids, SyncBN -> BN; with CUDA: nccl, left to mmengine.
+    """Without CUDA: gloo, launcher kept, no DDP device ids, SyncBN -> BN.
+
+    Gloo is started here and the launcher kept, so the Runner wraps DDP. With CUDA: nccl, left to
+    mmengine.
     """
     import socket
 

@@ -176,8 +176,9 @@ def test_check_finite_names_what_and_where():
 
 
 def _overflowing(clip):
-    """A CLIP whose image features overflow (as an fp16 run does): finite
-    weights on disk, inf in the computation.
+    """A CLIP whose image features overflow (as an fp16 run does).
+
+    Finite weights on disk, inf in the computation.
     """
     clip.visual.ln_post.bias.data[0] = float('inf')
     return clip
@@ -188,8 +189,9 @@ def _image(seed=0):
 
 
 def test_nan_scores_in_the_segmentor_raise_instead_of_background(tiny_clip):
-    """The issue's case: NaN scores became "no tags", all-background masks and
-    a plausible mIoU.
+    """The issue's case: NaN scores became "no tags" and all-background masks.
+
+    The result was a plausible mIoU.
     """
     model = _segmentor(_overflowing(tiny_clip)).eval()
     sample = SegDataSample(metainfo=dict(ori_shape=(32, 48)))

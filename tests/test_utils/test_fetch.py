@@ -234,8 +234,9 @@ def test_demo_fetches_verifies_and_tags(online, tool_runner, tmp_path):
 @pytest.mark.slow
 def test_a_url_works_wherever_a_checkpoint_is_accepted(online, tiny_tool_options, tool_runner,
                                                        tmp_path):
-    """The inferencer, the converter and ``tools/test.py --clip-checkpoint``
-    share one fetched copy.
+    """The inferencer, the converter and ``tools/test.py`` share one fetched copy.
+
+    ``tools/test.py`` gets it through ``--clip-checkpoint``.
     """
     import importlib.util
 

@@ -1,8 +1,8 @@
-"""Name files as the peers write them: separators, quirks, refusals, tools.
+r"""Name files as the peers write them: separators, quirks, refusals, tools.
 
 Every style is checked against the peers' own reader (``get_cls_idx`` of
 SCLIP / ProxyCLIP / ClearCLIP: ``open(path).readlines()``, a literal
-``line.split(sep)`` per line, ``'\\n'`` removed, nothing else) and against what
+``line.split(sep)`` per line, ``'\n'`` removed, nothing else) and against what
 CLIP's tokenizer makes of the peers' raw names.
 """
 import json

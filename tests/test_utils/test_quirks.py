@@ -131,7 +131,8 @@ def test_the_labelers_tagger_follows_its_quirks(tiny_clip_path, tmp_path):
                   text_cache_dir=str(tmp_path / 'cache'), **TAGGER)
     assert _labeler(tiny_clip_path, tmp_path, quirks='fixed',
                     tagger=tagger).tagger.quirks == Quirks.fixed()
-    own = _labeler(tiny_clip_path, tmp_path, quirks='fixed', tagger=dict(tagger, quirks='reference'))
+    own = _labeler(tiny_clip_path, tmp_path, quirks='fixed',
+                   tagger=dict(tagger, quirks='reference'))
     assert own.tagger.quirks == Quirks.reference()
     assert model_settings(own)['tagger']['quirks'] == dataclasses.asdict(Quirks.reference())
 

@@ -153,8 +153,9 @@ def test_is_autocast_enabled_per_device_type():
 
 
 def observed_autocast_dtype(dtype):
-    """The dtype of a matmul under ``torch.autocast('cpu', dtype)`` (None:
-    refused).
+    """The dtype of a matmul under ``torch.autocast('cpu', dtype)`` (None.
+
+    Refused).
     """
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -177,8 +178,9 @@ def test_autocast_check_is_false_for_a_missing_device():
 
 
 def test_refusals_are_recognised_by_structure_whatever_torch_says(tmp_path):
-    """Torch 2.1-2.3, 2.4+ and 2.9 word a refusal differently: the file's own
-    pickle opcodes decide, not the message.
+    """Torch 2.1-2.3, 2.4+ and 2.9 word a refusal differently.
+
+    The file's own pickle opcodes decide, not the message.
     """
     import os
     path = str(tmp_path / 'evil.pth')

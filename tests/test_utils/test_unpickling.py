@@ -83,8 +83,9 @@ def test_mmengine_loader_says_why_a_file_did_not_load(tmp_path, tiny_clip):
 
 
 def test_refusal_is_read_from_the_file_not_from_the_wording(tmp_path, tiny_clip):
-    """Any torch wording (2.1's "Unsupported global", 2.9's "whose module posix
-    is blocked", or one not written yet) gives the same explanation.
+    """Any torch wording of a refusal gives the same explanation.
+
+    2.1's "Unsupported global", 2.9's "whose module posix is blocked", or one not written yet.
     """
     from tagclip_mmseg.utils import refused_globals, unreadable_reason
     files, _ = bad_files(tmp_path, tiny_clip)
@@ -128,8 +129,10 @@ BAD_CLIPS = {
 
 @pytest.fixture(params=sorted(BAD_CLIPS))
 def bad_clip(request, tmp_path, tiny_clip):
-    """``(path, marker, expected fragments)``: a CLIP state dict plus a pickled
-    call that creates ``marker``, a JPEG, or a truncated checkpoint.
+    """``(path, marker, expected fragments)``.
+
+    A CLIP state dict plus a pickled call that creates ``marker``, a JPEG, or a truncated
+    checkpoint.
     """
     marker = tmp_path / 'code_ran'
     path = tmp_path / f'{request.param}.pth'
@@ -158,8 +161,9 @@ def assert_says_why(message: str, path: str, fragments) -> None:
 @pytest.mark.classic
 def test_bad_clip_checkpoint_is_explained_and_never_runs(bad_clip, tmp_path, tiny_tool_options,
                                                          tool_runner, capsys):
-    """The inferencer, the demo and ``tools/test.py --clip-checkpoint``; a file
-    that calls a function, a JPEG and a truncated file.
+    """The inferencer, the demo and ``tools/test.py --clip-checkpoint``.
+
+    A file that calls a function, a JPEG and a truncated file.
     """
     from tagclip_mmseg.apis import TagCLIPInferencer
     from tagclip_mmseg.models.clip import CheckpointError

@@ -12,9 +12,7 @@ __all__ = ['run_crf']
 
 
 def crf_inputs(bench: Bench, count: int) -> List[Tuple[torch.Tensor, object]]:
-    """``count`` (probabilities, sample) pairs at ``--crf-size``: smooth random
-    class maps over a demo photo, like upsampled CAMs.
-    """
+    """``count`` (probabilities, sample) pairs at ``--crf-size``, like upsampled CAMs."""
     import numpy as np
     import torch.nn.functional as F
     from mmseg.structures import SegDataSample

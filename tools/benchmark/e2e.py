@@ -17,9 +17,7 @@ FOLDER_CONFIG = osp.join(ROOT, 'configs', 'tagclip', 'tagclip_vit-b16_folder.py'
 
 
 def write_photos(folder: str, count: int, hw: Tuple[int, int]) -> None:
-    """Write ``count`` JPEGs at ``hw`` from the demo photos (mirrored every
-    other round, so that no two files are equal).
-    """
+    """Write ``count`` distinct JPEGs at ``hw`` from the demo photos."""
     from PIL import Image
     os.makedirs(folder, exist_ok=True)
     photos = demo_photos()
@@ -33,9 +31,7 @@ def write_photos(folder: str, count: int, hw: Tuple[int, int]) -> None:
 
 def photo_batch(folder: str, patch: int, device: torch.device,
                 dtype: torch.dtype) -> torch.Tensor:
-    """The folder's photos as the tagging pipeline and data preprocessor give
-    them to the model: bicubic resize to the patch multiple, CLIP-normalised.
-    """
+    """The folder's photos resized to the patch multiple and CLIP-normalised."""
     import numpy as np
     from PIL import Image
 

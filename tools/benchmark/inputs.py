@@ -78,7 +78,7 @@ def random_images(args: argparse.Namespace, hw: Tuple[int, int], patch: int, bat
 
 
 def cam_samples(batch: int, tags: List[int], hw: Tuple[int, int]) -> list:
-    """``SegDataSample``\\ s that give the labeler ``tags`` for each image."""
+    r"""``SegDataSample``\ s that give the labeler ``tags`` for each image."""
     from mmseg.structures import SegDataSample
     samples = []
     for _ in range(batch):

@@ -40,9 +40,7 @@ def run_memory_probe(args: argparse.Namespace, what: str, ckpt: str, work_dir: s
 
 
 def probe_main(args: argparse.Namespace) -> None:
-    """Child process: load the model, warm up on a small image, then print (JSON)
-    how much one large image adds to the memory in use.
-    """
+    """Child process: print (JSON) how much one large image adds to the memory in use."""
     device = torch.device(args.device)
     meter = MemoryMeter(device)
     cache_dir = osp.join(args.work_dir, 'text_cache')

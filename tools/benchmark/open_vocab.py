@@ -49,9 +49,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace, work_dir: str) -> Tuple[torch.nn.Module, Config]:
-    """The config's ``TagCLIPSegmentor`` with one template (the image work is
-    unchanged), and the config.
-    """
+    """The config's ``TagCLIPSegmentor`` with one template, and the config."""
     cfg = Config.fromfile(args.config)
     ckpt = args.clip_checkpoint or make_checkpoint(work_dir, args.tiny, args.seed)
     model_cfg = cfg.model

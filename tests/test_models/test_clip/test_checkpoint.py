@@ -37,9 +37,10 @@ def assert_same_outputs(a: CLIP, b: CLIP, images: torch.Tensor, atol: float = 0.
 
 # ----------------------------------------------------------------- formats
 class _OpenAIArchive(nn.Module):
-    """Holds a CLIP's modules and parameters under OpenAI's names, plus the
-    three int buffers OpenAI's TorchScript archives carry, so that its trace
-    has the state dict of a real ``ViT-B-16.pt``.
+    """Holds a CLIP's modules and parameters under OpenAI's names.
+
+    Plus the three int buffers OpenAI's TorchScript archives carry, so that its trace has the state
+    dict of a real ``ViT-B-16.pt``.
     """
 
     def __init__(self, clip: CLIP) -> None:
@@ -69,7 +70,7 @@ def test_torchscript_archive(tmp_path, tiny_clip, images):
     _save_torchscript(tiny_clip, path)
     raw = torch.jit.load(path, map_location='cpu').state_dict()
     assert {'input_resolution', 'context_length', 'vocab_size', 'visual.proj'} <= set(raw)
-    try:  # what docs/compatibility.md trap 7 is about
+    try:  # docs/compatibility.md, "Traps": ViT-B-16.pt is a TorchScript archive
         loaded = torch.load(path, weights_only=True)
     except Exception:  # noqa: BLE001  torch refuses the archive (newer torch)
         pass
@@ -160,8 +161,9 @@ def test_open_clip_checkpoint(tmp_path, images):
 
 
 def test_open_clip_custom_text_layout(tmp_path, tiny_clip, images):
-    """CustomTextCLIP nests the text tower under 'text.' and may use a Linear
-    text projection.
+    """CustomTextCLIP nests the text tower under 'text.'.
+
+    It may also use a Linear text projection.
     """
     sd = {}
     for k, v in tiny_clip.state_dict().items():

@@ -38,8 +38,9 @@ BENCHMARK_ENV = tool_env(repo_root(__file__))
 
 
 def per_pair_grad_cam(model, hidden, img, cls, tags, dtype=torch.float32):
-    """One forward and one backward of the last block for one (image, tag),
-    in ``dtype`` (float64: on a float64 copy of the block and head).
+    """One forward and one backward of the last block for one (image, tag), in ``dtype``.
+
+    With float64 this runs on a float64 copy of the block and head.
 
     Returns:
         tuple: ``alpha`` (D,), the normalised CAM (N,), the block's attention
@@ -160,9 +161,9 @@ def test_token_mean_grad_matches_autograd(tiny_clip_path, tmp_path):
 
 
 def test_token_mean_grad_follows_the_attention_chunk_budget(tiny_clip_path, tmp_path):
-    """The backward walks heads in the attention module's chunks
-    (``CLIPAttention.head_chunk``): one head at a time gives the same result
-    as all heads at once.
+    """The backward walks heads in the attention module's chunks (``CLIPAttention.head_chunk``).
+
+    One head at a time gives the same result as all heads at once.
     """
     model = build_labeler(tiny_clip_path, work_dir=tmp_path, caa_layers=(0, 1, 2))
     torch.manual_seed(4)
@@ -257,8 +258,9 @@ CRF_FIGURES = ['dense CRF in process', 'dense CRF, 1 worker', 'dense CRF, 2 work
 
 @pytest.mark.slow
 def test_benchmark_batching_crf_and_tools_parts(tmp_path):
-    """The tiny configuration of the batch-size, CRF-worker and tools/test.py
-    figures (two tiny tools/test.py runs in subprocesses).
+    """The tiny configuration of the batch-size, CRF-worker and tools/test.py figures.
+
+    Two tiny tools/test.py runs in subprocesses.
     """
     proc = subprocess.run(
         [sys.executable, BENCHMARK, '--tiny', '--threads', '1', '--warmup', '0', '--work-dir',

@@ -1,5 +1,7 @@
-"""The CLIP model's hooks: the vision tower's stages (plain, attention maps,
-early stop, [CLS] only), masks, resampling and the attention helpers.
+"""The CLIP model's hooks.
+
+The vision tower's stages (plain, attention maps, early stop, [CLS] only), masks, resampling and the
+attention helpers.
 """
 import pytest
 import torch
@@ -97,8 +99,9 @@ def test_fast_path_equals_weights_path(tiny_clip, images):
 
 
 def test_forward_until_then_rest_of_blocks(tiny_clip, images):
-    """The stream entering block k, run through blocks k.. and the head, is
-    the plain forward (bit for bit: the same operations in the same order).
+    """The stream entering block k, run through blocks k.. and the head, is the plain forward.
+
+    Bit for bit: the same operations in the same order.
     """
     visual = tiny_clip.visual
     n = visual.num_layers
@@ -234,8 +237,9 @@ def test_attn_layers_selects_the_reported_maps(tiny_clip, images):
 
 
 def test_stages_round_the_embedding_per_call(tiny_clip):
-    """``round_pos_embed_fp16`` is an argument of each stage, not module state:
-    alternating calls see only their own setting.
+    """``round_pos_embed_fp16`` is an argument of each stage, not module state.
+
+    Alternating calls see only their own setting.
     """
     visual = tiny_clip.visual
     x = torch.randn(1, 3, 48, 80)  # 3 x 5 grid: the embedding is resampled

@@ -1,8 +1,9 @@
-"""Positional-embedding resampling and its fp16 rounding, against numbers
-computed without the ViT code.
+"""Positional-embedding resampling and its fp16 rounding.
+
+Checked against numbers computed without the ViT code.
 
 The reference stores the resampled embedding as a half-precision parameter
-(docs/method.md §2.2), which rounds it to fp16 even in an fp32 model;
+(docs/method.md, "Numeric precision"), which rounds it to fp16 even in an fp32 model;
 ``quirks.pos_embed_fp16`` reproduces that. Here the expected values come from
 numpy: bilinear weights with ``align_corners=False`` written out from the
 formula (by hand for a 2 x 2 grid), rounded through ``numpy.float16``.
@@ -15,9 +16,10 @@ from tagclip_mmseg.models.clip import resample_pos_embed
 
 
 def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) interpolation matrix of ``align_corners=False``: output
-    ``i`` samples ``src = (i + 0.5) * n_in / n_out - 0.5``, clamped at 0,
-    between ``floor(src)`` and the next index (clamped at ``n_in - 1``).
+    """(n_out, n_in) interpolation matrix of ``align_corners=False``.
+
+    Output ``i`` samples ``src = (i + 0.5) * n_in / n_out - 0.5``, clamped at 0, between
+    ``floor(src)`` and the next index (clamped at ``n_in - 1``).
     """
     m = np.zeros((n_out, n_in))
     for i in range(n_out):
@@ -31,8 +33,9 @@ def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def numpy_resample(pos: np.ndarray, hw) -> np.ndarray:
-    """(1 + g*g, D) -> (1 + h*w, D) in float64: [CLS] row kept, grid
-    resampled separably (rows, then columns).
+    """(1 + g*g, D) -> (1 + h*w, D) in float64.
+
+    [CLS] row kept, grid resampled separably (rows, then columns).
     """
     g = int(round(np.sqrt(pos.shape[0] - 1)))
     grid = pos[1:].astype(np.float64).reshape(g, g, -1)
@@ -46,8 +49,9 @@ def fp16(x: np.ndarray) -> np.ndarray:
 
 
 def test_two_by_two_to_three_by_three_by_hand():
-    """2 -> 3 samples at -1/6 (clamped to 0), 1/2 and 7/6 (clamped to 1):
-    the outer rows/columns copy the grid, the middle ones average it.
+    """2 -> 3 samples at -1/6 (clamped to 0), 1/2 and 7/6 (clamped to 1).
+
+    The outer rows/columns copy the grid, the middle ones average it.
     """
     a, b, c, d = 0.1, 0.2, 0.3, 0.7
     cls = 0.123
@@ -85,9 +89,10 @@ def test_resample_matches_numpy_weights_and_rounds_to_fp16():
 
 
 def embedding_seen_by_ln_pre(model, hw) -> np.ndarray:
-    """The positional embedding a model's own forward adds for an (h, w)-patch
-    input: with a zero image the bias-free patch convolution gives zeros, so
-    the patch rows entering ``ln_pre`` are the embedding itself.
+    """The positional embedding a model's own forward adds for an (h, w)-patch input.
+
+    With a zero image the bias-free patch convolution gives zeros, so the patch rows entering
+    ``ln_pre`` are the embedding itself.
     """
     from tagclip_mmseg.models.taggers import TagCLIP
     vit = model.clip.visual
@@ -135,8 +140,9 @@ def test_models_round_the_embedding_with_the_quirk_only(tiny_clip_path, tmp_path
 
 
 def test_one_clip_shared_by_a_reference_and_a_fixed_model(tiny_clip_path, tmp_path):
-    """Building a fixed model on a reference model's CLIP changes nothing for
-    the reference one: the rounding is a per-call argument, not module state.
+    """Building a fixed model on a reference model's CLIP changes nothing for the reference one.
+
+    The rounding is a per-call argument, not module state.
     """
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.taggers import TagCLIP

@@ -79,9 +79,10 @@ class ShapeRecordingCLIP(CountingCLIP):
 
 
 def test_prompts_run_only_to_their_batch_longest_token(tiny_clip):
-    """Cutting each batch at its longest prompt is exact under the causal mask:
-    every prompt's embedding equals the one computed on the full 77-token
-    context, including a prompt that fills the whole context.
+    """Cutting each batch at its longest prompt is exact under the causal mask.
+
+    Every prompt's embedding equals the one computed on the full 77-token context, including a
+    prompt that fills the whole context.
     """
     tok = get_tokenizer()
     context = tiny_clip.context_length

@@ -1,7 +1,10 @@
 """DMAR / CAA ops against per-image, per-class loop implementations.
 
-The loop references follow docs/method.md §4.2-4.3 and 6.3 line by line, with OpenCV for
-the boxes, so the batched, single-matmul versions must match them.
+The loop references follow docs/method.md line by line, with OpenCV for the boxes, so the
+batched, single-matmul versions must match them. Sections:
+"DMAR part 1: the attention vote and the averaged attention",
+"DMAR part 2: first refinement and the class-wise box mask" and
+"Class-aware attention affinity (CAA)".
 """
 
 import cv2
@@ -24,7 +27,10 @@ def ref_box_union(mask: np.ndarray, clamp: bool) -> np.ndarray:
 
 
 def ref_vote(maps, vote_min, avg_layers):
-    """W from all stored maps, one image at a time (docs/method.md §4.2)."""
+    """W from all stored maps, one image at a time.
+
+    See docs/method.md, "DMAR part 1: the attention vote and the averaged attention".
+    """
     out = []
     for b in range(maps[0].shape[0]):
         blocks = [m[b, 1:, 1:].float() for m in maps]
@@ -35,7 +41,10 @@ def ref_vote(maps, vote_min, avg_layers):
 
 
 def ref_dmar_boxes(p_hat: torch.Tensor, grid, clamp):
-    """(C, Hp, Wp) boxes of one image's first-pass scores (docs/method.md §4.3 step 2)."""
+    """(C, Hp, Wp) boxes of one image's first-pass scores.
+
+    See docs/method.md, "DMAR part 2: first refinement and the class-wise box mask", step 2.
+    """
     H, W = grid
     boxes = []
     for col in p_hat.T.numpy():

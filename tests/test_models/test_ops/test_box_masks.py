@@ -1,11 +1,11 @@
 """Box-mask ops against OpenCV: the reference pipeline, written as plain loops.
 
-The references below are the obvious per-map implementations of docs/method.md §4.3 /
-6.3 / 4.5 with numpy + OpenCV (quantise with ``astype(np.uint8)``,
-``cv2.threshold``, ``findContours(RETR_EXTERNAL)``, ``boundingRect``), so the
-batched device routines must agree with them exactly. Thresholding and the box
-union are the ones the per-image references of
-:mod:`tagclip_mmseg.testing.reference` use.
+The references below are the obvious per-map implementations of docs/method.md
+("DMAR part 2: first refinement and the class-wise box mask",
+"Class-aware attention affinity (CAA)", "CWR: class-wise reidentification") with numpy + OpenCV
+(quantise with ``astype(np.uint8)``, ``cv2.threshold``, ``findContours(RETR_EXTERNAL)``,
+``boundingRect``), so the batched device routines must agree with them exactly. Thresholding and the
+box union are the ones the per-image references of :mod:`tagclip_mmseg.testing.reference` use.
 """
 
 import cv2

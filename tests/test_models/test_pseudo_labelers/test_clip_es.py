@@ -1,9 +1,8 @@
 """CLIP-ES pseudo-labeler against a per-tag loop implementation of docs/method.md.
 
-``reference_cams`` (tagclip_mmseg/testing/reference.py) follows docs/method.md §6
-literally: one backward pass per tag,
-OpenCV contours for the box of each tag, the affinity applied tag by tag, and
-``F.interpolate`` to the original size.
+``reference_cams`` (tagclip_mmseg/testing/reference.py) follows docs/method.md,
+"CLIP-ES pseudo masks from tags" literally: one backward pass per tag, OpenCV contours for the box
+of each tag, the affinity applied tag by tag, and ``F.interpolate`` to the original size.
 """
 from functools import partial
 
@@ -119,8 +118,9 @@ def test_load_error_samples_are_skipped(tiny_clip_path, tmp_path):
 
 @pytest.mark.classic
 def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
-    """Under ``autocast='bf16'`` the hand-written Grad-CAM backward and the
-    label maps still work; CAMs stay in [0, 1].
+    """Under ``autocast='bf16'`` the hand-written Grad-CAM backward and the label maps still work.
+
+    CAMs stay in [0, 1].
     """
     torch.manual_seed(0)
     images = list(torch.randn(2, 3, 32, 48))
@@ -140,9 +140,7 @@ def test_bf16_autocast_runs_the_batched_backward(tiny_clip_path, tmp_path):
 
 
 def test_bf16_run_first_leaves_the_fp32_cam_prompt_cache_exact(tiny_clip_path, tmp_path):
-    """The CAM prompts' cache: a bf16 run on a cold cache, then fp32 on it,
-    equals fp32 on a cold cache.
-    """
+    """The CAM prompts' cache: bf16 then fp32 on one cache equals fp32 on a cold one."""
     images = list(torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(5)))
     tag_lists = [[0, 2], [1]]
     shared, cold = str(tmp_path / 'shared'), str(tmp_path / 'cold')
@@ -160,9 +158,10 @@ def test_bf16_run_first_leaves_the_fp32_cam_prompt_cache_exact(tiny_clip_path, t
 
 
 def test_bf16_autocast_cam_head_runs_in_fp32(tiny_clip_path, tmp_path, precision_spy):
-    """Under ``autocast='bf16'`` the ViT runs in bf16, but the tag softmax, the
-    CAM normalisation, the affinity, the refinement and the label argmax
-    see fp32 inputs with autocast off; the in-pass tagger inherits the option.
+    """Under ``autocast='bf16'`` only the ViT runs in bf16.
+
+    The tag softmax, the CAM normalisation, the affinity, the refinement and the label argmax see
+    fp32 inputs with autocast off; the in-pass tagger inherits the option.
     """
     from tagclip_mmseg.models.pseudo_labelers import CLIPESPseudoLabeler
     from tagclip_mmseg.models.pseudo_labelers import clip_es as module
@@ -272,8 +271,9 @@ def test_tag_pairs_hand_computed():
 
 
 def test_labeler_without_vocabulary_until_one_is_set(tiny_clip_path, tmp_path):
-    """``class_names=None`` is allowed, as for the tagger; a call before a
-    vocabulary arrives says what to do.
+    """``class_names=None`` is allowed, as for the tagger.
+
+    A call before a vocabulary arrives says what to do.
     """
     model = testing_models.build_labeler(tiny_clip_path, 'reference', tmp_path,
                                          background_words=BG, caa_layers=(0, 1, 2))
@@ -287,8 +287,10 @@ def test_labeler_without_vocabulary_until_one_is_set(tiny_clip_path, tmp_path):
 
 
 def test_labeler_tensor_mode_returns_logits(tiny_clip_path, tmp_path):
-    """(B, C + 1, H, W) at the input size: channel 0 is ``1 - max`` of the
-    tag CAMs, channel ``c + 1`` the CAM of tag ``c``, zeros elsewhere.
+    """(B, C + 1, H, W) at the input size.
+
+    Channel 0 is ``1 - max`` of the tag CAMs, channel ``c + 1`` the CAM of tag ``c``, zeros
+    elsewhere.
     """
     model = build_labeler(tiny_clip_path, 'fixed', tmp_path)
     images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(6))

@@ -38,8 +38,9 @@ def test_reference_image_of_a_coloured_pixel_is_bgr_minus_mean():
 
 
 def colour_case():
-    """Four colour regions (R, G and B differ within each pixel), noise on the
-    image and noisy probabilities for three classes.
+    """Four colour regions, image noise and noisy probabilities for three classes.
+
+    R, G and B differ within each pixel.
     """
     h, w = 20, 28
     rng = np.random.default_rng(3)
@@ -57,9 +58,10 @@ def colour_case():
 
 
 def direct_crf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Pydensecrf called as CLIP-ES does, with the paper's parameters
-    (docs/method.md §6.5): 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3
-    compat 4, unary -log(clip(p, 1e-5, 1)).
+    """Pydensecrf called as CLIP-ES does, with the paper's parameters.
+
+    See docs/method.md, "Dense CRF (optional)": 10 iterations, Gaussian sxy 1 compat 3,
+    bilateral sxy 67 srgb 3 compat 4, unary -log(clip(p, 1e-5, 1)).
     """
     import pydensecrf.densecrf as dcrf
     c, h, w = probs.shape
@@ -96,8 +98,9 @@ def test_crf_equals_a_direct_pydensecrf_call_on_a_colour_image(quirks):
 
 
 def two_region_case():
-    """Left half red, right half blue; probabilities slightly favour the truth
-    but are noisy.
+    """Left half red, right half blue.
+
+    Probabilities slightly favour the truth but are noisy.
     """
     h, w = 24, 32
     rgb = np.zeros((h, w, 3), np.uint8)
@@ -183,8 +186,9 @@ def _write_through(out_dir, samples):
 
 
 def _worker_pids():
-    """Pids of this process's children (the CRF workers), zombies included,
-    less multiprocessing's resource tracker (Linux /proc).
+    """Pids of this process's children (the CRF workers), zombies included.
+
+    Less multiprocessing's resource tracker (Linux /proc).
     """
     import os
     me, pids = os.getpid(), []
@@ -205,8 +209,9 @@ def _worker_pids():
 
 @pytest.mark.classic
 def test_crf_workers_write_the_same_pngs_as_serial(tiny_clip_path, tmp_path):
-    """Predict returns final masks with workers: equal to the in-process CRF's,
-    with no pending field left on the samples.
+    """Predict returns final masks with workers.
+
+    Equal to the in-process CRF's, with no pending field left on the samples.
     """
     from tagclip_mmseg.models.pseudo_labelers.crf import PENDING_LABEL_KEY
     images, _ = _photo_samples(4)
@@ -283,8 +288,10 @@ def test_an_image_whose_worker_dies_twice_stops_predict(tiny_clip_path, tmp_path
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_predict_returns_final_masks_to_mmseg_consumers(tiny_clip_path, tmp_path, workers):
-    """TagCLIPSegmentor with a CRF: mmseg's IoUMetric and SegVisualizationHook
-    see the same masks with workers as without (the old placeholder was all 255).
+    """TagCLIPSegmentor with a CRF.
+
+    mmseg's IoUMetric and SegVisualizationHook see the same masks with workers as without (the old
+    placeholder was all 255).
     """
     from mmengine.structures import PixelData
     from mmseg.engine.hooks import SegVisualizationHook
@@ -347,8 +354,10 @@ def test_workers_option_is_validated():
 
 # ------------------------------------------- exact ties, computed by hand
 def _record_marginals(monkeypatch, marginals=None):
-    """Replace the mean-field step: record the probabilities the CRF is given
-    and return ``marginals`` (default: those probabilities unchanged).
+    """Replace the mean-field step.
+
+    Record the probabilities the CRF is given and return ``marginals`` (default: those probabilities
+    unchanged).
     """
     from tagclip_mmseg.models.pseudo_labelers import crf as crf_module
     received = []
@@ -362,8 +371,9 @@ def _record_marginals(monkeypatch, marginals=None):
 
 
 def test_one_tag_crf_receives_background_then_cam(tiny_clip_path, tmp_path, monkeypatch):
-    """With one tag the CRF gets ``[1 - cam, cam]`` (background first) and
-    the labels ``[0, tag + 1]``: ``probs[0] == 1 - probs[1]`` exactly.
+    """With one tag the CRF gets ``[1 - cam, cam]`` (background first).
+
+    The labels are ``[0, tag + 1]``, and ``probs[0] == 1 - probs[1]`` exactly.
     """
     received = _record_marginals(monkeypatch)
     model = cat_dog_labeler(tiny_clip_path, text_cache_dir=str(tmp_path),

@@ -1,4 +1,7 @@
-"""DeepLab-v2 pieces (docs/method.md §9) against direct implementations written here."""
+"""DeepLab-v2 pieces against direct implementations written here.
+
+The recipe is docs/method.md, "Stage 3: training DeepLab-v2 on pseudo masks (CLIP-ES protocol)".
+"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,7 +57,10 @@ def direct_aspp_v2(head: DeepLabV2Head, x: torch.Tensor) -> torch.Tensor:
 
 
 def direct_msc(model: MultiScaleEncoderDecoder, x: torch.Tensor) -> list:
-    """[logits at 1.0, 0.5, 0.75, max] with the recipe of docs/method.md §9."""
+    """[logits at 1.0, 0.5, 0.75, max] with the recipe of docs/method.md.
+
+    The recipe is in "Stage 3: training DeepLab-v2 on pseudo masks (CLIP-ES protocol)".
+    """
     outs = []
     for s in (1.0, 0.5, 0.75):
         xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode='bilinear',

@@ -224,9 +224,10 @@ def test_benchmark_end_to_end(benchmark, tmp_path, tiny_tool_options, tool_runne
 
 
 def test_crf_workers_reach_iou_metric_and_show_dir(tmp_path, tiny_tool_options, tool_runner):
-    """tools/test.py on the VOC21 CRF config: with model.crf.workers=2, mmseg's
-    IoUMetric, its --out PNGs and the SegVisualizationHook pictures equal the
-    in-process CRF's (they were all 255, mIoU 0, before predict waited).
+    """tools/test.py on the VOC21 CRF config.
+
+    With model.crf.workers=2, mmseg's IoUMetric, its --out PNGs and the SegVisualizationHook
+    pictures equal the in-process CRF's (they were all 255, mIoU 0, before predict waited).
     """
     pytest.importorskip('pydensecrf')
     from tagclip_mmseg.models.pseudo_labelers import shutdown_crf_pools
@@ -373,8 +374,9 @@ def _run_converter(tool_runner, *args) -> None:
 
 def test_coco_object_from_stuffthingmaps_end_to_end(tmp_path, tiny_tool_options, tool_runner,
                                                     monkeypatch):
-    """Converter, then the config, then tools/test.py; forced dog CAMs as in
-    :func:`test_forced_cams_give_the_known_miou` (dog for x >= 16).
+    """Converter, then the config, then tools/test.py.
+
+    Forced dog CAMs as in :func:`test_forced_cams_give_the_known_miou` (dog for x >= 16).
     """
     data_root, gts = _coco_stuff(tmp_path)
     _run_converter(tool_runner, data_root)
@@ -404,8 +406,9 @@ def test_coco_object_missing_mask_names_the_converter(tmp_path, tiny_tool_option
 
 
 def test_coco_object_from_instances_reaches_the_config(tmp_path, tool_runner):
-    """``--from-instances`` with the config's folder and suffix: the same masks
-    from a json whose dog polygon covers the dog of the stuffthingmap.
+    """``--from-instances`` with the config's folder and suffix.
+
+    The same masks from a json whose dog polygon covers the dog of the stuffthingmap.
     """
     data_root, gts = _coco_stuff(tmp_path)
     coco = tmp_path / 'coco'
@@ -524,8 +527,10 @@ def _normalised(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_model_cfg, tiny_clip_path, tmp_path):
-    """Both models' text caches: a bf16 run on a cold cache, then fp32 on
-    it, equals fp32 on a cold cache (a checkpoint file, so the cache is used).
+    """Both models' text caches.
+
+    A bf16 run on a cold cache, then fp32 on it, equals fp32 on a cold cache (a checkpoint file, so
+    the cache is used).
     """
     image = _normalised(48, 64, seed=7)
     clip = dict(checkpoint=tiny_clip_path)
@@ -670,8 +675,9 @@ def test_old_test_cfg_mode_key_names_its_new_name(tiny_model_cfg):
 
 
 def test_tensor_mode_returns_input_size_logits(tiny_model_cfg):
-    """``forward(mode='tensor')`` returns a (B, C, H, W) tensor, as mmseg's
-    segmentors do: ``predict``'s logits when the original size is the input's.
+    """``forward(mode='tensor')`` returns a (B, C, H, W) tensor, as mmseg's segmentors do.
+
+    ``predict``'s logits when the original size is the input's.
     """
     model = tiny_model_cfg()
     images = torch.stack([_normalised(32, 48, seed=s) for s in (1, 2)])

@@ -1,7 +1,7 @@
 """TagCLIP against a direct, loop-by-loop implementation of docs/method.md.
 
-``reference_tagclip`` (tagclip_mmseg/testing/reference.py) is written from docs/method.md
-§4.1-4.6 with plain Python loops over classes and OpenCV contours, one
+``reference_tagclip`` (tagclip_mmseg/testing/reference.py) is written from docs/method.md,
+"TagCLIP, step by step" with plain Python loops over classes and OpenCV contours, one
 image at a time, the way the reference implementation works. The production
 model (vectorised, batched, device-resident) must agree with it under both quirk presets.
 """
@@ -56,16 +56,20 @@ def real_batch(real_images_dir, names, size):
 
 
 def candidates(p_ref: torch.Tensor, p_local: torch.Tensor, r: float) -> torch.Tensor:
-    """CWR candidates of one image at ratio ``r`` (docs/method.md §4.5 step 1)."""
+    """CWR candidates of one image at ratio ``r``.
+
+    See docs/method.md, "CWR: class-wise reidentification", step 1.
+    """
     lo, hi = p_ref.min(), p_ref.max()
     return p_local > lo + r * (hi - lo)
 
 
 def assert_matches_reference(tagger, images, keys=('p_coarse', 'p_ref', 'p_local', 'p_final')):
-    """The batched tagger equals the per-image loop reference, and the case
-    exercises what the hyperparameters change: some class is reidentified
-    (so lambda matters) and some candidate set depends on which side of the
-    [min, max] range ``cwr_ratio`` is measured from.
+    """The batched tagger equals the per-image loop reference.
+
+    The case exercises what the hyperparameters change: some class is reidentified (so lambda
+    matters) and some candidate set depends on which side of the [min, max] range ``cwr_ratio`` is
+    measured from.
     """
     out = tagger.tag(images)
     mirrored = False
@@ -148,7 +152,7 @@ def test_open_vocabulary_and_synonyms(tiny_clip_path, tmp_path):
     scores = out.p_final[0]
     assert scores.shape == (3, )
     assert len(set(scores.tolist())) == 3  # distinct: no argmax fallback, no ties
-    # docs/method.md §4.6: above min + r * (max - min), here with r = 0.3
+    # docs/method.md, "Tag decision": above min + r * (max - min), here with r = 0.3
     expected = scores > scores.min() + 0.3 * (scores.max() - scores.min())
     assert torch.equal(out.tags[0], expected)
     # a synonym list is one class whose text embedding is the mean over the
@@ -161,11 +165,11 @@ def test_open_vocabulary_and_synonyms(tiny_clip_path, tmp_path):
 
 @pytest.mark.parametrize('quirks', ['reference', 'fixed'])
 def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path, quirks):
-    """One patch: no layer attends above its own (1 x 1) mean, so the vote
-    mask, W, every refined score and every local score are 0, no class is a
-    CWR candidate and all scores tie: nothing supports a tag, so none is given
-    (the reference's arg-max fallback would tag class 0; README, "Files and
-    images between the stages").
+    """One patch: nothing supports a tag, so none is given.
+
+    No layer attends above its own (1 x 1) mean, so the vote mask, W, every refined score and every
+    local score are 0, no class is a CWR candidate and all scores tie (the reference's arg-max
+    fallback would tag class 0; README, "Files and images between the stages").
     """
     tagger = build_tagger(tiny_clip_path, quirks, tmp_path, tag_ratio=0.3)
     out = tagger.tag(torch.randn(2, 3, 16, 16))
@@ -195,10 +199,11 @@ def _autocast_tolerance_tool():
 
 @pytest.mark.slow
 def test_bf16_autocast_within_the_measured_tolerance(deep_tiny_clip_path, real_images_dir):
-    """``autocast='bf16'`` against fp32 on a full-size photo over 1000 px and
-    on the small photo that gave the largest measured score ratio: scores,
-    CAMs and masks stay within the measured figures (times the margin), and
-    the tags are equal (as they were on all 16 measured photos).
+    """``autocast='bf16'`` against fp32 on a full-size photo and the worst small one.
+
+    The full-size photo is over 1000 px; the small photo gave the largest measured score ratio.
+    Scores, CAMs and masks stay within the measured figures (times the margin), and the tags are
+    equal (as they were on all 16 measured photos).
     """
     from tagclip_mmseg.models.clip import load_clip
     tool = _autocast_tolerance_tool()
@@ -215,8 +220,9 @@ def test_bf16_autocast_within_the_measured_tolerance(deep_tiny_clip_path, real_i
 
 @pytest.mark.slow
 def test_autocast_tolerance_tool_prints_every_figure(capsys):
-    """``tools/autocast_tolerance.py`` on one small photo, with ``--speed``:
-    a line per photo, the summary lines and the three timing lines.
+    """``tools/autocast_tolerance.py`` on one small photo, with ``--speed``.
+
+    A line per photo, the summary lines and the three timing lines.
     """
     tool = _autocast_tolerance_tool()
     tool.main(['--test-clip', '--num-images', '1', '--speed', '1', '--speed-photo',
@@ -232,9 +238,9 @@ def test_autocast_tolerance_tool_prints_every_figure(capsys):
 
 @pytest.mark.classic
 def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_clip_path, tmp_path):
-    """A bf16 run on a cold cache, then an fp32 run on that cache, gives
-    exactly what fp32 gives on a cold cache: the text encoder never runs
-    under autocast, so the bf16 run writes the fp32 embeddings.
+    """A bf16 run then an fp32 run on one cache equals fp32 on a cold cache.
+
+    The text encoder never runs under autocast, so the bf16 run writes the fp32 embeddings.
     """
     images = list(torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(3)))
     shared, cold = str(tmp_path / 'shared'), str(tmp_path / 'cold')
@@ -250,10 +256,11 @@ def test_bf16_run_first_leaves_the_fp32_text_cache_exact(tiny_clip_path, tmp_pat
 
 def test_bf16_autocast_scores_and_thresholds_run_in_fp32(tiny_clip_path, tmp_path,
                                                          precision_spy):
-    """Under ``autocast='bf16'`` the ViT runs in bf16, but the class softmaxes,
-    DMAR, the CWR region threshold and the tag threshold see fp32 inputs with
-    autocast off, also when the caller wraps the call in autocast; the
-    fused scores are therefore not bf16 values.
+    """Under ``autocast='bf16'`` only the ViT runs in bf16.
+
+    The class softmaxes, DMAR, the CWR region threshold and the tag threshold see fp32 inputs with
+    autocast off, also when the caller wraps the call in autocast; the fused scores are therefore
+    not bf16 values.
     """
     from tagclip_mmseg.models.taggers import tagclip as module
     images = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(4))
@@ -288,15 +295,17 @@ def test_bad_autocast_value_is_refused(tiny_clip_path, tmp_path, value):
 
 @pytest.mark.classic
 def test_fp16_autocast_runs_or_names_the_missing_feature(tiny_clip_path, tmp_path):
-    """CPU autocast to fp16 is missing from older torch (2.1 raises an internal
-    error): the model then says so and names the dtype that works.
+    """CPU autocast to fp16 is missing from older torch (2.1 raises an internal error).
+
+    The model then says so and names the dtype that works.
     """
     model = build_tagger(tiny_clip_path, 'reference', tmp_path, autocast='fp16')
     images = list(torch.randn(1, 3, 48, 64))
     if autocast_supports('cpu', torch.float16):
         assert torch.isfinite(model(images)[0].pred_score).all()
     else:
-        with pytest.raises(ValueError, match="autocast=torch.float16 is not available on cpu.*'bf16'"):
+        with pytest.raises(ValueError,
+                           match="autocast=torch.float16 is not available on cpu.*'bf16'"):
             model(images)
 
 
@@ -376,8 +385,9 @@ def test_relative_threshold_hand_computed():
 
 def test_cwr_candidates_use_the_shared_relative_threshold(tiny_clip_path, tmp_path,
                                                           monkeypatch):
-    """CWR's candidate threshold is ``ops.relative_threshold`` over every
-    refined column, with the tagger's ``cwr_ratio``.
+    """CWR's candidate threshold is ``ops.relative_threshold`` over refined columns.
+
+    Every refined column is used, with the tagger's ``cwr_ratio``.
     """
     from tagclip_mmseg.models.taggers import tagclip as tagclip_module
     seen = []

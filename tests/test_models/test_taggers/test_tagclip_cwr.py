@@ -3,7 +3,8 @@
 ``TagCLIP.reidentify`` gets a refined-score map written by hand (2 images,
 a 3 x 4 patch grid, 4 foreground classes and 1 background word) and a
 stand-in for the crop classifier that returns known global scores, so every
-expected number below is computed by hand from docs/method.md §4.5:
+expected number below is computed by hand from docs/method.md,
+"CWR: class-wise reidentification":
 
 * candidates: ``p_local > mi + r * (ma - mi)`` over the image's whole map,
   here ``mi = 0``, ``ma = 1`` and ``r = cwr_ratio = 0.3``, so ``theta = 0.3``;
