@@ -1,6 +1,4 @@
-# The pipeline, in order: the frozen CLIP and its vocabulary (clip), the
-# tagger (taggers), the pseudo-labeler (pseudo_labelers), and the segmentors
-# and heads trained on its masks; ops holds the batched math they share.
+# Pipeline order: clip, taggers, pseudo_labelers, segmentors/heads; ops is shared math.
 from .clip import *  # noqa: F401,F403
 from .heads import *  # noqa: F401,F403
 from .pseudo_labelers import *  # noqa: F401,F403

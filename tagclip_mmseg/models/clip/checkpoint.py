@@ -475,9 +475,7 @@ def load_clip(checkpoint: str = DEFAULT_CLIP_CHECKPOINT,
 
 def _check_shapes(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor],
                   path: str) -> None:
-    """Name every tensor whose shape disagrees with the inferred layout
-    (``load_state_dict`` would raise a bare ``size mismatch`` RuntimeError).
-    """
+    """Name every tensor whose shape disagrees with the inferred layout."""
     wrong = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}'
              for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
     if wrong:

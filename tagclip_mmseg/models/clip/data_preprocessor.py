@@ -54,6 +54,7 @@ class CLIPDataPreprocessor(RecordsInitArgs, BaseDataPreprocessor):
         return (img - self.mean) / self.std
 
     def forward(self, data: dict, training: bool = False) -> Dict[str, Union[List[Tensor], list]]:
+        """Cast ``data`` to the device and normalise its images."""
         data = self.cast_data(data)
         inputs = data['inputs']
         if isinstance(inputs, Tensor):

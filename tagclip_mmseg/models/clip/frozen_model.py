@@ -1,10 +1,4 @@
-"""What the training-free CLIP models share.
-
-:class:`FrozenModel` is the plumbing of every frozen model, the segmentor
-included (eval mode, no training, mmengine's forward modes);
-:class:`FrozenCLIPModel` adds the vocabulary, the text embeddings and the
-equal-size image groups of the tagger and the labeler.
-"""
+"""What the training-free CLIP models share."""
 from contextlib import nullcontext
 from typing import (ContextManager, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
                     Union)
@@ -30,36 +24,23 @@ __all__ = ['FrozenModel', 'FrozenCLIPModel', 'Vocabulary', 'full_precision']
 
 
 def full_precision(device: Union[str, torch.device]) -> ContextManager:
-    """``torch.autocast`` switched off on ``device``: what runs inside
-    computes in its inputs' dtype, whatever region encloses it.
-    """
+    """``torch.autocast`` switched off on ``device``."""
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
 class Vocabulary(NamedTuple):
-    """A resolved, checked vocabulary: what one call classifies against.
+    """A resolved, checked vocabulary: what one call classifies against."""
 
-    Per-call vocabularies (the inferencer's ``classes=``) are passed down to
-    ``predict`` as one of these, never set on the shared model.
-    """
-
-    #: Foreground classes (a name or a synonym tuple each); ``None`` before
-    #: a model has one.
+    #: Foreground classes (a name or a synonym tuple each), or ``None``.
     class_names: Optional[Tuple[ClassName, ...]]
     #: Softmax-only competitors.
     background_words: Tuple[str, ...]
 
 
 class FrozenModel:
-    """Mixin of the training-free models: frozen, eval mode, no training.
+    """Mixin of the training-free models: frozen, eval mode, no training."""
 
-    ``forward`` follows mmengine's modes: ``'predict'`` fills data samples,
-    ``'tensor'`` returns the subclass's :meth:`_forward` tensor and
-    ``'loss'`` refuses. Subclasses have a ``clip`` and a ``sample_type``.
-    """
-
-    #: The data-sample class :meth:`predict` fills; ``forward`` without data
-    #: samples makes one per image, with ``ori_shape`` the input size.
+    #: The data-sample class :meth:`predict` fills.
     sample_type: type = BaseDataElement
 
     def train(self, mode: bool = True) -> nn.Module:
@@ -93,9 +74,6 @@ class FrozenModel:
                    data_samples: Optional[list] = None) -> Tuple[List[Tensor], list]:
         """(3, H, W) images as a list and one data sample each.
 
-        Missing samples are made of ``sample_type`` with ``ori_shape`` the
-        input size.
-
         Raises:
             ValueError: When the counts differ.
         """
@@ -128,40 +106,24 @@ class FrozenModel:
 class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
     """Base of the training-free CLIP models (tagger, labeler).
 
-    The CLIP weights are loaded in ``__init__``, not ``init_weights``, which
-    the test loop never calls (docs/compatibility.md, "Traps").
-
     Args:
-        clip (dict | nn.Module): ``checkpoint`` (path; default OpenAI's
-            cache location) and ``dtype`` ('fp32', 'fp16', 'bf16'), passed to
-            :func:`~tagclip_mmseg.models.clip.load_clip`; or an already built
-            CLIP, which lets a tagger and a labeler share one.
-        quirks (str | dict | Quirks): Which quirks of the reference
-            implementation to reproduce (docs/modes.md): ``'reference'``
-            (all), ``'fixed'`` (none), a dict of
-            :class:`~tagclip_mmseg.utils.Quirks` fields or a ``Quirks``.
-        text_cache_dir (str, optional): Folder of the text-embedding cache;
-            ``None`` uses the default (``$TAGCLIP_MMSEG_CACHE`` or
-            ``~/.cache/tagclip_mmseg``).
-        autocast (str, optional): ``'bf16'`` or ``'fp16'`` runs the ViT
-            calls under :func:`torch.autocast`; everything after them stays
-            in fp32 (docs/performance.md, "Mixed precision and GPUs").
-            ``None`` (default) computes in the CLIP's own dtype.
-        images_per_forward (int, optional): Equal-size images per network
-            pass; ``None`` (default): one on the CPU, the whole group
-            elsewhere (docs/performance.md).
-        truncate_prompts (bool): Cut prompts longer than CLIP's context (77
-            tokens) with a warning instead of refusing the vocabulary.
-        synonyms (str): How a class with synonyms is scored: ``'joined'``
-            (default; one prompt, names joined by ',') or ``'max'`` (each
-            class the max of its names'; docs/method.md, "Synonyms").
+        clip (dict | nn.Module): :func:`load_clip` arguments (``checkpoint``,
+            ``dtype``) or a built CLIP, which models may share.
+        quirks (str | dict | Quirks): Reference quirks to reproduce
+            (docs/modes.md): ``'reference'``, ``'fixed'`` or fields.
+        text_cache_dir (str, optional): Folder of the text-embedding cache.
+        autocast (str, optional): ``'bf16'`` or ``'fp16'`` for the ViT calls.
+        images_per_forward (int, optional): Equal-size images per pass.
+        truncate_prompts (bool): Cut prompts too long for CLIP's context
+            with a warning instead of refusing the vocabulary.
+        synonyms (str): ``'joined'`` (one prompt per class) or ``'max'``
+            (docs/method.md, "Synonyms").
         data_preprocessor (dict, optional): Defaults to
             ``CLIPDataPreprocessor``.
-        init_cfg (dict, optional): Unused; kept for the OpenMMLab signature.
+        init_cfg (dict, optional): Unused.
     """
 
-    #: Prompt templates; subclasses set them before :meth:`set_vocabulary`,
-    #: which checks that every prompt fits CLIP's context.
+    #: Prompt templates; subclasses set them before :meth:`set_vocabulary`.
     templates: Tuple[str, ...] = ()
 
     def __init__(self,
@@ -178,7 +140,6 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         if data_preprocessor is None or isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor or dict(type='CLIPDataPreprocessor'))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        #: The resolved quirk switches; code branches on its named fields.
         self.quirks: Quirks = resolve_quirks(quirks)
         self.autocast_dtype = self._resolve_autocast(autocast)
         if images_per_forward is not None and (not isinstance(images_per_forward, int)
@@ -193,8 +154,6 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         self.text_cache_dir = text_cache_dir
         self.truncate_prompts = bool(truncate_prompts)
         self.synonyms = check_synonyms(synonyms)
-        #: Foreground vocabulary and softmax-only background words; set with
-        #: :meth:`set_vocabulary`.
         self.class_names: Optional[Tuple[ClassName, ...]] = None
         self.background_words: Tuple[str, ...] = ()
         self._text_embeddings: Dict[tuple, Tensor] = {}
@@ -214,12 +173,10 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         return dtype
 
     def autocast_context(self, device: torch.device) -> ContextManager:
-        """``torch.autocast`` for ``device`` when enabled, else a no-op; the
-        models enter it around their ViT calls only.
+        """``torch.autocast`` for ``device`` when enabled, else a no-op.
 
         Raises:
-            ValueError: If this torch has no autocast to that dtype on
-                ``device``'s type (fp16 on the CPU before torch 2.3).
+            ValueError: If this torch has no such autocast on ``device``.
         """
         if self.autocast_dtype is None:
             return nullcontext()
@@ -231,14 +188,11 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
 
     @property
     def round_pos_embed_fp16(self) -> bool:
-        """``quirks.pos_embed_fp16``, passed per ViT call (a shared CLIP may
-        serve models of other quirks).
-        """
+        """``quirks.pos_embed_fp16``, passed per ViT call."""
         return self.quirks.pos_embed_fp16
 
     def layer_indices(self, name: str, layers: Sequence[int]) -> Tuple[int, ...]:
-        """Validate 0-based (or negative) vision-layer indices; return them
-        non-negative, sorted and unique.
+        """Validate vision-layer indices; return them non-negative, sorted, unique.
 
         Raises:
             ValueError: Naming the argument and the CLIP's depth.
@@ -249,13 +203,10 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
                              f'{n} vision layers of this CLIP checkpoint')
         return tuple(sorted({int(i) % n for i in layers}))
 
-    # ------------------------------------------------------------ vocabulary
     def set_vocabulary(self,
                        class_names: Union[str, Sequence[ClassName]],
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
-        """Set the foreground classes (and optionally background words),
-        checked by :meth:`resolve_vocabulary`.
-        """
+        """Set the foreground classes and optionally background words."""
         self.class_names, self.background_words = self.resolve_vocabulary(
             class_names, background_words)
 
@@ -270,19 +221,14 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
                            ) -> Vocabulary:
         """A checked :class:`Vocabulary` for this model, without setting it.
 
-        Checks names, duplicates (as CLIP reads the text) and prompt lengths
-        now rather than at the first image.
-
         Args:
             class_names: Foreground classes or a preset name.
             background_words: Background words or a preset name; ``None``
                 keeps the model's own.
 
         Raises:
-            ValueError: For an empty, invalid or duplicated vocabulary, or a
-                class name too long for the context (unless
-                ``truncate_prompts``); the message names ``class_names`` or
-                ``background_words``.
+            ValueError: For an empty, invalid, duplicated or too long
+                vocabulary.
         """
         if class_names is None:
             raise ValueError('class_names is None: give a list of class names (or a preset '
@@ -330,14 +276,9 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         """Size of the foreground vocabulary (0 before one is set)."""
         return len(self.class_names or ())
 
-    # ------------------------------------------------------------------ text
     def text_embeddings(self, class_names: Sequence[ClassName],
                         templates: Sequence[str]) -> Tensor:
-        """L2-normalised (R, E) text-row embeddings on the model's device.
-
-        One row per class (``synonyms='joined'``) or per name (``'max'``);
-        kept in memory and in the on-disk cache.
-        """
+        """L2-normalised (R, E) text-row embeddings on the model's device."""
         key = (tuple(n if isinstance(n, str) else tuple(n) for n in class_names), tuple(templates),
                self.synonyms)
         emb = self._text_embeddings.get(key)
@@ -357,8 +298,7 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
 
     def class_probs(self, logits: Tensor, class_names: Sequence[ClassName],
                     support: Optional[Tensor] = None) -> Tensor:
-        """(..., C) class probabilities from (..., R) logits of the text rows
-        of ``class_names`` (:func:`~tagclip_mmseg.models.ops.class_softmax`).
+        """(..., C) class probabilities from (..., R) text-row logits.
 
         Args:
             logits (Tensor): Logits against :meth:`text_embeddings`.
@@ -378,7 +318,6 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
             self._row_classes[key] = rows
         return class_softmax(logits, rows, len(class_names), support)
 
-    # ------------------------------------------------------------- batches
     def batches(self, inputs: List[Tensor]) -> Iterator[List[int]]:
         """Indices of equal-size images, ``images_per_forward`` at a time."""
         for idx in group_by_shape(inputs):
@@ -389,14 +328,10 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
     def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
         """Run :meth:`predict_batch` on equal-size groups; keep input order.
 
-        Every sample is computed: resumed samples and unreadable images are
-        the test loop's (``ResumableTestLoop``).
-
         Args:
             inputs (list[Tensor]): Normalised (3, H, W) images.
             data_samples (list): One per image, filled in place.
-            **settings: Per-call settings of :meth:`predict_batch` (e.g. a
-                ``vocabulary``); they live in this call only.
+            **settings: Per-call settings of :meth:`predict_batch`.
 
         Returns:
             list: ``data_samples``.
@@ -419,9 +354,7 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         return self.stack_outputs(out)
 
     def forward_batch_size(self, device: torch.device, group_size: int) -> int:
-        """Images per forward for a group of ``group_size`` equal-size images
-        (see ``images_per_forward``).
-        """
+        """Images per forward for a group of ``group_size`` equal-size images."""
         if self.images_per_forward is not None:
             return int(self.images_per_forward)
         return 1 if torch.device(device).type == 'cpu' else max(group_size, 1)

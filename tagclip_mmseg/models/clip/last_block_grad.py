@@ -16,9 +16,7 @@ __all__ = ['LastBlockGrad']
 
 
 def _layer_norm_parts(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
-    """``(x - mean) / std`` and ``1 / std`` over the last dim (a LayerNorm's
-    saved state, for its backward).
-    """
+    """``(x - mean) / std`` and ``1 / std`` over the last dim (LayerNorm state)."""
     mean = x.mean(dim=-1, keepdim=True)
     rstd = torch.rsqrt(x.var(dim=-1, unbiased=False, keepdim=True) + eps)
     return (x - mean) * rstd, rstd

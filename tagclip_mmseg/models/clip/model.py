@@ -1,10 +1,4 @@
-"""CLIP in OpenAI's parameter naming, with the hooks TagCLIP and CLIP-ES need.
-
-OpenAI checkpoints load with ``load_state_dict`` as they are. The vision tower
-takes any multiple of the patch size, per-layer additive masks, reports chosen
-layers' attention maps and can stop before a block or update [CLS] alone;
-layers whose maps nobody asked for run the fused attention kernel.
-"""
+"""CLIP in OpenAI's parameter naming, with the hooks TagCLIP and CLIP-ES need."""
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,9 +27,11 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm that computes in fp32 and casts back, as OpenAI's CLIP does."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` in fp32 and cast back."""
         orig_type = x.dtype
         ret = F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float() if self.weight is not None else None,
+            x.float(), self.normalized_shape,
+            self.weight.float() if self.weight is not None else None,
             self.bias.float() if self.bias is not None else None, self.eps)
         return ret.to(orig_type)
 
@@ -44,14 +40,12 @@ class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``, the activation OpenAI's CLIP was trained with."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
         return x * torch.sigmoid(1.702 * x)
 
 
 class CLIPAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
-
-    Unlike ``nn.MultiheadAttention`` it can return the head-averaged
-    probabilities, also before masking.
 
     Args:
         embed_dim (int): Token width.
@@ -83,18 +77,13 @@ class CLIPAttention(nn.Module):
 
         Args:
             x (Tensor): Tokens, shape (B, L, D) (batch first).
-            attn_mask (Tensor, optional): Additive float mask broadcastable to
-                (B, heads, L, L).
+            attn_mask (Tensor, optional): Additive mask, (B, heads, L, L).
             need_weights (bool): Also return head-averaged probabilities.
-            weights_before_mask (bool): Return the probabilities of the
-                unmasked logits (TagCLIP's vote, docs/method.md, "The attention
-                maps DMAR and CAA read"); the output always uses the mask.
-            num_queries (int, optional): Only the first ``num_queries`` tokens
-                query; all tokens stay keys and values.
+            weights_before_mask (bool): Return the unmasked probabilities.
+            num_queries (int, optional): Only the first tokens query.
 
         Returns:
-            tuple: Output (B, L, D) (or (B, num_queries, D)) and the (B, L, L)
-            map or ``None``.
+            tuple: Output (B, Q, D) and the (B, L, L) map or ``None``.
         """
         B, L, D = x.shape
         if num_queries is not None:
@@ -122,14 +111,11 @@ class CLIPAttention(nn.Module):
 
         Args:
             x (Tensor): Tokens (B, L, D).
-            num_queries (int, optional): Project only the first
-                ``num_queries`` tokens to queries, see :meth:`forward`.
-            dtype (torch.dtype, optional): Compute with the projection cast to
-                this dtype; ``None`` uses the parameters as they are.
+            num_queries (int, optional): See :meth:`forward`.
+            dtype (torch.dtype, optional): Dtype of the projection.
 
         Returns:
-            tuple: ``q`` (B, H, Q, d) with ``Q = num_queries or L``, ``k`` and
-            ``v`` (B, H, L, d).
+            tuple: ``q`` (B, H, Q, d), ``k`` and ``v`` (B, H, L, d).
         """
         B, L, D = x.shape
         H, d = self.num_heads, self.head_dim
@@ -150,8 +136,6 @@ class CLIPAttention(nn.Module):
     def head_chunk(self, batch: int, tokens: int, itemsize: int = 4) -> int:
         """How many heads' (batch, h, tokens, tokens) maps fit :attr:`max_chunk_bytes`.
 
-        Elements count at least 4 bytes: the softmax works in float32 or wider.
-
         Args:
             batch (int): Images.
             tokens (int): Tokens per image (``L``).
@@ -165,17 +149,11 @@ class CLIPAttention(nn.Module):
 
     def _attend_with_weights(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
                              weights_before_mask: bool) -> Tuple[Tensor, Tensor]:
-        """Attention that also returns head-averaged probabilities.
-
-        Heads run in chunks of :meth:`head_chunk` through two reused buffers
-        (docs/performance.md, "Tagging at 4,846 tokens: where the extra two
-        thirds of a forward go").
-        """
+        """Attention that also returns head-averaged probabilities, in head chunks."""
         B, H, L, d = q.shape
         step = self.head_chunk(B, L, q.element_size())
         scale = 1.0 / math.sqrt(d)
-        # Autograd cannot record ``out=`` ops: a call that builds a graph (the
-        # per-tag reference Grad-CAM) gets fresh tensors instead of buffers.
+        # Autograd cannot record ``out=`` ops: a graph-building call gets fresh tensors.
         record = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
         weights = torch.zeros(B, L, L, dtype=torch.float32, device=q.device)
         outs = []
@@ -200,8 +178,7 @@ class CLIPAttention(nn.Module):
                 outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
             else:
                 outs.append(torch.matmul(probs, vs))
-        # Under autocast the maps keep the fp32 of their sum: DMAR and the
-        # CAM affinity read them, and they run in fp32.
+        # Under autocast the maps keep the fp32 of their sum.
         maps = weights / H
         if not is_autocast_enabled(q.device.type):
             maps = maps.to(q.dtype)
@@ -209,9 +186,7 @@ class CLIPAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block in OpenAI's naming (``ln_1``, ``attn``,
-    ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``).
-    """
+    """Pre-norm transformer block in OpenAI's naming (``ln_1``, ``attn``, ``mlp``)."""
 
     def __init__(self, d_model: int, n_head: int) -> None:
         super().__init__()
@@ -228,6 +203,7 @@ class ResidualAttentionBlock(nn.Module):
                 need_weights: bool = False,
                 weights_before_mask: bool = True,
                 num_queries: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """Run the block; arguments as in :meth:`CLIPAttention.forward`."""
         return self.forward_from_normed(x, self.ln_1(x), attn_mask, need_weights,
                                         weights_before_mask, num_queries)
 
@@ -254,9 +230,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(
+            *[ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """Run every block with ``attn_mask``."""
         for blk in self.resblocks:
             x, _ = blk(x, attn_mask)
         return x
@@ -267,14 +245,10 @@ def resample_pos_embed(pos_embed: Tensor,
                        round_to_fp16: bool = False) -> Tensor:
     """Resample a (1 + g*g, D) positional embedding to ``grid_hw``.
 
-    The [CLS] row is kept; the grid is resampled bilinearly
-    (``align_corners=False``), and returned untouched when unchanged.
-
     Args:
         pos_embed (Tensor): (1 + g*g, D) embedding.
         grid_hw (tuple[int, int]): Target token grid (rows, cols).
-        round_to_fp16 (bool): Round the *resampled* embedding to fp16 and back,
-            as the reference does (docs/method.md, "Numeric precision").
+        round_to_fp16 (bool): Round the resampled embedding to fp16 and back.
 
     Returns:
         Tensor: (1 + h*w, D) embedding in ``pos_embed``'s dtype.
@@ -301,12 +275,9 @@ class ViTOutput:
     """What the attention-reporting stages of :class:`VisionTransformer` return.
 
     Attributes:
-        tokens (Tensor): All tokens after ``ln_post`` and ``proj``, (B, L, E)
-            (``forward_attention`` only).
-        attn_maps (list[Tensor]): (B, L, L) maps of the reported layers, in
-            layer order; empty with a callback.
-        hidden (Tensor): (B, L, D) stream entering the stop block
-            (``forward_until`` only).
+        tokens (Tensor): (B, L, E) output tokens (``forward_attention``).
+        attn_maps (list[Tensor]): (B, L, L) maps of the reported layers.
+        hidden (Tensor): (B, L, D) stream entering the stop block.
         grid_hw (tuple): Token grid (rows, cols).
     """
     tokens: Optional[Tensor] = None
@@ -318,10 +289,7 @@ class ViTOutput:
 class VisionTransformer(nn.Module):
     """CLIP's image tower (``visual.*``), with one forward per use.
 
-    :meth:`forward` (plain), :meth:`forward_attention` (also reports maps),
-    :meth:`forward_until` (stops before a block, for Grad-CAM) and
-    :meth:`forward_cls` ([CLS] only, for CWR crops). Options are per call, so
-    one CLIP serves a faithful and a clean model at once.
+    Options are per call, so one CLIP serves models of different quirks.
     """
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
@@ -343,15 +311,12 @@ class VisionTransformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The parameters' dtype."""
         return self.conv1.weight.dtype
 
-    # ------------------------------------------------------- shared steps
     def embed(self, x: Tensor,
               round_pos_embed_fp16: bool = False) -> Tuple[Tensor, Tuple[int, int]]:
-        """Patchify, prepend [CLS], add positional embedding, ``ln_pre``.
-
-        ``round_pos_embed_fp16``: see :func:`resample_pos_embed`.
-        """
+        """Patchify, prepend [CLS], add positional embedding, ``ln_pre``."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
         H, W = x.shape[-2:]
@@ -424,7 +389,6 @@ class VisionTransformer(nn.Module):
             return attn_callback
         return lambda _, w: out.attn_maps.append(w)
 
-    # ------------------------------------------------------------- stages
     def forward(self,
                 x: Tensor,
                 attn_masks: Optional[LayerMasks] = None,
@@ -434,8 +398,7 @@ class VisionTransformer(nn.Module):
         Args:
             x (Tensor): Normalised images (B, 3, H, W).
             attn_masks (Mapping[int, Tensor], optional): Additive masks by
-                layer index (negative counts from the end), each
-                broadcastable to (B, heads, L, L).
+                layer index (negative counts from the end).
             round_pos_embed_fp16 (bool): See :func:`resample_pos_embed`.
 
         Returns:
@@ -457,16 +420,14 @@ class VisionTransformer(nn.Module):
             x (Tensor): Normalised images (B, 3, H, W).
             attn_layers (Iterable[int], optional): Layers whose maps are
                 reported; ``None`` reports every layer.
-            attn_callback (callable, optional): Called as ``cb(layer, probs)``
-                for each reported layer, in layer order, instead of keeping
-                the maps.
+            attn_callback (callable, optional): ``cb(layer, probs)`` instead of
+                keeping the maps.
             attn_masks (Mapping[int, Tensor], optional): As in :meth:`forward`.
             weights_before_mask (bool): See :meth:`CLIPAttention.forward`.
             round_pos_embed_fp16 (bool): See :meth:`embed`.
 
         Returns:
-            ViTOutput: ``tokens``, ``attn_maps`` (empty with a callback) and
-            ``grid_hw``.
+            ViTOutput: ``tokens``, ``attn_maps`` and ``grid_hw``.
         """
         x, grid_hw = self.embed(x, round_pos_embed_fp16)
         out = ViTOutput(grid_hw=grid_hw)
@@ -488,8 +449,7 @@ class VisionTransformer(nn.Module):
         Args:
             x (Tensor): Normalised images (B, 3, H, W).
             block (int): The block to stop before (``num_layers``: all).
-            attn_layers (Iterable[int]): Layers whose maps are reported, as in
-                :meth:`forward_attention`; none by default.
+            attn_layers (Iterable[int]): Layers whose maps are reported.
             attn_callback (callable, optional): As in :meth:`forward_attention`.
             round_pos_embed_fp16 (bool): See :meth:`embed`.
 
@@ -525,10 +485,7 @@ class VisionTransformer(nn.Module):
 
 @MODELS.register_module(name='OpenAICLIP')
 class CLIP(nn.Module):
-    """OpenAI's CLIP (ViT image tower only) with OpenAI's constructor arguments.
-
-    Build one from a checkpoint with :func:`~tagclip_mmseg.models.clip.load_clip`.
-    """
+    """OpenAI's CLIP (ViT image tower only) with OpenAI's constructor arguments."""
 
     def __init__(self,
                  embed_dim: int = 512,
@@ -572,6 +529,7 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The parameters' dtype."""
         return self.visual.conv1.weight.dtype
 
     def encode_image(self, image: Tensor) -> Tensor:

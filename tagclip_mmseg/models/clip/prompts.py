@@ -16,9 +16,7 @@ __all__ = [
 
 
 def text_key(text: str) -> str:
-    """``text`` as CLIP's tokenizer reads it (lower case, collapsed spaces):
-    two names with the same key get the same embedding.
-    """
+    """``text`` as CLIP's tokenizer reads it (lower case, collapsed spaces)."""
     return ' '.join(text.lower().split())
 
 # --------------------------------------------------------------------------

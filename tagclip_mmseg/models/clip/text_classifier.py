@@ -33,9 +33,7 @@ _CACHE_FORMAT = 1
 
 
 def default_text_cache_dir() -> str:
-    """``$TAGCLIP_MMSEG_CACHE/text_embeddings``, else
-    ``~/.cache/tagclip_mmseg/text_embeddings``.
-    """
+    """``$TAGCLIP_MMSEG_CACHE/text_embeddings`` or its default under ``~/.cache``."""
     return osp.join(cache_root(), 'text_embeddings')
 
 

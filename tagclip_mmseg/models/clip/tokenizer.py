@@ -78,9 +78,7 @@ def _byte_symbols() -> Dict[int, str]:
 
 @functools.lru_cache(maxsize=4)
 def _load_merges(bpe_path: str) -> Tuple[Tuple[str, str], ...]:
-    """Read the merges (cached: the file is 1.3 MB of gzip and every
-    tokenizer instance needs the same list).
-    """
+    """Read the BPE merges (cached: every tokenizer needs the same list)."""
     try:
         with gzip.open(bpe_path, 'rt', encoding='utf-8') as f:
             lines = f.read().split('\n')
@@ -95,9 +93,7 @@ def _load_merges(bpe_path: str) -> Tuple[Tuple[str, str], ...]:
 
 
 def _clean(text: str) -> str:
-    """OpenAI's text normalisation: fix mojibake, unescape HTML twice,
-    collapse whitespace, lower-case.
-    """
+    """OpenAI's text normalisation: fix mojibake, unescape HTML, lower-case."""
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(' ', text).strip().lower()
@@ -134,6 +130,7 @@ class SimpleTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of tokens in the vocabulary."""
         return len(self.encoder)
 
     def _merge_word(self, word: str) -> Tuple[str, ...]:

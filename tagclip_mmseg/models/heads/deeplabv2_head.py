@@ -1,8 +1,4 @@
-"""DeepLab-v2 ASPP classifier of the CLIP-ES segmentation protocol.
-
-See docs/method.md, "Stage 3: training DeepLab-v2 on pseudo masks (CLIP-ES
-protocol)" and docs/implementation.md, "The DeepLab-v2 head".
-"""
+"""DeepLab-v2 ASPP classifier (docs/implementation.md, "The DeepLab-v2 head")."""
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
@@ -17,29 +13,17 @@ __all__ = ['DeepLabV2Head']
 class DeepLabV2Head(BaseDecodeHead):
     """ASPP-v2: the sum of parallel dilated 3x3 classifiers.
 
-    ``logits = sum_d conv3x3_d(x)``, one biased convolution per dilation. The
-    branches are the classifier, so the base class's ``conv_seg`` is deleted
-    (an unused layer breaks DDP) and ``channels`` is not an argument. The
-    branch learning rates live in the config's ``paramwise_cfg``.
+    The branches are the classifier, so ``conv_seg`` is deleted (an unused
+    layer breaks DDP) and ``channels`` is not an argument.
 
     Args:
-        in_channels (int | Sequence[int]): Channels of the selected feature
-            map (2048 for a ResNet-101 stage 4); a sequence only together
+        in_channels (int | Sequence[int]): Input channels; a sequence only
             with ``input_transform='resize_concat'``.
         num_classes (int): Number of classes, background included.
-        dilations (Sequence[int]): Dilation (and padding) of each branch.
-            Defaults to (6, 12, 18, 24).
+        dilations (Sequence[int]): Dilation of each branch.
         dropout_ratio (float): Dropout on the input features. Defaults to 0.
-        init_cfg (dict | list[dict], optional): Defaults to N(0, 0.01)
-            weights and zero biases on every convolution of the head.
-        **kwargs: Other :class:`BaseDecodeHead` arguments, except
-            ``channels``.
-
-    Raises:
-        ValueError: For an empty ``dilations``, a non-positive dilation,
-            ``channels`` passed explicitly, or
-            ``input_transform='multiple_select'`` (a classifier needs one
-            feature map).
+        init_cfg (dict | list[dict], optional): Initialisation config.
+        **kwargs: Other :class:`BaseDecodeHead` arguments but ``channels``.
     """
 
     def __init__(self,
@@ -88,12 +72,5 @@ class DeepLabV2Head(BaseDecodeHead):
         return logits
 
     def forward(self, inputs: Union[List[Tensor], Tuple[Tensor, ...]]) -> Tensor:
-        """Logits at the resolution of the selected feature map.
-
-        Args:
-            inputs (list[Tensor] | tuple[Tensor]): Backbone (or neck) outputs.
-
-        Returns:
-            Tensor: (N, num_classes, h, w) logits.
-        """
+        """Return (N, num_classes, h, w) logits of the backbone outputs."""
         return self.cls_seg(self._transform_inputs(inputs))

@@ -1,9 +1,4 @@
-"""Attention-based refinements: TagCLIP's DMAR and CLIP-ES's affinity (CAA).
-
-The box is a mask on the keys, so it folds into the right-hand side and all
-classes are refined by one batched matmul (docs/implementation.md, "Attention
-refinements in one matmul").
-"""
+"""Attention refinements: TagCLIP's DMAR and CLIP-ES's affinity (CAA)."""
 from typing import Iterable, Optional, Set, Tuple, Union
 
 import torch
@@ -20,20 +15,12 @@ __all__ = [
 class AttentionVote:
     """Streaming DMAR attention vote and layer average.
 
-    Feed it every layer's map (``attn_callback=vote.update``); :meth:`finalize`
-    returns ``W = (#{l : B^l > mean(B^l)} >= vote_min) * mean_{l in avg_layers}
-    B^l`` over the patch blocks ``B^l`` (docs/method.md, "DMAR part 1: the
-    attention vote and the averaged attention"). ``vote_min=None`` gives the
-    plain average CLIP-ES's affinity uses.
+    See docs/method.md, "DMAR part 1: the attention vote and the averaged attention".
 
     Args:
-        avg_layers (Iterable[int]): 0-based layer indices averaged (Psi).
-            Default ``(8, 9, 10)``, i.e. blocks 9-11 (VOC/COCO).
-        vote_min (int, optional): Minimum number of layers above their mean
-            for a pair to be kept (the reference's ``>= 4``); ``None``
-            disables the vote.
-        has_cls_token (bool): Maps are (B, N+1, N+1) with the [CLS] token
-            first; ``False`` for maps that are already patch-only (B, N, N).
+        avg_layers (Iterable[int]): 0-based layer indices averaged.
+        vote_min (int, optional): Layers above their mean to keep a pair.
+        has_cls_token (bool): Whether maps start with the [CLS] token.
     """
 
     def __init__(self,
@@ -58,9 +45,7 @@ class AttentionVote:
 
     @property
     def count(self) -> Optional[Tensor]:
-        """uint8 (B, N, N): per pair, the number of layers above their mean
-        (``None`` before the first update or without a vote).
-        """
+        """uint8 (B, N, N) count of layers above their mean, or ``None``."""
         return self._count
 
     @property
@@ -73,9 +58,7 @@ class AttentionVote:
 
         Args:
             layer_idx (int): 0-based layer index.
-            attn (Tensor): (B, L, L) attention probabilities, any floating
-                dtype; detached here, so it may come from a grad-enabled
-                block.
+            attn (Tensor): (B, L, L) attention probabilities.
         """
         if attn.dim() != 3 or attn.shape[-1] != attn.shape[-2]:
             raise ValueError(f'attention of layer {layer_idx} must have shape (B, L, L), '
@@ -106,9 +89,7 @@ class AttentionVote:
                 self._sum += block
 
     def finalize(self) -> Tensor:
-        """Return ``W`` (B, N, N), float32 (float64 for float64 maps), and
-        reset the accumulator (its buffers become the result).
-        """
+        """Return ``W`` (B, N, N) and reset the accumulator."""
         missing = self.avg_layers - self._seen
         if missing:
             raise RuntimeError(f'averaged layers {sorted(missing)} were never streamed (seen '
@@ -132,9 +113,6 @@ def dmar_class_boxes(p_hat: Tensor,
                      box_clamp: bool = True) -> Tensor:
     """DMAR class-wise box masks from first-pass scores.
 
-    A class whose ``max(p_hat) <= 0`` or whose column is constant gets an
-    empty box.
-
     Args:
         p_hat (Tensor): First-pass refined scores (B, N, C).
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp), ``Hp * Wp == N``.
@@ -149,7 +127,6 @@ def dmar_class_boxes(p_hat: Tensor,
     hp, wp = _check_grid(N, grid_hw, 'p_hat')
     maps = p_hat.transpose(1, 2).to(compute_dtype(p_hat))  # (B, C, N)
     norm = minmax_normalize(maps, dim=-1)
-    # A float32 mean times 255 in float32, as the reference's numpy float32.
     thresh = norm.mean(dim=-1)
     boxes = boxes_from_scores(norm.reshape(B, C, hp, wp), thresh, box_clamp=box_clamp)
     return boxes & (maps.amax(dim=-1) > 0)[..., None, None]
@@ -162,22 +139,15 @@ def dmar_refine(W: Tensor,
                 return_first_pass: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """DMAR refinement: ``P_ref[:, c] = W @ (b_c * P_coarse[:, c])``.
 
-    ``b_c`` are the :func:`dmar_class_boxes` of ``P_hat = W @ P_coarse``
-    (docs/method.md, "DMAR part 2: first refinement and the class-wise box
-    mask").
-
     Args:
-        W (Tensor): Masked averaged attention (B, N, N), rows = queries
-            (:meth:`AttentionVote.finalize`).
+        W (Tensor): Masked averaged attention (B, N, N), rows = queries.
         p_coarse (Tensor): Coarse patch probabilities (B, N, C).
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
         box_clamp (bool): Reference clamping of the box rectangles.
-        return_first_pass (bool): Also return ``P_hat``, whose box
-            decisions the determinism checks inspect.
+        return_first_pass (bool): Also return ``P_hat``.
 
     Returns:
-        Tensor | tuple: ``P_ref`` (B, N, C), float32 (float64 if an input
-        is); with ``return_first_pass``, ``(P_ref, P_hat)``.
+        Tensor | tuple: ``P_ref`` (B, N, C), or ``(P_ref, P_hat)``.
     """
     if W.dim() != 3 or p_coarse.dim() != 3 or W.shape[0] != p_coarse.shape[0] \
             or W.shape[1] != W.shape[2] or W.shape[2] != p_coarse.shape[1]:
@@ -194,16 +164,12 @@ def dmar_refine(W: Tensor,
 def affinity_from_attention(attn_avg: Tensor, rounds: int = 3) -> Tensor:
     """CLIP-ES's attention affinity: ``T = square(sym(sinkhorn(A)))``.
 
-    See docs/method.md, "Class-aware attention affinity (CAA)". An all-zero
-    row or column stays zero rather than NaN.
-
     Args:
-        attn_avg (Tensor): Averaged patch attention (..., N, N), e.g.
-            ``AttentionVote(avg_layers=range(4, 11), vote_min=None).finalize()``.
-        rounds (int): Column/row normalisation rounds (3 in the reference).
+        attn_avg (Tensor): Averaged patch attention (..., N, N).
+        rounds (int): Column/row normalisation rounds.
 
     Returns:
-        Tensor: Affinity ``T`` (..., N, N), float32 (float64 for float64).
+        Tensor: Affinity ``T`` (..., N, N).
     """
     if attn_avg.dim() < 2 or attn_avg.shape[-1] != attn_avg.shape[-2]:
         raise ValueError(f'attn_avg must have shape (..., N, N), got {tuple(attn_avg.shape)}')
@@ -227,23 +193,17 @@ def caa_refine(T: Tensor,
                eps: float = 1e-7) -> Tensor:
     """Refine Grad-CAMs with the affinity, all tags at once.
 
-    ``R_k = T @ (b_k * cam_k)``, min-max normalised at patch resolution, with
-    ``b_k`` the box mask of the CAM at ``box_thresh * max``.
-
     Args:
         T (Tensor): Affinity (B, N, N) from :func:`affinity_from_attention`.
-        cams (Tensor): Min-max normalised Grad-CAMs (B, K, N) in [0, 1],
-            flattened row-major over the (Hp, Wp) grid.
+        cams (Tensor): Normalised Grad-CAMs (B, K, N) over the patch grid.
         grid_hw (tuple[int, int]): Patch grid (Hp, Wp).
-        box_thresh (float | Tensor): Ratio of the CAM max (0.4 VOC, 0.7
-            COCO); a tensor broadcastable to (B, K) gives one per tag.
+        box_thresh (float | Tensor): Box threshold as a ratio of the CAM max.
         box_clamp (bool): Reference clamping of the box rectangles.
-        valid (Tensor, optional): Bool (B, K); rows that are False (padding
-            when images have different tag counts) come out as zeros.
-        eps (float): Added to the normalisation divisor (reference: 1e-7).
+        valid (Tensor, optional): Bool (B, K); False rows come out as zeros.
+        eps (float): Added to the normalisation divisor.
 
     Returns:
-        Tensor: Refined maps (B, K, N), float32 (float64 if an input is).
+        Tensor: Refined maps (B, K, N).
     """
     if T.dim() != 3 or cams.dim() != 3 or T.shape[0] != cams.shape[0] \
             or T.shape[1] != T.shape[2] or T.shape[2] != cams.shape[2]:
@@ -255,7 +215,6 @@ def caa_refine(T: Tensor,
     c = cams.to(dtype)
     boxes = boxes_from_scores(c.reshape(B, K, hp, wp), box_thresh, relative_to_max=True,
                               box_clamp=box_clamp)
-    # R[b, k, i] = sum_j T[b, i, j] * box[b, k, j] * cam[b, k, j]
     refined = torch.bmm(c * boxes.reshape(B, K, N), T.to(dtype).transpose(1, 2))
     refined = minmax_normalize(refined, dim=-1, eps=eps)
     if valid is not None:

@@ -1,9 +1,4 @@
-"""Box masks from score maps, batched on the device.
-
-The reference's OpenCV threshold, ``findContours`` and ``boundingRect`` per
-class, for a whole ``(..., H, W)`` stack at once (docs/implementation.md,
-"Box masks on the device").
-"""
+"""Box masks from score maps (docs/implementation.md, "Box masks on the device")."""
 from typing import NamedTuple, Tuple, Union
 
 import torch
@@ -17,10 +12,7 @@ __all__ = [
 
 
 class RegionBox(NamedTuple):
-    """A tight bounding box per map, in grid units with exclusive ends.
-
-    Coordinates are int64 and zero where ``valid`` is False.
-    """
+    """A tight bounding box per map (int64, exclusive ends, zero if invalid)."""
     x1: Tensor
     y1: Tensor
     x2: Tensor
@@ -37,9 +29,6 @@ def _check_maps(maps: Tensor, name: str) -> None:
 def quantize_like_reference(maps: Tensor) -> Tensor:
     """The reference's ``(v * 255).astype(np.uint8)`` on maps in [0, 1].
 
-    Computed in float32 and truncated; NaN becomes 0 (as on x86), values
-    outside [0, 1] saturate.
-
     Args:
         maps (Tensor): Floating maps, any shape, values in [0, 1].
 
@@ -50,7 +39,6 @@ def quantize_like_reference(maps: Tensor) -> Tensor:
 
 
 def _quantize(maps: Tensor) -> Tensor:
-    """:func:`quantize_like_reference` kept in float32 for comparisons."""
     if not maps.is_floating_point():
         raise TypeError(f'expected floating-point score maps, got {maps.dtype}')
     v = torch.nan_to_num(maps.to(torch.float32), nan=0.0)
@@ -62,18 +50,10 @@ def binarize_like_reference(maps: Tensor,
                             relative_to_max: bool = False) -> Tensor:
     """Foreground mask of score maps, exactly as the reference computes it.
 
-    With ``q = floor(255 * v)``, a pixel is foreground when ``q > level``:
-    ``level = int(thresh * 255)`` (DMAR) or ``int(thresh * max(q))`` with
-    ``relative_to_max`` (CAA), in the reference's dtype (docs/implementation.md,
-    "Box masks on the device").
-
     Args:
-        maps (Tensor): Normalised maps (..., H, W), values in [0, 1], any
-            floating dtype.
-        thresh (float | Tensor): Scalar, or a floating tensor broadcastable
-            to ``maps.shape[:-2]`` (one threshold per map).
-        relative_to_max (bool): Scale ``thresh`` by the quantised map's max
-            instead of 255.
+        maps (Tensor): Normalised maps (..., H, W), values in [0, 1].
+        thresh (float | Tensor): Scalar, or one threshold per map.
+        relative_to_max (bool): Scale ``thresh`` by the map's max, not 255.
 
     Returns:
         Tensor: Bool mask (..., H, W).
@@ -93,9 +73,6 @@ def binarize_like_reference(maps: Tensor,
 
 
 def _box_min3(labels: Tensor, background: int) -> Tensor:
-    """Minimum over each pixel's closed 3x3 neighbourhood of (M, H, W) labels
-    (separable: a 1x3 then a 3x1 minimum, out-of-image counts as background).
-    """
     p = F.pad(labels, (1, 1), value=background)
     rows = torch.minimum(torch.minimum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
     p = F.pad(rows, (0, 0, 1, 1), value=background)
@@ -103,7 +80,6 @@ def _box_min3(labels: Tensor, background: int) -> Tensor:
 
 
 def _run_starts(fg: Tensor, dim: int) -> Tensor:
-    """Pixels that begin a run of foreground along ``dim``."""
     prev = torch.zeros_like(fg)
     n = fg.shape[dim]
     prev.narrow(dim, 1, n - 1).copy_(fg.narrow(dim, 0, n - 1))
@@ -111,11 +87,7 @@ def _run_starts(fg: Tensor, dim: int) -> Tensor:
 
 
 def _run_min(labels: Tensor, fg: Tensor, dim: int, background: int) -> Tensor:
-    """Minimum label over each maximal foreground run along ``dim``.
-
-    A segmented ``cummin``: offsetting keys by ``run_id * background`` restarts
-    the running minimum at each run.
-    """
+    """Minimum label over each maximal foreground run along ``dim``."""
 
     def forward(lab: Tensor, mask: Tensor) -> Tensor:
         offset = _run_starts(mask, dim).long().cumsum(dim) * background
@@ -128,17 +100,12 @@ def _run_min(labels: Tensor, fg: Tensor, dim: int, background: int) -> Tensor:
 def connected_components(mask: Tensor, connectivity: int = 8) -> Tensor:
     """Label connected foreground blobs of every map in a batch, on its device.
 
-    Min-label propagation with no loop over maps or blobs
-    (docs/implementation.md, "Box masks on the device").
-
     Args:
         mask (Tensor): Bool tensor (..., H, W).
         connectivity (int): 8 (OpenCV's contour tracing) or 4.
 
     Returns:
-        Tensor: int64 labels (..., H, W): 0 for background, otherwise
-        ``1 + raster index (row * W + col)`` of the blob's first pixel.
-        Labels are not consecutive.
+        Tensor: int64 labels (..., H, W), 0 for background.
     """
     _check_maps(mask, 'mask')
     if mask.dtype != torch.bool:
@@ -175,14 +142,9 @@ def connected_components(mask: Tensor, connectivity: int = 8) -> Tensor:
 def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
     """Union of the bounding rectangles of all 8-connected blobs, per map.
 
-    Equals painting every OpenCV ``boundingRect`` of
-    ``findContours(RETR_EXTERNAL)``.
-
     Args:
         mask (Tensor): Bool foreground (..., H, W).
-        box_clamp (bool): Clamp each exclusive right/bottom limit to
-            ``W - 1`` / ``H - 1`` like the reference (docs/method.md,
-            "Reference quirks", box clamping).
+        box_clamp (bool): Clamp right/bottom limits like the reference.
 
     Returns:
         Tensor: Bool box mask (..., H, W); empty where ``mask`` is empty.
@@ -194,7 +156,6 @@ def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
         return torch.zeros_like(mask)
     num = mask.numel() // hw
     flat = labels.view(num, hw)
-    # Background reduces into a dummy slot ``hw``, dropped afterwards.
     slot = torch.where(flat > 0, flat - 1, hw)
     pix = torch.arange(hw, device=mask.device)
     rows = (pix // W).expand(num, hw)
@@ -204,14 +165,12 @@ def component_boxes_union(mask: Tensor, box_clamp: bool = True) -> Tensor:
         acc = torch.full((num, hw + 1), init, dtype=torch.long, device=mask.device)
         return acc.scatter_reduce_(1, slot, values, reduce=how)[:, :hw]
 
-    # Unused slots keep (x1, y1) = (W, H) and (x2, y2) = (0, 0): invalid.
     y1, x1 = reduce(rows, H, 'amin'), reduce(cols, W, 'amin')
     y2, x2 = reduce(rows, -1, 'amax') + 1, reduce(cols, -1, 'amax') + 1
     if box_clamp:
         x2 = x2.clamp(max=W - 1)
         y2 = y2.clamp(max=H - 1)
     valid = ((x2 > x1) & (y2 > y1)).int()
-    # 2-D difference array: its prefix sum counts the rectangles over a pixel.
     stride = W + 1
     corners = torch.cat([y1 * stride + x1, y1 * stride + x2, y2 * stride + x1, y2 * stride + x2],
                         dim=1)
@@ -244,16 +203,12 @@ def boxes_from_scores(maps: Tensor,
 def region_bbox(mask: Tensor, box_clamp: bool = True) -> RegionBox:
     """Tight bounding box of all foreground pixels of each map (CWR's region).
 
-    The box is invalid when the mask is empty or, after clamping, has zero
-    width or height.
-
     Args:
         mask (Tensor): Bool (..., H, W).
         box_clamp (bool): Reproduce the reference clamping.
 
     Returns:
-        RegionBox: int64 coordinates and a bool ``valid``, each of shape
-        ``mask.shape[:-2]``, on the mask's device.
+        RegionBox: Boxes of shape ``mask.shape[:-2]``.
     """
     _check_maps(mask, 'mask')
     if mask.dtype != torch.bool:
@@ -270,7 +225,6 @@ def region_bbox(mask: Tensor, box_clamp: bool = True) -> RegionBox:
 
 
 def _extent(active: Tensor, size: int) -> Tuple[Tensor, Tensor]:
-    """First active index and last active index + 1 along the last dim."""
     idx = torch.arange(size, device=active.device)
     first = torch.where(active, idx, size).amin(dim=-1)
     end = torch.where(active, idx + 1, 0).amax(dim=-1)

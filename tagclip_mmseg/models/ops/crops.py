@@ -1,8 +1,4 @@
-"""Batched crop-and-resize that matches ``F.interpolate`` on each crop.
-
-Each crop's resize is a pair of interpolation matrices, so all of CWR's crops
-are resized by two batched matrix products.
-"""
+"""Batched crop-and-resize that matches ``F.interpolate`` on each crop."""
 from typing import Tuple
 
 import torch
@@ -14,8 +10,6 @@ __all__ = ['bilinear_resize_matrices', 'nearest_resize_indices', 'crop_resize_bi
 
 def bilinear_resize_matrices(start: Tensor, length: Tensor, full: int, out: int) -> Tensor:
     """Rows of a 1-D bilinear resize of ``[start, start + length)`` to ``out``.
-
-    PyTorch's ``upsample_bilinear2d`` rule with ``align_corners=False``.
 
     Args:
         start (Tensor): (K,) first pixel of each crop.
@@ -44,13 +38,7 @@ def bilinear_resize_matrices(start: Tensor, length: Tensor, full: int, out: int)
 
 
 def nearest_resize_indices(start: Tensor, length: Tensor, out: int) -> Tensor:
-    """Source indices of a 1-D ``mode='nearest'`` resize of each crop.
-
-    PyTorch's rule: ``min(floor(i * (n / out)), n - 1)`` in float32.
-
-    Returns:
-        Tensor: (K, out) long indices into the full axis.
-    """
+    """(K, out) source indices of a nearest resize; see :func:`bilinear_resize_matrices`."""
     dev = start.device
     scale = length.to(torch.float32)[:, None] / out
     i = torch.arange(out, device=dev, dtype=torch.float32)[None]
@@ -65,8 +53,7 @@ def crop_resize_bilinear(images: Tensor, image_index: Tensor, boxes: Tensor,
     Args:
         images (Tensor): (B, C, H, W) images.
         image_index (Tensor): (K,) which image each box belongs to.
-        boxes (Tensor): (K, 4) integer pixel boxes ``x1, y1, x2, y2`` with
-            exclusive ends and ``x2 > x1``, ``y2 > y1``.
+        boxes (Tensor): (K, 4) integer ``x1, y1, x2, y2``, exclusive ends.
         size (tuple[int, int]): Output (height, width).
 
     Returns:
@@ -84,11 +71,7 @@ def crop_resize_bilinear(images: Tensor, image_index: Tensor, boxes: Tensor,
 
 def crop_resize_nearest(maps: Tensor, map_index: Tensor, boxes: Tensor,
                         size: Tuple[int, int]) -> Tensor:
-    """Crop boxes out of (B, H, W) maps and nearest-resize each to ``size``.
-
-    Returns:
-        Tensor: (K, size[0], size[1]) in ``maps``' dtype.
-    """
+    """:func:`crop_resize_bilinear` for (B, H, W) maps, with a nearest resize."""
     boxes = boxes.long()
     iy = nearest_resize_indices(boxes[:, 1], boxes[:, 3] - boxes[:, 1], size[0])
     ix = nearest_resize_indices(boxes[:, 0], boxes[:, 2] - boxes[:, 0], size[1])

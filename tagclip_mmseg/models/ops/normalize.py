@@ -5,15 +5,11 @@ from ...utils.normalize import minmax_normalize
 
 __all__ = ['normalize_grad_cam', 'GRAD_CAM_EPS']
 
-#: Epsilon of the reference Grad-CAM rescaling ``(x - min) / (max + eps)``.
 GRAD_CAM_EPS = 1e-7
 
 
 def normalize_grad_cam(cam: Tensor, grad_cam_double_norm: bool, dim: int = -1) -> Tensor:
     """Rescale Grad-CAMs the way CLIP-ES does: ``(x - min) / (max + 1e-7)``.
-
-    The reference rescales twice, which is not idempotent for weak CAMs
-    (docs/method.md, "Reference quirks", double Grad-CAM normalisation).
 
     Args:
         cam (Tensor): Non-negative raw CAMs, any shape.
@@ -21,7 +17,7 @@ def normalize_grad_cam(cam: Tensor, grad_cam_double_norm: bool, dim: int = -1) -
         dim (int): Dimension over which min and max are taken.
 
     Returns:
-        Tensor: Rescaled CAMs in [0, 1), float32 (float64 for float64).
+        Tensor: Rescaled CAMs in [0, 1).
     """
     out = minmax_normalize(cam, dim=dim, eps=GRAD_CAM_EPS)
     if grad_cam_double_norm:

@@ -1,7 +1,4 @@
-"""Class probabilities from text rows: the one softmax both synonym rules share.
-
-See docs/method.md, "Synonyms".
-"""
+"""Class probabilities from text rows (docs/method.md, "Synonyms")."""
 from typing import Optional
 
 from torch import Tensor
@@ -17,12 +14,9 @@ def class_softmax(logits: Tensor,
 
     Args:
         logits (Tensor): (..., R) logits of the text rows.
-        row_classes (Tensor, optional): (R,) long class index of every row;
-            None when rows are classes (``'joined'``).
-        num_classes (int, optional): Number of classes C (every class has
-            at least one row); required with ``row_classes``.
-        support (Tensor, optional): (..., C) bool: classes allowed in the
-            softmax (others get probability 0).
+        row_classes (Tensor, optional): (R,) class of every row, or None.
+        num_classes (int, optional): Number of classes C.
+        support (Tensor, optional): (..., C) bool: classes in the softmax.
 
     Returns:
         Tensor: (..., C) probabilities.

@@ -1,10 +1,6 @@
 """CLIP-ES pseudo-labeler: image tags -> Grad-CAMs -> affinity-refined masks.
 
-Grad-CAM of every tag from one pass of the last block, class-aware attention
-affinity (CAA), then the background channel and the argmax
-(docs/method.md, "CLIP-ES pseudo masks from tags"). Grad-CAM runs under the
-test loop's ``torch.no_grad()``, so its two autograd steps enable gradients
-themselves (docs/compatibility.md, "Traps").
+See docs/method.md, "CLIP-ES pseudo masks from tags".
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -51,42 +47,23 @@ def tag_pairs(tag_lists: List[List[int]], device: torch.device) -> TagPairs:
 class CLIPESPseudoLabeler(FrozenCLIPModel):
     """CLIP-ES CAMs and pseudo masks from image-level tags.
 
-    Tags come from the samples' ``tags`` metainfo or from an in-pass
-    ``tagger``.
-
     Args:
-        class_names (str | Sequence[str | Sequence[str]], optional):
-            Foreground vocabulary for the CAM prompts, e.g. the preset
-            ``'voc-cam'`` or a list; indices match the tag indices. ``None``
-            until :meth:`set_vocabulary` is called (``VocabularyHook``).
-        background_words (str | Sequence[str]): Softmax competitors (a preset
-            name or a list).
-        templates (str | Sequence[str]): CAM prompt templates: ``'clip-es'``
-            (``'a clean origami {}.'``) or a list.
-        caa_layers (Sequence[int]): 0-based layers averaged for the affinity
-            (``range(4, 11)`` VOC, ``range(4, 12)`` COCO).
-        caa_box_thr (float): Box threshold relative to each CAM's max, in
-            [0, 1] (0.4 VOC, 0.7 COCO).
-        with_background (bool): Add the ``1 - max`` background channel; off
-            for COCO-Stuff.
-        label_map (Sequence[int] | str, optional): Output class index (after
-            the background offset) -> saved label: a list or a name such as
-            ``'cocostuff171_to_27'``.
-        quirks (str | dict | Quirks): ``'reference'`` (default), ``'fixed'``
-            or single fields; reads ``box_clamp``, ``pos_embed_fp16``,
-            ``cam_fp16`` and ``grad_cam_double_norm``, its CRF
-            ``crf_reference_image`` (docs/modes.md).
-        tagger (dict, optional): Config of a :class:`TagCLIP` whose tags are
-            used instead of the samples' ``tags``; it takes this model's
-            ``quirks``, ``synonyms`` and ``autocast`` unless it sets them.
+        class_names (str | Sequence[str | Sequence[str]], optional): CAM
+            vocabulary (a preset or a list); ``None`` until set.
+        background_words (str | Sequence[str]): Softmax competitors.
+        templates (str | Sequence[str]): CAM prompt templates or a preset.
+        caa_layers (Sequence[int]): 0-based layers averaged for the affinity.
+        caa_box_thr (float): Box threshold relative to each CAM's max.
+        with_background (bool): Add the ``1 - max`` background channel.
+        label_map (Sequence[int] | str, optional): Output index -> saved label.
+        quirks (str | dict | Quirks): Reference quirks (docs/modes.md).
+        tagger (dict, optional): A :class:`TagCLIP` used instead of the
+            samples' ``tags``.
         return_cams (bool): Attach the (K, H, W) float16 CAMs to each sample.
-        crf (dict, optional): Dense CRF options
-            (:class:`~tagclip_mmseg.models.pseudo_labelers.DenseCRF`); it
-            follows this model's quirks unless it sets ``quirks``.
+        crf (dict, optional): :class:`DenseCRF` options.
         **kwargs: ``clip``, ``text_cache_dir``, ``autocast``,
             ``images_per_forward``, ``truncate_prompts``, ``synonyms``,
-            ``data_preprocessor`` and ``init_cfg`` of
-            :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`.
+            ``data_preprocessor`` and ``init_cfg`` of ``FrozenCLIPModel``.
     """
 
     sample_type = SegDataSample
@@ -131,12 +108,8 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             crf.setdefault('quirks', self.quirks)
             self.crf = MODELS.build(dict(type='DenseCRF', **crf))
 
-    # ------------------------------------------------------------ inference
     def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
-        """Masks (and CAMs) of every image; waits for CRF workers.
-
-        ``settings``: :meth:`predict_batch`'s ``vocabulary`` and ``return_cams``.
-        """
+        """Masks (and CAMs) of every image; ``settings`` go to :meth:`predict_batch`."""
         super().predict(inputs, data_samples, **settings)
         collect_pending_labels(data_samples, device='cpu')
         return data_samples
@@ -148,12 +121,9 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
         Args:
             images (Tensor): (B, 3, H, W) normalised images of one size.
-            data_samples (list): Their samples, with ``tags`` unless the
-                labeler has a tagger.
-            vocabulary (Vocabulary, optional): This call's CAM vocabulary
-                (:meth:`resolve_vocabulary`); default the model's own.
-            return_cams (bool, optional): This call's ``return_cams``;
-                default the model's.
+            data_samples (list): Their samples, with ``tags`` without a tagger.
+            vocabulary (Vocabulary, optional): This call's vocabulary.
+            return_cams (bool, optional): This call's ``return_cams``.
         """
         tag_lists = self.batch_tags(images, data_samples, vocabulary)
         cams, grid_hw = self.compute_cams(images, tag_lists, vocabulary)
@@ -162,9 +132,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             self._fill(sample, cams[i][:len(tag_lists[i])], tag_lists[i], grid_hw, return_cams)
 
     def tensor_batch(self, images: Tensor, data_samples: list) -> Tensor:
-        """(B, C, H, W) :meth:`seg_logits` at the input size:
-        ``forward(mode='tensor')``.
-        """
+        """(B, C, H, W) :meth:`seg_logits` at the input size."""
         tag_lists = self.batch_tags(images, data_samples)
         cams, _ = self.compute_cams(images, tag_lists)
         size = tuple(images.shape[-2:])
@@ -203,12 +171,10 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         Args:
             images (Tensor): (B, 3, H, W) normalised images of one size.
             tag_lists (list[list[int]]): Foreground tag indices per image.
-            vocabulary (Vocabulary, optional): This call's vocabulary; default
-                the model's own.
+            vocabulary (Vocabulary, optional): This call's vocabulary.
 
         Returns:
-            tuple: (B, K_max, hp, wp) fp32 refined CAMs (rows beyond an
-            image's tag count are zero) and the token grid.
+            tuple: (B, K_max, hp, wp) fp32 refined CAMs and the token grid.
 
         Raises:
             NonFiniteError: When a CAM holds NaN or inf.
@@ -249,21 +215,17 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                  ) -> Tuple[Tensor, Optional[Tensor]]:
         """Grad-CAM of every (image, tag) pair from one forward of the last block.
 
-        All of an image's tags share one hand-written backward
-        (:class:`LastBlockGrad`; docs/performance.md, "Grad-CAM for many tags").
+        See docs/performance.md, "Grad-CAM for many tags".
 
         Args:
             hidden (Tensor): (B, L, D) residual stream entering the last block.
             pair_img (Tensor): (P,) image of each pair.
             pair_cls (Tensor): (P,) tag class of each pair.
-            tag_lists (list[list[int]]): Tags per image (softmax support);
-                pair ``p`` is tag number ``k`` of its image, in list order.
-            vocabulary (Vocabulary, optional): This call's vocabulary; default
-                the model's own.
+            tag_lists (list[list[int]]): Tags per image, in pair order.
+            vocabulary (Vocabulary, optional): This call's vocabulary.
 
         Returns:
-            tuple: (P, N) min-max normalised CAMs (:func:`normalize_grad_cam`)
-            and the last block's (B, L, L)
+            tuple: (P, N) normalised CAMs and the last block's (B, L, L)
             attention (``None`` when it is not a CAA layer).
         """
         pairs = TagPairs(pair_img, pair_cls, tag_pairs(tag_lists, hidden.device).slot)
@@ -310,7 +272,6 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
                             f'PackSegInputs); got {type(sample).__name__}')
         size = tuple(sample.metainfo['ori_shape'][:2])
         if self.crf is not None or return_cams:
-            # The CRF and the saved CAMs need every class map at full size.
             up = self.upsample(cams, size)
             label = self.cams_to_label(up, tags, sample, wait=False)
         else:
@@ -322,10 +283,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
 
     def upsample(self, cams: Tensor, size: Tuple[int, int],
                  rows: Optional[slice] = None) -> Tensor:
-        """Bilinear (``align_corners=False``) upsampling of (K, hp, wp) maps
-        to ``size``, or to its output ``rows``; rounded to fp16 with
-        ``quirks.cam_fp16``.
-        """
+        """Bilinear upsampling of (K, hp, wp) maps to ``size`` (or its ``rows``)."""
         K, hp, wp = cams.shape
         zero = torch.zeros(1, dtype=torch.long, device=cams.device)
         ry = bilinear_resize_matrices(zero, zero + hp, hp, size[0])[0]  # (H, hp)
@@ -336,9 +294,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         return up.half().float() if self.quirks.cam_fp16 else up
 
     def banded_label(self, cams: Tensor, tags: List[int], size: Tuple[int, int]) -> Tensor:
-        """Label map at ``size``, computed in bands of about 16 MB of rows so
-        that the peak memory does not grow with the image.
-        """
+        """Label map at ``size``, computed in bands of rows to bound memory."""
         H, W = size
         band = max(1, (1 << 22) // max(W * (cams.shape[0] + 1), 1))
         label = torch.empty(H, W, dtype=torch.long, device=cams.device)
@@ -348,12 +304,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         return label
 
     def seg_logits(self, cams: Tensor, tags: List[int]) -> Tensor:
-        """(C, h, w) scores from (K, h, w) CAMs of ``tags``.
-
-        Each CAM goes to its class channel (zeros for untagged classes); with
-        ``with_background`` channel 0 is ``1 - max`` and class ``c`` is
-        channel ``c + 1``.
-        """
+        """(C, h, w) scores from (K, h, w) CAMs of ``tags``."""
         offset = int(self.with_background)
         logits = cams.new_zeros(self.num_classes + offset, *cams.shape[-2:])
         if tags:
@@ -363,11 +314,7 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         return logits
 
     def cams_to_label(self, cams: Tensor, tags: List[int], sample, wait: bool = True) -> Label:
-        """(K, h, w) full-size CAMs -> (h, w) long label map, CRF-refined when
-        configured (the CRF reads ``sample``'s original image). With
-        ``wait=False`` a CRF with workers returns a ``PendingLabel`` for
-        ``set_label`` and ``collect_pending_labels``.
-        """
+        """(K, h, w) CAMs -> (h, w) label map, or a ``PendingLabel`` with ``wait=False``."""
         H, W = cams.shape[-2:]
         tag_t = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
         if self.with_background:

@@ -1,9 +1,4 @@
-"""Dense CRF post-processing of CAM probabilities.
-
-docs/method.md, "Dense CRF (optional)". Needs the ``crf`` extra
-(``pydensecrf2``); runs on the CPU, in process or in worker processes
-(docs/performance.md, "How the CRF workers run").
-"""
+"""Dense CRF post-processing of CAM probabilities (docs/method.md, "Dense CRF (optional)")."""
 import atexit
 import multiprocessing
 import threading
@@ -25,20 +20,15 @@ from ...utils.quirks import Quirks, QuirksLike, resolve_quirks
 __all__ = ['DenseCRF', 'PendingLabel', 'crf_reference_image', 'crf_label_map',
            'shutdown_crf_pools', 'set_label', 'collect_pending_labels']
 
-#: Data-sample field holding the :class:`PendingLabel` of a CRF running in a
-#: worker, from :func:`set_label` to :func:`collect_pending_labels` (both in
-#: one ``predict`` call: a returned sample never has it).
+#: Data-sample field of a :class:`PendingLabel`, within one ``predict`` call.
 PENDING_LABEL_KEY = 'pred_sem_seg_pending'
 
-#: deeplab-pytorch's BGR mean, subtracted from the CRF image with
-#: ``quirks.crf_reference_image``.
+#: deeplab-pytorch's BGR mean (``quirks.crf_reference_image``).
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
 
 def crf_reference_image(rgb: np.ndarray) -> np.ndarray:
-    """The reference's bilateral image (``Quirks.crf_reference_image``):
-    BGR minus the Caffe mean, cast to uint8 with wrap-around.
-    """
+    """The reference's bilateral image: BGR minus the mean, wrapped to uint8."""
     bgr = rgb[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
     return np.ascontiguousarray(bgr.astype(np.int64).astype(np.uint8))
 
@@ -54,14 +44,9 @@ class DenseCRF(RecordsInitArgs, nn.Module):
         bilateral_sxy (float): Appearance kernel spatial width (67; > 0).
         bilateral_srgb (float): Appearance kernel colour width (3; > 0).
         bilateral_compat (float): Appearance weight (4; >= 0).
-        confidence_thr (float, optional): Pixels whose largest marginal is
-            below this (in [0, 1]) become ignore (-1 here, 255 saved); CLIP-ES
-            uses 0.95 for training masks, ``None`` keeps every pixel.
-        quirks (str | dict | Quirks): Reads ``crf_reference_image``
-            (docs/modes.md).
-        workers (int): 0 runs the CRF in process; ``N > 0`` in a pool of
-            ``N`` worker processes (about one per free CPU core), which the
-            model waits for before its ``predict`` returns.
+        confidence_thr (float, optional): Below it a pixel becomes ignore.
+        quirks (str | dict | Quirks): Reads ``crf_reference_image``.
+        workers (int): 0 runs the CRF in process, ``N > 0`` in N workers.
     """
 
     def __init__(self,
@@ -75,7 +60,6 @@ class DenseCRF(RecordsInitArgs, nn.Module):
                  quirks: QuirksLike = 'reference',
                  workers: int = 0) -> None:
         super().__init__()
-        #: Resolved quirk switches; only ``crf_reference_image`` matters here.
         self.quirks: Quirks = resolve_quirks(quirks)
         self.iterations = check_range('crf.iterations', iterations, 1, integer=True)
         self.gaussian = dict(sxy=check_range('crf.gaussian_sxy', gaussian_sxy, 0, low_open=True),
@@ -107,8 +91,7 @@ class DenseCRF(RecordsInitArgs, nn.Module):
 
         Args:
             probs (Tensor): (C, H, W) stacked [background, CAM_1..CAM_K].
-            data_sample: Carries ``ori_img`` (RGB uint8, original size) in its
-                metainfo; the dataset adds it when the config enables CRF.
+            data_sample: Carries ``ori_img`` (RGB uint8) in its metainfo.
         """
         lut = np.arange(probs.shape[0], dtype=np.int64)
         idx = crf_label_map(self.params, *_crf_inputs(probs, data_sample), lut, ignore=-1)
@@ -127,10 +110,7 @@ class DenseCRF(RecordsInitArgs, nn.Module):
 
     def submit(self, probs: Tensor, lut: Tensor,
                data_sample) -> Union[Tensor, 'PendingLabel']:
-        """Like :meth:`label`, but with ``workers > 0`` hand the image to the
-        pool and return its :class:`PendingLabel` at once (the label map,
-        computed now, without workers).
-        """
+        """Like :meth:`label`, but return a :class:`PendingLabel` with workers."""
         probs_np, rgb = _crf_inputs(probs, data_sample)
         lut_np = lut.detach().cpu().numpy().astype(np.int64)
         args = (self.params, probs_np, rgb, lut_np)
@@ -140,9 +120,7 @@ class DenseCRF(RecordsInitArgs, nn.Module):
 
 
 class PendingLabel:
-    """A label map that a CRF worker is computing; it keeps the image's
-    arrays so that an image whose worker died runs once more.
-    """
+    """A label map that a CRF worker is computing (resubmitted if it dies)."""
 
     def __init__(self, pool: '_CRFPool', args: tuple, device: torch.device) -> None:
         self._pool, self._args, self.device = pool, args, device
@@ -152,8 +130,7 @@ class PendingLabel:
         """The (H, W) long label map on the submitter's device; waits.
 
         Raises:
-            RuntimeError: The CRF failed in its worker, or its worker died
-                twice (killed, out of memory); the message says which.
+            RuntimeError: The CRF failed, or its worker died twice.
         """
         for attempt in range(2):
             try:
@@ -175,9 +152,7 @@ Label = Union[Tensor, PendingLabel]
 
 
 def set_label(data_sample, label: Label) -> None:
-    """Set ``pred_sem_seg`` to a (H, W) label map, or keep a
-    :class:`PendingLabel` for :func:`collect_pending_labels`.
-    """
+    """Set ``pred_sem_seg`` to a (H, W) label map, or keep a :class:`PendingLabel`."""
     if isinstance(label, PendingLabel):
         data_sample.set_field(label, PENDING_LABEL_KEY)
     else:
@@ -185,10 +160,7 @@ def set_label(data_sample, label: Label) -> None:
 
 
 def collect_pending_labels(data_samples: Sequence, device: Optional[str] = None) -> None:
-    """Wait for every pending CRF of ``data_samples`` and set their
-    ``pred_sem_seg`` (on ``device``, default the submitter's); the last step
-    of a ``predict`` that used :func:`set_label`.
-    """
+    """Wait for every pending CRF of ``data_samples`` and set their ``pred_sem_seg``."""
     for sample in data_samples:
         pending = sample.get(PENDING_LABEL_KEY)
         if pending is None:
@@ -218,9 +190,7 @@ def _crf_inputs(probs: Tensor, data_sample):
 
 def crf_marginals(probs: np.ndarray, rgb: np.ndarray, iterations: int, gaussian: dict,
                   bilateral: dict, reference_image: bool) -> np.ndarray:
-    """Mean-field marginals (C, H, W) for probabilities and an RGB image
-    (:func:`crf_reference_image` of it with ``reference_image``).
-    """
+    """Mean-field marginals (C, H, W) for probabilities and an RGB image."""
     dcrf = _backend()
     C, H, W = probs.shape
     if rgb.shape[:2] != (H, W):
@@ -238,9 +208,7 @@ def crf_marginals(probs: np.ndarray, rgb: np.ndarray, iterations: int, gaussian:
 
 def crf_label_map(params: Dict[str, Any], probs: np.ndarray, rgb: np.ndarray,
                   lut: np.ndarray, ignore: int = 255) -> np.ndarray:
-    """``lut`` of the CRF's argmax per pixel, ``ignore`` where the largest
-    marginal is below ``params['confidence_thr']``; run in process or in a
-    worker.
+    """``lut`` of the CRF's argmax per pixel, ``ignore`` where not confident.
 
     Returns:
         np.ndarray: (H, W) int64.
@@ -255,11 +223,7 @@ def crf_label_map(params: Dict[str, Any], probs: np.ndarray, rgb: np.ndarray,
 
 
 class _CRFPool:
-    """A lazily started process pool that restarts after a worker dies.
-
-    Workers are forked where possible (a spawned one would import torch
-    again); :func:`crf_label_map` never uses torch in the child.
-    """
+    """A lazily started process pool that restarts after a worker dies."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -285,8 +249,7 @@ class _CRFPool:
                 try:
                     return self._executor.submit(fn, *args)
                 except BrokenProcessPool:
-                    # A worker died since the last submit: start a fresh pool
-                    # (PendingLabel resubmits the images the dead one held).
+                    # A worker died since the last submit: start a fresh pool.
                     self._shutdown()
                     if attempt:
                         raise
@@ -311,9 +274,7 @@ _POOLS: 'weakref.WeakSet[_CRFPool]' = weakref.WeakSet()
 
 
 def shutdown_crf_pools() -> None:
-    """Stop every CRF worker pool of this process (they restart on next
-    use); also runs at interpreter exit.
-    """
+    """Stop every CRF worker pool of this process; also runs at exit."""
     for pool in list(_POOLS):
         pool.shutdown()
 

@@ -1,8 +1,4 @@
-"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2.
-
-Scales' logits fused by a pixel-wise max, trained on every scale at once
-(docs/method.md, "Stage 3: training DeepLab-v2 on pseudo masks").
-"""
+"""Multi-scale-input (MSC) encoder-decoder of DeepLab-v2."""
 from typing import List, Sequence, Tuple
 
 import torch
@@ -21,12 +17,8 @@ __all__ = ['MultiScaleEncoderDecoder']
 class MultiScaleEncoderDecoder(EncoderDecoder):
     """Encoder-decoder over multi-scale inputs with max fusion (DeepLab MSC).
 
-    The network runs on the input resized by each scale; every scale's
-    logits are resized to the 1.0-scale size and fused by a max. ``loss``
-    sums one decode loss per scale and one on the fused logits (keys
-    ``decode_s<scale>.*`` and ``decode_max.*``), each against labels
-    nearest-resized to that output's size; an auxiliary head sees the
-    1.0-scale features only. ``predict`` uses the fused logits.
+    ``loss`` sums one decode loss per scale and one on the fused logits; an
+    auxiliary head sees the 1.0-scale features only.
 
     Args:
         scales (Sequence[float]): Input scales, including 1.0.

@@ -1,9 +1,4 @@
-"""TagCLIP tags + CLIP-ES CAMs as a training-free mmseg segmentor.
-
-The paper's CLS-SEG pipeline behind mmseg's segmentor interface
-(docs/open_vocab.md): per image :meth:`~TagCLIPSegmentor.image_tags`, whole or
-slide CAMs, then :meth:`~TagCLIPSegmentor.postprocess`.
-"""
+"""TagCLIP tags + CLIP-ES CAMs as a training-free mmseg segmentor."""
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,16 +23,13 @@ from ..pseudo_labelers.crf import collect_pending_labels, set_label
 
 __all__ = ['TagCLIPSegmentor', 'slide_windows']
 
-#: Defaults of ``test_cfg``; see :class:`TagCLIPSegmentor`.
 DEFAULT_TEST_CFG = dict(inference='whole', crop_size=224, stride=112, cam_batch_pairs=64,
                         tag_max_tokens=None)
 
 
 def slide_windows(height: int, width: int, crop: Tuple[int, int],
                   stride: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
-    """Windows ``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` grid
-    (the last window of a row or column ends at the border).
-    """
+    """Windows ``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` grid."""
     (h_crop, w_crop), (h_stride, w_stride) = crop, stride
     h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
     w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
@@ -58,9 +50,7 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 
 def _without(words: Sequence[str], names: Sequence[ClassName]) -> Tuple[str, ...]:
-    """Background words that are not also a name (or synonym) of a class,
-    so that no word is on both sides of the softmax.
-    """
+    """Background words that are not also a name or synonym of a class."""
     keys = {text_key(s) for n in names for s in ([n] if isinstance(n, str) else n)}
     return tuple(w for w in words if text_key(w) not in keys)
 
@@ -69,36 +59,22 @@ def _without(words: Sequence[str], names: Sequence[ClassName]) -> Tuple[str, ...
 class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
     """Training-free segmentor: TagCLIP tags, then CLIP-ES CAMs per tag.
 
-    The tagger and the labeler share one CLIP. ``forward(mode='tensor')``
-    returns the (B, C, H, W) logits at the input size.
-
     Args:
-        clip (dict | nn.Module): The CLIP shared by the tagger and the
-            labeler (``dict(checkpoint=..., dtype=...)`` or a module).
-        labeler (dict): :class:`CLIPESPseudoLabeler` arguments without
-            ``clip``, ``quirks``, ``text_cache_dir``, ``autocast``,
-            ``synonyms``, ``with_background`` and ``crf`` (set here).
-            Without ``class_names`` the dataset's are used (``VocabularyHook``).
-        tagger (dict, optional): :class:`TagCLIP` arguments, same exclusions;
-            ``class_names`` default to the labeler's, in the same order.
-        with_background (bool): Channel 0 is background (``1 - max`` of the
-            tag CAMs); False for ``reduce_zero_label`` datasets.
+        clip (dict | nn.Module): The CLIP shared by the tagger and the labeler.
+        labeler (dict): :class:`CLIPESPseudoLabeler` arguments but the shared
+            ones set here; no ``class_names``: the dataset's.
+        tagger (dict, optional): :class:`TagCLIP` arguments, same exclusions.
+        with_background (bool): Channel 0 is background (``1 - max`` of CAMs).
         all_classes_as_tags (bool): Skip TagCLIP: a CAM for every class.
         tag_ratio (float, optional): Relative tag threshold; None: the tagger's.
         crf (dict, optional): ``DenseCRF`` options; needs ``ori_img``.
-        quirks (str | dict | Quirks): For both models and the CRF
-            (docs/modes.md).
+        quirks (str | dict | Quirks): For both models and the CRF.
         text_cache_dir (str, optional): Text-embedding cache of both models.
-        autocast (str, optional): ``'bf16'``/``'fp16'`` mixed precision of
-            both models' ViT calls.
-        synonyms (str): ``'joined'`` or ``'max'``, for both models
-            (docs/open_vocab.md, "Synonyms").
-        data_preprocessor (dict, optional): Defaults to
-            ``CLIPDataPreprocessor(bgr_to_rgb=True)``; images are not padded.
-        test_cfg (dict, optional): ``inference`` ('whole' or 'slide'),
-            ``crop_size`` and ``stride`` of the windows, ``cam_batch_pairs``
-            (windows x tags per Grad-CAM call) and ``tag_max_tokens`` (token
-            budget of the tagging pass; None: the whole input).
+        autocast (str, optional): ``'bf16'``/``'fp16'`` ViT precision.
+        synonyms (str): ``'joined'`` or ``'max'``, for both models.
+        data_preprocessor (dict, optional): Defaults to a
+            ``CLIPDataPreprocessor``.
+        test_cfg (dict, optional): Overrides of ``DEFAULT_TEST_CFG`` (inference, windows).
         train_cfg (dict, optional): Unused: there is nothing to train.
         init_cfg (dict, optional): Unused.
     """
@@ -131,7 +107,6 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
         self.tag_ratio = tag_ratio
         self.align_corners = False
         self.test_cfg = self._check_test_cfg(test_cfg)
-        #: The resolved quirk switches, shared by both models and the CRF.
         self.quirks: Quirks = resolve_quirks(quirks)
         shared = dict(clip=build_clip(clip), quirks=self.quirks, text_cache_dir=text_cache_dir,
                       autocast=autocast, synonyms=synonyms)
@@ -180,7 +155,6 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
         """The CLIP shared by both models."""
         return self.labeler.clip
 
-    # ------------------------------------------------------------ vocabulary
     @property
     def class_names(self) -> Optional[Tuple[ClassName, ...]]:
         """Foreground vocabulary of the CAM stage (None before one is set)."""
@@ -214,8 +188,7 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
 
     def set_vocabulary(self, classes: Sequence[ClassName],
                        background_words: Union[None, str, Sequence[str]] = None) -> None:
-        """Use a dataset's classes (``VocabularyHook``); with
-        ``with_background`` its class 0 is dropped.
+        """Use a dataset's classes, less class 0 with ``with_background``.
 
         Args:
             classes (Sequence): The dataset's classes.
@@ -223,8 +196,7 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
                 models' background words.
 
         Raises:
-            ValueError: If ``with_background`` is set but class 0 is not
-                'background'.
+            ValueError: If class 0 is not 'background' as expected.
         """
         classes = tuple(classes)
         if self.with_background:
@@ -238,7 +210,6 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
             self._label_bg = self._tag_bg = resolve_background(background_words)
         self.set_foreground(classes)
 
-    # ------------------------------------------------------------ inference
     def _to_patch_grid(self, images: Tensor, max_tokens: Optional[int] = None) -> Tensor:
         """Resize (B, 3, h, w) images to the token grid of ``patch_grid``."""
         p = self.clip.visual.patch_size
@@ -248,9 +219,7 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
         return F.interpolate(images, size=(gh * p, gw * p), mode='bilinear', align_corners=False)
 
     def image_tags(self, image: Tensor) -> List[int]:
-        """Foreground tag indices of one normalised (3, H, W) image, tagged
-        whole (at most ``test_cfg.tag_max_tokens`` tokens).
-        """
+        """Foreground tag indices of one normalised (3, H, W) image."""
         if self.all_classes_as_tags:
             return list(range(self.labeler.num_classes))
         out = self.tagger.tag(self._to_patch_grid(image[None], self.test_cfg['tag_max_tokens']))
@@ -260,8 +229,7 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
 
     def window_cams(self, image: Tensor, boxes: Sequence[Tuple[int, int, int, int]],
                     tags: List[int]) -> Iterator[Tuple[int, Tensor]]:
-        """CAMs of ``tags`` in equal-size windows of one image, chunk by chunk
-        (``test_cfg.cam_batch_pairs`` window-tag pairs per Grad-CAM call).
+        """CAMs of ``tags`` in equal-size windows of one image, chunk by chunk.
 
         Args:
             image (Tensor): (3, H, W) normalised image.
@@ -343,8 +311,7 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
             data_samples (list[SegDataSample], optional): With ``ori_shape``.
 
         Returns:
-            list[SegDataSample]: With ``pred_sem_seg`` (1, H, W) and
-            ``seg_logits`` (num_classes, H, W) at the original size.
+            list[SegDataSample]: With ``pred_sem_seg`` and ``seg_logits``.
         """
         self.labeler.call_vocabulary()
         inputs, data_samples = self.image_list(inputs, data_samples)
@@ -354,7 +321,6 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
         collect_pending_labels(data_samples)
         return data_samples
 
-    # ---------------------------------------------- BaseSegmentor contract
     def _forward(self, inputs: Union[Tensor, List[Tensor]],
                  data_samples: OptSampleList = None) -> Tensor:
         """(B, num_classes, H, W) logits at the input size: ``forward(mode='tensor')``."""
@@ -367,6 +333,7 @@ class TagCLIPSegmentor(FrozenModel, BaseSegmentor):
         return self.stack_outputs(out)
 
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
+        """Not available: there is no feature pyramid."""
         raise NotImplementedError('TagCLIPSegmentor has no feature pyramid; use predict')
 
     def encode_decode(self, inputs: Tensor, batch_data_samples: SampleList) -> Tensor:

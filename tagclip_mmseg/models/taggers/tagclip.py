@@ -1,8 +1,4 @@
-"""TagCLIP: local-to-global multi-label classification with a frozen CLIP.
-
-Coarse patch classification, DMAR, CWR and the relative tag threshold
-(docs/method.md, "TagCLIP, step by step"), batched over equal-size images.
-"""
+"""TagCLIP multi-label tagging (docs/method.md, "TagCLIP, step by step")."""
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -56,16 +52,11 @@ class TagCLIP(FrozenCLIPModel):
 
     Args:
         class_names (str | Sequence[str | Sequence[str]], optional):
-            Foreground vocabulary: a preset name such as ``'voc'`` or a list
-            (entries may be synonym lists). ``None`` until
-            :meth:`set_vocabulary` (``VocabularyHook``).
-        background_words (str | Sequence[str]): Softmax competitors after the
-            foreground classes; a preset name ('voc', 'coco', 'none') or a list.
-        templates (str | Sequence[str]): ``'tagclip'`` (the paper's 85),
-            ``'clip-es'`` or a list.
+            Foreground vocabulary (a preset or a list); ``None`` until set.
+        background_words (str | Sequence[str]): Softmax competitors.
+        templates (str | Sequence[str]): A template preset or a list.
         vote_k (int): DMAR vote count (1 to the CLIP's depth).
-        avg_layers (Sequence[int]): 0-based layers averaged for DMAR
-            (``(8, 9, 10)`` VOC/COCO, ``range(11)`` COCO-Stuff).
+        avg_layers (Sequence[int]): 0-based layers averaged for DMAR.
         self_attn_mask_value (float): Coarse pass's last-layer mask (<= 0).
         cwr (bool): Run class-wise reidentification.
         cwr_ratio (float): Relative candidate threshold, in [0, 1].
@@ -74,14 +65,11 @@ class TagCLIP(FrozenCLIPModel):
         cwr_mask_value (float): [CLS]-to-outside attention mask (<= 0).
         fusion_lambda (float): Weight of the local score, in [0, 1].
         tag_ratio (float): Relative tag threshold, in [0, 1].
-        quirks (str | dict | Quirks): ``'reference'`` (default), ``'fixed'``
-            or single fields; reads ``cwr_early_exit``, ``box_clamp`` and
-            ``pos_embed_fp16`` (docs/modes.md).
+        quirks (str | dict | Quirks): Reference quirks (docs/modes.md).
         cwr_batch_size (int): Crops per forward in CWR; bounds memory.
         **kwargs: ``clip``, ``text_cache_dir``, ``autocast``,
             ``images_per_forward``, ``truncate_prompts``, ``synonyms``,
-            ``data_preprocessor`` and ``init_cfg`` of
-            :class:`~tagclip_mmseg.models.clip.frozen_model.FrozenCLIPModel`.
+            ``data_preprocessor`` and ``init_cfg`` of ``FrozenCLIPModel``.
     """
 
     sample_type = DataSample
@@ -127,22 +115,19 @@ class TagCLIP(FrozenCLIPModel):
         """(R, E) text-row embeddings, foreground first.
 
         Args:
-            vocabulary (Vocabulary, optional): This call's vocabulary
-                (:meth:`resolve_vocabulary`); default the model's own.
+            vocabulary (Vocabulary, optional): This call's vocabulary.
         """
         voc = self.call_vocabulary(vocabulary)
         return self.text_embeddings(voc.class_names + voc.background_words, self.templates)
 
     def softmax_names(self, vocabulary: Optional[Vocabulary] = None) -> Tuple[ClassName, ...]:
-        """Foreground classes then background words: the classes of every
-        softmax (C_all), of ``vocabulary`` or the model's own.
-        """
+        """Foreground classes then background words (C_all)."""
         voc = self.call_vocabulary(vocabulary)
         return voc.class_names + voc.background_words
 
-    # ------------------------------------------------------------ inference
     def predict_batch(self, images: Tensor, data_samples: list,
                       vocabulary: Optional[Vocabulary] = None) -> None:
+        """Tag a batch and fill its samples (``vocabulary``: this call's)."""
         out = self.tag(images, vocabulary)
         scores, tags = out.p_final.float().cpu(), out.tags.cpu()  # one host copy per batch
         for i, sample in enumerate(data_samples):
@@ -154,9 +139,7 @@ class TagCLIP(FrozenCLIPModel):
 
     @staticmethod
     def fill_sample(sample, scores: Tensor, tags: Tensor) -> None:
-        """Set a sample's prediction: float scores and the sorted indices of
-        its (C,) boolean ``tags``. Also used to restore a resumed sample.
-        """
+        """Set a sample's scores and the sorted indices of its (C,) bool ``tags``."""
         if not isinstance(sample, DataSample):
             raise TypeError('TagCLIP expects mmpretrain DataSample inputs (pack with '
                             f'mmpretrain.PackInputs); got {type(sample).__name__}')
@@ -169,8 +152,7 @@ class TagCLIP(FrozenCLIPModel):
 
         Args:
             images (Tensor): (B, 3, H, W), sides multiples of the patch size.
-            vocabulary (Vocabulary, optional): This call's vocabulary
-                (:meth:`resolve_vocabulary`); default the model's own.
+            vocabulary (Vocabulary, optional): This call's vocabulary.
 
         Returns:
             TagCLIPOutput: Scores, tags and intermediates, fp32.
@@ -218,7 +200,6 @@ class TagCLIP(FrozenCLIPModel):
         p_coarse = self.class_probs(100. * tokens @ text.t(), self.softmax_names(vocabulary))
         return p_coarse, vote.finalize(), out.grid_hw
 
-    # ------------------------------------------------------------------ CWR
     def reidentify(self, images: Tensor, p_ref: Tensor, p_local: Tensor, grid_hw: Tuple[int, int],
                    text: Tensor, vocabulary: Optional[Vocabulary] = None
                    ) -> Tuple[Tensor, Tensor, Tensor]:
