@@ -300,7 +300,7 @@ def test_benchmark_autocast_without_references(tmp_path):
 @pytest.fixture
 def benchmark_module():
     """Import a module of ``tools/benchmark/`` by path, as ``tools_benchmark.<name>``."""
-    folder = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'benchmark')
+    folder = osp.join(repo_root(__file__), 'tools', 'benchmark')
     spec = importlib.util.spec_from_file_location(
         'tools_benchmark', osp.join(folder, '__init__.py'), submodule_search_locations=[folder])
     package = importlib.util.module_from_spec(spec)
