@@ -182,9 +182,9 @@ def test_tiny_images_and_one_patch(tiny_clip_path, tmp_path, quirks):
 
 #: Figures of ``python tools/autocast_tolerance.py --test-clip`` (docs/performance.md,
 #: "Mixed precision and GPUs"): the largest of each over the 16 photos of tests/data
-#: at full size, with the tests' 12-layer tiny random CLIP (the largest |log ratio|
-#: came from a 128x128 photo, the largest CAM and mask figures from the 1024x683 one).
-MEASURED_BF16 = dict(log_same_cwr=0.397, cam=2.76e-2, mask=0.00969)
+#: at full size, with the tests' 12-layer tiny random CLIP, the larger of torch 2.9.1's
+#: and 2.13.0's (the scores agree; 2.13's bf16 kernels change the 1024x683 photo's CAMs more).
+MEASURED_BF16 = dict(log_same_cwr=0.397, cam=5.15e-2, mask=0.01368)
 #: Headroom for other CPUs' bf16 kernels (they may round partial sums differently).
 BF16_MARGIN = 1.25
 
