@@ -1,6 +1,6 @@
 """Check the ``](doc.md#anchor)`` links of README.md, CHANGELOG.md and docs/.
 
-Also that no document uses ``§``, and that each ``docs/<doc>.md, "<name>"`` in
+Also that no document cites a section sign (U+00A7), and that each ``docs/<doc>.md, "<name>"`` in
 the sources starts a heading, a table row or a bold item of it (else exit 1).
 """
 import re
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
+SECTION = '\u00a7'  # the section sign; docs cite headings by name, not by number
 LINK = re.compile(r'\]\(([\w./-]*\.md)?#([^)\s]+)\)')
 CITE = re.compile(r'docs/(\w+)\.md`?,?\s+(?:trap\s+)?"([^"\s][^"]*)"')
 
@@ -40,7 +41,7 @@ def main() -> int:
     bad: List[str] = []
     for doc in [ROOT / 'README.md', ROOT / 'CHANGELOG.md'] + sorted(ROOT.glob('docs/*.md')):
         text = doc.read_text(encoding='utf-8') if doc.exists() else ''
-        bad += [f'{doc.relative_to(ROOT)}: cites a section by §'] if '§' in text else []
+        bad += [f'{doc.relative_to(ROOT)}: cites a section by number'] if SECTION in text else []
         for target, frag in LINK.findall(text):
             if frag not in names(doc.parent / target if target else doc)[0]:
                 bad.append(f'{doc.relative_to(ROOT)}: no heading for ({target}#{frag})')

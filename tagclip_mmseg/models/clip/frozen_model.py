@@ -325,6 +325,11 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
             for s in range(0, len(idx), step):
                 yield idx[s:s + step]
 
+    def clip_batches(self, inputs: List[Tensor]) -> Iterator[Tuple[List[int], Tensor]]:
+        """Each group of :meth:`batches` with its stacked images in the CLIP's dtype."""
+        for chunk in self.batches(inputs):
+            yield chunk, self.clip_input(torch.stack([inputs[i] for i in chunk]))
+
     def predict(self, inputs: List[Tensor], data_samples: list, **settings) -> list:
         """Run :meth:`predict_batch` on equal-size groups; keep input order.
 
@@ -336,8 +341,7 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
         Returns:
             list: ``data_samples``.
         """
-        for chunk in self.batches(inputs):
-            batch = self.clip_input(torch.stack([inputs[i] for i in chunk]))
+        for chunk, batch in self.clip_batches(inputs):
             with full_precision(batch.device):
                 self.predict_batch(batch, [data_samples[i] for i in chunk], **settings)
         return data_samples
@@ -345,8 +349,7 @@ class FrozenCLIPModel(FrozenModel, RecordsInitArgs, BaseModel):
     def _forward(self, inputs: List[Tensor], data_samples: list) -> Tensor:
         """Stacked per-image :meth:`tensor_batch` outputs, in input order."""
         out: List[Optional[Tensor]] = [None] * len(inputs)
-        for chunk in self.batches(inputs):
-            batch = self.clip_input(torch.stack([inputs[i] for i in chunk]))
+        for chunk, batch in self.clip_batches(inputs):
             with full_precision(batch.device):
                 result = self.tensor_batch(batch, [data_samples[i] for i in chunk])
             for i, r in zip(chunk, result):
