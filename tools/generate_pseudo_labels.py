@@ -34,7 +34,7 @@ from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                                  ensure_writable_dir, init_cpu_distributed, load_config,
                                  parse_runner_args, set_clip_checkpoint, set_in_dicts_of_type,
-                                 type_accepts)
+                                 shutdown_distributed, type_accepts)
 from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 
 WRITERS = ['PseudoLabelWriter']
@@ -116,6 +116,7 @@ def main() -> None:
         counts = {k.split('/', 1)[1]: v for k, v in (metrics or {}).items()
                   if k.startswith('pseudo_label/')}
         print(format_summary(counts, time.time() - start), flush=True)
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

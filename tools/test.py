@@ -42,7 +42,7 @@ from tagclip_mmseg.engine import safe_checkpoint_loading
 from tagclip_mmseg.models.clip.presets import resolve_background
 from tagclip_mmseg.utils import (add_runner_args, add_vocabulary_args, apply_vocabulary_args,
                                  default_work_dir, init_cpu_distributed, load_config,
-                                 parse_runner_args, set_clip_checkpoint)
+                                 parse_runner_args, set_clip_checkpoint, shutdown_distributed)
 from tagclip_mmseg.utils.fetch import CHECKPOINT_HELP
 
 #: Wrapper for distributed testing that accepts fully frozen models.
@@ -170,6 +170,7 @@ def main() -> None:
         if args.checkpoint is not None:
             refuse_checkpoint_without_weights(runner.model, args.checkpoint)
         runner.test()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

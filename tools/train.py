@@ -39,7 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 import tagclip_mmseg  # noqa: F401  (registers the plugin)
 from tagclip_mmseg.engine import safe_checkpoint_loading
 from tagclip_mmseg.utils import (add_runner_args, default_work_dir, init_cpu_distributed,
-                                 load_config, parse_runner_args, set_in_dicts_of_type)
+                                 load_config, parse_runner_args, set_in_dicts_of_type,
+                                 shutdown_distributed)
 
 #: Batch-norm types whose synchronisation needs CUDA (torch's and mmcv's).
 SYNC_BN_TYPES = ['SyncBN', 'MMSyncBN']
@@ -146,6 +147,7 @@ def main() -> None:
         else:
             runner = RUNNERS.build(cfg)
         runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

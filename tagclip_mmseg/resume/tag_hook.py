@@ -5,6 +5,7 @@
 ``before_test``, after ``VocabularyHook`` and before the dataloader workers
 start. See docs/resume.md, "The tagging journal".
 """
+from mmengine.dist import barrier
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
@@ -32,7 +33,18 @@ class TagResumeHook(Hook):
     priority = 'NORMAL'  # after VocabularyHook (VERY_HIGH): needs the vocabulary
 
     def before_test(self, runner) -> None:
-        """Fingerprint the run, hand it to the writer and arm ``SkipTagged``."""
+        """Arm the writer and ``SkipTagged``; then wait for every rank.
+
+        The barrier keeps a fast rank from journaling its first images while
+        a slower one still reads the journals: the slower rank would count
+        them as resumable (they belong to the other rank's shard, so only its
+        log line was wrong) or read a half-written line as one a kill tore.
+        """
+        self._arm(runner)
+        barrier()
+
+    def _arm(self, runner) -> None:
+        """Fingerprint the run, hand it to the writer and point ``SkipTagged`` at the journals."""
         writers = [m for m in runner.test_evaluator.metrics if isinstance(m, TagFileWriter)]
         pipeline = getattr(getattr(runner.test_dataloader.dataset, 'pipeline', None),
                            'transforms', None) or []

@@ -8,7 +8,7 @@ from .cli import (add_quirks_args, add_runner_args, add_vocabulary_args, apply_v
                   vocabulary_args_to_argv)
 from .config import (iter_dicts, set_clip_checkpoint, set_config_vocabulary, set_in_dicts_of_type,
                      set_open_vocab_protocol, type_accepts)
-from .dist import init_cpu_distributed
+from .dist import init_cpu_distributed, shutdown_distributed
 from .hashing import cache_root, file_sha256, file_stamp
 from .init_args import RecordsInitArgs, init_args, init_parameters
 from .io import atomic_open, atomic_write_bytes, atomic_write_text, ensure_writable_dir
@@ -28,7 +28,8 @@ __all__ = [
     'add_runner_args', 'parse_runner_args', 'load_config', 'default_work_dir', 'atomic_open',
     'atomic_write_bytes', 'atomic_write_text', 'ensure_writable_dir', 'iter_dicts',
     'set_clip_checkpoint', 'set_in_dicts_of_type', 'set_open_vocab_protocol', 'type_accepts',
-    'init_cpu_distributed', 'cache_root', 'file_sha256', 'file_stamp', 'RecordsInitArgs',
+    'init_cpu_distributed', 'shutdown_distributed', 'cache_root', 'file_sha256', 'file_stamp',
+    'RecordsInitArgs',
     'init_args', 'init_parameters', 'UnsafePathError', 'safe_join', 'error_sentence',
     'refused_globals', 'unreadable_reason', 'Quirks', 'QuirksLike', 'QUIRK_PRESETS',
     'resolve_quirks', 'add_quirks_args', 'quirks_from_args',

@@ -13,8 +13,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-__all__ = ['export_slurm_environment', 'init_cpu_distributed', 'stop_with_launcher',
-           'LAUNCHER_PID_ENV']
+__all__ = ['export_slurm_environment', 'init_cpu_distributed', 'shutdown_distributed',
+           'stop_with_launcher', 'LAUNCHER_PID_ENV']
 
 #: ``prctl`` option: signal this process when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -74,6 +74,27 @@ def init_cpu_distributed(launcher: str, backend: str = 'gloo') -> str:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return 'none'
+
+
+def shutdown_distributed() -> bool:
+    """End a finished run's process group on every rank together.
+
+    Called at the end of the tools' ``main`` when the run succeeded. Without
+    it the group is torn down by the interpreter's exit, rank by rank: under
+    torch 2.13 a gloo rank whose peer has already exited can die in that
+    teardown with ``terminate called without an active exception`` (SIGABRT),
+    and srun's ``--kill-on-bad-exit`` then fails the whole job after its
+    outputs were written. The barrier lets every rank finish its last
+    collective first. See docs/compatibility.md, "Traps".
+
+    Returns:
+        bool: Whether a process group was destroyed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
 
 
 def stop_with_launcher() -> bool:

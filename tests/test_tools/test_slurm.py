@@ -141,6 +141,8 @@ def test_tagging_with_two_srun_tasks_equals_one_process(slurm_cluster, images, t
                      *tag_args(images, out, tiny_tool_options))
     assert 'srun -p tagclip' in log and '--launcher=slurm' in log and '--gres' not in log
     assert 'tagging:' in log or 'tagged' in log
+    # every rank reads the (absent) journals before any rank writes one
+    assert 'resuming' not in log
     tag_files_agree(files(out, TAG_FILES), files(reference, TAG_FILES),
                     Config.fromfile(TAG_CONFIG).model.tag_ratio)
     assert len((out / 'tags.txt').read_text().splitlines()) == NUM_IMAGES
