@@ -2,7 +2,7 @@
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
-from ..evaluation.output_writer import OutputWriter
+from ..evaluation.output_writer import writers_of
 
 __all__ = ['WriterRunHook']
 
@@ -22,7 +22,7 @@ class WriterRunHook(Hook):
         """Begin the run of every writer in ``test_evaluator``; undo all if one refuses."""
         begun = []
         try:
-            for writer in self._writers(runner):
+            for writer in writers_of(runner):
                 writer.begin_run()
                 begun.append(writer)
         except BaseException:
@@ -32,13 +32,9 @@ class WriterRunHook(Hook):
 
     def after_test(self, runner) -> None:
         """Release every writer's lock."""
-        for writer in self._writers(runner):
+        for writer in writers_of(runner):
             writer.end_run()
 
     def on_test_error(self, runner) -> None:
         """Release every writer's lock when the test run raises (``TEST_ERROR_EVENT``)."""
         self.after_test(runner)
-
-    @staticmethod
-    def _writers(runner) -> list:
-        return [m for m in runner.test_evaluator.metrics if isinstance(m, OutputWriter)]

@@ -1,6 +1,6 @@
 """Base of the metrics that write a run's files: run lock, timer, missing images."""
 import time
-from typing import List, Optional
+from typing import List, Optional, Type
 
 from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
@@ -9,7 +9,7 @@ from ..records import missing_images
 from ..utils.io import ensure_writable_dir
 from ..utils.run_lock import RunLock
 
-__all__ = ['OutputWriter']
+__all__ = ['OutputWriter', 'writers_of']
 
 
 class OutputWriter(BaseMetric):
@@ -85,3 +85,8 @@ class OutputWriter(BaseMetric):
     def left_out(self) -> List[dict]:
         """The images the dataset listed but left out (``img_id``, ``img_path``, ``reason``)."""
         return missing_images(self.dataset_meta, self.id_folder)
+
+
+def writers_of(runner, kind: Type[OutputWriter] = OutputWriter) -> List[OutputWriter]:
+    """The metrics of ``runner.test_evaluator`` that are ``kind`` writers, in order."""
+    return [m for m in runner.test_evaluator.metrics if isinstance(m, kind)]

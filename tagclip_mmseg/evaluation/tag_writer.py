@@ -98,7 +98,7 @@ class TagFileWriter(OutputWriter):
         for sample in data_samples:
             img_id = image_id(sample)
             # Ids become paths downstream (pseudo labels): none may leave the folder.
-            safe_join(osp.dirname(self.out_file), img_id)
+            safe_join(self.id_folder, img_id)
             record = dict(img_id=img_id, img_path=get_field(sample, 'img_path'),
                           error=load_error(sample), resumed=bool(get_field(sample, 'precomputed')))
             if record['error'] is None:

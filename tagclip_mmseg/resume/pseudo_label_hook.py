@@ -16,6 +16,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from ..evaluation.output_writer import writers_of
 from ..evaluation.pseudo_label_writer import PseudoLabelWriter
 from ..utils.io import atomic_write_text
 from .fingerprint import model_settings, pipeline_settings
@@ -110,7 +111,7 @@ class PseudoLabelResumeHook(Hook):
     def before_test(self, runner) -> None:
         """Check the folder's record against this run's settings, then write it."""
         self._records = []
-        writers = [m for m in runner.test_evaluator.metrics if isinstance(m, PseudoLabelWriter)]
+        writers = writers_of(runner, PseudoLabelWriter)
         if not writers:
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

@@ -10,6 +10,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from ..evaluation.output_writer import writers_of
 from ..evaluation.tag_writer import TagFileWriter
 from .fingerprint import resume_fingerprint
 from .loop import require_resumable_loop
@@ -45,7 +46,7 @@ class TagResumeHook(Hook):
 
     def _arm(self, runner) -> None:
         """Fingerprint the run, hand it to the writer and point ``SkipTagged`` at the journals."""
-        writers = [m for m in runner.test_evaluator.metrics if isinstance(m, TagFileWriter)]
+        writers = writers_of(runner, TagFileWriter)
         pipeline = getattr(getattr(runner.test_dataloader.dataset, 'pipeline', None),
                            'transforms', None) or []
         skips = [i for i, t in enumerate(pipeline) if isinstance(t, SkipTagged)]

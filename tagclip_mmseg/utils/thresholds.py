@@ -1,7 +1,14 @@
 """TagCLIP's per-image relative threshold, shared by the tagger and the metric."""
+from typing import Tuple
+
 import torch
 
 __all__ = ['relative_threshold', 'relative_threshold_mask']
+
+
+def _bounds(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``(N, 1)`` minimum and maximum of each row."""
+    return scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values
 
 
 def relative_threshold(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -10,8 +17,7 @@ def relative_threshold(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     Returns:
         The ``(N, 1)`` thresholds.
     """
-    low = scores.min(dim=1, keepdim=True).values
-    high = scores.max(dim=1, keepdim=True).values
+    low, high = _bounds(scores)
     return low + ratio * (high - low)
 
 
@@ -35,10 +41,10 @@ def relative_threshold_mask(scores: torch.Tensor,
     """
     squeeze = scores.dim() == 1
     scores = scores.unsqueeze(0) if squeeze else scores
-    mask = scores > relative_threshold(scores, ratio)
+    low, high = _bounds(scores)
+    mask = scores > low + ratio * (high - low)
     if fallback_argmax:
-        spread = scores.max(dim=1).values > scores.min(dim=1).values
-        empty = ~mask.any(dim=1) & spread
+        empty = ~mask.any(dim=1) & (high > low)[:, 0]
         top = torch.zeros_like(mask).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
         mask = mask | (top & empty[:, None])
     return mask[0] if squeeze else mask

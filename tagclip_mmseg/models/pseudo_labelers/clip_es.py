@@ -94,7 +94,6 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
         self.return_cams = return_cams
         self.tagger = None
         if tagger is not None:
-            tagger = dict(tagger)
             tagger = dict(dict(quirks=self.quirks, synonyms=self.synonyms,
                                autocast=self.autocast_dtype), **tagger)
             self.tagger = MODELS.build(tagger)
@@ -303,28 +302,30 @@ class CLIPESPseudoLabeler(FrozenCLIPModel):
             label[rows] = self.cams_to_label(self.upsample(cams, size, rows), tags, None)
         return label
 
+    def label_channels(self, cams: Tensor, tags: List[int]) -> Tuple[Tensor, Tensor]:
+        """(M, h, w) scores and their (M,) output channels: background first, if any.
+
+        The background is ``1 - max`` of the CAMs (1 without tags).
+        """
+        classes = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
+        if not self.with_background:
+            return cams, classes
+        bg = 1 - cams.amax(dim=0, keepdim=True) if cams.shape[0] else \
+            cams.new_ones(1, *cams.shape[-2:])
+        return torch.cat([bg, cams], dim=0), torch.cat([classes.new_zeros(1), classes + 1])
+
     def seg_logits(self, cams: Tensor, tags: List[int]) -> Tensor:
         """(C, h, w) scores from (K, h, w) CAMs of ``tags``."""
-        offset = int(self.with_background)
-        logits = cams.new_zeros(self.num_classes + offset, *cams.shape[-2:])
-        if tags:
-            logits[torch.as_tensor(tags, device=cams.device) + offset] = cams
-        if self.with_background:
-            logits[0] = 1 - cams.amax(dim=0) if cams.shape[0] else 1
+        probs, classes = self.label_channels(cams, tags)
+        logits = cams.new_zeros(self.num_classes + int(self.with_background), *cams.shape[-2:])
+        logits[classes] = probs
         return logits
 
     def cams_to_label(self, cams: Tensor, tags: List[int], sample, wait: bool = True) -> Label:
         """(K, h, w) CAMs -> (h, w) label map, or a ``PendingLabel`` with ``wait=False``."""
-        H, W = cams.shape[-2:]
-        tag_t = torch.as_tensor(tags, dtype=torch.long, device=cams.device)
-        if self.with_background:
-            bg = 1 - cams.amax(dim=0, keepdim=True) if cams.shape[0] else cams.new_ones(1, H, W)
-            probs = torch.cat([bg, cams], dim=0)
-            classes = torch.cat([tag_t.new_zeros(1), tag_t + 1])
-        else:
-            if not cams.shape[0]:
-                return torch.full((H, W), 255, dtype=torch.long, device=cams.device)
-            probs, classes = cams, tag_t
+        probs, classes = self.label_channels(cams, tags)
+        if not probs.shape[0]:  # no tags and no background
+            return torch.full(cams.shape[-2:], 255, dtype=torch.long, device=cams.device)
         if self.label_map is not None:
             classes = self.label_map.to(classes.device)[classes]
         if self.crf is not None:
