@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
+from ..utils.class_names import class_key
 from ..utils.name_files import name_file_spec
 from .image_io import IMG_EXTENSIONS
 
@@ -71,7 +72,7 @@ def read_metainfo_name_files(metainfo: Optional[dict]) -> Optional[dict]:
     if names is not None:
         classes = names.classes()
         first = ('background', ) if names.first_line == 'background' else ()
-        meta['classes'] = first + tuple(c if isinstance(c, str) else c[0] for c in classes)
+        meta['classes'] = first + tuple(class_key(c) for c in classes)
         meta['class_names'] = classes
         if first and meta.get('background_words') is None:
             meta['background_words'] = names.background_words()

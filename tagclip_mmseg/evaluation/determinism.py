@@ -38,8 +38,9 @@ def tag_decision_margin(out: Mapping[str, Tensor], tag_ratio: float, cwr_ratio: 
     DMAR box binarisation; below :data:`DECISION_TIE` a rounding can flip one.
 
     Args:
-        out (Mapping[str, Tensor]): :meth:`TagCLIP.tag`'s output (``p_hat``,
-            ``p_ref``, ``p_local``, ``p_final``).
+        out (Mapping[str, Tensor]): The fields of :meth:`TagCLIP.tag`'s output
+            as a mapping, ``vars(output)`` (``p_hat``, ``p_ref``, ``p_local``,
+            ``p_final``).
         tag_ratio (float): The tagger's ``tag_ratio``.
         cwr_ratio (float): The tagger's ``cwr_ratio``.
         cwr_region_thr (float): The tagger's ``cwr_region_thr``.

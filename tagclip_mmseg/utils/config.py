@@ -8,6 +8,8 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import Registry
 
+from .class_names import class_key
+
 __all__ = [
     'iter_dicts', 'set_clip_checkpoint', 'set_data_root', 'set_in_dicts_of_type',
     'set_open_vocab_protocol', 'type_accepts', 'set_config_vocabulary'
@@ -177,6 +179,6 @@ def set_config_vocabulary(cfg: Config, registry: Registry, classes: Optional[Seq
     meta = (cfg.get('test_dataloader') or {}).get('dataset', {}).get('metainfo')
     if classes is not None and isinstance(meta, dict) and meta.get('classes'):
         first = ['background'] if list(meta['classes'])[0] == 'background' else []
-        meta['classes'] = first + [c if isinstance(c, str) else c[0] for c in classes]
+        meta['classes'] = first + [class_key(c) for c in classes]
         meta.pop('tag_classes', None)
     return n, dropped
