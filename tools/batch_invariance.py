@@ -126,6 +126,8 @@ def run_tagger(tagger, images: torch.Tensor, batch: int) -> Dict[str, torch.Tens
 def run_labeler(labeler, images: torch.Tensor, tags: List[List[int]],
                 batch: int) -> Dict[str, torch.Tensor]:
     from mmseg.structures import SegDataSample
+
+    from tagclip_mmseg.models.pseudo_labelers.clip_es import tag_pairs
     cams, refined, labels = [], [], []
     hw = tuple(images.shape[-2:])
     for s in range(0, len(images), batch):
@@ -137,10 +139,8 @@ def run_labeler(labeler, images: torch.Tensor, tags: List[List[int]],
                 hidden = vit.forward_until(
                     chunk, vit.num_layers - 1,
                     round_pos_embed_fp16=labeler.round_pos_embed_fp16).hidden
-            pair_img = torch.tensor([b for b, t in enumerate(chunk_tags) for _ in t])
-            pair_cls = torch.tensor([c for t in chunk_tags for c in t])
-            raw, _ = labeler.grad_cam(hidden, pair_img.to(chunk.device),
-                                      pair_cls.to(chunk.device), chunk_tags)
+            pair_img, pair_cls, _ = tag_pairs(chunk_tags, chunk.device)
+            raw, _ = labeler.grad_cam(hidden, pair_img, pair_cls, chunk_tags)
         cams.append(raw.float().cpu())
         k = max(len(t) for t in tags)
         refined.append(torch.nn.functional.pad(ref.float().cpu(), (0, 0, 0, 0, 0,

@@ -3,6 +3,7 @@
 Also that no document cites a section sign (U+00A7), and that each ``docs/<doc>.md, "<name>"`` in
 the sources starts a heading, a table row or a bold item of it (else exit 1).
 """
+import functools
 import re
 import sys
 from pathlib import Path
@@ -19,8 +20,9 @@ def anchor(title: str) -> str:
     return re.sub(r'[^\w\- ]', '', title.strip().lower()).replace(' ', '-')
 
 
+@functools.lru_cache(maxsize=None)
 def names(path: Path) -> Tuple[Set[str], List[str], Set[str]]:
-    """Return a document's anchors, headings and other citable names."""
+    """Return a document's anchors, headings and other citable names (read once per run)."""
     anchors, heads, cited, fence = set(), [], set(), False
     for line in path.read_text(encoding='utf-8').splitlines() if path.exists() else []:
         fence ^= line.startswith('```')
@@ -39,6 +41,7 @@ def names(path: Path) -> Tuple[Set[str], List[str], Set[str]]:
 def main() -> int:
     """Print every broken link or citation; return 1 if there is one."""
     bad: List[str] = []
+    names.cache_clear()  # the documents as they are now, on every call
     for doc in [ROOT / 'README.md', ROOT / 'CHANGELOG.md'] + sorted(ROOT.glob('docs/*.md')):
         text = doc.read_text(encoding='utf-8') if doc.exists() else ''
         bad += [f'{doc.relative_to(ROOT)}: cites a section by number'] if SECTION in text else []

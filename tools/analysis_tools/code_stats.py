@@ -31,9 +31,8 @@ def docstring_lines(tree: ast.Module) -> Set[int]:
     return lines
 
 
-def count_lines(source: str) -> Tuple[int, int]:
-    """Return ``(doc_lines, code_lines)`` of one Python source."""
-    tree = ast.parse(source)
+def count_lines(source: str, tree: ast.Module) -> Tuple[int, int]:
+    """Return ``(doc_lines, code_lines)`` of one Python source and its parsed ``tree``."""
     doc = docstring_lines(tree)
     comment_only: Set[int] = set()
     code: Set[int] = set()
@@ -77,11 +76,12 @@ def main() -> None:
     funcs: List[Tuple[int, str]] = []
     for f in files:
         source = f.read_text(encoding='utf-8')
-        doc, code = count_lines(source)
+        tree = ast.parse(source)
+        doc, code = count_lines(source, tree)
         per_dir[str(f.parent)][0] += doc
         per_dir[str(f.parent)][1] += code
         sizes.append((len(source.splitlines()), str(f)))
-        funcs.extend(functions(f, ast.parse(source)))
+        funcs.extend(functions(f, tree))
     total_doc = sum(d for d, _ in per_dir.values())
     total_code = sum(c for _, c in per_dir.values())
     print(f'{"folder":48} {"doc":>6} {"code":>6} {"density":>8}')

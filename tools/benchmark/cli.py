@@ -5,7 +5,7 @@ import os
 import platform
 import re
 import tempfile
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 
@@ -13,8 +13,8 @@ from .batching import run_batching
 from .cams import cam_fns, report_cams
 from .crf import run_crf
 from .e2e import run_e2e
-from .inputs import (TINY_ARCH, build_labeler, build_tagger, make_checkpoint, random_images,
-                     size_label)
+from .inputs import (TINY_ARCH, build_labeler, build_tagger, make_checkpoint, parse_size,
+                     random_images, size_label)
 from .memory import PROBES, probe_main, run_memory
 from .prompts import run_prompts
 from .tagging import report_tagging, tagging_fns
@@ -39,14 +39,6 @@ PROFILES = {
                  e2e_size=(60, 80), e2e_images=4, e2e_batch_size=2, loader_workers=1,
                  repeats=1, prompt_templates=2),
 }
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """``'HxW'`` -> (H, W)."""
-    m = re.fullmatch(r'(\d+)[xX](\d+)', text.strip())
-    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
-        raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH such as 384x512, got {text!r}')
-    return int(m.group(1)), int(m.group(2))
 
 
 def _profiled(parser, flag: str, help: str, **kwargs) -> None:

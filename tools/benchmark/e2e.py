@@ -8,12 +8,14 @@ from typing import Dict, Tuple
 
 import torch
 
+from tagclip_mmseg.testing import images
+
 from .inputs import ROOT, demo_photos, model_settings, rounded, size_label
 from .timer import Bench
 
 __all__ = ['run_e2e']
 
-FOLDER_CONFIG = osp.join(ROOT, 'configs', 'tagclip', 'tagclip_vit-b16_folder.py')
+FOLDER_CONFIG = osp.join(ROOT, images.FOLDER_CONFIG)
 
 
 def write_photos(folder: str, count: int, hw: Tuple[int, int]) -> None:

@@ -2,13 +2,15 @@
 import argparse
 import os
 import os.path as osp
+import re
 from typing import List, Tuple
 
 import torch
 
 __all__ = [
-    'ROOT', 'DEMO_PHOTOS', 'TINY_ARCH', 'make_checkpoint', 'model_settings', 'build_tagger',
-    'build_labeler', 'random_images', 'cam_samples', 'rounded', 'size_label', 'demo_photos'
+    'ROOT', 'DEMO_PHOTOS', 'TINY_ARCH', 'parse_size', 'make_checkpoint', 'model_settings',
+    'build_tagger', 'build_labeler', 'random_images', 'cam_samples', 'rounded', 'size_label',
+    'demo_photos'
 ]
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -19,6 +21,14 @@ DEMO_PHOTOS = osp.join(ROOT, 'demo', 'images')
 TINY_ARCH = dict(embed_dim=32, image_resolution=64, vision_layers=12, vision_width=64,
                  vision_patch_size=16, transformer_width=64, transformer_heads=1,
                  transformer_layers=2)
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """``'HxW'`` -> (H, W)."""
+    m = re.fullmatch(r'(\d+)[xX](\d+)', text.strip())
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH such as 384x512, got {text!r}')
+    return int(m.group(1)), int(m.group(2))
 
 
 def make_checkpoint(work_dir: str, tiny: bool, seed: int) -> str:
@@ -60,12 +70,16 @@ def build_labeler(args: argparse.Namespace, ckpt: str, cache_dir: str, device: t
 
 def rounded(hw: Tuple[int, int], patch: int) -> Tuple[int, int]:
     """The size ``ResizeToPatchMultiple`` gives an image of ``hw``."""
-    return -(-hw[0] // patch) * patch, -(-hw[1] // patch) * patch
+    from tagclip_mmseg.utils.token_grid import patch_grid
+    rows, cols = patch_grid(hw[0], hw[1], patch)
+    return rows * patch, cols * patch
 
 
 def size_label(hw: Tuple[int, int], patch: int) -> str:
     """``'HxW (T tok)'``, T counting the [CLS] token."""
-    tokens = -(-hw[0] // patch) * -(-hw[1] // patch) + 1
+    from tagclip_mmseg.utils.token_grid import patch_grid
+    rows, cols = patch_grid(hw[0], hw[1], patch)
+    tokens = rows * cols + 1
     return f'{hw[0]}x{hw[1]} ({tokens} tok)'
 
 

@@ -15,8 +15,7 @@ from mmseg.structures import SegDataSample
 import tagclip_mmseg  # noqa: F401  (registers the plugin)
 from tagclip_mmseg.models.segmentors import slide_windows
 
-from .cli import parse_size
-from .inputs import make_checkpoint
+from .inputs import make_checkpoint, parse_size
 from .timer import MemoryMeter
 
 __all__ = ['parse_args', 'main']

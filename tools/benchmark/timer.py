@@ -118,8 +118,7 @@ class Bench:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
-    def measure(self, fns: Dict[str, Callable[[], object]],
-                repeats: Optional[int] = None) -> Dict[str, Timing]:
+    def measure(self, fns: Dict[str, Callable[[], object]]) -> Dict[str, Timing]:
         """Seconds (``--statistic`` of the runs) and peak memory of each function.
 
         The functions run round-robin (A, B, C, A, B, C, ...) after
@@ -128,12 +127,10 @@ class Bench:
 
         Args:
             fns (dict): Name -> function to time.
-            repeats (int, optional): Timed rounds; None: ``--repeats``.
 
         Returns:
             dict: Name -> :class:`Timing`.
         """
-        repeats = self.args.repeats if repeats is None else repeats
         for _ in range(self.args.warmup):
             for fn in fns.values():
                 with self.autocast():
@@ -141,7 +138,7 @@ class Bench:
         self.sync()
         times: Dict[str, List[float]] = {k: [] for k in fns}
         peaks = dict.fromkeys(fns, 0)
-        for _ in range(repeats):
+        for _ in range(self.args.repeats):
             for key, fn in fns.items():
                 self.meter.reset()
                 start = time.perf_counter()
